@@ -1,0 +1,46 @@
+# Everything a fresh machine needs: `make demo` and `make test` create the virtual
+# environment, build the C core, install shoal and its test tools, then run.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.shoal-installed
+SOURCES := pyproject.toml setup.py $(shell find src native -name '*.py' -o -name '*.c' -o -name '*.h' 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bench bench-quick test-native test-sanitize clean check-shm
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python $(SOURCES)
+	SHOAL_WERROR=1 $(BIN)/python -m pip install -q '.[test,lint]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m shoal demo
+
+test: $(STAMP)
+	cd tests && ../$(BIN)/python -m pytest -c ../pyproject.toml --rootdir=.. $(PYTEST_ARGS) .
+	$(MAKE) --no-print-directory check-shm
+
+# Nothing of shoal's may outlive the processes that used it.
+check-shm:
+	@left=$$(ls /dev/shm 2>/dev/null | grep '^shoal-' || true); \
+	if [ -n "$$left" ]; then echo "leaked shared memory in /dev/shm:"; echo "$$left"; exit 1; fi; \
+	echo "no shoal segments left in /dev/shm"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks --quick
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

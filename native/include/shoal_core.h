@@ -1,0 +1,128 @@
+/*
+ * shoal native core: synchronisation on memory the caller provides.
+ *
+ * Pure C11, no Python.h.  Every function works on a struct that lives inside a
+ * shared mapping (any process may map it at any address), never allocates, never
+ * calls back, and reports through one status enum.  Timeouts are relative
+ * nanoseconds on a monotonic clock; a negative timeout waits forever.
+ *
+ * Owner identity ("token"): a 64-bit value, (pid << 32) | start-time tag.  The tag
+ * is the low 32 bits of the process start time (Linux /proc/<pid>/stat field 22), so
+ * a recycled pid does not pass for the dead process that once had it.  A token is
+ * never 0, which therefore means "nobody".
+ *
+ * Layout of each struct below is part of shoal's shared-memory format: changing a
+ * field means bumping SHOAL_LAYOUT_VERSION.
+ */
+#ifndef SHOAL_CORE_H
+#define SHOAL_CORE_H
+
+#include <stdint.h>
+
+#define SHOAL_LAYOUT_VERSION 1
+
+typedef enum {
+    SHOAL_OK = 0,          /* done: acquired, released, woken, set */
+    SHOAL_AGAIN = 1,       /* would block and the caller asked not to (timeout 0) */
+    SHOAL_TIMEOUT = 2,     /* the timeout ran out before the operation could complete */
+    SHOAL_INTR = 3,        /* a signal interrupted the wait: caller checks signals, retries */
+    SHOAL_OWNER_DIED = 4,  /* acquired, but from an owner that died holding it */
+    SHOAL_NOT_OWNER = 5,   /* release by a caller that does not hold it (or it is not held) */
+    SHOAL_OVERFLOW = 6,    /* a bounded counter would pass its maximum */
+    SHOAL_BAD_LAYOUT = 7,  /* a struct's fields hold values no shoal version writes */
+} shoal_status;
+
+/* ---- atomics on (aligned) shared words: sequentially consistent ---------------- */
+uint64_t shoal_load64(const uint64_t *addr);
+void shoal_store64(uint64_t *addr, uint64_t value);
+uint64_t shoal_fetch_add64(uint64_t *addr, uint64_t delta); /* returns the old value */
+/* If *addr == *expected, store desired and return 1; else copy *addr to *expected, return 0. */
+int shoal_cas64(uint64_t *addr, uint64_t *expected, uint64_t desired);
+uint32_t shoal_load32(const uint32_t *addr);
+
+/* ---- wait / wake on a shared 32-bit word ---------------------------------------- */
+/* Sleep while *addr == expected.  SHOAL_OK when woken or the word differs (the caller
+ * re-checks its condition), SHOAL_TIMEOUT, or SHOAL_INTR on a signal. */
+shoal_status shoal_wait32(uint32_t *addr, uint32_t expected, int64_t timeout_ns);
+/* Wake up to n sleepers on addr (n < 0: all).  Returns how many were woken, if known. */
+int shoal_wake32(uint32_t *addr, int n);
+
+/* ---- process identity ------------------------------------------------------------- */
+uint64_t shoal_self_token(void);          /* this process's token (cached, reset by fork) */
+int shoal_token_alive(uint64_t token);    /* 1 alive (or unknown), 0 certainly dead */
+int64_t shoal_monotonic_ns(void);
+
+/* ---- mutex (Lock, and RLock when depth is used) ---------------------------------- */
+typedef struct {
+    uint64_t owner;        /* token of the holder, 0 when free */
+    uint64_t owner_thread; /* RLock only: thread ident of the holder within its process */
+    uint64_t dead_owner;   /* token of the last holder found dead (0: none yet); for reports */
+    uint32_t seq;          /* futex word: bumped by every release that has waiters */
+    uint32_t waiters;      /* processes/threads sleeping or about to sleep on seq */
+    uint32_t owner_died;   /* 1 while the holder got it from a dead owner (cleared on release) */
+    uint32_t depth;        /* RLock recursion depth; touched only by the holder */
+} shoal_mutex;
+_Static_assert(sizeof(shoal_mutex) == 40, "shoal_mutex is part of the shared layout");
+
+shoal_status shoal_mutex_trylock(shoal_mutex *m, uint64_t token);
+/* Block up to timeout_ns.  SHOAL_OWNER_DIED means acquired from a dead holder. */
+shoal_status shoal_mutex_lock(shoal_mutex *m, uint64_t token, int64_t timeout_ns);
+/* Lock semantics (any process may release a held lock, as multiprocessing.Lock allows):
+ * SHOAL_NOT_OWNER when it is not held. */
+shoal_status shoal_mutex_unlock(shoal_mutex *m);
+/* Release without clearing owner_died, handing the repair duty to the next holder. */
+shoal_status shoal_mutex_unlock_keep_died(shoal_mutex *m);
+
+/* Recursive variants: the holder is (token, thread).  trylock never blocks and never
+ * inspects the holder; lock with timeout 0 also takes the lock from a dead holder. */
+shoal_status shoal_rmutex_trylock(shoal_mutex *m, uint64_t token, uint64_t thread);
+shoal_status shoal_rmutex_lock(shoal_mutex *m, uint64_t token, uint64_t thread, int64_t timeout_ns);
+shoal_status shoal_rmutex_unlock(shoal_mutex *m, uint64_t token, uint64_t thread);
+/* Condition support: release every level, returning the depth in *depth. */
+shoal_status shoal_rmutex_release_all(shoal_mutex *m, uint64_t token, uint64_t thread, uint32_t *depth);
+
+/* ---- semaphore ---------------------------------------------------------------------- */
+typedef struct {
+    uint32_t value;    /* futex word: the count */
+    uint32_t waiters;
+    uint32_t maxvalue; /* the bound, when bounded */
+    uint32_t bounded;  /* 1: release past maxvalue is SHOAL_OVERFLOW (BoundedSemaphore) */
+} shoal_semaphore;
+_Static_assert(sizeof(shoal_semaphore) == 16, "shoal_semaphore is part of the shared layout");
+
+shoal_status shoal_sem_acquire(shoal_semaphore *s, int64_t timeout_ns);
+shoal_status shoal_sem_release(shoal_semaphore *s, uint32_t n); /* SHOAL_OVERFLOW past maxvalue */
+
+/* ---- event ---------------------------------------------------------------------------- */
+typedef struct {
+    uint32_t flag;    /* futex word: 0 clear, 1 set */
+    uint32_t waiters;
+} shoal_event;
+_Static_assert(sizeof(shoal_event) == 8, "shoal_event is part of the shared layout");
+
+shoal_status shoal_event_wait(shoal_event *e, int64_t timeout_ns); /* OK when set */
+void shoal_event_set(shoal_event *e);
+void shoal_event_clear(shoal_event *e);
+
+/* ---- condition variable (the lock is the caller's business) -------------------------- */
+/* Waiters take "tickets" that notify hands out, so notify(n) wakes at most n
+ * waiters, even with spurious futex wake-ups. */
+typedef struct {
+    uint64_t state; /* (waiting << 32) | tickets; one word so both change together */
+    uint32_t seq;   /* futex word: bumped by every notify */
+    uint32_t reserved;
+} shoal_cond;
+_Static_assert(sizeof(shoal_cond) == 16, "shoal_cond is part of the shared layout");
+
+/* Under the lock: register as a waiter. */
+void shoal_cond_enter(shoal_cond *c);
+/* Without the lock: wait for a ticket.  OK (took one), TIMEOUT, or INTR (the caller
+ * checks signals and calls again, still registered). */
+shoal_status shoal_cond_wait(shoal_cond *c, int64_t timeout_ns);
+/* Under the lock, after a TIMEOUT: leave.  OK if a ticket arrived meanwhile (it is
+ * taken and the wait counts as notified), TIMEOUT otherwise. */
+shoal_status shoal_cond_leave(shoal_cond *c);
+/* Under the lock: wake up to n waiters (n < 0: all).  Returns how many were granted. */
+uint32_t shoal_cond_notify(shoal_cond *c, int64_t n);
+
+#endif

@@ -1,0 +1,66 @@
+"""shoal: reading and writing memory across processes, fast, safe and boring.
+
+The multiprocessing API, with every lock and shared object living in shared memory:
+each pickles as a small handle and works in any process, ``Pool`` tasks included;
+locks survive a dead owner; segments are reference counted and reaped after crashes.
+
+    import shoal
+    lock = shoal.Lock()          # pass it anywhere: Pool tasks, queues, later processes
+"""
+
+from ._errors import BarrierPartyDiedError as BarrierPartyDiedError
+from ._errors import BrokenError as BrokenError
+from ._errors import ClosedError as ClosedError
+from ._errors import LayoutError as LayoutError
+from ._errors import NotHeldError as NotHeldError
+from ._errors import OwnerDiedWarning as OwnerDiedWarning
+from ._errors import SegmentNotFoundError as SegmentNotFoundError
+from ._errors import SharedMemoryError as SharedMemoryError
+from ._errors import ShoalError as ShoalError
+from ._errors import ShoalWarning as ShoalWarning
+from ._sync import Barrier as Barrier
+from ._sync import BarrierStatistics as BarrierStatistics
+from ._sync import BoundedSemaphore as BoundedSemaphore
+from ._sync import BrokenBarrierError as BrokenBarrierError
+from ._sync import Condition as Condition
+from ._sync import Event as Event
+from ._sync import EventStatistics as EventStatistics
+from ._sync import Lock as Lock
+from ._sync import LockStatistics as LockStatistics
+from ._sync import RLock as RLock
+from ._sync import Semaphore as Semaphore
+from ._sync import SemaphoreStatistics as SemaphoreStatistics
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Barrier",
+    "BarrierPartyDiedError",
+    "BarrierStatistics",
+    "BoundedSemaphore",
+    "BrokenBarrierError",
+    "BrokenError",
+    "ClosedError",
+    "Condition",
+    "Event",
+    "EventStatistics",
+    "LayoutError",
+    "Lock",
+    "LockStatistics",
+    "NotHeldError",
+    "OwnerDiedWarning",
+    "RLock",
+    "SegmentNotFoundError",
+    "Semaphore",
+    "SemaphoreStatistics",
+    "SharedMemoryError",
+    "ShoalError",
+    "ShoalWarning",
+]
+
+# Public classes say they are shoal's, not a private module's (trio's habit).
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("shoal._"):
+        _obj.__module__ = "shoal"
+del _name, _obj

@@ -1,0 +1,954 @@
+/*
+ * shoal._core: the CPython glue over native/ (the only file that includes Python.h).
+ *
+ * Its jobs, and nothing else:
+ *   - turn (buffer, offset) into a checked, aligned pointer (ValueError otherwise);
+ *   - keep the exporting object (an mmap) alive while a pointer into it is in use;
+ *   - take the fast path with the GIL held, release the GIL only to block;
+ *   - on EINTR run PyErr_CheckSignals() (Ctrl-C raises KeyboardInterrupt) and retry
+ *     with the time left on a monotonic deadline;
+ *   - map native statuses to Python results and exceptions.
+ *
+ * The synchronisation types (Mutex, Semaphore, Event, Cond) are bound to a block of a
+ * shared buffer with _bind(); the Python classes in shoal._sync subclass them, so the
+ * hot calls (acquire/release) are C calls with no Python frame in between.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <pythread.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "shoal_core.h"
+
+/* Exception classes, looked up once from shoal._errors (pure Python, lowest layer). */
+static PyObject *ClosedError, *NotHeldError, *OwnerDiedWarning;
+
+/* ---- helpers ------------------------------------------------------------------------ */
+
+/* timeout (seconds, None = forever) -> relative ns, -1 forever, 0 don't block. */
+static int parse_timeout(PyObject *timeout, int64_t *ns) {
+    if (timeout == NULL || timeout == Py_None) {
+        *ns = -1;
+        return 0;
+    }
+    double t = PyFloat_AsDouble(timeout);
+    if (t == -1.0 && PyErr_Occurred())
+        return -1;
+    if (isnan(t)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be a number of seconds, not NaN");
+        return -1;
+    }
+    if (t <= 0)
+        *ns = 0;
+    else if (t >= 9.0e9) /* centuries: the same as forever, and no overflow below */
+        *ns = -1;
+    else
+        *ns = (int64_t)(t * 1e9);
+    return 0;
+}
+
+/* A native call that may block, retried after signals until it gives an answer. */
+typedef shoal_status (*blocking_call)(void *target, void *arg, int64_t timeout_ns);
+
+static int run_blocking(blocking_call call, void *target, void *arg, PyObject *keepalive,
+                        int64_t timeout_ns, shoal_status *out) {
+    int64_t deadline = timeout_ns < 0 ? -1 : shoal_monotonic_ns() + timeout_ns;
+    /* another thread may unbind the object while we sleep with the GIL released: the
+     * mapping must outlive the wait, so hold its exporter */
+    Py_XINCREF(keepalive);
+    for (;;) {
+        int64_t left = -1;
+        if (deadline >= 0) {
+            left = deadline - shoal_monotonic_ns();
+            if (left < 0)
+                left = 0;
+        }
+        shoal_status st;
+        Py_BEGIN_ALLOW_THREADS
+        st = call(target, arg, left);
+        Py_END_ALLOW_THREADS
+        if (st != SHOAL_INTR) {
+            *out = st;
+            Py_XDECREF(keepalive);
+            return 0;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            Py_XDECREF(keepalive);
+            return -1;
+        }
+    }
+}
+
+/* Parse (block=True, timeout=None) from a vectorcall. */
+static int parse_block_timeout(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                               int64_t *timeout_ns) {
+    PyObject *block = NULL, *timeout = NULL;
+    if (nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "acquire() takes at most 2 arguments (%zd given)", nargs);
+        return -1;
+    }
+    if (nargs > 0) block = args[0];
+    if (nargs > 1) timeout = args[1];
+    if (kwnames) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+            PyObject *value = args[nargs + i];
+            if (PyUnicode_CompareWithASCIIString(key, "block") == 0 ||
+                PyUnicode_CompareWithASCIIString(key, "blocking") == 0) {
+                if (block) goto twice;
+                block = value;
+            } else if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0) {
+                if (timeout) goto twice;
+                timeout = value;
+            } else {
+                PyErr_Format(PyExc_TypeError, "acquire() got an unexpected keyword argument '%U'", key);
+                return -1;
+            }
+        }
+    }
+    if (block) {
+        int b = PyObject_IsTrue(block);
+        if (b < 0)
+            return -1;
+        if (!b) {
+            *timeout_ns = 0; /* like multiprocessing: a timeout is ignored when not blocking */
+            return 0;
+        }
+    }
+    return parse_timeout(timeout, timeout_ns);
+twice:
+    PyErr_SetString(PyExc_TypeError, "acquire() got multiple values for an argument");
+    return -1;
+}
+
+/* ---- the bound-view base ------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    char *addr; /* NULL when unbound (closed) */
+} ViewObject;
+
+static void *get_addr(Py_buffer *view, Py_ssize_t offset, Py_ssize_t size) {
+    if (offset < 0 || size < 0 || offset > view->len - size) {
+        PyErr_Format(PyExc_ValueError,
+                     "offset %zd + size %zd is outside the buffer of %zd bytes", offset, size,
+                     view->len);
+        return NULL;
+    }
+    char *addr = (char *)view->buf + offset;
+    if (((uintptr_t)addr) % 8 != 0) {
+        PyErr_Format(PyExc_ValueError, "offset %zd is not 8-byte aligned in the mapping", offset);
+        return NULL;
+    }
+    return addr;
+}
+
+static int view_bind(ViewObject *self, PyObject *args, Py_ssize_t size) {
+    PyObject *buffer;
+    Py_ssize_t offset;
+    if (!PyArg_ParseTuple(args, "On", &buffer, &offset))
+        return -1;
+    if (self->addr) {
+        PyErr_SetString(PyExc_RuntimeError, "already bound");
+        return -1;
+    }
+    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE) < 0)
+        return -1;
+    char *addr = get_addr(&self->view, offset, size);
+    if (!addr) {
+        PyBuffer_Release(&self->view);
+        return -1;
+    }
+    self->addr = addr;
+    return 0;
+}
+
+static PyObject *view_unbind(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->addr) {
+        self->addr = NULL;
+        PyBuffer_Release(&self->view);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *view_is_bound(ViewObject *self, void *Py_UNUSED(closure)) {
+    return PyBool_FromLong(self->addr != NULL);
+}
+
+static void view_dealloc(ViewObject *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    if (self->addr) {
+        self->addr = NULL;
+        PyBuffer_Release(&self->view);
+    }
+    tp->tp_free((PyObject *)self);
+}
+
+static int check_bound(ViewObject *self) {
+    if (self->addr)
+        return 0;
+    PyErr_Format(ClosedError, "this %.100s is closed and cannot be used any more",
+                 Py_TYPE(self)->tp_name);
+    return -1;
+}
+
+#define BIND_METHOD(NAME, CTYPE)                                                  \
+    static PyObject *NAME(ViewObject *self, PyObject *args) {                     \
+        if (view_bind(self, args, (Py_ssize_t)sizeof(CTYPE)) < 0)                 \
+            return NULL;                                                           \
+        Py_RETURN_NONE;                                                            \
+    }
+
+/* ---- Mutex (Lock and RLock) ------------------------------------------------------------ */
+
+typedef struct {
+    ViewObject v;
+    int recursive;
+    int report; /* warn the new holder about a dead owner (internal locks do not) */
+} MutexObject;
+
+#define MUTEX(self) ((shoal_mutex *)((MutexObject *)(self))->v.addr)
+
+static PyObject *mutex_bind(MutexObject *self, PyObject *args) {
+    PyObject *buffer;
+    Py_ssize_t offset;
+    int recursive = 0, report = 1;
+    if (!PyArg_ParseTuple(args, "On|pp", &buffer, &offset, &recursive, &report))
+        return NULL;
+    PyObject *pair = Py_BuildValue("(On)", buffer, offset);
+    if (!pair)
+        return NULL;
+    int r = view_bind(&self->v, pair, (Py_ssize_t)sizeof(shoal_mutex));
+    Py_DECREF(pair);
+    if (r < 0)
+        return NULL;
+    self->recursive = recursive;
+    self->report = report;
+    Py_RETURN_NONE;
+}
+
+static uint64_t thread_ident(void) { return (uint64_t)PyThread_get_thread_ident(); }
+
+typedef struct {
+    int recursive;
+    uint64_t token, thread;
+} lock_arg;
+
+static shoal_status call_lock(void *target, void *arg, int64_t timeout_ns) {
+    lock_arg *a = arg;
+    return a->recursive ? shoal_rmutex_lock(target, a->token, a->thread, timeout_ns)
+                        : shoal_mutex_lock(target, a->token, timeout_ns);
+}
+
+/* After a successful acquire: tell the new holder if the lock's last owner died.  If a
+ * warnings filter makes that an error, hand the lock (and the news) to the next holder. */
+static int report_dead_owner(MutexObject *self) {
+    shoal_mutex *m = MUTEX(self);
+    if (!self->report || !shoal_load32(&m->owner_died))
+        return 0;
+    uint64_t dead = shoal_load64(&m->dead_owner);
+    if (PyErr_WarnFormat(OwnerDiedWarning, 1,
+                         "%.100s acquired after its owner, process %d, died holding it; the "
+                         "data it guards may be inconsistent (owner_died is True until "
+                         "release)",
+                         Py_TYPE(self)->tp_name, (int)(dead >> 32)) < 0) {
+        shoal_mutex_unlock_keep_died(m);
+        return -1;
+    }
+    return 0;
+}
+
+/* acquire with an already parsed timeout; returns 1 acquired, 0 not, -1 error. */
+static int mutex_acquire_ns(MutexObject *self, int64_t timeout_ns) {
+    if (check_bound(&self->v) < 0)
+        return -1;
+    shoal_mutex *m = MUTEX(self);
+    lock_arg a = {self->recursive, shoal_self_token(), self->recursive ? thread_ident() : 0};
+    shoal_status st = a.recursive ? shoal_rmutex_trylock(m, a.token, a.thread)
+                                  : shoal_mutex_trylock(m, a.token);
+    if (st == SHOAL_AGAIN) {
+        if (timeout_ns == 0)
+            st = call_lock(m, &a, 0); /* no wait, but do take it from a dead holder */
+        else if (run_blocking(call_lock, m, &a, self->v.view.obj, timeout_ns, &st) < 0)
+            return -1;
+    }
+    switch (st) {
+    case SHOAL_OK:
+    case SHOAL_OWNER_DIED:
+        return report_dead_owner(self) < 0 ? -1 : 1;
+    case SHOAL_OVERFLOW:
+        PyErr_SetString(PyExc_OverflowError, "RLock acquired too many times recursively");
+        return -1;
+    default:
+        return 0;
+    }
+}
+
+static PyObject *mutex_acquire(MutexObject *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames) {
+    int64_t timeout_ns;
+    if (parse_block_timeout(args, nargs, kwnames, &timeout_ns) < 0)
+        return NULL;
+    int r = mutex_acquire_ns(self, timeout_ns);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
+}
+
+static PyObject *mutex_enter(MutexObject *self, PyObject *Py_UNUSED(ignored)) {
+    int r = mutex_acquire_ns(self, -1);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
+}
+
+static PyObject *mutex_release(MutexObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (check_bound(&self->v) < 0)
+        return NULL;
+    shoal_mutex *m = MUTEX(self);
+    shoal_status st = self->recursive
+                          ? shoal_rmutex_unlock(m, shoal_self_token(), thread_ident())
+                          : shoal_mutex_unlock(m);
+    if (st == SHOAL_NOT_OWNER) {
+        PyErr_SetString(NotHeldError, self->recursive
+                                          ? "cannot release an RLock this thread does not hold"
+                                          : "release of an unlocked Lock");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *mutex_exit(MutexObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)args;
+    (void)nargs;
+    return mutex_release(self, NULL);
+}
+
+static int mutex_held_here(MutexObject *self) {
+    shoal_mutex *m = MUTEX(self);
+    if (shoal_load64(&m->owner) != shoal_self_token())
+        return 0;
+    return !self->recursive || shoal_load64(&m->owner_thread) == thread_ident();
+}
+
+static PyObject *mutex_is_owned(MutexObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (check_bound(&self->v) < 0)
+        return NULL;
+    return PyBool_FromLong(mutex_held_here(self));
+}
+
+/* Condition support: release completely, returning the recursion depth to restore. */
+static PyObject *mutex_release_save(MutexObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (check_bound(&self->v) < 0)
+        return NULL;
+    shoal_mutex *m = MUTEX(self);
+    uint32_t depth = 1;
+    shoal_status st = self->recursive
+                          ? shoal_rmutex_release_all(m, shoal_self_token(), thread_ident(), &depth)
+                          : (mutex_held_here(self) ? shoal_mutex_unlock(m) : SHOAL_NOT_OWNER);
+    if (st == SHOAL_NOT_OWNER) {
+        PyErr_SetString(NotHeldError, "cannot wait on an un-acquired lock");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLong(depth);
+}
+
+static PyObject *mutex_acquire_restore(MutexObject *self, PyObject *arg) {
+    unsigned long depth = PyLong_AsUnsignedLong(arg);
+    if (depth == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    int r = mutex_acquire_ns(self, -1);
+    if (r < 0)
+        return NULL;
+    if (self->recursive && depth > 0)
+        MUTEX(self)->depth = (uint32_t)depth;
+    Py_RETURN_NONE;
+}
+
+#define BOUND_OR_NULL(self) \
+    if (check_bound((ViewObject *)(self)) < 0) return NULL
+
+static PyObject *mutex_get_owner(MutexObject *self, void *c) {
+    (void)c;
+    BOUND_OR_NULL(self);
+    return PyLong_FromUnsignedLongLong(shoal_load64(&MUTEX(self)->owner));
+}
+static PyObject *mutex_get_dead_owner(MutexObject *self, void *c) {
+    (void)c;
+    BOUND_OR_NULL(self);
+    return PyLong_FromUnsignedLongLong(shoal_load64(&MUTEX(self)->dead_owner));
+}
+static PyObject *mutex_get_waiters(MutexObject *self, void *c) {
+    (void)c;
+    BOUND_OR_NULL(self);
+    return PyLong_FromUnsignedLong(shoal_load32(&MUTEX(self)->waiters));
+}
+static PyObject *mutex_get_depth(MutexObject *self, void *c) {
+    (void)c;
+    BOUND_OR_NULL(self);
+    return PyLong_FromUnsignedLong(shoal_load64(&MUTEX(self)->owner) ? MUTEX(self)->depth : 0);
+}
+static PyObject *mutex_get_owner_died(MutexObject *self, void *c) {
+    (void)c;
+    BOUND_OR_NULL(self);
+    return PyBool_FromLong(shoal_load32(&MUTEX(self)->owner_died) && mutex_held_here(self));
+}
+
+static PyMethodDef mutex_methods[] = {
+    {"_bind", (PyCFunction)mutex_bind, METH_VARARGS,
+     "_bind(buffer, offset, recursive=False, report=True): attach to a shoal_mutex."},
+    {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, "Detach from shared memory."},
+    {"acquire", (PyCFunction)(void (*)(void))mutex_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "acquire(block=True, timeout=None) -> bool"},
+    {"release", (PyCFunction)mutex_release, METH_NOARGS, "release()"},
+    {"__enter__", (PyCFunction)mutex_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))mutex_exit, METH_FASTCALL, NULL},
+    {"_is_owned", (PyCFunction)mutex_is_owned, METH_NOARGS,
+     "True if held by this process (and, for an RLock, this thread)."},
+    {"_release_save", (PyCFunction)mutex_release_save, METH_NOARGS, NULL},
+    {"_acquire_restore", (PyCFunction)mutex_acquire_restore, METH_O, NULL},
+    {NULL},
+};
+
+static PyGetSetDef mutex_getset[] = {
+    {"_bound", (getter)view_is_bound, NULL, NULL, NULL},
+    {"_owner_token", (getter)mutex_get_owner, NULL, "token of the holder, 0 if free", NULL},
+    {"_dead_owner_token", (getter)mutex_get_dead_owner, NULL, NULL, NULL},
+    {"_waiters", (getter)mutex_get_waiters, NULL, NULL, NULL},
+    {"_depth", (getter)mutex_get_depth, NULL, NULL, NULL},
+    {"owner_died", (getter)mutex_get_owner_died, NULL,
+     "True while the caller holds this lock and got it from an owner that died "
+     "holding it. Cleared by release().",
+     NULL},
+    {NULL},
+};
+
+static PyTypeObject MutexType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shoal._core.Mutex",
+    .tp_basicsize = sizeof(MutexObject),
+    .tp_dealloc = (destructor)view_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "A process-shared mutex with dead-owner recovery, bound with _bind().",
+    .tp_methods = mutex_methods,
+    .tp_getset = mutex_getset,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---- Semaphore ---------------------------------------------------------------------- */
+
+#define SEM(self) ((shoal_semaphore *)((ViewObject *)(self))->addr)
+BIND_METHOD(sem_bind, shoal_semaphore)
+
+static shoal_status call_sem(void *target, void *arg, int64_t timeout_ns) {
+    (void)arg;
+    return shoal_sem_acquire(target, timeout_ns);
+}
+
+static PyObject *sem_init(ViewObject *self, PyObject *args) {
+    unsigned int value, maxvalue;
+    int bounded;
+    if (!PyArg_ParseTuple(args, "IIp", &value, &maxvalue, &bounded))
+        return NULL;
+    BOUND_OR_NULL(self);
+    SEM(self)->maxvalue = maxvalue;
+    SEM(self)->bounded = (uint32_t)bounded;
+    SEM(self)->value = value;
+    Py_RETURN_NONE;
+}
+
+static PyObject *sem_acquire(ViewObject *self, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames) {
+    int64_t timeout_ns;
+    if (parse_block_timeout(args, nargs, kwnames, &timeout_ns) < 0)
+        return NULL;
+    BOUND_OR_NULL(self);
+    shoal_status st = shoal_sem_acquire(SEM(self), 0);
+    if (st == SHOAL_AGAIN && timeout_ns != 0 &&
+        run_blocking(call_sem, SEM(self), NULL, self->view.obj, timeout_ns, &st) < 0)
+        return NULL;
+    return PyBool_FromLong(st == SHOAL_OK);
+}
+
+static PyObject *sem_enter(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
+    return sem_acquire(self, NULL, 0, NULL);
+}
+
+static PyObject *sem_release(ViewObject *self, PyObject *args) {
+    unsigned int n = 1;
+    if (!PyArg_ParseTuple(args, "|I", &n))
+        return NULL;
+    BOUND_OR_NULL(self);
+    if (shoal_sem_release(SEM(self), n) == SHOAL_OVERFLOW) {
+        if (SEM(self)->bounded)
+            PyErr_SetString(NotHeldError, "semaphore or lock released too many times");
+        else
+            PyErr_SetString(PyExc_OverflowError, "semaphore value would pass 2**32 - 1");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *sem_exit(ViewObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)args;
+    (void)nargs;
+    PyObject *no_args = PyTuple_New(0);
+    if (!no_args)
+        return NULL;
+    PyObject *r = sem_release(self, no_args);
+    Py_DECREF(no_args);
+    return r;
+}
+
+static PyObject *sem_max_value(ViewObject *self, void *c) {
+    (void)c;
+    BOUND_OR_NULL(self);
+    if (!SEM(self)->bounded)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(SEM(self)->maxvalue);
+}
+
+static PyObject *sem_get_value(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
+    BOUND_OR_NULL(self);
+    return PyLong_FromUnsignedLong(shoal_load32(&SEM(self)->value));
+}
+
+static PyObject *sem_waiters(ViewObject *self, void *c) {
+    (void)c;
+    BOUND_OR_NULL(self);
+    return PyLong_FromUnsignedLong(shoal_load32(&SEM(self)->waiters));
+}
+
+static PyMethodDef sem_methods[] = {
+    {"_bind", (PyCFunction)sem_bind, METH_VARARGS, "_bind(buffer, offset)"},
+    {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, NULL},
+    {"_init", (PyCFunction)sem_init, METH_VARARGS, "_init(value, maxvalue, bounded)"},
+    {"acquire", (PyCFunction)(void (*)(void))sem_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "acquire(block=True, timeout=None) -> bool"},
+    {"release", (PyCFunction)sem_release, METH_VARARGS, "release(n=1)"},
+    {"__enter__", (PyCFunction)sem_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))sem_exit, METH_FASTCALL, NULL},
+    {"get_value", (PyCFunction)sem_get_value, METH_NOARGS, "The current count."},
+    {NULL},
+};
+
+static PyGetSetDef sem_getset[] = {
+    {"_bound", (getter)view_is_bound, NULL, NULL, NULL},
+    {"_waiters", (getter)sem_waiters, NULL, NULL, NULL},
+    {"_max_value", (getter)sem_max_value, NULL, "the bound, or None", NULL},
+    {NULL},
+};
+
+static PyTypeObject SemaphoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shoal._core.Semaphore",
+    .tp_basicsize = sizeof(ViewObject),
+    .tp_dealloc = (destructor)view_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "A process-shared counting semaphore, bound with _bind().",
+    .tp_methods = sem_methods,
+    .tp_getset = sem_getset,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---- Event --------------------------------------------------------------------------- */
+
+#define EVENT(self) ((shoal_event *)((ViewObject *)(self))->addr)
+BIND_METHOD(event_bind, shoal_event)
+
+static shoal_status call_event(void *target, void *arg, int64_t timeout_ns) {
+    (void)arg;
+    return shoal_event_wait(target, timeout_ns);
+}
+
+static PyObject *event_wait(ViewObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"timeout", NULL};
+    PyObject *timeout = Py_None;
+    int64_t timeout_ns;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:wait", kwlist, &timeout) ||
+        parse_timeout(timeout, &timeout_ns) < 0)
+        return NULL;
+    BOUND_OR_NULL(self);
+    shoal_status st = shoal_event_wait(EVENT(self), 0);
+    if (st != SHOAL_OK && timeout_ns != 0 &&
+        run_blocking(call_event, EVENT(self), NULL, self->view.obj, timeout_ns, &st) < 0)
+        return NULL;
+    return PyBool_FromLong(st == SHOAL_OK);
+}
+
+static PyObject *event_set(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
+    BOUND_OR_NULL(self);
+    shoal_event_set(EVENT(self));
+    Py_RETURN_NONE;
+}
+
+static PyObject *event_clear(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
+    BOUND_OR_NULL(self);
+    shoal_event_clear(EVENT(self));
+    Py_RETURN_NONE;
+}
+
+static PyObject *event_is_set(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
+    BOUND_OR_NULL(self);
+    return PyBool_FromLong(shoal_load32(&EVENT(self)->flag) != 0);
+}
+
+static PyObject *event_waiters(ViewObject *self, void *c) {
+    (void)c;
+    BOUND_OR_NULL(self);
+    return PyLong_FromUnsignedLong(shoal_load32(&EVENT(self)->waiters));
+}
+
+static PyMethodDef event_methods[] = {
+    {"_bind", (PyCFunction)event_bind, METH_VARARGS, "_bind(buffer, offset)"},
+    {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, NULL},
+    {"wait", (PyCFunction)(void (*)(void))event_wait, METH_VARARGS | METH_KEYWORDS,
+     "wait(timeout=None) -> bool: True once the flag is set, False on timeout."},
+    {"set", (PyCFunction)event_set, METH_NOARGS, "Set the flag and wake every waiter."},
+    {"clear", (PyCFunction)event_clear, METH_NOARGS, "Reset the flag."},
+    {"is_set", (PyCFunction)event_is_set, METH_NOARGS, "True if the flag is set."},
+    {NULL},
+};
+
+static PyGetSetDef event_getset[] = {
+    {"_bound", (getter)view_is_bound, NULL, NULL, NULL},
+    {"_waiters", (getter)event_waiters, NULL, NULL, NULL},
+    {NULL},
+};
+
+static PyTypeObject EventType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shoal._core.Event",
+    .tp_basicsize = sizeof(ViewObject),
+    .tp_dealloc = (destructor)view_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "A process-shared event flag, bound with _bind().",
+    .tp_methods = event_methods,
+    .tp_getset = event_getset,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---- Cond ---------------------------------------------------------------------------- */
+
+#define COND(self) ((shoal_cond *)((ViewObject *)(self))->addr)
+BIND_METHOD(cond_bind, shoal_cond)
+
+static shoal_status call_cond(void *target, void *arg, int64_t timeout_ns) {
+    (void)arg;
+    return shoal_cond_wait(target, timeout_ns);
+}
+
+static PyObject *cond_enter(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
+    BOUND_OR_NULL(self);
+    shoal_cond_enter(COND(self));
+    Py_RETURN_NONE;
+}
+
+static PyObject *cond_wait(ViewObject *self, PyObject *arg) {
+    int64_t timeout_ns;
+    if (parse_timeout(arg, &timeout_ns) < 0)
+        return NULL;
+    BOUND_OR_NULL(self);
+    shoal_status st;
+    if (run_blocking(call_cond, COND(self), NULL, self->view.obj, timeout_ns, &st) < 0)
+        return NULL;
+    return PyBool_FromLong(st == SHOAL_OK);
+}
+
+static PyObject *cond_leave(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
+    BOUND_OR_NULL(self);
+    return PyBool_FromLong(shoal_cond_leave(COND(self)) == SHOAL_OK);
+}
+
+static PyObject *cond_notify(ViewObject *self, PyObject *arg) {
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    BOUND_OR_NULL(self);
+    return PyLong_FromUnsignedLong(shoal_cond_notify(COND(self), n));
+}
+
+static PyObject *cond_waiting(ViewObject *self, void *c) {
+    (void)c;
+    BOUND_OR_NULL(self);
+    uint64_t s = shoal_load64(&COND(self)->state);
+    return PyLong_FromUnsignedLong((uint32_t)(s >> 32) - (uint32_t)s);
+}
+
+static PyMethodDef cond_methods[] = {
+    {"_bind", (PyCFunction)cond_bind, METH_VARARGS, "_bind(buffer, offset)"},
+    {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, NULL},
+    {"_enter", (PyCFunction)cond_enter, METH_NOARGS, "Register as a waiter (lock held)."},
+    {"_wait", (PyCFunction)cond_wait, METH_O, "_wait(timeout) -> bool: True if notified."},
+    {"_leave", (PyCFunction)cond_leave, METH_NOARGS,
+     "After a timed-out _wait, lock held: True if a notify arrived meanwhile."},
+    {"_notify", (PyCFunction)cond_notify, METH_O, "_notify(n) -> int; n < 0 wakes all."},
+    {NULL},
+};
+
+static PyGetSetDef cond_getset[] = {
+    {"_bound", (getter)view_is_bound, NULL, NULL, NULL},
+    {"_waiting", (getter)cond_waiting, NULL, "waiters not yet notified", NULL},
+    {NULL},
+};
+
+static PyTypeObject CondType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shoal._core.Cond",
+    .tp_basicsize = sizeof(ViewObject),
+    .tp_dealloc = (destructor)view_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "A process-shared condition variable (the lock is separate), bound with _bind().",
+    .tp_methods = cond_methods,
+    .tp_getset = cond_getset,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---- module functions: atomics and wait/wake at (buffer, offset) ------------------------ */
+
+/* Borrow a pointer for the duration of one call. */
+static void *borrow(PyObject *buffer, Py_ssize_t offset, Py_ssize_t size, Py_buffer *view) {
+    if (PyObject_GetBuffer(buffer, view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    void *addr = get_addr(view, offset, size);
+    if (!addr)
+        PyBuffer_Release(view);
+    return addr;
+}
+
+static PyObject *core_load64(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *buffer;
+    Py_ssize_t off;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "On:load64", &buffer, &off))
+        return NULL;
+    uint64_t *p = borrow(buffer, off, 8, &view);
+    if (!p)
+        return NULL;
+    uint64_t v = shoal_load64(p);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(v);
+}
+
+static PyObject *core_store64(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *buffer;
+    Py_ssize_t off;
+    unsigned long long value;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "OnK:store64", &buffer, &off, &value))
+        return NULL;
+    uint64_t *p = borrow(buffer, off, 8, &view);
+    if (!p)
+        return NULL;
+    shoal_store64(p, value);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_fetch_add64(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *buffer;
+    Py_ssize_t off;
+    long long delta;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "OnL:fetch_add64", &buffer, &off, &delta))
+        return NULL;
+    uint64_t *p = borrow(buffer, off, 8, &view);
+    if (!p)
+        return NULL;
+    uint64_t old = shoal_fetch_add64(p, (uint64_t)delta);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(old);
+}
+
+static PyObject *core_cas64(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *buffer;
+    Py_ssize_t off;
+    unsigned long long expected, desired;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "OnKK:cas64", &buffer, &off, &expected, &desired))
+        return NULL;
+    uint64_t *p = borrow(buffer, off, 8, &view);
+    if (!p)
+        return NULL;
+    uint64_t seen = expected;
+    int ok = shoal_cas64(p, &seen, desired);
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(OK)", ok ? Py_True : Py_False, (unsigned long long)seen);
+}
+
+static PyObject *core_load32(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *buffer;
+    Py_ssize_t off;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "On:load32", &buffer, &off))
+        return NULL;
+    uint32_t *p = borrow(buffer, off, 4, &view);
+    if (!p)
+        return NULL;
+    uint32_t v = shoal_load32(p);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLong(v);
+}
+
+static shoal_status call_wait32(void *target, void *arg, int64_t timeout_ns) {
+    return shoal_wait32(target, *(uint32_t *)arg, timeout_ns);
+}
+
+static PyObject *core_wait32(PyObject *m, PyObject *args, PyObject *kwargs) {
+    (void)m;
+    static char *kwlist[] = {"buffer", "offset", "expected", "timeout", NULL};
+    PyObject *buffer, *timeout = Py_None;
+    Py_ssize_t off;
+    unsigned int expected;
+    int64_t timeout_ns;
+    Py_buffer view;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnI|O:wait32", kwlist, &buffer, &off,
+                                     &expected, &timeout) ||
+        parse_timeout(timeout, &timeout_ns) < 0)
+        return NULL;
+    uint32_t *p = borrow(buffer, off, 4, &view);
+    if (!p)
+        return NULL;
+    shoal_status st;
+    int r = run_blocking(call_wait32, p, &expected, NULL, timeout_ns, &st);
+    PyBuffer_Release(&view);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(st == SHOAL_OK);
+}
+
+static PyObject *core_wake32(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *buffer;
+    Py_ssize_t off;
+    int n = -1;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "On|i:wake32", &buffer, &off, &n))
+        return NULL;
+    uint32_t *p = borrow(buffer, off, 4, &view);
+    if (!p)
+        return NULL;
+    int woken = shoal_wake32(p, n);
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(woken);
+}
+
+static PyObject *core_self_token(PyObject *m, PyObject *Py_UNUSED(ignored)) {
+    (void)m;
+    return PyLong_FromUnsignedLongLong(shoal_self_token());
+}
+
+static PyObject *core_token_alive(PyObject *m, PyObject *arg) {
+    (void)m;
+    unsigned long long token = PyLong_AsUnsignedLongLong(arg);
+    if (token == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    int alive;
+    Py_BEGIN_ALLOW_THREADS
+    alive = shoal_token_alive(token);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(alive);
+}
+
+static PyObject *core_shm_open(PyObject *m, PyObject *args) {
+    (void)m;
+    const char *name;
+    int flags, mode = 0600;
+    if (!PyArg_ParseTuple(args, "si|i:shm_open", &name, &flags, &mode))
+        return NULL;
+    int fd;
+    do {
+        Py_BEGIN_ALLOW_THREADS
+        fd = shm_open(name, flags | O_CLOEXEC, (mode_t)mode);
+        Py_END_ALLOW_THREADS
+    } while (fd < 0 && errno == EINTR && PyErr_CheckSignals() == 0);
+    if (fd < 0)
+        return PyErr_Occurred() ? NULL : PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
+    return PyLong_FromLong(fd);
+}
+
+static PyObject *core_shm_unlink(PyObject *m, PyObject *args) {
+    (void)m;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s:shm_unlink", &name))
+        return NULL;
+    if (shm_unlink(name) < 0)
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef core_functions[] = {
+    {"load64", core_load64, METH_VARARGS, "load64(buffer, offset) -> int"},
+    {"store64", core_store64, METH_VARARGS, "store64(buffer, offset, value)"},
+    {"fetch_add64", core_fetch_add64, METH_VARARGS,
+     "fetch_add64(buffer, offset, delta) -> old value (delta may be negative)"},
+    {"cas64", core_cas64, METH_VARARGS,
+     "cas64(buffer, offset, expected, desired) -> (swapped, value seen)"},
+    {"load32", core_load32, METH_VARARGS, "load32(buffer, offset) -> int"},
+    {"wait32", (PyCFunction)(void (*)(void))core_wait32, METH_VARARGS | METH_KEYWORDS,
+     "wait32(buffer, offset, expected, timeout=None) -> bool: sleep while the 32-bit "
+     "word equals expected; False on timeout."},
+    {"wake32", core_wake32, METH_VARARGS, "wake32(buffer, offset, n=-1) -> woken"},
+    {"self_token", core_self_token, METH_NOARGS, "This process's owner token."},
+    {"token_alive", core_token_alive, METH_O, "token_alive(token) -> bool"},
+    {"shm_open", core_shm_open, METH_VARARGS, "shm_open(name, flags, mode=0o600) -> fd"},
+    {"shm_unlink", core_shm_unlink, METH_VARARGS, "shm_unlink(name)"},
+    {NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT, "shoal._core",
+    "shoal's native core: atomics, wait/wake and robust synchronisation on shared buffers.",
+    -1, core_functions,
+};
+
+static int add_type(PyObject *module, PyTypeObject *type, const char *name) {
+    if (PyType_Ready(type) < 0)
+        return -1;
+    Py_INCREF(type);
+    if (PyModule_AddObject(module, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
+
+PyMODINIT_FUNC PyInit__core(void) {
+    PyObject *errors = PyImport_ImportModule("shoal._errors");
+    if (!errors)
+        return NULL;
+    ClosedError = PyObject_GetAttrString(errors, "ClosedError");
+    NotHeldError = PyObject_GetAttrString(errors, "NotHeldError");
+    OwnerDiedWarning = PyObject_GetAttrString(errors, "OwnerDiedWarning");
+    Py_DECREF(errors);
+    if (!ClosedError || !NotHeldError || !OwnerDiedWarning)
+        return NULL;
+    PyObject *module = PyModule_Create(&core_module);
+    if (!module)
+        return NULL;
+    if (add_type(module, &MutexType, "Mutex") < 0 ||
+        add_type(module, &SemaphoreType, "Semaphore") < 0 ||
+        add_type(module, &EventType, "Event") < 0 || add_type(module, &CondType, "Cond") < 0 ||
+        PyModule_AddIntConstant(module, "LAYOUT_VERSION", SHOAL_LAYOUT_VERSION) < 0 ||
+        PyModule_AddIntConstant(module, "MUTEX_SIZE", sizeof(shoal_mutex)) < 0 ||
+        PyModule_AddIntConstant(module, "SEMAPHORE_SIZE", sizeof(shoal_semaphore)) < 0 ||
+        PyModule_AddIntConstant(module, "EVENT_SIZE", sizeof(shoal_event)) < 0 ||
+        PyModule_AddIntConstant(module, "COND_SIZE", sizeof(shoal_cond)) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

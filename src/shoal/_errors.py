@@ -1,0 +1,113 @@
+"""Every exception and warning shoal raises, in one place.
+
+Each class is also the standard-library class that code written for
+``multiprocessing`` already catches, so porting never loses an ``except``::
+
+    ShoalError(Exception)                          base of everything shoal raises itself
+    ├── SharedMemoryError(ShoalError, OSError)     creating/attaching a segment failed
+    │   ├── SegmentNotFoundError(…, FileNotFoundError)
+    │   │                                          the handle names a segment that is gone
+    │   └── LayoutError(SharedMemoryError)         the segment's header is not one this
+    │                                              shoal writes (other version, corrupt)
+    ├── ClosedError(ShoalError, ValueError)        used after *you* closed it
+    ├── NotHeldError(ShoalError, ValueError, RuntimeError)
+    │                                              release of a lock/semaphore you do not hold
+    └── BrokenError(ShoalError)                    a peer or owner died
+        └── BarrierPartyDiedError(BrokenError, threading.BrokenBarrierError)
+
+    ShoalWarning(RuntimeWarning)
+    └── OwnerDiedWarning                           a lock was inherited from a dead owner
+
+"Closed" and "broken" are different on purpose: closed means this process said it is
+done with the object; broken means someone else died and the object tells you so.
+
+Exceptions cross processes, so every class unpickles with its attributes intact:
+attributes are keyword-only and live in ``__dict__``, which pickle carries.
+"""
+
+from __future__ import annotations
+
+import threading
+
+__all__ = [
+    "BarrierPartyDiedError",
+    "BrokenError",
+    "ClosedError",
+    "LayoutError",
+    "NotHeldError",
+    "OwnerDiedWarning",
+    "SegmentNotFoundError",
+    "SharedMemoryError",
+    "ShoalError",
+    "ShoalWarning",
+]
+
+
+class ShoalError(Exception):
+    """Base class of every exception shoal raises itself."""
+
+
+class SharedMemoryError(ShoalError, OSError):
+    """A shared-memory segment could not be created, sized or attached.
+
+    Also an :class:`OSError`; ``errno`` is set where the operating system gave one.
+    """
+
+
+class SegmentNotFoundError(SharedMemoryError, FileNotFoundError):
+    """A handle names a segment that no longer exists (every holder closed it or died)."""
+
+
+class LayoutError(SharedMemoryError):
+    """A segment's header does not match the layout this version of shoal writes.
+
+    Raised on attach when the magic number, layout version or sizes differ: the
+    segment was made by an incompatible shoal, or it is not a shoal segment at all.
+    """
+
+
+class ClosedError(ShoalError, ValueError):
+    """The object was closed by this process and cannot be used any more.
+
+    A :class:`ValueError` too, which is what the standard library raises for a
+    closed queue or connection.
+    """
+
+
+class NotHeldError(ShoalError, ValueError, RuntimeError):
+    """A lock or semaphore was released by a caller that does not hold it.
+
+    Both a :class:`ValueError` (what ``multiprocessing.Lock`` raises) and a
+    :class:`RuntimeError` (what ``threading.Lock`` raises).
+    """
+
+
+class BrokenError(ShoalError):
+    """A peer or owner of a shared object died, leaving the object broken."""
+
+
+class BarrierPartyDiedError(BrokenError, threading.BrokenBarrierError):
+    """A process died while waiting at a :class:`~shoal.Barrier`, which is now broken.
+
+    Attributes:
+        pid: the process id of the party that died, when known.
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class ShoalWarning(RuntimeWarning):
+    """Base class of the warnings shoal issues."""
+
+
+class OwnerDiedWarning(ShoalWarning):
+    """A lock was acquired from a process that died holding it.
+
+    The lock is held by the caller when this is issued, and ``lock.owner_died`` is
+    True until it is released: the data the lock guards may be half-updated.  Filter
+    it (``warnings.simplefilter("ignore", OwnerDiedWarning)``) once you check
+    ``owner_died`` yourself.  If a filter turns it into an error, the lock is
+    released again and the next acquirer is told instead.
+    """

@@ -1,0 +1,11 @@
+"""Stdlib-shaped shim: ``from shoal.synchronize import Lock``, as from multiprocessing."""
+
+from ._sync import Barrier as Barrier
+from ._sync import BoundedSemaphore as BoundedSemaphore
+from ._sync import Condition as Condition
+from ._sync import Event as Event
+from ._sync import Lock as Lock
+from ._sync import RLock as RLock
+from ._sync import Semaphore as Semaphore
+
+__all__ = ["Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "RLock", "Semaphore"]
