@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/python -m shoal demo
 
 test: $(STAMP)
-	cd tests && ../$(BIN)/python -m pytest -c ../pyproject.toml --rootdir=.. $(PYTEST_ARGS) .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory check-shm
 
 # Nothing of shoal's may outlive the processes that used it.
