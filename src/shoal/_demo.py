@@ -1,0 +1,206 @@
+"""``python -m shoal demo``: a first tour of what shoal does that multiprocessing can't.
+
+Each scene runs the standard library first, then shoal, and prints what happened.
+The task functions live at module level so that every start method can import them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import struct
+import sys
+import time
+import warnings
+from typing import Any
+
+from . import _core
+from ._errors import BarrierPartyDiedError, OwnerDiedWarning
+from ._memory import HEADER_SIZE, Segment
+from ._sync import Barrier, Event, Lock
+
+COUNTER = struct.Struct("<q")
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _title(text: str) -> None:
+    _say()
+    _say(text)
+    _say("-" * len(text))
+
+
+# ---- scene 1: a lock passed to Pool tasks ------------------------------------------------
+
+
+def add_under_lock(lock: Any, segment_name: str, times: int) -> int:
+    """Pool task: increment a shared counter ``times`` times, read-modify-write under lock."""
+    segment = Segment.attach(segment_name)
+    try:
+        for _ in range(times):
+            with lock:
+                (value,) = COUNTER.unpack_from(segment.buffer, HEADER_SIZE)
+                COUNTER.pack_into(segment.buffer, HEADER_SIZE, value + 1)
+        return os.getpid()
+    finally:
+        segment.close()
+
+
+def _scene_pool_lock(ctx: mp.context.BaseContext) -> None:
+    _title("1. A lock passed to Pool tasks")
+    tasks, times = 4, 2000
+    segment = Segment.create(8)
+    try:
+        _say("multiprocessing.Lock() as a Pool.apply_async argument:")
+        with ctx.Pool(2) as pool:
+            result = pool.apply_async(add_under_lock, (ctx.Lock(), segment.name, 1))
+            try:
+                result.get(timeout=30)
+                _say("   (unexpectedly worked)")
+            except RuntimeError as exc:
+                _say(f"   RuntimeError: {exc}")
+
+        _say("shoal.Lock() as the same argument:")
+        lock = Lock()
+        with ctx.Pool(2) as pool:
+            results = [
+                pool.apply_async(add_under_lock, (lock, segment.name, times)) for _ in range(tasks)
+            ]
+            pids = {r.get(timeout=60) for r in results}
+        (total,) = COUNTER.unpack_from(segment.buffer, HEADER_SIZE)
+        verdict = "exact" if total == tasks * times else "WRONG"
+        _say(
+            f"   {tasks} tasks x {times} increments in {len(pids)} worker processes: "
+            f"counter = {total} ({verdict})"
+        )
+        lock.close()
+    finally:
+        segment.close()
+
+
+# ---- scene 2: a lock whose owner was killed -----------------------------------------------
+
+
+def hold_forever(lock: Any, ready: Any) -> None:
+    """Child: take the lock, say so, then sleep until killed."""
+    lock.acquire()
+    ready.set()
+    time.sleep(3600)
+
+
+def _scene_dead_owner(ctx: mp.context.BaseContext) -> None:
+    _title("2. A lock whose owner was killed with SIGKILL")
+    _say("multiprocessing.Lock(): the next acquire waits forever (we give up after 1 s):")
+    mp_lock, mp_ready = ctx.Lock(), ctx.Event()
+    child = ctx.Process(target=hold_forever, args=(mp_lock, mp_ready))
+    child.start()
+    mp_ready.wait(30)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    _say(f"   acquire(timeout=1) -> {mp_lock.acquire(timeout=1)}   (and forever after)")
+
+    _say("shoal.Lock(): the next acquire inherits it and is told:")
+    lock, ready = Lock(), Event()
+    child = ctx.Process(target=hold_forever, args=(lock, ready))
+    child.start()
+    ready.wait(30)
+    _say(f"   {lock!r}")
+    os.kill(child.pid, signal.SIGKILL)
+    started = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", OwnerDiedWarning)
+        got = lock.acquire(timeout=5)
+    elapsed = time.monotonic() - started
+    _say(
+        f"   acquire(timeout=5) -> {got} after {elapsed * 1000:.0f} ms; "
+        f"lock.owner_died = {lock.owner_died}"
+    )
+    for warning in caught:
+        _say(f"   {warning.category.__name__}: {warning.message}")
+    lock.release()
+    child.join()
+    lock.close()
+    ready.close()
+
+
+# ---- scene 3: a barrier whose party died --------------------------------------------------
+
+
+def wait_at(barrier: Any, die: bool) -> None:
+    """Child: wait at the barrier; the doomed one SIGKILLs itself while waiting."""
+    if die:
+        signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGKILL))
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        barrier.wait(timeout=10)
+    except BarrierPartyDiedError as exc:
+        print(f"   pid {os.getpid()}: BarrierPartyDiedError: {exc}", flush=True)
+
+
+def _scene_barrier(ctx: mp.context.BaseContext) -> None:
+    _title("3. A Barrier whose waiting party died")
+    _say("3 parties; one is SIGKILLed while waiting, the third never comes:")
+    barrier = Barrier(3)
+    children = [ctx.Process(target=wait_at, args=(barrier, i == 0)) for i in range(2)]
+    started = time.monotonic()
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(30)
+    _say(
+        f"   both returned within {time.monotonic() - started:.1f} s instead of hanging; "
+        f"barrier.broken = {barrier.broken}"
+    )
+    barrier.close()
+
+
+# ---- scene 4: what it costs ---------------------------------------------------------------
+
+
+def pairs_per_second(lock: Any, seconds: float) -> float:
+    """Pool task: uncontended acquire+release pairs per second."""
+    count, start = 0, time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(200):
+            lock.acquire()
+            lock.release()
+        count += 200
+        now = time.perf_counter()
+        if now >= deadline:
+            return count / (now - start)
+
+
+def _scene_speed(ctx: mp.context.BaseContext) -> None:
+    _title("4. What it costs: acquire+release pairs per second inside a Pool task")
+    with ctx.Manager() as manager, ctx.Pool(1) as pool:
+        manager_rate = pool.apply(pairs_per_second, (manager.Lock(), 0.5))
+        lock = Lock()
+        shoal_rate = pool.apply(pairs_per_second, (lock, 0.5))
+        lock.close()
+    _say(f"   Manager().Lock(): {manager_rate:>12,.0f} pairs/s   (a socket round trip each)")
+    _say(
+        f"   shoal.Lock():     {shoal_rate:>12,.0f} pairs/s   "
+        f"({shoal_rate / manager_rate:,.0f}x; one atomic compare-and-swap each)"
+    )
+    _say("   (`make bench` measures this properly, with medians and more peers)")
+
+
+def demo(argv: list[str] | None = None) -> int:
+    """Run the tour; returns an exit status."""
+    method = (argv or [None])[0] if argv else None
+    ctx = mp.get_context(method)
+    _say(
+        f"shoal demo (Python {sys.version.split()[0]}, start method {ctx.get_start_method()!r},"
+        f" pid {os.getpid()}, token {_core.self_token():#x})"
+    )
+    _scene_pool_lock(ctx)
+    _scene_dead_owner(ctx)
+    _scene_barrier(ctx)
+    _scene_speed(ctx)
+    _say()
+    _say("Everything shoal created is gone from /dev/shm when its last holder exits.")
+    return 0

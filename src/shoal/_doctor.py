@@ -1,0 +1,44 @@
+"""``python -m shoal doctor``: what this machine offers shoal, and what is left over."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+
+from . import _core
+from ._memory import NAME_PREFIX, reap
+
+
+def _shm_report() -> str:
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return "no /dev/shm (segments still work through shm_open; crash reaping needs a listing)"
+    total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+    note = "  <- small: containers often need --shm-size" if total < 256 * 2**20 else ""
+    return f"{free / 2**20:,.0f} MiB free of {total / 2**20:,.0f} MiB{note}"
+
+
+def doctor(reap_orphans: bool = False) -> int:
+    """Print what shoal finds on this machine; optionally reap orphaned segments."""
+    print(f"python:          {sys.version.split()[0]} on {sys.platform}")
+    print(
+        f"start methods:   {', '.join(mp.get_all_start_methods())} "
+        f"(default {mp.get_start_method()})"
+    )
+    print(
+        f"cpus usable:     {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()}"
+    )  # noqa: E501
+    print(f"wait/wake:       {'futex' if sys.platform.startswith('linux') else 'polling fallback'}")
+    print(f"/dev/shm:        {_shm_report()}")
+    print(f"process token:   {_core.self_token():#018x} (pid << 32 | start time)")
+    try:
+        ours = sorted(n for n in os.listdir("/dev/shm") if n.startswith(NAME_PREFIX))
+    except OSError:
+        ours = []
+    print(f"shoal segments:  {len(ours)} in /dev/shm")
+    if reap_orphans:
+        gone = reap()
+        print(f"reaped:          {len(gone)} orphaned segment(s) {' '.join(gone)}")
+    return 0
