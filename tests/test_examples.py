@@ -1,0 +1,44 @@
+"""The examples and the command line run to the end and say what they promise."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, timeout: float = 120) -> str:
+    result = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_lock_in_pool_example_keeps_every_line():
+    assert "20 tasks, 20 lines, all whole: True" in run("examples/lock_in_pool.py")
+
+
+def test_dead_owner_example_reports_the_dead_owner():
+    out = run("examples/dead_owner.py")
+    assert "owner_died=True" in out
+    assert "last_dead_owner_pid=" in out and "last_dead_owner_pid=None" not in out
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_demo_runs_to_the_end(method):
+    out = run("-m", "shoal", "demo", "--start-method", method)
+    assert "RuntimeError: Lock objects should only be shared between processes" in out
+    assert "(exact)" in out
+    assert "lock.owner_died = True" in out
+    assert "BarrierPartyDiedError" in out and "barrier.broken = True" in out
+    assert "pairs/s" in out
+
+
+def test_doctor_reports_the_machine():
+    out = run("-m", "shoal", "doctor", "--reap")
+    assert "start methods:" in out and "/dev/shm:" in out and "reaped:" in out
