@@ -22,10 +22,10 @@ import pickle
 import time
 from dataclasses import dataclass
 from threading import BrokenBarrierError
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 from . import _core
-from ._errors import BarrierPartyDiedError, NotHeldError, ShoalError
+from ._errors import BarrierPartyDiedError, ClosedError, NotHeldError, ShoalError
 from ._handle import SharedObject
 
 __all__ = [
@@ -48,6 +48,11 @@ _SEM_VALUE_MAX = 2**32 - 1
 
 def _pid_of(token: int) -> int | None:
     return token >> 32 if token else None
+
+
+def _closed_error(obj: object) -> ClosedError:
+    # the same words as the C types' check_bound()
+    return ClosedError(f"this {type(obj).__name__} is closed and cannot be used any more")
 
 
 @dataclass(frozen=True)
@@ -297,12 +302,23 @@ class Condition(_core.Cond, SharedObject):
         self._set_lock(state)
 
     def __enter__(self) -> bool:
+        self._check_open()
         return self._lock.__enter__()
 
     def __exit__(self, *exc_info: object) -> None:
+        # no open check: ``with cond: cond.close()`` must still release the lock
         self._lock.release()
 
+    def _check_open(self) -> None:
+        if not self._bound:
+            raise _closed_error(self)
+
+    def _raise_closed(self, *args: object, **kwargs: object) -> NoReturn:
+        raise _closed_error(self)
+
     def _check_owned(self, what: str) -> None:
+        # closed first: a closed Condition is closed whoever holds its lock
+        self._check_open()
         if not self._lock._is_owned():
             raise NotHeldError(f"cannot {what} on un-acquired lock")
 
@@ -329,6 +345,7 @@ class Condition(_core.Cond, SharedObject):
 
     def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
         """Wait until ``predicate()`` is true (or ``timeout`` runs out); return its value."""
+        self._check_open()
         endtime = None
         waittime = timeout
         result = predicate()
@@ -360,8 +377,16 @@ class Condition(_core.Cond, SharedObject):
     notifyAll = notify_all
 
     def close(self) -> None:
-        """Release this handle (the lock is left alone: it may have other users)."""
+        """Release this handle (the lock is left alone: it may have other users).
+
+        Afterwards every method, ``acquire`` and ``release`` included, raises
+        :class:`~shoal.ClosedError`, except the ``__exit__`` of a ``with`` block that
+        was already entered.
+        """
         SharedObject.close(self)
+        # acquire/release are the lock's bound methods (no Python frame on the hot
+        # path); a closed Condition must not keep handing them out
+        self.acquire = self.release = self._raise_closed
 
     def __repr__(self) -> str:
         if not self._bound:
@@ -429,7 +454,10 @@ class Barrier(SharedObject):
         self._buf = self._segment.buffer
 
     def _unbind_payload(self) -> None:
+        # the condition and its lock are this handle's own (a fresh pair per unpickle)
+        lock = self._cond._lock
         self._cond.close()
+        lock.close()
 
     def _handle_state(self) -> Any:
         return (self._parties, pickle.dumps(self._action), self._timeout, self._cond)
@@ -449,12 +477,17 @@ class Barrier(SharedObject):
                 f"does not pickle ({exc})"
             ) from exc
 
-    # shared fields, read and written with the condition's lock held
+    # shared fields, read and written with the condition's lock held.  A closed
+    # handle's block may already belong to another object: never touch it.
     def _get(self, index: int) -> int:
+        if self.closed:
+            raise _closed_error(self)
         value = _core.load64(self._buf, self._payload_offset + 8 * index)
         return value - 2 if index == 0 else value
 
     def _set(self, index: int, value: int) -> None:
+        if self.closed:
+            raise _closed_error(self)
         _core.store64(
             self._buf, self._payload_offset + 8 * index, value + 2 if index == 0 else value
         )
