@@ -38,7 +38,7 @@ setup(
             "shoal._core",
             sources=["src/shoal/_core.c", *native],
             include_dirs=["native/include"],
-            depends=glob("native/include/*.h") + glob("native/src/*.h"),
+            depends=[*glob("native/*/*.h"), "src/shoal/_core_ring.c"],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
         )

@@ -926,6 +926,8 @@ static int add_type(PyObject *module, PyTypeObject *type, const char *name) {
     return 0;
 }
 
+#include "_core_ring.c"
+
 PyMODINIT_FUNC PyInit__core(void) {
     PyObject *errors = PyImport_ImportModule("shoal._errors");
     if (!errors)
@@ -933,12 +935,17 @@ PyMODINIT_FUNC PyInit__core(void) {
     ClosedError = PyObject_GetAttrString(errors, "ClosedError");
     NotHeldError = PyObject_GetAttrString(errors, "NotHeldError");
     OwnerDiedWarning = PyObject_GetAttrString(errors, "OwnerDiedWarning");
-    Py_DECREF(errors);
-    if (!ClosedError || !NotHeldError || !OwnerDiedWarning)
+    if (!ClosedError || !NotHeldError || !OwnerDiedWarning) {
+        Py_DECREF(errors);
         return NULL;
+    }
     PyObject *module = PyModule_Create(&core_module);
-    if (!module)
+    if (!module || ring_module_init(module, errors) < 0) {
+        Py_DECREF(errors);
+        Py_XDECREF(module);
         return NULL;
+    }
+    Py_DECREF(errors);
     if (add_type(module, &MutexType, "Mutex") < 0 ||
         add_type(module, &SemaphoreType, "Semaphore") < 0 ||
         add_type(module, &EventType, "Event") < 0 || add_type(module, &CondType, "Cond") < 0 ||

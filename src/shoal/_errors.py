@@ -10,6 +10,8 @@ Each class is also the standard-library class that code written for
     │   └── LayoutError(SharedMemoryError)         the segment's header is not one this
     │                                              shoal writes (other version, corrupt)
     ├── ClosedError(ShoalError, ValueError)        used after *you* closed it
+    ├── ShutDown(ShoalError[, queue.ShutDown])     put on a shut-down queue, or get on a
+    │                                              shut-down queue that is drained
     ├── NotHeldError(ShoalError, ValueError, RuntimeError)
     │                                              release of a lock/semaphore you do not hold
     └── BrokenError(ShoalError)                    a peer or owner died
@@ -27,6 +29,7 @@ attributes are keyword-only and live in ``__dict__``, which pickle carries.
 
 from __future__ import annotations
 
+import queue
 import threading
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "SharedMemoryError",
     "ShoalError",
     "ShoalWarning",
+    "ShutDown",
 ]
 
 
@@ -71,6 +75,19 @@ class ClosedError(ShoalError, ValueError):
 
     A :class:`ValueError` too, which is what the standard library raises for a
     closed queue or connection.
+    """
+
+
+# Python 3.13 added queue.ShutDown for the same idea: be it too where it exists.
+_SHUTDOWN_BASES: tuple[type, ...] = (
+    (ShoalError, queue.ShutDown) if hasattr(queue, "ShutDown") else (ShoalError,)
+)
+
+
+class ShutDown(*_SHUTDOWN_BASES):  # type: ignore[misc]
+    """The queue was shut down: no more puts, and gets end once it is drained.
+
+    On Python 3.13 and later this is also :class:`queue.ShutDown`.
     """
 
 
