@@ -26,20 +26,41 @@ handles never decrements: its blocks stay allocated until the arena itself goes,
 which happens when every process holding the arena has closed it or died.
 
 A forked child inherits live objects without unpickling them, so after a fork the
-child takes a reference on each object it inherited.
+child takes a reference on each object it inherited, and keeps the parent's arenas
+to allocate from (it holds them already: their segments came with the fork).
+
+Finalizers.  Each handle's release is a ``weakref.finalize`` (not a
+``multiprocessing.util.Finalize``: multiprocessing empties that registry in every
+child it forks, which left inherited objects looking closed there and their
+references never released).  At exit one hook releases every handle still open, at
+priority -50: after multiprocessing's queue feeders (-5), which may still be
+pickling handles, and before the segments themselves go (-100).  A release that
+garbage collection triggers while this thread holds an arena's mutex is deferred
+until it lets go (``shared_section``), since that mutex is not recursive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
-from multiprocessing import util
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 from . import _core
 from ._errors import ClosedError, SegmentNotFoundError
-from ._memory import HEADER_SIZE, KIND_ARENA, KIND_DATA, Segment
+from ._memory import (
+    HEADER_SIZE,
+    KIND_ARENA,
+    KIND_DATA,
+    ExitHook,
+    Segment,
+    attached_names,
+    call_outside_sections,
+    report_unraisable,
+    shared_section,
+)
 
 __all__ = ["ARENA_SIZE", "BLOCK_SIZE", "SharedObject"]
 
@@ -53,6 +74,9 @@ _ARENA_USED = HEADER_SIZE + 56
 _ARENA_SERIAL = HEADER_SIZE + 64
 _ARENA_BITMAP = HEADER_SIZE + 128
 _ARENA_LOCK_TIMEOUT = 30.0
+# handles are released at exit after multiprocessing's queue feeders (-5) flushed what
+# they were pickling, and before the segments go (_memory.SEGMENT_EXIT_PRIORITY)
+OBJECT_EXIT_PRIORITY = -50
 
 
 def _arena_geometry() -> tuple[int, int, int]:
@@ -86,31 +110,42 @@ class _Arena:
         buf[_ARENA_GEOMETRY : _ARENA_GEOMETRY + 8] = BLOCK_SIZE.to_bytes(
             4, "little"
         ) + _BLOCK_COUNT.to_bytes(4, "little")
-        return cls(segment)
+        arena = segment._arena = cls(segment)  # type: ignore[attr-defined]
+        return arena
 
     @classmethod
     def of(cls, segment: Segment) -> _Arena:
         arena = getattr(segment, "_arena", None)
         if arena is None:
-            arena = segment._arena = cls(segment)
+            arena = segment._arena = cls(segment)  # type: ignore[attr-defined]
         return arena
 
-    def _locked(self) -> None:
-        if not self.lock.acquire(True, _ARENA_LOCK_TIMEOUT):
-            raise RuntimeError(
-                f"allocation lock of {self.segment.name} stayed held for "
-                f"{_ARENA_LOCK_TIMEOUT:.0f} s; the arena looks corrupt"
-            )
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # a shared section: a finalizer that garbage collection runs meanwhile may
+        # need this very (non-recursive) mutex to free its block, so it waits
+        with shared_section():
+            if not self.lock.acquire(True, _ARENA_LOCK_TIMEOUT):
+                raise RuntimeError(
+                    f"allocation lock of {self.segment.name} stayed held for "
+                    f"{_ARENA_LOCK_TIMEOUT:.0f} s; the arena looks corrupt"
+                )
+            try:
+                yield
+            finally:
+                self.lock.release()
 
     def used(self) -> int:
+        """Blocks in use, by every process."""
         return _core.load64(self.segment.buffer, _ARENA_USED)
 
     def allocate(self, nbytes: int) -> tuple[int, int] | None:
         """Reserve a zeroed run for nbytes (header included): (offset, serial) or None."""
         nblocks = -(-nbytes // BLOCK_SIZE)
+        if not 0 < nblocks <= _BLOCK_COUNT:
+            raise ValueError(f"cannot allocate {nbytes} bytes in an arena")
         buf = self.segment.buffer
-        self._locked()
-        try:
+        with self._locked():
             if self.used() + nblocks > _BLOCK_COUNT:
                 return None
             bitmap = buf[_ARENA_BITMAP : _ARENA_BITMAP + _BITMAP_BYTES]
@@ -125,7 +160,8 @@ class _Arena:
             bits |= ((1 << nblocks) - 1) << index
             bitmap[:] = bits.to_bytes(_BITMAP_BYTES, "little")
             _core.fetch_add64(buf, _ARENA_USED, nblocks)
-            serial = (_core.fetch_add64(buf, _ARENA_SERIAL, 1) + 1) & 0xFFFFFFFF
+            # never 0: a zero serial marks a free block, which no handle may match
+            serial = (_core.fetch_add64(buf, _ARENA_SERIAL, 1) + 1) & 0xFFFFFFFF or 1
             offset = _FIRST_BLOCK + index * BLOCK_SIZE
             buf[offset : offset + nblocks * BLOCK_SIZE] = bytes(nblocks * BLOCK_SIZE)
             buf[offset + 8 : offset + 16] = serial.to_bytes(4, "little") + nblocks.to_bytes(
@@ -133,31 +169,46 @@ class _Arena:
             )
             _core.store64(buf, offset, 1)
             return offset, serial
-        finally:
-            self.lock.release()
 
     def free(self, offset: int) -> None:
+        """Give back the run whose object header is at ``offset``."""
         buf = self.segment.buffer
-        nblocks = int.from_bytes(buf[offset + 12 : offset + 16], "little")
-        index = (offset - _FIRST_BLOCK) // BLOCK_SIZE
-        self._locked()
-        try:
+        index, misaligned = divmod(offset - _FIRST_BLOCK, BLOCK_SIZE)
+        with self._locked():
+            nblocks = int.from_bytes(buf[offset + 12 : offset + 16], "little")
+            if misaligned or index < 0 or not 0 < nblocks <= _BLOCK_COUNT - index:
+                raise RuntimeError(
+                    f"freeing offset {offset} of arena {self.segment.name}, which holds "
+                    f"no allocation there ({nblocks} blocks): the arena is corrupt"
+                )
             bitmap = buf[_ARENA_BITMAP : _ARENA_BITMAP + _BITMAP_BYTES]
             bits = int.from_bytes(bitmap, "little")
             bits &= ~(((1 << nblocks) - 1) << index)
             bitmap[:] = bits.to_bytes(_BITMAP_BYTES, "little")
-            buf[offset + 8 : offset + 12] = bytes(4)  # old handles no longer match
+            buf[offset + 8 : offset + 16] = bytes(8)  # old handles no longer match
             _core.fetch_add64(buf, _ARENA_USED, -nblocks)
-        finally:
-            self.lock.release()
+
+
+def _close_segment(segment: Segment) -> None:
+    """Drop one local reference; once the segment is closed, drop its cached arena too.
+
+    The arena view and the segment point at each other; without this the pair (and
+    the mmap, and its file descriptor) would wait for the cycle collector.
+    """
+    segment.close()
+    if segment.closed:
+        arena = segment.__dict__.pop("_arena", None)
+        if arena is not None:
+            arena.lock._unbind()
 
 
 class _Allocator:
-    """This process's arenas.  A forked child starts with none of its own."""
+    """This process's arenas; a forked child keeps its parent's (it holds them too)."""
 
-    def __init__(self) -> None:
+    def __init__(self, arenas: Iterable[_Arena] = ()) -> None:
+        # never taken by a finalizer (garbage collection may run one while it is held)
         self.lock = threading.Lock()
-        self.arenas: list[_Arena] = []
+        self.arenas: list[_Arena] = list(arenas)
 
     def allocate(self, nbytes: int) -> tuple[Segment, int, int]:
         """(segment, header offset, serial) of a fresh zeroed object with one reference."""
@@ -167,6 +218,8 @@ class _Allocator:
             _core.store64(segment.buffer, HEADER_SIZE, 1)
             return segment, HEADER_SIZE, 1
         with self.lock:
+            # (closed only by the exit hook, which detaches whatever is left)
+            self.arenas = [a for a in self.arenas if not a.segment.closed]
             for arena in self.arenas:
                 found = arena.allocate(nbytes)
                 if found:
@@ -176,11 +229,11 @@ class _Allocator:
                 self.arenas.append(arena)
                 found = arena.allocate(nbytes)
                 assert found is not None
+            arena.segment._retain()  # the new object's reference
             # drop arenas nobody uses any more, keeping the one just used
             for idle in [a for a in self.arenas if a is not arena and a.used() == 0]:
                 self.arenas.remove(idle)
-                idle.segment.close()
-            arena.segment._local_refs += 1  # the new object's reference
+                _close_segment(idle.segment)
             return arena.segment, found[0], found[1]
 
 
@@ -189,10 +242,45 @@ _live: weakref.WeakSet[SharedObject] = weakref.WeakSet()
 
 
 def _release(segment: Segment, offset: int) -> None:
-    """Finalizer of a handle: drop its reference, then its hold on the segment."""
+    """Finalizer of a handle: drop its reference, then its hold on the segment.
+
+    Deferred while this thread holds a shared mutex (garbage collection can run it
+    in the middle of an allocation, whose arena mutex the release may need).
+    """
+    call_outside_sections(_release_now, segment, offset)
+
+
+def _release_now(segment: Segment, offset: int) -> None:
     if not segment.closed:
         _release_count_only(segment, offset)
-    segment.close()
+    _close_segment(segment)
+
+
+def _finalize_now(finalizer: weakref.finalize) -> None:
+    """Run a live object's finalizer now, even during interpreter shutdown.
+
+    ``finalizer()`` does nothing once ``weakref.finalize``'s own atexit handler has
+    run, which may be before multiprocessing's (atexit order is registration
+    order); ``detach()`` has no such switch.
+    """
+    info = finalizer.detach()
+    if info is not None:
+        _, func, args, _ = info
+        func(*args)
+
+
+def _release_all() -> None:
+    """At exit: release every handle this process still holds."""
+    for obj in list(_live):
+        finalizer = obj._finalizer
+        if finalizer is not None:
+            try:
+                _finalize_now(finalizer)
+            except Exception as exc:  # the others must still be released
+                report_unraisable(exc)
+
+
+_exit_hook = ExitHook(_release_all, OBJECT_EXIT_PRIORITY)
 
 
 def _rebuild(cls: type[SharedObject], handle: tuple[str, int, int], state: Any) -> SharedObject:
@@ -214,21 +302,29 @@ class SharedObject:
     _segment: Segment
     _header_offset: int
     _serial: int
-    _finalizer: util.Finalize | None = None
+    _finalizer: weakref.finalize | None = None
 
     def _create(self) -> None:
         segment, offset, serial = _allocator.allocate(OBJECT_HEADER_SIZE + self._PAYLOAD_SIZE)
         self._segment, self._header_offset, self._serial = segment, offset, serial
         self._track()
-        self._bind_payload()
+        try:
+            self._bind_payload()
+        except BaseException:
+            self._drop_handle()
+            raise
 
     def _attach(self, handle: tuple[str, int, int], state: Any) -> None:
         name, offset, serial = handle
+        if not (isinstance(name, str) and type(offset) is int and type(serial) is int):
+            raise TypeError(f"not a shoal handle: {handle!r}")
         self._restore_state(state)  # may set the payload size the check below needs
         segment = Segment.attach(name)
         try:
-            if not HEADER_SIZE <= offset <= segment.size - OBJECT_HEADER_SIZE - self._PAYLOAD_SIZE:
-                raise ValueError(f"handle offset {offset} is outside segment {name}")
+            if not _valid_offset(segment, offset, OBJECT_HEADER_SIZE + self._PAYLOAD_SIZE):
+                raise ValueError(
+                    f"handle offset {offset} does not name an object in segment {name}"
+                )
             if not self._take_reference(segment, offset, serial):
                 raise SegmentNotFoundError(
                     2,
@@ -240,7 +336,11 @@ class SharedObject:
             raise
         self._segment, self._header_offset, self._serial = segment, offset, serial
         self._track()
-        self._bind_payload()
+        try:
+            self._bind_payload()
+        except BaseException:
+            self._drop_handle()
+            raise
 
     @staticmethod
     def _take_reference(segment: Segment, offset: int, serial: int) -> bool:
@@ -251,22 +351,35 @@ class SharedObject:
             if swapped:
                 if int.from_bytes(buf[offset + 8 : offset + 12], "little") == serial:
                     return True
+                # a new tenant of the block: give its count back, never alias it
                 _release_count_only(segment, offset)
                 return False
         return False
 
     def _track(self) -> None:
-        self._finalizer = util.Finalize(
-            self, _release, args=(self._segment, self._header_offset), exitpriority=10
-        )
+        # weakref.finalize, not util.Finalize: the latter is wiped in every child
+        # multiprocessing forks (#2), this one is inherited.  Not run by atexit
+        # (which multiprocessing children skip): _release_all does it at exit.
+        finalizer = weakref.finalize(self, _release, self._segment, self._header_offset)
+        finalizer.atexit = False
+        self._finalizer = finalizer
         _live.add(self)
+        _exit_hook.arm()
+
+    def _drop_handle(self) -> None:
+        finalizer = self._finalizer
+        if finalizer is not None:
+            _finalize_now(finalizer)
+        _live.discard(self)
 
     def _after_fork_in_child(self) -> None:
-        if self._finalizer is not None and self._finalizer.still_active():
-            # the segment's local count was inherited with the object; only the shared
-            # count needs this process's reference
+        """Take this (forked) process's reference on an object it inherited.
+
+        The finalizer and the segment's local count came with the fork; only the
+        shared count needs one more.
+        """
+        if self._finalizer is not None and self._finalizer.alive and not self._segment.closed:
             _core.fetch_add64(self._segment.buffer, self._header_offset, 1)
-            self._track()
 
     @property
     def _mapping(self) -> Any:
@@ -293,14 +406,14 @@ class SharedObject:
         return (self._segment.name, self._header_offset, self._serial)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        if self._finalizer is None or not self._finalizer.still_active():
+        if self.closed:
             raise ClosedError(f"cannot pickle a closed {type(self).__name__}")
         return (_rebuild, (type(self), self._handle, self._handle_state()))
 
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called in this process."""
-        return self._finalizer is None or not self._finalizer.still_active()
+        return self._finalizer is None or not self._finalizer.alive
 
     def close(self) -> None:
         """Release this process's handle now instead of at garbage collection.
@@ -310,10 +423,23 @@ class SharedObject:
         Calling it twice is harmless.
         """
         finalizer = self._finalizer
-        if finalizer is not None and finalizer.still_active():
+        if finalizer is not None and finalizer.alive:
             self._unbind_payload()
-            finalizer()
+            _finalize_now(finalizer)
         _live.discard(self)
+
+
+def _valid_offset(segment: Segment, offset: int, size: int) -> bool:
+    """Whether an object of ``size`` bytes (header included) may start at ``offset``.
+
+    In an arena that is the start of a block, never the arena's own header (a
+    forged handle must not take "references" on its allocation counters).
+    """
+    if offset % 8 or not HEADER_SIZE <= offset <= segment.size - size:
+        return False
+    if segment.kind == KIND_ARENA:
+        return offset >= _FIRST_BLOCK and (offset - _FIRST_BLOCK) % BLOCK_SIZE == 0
+    return True
 
 
 def _release_count_only(segment: Segment, offset: int) -> None:
@@ -322,12 +448,33 @@ def _release_count_only(segment: Segment, offset: int) -> None:
         _Arena.of(segment).free(offset)
 
 
+def _before_fork() -> None:
+    # the child copies the arena list: take it in a consistent state.  (Registered
+    # after _memory's hooks, so this runs before _memory takes its lock: the same
+    # order as allocate(), which creates segments with this lock held.)
+    _allocator.lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _allocator.lock.release()
+
+
 def _after_fork_in_child() -> None:
     global _allocator
-    _allocator = _Allocator()
+    # the parent's arenas stay usable: the child holds their segments (each arena's
+    # local reference came with the fork, and _memory re-registered the child in
+    # them, which has run already); before #2 the child dropped the list and with it
+    # the means to ever close those references
+    held = attached_names()
+    _allocator = _Allocator(a for a in _allocator.arenas if a.segment.name in held)
     for obj in list(_live):
         obj._after_fork_in_child()
+    _exit_hook.rearm_in_child(bool(_live))
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )

@@ -28,7 +28,16 @@ shoal process that creates a segment, or ``reap()`` (``python -m shoal doctor
 Forking copies a process's mappings, so the child registers itself as a holder of
 every segment it inherits (``os.register_at_fork``), and every process removes
 itself at exit, multiprocessing children included (``multiprocessing.util.Finalize``
-runs in them where ``atexit`` does not).
+runs in them where ``atexit`` does not).  multiprocessing empties the Finalize
+registry in every child it forks, after ``os.register_at_fork`` hooks ran, so exit
+hooks are re-armed from ``util.register_after_fork`` too (:class:`ExitHook`).
+
+Re-entrancy.  A garbage-collection pass can run a finalizer at any allocation,
+including while this thread holds a process-shared mutex (a holder table's, an
+arena's); those mutexes are not recursive, so a finalizer that needed the same one
+would wait for itself.  Code holding one runs inside :func:`shared_section`, and
+finalizers go through :func:`call_outside_sections`, which defers them to the end of
+the outermost section.
 
 Names are ``/shoal-`` plus 20 random hex digits (27 characters: within macOS's 31),
 created with O_EXCL and mode 0600, so they are neither guessable nor readable by
@@ -37,20 +46,33 @@ other users.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
 import secrets
 import struct
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from multiprocessing import util
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
 from . import _core
-from ._errors import LayoutError, SegmentNotFoundError, SharedMemoryError
+from ._errors import ClosedError, LayoutError, SegmentNotFoundError, SharedMemoryError
 
-__all__ = ["HEADER_SIZE", "KIND_ARENA", "KIND_DATA", "Segment", "reap"]
+__all__ = [
+    "HEADER_SIZE",
+    "KIND_ARENA",
+    "KIND_DATA",
+    "ExitHook",
+    "Segment",
+    "call_outside_sections",
+    "reap",
+    "report_unraisable",
+    "shared_section",
+]
 
 MAGIC = int.from_bytes(b"SHOALSEG", "little")
 HEADER_SIZE = 4096
@@ -70,6 +92,12 @@ _TABLE_LOCK_TIMEOUT = 30.0
 # presumed dead mid-creation.
 _UNFINISHED_GRACE_S = 60.0
 _SHM_DIR = "/dev/shm"
+# exit priorities (multiprocessing.util.Finalize: higher runs first).  Segments go
+# last, after the objects inside them (shoal._handle) and after multiprocessing's
+# own queue feeders (-5), which may still be pickling handles to them.
+SEGMENT_EXIT_PRIORITY = -100
+# the largest size mmap and posix_fallocate accept
+_MAX_SIZE = sys.maxsize - HEADER_SIZE
 
 
 def _new_name() -> str:
@@ -112,6 +140,112 @@ def _reserve(fd: int, size: int) -> None:
     os.ftruncate(fd, size)
 
 
+class ExitHook:
+    """A ``multiprocessing.util.Finalize`` exit callback that survives every kind of fork.
+
+    ``util.Finalize`` runs at interpreter exit and at the end of multiprocessing
+    children (where ``atexit`` does not), but a finalizer inherited through a fork
+    is skipped in the child (it checks the pid), and multiprocessing empties the
+    whole registry in the children it forks.  :meth:`arm` registers the callback
+    once per process; the hook re-arms itself in a child forked by ``os.fork`` (from
+    ``os.register_at_fork``, via :meth:`rearm_in_child`) and in a multiprocessing
+    child after the registry was emptied (``util.register_after_fork``), provided
+    it was armed in the parent.
+    """
+
+    def __init__(self, callback: Callable[[], None], exitpriority: int) -> None:
+        self._callback = callback
+        self._exitpriority = exitpriority
+        self._finalizer: util.Finalize | None = None
+        self._pid = 0
+        self._armed = False
+        # kept alive by the module that owns the hook, so the weak registry keeps it
+        util.register_after_fork(self, ExitHook._after_multiprocessing_fork)
+
+    def arm(self) -> None:
+        """Make sure the callback runs when this process exits (idempotent)."""
+        finalizer = self._finalizer
+        if finalizer is not None and self._pid == os.getpid() and finalizer.still_active():
+            return
+        self._finalizer = util.Finalize(None, self._callback, exitpriority=self._exitpriority)
+        self._pid = os.getpid()
+        self._armed = True
+
+    def rearm_in_child(self, needed: bool) -> None:
+        """After a fork: arm again if the parent had armed it and ``needed``."""
+        if self._armed and needed:
+            self._finalizer = None
+            self.arm()
+        else:
+            self._finalizer = None
+            self._armed = False
+
+    def _after_multiprocessing_fork(self) -> None:
+        # runs after multiprocessing emptied the registry in its child
+        if self._armed:
+            self._finalizer = None
+            self.arm()
+
+
+# ---- shared sections: no finalizer runs while this thread holds a shared mutex ----------
+
+_sections = threading.local()
+
+
+@contextlib.contextmanager
+def shared_section() -> Iterator[None]:
+    """Mark code that holds a process-shared mutex; finalizers wait until it ends."""
+    depth = getattr(_sections, "depth", 0)
+    _sections.depth = depth + 1
+    try:
+        yield
+    finally:
+        _sections.depth = depth
+        if depth == 0:
+            _run_deferred()
+
+
+def call_outside_sections(func: Callable[..., Any], *args: Any) -> None:
+    """Call ``func(*args)`` now, or when this thread leaves its shared sections."""
+    if getattr(_sections, "depth", 0):
+        pending = getattr(_sections, "pending", None)
+        if pending is None:
+            pending = _sections.pending = []
+        pending.append((func, args))
+        return
+    func(*args)
+
+
+def _run_deferred() -> None:
+    while True:
+        pending = getattr(_sections, "pending", None)
+        if not pending:
+            return
+        func, args = pending.pop(0)
+        try:
+            func(*args)
+        except Exception as exc:  # a finalizer's failure is not the section owner's
+            report_unraisable(exc)
+
+
+class _Unraisable:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __del__(self) -> None:
+        raise self.exc
+
+
+def report_unraisable(exc: BaseException) -> None:
+    """Report ``exc`` the way CPython reports an exception raised in a finalizer.
+
+    ("Exception ignored in ...", through ``sys.unraisablehook``, which test runners
+    watch.)  Used where a finalizer was deferred or batched and must not raise into
+    unrelated code.
+    """
+    _Unraisable(exc)  # dropped at once: its __del__ raises, and CPython reports it
+
+
 class _ProcessState:
     """Per-process bookkeeping: the attached segments, reset in a forked child."""
 
@@ -119,23 +253,27 @@ class _ProcessState:
         self.lock = threading.RLock()
         self.attached: dict[str, Segment] = {}
         self.swept = False
-        self.exit_hook: util.Finalize | None = None
 
 
 _state = _ProcessState()
-
-
-def _ensure_exit_hook() -> None:
-    if _state.exit_hook is None:
-        # runs at interpreter exit and at the end of multiprocessing children
-        _state.exit_hook = util.Finalize(None, _detach_all, exitpriority=-100)
 
 
 def _detach_all() -> None:
     with _state.lock:
         segments = list(_state.attached.values())
     for segment in segments:
-        segment._detach()
+        try:
+            segment._detach()
+        except Exception as exc:  # one stuck table must not keep the others attached
+            report_unraisable(exc)
+
+
+# removes this process from every segment it still holds, at exit (see ExitHook)
+_exit_hook = ExitHook(_detach_all, SEGMENT_EXIT_PRIORITY)
+
+
+def _ensure_exit_hook() -> None:
+    _exit_hook.arm()
 
 
 class Segment:
@@ -157,6 +295,11 @@ class Segment:
         self._mmap: mmap.mmap | None = mapping
         self.buffer = memoryview(mapping)
         self._local_refs = 1
+        # set once _detach starts: a finalizer run by garbage collection in the middle
+        # of it must not start a second detach of the same segment
+        self._detaching = False
+        # this process is counted in the header's overflow field, not in the table
+        self._unrecorded = False
         self._table_lock = _core.Mutex()
         self._table_lock._bind(mapping, _TABLE_LOCK_OFFSET, False, False)
 
@@ -173,12 +316,20 @@ class Segment:
         Raises:
             SharedMemoryError: no room in ``/dev/shm`` (the message says how much is
                 free), or the operating system refused.
-            ValueError: ``size`` is negative or not an int.
+            TypeError: ``size`` or ``kind`` is not an int.
+            ValueError: ``size`` is negative or beyond what can be mapped, or ``kind``
+                is not a positive 32-bit number.
         """
         if not isinstance(size, int) or isinstance(size, bool):
             raise TypeError(f"segment size must be an int, not {type(size).__name__}")
         if size < 0:
             raise ValueError(f"segment size must be >= 0, got {size}")
+        if size > _MAX_SIZE:
+            raise ValueError(f"segment size {size:,} is larger than any mapping can be")
+        if not isinstance(kind, int) or isinstance(kind, bool):
+            raise TypeError(f"segment kind must be an int, not {type(kind).__name__}")
+        if not 0 < kind < 2**32:
+            raise ValueError(f"segment kind must be in 1 .. 2**32-1, got {kind}")
         _ensure_exit_hook()
         if not _state.swept:
             _state.swept = True
@@ -239,10 +390,17 @@ class Segment:
             mapping = _open_mapping(name)
             kind = _check_header(name, mapping)
             segment = cls(name, mapping, kind)
-            if not segment._add_holder(_core.self_token()):
+            try:
+                added = segment._add_holder(_core.self_token())
+            except BaseException:
+                segment._release_mapping()
+                raise
+            if not added:
                 segment._release_mapping()
                 raise SegmentNotFoundError(
-                    errno.ENOENT, f"shared-memory segment {name!r} was already released"
+                    errno.ENOENT,
+                    f"shared-memory segment {name!r} was already released: every "
+                    "process that held it closed it or died",
                 )
             _state.attached[name] = segment
             return segment
@@ -259,18 +417,28 @@ class Segment:
     def _holders_view(self) -> memoryview:
         return self.buffer[_HOLDERS_OFFSET:HEADER_SIZE].cast("Q")
 
-    def _lock_table(self) -> None:
-        if not self._table_lock.acquire(True, _TABLE_LOCK_TIMEOUT):
-            raise SharedMemoryError(
-                errno.EDEADLK,
-                f"holder table of {self.name} stayed locked for "
-                f"{_TABLE_LOCK_TIMEOUT:.0f} s; the segment looks corrupt",
-            )
+    @contextlib.contextmanager
+    def _table_locked(self) -> Iterator[None]:
+        with shared_section():
+            if not self._table_lock.acquire(True, _TABLE_LOCK_TIMEOUT):
+                raise SharedMemoryError(
+                    errno.EDEADLK,
+                    f"holder table of {self.name} stayed locked for "
+                    f"{_TABLE_LOCK_TIMEOUT:.0f} s; the segment looks corrupt",
+                )
+            try:
+                yield
+            finally:
+                self._table_lock.release()
 
     def _add_holder(self, token: int) -> bool:
-        """Record ``token`` as a holder; False if the segment was already unlinked."""
-        self._lock_table()
-        try:
+        """Record ``token`` as a holder; False if the segment was already unlinked.
+
+        A full table (more live holders than slots) counts the process in the
+        header's overflow field instead, which keeps the segment from being unlinked
+        or reaped until that process closes it (``_unrecorded``).
+        """
+        with self._table_locked():
             if self._field(_FLAGS_OFFSET) & FLAG_UNLINKED:
                 return False
             holders = self._holders_view()
@@ -279,22 +447,28 @@ class Segment:
                     for i, holder in enumerate(holders):
                         if holder == 0:
                             holders[i] = token
+                            self._unrecorded = False
                             return True
                     # full: forget dead holders, then try once more
                     for i, holder in enumerate(holders):
                         if not _core.token_alive(holder):
                             holders[i] = 0
                 self._set_field(_OVERFLOW_OFFSET, self._field(_OVERFLOW_OFFSET) + 1)
+                self._unrecorded = True
                 return True
             finally:
                 holders.release()
-        finally:
-            self._table_lock.release()
 
     def _remove_holder_and_maybe_unlink(self, token: int) -> bool:
         """Remove ``token``; unlink if no live holder is left.  True if unlinked."""
-        self._lock_table()
-        try:
+        with self._table_locked():
+            if self._unrecorded:
+                # counted in the overflow field when the table was full (#2: before,
+                # the count never went down and such a segment stayed forever)
+                self._unrecorded = False
+                overflow = self._field(_OVERFLOW_OFFSET)
+                if overflow:
+                    self._set_field(_OVERFLOW_OFFSET, overflow - 1)
             holders = self._holders_view()
             try:
                 for i, holder in enumerate(holders):
@@ -312,16 +486,27 @@ class Segment:
             except FileNotFoundError:
                 pass
             return True
-        finally:
-            self._table_lock.release()
 
     def holders(self) -> list[int]:
-        """Pids of the processes recorded as holding this segment (dead ones included)."""
+        """Pids of the processes recorded as holding this segment (dead ones included).
+
+        Raises:
+            ClosedError: this process closed the segment.
+        """
+        if self._mmap is None:
+            raise ClosedError(f"segment {self.name} is closed in this process")
         holders = self._holders_view()
         try:
             return [h >> 32 for h in holders if h]
         finally:
             holders.release()
+
+    def _retain(self) -> None:
+        """Take one more local reference (matched by one :meth:`close`)."""
+        with _state.lock:
+            if self._mmap is None or self._detaching:
+                raise ClosedError(f"segment {self.name} is closed in this process")
+            self._local_refs += 1
 
     # ---- closing ----------------------------------------------------------------------------
 
@@ -338,17 +523,21 @@ class Segment:
         (views, objects) stays valid in this process until they are gone.
         """
         with _state.lock:
-            if self._mmap is None:
+            if self._mmap is None or self._detaching:
                 return
             self._local_refs -= 1
             if self._local_refs > 0:
                 return
-        self._detach()
+            # detach with the lock still held: if it were dropped in between, another
+            # thread's attach() could take the cached segment (count 0 -> 1) and be
+            # handed a segment that this detach then closes under it
+            self._detach()
 
     def _detach(self) -> None:
         with _state.lock:
-            if self._mmap is None:
+            if self._mmap is None or self._detaching:
                 return
+            self._detaching = True
             if _state.attached.get(self.name) is self:
                 del _state.attached[self.name]
             self._local_refs = 0
@@ -361,7 +550,14 @@ class Segment:
         # The mapping is not closed explicitly: objects bound into it keep the mmap
         # alive and it is unmapped when the last of them goes, never under their feet.
         self._table_lock._unbind()
-        self.buffer.release()
+        try:
+            self.buffer.release()
+        except BufferError:
+            # something still reads it through the buffer protocol (a numpy array, a
+            # struct.iter_unpack): it keeps the memory mapped until it is done; the
+            # segment is closed all the same (#2: before, close() raised here and left
+            # the segment half closed)
+            pass
         self._mmap = None
 
 
@@ -389,7 +585,9 @@ def _open_mapping(name: str) -> mmap.mmap:
 
 
 def _check_header(name: str, mapping: mmap.mmap) -> int:
-    magic, version, header_size, total, kind, *_ = _HEADER.unpack_from(mapping, 0)
+    # the magic is stored last by the creator; read it atomically before the rest
+    magic = _core.load64(mapping, 0)
+    _, version, header_size, total, kind, *_ = _HEADER.unpack_from(mapping, 0)
     problem = None
     if magic != MAGIC:
         problem = f"bad magic number {magic:#018x}: not a shoal segment"
@@ -415,10 +613,16 @@ def _after_fork_in_child() -> None:
     _state.swept = True
     token = _core.self_token()
     for name, segment in parent.attached.items():
-        if segment._mmap is not None and segment._add_holder(token):
+        if segment._mmap is None:
+            continue
+        try:
+            added = segment._add_holder(token)
+        except Exception as exc:  # one stuck table must not cost the child the others
+            report_unraisable(exc)
+            continue
+        if added:
             _state.attached[name] = segment
-    if _state.attached:
-        _ensure_exit_hook()
+    _exit_hook.rearm_in_child(bool(_state.attached))
 
 
 def _before_fork() -> None:
@@ -478,7 +682,10 @@ def _reap_one(name: str) -> bool:
         mapping = mmap.mmap(fd, HEADER_SIZE)
     finally:
         os.close(fd)
-    magic, version = struct.unpack_from("<QI", mapping, 0)
+    # atomic: the creator stores the magic last, after the holder table (a plain
+    # read could be ordered after the table's on a weakly ordered CPU)
+    magic = _core.load64(mapping, 0)
+    version = struct.unpack_from("<I", mapping, 8)[0]
     if magic != MAGIC:
         if magic == 0 and time.time() - st.st_mtime > _UNFINISHED_GRACE_S:
             _unlink_quietly(name)
@@ -489,18 +696,19 @@ def _reap_one(name: str) -> bool:
     lock = _core.Mutex()
     lock._bind(mapping, _TABLE_LOCK_OFFSET, False, False)
     try:
-        if not lock.acquire(True, 1.0):
-            return False
-        try:
-            holders = struct.unpack_from(f"<{_HOLDER_CAPACITY}Q", mapping, _HOLDERS_OFFSET)
-            overflow = struct.unpack_from("<I", mapping, _OVERFLOW_OFFSET)[0]
-            if overflow or any(h and _core.token_alive(h) for h in holders):
+        with shared_section():
+            if not lock.acquire(True, 1.0):
                 return False
-            struct.pack_into("<I", mapping, _FLAGS_OFFSET, FLAG_UNLINKED)
-            _unlink_quietly(name)
-            return True
-        finally:
-            lock.release()
+            try:
+                holders = struct.unpack_from(f"<{_HOLDER_CAPACITY}Q", mapping, _HOLDERS_OFFSET)
+                overflow = struct.unpack_from("<I", mapping, _OVERFLOW_OFFSET)[0]
+                if overflow or any(h and _core.token_alive(h) for h in holders):
+                    return False
+                struct.pack_into("<I", mapping, _FLAGS_OFFSET, FLAG_UNLINKED)
+                _unlink_quietly(name)
+                return True
+            finally:
+                lock.release()
     finally:
         lock._unbind()
 
