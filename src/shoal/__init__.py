@@ -15,9 +15,11 @@ from ._errors import LayoutError as LayoutError
 from ._errors import NotHeldError as NotHeldError
 from ._errors import OwnerDiedWarning as OwnerDiedWarning
 from ._errors import SegmentNotFoundError as SegmentNotFoundError
+from ._errors import SerializationError as SerializationError
 from ._errors import SharedMemoryError as SharedMemoryError
 from ._errors import ShoalError as ShoalError
 from ._errors import ShoalWarning as ShoalWarning
+from ._errors import ShutDown as ShutDown
 from ._sync import Barrier as Barrier
 from ._sync import BarrierStatistics as BarrierStatistics
 from ._sync import BoundedSemaphore as BoundedSemaphore
@@ -53,9 +55,11 @@ __all__ = [
     "SegmentNotFoundError",
     "Semaphore",
     "SemaphoreStatistics",
+    "SerializationError",
     "SharedMemoryError",
     "ShoalError",
     "ShoalWarning",
+    "ShutDown",
 ]
 
 # Public classes say they are shoal's, not a private module's (trio's habit).

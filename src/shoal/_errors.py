@@ -14,6 +14,8 @@ Each class is also the standard-library class that code written for
     │                                              shut-down queue that is drained
     ├── NotHeldError(ShoalError, ValueError, RuntimeError)
     │                                              release of a lock/semaphore you do not hold
+    ├── SerializationError(ShoalError, pickle.PicklingError)
+    │                                              an object could not be pickled in put()
     └── BrokenError(ShoalError)                    a peer or owner died
         └── BarrierPartyDiedError(BrokenError, threading.BrokenBarrierError)
 
@@ -29,6 +31,7 @@ attributes are keyword-only and live in ``__dict__``, which pickle carries.
 
 from __future__ import annotations
 
+import pickle
 import queue
 import threading
 
@@ -40,6 +43,7 @@ __all__ = [
     "NotHeldError",
     "OwnerDiedWarning",
     "SegmentNotFoundError",
+    "SerializationError",
     "SharedMemoryError",
     "ShoalError",
     "ShoalWarning",
@@ -97,6 +101,20 @@ class NotHeldError(ShoalError, ValueError, RuntimeError):
     Both a :class:`ValueError` (what ``multiprocessing.Lock`` raises) and a
     :class:`RuntimeError` (what ``threading.Lock`` raises).
     """
+
+
+class SerializationError(ShoalError, pickle.PicklingError):
+    """An object could not be pickled to go to another process.
+
+    Raised in the caller (``put()``, ``put_many()``…) before anything is sent.
+
+    Attributes:
+        type_name: the qualified name of the object's type.
+    """
+
+    def __init__(self, message: str, *, type_name: str | None = None) -> None:
+        super().__init__(message)
+        self.type_name = type_name
 
 
 class BrokenError(ShoalError):
