@@ -1,0 +1,615 @@
+"""Arenas and handles: sub-allocation, reference counts across processes, stale handles (#2).
+
+What these tests hold ``shoal._handle`` to:
+
+* ten thousand locks share a handful of arena segments, and blocks are reused;
+* a handle (pickle) counts as a reference in every process that unpickles it, a
+  forked child takes one for each object it inherits, and each process gives its
+  references back when it closes, collects or exits, so the block is freed exactly
+  when the last one goes; a handle to a freed block is refused rather than aliased;
+* the arena allocator (a bitmap of 64-byte blocks) agrees with a dict model under a
+  hypothesis state machine.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing as mp
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import pytest
+from conftest import wait_until
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import shoal
+from shoal import _core, _handle, _memory
+from shoal._handle import (
+    _BITMAP_BYTES,
+    _BLOCK_COUNT,
+    _FIRST_BLOCK,
+    BLOCK_SIZE,
+    MAX_ARENA_OBJECT,
+    OBJECT_HEADER_SIZE,
+    _Arena,
+)
+from shoal.lowlevel import HEADER_SIZE
+
+TIMEOUT = 20.0
+FORK = mp.get_context("fork")
+
+
+def count_of(obj: Any) -> int:
+    """The shared reference count of a shoal object (every process's handles)."""
+    return _core.load64(obj._segment.buffer, obj._header_offset)
+
+
+def block_in_use(segment: Any, offset: int) -> bool:
+    index = (offset - _FIRST_BLOCK) // BLOCK_SIZE
+    bitmap = bytes(segment.buffer[_handle._ARENA_BITMAP : _handle._ARENA_BITMAP + _BITMAP_BYTES])
+    return bool(int.from_bytes(bitmap, "little") >> index & 1)
+
+
+def join_all(*procs: Any) -> None:
+    for p in procs:
+        p.join(TIMEOUT)
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+            pytest.fail(f"child {p.pid} did not finish within {TIMEOUT} s")
+
+
+@pytest.fixture
+def new_segments(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the segments this process creates during the test."""
+    names: list[str] = []
+    original = _memory._new_name
+
+    def recording() -> str:
+        names.append(original())
+        return names[-1]
+
+    monkeypatch.setattr(_memory, "_new_name", recording)
+    return names
+
+
+# ---- child-side helpers (module level: spawn and forkserver import them) ---------------
+
+
+def use_lock(lock: Any) -> int:
+    assert lock.acquire(timeout=TIMEOUT)
+    lock.release()
+    return os.getpid()
+
+
+def unpickle_stale(data: bytes, conn: Connection) -> None:
+    try:
+        pickle.loads(data)
+    except shoal.SegmentNotFoundError as exc:
+        conn.send(("SegmentNotFoundError", str(exc)))
+    except Exception as exc:
+        conn.send((type(exc).__name__, str(exc)))
+    else:
+        conn.send(("unpickled", ""))
+
+
+def use_after_parent_closed(lock: Any, conn: Connection) -> None:
+    assert conn.poll(TIMEOUT), "the parent never closed its handle"
+    conn.recv()
+    got = lock.acquire(timeout=5)
+    if got:
+        lock.release()
+    conn.send((got, lock.closed, count_of(lock), len(pickle.dumps(lock)) > 0))
+
+
+def report_inherited(lock: Any, conn: Connection) -> None:
+    # passed as a Process argument: inherited under fork, unpickled otherwise
+    conn.send((lock.closed, count_of(lock), len(pickle.dumps(lock)) > 0, use_lock(lock)))
+
+
+class SlowToPickle:
+    """Holds the queue's feeder thread up, so the process is exiting when it pickles on."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        time.sleep(0.3)
+        return (SlowToPickle, ())
+
+
+def put_and_exit(queue: Any, lock: Any) -> None:
+    # returns at once: the feeder thread pickles [slow, lock] while the process exits
+    queue.put([SlowToPickle(), lock])
+
+
+def fork_child_allocates(lock: Any, conn: Connection) -> None:
+    fresh = [shoal.Lock() for _ in range(50)]
+    ok = use_lock(lock) == os.getpid() and all(use_lock(f) for f in fresh)
+    for f in fresh:
+        f.close()
+    conn.send(ok)
+
+
+# ---- arenas: ten thousand locks, a handful of segments -------------------------------------
+
+
+def arena_usage() -> dict[str, int]:
+    """Blocks in use in each of this process's arenas, by name."""
+    return {a.segment.name: a.used() for a in _handle._allocator.arenas}
+
+
+def test_ten_thousand_lock_cycles_reuse_an_arena(new_segments: list[str]) -> None:
+    keep = shoal.Lock()  # pins an arena
+    usage_before = arena_usage()
+    held_before = shoal.lowlevel.attached_names()
+    most_held = 0
+    seen = set()
+    for i in range(10_000):
+        lock = shoal.Lock()
+        seen.add(lock._segment.name)
+        lock.close()
+        if i % 250 == 0:
+            most_held = max(most_held, len(shoal.lowlevel.attached_names() - held_before))
+    assert len(new_segments) <= 1  # keep's arena, if the others were full
+    assert len(seen) <= 2
+    assert most_held == 0, f"{most_held} more segments held during the loop"
+    usage_after = arena_usage()
+    for name in seen:
+        assert usage_after.get(name, 0) == usage_before.get(name, 0), "blocks not given back"
+    keep.close()
+
+
+def test_ten_thousand_live_locks_need_a_handful_of_segments(new_segments: list[str]) -> None:
+    per_arena = _BLOCK_COUNT  # a Lock takes one block
+    locks = [shoal.Lock() for _ in range(10_000)]
+    try:
+        segments = {lock._segment.name for lock in locks}
+        assert len(segments) <= 10_000 // per_arena + 2
+        assert len(new_segments) <= 10_000 // per_arena + 1
+        places = {(lock._segment.name, lock._header_offset) for lock in locks}
+        assert len(places) == len(locks), "two live locks share a block"
+        assert all(count_of(lock) == 1 for lock in locks[::97])
+        for lock in locks[:3]:
+            assert lock.acquire(timeout=1)
+            lock.release()
+        usage = arena_usage()
+        ours = {name: sum(lock._segment.name == name for lock in locks) for name in segments}
+    finally:
+        for lock in locks:
+            lock.close()
+    usage_after = arena_usage()
+    for name in segments:
+        assert usage_after[name] == usage[name] - ours[name], "blocks not given back"
+
+
+def test_idle_arenas_are_dropped_only_when_empty(new_segments: list[str]) -> None:
+    # fill whole arenas, so that this test owns at least one from its first block
+    locks = [shoal.Lock() for _ in range(2 * _BLOCK_COUNT + 10)]
+    try:
+        ours = [name for name in new_segments if name in shoal.lowlevel.attached_names()]
+        assert ours, "no arena was created"
+        first = ours[0]
+        in_first = [lock for lock in locks if lock._segment.name == first]
+        survivor = in_first.pop()
+        for lock in in_first:
+            lock.close()
+        # the next allocations may go anywhere, but the arena with a live lock stays
+        more = [shoal.Lock() for _ in range(5)]
+        assert first in shoal.lowlevel.attached_names()
+        assert survivor.acquire(timeout=1)
+        survivor.release()
+        for lock in more:
+            lock.close()
+    finally:
+        for lock in locks:
+            lock.close()
+    # every arena is empty now: an allocation drops all but the one it uses
+    last = shoal.Lock()
+    last.close()
+    assert len(set(new_segments) & shoal.lowlevel.attached_names()) <= 1
+    assert wait_until(lambda: sum(os.path.exists("/dev/shm" + n) for n in new_segments) <= 1, 5)
+
+
+def test_big_objects_get_a_segment_of_their_own(new_segments: list[str]) -> None:
+    limit = MAX_ARENA_OBJECT + OBJECT_HEADER_SIZE
+    segment, offset, serial = _handle._allocator.allocate(limit)
+    assert segment.kind == _memory.KIND_ARENA
+    _handle._release_now(segment, offset)
+    segment, offset, serial = _handle._allocator.allocate(limit + 1)
+    assert segment.kind == _memory.KIND_DATA
+    assert (offset, serial) == (HEADER_SIZE, 1)
+    assert segment.size >= HEADER_SIZE + limit + 1
+    name = segment.name
+    _handle._release_now(segment, offset)
+    assert segment.closed and not os.path.exists("/dev/shm" + name)
+
+
+def test_a_big_barrier_lives_in_its_own_segment() -> None:
+    parties = MAX_ARENA_OBJECT // 8 + 1  # 8 bytes a party: more than an arena takes
+    barrier = shoal.Barrier(parties)
+    assert barrier._segment.kind == _memory.KIND_DATA
+    name = barrier._segment.name
+    copy = pickle.loads(pickle.dumps(barrier))
+    assert copy.parties == parties and copy._segment is barrier._segment
+    assert count_of(barrier) == 2
+    copy.close()
+    assert count_of(barrier) == 1
+    barrier.close()
+    assert not os.path.exists("/dev/shm" + name)
+
+
+# ---- handles ---------------------------------------------------------------------------
+
+
+def test_a_closed_object_cannot_be_pickled() -> None:
+    lock = shoal.Lock()
+    assert not lock.closed
+    lock.close()
+    assert lock.closed
+    with pytest.raises(shoal.ClosedError):
+        pickle.dumps(lock)
+    lock.close()  # harmless
+
+
+def test_unpickling_in_the_same_process_takes_a_reference() -> None:
+    lock = shoal.Lock()
+    copy = pickle.loads(pickle.dumps(lock))
+    assert count_of(lock) == 2
+    with copy:
+        assert not lock.acquire(block=False)
+    del copy
+    gc.collect()
+    assert count_of(lock) == 1
+    lock.close()
+
+
+def test_a_handle_to_a_freed_block_is_refused(ctx: Any) -> None:
+    keep = shoal.Lock()  # keeps the arena, so only the block is gone
+    lock = shoal.Lock()
+    segment, offset = lock._segment, lock._header_offset
+    data = pickle.dumps(lock)
+    lock.close()
+    assert not block_in_use(segment, offset)
+    with pytest.raises(shoal.SegmentNotFoundError, match="no longer exists"):
+        pickle.loads(data)
+    # the block's next tenant is not aliased by the old handle
+    tenants = [shoal.Lock() for _ in range(4)]
+    tenant = next((t for t in tenants if t._header_offset == offset), None)
+    with pytest.raises(shoal.SegmentNotFoundError):
+        pickle.loads(data)
+    if tenant is not None:
+        assert count_of(tenant) == 1, "the refused handle changed the tenant's count"
+    # nor from another process
+    here, there = ctx.Pipe()
+    p = ctx.Process(target=unpickle_stale, args=(data, there))
+    p.start()
+    assert here.poll(TIMEOUT)
+    kind, _ = here.recv()
+    join_all(p)
+    assert kind == "SegmentNotFoundError"
+    if tenant is not None:
+        assert count_of(tenant) == 1
+    for t in tenants:
+        t.close()
+    keep.close()
+
+
+@pytest.mark.parametrize(
+    "where", ["arena header", "bitmap", "misaligned", "past the end", "negative"]
+)
+def test_a_forged_handle_offset_is_refused(where: str) -> None:
+    lock = shoal.Lock()
+    arena = _Arena.of(lock._segment)
+    used = arena.used()
+    offset = {
+        "arena header": _handle._ARENA_USED,  # would take "references" on the counter
+        "bitmap": _handle._ARENA_BITMAP,
+        "misaligned": lock._header_offset + 8,
+        "past the end": lock._segment.size,
+        "negative": -64,
+    }[where]
+    handle = (lock._segment.name, offset, lock._serial)
+    with pytest.raises(ValueError, match="does not name an object"):
+        _handle._rebuild(shoal.Lock, handle, True)
+    assert arena.used() == used
+    assert count_of(lock) == 1
+    with pytest.raises(TypeError):
+        _handle._rebuild(shoal.Lock, (lock._segment.name, str(offset), 1), True)
+    lock.close()
+
+
+def test_pool_workers_give_their_references_back(ctx: Any) -> None:
+    lock = shoal.Lock()
+    segment, offset = lock._segment, lock._header_offset
+    pool = ctx.Pool(2)
+    try:
+        results = [pool.apply_async(use_lock, (lock,)) for _ in range(6)]
+        assert all(r.get(timeout=TIMEOUT) > 0 for r in results)
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()
+    # the workers unpickled it for each task (or inherited it, under fork) and have
+    # given every reference back: at task end, or at exit
+    assert count_of(lock) == 1
+    assert block_in_use(segment, offset)
+    lock.close()
+    assert not block_in_use(segment, offset), "the arena block was not freed"
+
+
+def test_an_object_passed_to_a_child_is_usable_there(ctx: Any) -> None:
+    # #2: in a child forked by multiprocessing an inherited object looked closed (its
+    # util.Finalize was wiped with the registry): it could not be pickled on, and
+    # the reference the child took was never given back
+    lock = shoal.Lock()
+    here, there = ctx.Pipe()
+    p = ctx.Process(target=report_inherited, args=(lock, there))
+    p.start()
+    assert here.poll(TIMEOUT)
+    closed, count, pickles, pid = here.recv()
+    join_all(p)
+    assert p.exitcode == 0
+    assert closed is False and pickles and pid == p.pid
+    assert count == 2
+    assert count_of(lock) == 1, "the child's reference was not given back at exit"
+    lock.close()
+
+
+def test_a_forked_child_keeps_an_inherited_lock_the_parent_closed() -> None:
+    lock = shoal.Lock()
+    segment, offset = lock._segment, lock._header_offset
+    here, there = FORK.Pipe()
+    p = FORK.Process(target=use_after_parent_closed, args=(lock, there))
+    p.start()
+    try:
+        assert wait_until(lambda: _core.load64(segment.buffer, offset) == 2, TIMEOUT)
+        lock.close()
+        assert block_in_use(segment, offset), "freed while the child still held it"
+        here.send("closed")
+        assert here.poll(TIMEOUT)
+        got, closed, count, pickles = here.recv()
+        assert got and not closed and pickles
+        assert count == 1
+    finally:
+        join_all(p)
+    assert p.exitcode == 0
+    # the child's was the last reference: its exit freed the block
+    assert wait_until(lambda: not block_in_use(segment, offset), 5)
+
+
+def test_exit_releases_handles_after_queue_feeders_flushed(ctx: Any) -> None:
+    # the child puts a handle on a multiprocessing queue and exits at once; its
+    # feeder thread is still pickling when the exit finalizers start.  Handles are
+    # released after the feeders are joined, so the lock still pickles then
+    lock = shoal.Lock()
+    queue = ctx.Queue()
+    p = ctx.Process(target=put_and_exit, args=(queue, lock))
+    p.start()
+    try:
+        _, got = queue.get(timeout=TIMEOUT)
+    finally:
+        join_all(p)
+    assert p.exitcode == 0
+    assert got.acquire(timeout=1)
+    got.release()
+    assert count_of(lock) == 2  # ours and the copy we just unpickled
+    got.close()
+    lock.close()
+    queue.close()
+    queue.join_thread()
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def test_a_new_process_gives_references_back_at_interpreter_exit() -> None:
+    # weakref.finalize's own atexit handler may run before multiprocessing's (it is
+    # registered later: atexit runs last-in first-out) and switches every finalize
+    # off; the exit hook must release the handles all the same
+    lock = shoal.Lock()
+    code = f"""
+        import pickle, weakref
+        lock = pickle.loads(bytes.fromhex({pickle.dumps(lock).hex()!r}))
+        weakref.finalize(lock, print, "collected")  # registered with atexit after shoal
+        assert lock.acquire(timeout=5)
+        lock.release()
+        print("count", lock._segment.buffer[lock._header_offset])
+    """
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert "count 2" in result.stdout
+    assert count_of(lock) == 1
+    lock.close()
+
+
+def test_os_fork_children_take_and_give_back_references() -> None:
+    # a bare os.fork (no multiprocessing): the child takes a reference on each object
+    # it inherits, gives it back when it closes or exits, and can allocate from the
+    # arenas it inherited
+    code = """
+        import gc, os, sys
+        import shoal
+        from shoal import _core
+        def count(obj):
+            return _core.load64(obj._segment.buffer, obj._header_offset)
+        a, b = shoal.Lock(), shoal.Lock()
+        pid = os.fork()
+        if pid == 0:
+            assert count(a) == 2 and count(b) == 2
+            a.close()
+            c = shoal.Lock()
+            assert c._segment is a._segment, "the child made an arena of its own"
+            sys.exit(0)  # b and c are released by the exit hook
+        _, status = os.waitpid(pid, 0)
+        assert status == 0, status
+        assert count(a) == 1 and count(b) == 1, (count(a), count(b))
+        print("ok")
+    """
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def allocate_and_free(stop: threading.Event) -> None:
+    while not stop.is_set():
+        shoal.Lock().close()
+
+
+def test_fork_while_another_thread_allocates() -> None:
+    # the fork waits for the allocator (os.register_at_fork's before hook), so the
+    # child inherits a consistent list of arenas and can allocate from them
+    lock = shoal.Lock()
+    stop = threading.Event()
+    worker = threading.Thread(target=allocate_and_free, args=(stop,))
+    worker.start()
+    try:
+        for _ in range(3):
+            here, there = FORK.Pipe()
+            p = FORK.Process(target=fork_child_allocates, args=(lock, there))
+            p.start()
+            assert here.poll(TIMEOUT), "a child forked mid-allocation is stuck"
+            assert here.recv() is True
+            join_all(p)
+            assert p.exitcode == 0
+    finally:
+        stop.set()
+        worker.join(TIMEOUT)
+    assert count_of(lock) == 1
+    lock.close()
+
+
+def test_a_release_run_by_gc_inside_the_arena_lock_waits_for_it() -> None:
+    # #2: garbage collection may run a finalizer while this very thread holds an
+    # arena's mutex (inside allocate); the finalizer then needed the same,
+    # non-recursive mutex to free its block and waited for itself (30 s, then an
+    # error and a leaked block).  Now it is deferred until the mutex is let go.
+    keep = shoal.Lock()
+    arena = _Arena.of(keep._segment)
+    lock = shoal.Lock()
+    assert lock._segment is keep._segment
+    offset = lock._header_offset
+    lock.cycle = lock  # only the cycle collector frees it
+    del lock
+    gc.disable()
+    try:
+        with arena._locked():  # what allocate() holds
+            t0 = time.monotonic()
+            gc.collect()
+            assert time.monotonic() - t0 < 5, "the finalizer waited for its own thread"
+            assert block_in_use(keep._segment, offset), "freed inside the locked section"
+    finally:
+        gc.enable()
+    assert not block_in_use(keep._segment, offset), "the deferred release never ran"
+    keep.close()
+
+
+# ---- the arena allocator against a model ------------------------------------------------
+
+
+class ArenaAllocatorMachine(RuleBasedStateMachine):
+    """``_Arena.allocate``/``free`` with random sizes against a dict of live runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arena = _Arena.create()
+        self.live: dict[int, tuple[int, int]] = {}  # offset -> (blocks, serial)
+        self.taken = [False] * _BLOCK_COUNT  # the model's bitmap
+
+    def teardown(self) -> None:
+        self.arena.segment.close()
+
+    def mark(self, offset: int, blocks: int, taken: bool) -> None:
+        start = (offset - _FIRST_BLOCK) // BLOCK_SIZE
+        for i in range(start, start + blocks):
+            assert self.taken[i] != taken, "two live allocations overlap"
+            self.taken[i] = taken
+
+    def first_fit(self, blocks: int) -> int | None:
+        run = 0
+        for i, taken in enumerate(self.taken):
+            run = 0 if taken else run + 1
+            if run == blocks:
+                return i - blocks + 1
+        return None
+
+    @rule(
+        nbytes=st.one_of(
+            st.integers(1, 4 * BLOCK_SIZE),  # the common case: a lock, a semaphore
+            st.integers(1, MAX_ARENA_OBJECT + OBJECT_HEADER_SIZE),  # multi-block runs
+            st.just(MAX_ARENA_OBJECT + OBJECT_HEADER_SIZE),
+        )
+    )
+    def allocate(self, nbytes: int) -> None:
+        blocks = -(-nbytes // BLOCK_SIZE)
+        expected = self.first_fit(blocks)
+        got = self.arena.allocate(nbytes)
+        if expected is None:
+            assert got is None, f"allocated {blocks} blocks where no run was free"
+            return
+        assert got is not None, f"refused {blocks} blocks with a run free at {expected}"
+        offset, serial = got
+        assert offset == _FIRST_BLOCK + expected * BLOCK_SIZE
+        assert serial != 0
+        self.mark(offset, blocks, True)
+        buf = self.arena.segment.buffer
+        assert _core.load64(buf, offset) == 1  # one reference: its creator's
+        body = slice(offset + OBJECT_HEADER_SIZE, offset + blocks * BLOCK_SIZE)
+        assert not any(buf[body]), "the run was not zeroed"
+        buf[body] = b"\xa5" * (body.stop - body.start)  # scribble, as its object would
+        self.live[offset] = (blocks, serial)
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def free(self, data: st.DataObject) -> None:
+        offset = data.draw(st.sampled_from(sorted(self.live)))
+        blocks, serial = self.live.pop(offset)
+        buf = self.arena.segment.buffer
+        _core.store64(buf, offset, 0)  # the last reference went (as _release_count_only)
+        self.arena.free(offset)
+        self.mark(offset, blocks, False)
+        assert int.from_bytes(buf[offset + 8 : offset + 12], "little") != serial
+
+    @invariant()
+    def used_count_matches(self) -> None:
+        assert self.arena.used() == sum(blocks for blocks, _ in self.live.values())
+
+    @invariant()
+    def bitmap_matches(self) -> None:
+        start = _handle._ARENA_BITMAP
+        bits = int.from_bytes(self.arena.segment.buffer[start : start + _BITMAP_BYTES], "little")
+        model = int("".join("1" if t else "0" for t in reversed(self.taken)), 2)
+        assert bits == model
+
+    @invariant()
+    def headers_intact(self) -> None:
+        buf = self.arena.segment.buffer
+        serials = set()
+        for offset, (blocks, serial) in self.live.items():
+            assert int.from_bytes(buf[offset + 8 : offset + 12], "little") == serial
+            assert int.from_bytes(buf[offset + 12 : offset + 16], "little") == blocks
+            assert _core.load64(buf, offset) == 1
+            serials.add(serial)
+        assert len(serials) == len(self.live), "two live allocations share a serial"
+
+
+ArenaAllocatorMachine.TestCase.settings = settings(
+    max_examples=40,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_arena_allocator_against_a_model = ArenaAllocatorMachine.TestCase

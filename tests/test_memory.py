@@ -1,0 +1,735 @@
+"""Shared-memory segments: life cycle, names, sharing, reaping, layout checks (#2).
+
+What these tests hold ``shoal.lowlevel.Segment`` and ``reap()`` to:
+
+* a segment lives while any process holds it and is removed from ``/dev/shm`` when
+  the last holder closes it, or (all holders dead, SIGKILL included) by ``reap()``
+  or the first segment creation of the next shoal process;
+* names are unguessable and the file is private (0600);
+* attach checks the header and refuses a foreign or corrupt segment with
+  ``LayoutError``; a missing one with ``SegmentNotFoundError``;
+* no room in ``/dev/shm`` is a ``SharedMemoryError`` up front, never a SIGBUS.
+
+The tests that start processes take the ``ctx`` fixture where the start method can
+change the outcome (a spawned child imports shoal afresh; a forked one inherits the
+parent's attachments and exit hooks).  Child-side helpers are module level so that
+spawn and forkserver can import them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import multiprocessing as mp
+import os
+import re
+import secrets
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import pytest
+from conftest import shoal_segments, wait_until
+
+import shoal
+from shoal import _core, _memory
+from shoal.lowlevel import HEADER_SIZE, Segment, reap
+
+TIMEOUT = 20.0
+SHM = "/dev/shm"
+FORK = mp.get_context("fork")
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(SHM), reason="needs /dev/shm (Linux)")
+
+
+def shm_path(name: str) -> str:
+    return SHM + name
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(shm_path(name))
+
+
+def join_all(*procs: Any) -> None:
+    for p in procs:
+        p.join(TIMEOUT)
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+            pytest.fail(f"child {p.pid} did not finish within {TIMEOUT} s")
+
+
+def run_python(code: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (a brand-new shoal process)."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def dead_token() -> int:
+    """A token no live process has: our pid with a start time that is not ours."""
+    token = _core.self_token()
+    return (token & ~0xFFFFFFFF) | ((token + 12345) & 0xFFFFFFFF)
+
+
+def header_bytes(
+    *,
+    magic: int = _memory.MAGIC,
+    version: int = _core.LAYOUT_VERSION,
+    header_size: int = HEADER_SIZE,
+    total: int,
+    holders: tuple[int, ...] = (),
+) -> bytes:
+    """A shoal segment header as the creator writes it (see _memory's table)."""
+    head = bytearray(HEADER_SIZE)
+    _memory._HEADER.pack_into(
+        head,
+        0,
+        magic,
+        version,
+        header_size,
+        total,
+        _memory.KIND_DATA,
+        0,
+        holders[0] if holders else 0,
+        time.time_ns(),
+        _memory._HOLDER_CAPACITY,
+        0,
+    )
+    for i, token in enumerate(holders):
+        struct.pack_into("<Q", head, _memory._HOLDERS_OFFSET + 8 * i, token)
+    return bytes(head)
+
+
+class RawFile:
+    """A file in /dev/shm named like a shoal segment, written by hand (always removed)."""
+
+    def __init__(self, content: bytes, size: int | None = None, age_s: float = 0.0) -> None:
+        self.name = "/shoal-" + secrets.token_hex(10)
+        fd = os.open(shm_path(self.name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.write(fd, content)
+            if size is not None:
+                os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+        if age_s:
+            past = time.time() - age_s
+            os.utime(shm_path(self.name), (past, past))
+
+    def __enter__(self) -> RawFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            os.unlink(shm_path(self.name))
+        except FileNotFoundError:
+            pass
+
+
+# ---- child-side helpers (module level: spawn and forkserver import them) ---------------
+
+
+def child_read_and_write(name: str, expected: bytes, reply: bytes, conn: Connection) -> None:
+    seg = Segment.attach(name)
+    try:
+        got = bytes(seg.buffer[HEADER_SIZE : HEADER_SIZE + len(expected)])
+        seg.buffer[HEADER_SIZE + 100 : HEADER_SIZE + 100 + len(reply)] = reply
+        conn.send((got, os.getpid() in seg.holders()))
+    finally:
+        seg.close()
+
+
+def child_outlive_parent(name: str, conn: Connection) -> None:
+    seg = Segment.attach(name)
+    conn.send("attached")
+    assert conn.poll(TIMEOUT), "the parent never said it closed"
+    conn.recv()
+    # the parent closed its segment: ours still works
+    seg.buffer[HEADER_SIZE : HEADER_SIZE + 5] = b"child"
+    conn.send(bytes(seg.buffer[HEADER_SIZE + 10 : HEADER_SIZE + 16]))
+    seg.close()
+    conn.send("closed")
+
+
+def child_create_and_hold(conn: Connection) -> None:
+    seg = Segment.create(1000)
+    seg.buffer[HEADER_SIZE : HEADER_SIZE + 7] = b"creator"
+    conn.send(seg.name)
+    time.sleep(TIMEOUT * 3)  # killed long before
+
+
+def child_create_and_exit(conn: Connection) -> None:
+    seg = Segment.create(64)
+    conn.send(seg.name)
+    # exits holding it: the exit hook must remove it (nobody else holds it)
+
+
+def child_attach_expect_error(name: str, conn: Connection) -> None:
+    try:
+        Segment.attach(name).close()
+    except shoal.LayoutError as exc:
+        conn.send(("LayoutError", str(exc)))
+    except Exception as exc:
+        conn.send((type(exc).__name__, str(exc)))
+    else:
+        conn.send(("attached", ""))
+
+
+def child_attach_hold(name: str, conn: Connection) -> None:
+    seg = Segment.attach(name)
+    conn.send(seg._unrecorded)
+    assert conn.poll(TIMEOUT)
+    conn.recv()
+    seg.close()
+    conn.send("closed")
+
+
+def child_create_many(count: int, conn: Connection) -> None:
+    lost = 0
+    for _ in range(count):
+        seg = Segment.create(64)
+        lost += not exists(seg.name)  # a reaper running meanwhile must not take it
+        seg.close()
+    conn.send(lost)
+
+
+@pytest.fixture
+def new_names(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the segments this process makes during the test."""
+    names: list[str] = []
+    original = _memory._new_name
+
+    def recording() -> str:
+        names.append(original())
+        return names[-1]
+
+    monkeypatch.setattr(_memory, "_new_name", recording)
+    return names
+
+
+# ---- life cycle -------------------------------------------------------------------------
+
+
+def test_create_attach_close_life_cycle() -> None:
+    seg = Segment.create(100)
+    try:
+        assert seg.size == HEADER_SIZE + 100 == len(seg.buffer)
+        assert seg.kind == _memory.KIND_DATA
+        assert not seg.closed and exists(seg.name)
+        assert "attached" in repr(seg) and seg.name in repr(seg)
+        assert seg.holders() == [os.getpid()]
+        assert seg.name in shoal.lowlevel.attached_names()
+        # the header is checked and complete
+        assert _core.load64(seg.buffer, 0) == _memory.MAGIC
+        seg.buffer[HEADER_SIZE:] = bytes(range(100))
+        # attaching in the same process reuses the attachment: one close each
+        again = Segment.attach(seg.name)
+        assert again is seg
+        again.close()
+        assert not seg.closed and exists(seg.name)
+        assert bytes(seg.buffer[HEADER_SIZE:]) == bytes(range(100))
+    finally:
+        seg.close()
+    assert seg.closed and "closed" in repr(seg)
+    assert not exists(seg.name)
+    assert seg.name not in shoal.lowlevel.attached_names()
+    seg.close()  # harmless
+    with pytest.raises(shoal.ClosedError):
+        seg.holders()
+    with pytest.raises(shoal.SegmentNotFoundError):
+        Segment.attach(seg.name)
+
+
+def test_empty_segment_is_just_a_header() -> None:
+    seg = Segment.create(0)
+    assert seg.size == HEADER_SIZE
+    seg.close()
+    assert not exists(seg.name)
+
+
+def test_names_are_unguessable_and_files_private() -> None:
+    old_umask = os.umask(0)  # a permissive umask must not widen the mode
+    try:
+        segs = [Segment.create(10) for _ in range(20)]
+    finally:
+        os.umask(old_umask)
+    try:
+        names = [s.name for s in segs]
+        assert len(set(names)) == len(names)
+        for name in names:
+            assert re.fullmatch(r"/shoal-[0-9a-f]{20}", name), name
+            st = os.stat(shm_path(name))
+            assert stat.S_IMODE(st.st_mode) == 0o600
+            assert st.st_uid == os.getuid()
+        assert len(names[0]) <= 31  # macOS's limit for shm names
+    finally:
+        for s in segs:
+            s.close()
+
+
+def test_attach_from_another_process_sees_the_same_bytes(ctx: Any) -> None:
+    seg = Segment.create(4096)
+    try:
+        pattern = os.urandom(64)
+        seg.buffer[HEADER_SIZE : HEADER_SIZE + 64] = pattern
+        here, there = ctx.Pipe()
+        p = ctx.Process(target=child_read_and_write, args=(seg.name, pattern, b"reply", there))
+        p.start()
+        assert here.poll(TIMEOUT), "the child never answered"
+        got, child_listed = here.recv()
+        join_all(p)
+        assert p.exitcode == 0
+        assert got == pattern
+        assert child_listed, "the child was not in the holder table"
+        assert bytes(seg.buffer[HEADER_SIZE + 100 : HEADER_SIZE + 105]) == b"reply"
+        # the child closed: it left the table, the segment stays ours
+        assert seg.holders() == [os.getpid()]
+        assert exists(seg.name)
+    finally:
+        seg.close()
+    assert not exists(seg.name)
+
+
+def test_segment_lives_until_the_last_holder_closes(ctx: Any) -> None:
+    seg = Segment.create(64)
+    name = seg.name
+    seg.buffer[HEADER_SIZE + 10 : HEADER_SIZE + 16] = b"parent"
+    here, there = ctx.Pipe()
+    p = ctx.Process(target=child_outlive_parent, args=(name, there))
+    p.start()
+    try:
+        assert here.poll(TIMEOUT) and here.recv() == "attached"
+        assert p.pid in seg.holders()
+        seg.close()
+        assert exists(name), "removed while a child still held it"
+        here.send("go")
+        assert here.poll(TIMEOUT)
+        assert here.recv() == b"parent"
+        assert here.poll(TIMEOUT) and here.recv() == "closed"
+        assert wait_until(lambda: not exists(name), 5)
+    finally:
+        seg.close()
+        join_all(p)
+    assert p.exitcode == 0
+
+
+def test_ten_thousand_create_close_cycles_leave_nothing() -> None:
+    def fd_count() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    Segment.create(1).close()  # the process's first creation also sweeps: not counted
+    fds = fd_count()
+    names = set()
+    for i in range(10_000):
+        seg = Segment.create(64 + i % 7)
+        names.add(seg.name)
+        seg.close()
+    assert len(names) == 10_000
+    assert not names & shoal_segments()
+    assert fd_count() <= fds, "file descriptors leaked"
+    assert not names & shoal.lowlevel.attached_names()
+
+
+def test_close_with_a_live_export_of_the_buffer() -> None:
+    # #2: close() raised BufferError and left the segment half closed (out of the
+    # holder table, yet not closed) when something still held the buffer
+    seg = Segment.create(16)
+    seg.buffer[HEADER_SIZE : HEADER_SIZE + 2] = b"\x07\x09"
+    reader = struct.iter_unpack("B", seg.buffer[HEADER_SIZE : HEADER_SIZE + 16])
+    exporter = struct.iter_unpack("B", seg.buffer)  # exports the segment's own view
+    seg.close()
+    assert seg.closed
+    assert not exists(seg.name)
+    assert next(reader) == (7,)  # memory handed out stays valid until it is dropped
+    assert next(exporter) == (ord("S"),)
+    del reader, exporter
+
+
+# ---- crashes and reaping ----------------------------------------------------------------
+
+
+def test_creator_killed_survivor_closes_nothing_left(ctx: Any) -> None:
+    here, there = ctx.Pipe()
+    p = ctx.Process(target=child_create_and_hold, args=(there,))
+    p.start()
+    try:
+        assert here.poll(TIMEOUT), "the child never created its segment"
+        name = here.recv()
+        seg = Segment.attach(name)
+    finally:
+        p.kill()
+        join_all(p)
+    assert p.exitcode == -signal.SIGKILL
+    assert exists(name), "removed while this process still held it"
+    assert sorted(seg.holders()) == sorted([p.pid, os.getpid()])
+    assert bytes(seg.buffer[HEADER_SIZE : HEADER_SIZE + 7]) == b"creator"
+    seg.close()
+    assert not exists(name)
+
+
+def test_attach_after_the_creator_died(ctx: Any) -> None:
+    # the holder table then lists only a dead process: attaching must still work and
+    # the last close (ours) must remove the segment
+    here, there = ctx.Pipe()
+    p = ctx.Process(target=child_create_and_hold, args=(there,))
+    p.start()
+    try:
+        assert here.poll(TIMEOUT), "the child never created its segment"
+        name = here.recv()
+    finally:
+        p.kill()
+        join_all(p)
+    seg = Segment.attach(name)
+    assert sorted(seg.holders()) == sorted([p.pid, os.getpid()])
+    assert bytes(seg.buffer[HEADER_SIZE : HEADER_SIZE + 7]) == b"creator"
+    seg.close()
+    assert not exists(name)
+
+
+def orphan_segment() -> str:
+    """Have a fresh process create a segment and die by SIGKILL; return its name."""
+    code = """
+        import os, signal, sys
+        from shoal.lowlevel import Segment
+        seg = Segment.create(100)
+        sys.stdout.write(seg.name + "\\n")
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+    result = run_python(code)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    name = result.stdout.strip()
+    assert re.fullmatch(r"/shoal-[0-9a-f]{20}", name), result.stdout
+    return name
+
+
+def test_reap_removes_a_segment_whose_holders_all_died() -> None:
+    name = orphan_segment()
+    # (another shoal process on this machine may sweep it first: either way it goes)
+    reaped = reap()
+    assert not exists(name)
+    assert all(re.fullmatch(r"/shoal-[0-9a-f]{20}", n) for n in reaped)
+    with pytest.raises(shoal.SegmentNotFoundError):
+        Segment.attach(name)
+
+
+def test_first_create_in_a_new_process_reaps() -> None:
+    name = orphan_segment()
+    result = run_python(
+        """
+        from shoal.lowlevel import Segment
+        Segment.create(1).close()
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert not exists(name)
+
+
+def test_reap_judges_raw_segments() -> None:
+    total = HEADER_SIZE + 64
+    alive = header_bytes(total=total, holders=(_core.self_token(),))
+    dead = header_bytes(total=total, holders=(dead_token(),))
+    with contextlib.ExitStack() as stack:
+
+        def raw(content: bytes, size: int | None = None, age_s: float = 0.0) -> str:
+            return stack.enter_context(RawFile(content, size, age_s)).name
+
+        live_holder = raw(alive, total)
+        dead_holder = raw(dead, total)
+        being_created = raw(b"")  # shm_open done, not sized yet
+        header_pending = raw(b"", total)  # sized, magic not written yet
+        abandoned = raw(b"", total, age_s=600)  # its creator died half way
+        abandoned_small = raw(b"", 10, age_s=600)
+        foreign = raw(b"NOTSHOAL" + bytes(100), total, age_s=600)
+        other_version = raw(header_bytes(version=999, total=total), total)
+        reap()
+        assert exists(live_holder)
+        assert not exists(dead_holder)
+        assert exists(being_created)
+        assert exists(header_pending)
+        assert not exists(abandoned)
+        assert not exists(abandoned_small)
+        assert exists(foreign), "reap() must never remove what it cannot read"
+        assert exists(other_version), "another shoal's segment is its own to judge"
+
+
+def test_reap_skips_segments_this_process_holds() -> None:
+    seg = Segment.create(8)
+    try:
+        assert seg.name not in reap()
+        assert exists(seg.name)
+    finally:
+        seg.close()
+
+
+def test_reap_racing_a_process_creating_segments() -> None:
+    # a reaper must never take a segment that is being created (unsized, or without
+    # its magic number yet) or that its creator just finished
+    here, there = FORK.Pipe()
+    p = FORK.Process(target=child_create_many, args=(400, there))
+    p.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while p.is_alive() and time.monotonic() < deadline:
+            reap()
+        assert here.poll(TIMEOUT), "the creating child never reported"
+        assert here.recv() == 0, "the reaper removed segments still being used"
+    finally:
+        join_all(p)
+    assert p.exitcode == 0
+
+
+# ---- refusing bad segments and bad input ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "size", "message"),
+    [
+        ({"magic": int.from_bytes(b"NOTSHOAL", "little")}, None, "bad magic number"),
+        ({"magic": 0}, None, "bad magic number"),
+        ({"version": _core.LAYOUT_VERSION + 1}, None, "layout version"),
+        ({"header_size": 8192}, None, "corrupt"),
+        ({}, HEADER_SIZE + 128, "corrupt"),  # the header says 64 bytes more
+    ],
+    ids=["magic", "unfinished", "version", "header-size", "total-size"],
+)
+def test_attach_refuses_a_bad_header(
+    fields: dict[str, int], size: int | None, message: str
+) -> None:
+    total = HEADER_SIZE + 64
+    with RawFile(header_bytes(total=total, **fields), size or total) as raw:
+        with pytest.raises(shoal.LayoutError, match=message) as info:
+            Segment.attach(raw.name)
+        assert raw.name in str(info.value) and "refusing" in str(info.value)
+        assert isinstance(info.value, shoal.SharedMemoryError)
+        assert isinstance(info.value, OSError)
+        assert exists(raw.name), "attach must not remove what it refused"
+        assert raw.name not in shoal.lowlevel.attached_names()
+
+
+def test_attach_refuses_a_file_smaller_than_a_header() -> None:
+    with (
+        RawFile(b"SHOALSEG", 100) as raw,
+        pytest.raises(shoal.LayoutError, match="smaller than a shoal header"),
+    ):
+        Segment.attach(raw.name)
+
+
+def test_attach_refuses_a_header_overwritten_in_place() -> None:
+    # a real segment whose version field is overwritten through its buffer is
+    # refused by a process that attaches it afresh (spawned: a forked child would
+    # inherit the attachment instead)
+    seg = Segment.create(64)
+    try:
+        struct.pack_into("<I", seg.buffer, 8, 999)
+        spawn = mp.get_context("spawn")
+        here, there = spawn.Pipe()
+        p = spawn.Process(target=child_attach_expect_error, args=(seg.name, there))
+        p.start()
+        assert here.poll(TIMEOUT)
+        kind, message = here.recv()
+        join_all(p)
+        assert kind == "LayoutError"
+        assert "layout version 999" in message and "incompatible" in message
+        struct.pack_into("<I", seg.buffer, 8, _core.LAYOUT_VERSION)
+    finally:
+        seg.close()
+    assert not exists(seg.name)
+
+
+def test_attach_a_missing_segment() -> None:
+    name = "/shoal-" + secrets.token_hex(10)
+    with pytest.raises(shoal.SegmentNotFoundError, match=re.escape(name)) as info:
+        Segment.attach(name)
+    assert isinstance(info.value, FileNotFoundError)
+    assert info.value.errno == errno.ENOENT
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("100",), TypeError),
+        ((1.5,), TypeError),
+        ((True,), TypeError),
+        ((None,), TypeError),
+        ((-1,), ValueError),
+        ((2**70,), ValueError),
+        ((10, "arena"), TypeError),
+        ((10, 0), ValueError),
+        ((10, 2**32), ValueError),
+    ],
+)
+def test_create_refuses_bad_arguments(
+    args: tuple[Any, ...], error: type[Exception], new_names: list[str]
+) -> None:
+    with pytest.raises(error):
+        Segment.create(*args)
+    assert new_names == [], "refused only after making a file"
+
+
+@pytest.mark.parametrize("name", [None, b"/shoal-00", 17])
+def test_attach_refuses_a_name_that_is_not_a_str(name: Any) -> None:
+    with pytest.raises(TypeError):
+        Segment.attach(name)
+
+
+def test_no_room_in_dev_shm_is_a_clear_error_up_front(new_names: list[str]) -> None:
+    st = os.statvfs(SHM)
+    capacity = st.f_blocks * st.f_frsize
+    t0 = time.monotonic()
+    with pytest.raises(shoal.SharedMemoryError) as info:
+        Segment.create(capacity + 2**20)
+    took = time.monotonic() - t0
+    # tmpfs refuses a fallocate larger than itself before touching a page: no SIGBUS
+    # later, no time spent zeroing memory now
+    assert took < 2.0
+    assert isinstance(info.value, OSError)
+    assert info.value.errno == errno.ENOSPC
+    message = str(info.value)
+    assert "no room in shared memory" in message and "free" in message and SHM in message
+    assert f"{capacity + 2**20 + HEADER_SIZE:,}" in message
+    assert len(new_names) == 1
+    assert not exists(new_names[0]), "a failed creation left its file behind"
+
+
+# ---- holders ------------------------------------------------------------------------------
+
+
+def test_holders_lists_every_process_attached(ctx: Any) -> None:
+    seg = Segment.create(8)
+    here, there = ctx.Pipe()
+    p = ctx.Process(target=child_attach_hold, args=(seg.name, there))
+    p.start()
+    try:
+        assert here.poll(TIMEOUT)
+        assert here.recv() is False  # recorded in the table
+        assert sorted(seg.holders()) == sorted([os.getpid(), p.pid])
+        here.send("close")
+        assert here.poll(TIMEOUT) and here.recv() == "closed"
+        if ctx.get_start_method() != "fork":
+            assert seg.holders() == [os.getpid()]
+        # a forked child also holds the attachment it inherited, until it exits
+        join_all(p)
+        assert seg.holders() == [os.getpid()]
+    finally:
+        join_all(p)
+        seg.close()
+
+
+def test_a_holder_beyond_the_table_keeps_the_segment_and_is_counted_down() -> None:
+    # #2: a process counted in the overflow field (table full) never left it, so the
+    # segment could never be unlinked or reaped
+    seg = Segment.create(8)
+    token = _core.self_token()
+    slots = seg.buffer[_memory._HOLDERS_OFFSET : HEADER_SIZE].cast("Q")
+    try:
+        for i in range(1, _memory._HOLDER_CAPACITY):
+            slots[i] = token  # live stand-ins fill the table
+        here, there = FORK.Pipe()
+        p = FORK.Process(target=child_attach_hold, args=(seg.name, there))
+        p.start()
+        assert here.poll(TIMEOUT)
+        assert here.recv() is True  # counted, not recorded
+        assert struct.unpack_from("<I", seg.buffer, _memory._OVERFLOW_OFFSET)[0] == 1
+        here.send("close")
+        assert here.poll(TIMEOUT) and here.recv() == "closed"
+        join_all(p)
+        assert struct.unpack_from("<I", seg.buffer, _memory._OVERFLOW_OFFSET)[0] == 0
+        for i in range(1, _memory._HOLDER_CAPACITY):
+            slots[i] = 0
+    finally:
+        slots.release()
+        seg.close()
+    assert not exists(seg.name)
+
+
+# ---- threads and forks ----------------------------------------------------------------------
+
+
+def test_close_does_not_hand_attach_a_segment_being_closed(monkeypatch: Any) -> None:
+    # #2: close() dropped the process lock between "last reference gone" and the
+    # detach; an attach() in that window got the cached segment back (0 -> 1
+    # reference), and the detach then closed it under its feet
+    seg = Segment.create(8)
+    name = seg.name
+    in_detach = threading.Event()
+    original = Segment._detach
+
+    def slow_detach(self: Segment) -> None:
+        in_detach.set()
+        time.sleep(0.2)
+        original(self)
+
+    monkeypatch.setattr(Segment, "_detach", slow_detach)
+    closer = threading.Thread(target=seg.close)
+    closer.start()
+    assert in_detach.wait(TIMEOUT)
+    try:
+        other = Segment.attach(name)
+    except shoal.SegmentNotFoundError:
+        other = None  # attached after the detach: the segment was gone, as it should be
+    closer.join(TIMEOUT)
+    assert seg.closed and not exists(name)
+    if other is not None:
+        closed_under_it = other.closed
+        other.close()
+        assert not closed_under_it, "attach() returned a segment another thread was closing"
+
+
+def hold_state_lock(started: threading.Event, seconds: float) -> None:
+    with _memory._state.lock:
+        started.set()
+        time.sleep(seconds)
+
+
+def test_fork_while_another_thread_holds_the_process_lock() -> None:
+    # the fork waits for the lock (taken in os.register_at_fork's before hook), so
+    # the child gets a consistent table of attachments and a fresh lock
+    seg = Segment.create(256)
+    try:
+        started = threading.Event()
+        holder = threading.Thread(target=hold_state_lock, args=(started, 0.3))
+        holder.start()
+        assert started.wait(TIMEOUT)
+        here, there = FORK.Pipe()
+        p = FORK.Process(target=child_read_and_write, args=(seg.name, b"", b"forked", there))
+        p.start()
+        holder.join(TIMEOUT)
+        assert here.poll(TIMEOUT), "the forked child is stuck"
+        _, listed = here.recv()
+        join_all(p)
+        assert p.exitcode == 0 and listed
+        assert bytes(seg.buffer[HEADER_SIZE + 100 : HEADER_SIZE + 106]) == b"forked"
+        assert seg.holders() == [os.getpid()], "the child did not leave the table"
+    finally:
+        seg.close()
+
+
+def test_segments_a_child_creates_go_when_it_exits(ctx: Any) -> None:
+    # #2: multiprocessing empties util.Finalize's registry in the children it forks,
+    # after the at-fork hooks armed the exit hook there; a forked child that held a
+    # segment then left every segment it created in /dev/shm
+    keep = Segment.create(8)  # held across the fork: the hook was armed in the parent
+    try:
+        here, there = ctx.Pipe()
+        p = ctx.Process(target=child_create_and_exit, args=(there,))
+        p.start()
+        assert here.poll(TIMEOUT)
+        name = here.recv()
+        join_all(p)
+        assert p.exitcode == 0
+        assert not exists(name), f"{ctx.get_start_method()} child left {name} behind"
+    finally:
+        keep.close()
