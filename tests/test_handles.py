@@ -217,6 +217,26 @@ def test_idle_arenas_are_dropped_only_when_empty(new_segments: list[str]) -> Non
     assert wait_until(lambda: sum(os.path.exists("/dev/shm" + n) for n in new_segments) <= 1, 5)
 
 
+def test_a_dropped_arena_lets_go_of_its_mapping_at_once(new_segments: list[str]) -> None:
+    # #2: an arena view and its segment pointed at each other, so a dropped arena's
+    # mapping (and the file descriptor mmap keeps) waited for the cycle collector
+    def fd_count() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    gc.disable()
+    try:
+        fds = fd_count()
+        locks = [shoal.Lock() for _ in range(2 * _BLOCK_COUNT)]  # at least one new arena
+        assert new_segments
+        for lock in locks:
+            lock.close()
+        del locks, lock
+        shoal.Lock().close()  # drops every idle arena but the one it used
+        assert fd_count() <= fds + 1, "dropped arenas still hold their mappings"
+    finally:
+        gc.enable()
+
+
 def test_big_objects_get_a_segment_of_their_own(new_segments: list[str]) -> None:
     limit = MAX_ARENA_OBJECT + OBJECT_HEADER_SIZE
     segment, offset, serial = _handle._allocator.allocate(limit)
