@@ -20,6 +20,10 @@ from ._errors import SharedMemoryError as SharedMemoryError
 from ._errors import ShoalError as ShoalError
 from ._errors import ShoalWarning as ShoalWarning
 from ._errors import ShutDown as ShutDown
+from ._queues import JoinableQueue as JoinableQueue
+from ._queues import Queue as Queue
+from ._queues import QueueStatistics as QueueStatistics
+from ._queues import SimpleQueue as SimpleQueue
 from ._sync import Barrier as Barrier
 from ._sync import BarrierStatistics as BarrierStatistics
 from ._sync import BoundedSemaphore as BoundedSemaphore
@@ -46,11 +50,14 @@ __all__ = [
     "Condition",
     "Event",
     "EventStatistics",
+    "JoinableQueue",
     "LayoutError",
     "Lock",
     "LockStatistics",
     "NotHeldError",
     "OwnerDiedWarning",
+    "Queue",
+    "QueueStatistics",
     "RLock",
     "SegmentNotFoundError",
     "Semaphore",
@@ -60,6 +67,7 @@ __all__ = [
     "ShoalError",
     "ShoalWarning",
     "ShutDown",
+    "SimpleQueue",
 ]
 
 # Public classes say they are shoal's, not a private module's (trio's habit).

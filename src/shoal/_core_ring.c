@@ -138,17 +138,127 @@ static PyObject *raise_corrupt(void) {
     return NULL;
 }
 
-/* Put records[0..n) in order.  Returns how many were put, or -1 with an exception set
+/* One record to put: `tag_len` bytes of tag (0 or 1) followed by `len` bytes. */
+typedef struct {
+    char tag[1];
+    Py_ssize_t tag_len;
+    const char *data;
+    Py_ssize_t len;
+    char scratch[8];
+    Py_buffer view; /* owned when view.obj != NULL */
+} record_src;
+
+static Py_ssize_t record_size(const record_src *rec) { return rec->tag_len + rec->len; }
+
+/* ---- the fast codec: common scalars go into the ring without pickle ---------------------
+ * A record's first byte says what it is: a pickle starts with PROTO (0x80), a transit
+ * record with 'T' (shoal._serialize), and these tags are scalars encoded here.  Only
+ * exact types qualify, so subclasses keep their type through pickle. */
+enum {
+    TAG_NONE = 'N',
+    TAG_TRUE = 't',
+    TAG_FALSE = 'f',
+    TAG_INT = 'I',   /* int64, native byte order (both ends are on this machine) */
+    TAG_FLOAT = 'F', /* IEEE double */
+    TAG_STR = 'S',   /* UTF-8 */
+    TAG_BYTES = 'Y',
+};
+
+static PyObject *LoadsHook; /* shoal._serialize.loads, for everything else */
+
+/* 1 if encoded into rec, 0 if obj needs pickle, -1 on error. */
+static int fast_encode(PyObject *obj, record_src *rec) {
+    rec->tag_len = 1;
+    rec->data = rec->scratch;
+    rec->len = 0;
+    rec->view.obj = NULL;
+    if (obj == Py_None) {
+        rec->tag[0] = TAG_NONE;
+    } else if (obj == Py_True || obj == Py_False) {
+        rec->tag[0] = obj == Py_True ? TAG_TRUE : TAG_FALSE;
+    } else if (PyLong_CheckExact(obj)) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+        if (overflow)
+            return 0;
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        int64_t v64 = v;
+        memcpy(rec->scratch, &v64, 8);
+        rec->tag[0] = TAG_INT;
+        rec->len = 8;
+    } else if (PyFloat_CheckExact(obj)) {
+        double d = PyFloat_AS_DOUBLE(obj);
+        memcpy(rec->scratch, &d, 8);
+        rec->tag[0] = TAG_FLOAT;
+        rec->len = 8;
+    } else if (PyUnicode_CheckExact(obj)) {
+        Py_ssize_t n;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(obj, &n);
+        if (!utf8) { /* lone surrogates: pickle knows how */
+            PyErr_Clear();
+            return 0;
+        }
+        rec->tag[0] = TAG_STR;
+        rec->data = utf8;
+        rec->len = n;
+    } else if (PyBytes_CheckExact(obj)) {
+        rec->tag[0] = TAG_BYTES;
+        rec->data = PyBytes_AS_STRING(obj);
+        rec->len = PyBytes_GET_SIZE(obj);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+static int is_fast_tag(char tag) {
+    switch (tag) {
+    case TAG_NONE: case TAG_TRUE: case TAG_FALSE: case TAG_INT: case TAG_FLOAT: case TAG_STR:
+    case TAG_BYTES:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Decode a fast record (is_fast_tag(src[0])). */
+static PyObject *fast_decode(const char *src, uint32_t len) {
+    const char *p = src + 1;
+    uint32_t n = len - 1;
+    switch (src[0]) {
+    case TAG_NONE: Py_RETURN_NONE;
+    case TAG_TRUE: Py_RETURN_TRUE;
+    case TAG_FALSE: Py_RETURN_FALSE;
+    case TAG_INT: {
+        int64_t v;
+        if (n != 8) break;
+        memcpy(&v, p, 8);
+        return PyLong_FromLongLong(v);
+    }
+    case TAG_FLOAT: {
+        double d;
+        if (n != 8) break;
+        memcpy(&d, p, 8);
+        return PyFloat_FromDouble(d);
+    }
+    case TAG_STR: return PyUnicode_DecodeUTF8(p, n, "strict");
+    case TAG_BYTES: return PyBytes_FromStringAndSize(p, n);
+    }
+    return raise_corrupt();
+}
+
+/* Put recs[0..n) in order.  Returns how many were put, or -1 with an exception set
  * (Full carries .items_put). */
-static Py_ssize_t ring_put_records(RingObject *self, Py_buffer *records, Py_ssize_t n,
+static Py_ssize_t ring_put_records(RingObject *self, record_src *recs, Py_ssize_t n,
                                    int64_t timeout_ns) {
     shoal_ring *r = RING(self);
     uint64_t max_payload = shoal_ring_max_payload(r);
     for (Py_ssize_t i = 0; i < n; i++) {
-        if ((uint64_t)records[i].len > max_payload) {
+        if ((uint64_t)record_size(&recs[i]) > max_payload) {
             PyErr_Format(PyExc_ValueError,
                          "a record of %zd bytes does not fit this ring (at most %llu)",
-                         records[i].len, (unsigned long long)max_payload);
+                         record_size(&recs[i]), (unsigned long long)max_payload);
             return -1;
         }
     }
@@ -167,18 +277,20 @@ static Py_ssize_t ring_put_records(RingObject *self, Py_buffer *records, Py_ssiz
         int st = SHOAL_OK, registered = 0;
         uint32_t seq = 0;
         while (done < n) {
-            void *dst;
-            st = shoal_ring_reserve(r, (uint32_t)records[done].len, &dst);
+            char *dst;
+            uint32_t size = (uint32_t)record_size(&recs[done]);
+            st = shoal_ring_reserve(r, size, (void **)&dst);
             if (st == SHOAL_RING_FULL && !registered && !nonblocking) {
                 /* register before the last look, so a consumer freeing room now wakes us */
                 seq = shoal_ring_register_producer(r);
                 registered = 1;
-                st = shoal_ring_reserve(r, (uint32_t)records[done].len, &dst);
+                st = shoal_ring_reserve(r, size, (void **)&dst);
             }
             if (st != SHOAL_OK)
                 break;
-            memcpy(dst, records[done].buf, (size_t)records[done].len);
-            shoal_ring_publish(r, (uint32_t)records[done].len, 0);
+            memcpy(dst, recs[done].tag, (size_t)recs[done].tag_len);
+            memcpy(dst + recs[done].tag_len, recs[done].data, (size_t)recs[done].len);
+            shoal_ring_publish(r, size, 0);
             done++;
         }
         shoal_mutex_unlock(&r->put_lock);
@@ -203,7 +315,7 @@ static Py_ssize_t ring_put_records(RingObject *self, Py_buffer *records, Py_ssiz
             raise_full(done);
             return -1;
         }
-        ring_wait_arg a = {r, seq, (uint32_t)records[done].len, 0};
+        ring_wait_arg a = {r, seq, (uint32_t)record_size(&recs[done]), 0};
         shoal_status wst;
         int failed = run_blocking(call_ring_wait, NULL, &a, self->v.view.obj, left, &wst);
         shoal_ring_unregister_producer(r);
@@ -213,71 +325,164 @@ static Py_ssize_t ring_put_records(RingObject *self, Py_buffer *records, Py_ssiz
     return done;
 }
 
+/* Fill rec from a bytes-like object (no tag). */
+static int buffer_record(PyObject *obj, record_src *rec) {
+    if (PyObject_GetBuffer(obj, &rec->view, PyBUF_SIMPLE) < 0)
+        return -1;
+    rec->tag_len = 0;
+    rec->data = rec->view.buf;
+    rec->len = rec->view.len;
+    return 0;
+}
+
+static void release_records(record_src *recs, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (recs[i].view.obj)
+            PyBuffer_Release(&recs[i].view);
+}
+
 static PyObject *ring_put(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
                           PyObject *kwnames) {
     if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "put_bytes() needs the data to put");
+        PyErr_SetString(PyExc_TypeError, "_put_bytes() needs the data to put");
         return NULL;
     }
     int64_t timeout_ns;
     if (parse_block_timeout(args + 1, nargs - 1, kwnames, &timeout_ns) < 0)
         return NULL;
     BOUND_OR_NULL(self);
-    Py_buffer record;
-    if (PyObject_GetBuffer(args[0], &record, PyBUF_SIMPLE) < 0)
+    record_src rec;
+    memset(&rec, 0, sizeof rec);
+    if (buffer_record(args[0], &rec) < 0)
         return NULL;
-    Py_ssize_t done = ring_put_records(self, &record, 1, timeout_ns);
-    PyBuffer_Release(&record);
+    Py_ssize_t done = ring_put_records(self, &rec, 1, timeout_ns);
+    release_records(&rec, 1);
     if (done < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
-static PyObject *ring_put_many(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+/* _put_fast(obj, block, timeout) -> bool: put obj if the fast codec takes it and it
+ * fits the ring; False means the caller must pickle it (nothing was put). */
+static PyObject *ring_put_fast(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
                                PyObject *kwnames) {
     if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "put_many_bytes() needs a sequence of records");
+        PyErr_SetString(PyExc_TypeError, "_put_fast() needs the object to put");
         return NULL;
     }
     int64_t timeout_ns;
     if (parse_block_timeout(args + 1, nargs - 1, kwnames, &timeout_ns) < 0)
         return NULL;
     BOUND_OR_NULL(self);
-    PyObject *seq = PySequence_Fast(args[0], "put_many_bytes() needs a sequence of records");
+    record_src rec;
+    int r = fast_encode(args[0], &rec);
+    if (r < 0)
+        return NULL;
+    if (r == 0 || (uint64_t)record_size(&rec) > shoal_ring_max_payload(RING(self)))
+        Py_RETURN_FALSE;
+    if (ring_put_records(self, &rec, 1, timeout_ns) < 0)
+        return NULL;
+    Py_RETURN_TRUE;
+}
+
+/* After a failed _put_many: hang the encoded records that were not put on the error
+ * as ._unsent_records, so the caller can remove their transit segments. */
+static void attach_unsent(record_src *recs, Py_ssize_t ready, PyObject *encoded) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    Py_ssize_t put = 0;
+    PyObject *count = value ? PyObject_GetAttrString(value, "items_put") : NULL;
+    if (count) {
+        put = PyLong_AsSsize_t(count);
+        Py_DECREF(count);
+    }
+    PyErr_Clear();
+    PyObject *unsent = PyList_New(0);
+    Py_ssize_t k = 0; /* index into encoded: the records of non-fast items, in order */
+    for (Py_ssize_t i = 0; unsent && i < ready; i++) {
+        if (!recs[i].view.obj)
+            continue;
+        if (i >= put && PyList_Append(unsent, PyList_GET_ITEM(encoded, k)) < 0)
+            PyErr_Clear();
+        k++;
+    }
+    if (unsent && value && PyObject_SetAttrString(value, "_unsent_records", unsent) < 0)
+        PyErr_Clear();
+    Py_XDECREF(unsent);
+    PyErr_Restore(type, value, tb);
+}
+
+/* _put_many(items, encode, block, timeout) -> count.  Items the fast codec takes go in
+ * as they are; every other item is first turned into a record by encode(item) (which
+ * pickles it), before anything is put. */
+static PyObject *ring_put_many(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames) {
+    if (nargs < 2) {
+        PyErr_SetString(PyExc_TypeError, "_put_many() needs items and an encoder");
+        return NULL;
+    }
+    int64_t timeout_ns;
+    if (parse_block_timeout(args + 2, nargs - 2, kwnames, &timeout_ns) < 0)
+        return NULL;
+    BOUND_OR_NULL(self);
+    PyObject *encode = args[1];
+    PyObject *seq = PySequence_Fast(args[0], "put_many() needs an iterable of items");
     if (!seq)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), got = 0, done = -1;
-    Py_buffer *records = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Py_buffer));
-    if (!records) {
-        Py_DECREF(seq);
-        return PyErr_NoMemory();
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), ready = 0, done = -1;
+    record_src *recs = PyMem_Calloc((size_t)(n ? n : 1), sizeof(record_src));
+    PyObject *encoded = PyList_New(0); /* keeps encode()'s results alive */
+    if (!recs || !encoded) {
+        PyErr_NoMemory();
+        goto out;
     }
+    uint64_t max_payload = shoal_ring_max_payload(RING(self));
     PyObject **items = PySequence_Fast_ITEMS(seq);
-    for (; got < n; got++)
-        if (PyObject_GetBuffer(items[got], &records[got], PyBUF_SIMPLE) < 0)
-            goto done;
-    done = ring_put_records(self, records, n, timeout_ns);
-done:
-    for (Py_ssize_t i = 0; i < got; i++)
-        PyBuffer_Release(&records[i]);
-    PyMem_Free(records);
+    for (; ready < n; ready++) {
+        int r = fast_encode(items[ready], &recs[ready]);
+        if (r < 0)
+            goto out;
+        if (r == 1 && (uint64_t)record_size(&recs[ready]) <= max_payload)
+            continue;
+        PyObject *record = PyObject_CallOneArg(encode, items[ready]);
+        if (!record)
+            goto out;
+        int failed = PyList_Append(encoded, record) < 0 || buffer_record(record, &recs[ready]) < 0;
+        Py_DECREF(record);
+        if (failed)
+            goto out;
+    }
+    done = ring_put_records(self, recs, n, timeout_ns);
+out:
+    if (done < 0 && encoded && PyList_GET_SIZE(encoded) > 0)
+        attach_unsent(recs, ready, encoded);
+    if (recs) {
+        release_records(recs, ready);
+        PyMem_Free(recs);
+    }
+    Py_XDECREF(encoded);
     Py_DECREF(seq);
     return done < 0 ? NULL : PyLong_FromSsize_t(done);
 }
 
-/* Take up to max_items records (waiting for the first one only). */
+/* Take up to max_items records (waiting for the first one only).  With `decode`, fast
+ * records become objects right away and the others are unpickled by LoadsHook after
+ * the lock is released (unpickling may run arbitrary code); without it, bytes. */
 static PyObject *ring_get_records(RingObject *self, Py_ssize_t max_items, int64_t timeout_ns,
-                                  int as_list) {
+                                  int as_list, int decode) {
     shoal_ring *r = RING(self);
     int nonblocking = timeout_ns == 0;
     int64_t deadline = timeout_ns < 0 ? -1 : shoal_monotonic_ns() + timeout_ns;
-    PyObject *list = NULL;
-    if (as_list && !(list = PyList_New(0)))
+    PyObject *list = PyList_New(0);
+    if (!list)
         return NULL;
+    /* indices in list of records LoadsHook still has to turn into objects */
+    Py_ssize_t *pending = NULL, npending = 0;
     for (;;) {
         int locked = lock_side(self, &r->get_lock, deadline, nonblocking);
         if (locked <= 0) {
-            Py_XDECREF(list);
+            Py_DECREF(list);
             if (locked == 0)
                 PyErr_SetString(QueueEmpty, "the queue is empty");
             return NULL;
@@ -296,49 +501,54 @@ static PyObject *ring_get_records(RingObject *self, Py_ssize_t max_items, int64_
             if (registered)
                 shoal_ring_unregister_consumer(r);
             Py_ssize_t taken = 0;
-            PyObject *single = NULL;
             while (st == SHOAL_OK && taken < max_items) {
-                PyObject *record = PyBytes_FromStringAndSize(src, (Py_ssize_t)len);
-                if (!record || (list && PyList_Append(list, record) < 0)) {
-                    Py_XDECREF(record);
+                PyObject *item;
+                int fast = decode && len > 0 && is_fast_tag(((const char *)src)[0]);
+                if (fast)
+                    item = fast_decode(src, len);
+                else
+                    item = PyBytes_FromStringAndSize(src, (Py_ssize_t)len);
+                if (!item || PyList_Append(list, item) < 0) {
+                    Py_XDECREF(item);
                     break; /* not consumed: it stays for the next get */
+                }
+                Py_DECREF(item);
+                if (decode && !fast) {
+                    Py_ssize_t *grown = PyMem_Realloc(pending, sizeof(Py_ssize_t) * (size_t)(npending + 1));
+                    if (!grown) {
+                        PyErr_NoMemory();
+                        PyList_SetSlice(list, taken, taken + 1, NULL);
+                        break;
+                    }
+                    pending = grown;
+                    pending[npending++] = taken;
                 }
                 shoal_ring_consume(r);
                 taken++;
-                if (!list) {
-                    single = record;
-                    break;
-                }
-                Py_DECREF(record);
                 if (taken < max_items)
                     st = shoal_ring_peek(r, &src, &len, &kind);
             }
             shoal_mutex_unlock(&r->get_lock);
             if (taken)
                 shoal_ring_wake_producers(r, (int)taken);
-            if (PyErr_Occurred()) {
-                Py_XDECREF(list);
-                Py_XDECREF(single);
-                return NULL;
-            }
-            return list ? list : single;
+            break;
         }
         if (registered && st != SHOAL_RING_EMPTY)
             shoal_ring_unregister_consumer(r), registered = 0;
         shoal_mutex_unlock(&r->get_lock);
         if (st == SHOAL_RING_SHUTDOWN) {
-            Py_XDECREF(list);
+            Py_DECREF(list);
             return raise_shutdown();
         }
         if (st == SHOAL_BAD_LAYOUT) {
-            Py_XDECREF(list);
+            Py_DECREF(list);
             return raise_corrupt();
         }
         int64_t left = ns_left(deadline);
         if (nonblocking || left == 0) {
             if (registered)
                 shoal_ring_unregister_consumer(r);
-            Py_XDECREF(list);
+            Py_DECREF(list);
             PyErr_SetString(QueueEmpty, "the queue is empty");
             return NULL;
         }
@@ -347,25 +557,77 @@ static PyObject *ring_get_records(RingObject *self, Py_ssize_t max_items, int64_
         int failed = run_blocking(call_ring_wait, NULL, &a, self->v.view.obj, left, &wst);
         shoal_ring_unregister_consumer(r);
         if (failed < 0) {
-            Py_XDECREF(list);
+            Py_DECREF(list);
             return NULL;
         }
     }
+    /* outside the lock: unpickle.  A record that fails is dropped and its error
+     * raised after the others are decoded; they ride on the error as .items. */
+    PyObject *error_type = NULL, *error = NULL, *error_tb = NULL;
+    int had_error = PyErr_Occurred() != NULL;
+    if (had_error)
+        PyErr_Fetch(&error_type, &error, &error_tb);
+    Py_ssize_t removed = 0;
+    for (Py_ssize_t i = 0; i < npending; i++) {
+        Py_ssize_t at = pending[i] - removed;
+        PyObject *record = PyList_GET_ITEM(list, at);
+        PyObject *obj = PyObject_CallOneArg(LoadsHook, record);
+        if (obj) {
+            PyList_SetItem(list, at, obj);
+            continue;
+        }
+        if (!error_type)
+            PyErr_Fetch(&error_type, &error, &error_tb);
+        else
+            PyErr_Clear();
+        PyList_SetSlice(list, at, at + 1, NULL);
+        removed++;
+    }
+    PyMem_Free(pending);
+    if (error_type) {
+        PyErr_NormalizeException(&error_type, &error, &error_tb);
+        if (error && !had_error && PyList_GET_SIZE(list) > 0)
+            PyObject_SetAttrString(error, "items", list);
+        PyErr_Restore(error_type, error, error_tb);
+        Py_DECREF(list);
+        return NULL;
+    }
+    if (as_list)
+        return list;
+    PyObject *single = PyList_GET_ITEM(list, 0);
+    Py_INCREF(single);
+    Py_DECREF(list);
+    return single;
 }
 
-static PyObject *ring_get(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
-                          PyObject *kwnames) {
+static PyObject *ring_get_common(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames, int decode) {
     int64_t timeout_ns;
     if (parse_block_timeout(args, nargs, kwnames, &timeout_ns) < 0)
         return NULL;
     BOUND_OR_NULL(self);
-    return ring_get_records(self, 1, timeout_ns, 0);
+    return ring_get_records(self, 1, timeout_ns, 0, decode);
 }
 
-static PyObject *ring_get_many(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
-                               PyObject *kwnames) {
+static PyObject *ring_get(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames) {
+    return ring_get_common(self, args, nargs, kwnames, 0);
+}
+
+static PyObject *ring_get_obj(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames) {
+    return ring_get_common(self, args, nargs, kwnames, 1);
+}
+
+static PyObject *ring_get_many_common(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                      PyObject *kwnames, int decode) {
     if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "get_many_bytes() needs max_items");
+        PyErr_SetString(PyExc_TypeError, "get_many() needs max_items");
+        return NULL;
+    }
+    if (!PyLong_Check(args[0])) {
+        PyErr_Format(PyExc_TypeError, "max_items must be an int, not %.100s",
+                     Py_TYPE(args[0])->tp_name);
         return NULL;
     }
     Py_ssize_t max_items = PyLong_AsSsize_t(args[0]);
@@ -379,7 +641,28 @@ static PyObject *ring_get_many(RingObject *self, PyObject *const *args, Py_ssize
     if (parse_block_timeout(args + 1, nargs - 1, kwnames, &timeout_ns) < 0)
         return NULL;
     BOUND_OR_NULL(self);
-    return ring_get_records(self, max_items, timeout_ns, 1);
+    return ring_get_records(self, max_items, timeout_ns, 1, decode);
+}
+
+static PyObject *ring_get_many(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames) {
+    return ring_get_many_common(self, args, nargs, kwnames, 0);
+}
+
+static PyObject *ring_get_many_obj(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                   PyObject *kwnames) {
+    return ring_get_many_common(self, args, nargs, kwnames, 1);
+}
+
+static PyObject *ring_set_loads(PyObject *module, PyObject *hook) {
+    (void)module;
+    if (!PyCallable_Check(hook)) {
+        PyErr_SetString(PyExc_TypeError, "the loads hook must be callable");
+        return NULL;
+    }
+    Py_INCREF(hook);
+    Py_XSETREF(LoadsHook, hook);
+    Py_RETURN_NONE;
 }
 
 static PyObject *ring_qsize(RingObject *self, PyObject *Py_UNUSED(ignored)) {
@@ -451,12 +734,18 @@ static PyMethodDef ring_methods[] = {
     {"_check", (PyCFunction)ring_check, METH_NOARGS, "True if the memory holds a valid ring."},
     {"_put_bytes", (PyCFunction)(void (*)(void))ring_put, METH_FASTCALL | METH_KEYWORDS,
      "put_bytes(data, block=True, timeout=None): append one record (queue.Full, ShutDown)."},
-    {"_put_many_bytes", (PyCFunction)(void (*)(void))ring_put_many, METH_FASTCALL | METH_KEYWORDS,
-     "put_many_bytes(records, block=True, timeout=None) -> count; Full has .items_put."},
+    {"_put_fast", (PyCFunction)(void (*)(void))ring_put_fast, METH_FASTCALL | METH_KEYWORDS,
+     "_put_fast(obj, block=True, timeout=None) -> bool: False if obj needs pickling."},
+    {"_put_many", (PyCFunction)(void (*)(void))ring_put_many, METH_FASTCALL | METH_KEYWORDS,
+     "_put_many(items, encode, block=True, timeout=None) -> count; Full has .items_put."},
     {"_get_bytes", (PyCFunction)(void (*)(void))ring_get, METH_FASTCALL | METH_KEYWORDS,
      "get_bytes(block=True, timeout=None) -> bytes (queue.Empty, ShutDown)."},
     {"_get_many_bytes", (PyCFunction)(void (*)(void))ring_get_many, METH_FASTCALL | METH_KEYWORDS,
-     "get_many_bytes(max_items, block=True, timeout=None) -> list: waits for the first only."},
+     "_get_many_bytes(max_items, block=True, timeout=None) -> list: waits for the first only."},
+    {"_get", (PyCFunction)(void (*)(void))ring_get_obj, METH_FASTCALL | METH_KEYWORDS,
+     "_get(block=True, timeout=None) -> the next object."},
+    {"_get_many", (PyCFunction)(void (*)(void))ring_get_many_obj, METH_FASTCALL | METH_KEYWORDS,
+     "_get_many(max_items, block=True, timeout=None) -> list of objects."},
     {"_qsize", (PyCFunction)ring_qsize, METH_NOARGS, "Number of records in the ring."},
     {"_shutdown", (PyCFunction)ring_shutdown, METH_NOARGS, NULL},
     {"_add_unfinished", (PyCFunction)ring_add_unfinished, METH_O, NULL},
@@ -501,6 +790,13 @@ static int ring_module_init(PyObject *module, PyObject *errors) {
     ShutDownError = PyObject_GetAttrString(errors, "ShutDown");
     if (!QueueFull || !QueueEmpty || !ShutDownError)
         return -1;
+    static PyMethodDef set_loads = {"_set_loads_hook", (PyCFunction)ring_set_loads, METH_O,
+                                    "Set the function that unpickles non-scalar records."};
+    PyObject *func = PyCFunction_NewEx(&set_loads, NULL, NULL);
+    if (!func || PyModule_AddObject(module, "_set_loads_hook", func) < 0) {
+        Py_XDECREF(func);
+        return -1;
+    }
     if (add_type(module, &RingType, "Ring") < 0 ||
         PyModule_AddIntConstant(module, "RING_HEADER_SIZE", SHOAL_RING_HEADER_SIZE) < 0)
         return -1;

@@ -27,9 +27,8 @@ def doctor(reap_orphans: bool = False) -> int:
         f"start methods:   {', '.join(mp.get_all_start_methods())} "
         f"(default {mp.get_start_method()})"
     )
-    print(
-        f"cpus usable:     {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()}"
-    )  # noqa: E501
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"cpus usable:     {cpus}")
     print(f"wait/wake:       {'futex' if sys.platform.startswith('linux') else 'polling fallback'}")
     print(f"/dev/shm:        {_shm_report()}")
     print(f"process token:   {_core.self_token():#018x} (pid << 32 | start time)")

@@ -66,9 +66,13 @@ __all__ = [
     "HEADER_SIZE",
     "KIND_ARENA",
     "KIND_DATA",
+    "KIND_TRANSIT",
     "ExitHook",
     "Segment",
     "call_outside_sections",
+    "create_transit",
+    "discard_transit",
+    "open_transit",
     "reap",
     "report_unraisable",
     "shared_section",
@@ -79,6 +83,8 @@ HEADER_SIZE = 4096
 NAME_PREFIX = "shoal-"
 KIND_DATA = 1
 KIND_ARENA = 2
+# a one-reader message: holds no holder table but its parent queue's name (_serialize)
+KIND_TRANSIT = 3
 FLAG_UNLINKED = 1
 
 _HEADER = struct.Struct("<QIIQIIQQII")  # magic .. overflow, see the table above
@@ -693,6 +699,17 @@ def _reap_one(name: str) -> bool:
         return False
     if version != _core.LAYOUT_VERSION:
         return False  # another shoal's segment: its own sweeps judge it
+    if struct.unpack_from("<I", mapping, 24)[0] == KIND_TRANSIT:
+        # in flight on a queue: it lives as long as the queue does
+        if _segment_has_live_holders(_transit_parent(mapping)):
+            return False
+        _unlink_quietly(name)
+        return True
+    return _reap_if_unheld(name, mapping)
+
+
+def _reap_if_unheld(name: str, mapping: mmap.mmap, unlink: bool = True) -> bool:
+    """True if no live process holds the segment (then unlinked, if ``unlink``)."""
     lock = _core.Mutex()
     lock._bind(mapping, _TABLE_LOCK_OFFSET, False, False)
     try:
@@ -704,8 +721,9 @@ def _reap_one(name: str) -> bool:
                 overflow = struct.unpack_from("<I", mapping, _OVERFLOW_OFFSET)[0]
                 if overflow or any(h and _core.token_alive(h) for h in holders):
                     return False
-                struct.pack_into("<I", mapping, _FLAGS_OFFSET, FLAG_UNLINKED)
-                _unlink_quietly(name)
+                if unlink:
+                    struct.pack_into("<I", mapping, _FLAGS_OFFSET, FLAG_UNLINKED)
+                    _unlink_quietly(name)
                 return True
             finally:
                 lock.release()
@@ -718,3 +736,96 @@ def _unlink_quietly(name: str) -> None:
         _core.shm_unlink(name)
     except OSError:
         pass
+
+
+# ---- transit segments: one message, one reader (shoal._serialize) ------------------------
+
+_PARENT_NAME_BYTES = 64
+
+
+def create_transit(size: int, parent: str) -> tuple[str, mmap.mmap]:
+    """Create a segment for one message on the queue whose segment is ``parent``.
+
+    It has no holders: the sender writes it and lets go, the one receiver maps it and
+    removes its name (:func:`open_transit`).  Until then it lives as long as its
+    parent does; the reaper removes one whose parent is gone.
+    """
+    encoded = parent.encode("ascii")
+    if len(encoded) > _PARENT_NAME_BYTES:
+        raise ValueError(f"parent segment name too long: {parent!r}")
+    name = _new_name()
+    total = HEADER_SIZE + size
+    try:
+        fd = _core.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    except OSError as exc:
+        raise SharedMemoryError(exc.errno, f"cannot create segment {name}: {exc}") from exc
+    try:
+        _reserve(fd, total)
+        mapping = mmap.mmap(fd, total)
+    except BaseException:
+        _unlink_quietly(name)
+        raise
+    finally:
+        os.close(fd)
+    _HEADER.pack_into(
+        mapping,
+        0,
+        0,
+        _core.LAYOUT_VERSION,
+        HEADER_SIZE,
+        total,
+        KIND_TRANSIT,
+        0,
+        _core.self_token(),
+        time.time_ns(),
+        0,
+        0,
+    )
+    mapping[_HOLDERS_OFFSET : _HOLDERS_OFFSET + len(encoded)] = encoded
+    _core.store64(mapping, 0, MAGIC)  # last: complete
+    return name, mapping
+
+
+def open_transit(name: str) -> mmap.mmap:
+    """Map the transit segment ``name`` and remove its name: the mapping is all that is
+    left, and the memory goes back to the system when the mapping does.
+
+    Raises:
+        SegmentNotFoundError: it is gone (already received, or its queue died).
+        LayoutError: it is not a transit segment of this shoal.
+    """
+    mapping = _open_mapping(name)
+    _unlink_quietly(name)
+    kind = _check_header(name, mapping)
+    if kind != KIND_TRANSIT:
+        raise LayoutError(errno.EINVAL, f"{name!r} is not a message segment (kind {kind})")
+    return mapping
+
+
+def discard_transit(name: str) -> None:
+    """Remove a transit segment that will never be received."""
+    _unlink_quietly(name)
+
+
+def _transit_parent(mapping: mmap.mmap) -> str:
+    raw = bytes(mapping[_HOLDERS_OFFSET : _HOLDERS_OFFSET + _PARENT_NAME_BYTES])
+    return raw.rstrip(b"\0").decode("ascii", "replace")
+
+
+def _segment_has_live_holders(name: str) -> bool:
+    """Whether segment ``name`` exists and a live process holds it (in doubt: True)."""
+    try:
+        fd = _core.shm_open(name, os.O_RDWR, 0o600)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        if os.fstat(fd).st_size < HEADER_SIZE:
+            return True
+        mapping = mmap.mmap(fd, HEADER_SIZE)
+    finally:
+        os.close(fd)
+    if _core.load64(mapping, 0) != MAGIC:
+        return True
+    return not _reap_if_unheld(name, mapping, unlink=False)

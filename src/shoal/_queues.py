@@ -1,0 +1,364 @@
+"""Queues in shared memory: Queue, SimpleQueue and JoinableQueue.
+
+Data flow of one ``put``/``get``::
+
+    producer process                        shared memory                   consumer process
+    put(obj) -- pickle (protocol 5) -----> ring record ------------------> get() -- unpickle
+             \\_ big buffers ------------> transit segment --- mapped ---/   (zero copy)
+
+* ``put`` pickles in the caller, so an unpicklable object raises
+  :class:`~shoal.SerializationError` right there and nothing is enqueued.  There is
+  no feeder thread: when ``put`` returns, the item is in shared memory.
+* The ring (``_core.Ring``) is a multi-producer multi-consumer queue of byte records
+  whose publish and consume are single stores, so a producer or consumer SIGKILLed at
+  any point loses or duplicates nothing that was fully put.
+* Records bigger than half the ring, and out-of-band buffers (numpy arrays…) of at
+  least ``ZERO_COPY_THRESHOLD`` bytes, travel in a transit segment of their own
+  (see ``shoal._serialize``).
+* End of stream: ``shutdown()`` (Python 3.13's ``queue.Queue.shutdown``): further puts
+  raise :class:`~shoal.ShutDown`, gets drain what is left and then raise it, and
+  iterating over a queue stops there.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from . import _core
+from ._errors import ShutDown
+from ._handle import SharedObject
+from ._serialize import discard, dumps, loads, pack
+
+__all__ = ["JoinableQueue", "Queue", "QueueStatistics", "SimpleQueue"]
+
+DEFAULT_CAPACITY = 1 << 20
+_MAX_ITEMS = 2**32 - 1
+
+# records the C codec does not decode itself (pickles, transit records) come back here
+_core._set_loads_hook(loads)
+
+
+@dataclass(frozen=True)
+class QueueStatistics:
+    """A snapshot of a queue (from ``statistics()``).
+
+    Attributes:
+        items: items in the queue.
+        bytes_used: bytes of the ring they occupy.
+        capacity: bytes the ring holds.
+        maxsize: the item limit, 0 for none.
+        producers_waiting: puts blocked for room.
+        consumers_waiting: gets blocked for items.
+        shut_down: whether ``shutdown()`` was called.
+        unfinished_tasks: items put and not yet marked done (JoinableQueue; else
+            the count of items ever put and not marked done is meaningless and 0).
+    """
+
+    items: int
+    bytes_used: int
+    capacity: int
+    maxsize: int
+    producers_waiting: int
+    consumers_waiting: int
+    shut_down: bool
+    unfinished_tasks: int
+
+
+class Queue(_core.Ring, SharedObject):
+    """A process-shared FIFO queue, like :class:`multiprocessing.Queue`.
+
+    Args:
+        maxsize: the most items it holds; ``put`` blocks (or raises
+            :class:`queue.Full`) beyond it.  0 or less: no item limit.
+        capacity: bytes of shared memory for items in flight (rounded up to a power of
+            two, default 1 MiB).  Items bigger than half of it still travel, in a
+            segment of their own.
+
+    It pickles as a small handle: pass it to ``Pool`` tasks, put it on another queue,
+    give it to processes started later.  Any number of producers and consumers.
+    """
+
+    def __init__(self, maxsize: int = 0, *, capacity: int = DEFAULT_CAPACITY) -> None:
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool):
+            raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
+        if not isinstance(capacity, int) or isinstance(capacity, bool):
+            raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
+        if maxsize > _MAX_ITEMS:
+            raise ValueError(f"maxsize must be at most {_MAX_ITEMS}")
+        if not 64 <= capacity <= 2**31:
+            raise ValueError(f"capacity must be between 64 bytes and 2 GiB, got {capacity}")
+        ring_bytes = 64
+        while ring_bytes < capacity:
+            ring_bytes <<= 1
+        self._maxsize = max(maxsize, 0)
+        self._set_size(ring_bytes)
+        self._create()
+        self._init(ring_bytes, self._maxsize)
+
+    def _set_size(self, ring_bytes: int) -> None:
+        self._ring_bytes = ring_bytes
+        self._PAYLOAD_SIZE = _core.RING_HEADER_SIZE + ring_bytes
+
+    def _bind_payload(self) -> None:
+        self._bind(self._mapping, self._payload_offset, self._PAYLOAD_SIZE)
+
+    def _handle_state(self) -> Any:
+        return (self._ring_bytes, self._maxsize)
+
+    def _restore_state(self, state: Any) -> None:
+        ring_bytes, self._maxsize = state
+        self._set_size(ring_bytes)
+
+    def _attach(self, handle: Any, state: Any) -> None:
+        super()._attach(handle, state)
+        if not self._check():
+            self.close()
+            raise ValueError("the shared memory this handle names does not hold a shoal queue")
+
+    # ---- putting -------------------------------------------------------------------------
+
+    def _record(self, obj: Any) -> bytes:
+        data, buffers = dumps(obj)
+        if buffers is None and len(data) <= self._max_payload:
+            return data
+        return pack(data, buffers, self._segment.name)
+
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Put ``obj`` on the queue, waiting up to ``timeout`` seconds for room.
+
+        ``obj`` is pickled here, before anything is enqueued (None, bool, int, float,
+        str and bytes skip pickle and are copied into shared memory as they are).
+
+        Raises:
+            SerializationError: ``obj`` cannot be pickled (nothing was enqueued).
+            queue.Full: no room within the timeout (or at once, if ``block`` is false).
+            ShutDown: the queue was shut down.
+            ClosedError: this process closed the queue.
+        """
+        if self._put_fast(obj, block, timeout):
+            return
+        record = self._record(obj)
+        try:
+            self._put_bytes(record, block, timeout)
+        except BaseException:
+            discard(record)
+            raise
+
+    def put_nowait(self, obj: Any) -> None:
+        """``put(obj, block=False)``."""
+        self.put(obj, False)
+
+    def put_many(
+        self, items: Iterable[Any], block: bool = True, timeout: float | None = None
+    ) -> int:
+        """Put every item of ``items``, in order, in as few operations as possible.
+
+        All items are pickled before the first is enqueued, so an unpicklable one
+        raises with nothing enqueued.
+
+        Returns:
+            the number of items put.
+
+        Raises:
+            queue.Full: the timeout ran out with only some put; the exception's
+                ``items_put`` says how many (they are in the queue, in order).
+            SerializationError, ShutDown, ClosedError: as for :meth:`put`.
+        """
+        try:
+            return self._put_many(items, self._record, block, timeout)
+        except BaseException as exc:
+            for record in getattr(exc, "_unsent_records", ()):
+                discard(record)
+            raise
+
+    # ---- getting -------------------------------------------------------------------------
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Remove and return the next item, waiting up to ``timeout`` seconds for one.
+
+        Raises:
+            queue.Empty: nothing arrived within the timeout (or at once).
+            ShutDown: the queue was shut down and is drained.
+            ClosedError: this process closed the queue.
+        """
+        return self._get(block, timeout)
+
+    def get_nowait(self) -> Any:
+        """``get(block=False)``."""
+        return self._get(False)
+
+    def get_many(
+        self, max_items: int = 1024, block: bool = True, timeout: float | None = None
+    ) -> list[Any]:
+        """Remove and return up to ``max_items`` items in one operation.
+
+        Waits (up to ``timeout``) for the first item only, then takes whatever else
+        is there, up to ``max_items``.
+
+        Raises:
+            queue.Empty, ShutDown, ClosedError: as for :meth:`get`.  If an item cannot
+                be unpickled, its error is raised after the others were taken; they
+                are on the exception as ``items``.
+        """
+        return self._get_many(max_items, block, timeout)
+
+    def __iter__(self) -> Iterator[Any]:
+        """Yield items until the queue is shut down and drained."""
+        while True:
+            try:
+                yield self.get()
+            except ShutDown:
+                return
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def qsize(self) -> int:
+        """The number of items in the queue (works on every platform)."""
+        return self._qsize()
+
+    def empty(self) -> bool:
+        """True if the queue holds no item (a snapshot: others may put at any time)."""
+        return self._qsize() == 0
+
+    def full(self) -> bool:
+        """True if the queue holds ``maxsize`` items (never true without a maxsize)."""
+        return bool(self._maxsize) and self._qsize() >= self._maxsize
+
+    @property
+    def maxsize(self) -> int:
+        """The item limit given at creation (0: none)."""
+        return self._maxsize
+
+    def shutdown(self, immediate: bool = False) -> None:
+        """End the stream, for every process using the queue.
+
+        Afterwards ``put`` raises :class:`~shoal.ShutDown`; ``get`` returns what is
+        left and then raises it; iteration stops; blocked calls wake up.  With
+        ``immediate=True`` what is left is discarded first.
+        """
+        self._shutdown()
+        if immediate:
+            self._drain()
+
+    def _drain(self) -> int:
+        count = 0
+        while True:
+            try:
+                records = self._get_many_bytes(1024, False)
+            except (queue.Empty, ShutDown):
+                return count
+            for record in records:
+                discard(record)
+            count += len(records)
+
+    def close(self) -> None:
+        """Release this process's handle; the queue lives on for the others.
+
+        Afterwards, this handle raises :class:`~shoal.ClosedError` (a ValueError,
+        as multiprocessing's closed queue does).  Unlike multiprocessing there is no
+        feeder thread, so nothing is lost by closing: items put are already shared.
+        """
+        SharedObject.close(self)
+
+    def join_thread(self) -> None:
+        """Compatibility no-op: shoal queues have no feeder thread to wait for."""
+
+    def cancel_join_thread(self) -> None:
+        """Compatibility no-op: shoal queues have no feeder thread to wait for."""
+
+    def statistics(self) -> QueueStatistics:
+        """Return a :class:`QueueStatistics` snapshot."""
+        return QueueStatistics(
+            items=self._qsize(),
+            bytes_used=self._bytes_used,
+            capacity=self._capacity,
+            maxsize=self._maxsize,
+            producers_waiting=self._producers_waiting,
+            consumers_waiting=self._consumers_waiting,
+            shut_down=bool(self._is_shutdown),
+            unfinished_tasks=self._unfinished,
+        )
+
+    def __repr__(self) -> str:
+        name = f"shoal.{type(self).__name__}"
+        if self.closed:
+            return f"<{name} closed>"
+        st = self.statistics()
+        limit = f"/{st.maxsize}" if st.maxsize else ""
+        state = ", shut down" if st.shut_down else ""
+        return f"<{name} {st.items}{limit} items, {st.bytes_used}/{st.capacity} bytes{state}>"
+
+
+class SimpleQueue(Queue):
+    """An unbounded queue, like :class:`multiprocessing.SimpleQueue`.
+
+    Has ``get``, ``put``, ``empty`` and ``close`` (and everything :class:`Queue` has).
+    """
+
+    def __init__(self, *, capacity: int = DEFAULT_CAPACITY) -> None:
+        super().__init__(0, capacity=capacity)
+
+
+class JoinableQueue(Queue):
+    """A queue whose consumers say when each item is done, like
+    :class:`multiprocessing.JoinableQueue`.
+
+    Every ``put`` counts an unfinished task; ``task_done()`` marks one finished;
+    ``join()`` waits until none is left.
+    """
+
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Put ``obj`` and count one more unfinished task (see :meth:`Queue.put`)."""
+        # counted before it is visible, so a fast consumer's task_done never finds
+        # the count at zero
+        self._add_unfinished(1)
+        try:
+            super().put(obj, block, timeout)
+        except BaseException:
+            self._task_done()
+            raise
+
+    def put_many(
+        self, items: Iterable[Any], block: bool = True, timeout: float | None = None
+    ) -> int:
+        """Put every item and count each as an unfinished task (see :meth:`Queue.put_many`)."""
+        items = list(items)
+        self._add_unfinished(len(items))
+        try:
+            return super().put_many(items, block, timeout)
+        except BaseException as exc:
+            for _ in range(len(items) - getattr(exc, "items_put", 0)):
+                self._task_done()
+            raise
+
+    def task_done(self) -> None:
+        """Mark one item taken from the queue as processed.
+
+        Raises:
+            ValueError: called more times than items were put.
+        """
+        self._task_done()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every item put has been marked done.
+
+        Args:
+            timeout: seconds to wait at most (None: for ever).  The standard library
+                has no timeout here; shoal adds one.
+
+        Returns:
+            True when no task is unfinished, False if the timeout ran out first.
+        """
+        return self._join(timeout)
+
+    def _drain(self) -> int:
+        count = super()._drain()
+        for _ in range(count):
+            try:
+                self._task_done()
+            except ValueError:
+                break
+        return count

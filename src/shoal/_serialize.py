@@ -1,0 +1,127 @@
+"""Serialization: pickle protocol 5 in the caller, big buffers out of band.
+
+``dumps(obj)`` runs in the caller (``put()``), so an object that cannot be pickled
+raises :class:`~shoal.SerializationError` right there and nothing is sent.  Functions
+and lambdas that plain pickle refuses go through cloudpickle.
+
+A message is either *inline* — the pickle itself, small enough for a queue's ring —
+or a *transit segment*: a shared-memory segment of its own holding the pickle and
+every out-of-band buffer (numpy arrays, bytearrays, anything exposing pickle-5
+``PickleBuffer``) of at least ``ZERO_COPY_THRESHOLD`` bytes::
+
+    transit segment:  [shoal header, 4 KiB][pickle][pad][buffer 0][pad][buffer 1]...
+    ring record:      b"T" + pickle((segment name, pickle length, [(offset, nbytes)...]))
+
+The sender copies each buffer once into the segment and lets go of it.  The receiver
+maps it, removes its name at once, and hands out views of the mapping: the arrays it
+unpickles are backed by shared memory with no further copy, and the kernel frees the
+memory when the last of them is gone.
+
+A transit segment records the queue it travels on (its *parent*).  One whose parent no
+longer exists (the queue died with the message in it, or the sender died before
+sending) is removed by the reaper.
+"""
+
+from __future__ import annotations
+
+import mmap
+import pickle
+from typing import Any
+
+from ._errors import SerializationError
+from ._memory import HEADER_SIZE, create_transit, discard_transit, open_transit
+
+__all__ = ["ZERO_COPY_THRESHOLD", "discard", "dumps", "loads", "pack", "unpack"]
+
+ZERO_COPY_THRESHOLD = 128 * 1024
+TRANSIT_MARK = 0x54  # b"T": a pickle always starts with PROTO (0x80)
+_ALIGN = 64
+
+_dumps = pickle.dumps
+_loads = pickle.loads
+
+
+def _cloudpickle_dumps(obj: Any, buffer_callback: Any) -> bytes:
+    # imported on first need: only functions and lambdas plain pickle refuses get here
+    import cloudpickle
+
+    return cloudpickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
+
+
+def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer] | None]:
+    """Pickle ``obj``: (data, big out-of-band buffers or None).
+
+    Raises:
+        SerializationError: ``obj`` cannot be pickled (also a pickle.PicklingError).
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        data = _dumps(obj, 5, buffer_callback=buffers.append)
+    except Exception as first:
+        try:
+            buffers.clear()
+            data = _cloudpickle_dumps(obj, buffers.append)
+        except Exception:
+            raise SerializationError(
+                f"cannot send {type(obj).__module__}.{type(obj).__qualname__} object to "
+                f"another process: {first}; nothing was sent",
+                type_name=type(obj).__qualname__,
+            ) from first
+    if not buffers:
+        return data, None
+    if sum(b.raw().nbytes for b in buffers) < ZERO_COPY_THRESHOLD:
+        # small buffers are cheaper inline than in a segment of their own
+        return _dumps(obj, 5), None
+    return data, buffers
+
+
+def pack(data: bytes, buffers: list[pickle.PickleBuffer] | None, parent: str) -> bytes:
+    """Write ``data`` and ``buffers`` into a transit segment; return its ring record."""
+    views = [b.raw() for b in buffers or ()]
+    layout = []
+    offset = _aligned(HEADER_SIZE + len(data))
+    for view in views:
+        layout.append((offset, view.nbytes))
+        offset = _aligned(offset + view.nbytes)
+    name, mapping = create_transit(offset - HEADER_SIZE, parent)
+    try:
+        mapping[HEADER_SIZE : HEADER_SIZE + len(data)] = data
+        for (start, nbytes), view in zip(layout, views):
+            mapping[start : start + nbytes] = view
+    finally:
+        for view in views:
+            view.release()
+        mapping.close()
+    return bytes((TRANSIT_MARK,)) + _dumps((name, len(data), layout), 5)
+
+
+def _aligned(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def loads(record: bytes) -> Any:  # also _core's hook for records it cannot decode itself
+    """Rebuild the object a record carries (mapping its transit segment if it has one)."""
+    if record[0] != TRANSIT_MARK:
+        return _loads(record)
+    return unpack(record)
+
+
+def unpack(record: bytes) -> Any:
+    """Open a transit record: map its segment (and remove its name), unpickle from it."""
+    name, length, layout = _loads(memoryview(record)[1:])
+    mapping: mmap.mmap = open_transit(name)
+    whole = memoryview(mapping)
+    data = whole[HEADER_SIZE : HEADER_SIZE + length]
+    buffers = [whole[start : start + nbytes] for start, nbytes in layout]
+    try:
+        return _loads(data, buffers=buffers)
+    finally:
+        data.release()
+        whole.release()
+
+
+def discard(record: bytes) -> None:
+    """Free what a record that will never be received holds (its transit segment)."""
+    if record[0] == TRANSIT_MARK:
+        name, _, _ = _loads(memoryview(record)[1:])
+        discard_transit(name)
