@@ -433,6 +433,8 @@ class Barrier(SharedObject):
     """
 
     # state, count, then one token slot per party
+    _buf: Any = None  # the segment's buffer while bound; None once closed
+
     def __init__(
         self, parties: int, action: Callable[[], object] | None = None, timeout: float | None = None
     ) -> None:
@@ -458,6 +460,7 @@ class Barrier(SharedObject):
         lock = self._cond._lock
         self._cond.close()
         lock.close()
+        self._buf = None
 
     def _handle_state(self) -> Any:
         return (self._parties, pickle.dumps(self._action), self._timeout, self._cond)
@@ -480,13 +483,13 @@ class Barrier(SharedObject):
     # shared fields, read and written with the condition's lock held.  A closed
     # handle's block may already belong to another object: never touch it.
     def _get(self, index: int) -> int:
-        if self.closed:
+        if self._buf is None:
             raise _closed_error(self)
         value = _core.load64(self._buf, self._payload_offset + 8 * index)
         return value - 2 if index == 0 else value
 
     def _set(self, index: int, value: int) -> None:
-        if self.closed:
+        if self._buf is None:
             raise _closed_error(self)
         _core.store64(
             self._buf, self._payload_offset + 8 * index, value + 2 if index == 0 else value
