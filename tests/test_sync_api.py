@@ -371,6 +371,37 @@ def test_shoal_semaphore_release_n() -> None:
     assert sem.get_value() == 3
 
 
+@pytest.mark.parametrize("n", [0, -1, -(2**40)])
+def test_shoal_semaphore_release_n_below_one(n: int) -> None:
+    # threading.Semaphore.release(n) refuses these the same way; they once wrapped
+    # around to 2**32 - 1 in the C glue and corrupted the count
+    for sem in (shoal.Semaphore(1), shoal.BoundedSemaphore(1)):
+        with pytest.raises(ValueError, match="one or more"):
+            sem.release(n)
+        assert sem.get_value() == 1
+
+
+@pytest.mark.parametrize("n", [2**32, 2**32 + 1, 2**64 + 1, 2**100])
+def test_shoal_semaphore_release_n_too_big(n: int) -> None:
+    sem = shoal.Semaphore(1)
+    with pytest.raises(OverflowError):
+        sem.release(n)
+    assert sem.get_value() == 1, "an over-large n was truncated and applied"
+    bounded = shoal.BoundedSemaphore(1)
+    with pytest.raises((ValueError, OverflowError)):
+        bounded.release(n)
+    assert bounded.get_value() == 1
+
+
+def test_shoal_semaphore_release_up_to_the_maximum() -> None:
+    sem = shoal.Semaphore(0)
+    sem.release(2**32 - 1)
+    assert sem.get_value() == 2**32 - 1
+    with pytest.raises(OverflowError):
+        sem.release()
+    assert sem.get_value() == 2**32 - 1
+
+
 def test_semaphore_acquire_bad_calls(impl: Any) -> None:
     sem = impl.Semaphore(1)
     with pytest.raises(TypeError):
@@ -514,6 +545,15 @@ def test_condition_notify_without_waiters_is_not_remembered(impl: Any) -> None:
         cond.notify_all()
         result, took = elapsed(lambda: cond.wait(0.1))
     assert result is False and 0.1 - EARLY <= took <= 0.1 + LATE
+
+
+def test_condition_notify_huge_n_wakes_all(impl: Any) -> None:
+    cond = impl.Condition()
+    waiters = Waiters(cond, 2)
+    with cond:
+        cond.notify(2**100)
+    waiters.join()
+    assert waiters.results == [True, True]
 
 
 def test_condition_notify_zero(impl: Any) -> None:

@@ -483,11 +483,16 @@ static PyObject *sem_enter(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *sem_release(ViewObject *self, PyObject *args) {
-    unsigned int n = 1;
-    if (!PyArg_ParseTuple(args, "|I", &n))
+    /* "n" (checked) rather than "I", which wraps: release(-1) would add 2**32 - 1 */
+    Py_ssize_t n = 1;
+    if (!PyArg_ParseTuple(args, "|n:release", &n))
         return NULL;
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "n must be one or more"); /* as threading's */
+        return NULL;
+    }
     BOUND_OR_NULL(self);
-    if (shoal_sem_release(SEM(self), n) == SHOAL_OVERFLOW) {
+    if ((uint64_t)n > UINT32_MAX || shoal_sem_release(SEM(self), (uint32_t)n) == SHOAL_OVERFLOW) {
         if (SEM(self)->bounded)
             PyErr_SetString(NotHeldError, "semaphore or lock released too many times");
         else

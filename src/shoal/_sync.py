@@ -367,7 +367,8 @@ class Condition(_core.Cond, SharedObject):
         if n < 0:
             raise ValueError("notify() needs n >= 0")
         if n:
-            self._notify(n)
+            # more than could ever wait is "all" (and must not overflow a C long long)
+            self._notify(min(n, 2**32))
 
     def notify_all(self) -> None:
         """Wake every waiter.  The caller must hold the lock."""
