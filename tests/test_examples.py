@@ -36,6 +36,10 @@ def test_demo_runs_to_the_end(method):
     assert "(exact)" in out
     assert "lock.owner_died = True" in out
     assert "BarrierPartyDiedError" in out and "barrier.broken = True" in out
+    assert "RuntimeError: Queue objects should only be shared between processes" in out
+    for value in "ABC":
+        assert f"Put {value} to queue" in out and f"Get {value} from queue" in out
+    assert "all data written and read" in out
     assert "pairs/s" in out
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from . import _core
 from ._errors import BarrierPartyDiedError, OwnerDiedWarning
 from ._memory import HEADER_SIZE, Segment
+from ._queues import Queue
 from ._sync import Barrier, Event, Lock
 
 COUNTER = struct.Struct("<q")
@@ -157,7 +158,46 @@ def _scene_barrier(ctx: mp.context.BaseContext) -> None:
     barrier.close()
 
 
-# ---- scene 4: what it costs ---------------------------------------------------------------
+# ---- scene 4: the tutorial's writer and reader as Pool tasks ------------------------------
+
+
+def write(q: Any) -> None:
+    """The tutorial's writer (ported to Python 3), ending the stream when done."""
+    for value in ["A", "B", "C"]:
+        print(f"   Put {value} to queue...", flush=True)
+        q.put(value)
+        time.sleep(0.05)
+    if isinstance(q, Queue):
+        q.shutdown()  # end of stream: the reader's loop ends when the queue is drained
+
+
+def read(q: Any) -> None:
+    """The tutorial's reader, minus its race: iteration ends at the end of the stream."""
+    for value in q:
+        print(f"   Get {value} from queue.", flush=True)
+
+
+def _scene_tutorial_queue(ctx: mp.context.BaseContext) -> None:
+    _title("4. The tutorial's writer and reader as Pool tasks, sharing a queue")
+    _say("multiprocessing.Queue() as their argument:")
+    with ctx.Pool(2) as pool:
+        writer = pool.apply_async(write, (ctx.Queue(),))
+        try:
+            writer.get(timeout=30)
+        except RuntimeError as exc:
+            _say(f"   RuntimeError: {exc}")
+    _say("shoal.Queue() as their argument (writer.shutdown() ends the reader's `for`):")
+    q = Queue()
+    with ctx.Pool(2) as pool:
+        reader = pool.apply_async(read, (q,))
+        writer = pool.apply_async(write, (q,))
+        writer.get(timeout=30)
+        reader.get(timeout=30)
+    _say("   all data written and read")
+    q.close()
+
+
+# ---- scene 5: what it costs ---------------------------------------------------------------
 
 
 def pairs_per_second(lock: Any, seconds: float) -> float:
@@ -175,7 +215,7 @@ def pairs_per_second(lock: Any, seconds: float) -> float:
 
 
 def _scene_speed(ctx: mp.context.BaseContext) -> None:
-    _title("4. What it costs: acquire+release pairs per second inside a Pool task")
+    _title("5. What it costs: acquire+release pairs per second inside a Pool task")
     with ctx.Manager() as manager, ctx.Pool(1) as pool:
         manager_rate = pool.apply(pairs_per_second, (manager.Lock(), 0.5))
         lock = Lock()
@@ -200,6 +240,7 @@ def demo(argv: list[str] | None = None) -> int:
     _scene_pool_lock(ctx)
     _scene_dead_owner(ctx)
     _scene_barrier(ctx)
+    _scene_tutorial_queue(ctx)
     _scene_speed(ctx)
     _say()
     _say("Everything shoal created is gone from /dev/shm when its last holder exits.")
