@@ -324,7 +324,7 @@ def test_sigkilled_holder(factory: Any, when: str) -> None:
     t0 = time.monotonic()
     with pytest.warns(OwnerDiedWarning, match=rf"process {p.pid}\b"):
         assert lock.acquire(timeout=5) is True
-    assert time.monotonic() - t0 < 2.0, "noticing the dead owner took too long"
+    assert time.monotonic() - t0 < 3.0, "noticing the dead owner took too long"
     assert_inherited_from(lock, p.pid)
     join_all(p)
     assert p.exitcode == -signal.SIGKILL
