@@ -27,10 +27,11 @@ import shoal
 from shoal import _errors, _sync
 
 SRC = Path(shoal.__file__).resolve().parent
-PUBLIC_MODULES = ["shoal", "shoal.lowlevel", "shoal.synchronize"]
-SHIMS = ["shoal.lowlevel", "shoal.synchronize"]
+# every module without a leading underscore is a shim (lowlevel, synchronize, queues…)
+SHIMS = sorted(f"shoal.{p.stem}" for p in SRC.glob("*.py") if not p.stem.startswith("_"))
+PUBLIC_MODULES = ["shoal", *SHIMS]
 # private modules whose whole __all__ is public API, and where it must be exported
-EXPORTED_VIA = {"shoal._errors": "shoal", "shoal._sync": "shoal"}
+EXPORTED_VIA = {"shoal._errors": "shoal", "shoal._queues": "shoal", "shoal._sync": "shoal"}
 
 
 def public_module(name: str) -> types.ModuleType:
