@@ -9,7 +9,8 @@
  * Owner identity ("token"): a 64-bit value, (pid << 32) | start-time tag.  The tag
  * is the low 32 bits of the process start time (Linux /proc/<pid>/stat field 22), so
  * a recycled pid does not pass for the dead process that once had it.  A token is
- * never 0, which therefore means "nobody".
+ * never 0, which therefore means "nobody", and never has bit 63 set (pids stay below
+ * 2^22 on Linux), which shoal_mutex uses to mark an owner word in transition.
  *
  * Layout of each struct below is part of shoal's shared-memory format: changing a
  * field means bumping SHOAL_LAYOUT_VERSION.
@@ -19,7 +20,8 @@
 
 #include <stdint.h>
 
-#define SHOAL_LAYOUT_VERSION 1
+/* 2: shoal_cond counts waiters per generation (see below); was one pool of tickets. */
+#define SHOAL_LAYOUT_VERSION 2
 
 typedef enum {
     SHOAL_OK = 0,          /* done: acquired, released, woken, set */
@@ -54,7 +56,8 @@ int64_t shoal_monotonic_ns(void);
 
 /* ---- mutex (Lock, and RLock when depth is used) ---------------------------------- */
 typedef struct {
-    uint64_t owner;        /* token of the holder, 0 when free */
+    uint64_t owner;        /* token of the holder, 0 when free; SHOAL_MUTEX_HANDOVER set
+                              while an RLock passes from a dead holder to a new one */
     uint64_t owner_thread; /* RLock only: thread ident of the holder within its process */
     uint64_t dead_owner;   /* token of the last holder found dead (0: none yet); for reports */
     uint32_t seq;          /* futex word: bumped by every release that has waiters */
@@ -73,8 +76,16 @@ shoal_status shoal_mutex_unlock(shoal_mutex *m);
 /* Release without clearing owner_died, handing the repair duty to the next holder. */
 shoal_status shoal_mutex_unlock_keep_died(shoal_mutex *m);
 
-/* Recursive variants: the holder is (token, thread).  trylock never blocks and never
- * inspects the holder; lock with timeout 0 also takes the lock from a dead holder. */
+/* Bit 63 of `owner`: the RLock is being inherited from a dead holder by the token in
+ * the low bits, which has not yet written owner_thread and depth.  Nobody holds it
+ * meanwhile (so a sibling thread whose ident equals the dead holder's cannot mistake
+ * the dead holder's leftovers for its own); if the inheritor dies in that window, the
+ * next waiter inherits from it in turn. */
+#define SHOAL_MUTEX_HANDOVER ((uint64_t)1 << 63)
+
+/* Recursive variants: the holder is (token, thread), thread != 0.  trylock never
+ * blocks and never inspects the holder; lock with timeout 0 also takes the lock from
+ * a dead holder. */
 shoal_status shoal_rmutex_trylock(shoal_mutex *m, uint64_t token, uint64_t thread);
 shoal_status shoal_rmutex_lock(shoal_mutex *m, uint64_t token, uint64_t thread, int64_t timeout_ns);
 shoal_status shoal_rmutex_unlock(shoal_mutex *m, uint64_t token, uint64_t thread);
@@ -105,24 +116,63 @@ void shoal_event_set(shoal_event *e);
 void shoal_event_clear(shoal_event *e);
 
 /* ---- condition variable (the lock is the caller's business) -------------------------- */
-/* Waiters take "tickets" that notify hands out, so notify(n) wakes at most n
- * waiters, even with spurious futex wake-ups. */
+/* Waiters belong to a "generation", and notify hands tickets to the waiters of the
+ * closed generation only.  A newcomer joins the closed generation only while it has no
+ * uncollected ticket; otherwise it joins the open generation (the next number), which
+ * gets tickets only once every closed waiter holds one: then the closed generation is
+ * retired (all its waiters count as notified) and the open one becomes the closed one.
+ * So a wait can only end notified by a notify that came after it entered: notify(n)
+ * wakes at most n of the waiters present, notify_all every one of them, and a later
+ * arrival cannot take their tickets.  (With one pool of tickets it could: a fast thread
+ * looping back into wait() took the wake-up a slow one had not collected yet, so that
+ * one slept on, and a barrier built on the condition stalled.)
+ *
+ * `state` packs the closed generation's number B, its waiters w and their uncollected
+ * tickets t, 16 bits each, with B written twice so that (state >> 32) - (uint32_t)state
+ * is w - t:
+ *
+ *     bits 63..48 B | 47..32 w | 31..16 B | 15..0 t        invariant: t <= w
+ *
+ * Only taking a ticket happens without the lock (a CAS on `state`); enter, leave and
+ * notify run under it, which is why next_waiting can be a separate word.
+ * Sleepers re-check every so often, so a wake-up lost with a waiter SIGKILLed right
+ * after it was woken only delays another waiter.  A waiter SIGKILLed while registered
+ * stays counted (and may be granted a ticket) until its generation retires. */
 typedef struct {
-    uint64_t state; /* (waiting << 32) | tickets; one word so both change together */
-    uint32_t seq;   /* futex word: bumped by every notify */
-    uint32_t reserved;
+    uint64_t state;        /* B << 48 | w << 32 | B << 16 | t, as drawn above */
+    uint32_t seq;          /* futex word: bumped by every notify that grants a ticket */
+    uint32_t next_waiting; /* waiters of the open generation, B + 1 */
 } shoal_cond;
 _Static_assert(sizeof(shoal_cond) == 16, "shoal_cond is part of the shared layout");
 
-/* Under the lock: register as a waiter. */
-void shoal_cond_enter(shoal_cond *c);
-/* Without the lock: wait for a ticket.  OK (took one), TIMEOUT, or INTR (the caller
- * checks signals and calls again, still registered). */
-shoal_status shoal_cond_wait(shoal_cond *c, int64_t timeout_ns);
-/* Under the lock, after a TIMEOUT: leave.  OK if a ticket arrived meanwhile (it is
- * taken and the wait counts as notified), TIMEOUT otherwise. */
-shoal_status shoal_cond_leave(shoal_cond *c);
-/* Under the lock: wake up to n waiters (n < 0: all).  Returns how many were granted. */
+#define SHOAL_COND_MAX_WAITERS 0xffffu
+
+/* Under the lock: register as a waiter.  *gen receives the generation joined, which
+ * wait and leave take.  SHOAL_OVERFLOW when SHOAL_COND_MAX_WAITERS already wait,
+ * SHOAL_BAD_LAYOUT if `state` breaks its invariant. */
+shoal_status shoal_cond_enter_gen(shoal_cond *c, uint32_t *gen);
+/* Without the lock: wait for a ticket.  OK (notified: took one, or the generation
+ * retired), TIMEOUT, or INTR (the caller checks signals and calls again: it is still
+ * registered). */
+shoal_status shoal_cond_wait_gen(shoal_cond *c, uint32_t gen, int64_t timeout_ns);
+/* Under the lock, after a TIMEOUT (or when giving up after INTR): leave.  OK if a
+ * ticket arrived meanwhile (it is taken and the wait counts as notified), TIMEOUT
+ * otherwise. */
+shoal_status shoal_cond_leave_gen(shoal_cond *c, uint32_t gen);
+/* Under the lock: notify up to n waiters (n < 0: all).  Returns how many were granted
+ * (a registered waiter that was SIGKILLed counts). */
 uint32_t shoal_cond_notify(shoal_cond *c, int64_t n);
+/* Registered waiters not yet notified: w - t + next_waiting. */
+uint32_t shoal_cond_waiting(const shoal_cond *c);
+
+/* The same protocol for callers that cannot carry the generation from enter to wait
+ * and leave (shoal._core's Cond): the calling thread remembers it, per condition,
+ * from enter until wait returns OK or leave returns.  The three calls of one wait must
+ * come from one thread; nesting (a signal handler that waits meanwhile) is fine.  If
+ * enter cannot register (overflow), wait returns OK at the next notify of anyone: a
+ * spurious wake-up, which every Condition user must already tolerate. */
+void shoal_cond_enter(shoal_cond *c);
+shoal_status shoal_cond_wait(shoal_cond *c, int64_t timeout_ns);
+shoal_status shoal_cond_leave(shoal_cond *c);
 
 #endif

@@ -10,14 +10,30 @@
  * `owner` before it reads `waiters` (all sequentially consistent), no wake-up is lost.
  * Sleepers wake every OWNER_CHECK_NS to test whether the holder still lives; a dead
  * holder's token is replaced by CAS, so exactly one waiter inherits the lock and is
- * told SHOAL_OWNER_DIED.  A waiter killed while counted in `waiters` only costs later
+ * told SHOAL_OWNER_DIED.  The same poll covers a wake-up that went to a waiter killed
+ * before it could use it.  A waiter killed while counted in `waiters` only costs later
  * unlocks a spare futex_wake.
+ *
+ * Every wait below sleeps in slices (OWNER_CHECK_NS for the mutex, RECHECK_NS for the
+ * others) and re-checks its condition after each, for the same reason: a process can
+ * be SIGKILLed between being woken and acting on it, and then nobody else is woken.
  */
 #include "shoal_core.h"
 #include "atomic_internal.h"
 
 #define SPIN_TRIES 100
 #define OWNER_CHECK_NS (50LL * 1000 * 1000)
+#define RECHECK_NS (200LL * 1000 * 1000)
+
+/* An absolute deadline on the monotonic clock, -1 for none.  Saturates rather than
+ * overflow (signed overflow is undefined; it used to turn a huge timeout into "forever"
+ * only by accident). */
+static int64_t deadline_after(int64_t timeout_ns) {
+    if (timeout_ns < 0)
+        return -1;
+    int64_t now = shoal_monotonic_ns();
+    return timeout_ns > INT64_MAX - now ? INT64_MAX : now + timeout_ns;
+}
 
 /* Remaining time before deadline (deadline < 0: forever -> -1). */
 static int64_t remaining(int64_t deadline) {
@@ -27,36 +43,45 @@ static int64_t remaining(int64_t deadline) {
     return left > 0 ? left : 0;
 }
 
-static int64_t deadline_after(int64_t timeout_ns) {
-    return timeout_ns < 0 ? -1 : shoal_monotonic_ns() + timeout_ns;
-}
-
 static int64_t min_slice(int64_t left, int64_t slice) {
     return (left < 0 || left > slice) ? slice : left;
 }
+
+/* `depth` is only changed by the holder, but others read it (statistics, repr): relaxed
+ * atomics keep those reads defined; the owner CAS orders the holder's own accesses. */
+static uint32_t depth_get(const shoal_mutex *m) { return __atomic_load_n(&m->depth, __ATOMIC_RELAXED); }
+static void depth_set(shoal_mutex *m, uint32_t d) { __atomic_store_n(&m->depth, d, __ATOMIC_RELAXED); }
 
 shoal_status shoal_mutex_trylock(shoal_mutex *m, uint64_t token) {
     uint64_t expected = 0;
     return cas64(&m->owner, &expected, token) ? SHOAL_OK : SHOAL_AGAIN;
 }
 
-/* If the holder `seen` is dead, take the lock from it. */
-static shoal_status steal_from_dead(shoal_mutex *m, uint64_t token, uint64_t seen) {
-    if (seen == 0 || shoal_token_alive(seen))
+/* If the holder `seen` is dead, take the lock from it.  thread != 0: for an RLock,
+ * which is handed over in two steps (see SHOAL_MUTEX_HANDOVER) so that the new owner's
+ * token never appears next to the dead holder's owner_thread and depth. */
+static shoal_status steal_from_dead(shoal_mutex *m, uint64_t token, uint64_t thread, uint64_t seen) {
+    uint64_t holder = seen & ~SHOAL_MUTEX_HANDOVER; /* a handover can die half-way too */
+    if (seen == 0 || shoal_token_alive(holder))
         return SHOAL_AGAIN;
     uint64_t expected = seen;
-    if (!cas64(&m->owner, &expected, token))
+    if (!cas64(&m->owner, &expected, thread ? token | SHOAL_MUTEX_HANDOVER : token))
         return SHOAL_AGAIN; /* another waiter inherited it first */
-    st64(&m->dead_owner, seen);
+    st64(&m->dead_owner, holder);
     st32(&m->owner_died, 1);
+    if (thread) {
+        st64(&m->owner_thread, thread);
+        depth_set(m, 1);
+        st64(&m->owner, token); /* nobody else writes a HANDOVER owner: a plain store */
+    }
     return SHOAL_OWNER_DIED;
 }
 
-shoal_status shoal_mutex_lock(shoal_mutex *m, uint64_t token, int64_t timeout_ns) {
+static shoal_status mutex_lock(shoal_mutex *m, uint64_t token, uint64_t thread, int64_t timeout_ns) {
     if (shoal_mutex_trylock(m, token) == SHOAL_OK)
         return SHOAL_OK;
     if (timeout_ns == 0)
-        return steal_from_dead(m, token, ld64(&m->owner));
+        return steal_from_dead(m, token, thread, ld64(&m->owner));
     for (int i = 0; i < SPIN_TRIES; i++) {
         cpu_relax();
         if (ld64(&m->owner) == 0 && shoal_mutex_trylock(m, token) == SHOAL_OK)
@@ -74,7 +99,7 @@ shoal_status shoal_mutex_lock(shoal_mutex *m, uint64_t token, int64_t timeout_ns
         }
         int64_t left = remaining(deadline);
         if (left == 0) {
-            result = steal_from_dead(m, token, seen);
+            result = steal_from_dead(m, token, thread, seen);
             if (result == SHOAL_AGAIN)
                 result = SHOAL_TIMEOUT;
             break;
@@ -86,7 +111,7 @@ shoal_status shoal_mutex_lock(shoal_mutex *m, uint64_t token, int64_t timeout_ns
         }
         if (st == SHOAL_TIMEOUT) {
             /* nobody released for a whole slice: is the holder still alive? */
-            result = steal_from_dead(m, token, ld64(&m->owner));
+            result = steal_from_dead(m, token, thread, ld64(&m->owner));
             if (result == SHOAL_OWNER_DIED)
                 break;
         }
@@ -95,14 +120,19 @@ shoal_status shoal_mutex_lock(shoal_mutex *m, uint64_t token, int64_t timeout_ns
     return result;
 }
 
+shoal_status shoal_mutex_lock(shoal_mutex *m, uint64_t token, int64_t timeout_ns) {
+    return mutex_lock(m, token, 0, timeout_ns);
+}
+
 static shoal_status unlock_impl(shoal_mutex *m, int keep_died) {
     uint64_t owner = ld64(&m->owner);
     do {
-        if (owner == 0)
+        /* free, or an RLock half-way to a new owner, who will not expect to lose it */
+        if (owner == 0 || (owner & SHOAL_MUTEX_HANDOVER))
             return SHOAL_NOT_OWNER;
         if (!keep_died)
             st32(&m->owner_died, 0);
-        m->depth = 0;
+        depth_set(m, 0);
         st64(&m->owner_thread, 0);
     } while (!cas64(&m->owner, &owner, 0));
     if (ld32(&m->waiters) > 0) {
@@ -115,6 +145,9 @@ static shoal_status unlock_impl(shoal_mutex *m, int keep_died) {
 shoal_status shoal_mutex_unlock(shoal_mutex *m) { return unlock_impl(m, 0); }
 shoal_status shoal_mutex_unlock_keep_died(shoal_mutex *m) { return unlock_impl(m, 1); }
 
+/* Only the holder's own thread can see its own (token, thread) here: every path that
+ * makes `owner` equal a token either clears owner_thread first (unlock) or writes it
+ * before publishing the token (inheritance). */
 static int rmutex_held_by(shoal_mutex *m, uint64_t token, uint64_t thread) {
     return ld64(&m->owner) == token && ld64(&m->owner_thread) == thread;
 }
@@ -122,15 +155,16 @@ static int rmutex_held_by(shoal_mutex *m, uint64_t token, uint64_t thread) {
 static shoal_status rmutex_acquire(shoal_mutex *m, uint64_t token, uint64_t thread, int try_only,
                                    int64_t timeout_ns) {
     if (rmutex_held_by(m, token, thread)) {
-        if (m->depth == UINT32_MAX)
+        uint32_t depth = depth_get(m);
+        if (depth == UINT32_MAX)
             return SHOAL_OVERFLOW;
-        m->depth++;
+        depth_set(m, depth + 1);
         return SHOAL_OK;
     }
-    shoal_status st = try_only ? shoal_mutex_trylock(m, token) : shoal_mutex_lock(m, token, timeout_ns);
-    if (st == SHOAL_OK || st == SHOAL_OWNER_DIED) {
+    shoal_status st = try_only ? shoal_mutex_trylock(m, token) : mutex_lock(m, token, thread, timeout_ns);
+    if (st == SHOAL_OK) { /* (an inheritance wrote these before it published the owner) */
         st64(&m->owner_thread, thread);
-        m->depth = 1;
+        depth_set(m, 1);
     }
     return st;
 }
@@ -146,15 +180,18 @@ shoal_status shoal_rmutex_lock(shoal_mutex *m, uint64_t token, uint64_t thread, 
 shoal_status shoal_rmutex_unlock(shoal_mutex *m, uint64_t token, uint64_t thread) {
     if (!rmutex_held_by(m, token, thread))
         return SHOAL_NOT_OWNER;
-    if (--m->depth > 0)
+    uint32_t depth = depth_get(m);
+    if (depth > 1) {
+        depth_set(m, depth - 1);
         return SHOAL_OK;
+    }
     return unlock_impl(m, 0);
 }
 
 shoal_status shoal_rmutex_release_all(shoal_mutex *m, uint64_t token, uint64_t thread, uint32_t *depth) {
     if (!rmutex_held_by(m, token, thread))
         return SHOAL_NOT_OWNER;
-    *depth = m->depth;
+    *depth = depth_get(m);
     return unlock_impl(m, 0);
 }
 
@@ -186,7 +223,9 @@ shoal_status shoal_sem_acquire(shoal_semaphore *s, int64_t timeout_ns) {
             result = SHOAL_TIMEOUT;
             break;
         }
-        if (shoal_wait32(&s->value, 0, left) == SHOAL_INTR) {
+        /* in slices: release wakes n sleepers, and one of them may be killed before it
+         * takes its unit; the others must find the unit anyway */
+        if (shoal_wait32(&s->value, 0, min_slice(left, RECHECK_NS)) == SHOAL_INTR) {
             result = SHOAL_INTR;
             break;
         }
@@ -202,7 +241,7 @@ shoal_status shoal_sem_release(shoal_semaphore *s, uint32_t n) {
         if (n > max || v > max - n)
             return SHOAL_OVERFLOW;
     } while (!cas32(&s->value, &v, v + n));
-    if (ld32(&s->waiters) > 0)
+    if (n > 0 && ld32(&s->waiters) > 0)
         shoal_wake32(&s->value, (int)(n > 0x7fffffff ? 0x7fffffff : n));
     return SHOAL_OK;
 }
@@ -223,6 +262,7 @@ shoal_status shoal_event_wait(shoal_event *e, int64_t timeout_ns) {
             result = SHOAL_TIMEOUT;
             break;
         }
+        /* set wakes every sleeper, so no wake-up can be lost here: no slices needed */
         if (shoal_wait32(&e->flag, 0, left) == SHOAL_INTR) {
             result = SHOAL_INTR;
             break;
@@ -242,58 +282,228 @@ void shoal_event_clear(shoal_event *e) { st32(&e->flag, 0); }
 
 /* ---- condition variable ------------------------------------------------------------------ */
 
-#define WAITER ((uint64_t)1 << 32)
-#define TICKETS(s) ((uint32_t)(s))
-#define WAITING(s) ((uint32_t)((s) >> 32))
+/* The fields (see shoal_core.h): state = B << 48 | w << 32 | B << 16 | t, where B is
+ * the closed generation's number, w its waiters and t their uncollected tickets; the
+ * open generation is B + 1 and has next_waiting waiters. */
+#define GEN(s) ((uint32_t)((s) >> 48))
+#define GEN_COPY(s) ((uint32_t)((s) >> 16) & 0xffffu)
+#define WAITING(s) ((uint32_t)((s) >> 32) & 0xffffu)
+#define TICKETS(s) ((uint32_t)(s) & 0xffffu)
+#define ONE_WAITER ((uint64_t)1 << 32)
+#define ONE_TICKET ((uint64_t)1)
+#define GEN_MASK 0xffffu
 
-void shoal_cond_enter(shoal_cond *c) { __atomic_fetch_add(&c->state, WAITER, SC); }
-
-static int cond_take_ticket(shoal_cond *c) {
-    uint64_t s = ld64(&c->state);
-    while (TICKETS(s) > 0)
-        if (cas64(&c->state, &s, s - WAITER - 1))
-            return 1;
-    return 0;
+static uint64_t cond_pack(uint32_t gen, uint32_t waiting, uint32_t tickets) {
+    uint64_t g = gen & GEN_MASK;
+    return g << 48 | (uint64_t)waiting << 32 | g << 16 | tickets;
 }
 
-shoal_status shoal_cond_wait(shoal_cond *c, int64_t timeout_ns) {
+/* Values no shoal writes: the copies of B differ, more tickets than waiters, or an
+ * open generation too big to ever close. */
+static int cond_state_ok(uint64_t s, uint32_t next_waiting) {
+    return GEN(s) == GEN_COPY(s) && TICKETS(s) <= WAITING(s) &&
+           next_waiting <= SHOAL_COND_MAX_WAITERS;
+}
+
+shoal_status shoal_cond_enter_gen(shoal_cond *c, uint32_t *gen) {
+    uint32_t next = ld32(&c->next_waiting); /* only changed under the lock, which we hold */
+    uint64_t s = ld64(&c->state);
+    for (;;) {
+        if (!cond_state_ok(s, next))
+            return SHOAL_BAD_LAYOUT;
+        if (next > 0 || TICKETS(s) > 0) {
+            /* tickets are out that we must not take (or others already queue behind
+             * them): join the open generation */
+            if (next == SHOAL_COND_MAX_WAITERS)
+                return SHOAL_OVERFLOW;
+            st32(&c->next_waiting, next + 1);
+            *gen = (GEN(s) + 1) & GEN_MASK;
+            return SHOAL_OK;
+        }
+        /* no ticket is out: the closed generation may take us, and we cannot take
+         * anything granted before us.  A CAS: waiters collect without the lock. */
+        if (WAITING(s) == SHOAL_COND_MAX_WAITERS)
+            return SHOAL_OVERFLOW;
+        if (cas64(&c->state, &s, s + ONE_WAITER)) {
+            *gen = GEN(s);
+            return SHOAL_OK;
+        }
+    }
+}
+
+/* 1 if the waiter of generation gen is notified: its generation was retired, or it
+ * took one of its tickets.  0 if it must wait on, -1 if `state` is corrupt. */
+static int cond_collect(shoal_cond *c, uint32_t gen) {
+    uint64_t s = ld64(&c->state);
+    for (;;) {
+        if (GEN(s) != GEN_COPY(s) || TICKETS(s) > WAITING(s))
+            return -1;
+        if (gen == GEN(s)) {
+            if (TICKETS(s) == 0)
+                return 0;
+            if (cas64(&c->state, &s, s - ONE_WAITER - ONE_TICKET))
+                return 1;
+        } else {
+            /* the open generation waits; any other has been retired */
+            return gen == ((GEN(s) + 1) & GEN_MASK) ? 0 : 1;
+        }
+    }
+}
+
+shoal_status shoal_cond_wait_gen(shoal_cond *c, uint32_t gen, int64_t timeout_ns) {
     int64_t deadline = deadline_after(timeout_ns);
     for (;;) {
         /* read seq before looking for a ticket: a notify in between changes seq, so
          * the wait below returns at once instead of missing it */
         uint32_t seq = ld32(&c->seq);
-        if (cond_take_ticket(c))
-            return SHOAL_OK;
+        int r = cond_collect(c, gen);
+        if (r != 0)
+            return r > 0 ? SHOAL_OK : SHOAL_BAD_LAYOUT;
         int64_t left = remaining(deadline);
         if (left == 0)
             return SHOAL_TIMEOUT;
-        if (shoal_wait32(&c->seq, seq, left) == SHOAL_INTR)
+        /* in slices: notify may wake fewer sleepers than it grants tickets to when one
+         * of them is SIGKILLed before collecting */
+        if (shoal_wait32(&c->seq, seq, min_slice(left, RECHECK_NS)) == SHOAL_INTR)
             return SHOAL_INTR;
     }
 }
 
-shoal_status shoal_cond_leave(shoal_cond *c) {
+shoal_status shoal_cond_leave_gen(shoal_cond *c, uint32_t gen) {
+    uint32_t next = ld32(&c->next_waiting);
     uint64_t s = ld64(&c->state);
     for (;;) {
-        if (TICKETS(s) > 0) {
-            if (cas64(&c->state, &s, s - WAITER - 1))
-                return SHOAL_OK;
-        } else if (cas64(&c->state, &s, s - WAITER)) {
+        if (!cond_state_ok(s, next))
+            return SHOAL_BAD_LAYOUT;
+        if (gen == GEN(s)) {
+            if (TICKETS(s) > 0) {
+                if (cas64(&c->state, &s, s - ONE_WAITER - ONE_TICKET))
+                    return SHOAL_OK; /* notified after all */
+            } else if (WAITING(s) == 0) {
+                return SHOAL_BAD_LAYOUT; /* we are registered: w >= 1 */
+            } else if (cas64(&c->state, &s, s - ONE_WAITER)) {
+                return SHOAL_TIMEOUT;
+            }
+        } else if (gen == ((GEN(s) + 1) & GEN_MASK)) {
+            if (next == 0)
+                return SHOAL_BAD_LAYOUT;
+            st32(&c->next_waiting, next - 1);
             return SHOAL_TIMEOUT;
+        } else {
+            return SHOAL_OK; /* retired meanwhile: notified */
         }
     }
 }
 
 uint32_t shoal_cond_notify(shoal_cond *c, int64_t n) {
+    if (n == 0)
+        return 0;
+    uint32_t want = n < 0 || n > SHOAL_COND_MAX_WAITERS * 2 ? UINT32_MAX : (uint32_t)n;
+    uint32_t next = ld32(&c->next_waiting);
     uint64_t s = ld64(&c->state);
-    uint32_t grant;
-    do {
-        uint32_t idle = WAITING(s) - TICKETS(s);
-        grant = (n < 0 || (uint64_t)n > idle) ? idle : (uint32_t)n;
+    uint32_t grant, next_after;
+    int retired;
+    for (;;) {
+        if (!cond_state_ok(s, next))
+            return 0;
+        uint32_t gen = GEN(s), waiting = WAITING(s), tickets = TICKETS(s);
+        uint32_t give = waiting - tickets < want ? waiting - tickets : want;
+        tickets += give;
+        grant = give;
+        next_after = next;
+        retired = 0;
+        if (tickets == waiting && (waiting > 0 || next > 0)) {
+            /* every closed waiter holds a ticket: retire that generation (its waiters
+             * count as notified, whatever they have collected) and close the open one,
+             * which gets the rest */
+            gen++;
+            waiting = next;
+            next_after = 0;
+            give = waiting < want - grant ? waiting : want - grant;
+            tickets = give;
+            grant += give;
+            retired = 1;
+            if (tickets == waiting && waiting > 0) {
+                gen++; /* ... all of it, so it retires at once as well */
+                waiting = tickets = 0;
+            }
+        }
         if (grant == 0)
             return 0;
-    } while (!cas64(&c->state, &s, s + grant));
+        if (cas64(&c->state, &s, cond_pack(gen, waiting, tickets)))
+            break;
+    }
+    st32(&c->next_waiting, next_after);
     add32(&c->seq, 1);
-    shoal_wake32(&c->seq, grant > 0x7fffffff ? -1 : (int)grant);
+    /* When only closed waiters sleep, `grant` wake-ups reach exactly the ones that can
+     * collect.  Otherwise some could go to open waiters that may not, and a retired
+     * generation's sleepers must all go: wake everyone, they re-check. */
+    shoal_wake32(&c->seq, retired || next > 0 ? -1 : (int)grant);
     return grant;
+}
+
+uint32_t shoal_cond_waiting(const shoal_cond *c) {
+    uint64_t s = ld64(&c->state);
+    return WAITING(s) - TICKETS(s) + ld32(&c->next_waiting);
+}
+
+/* ---- the generation remembered per thread, for callers that cannot carry it --------- */
+
+#define COND_SLOTS 8
+#define UNREGISTERED UINT32_MAX /* enter could not register: wait for any notify */
+
+static _Thread_local struct cond_slot {
+    const shoal_cond *c;
+    uint32_t gen;
+} slots[COND_SLOTS];
+static _Thread_local int n_slots;
+
+/* The innermost registration of this thread on c, or -1. */
+static int slot_find(const shoal_cond *c) {
+    for (int i = n_slots - 1; i >= 0; i--)
+        if (slots[i].c == c)
+            return i;
+    return -1;
+}
+
+static void slot_drop(int i) {
+    for (; i + 1 < n_slots; i++)
+        slots[i] = slots[i + 1];
+    n_slots--;
+}
+
+void shoal_cond_enter(shoal_cond *c) {
+    uint32_t gen;
+    if (shoal_cond_enter_gen(c, &gen) != SHOAL_OK)
+        gen = UNREGISTERED;
+    if (n_slots == COND_SLOTS)
+        slot_drop(0); /* the oldest: most likely a wait abandoned without leave */
+    slots[n_slots].c = c;
+    slots[n_slots].gen = gen;
+    n_slots++;
+}
+
+shoal_status shoal_cond_wait(shoal_cond *c, int64_t timeout_ns) {
+    int i = slot_find(c);
+    if (i < 0 || slots[i].gen == UNREGISTERED) {
+        /* unregistered: any notify may be for us */
+        uint32_t seq = ld32(&c->seq);
+        shoal_status st = shoal_wait32(&c->seq, seq, timeout_ns);
+        if (st == SHOAL_OK && i >= 0)
+            slot_drop(i);
+        return st;
+    }
+    shoal_status st = shoal_cond_wait_gen(c, slots[i].gen, timeout_ns);
+    if (st == SHOAL_OK || st == SHOAL_BAD_LAYOUT)
+        slot_drop(i); /* done: no leave follows */
+    return st;
+}
+
+shoal_status shoal_cond_leave(shoal_cond *c) {
+    int i = slot_find(c);
+    if (i < 0)
+        return SHOAL_TIMEOUT;
+    uint32_t gen = slots[i].gen;
+    slot_drop(i);
+    return gen == UNREGISTERED ? SHOAL_TIMEOUT : shoal_cond_leave_gen(c, gen);
 }

@@ -28,6 +28,8 @@ shoal_status shoal_wait32(uint32_t *addr, uint32_t expected, int64_t timeout_ns)
 }
 
 int shoal_wake32(uint32_t *addr, int n) {
+    if (n == 0)
+        return 0; /* FUTEX_WAKE with 0 wakes one sleeper all the same */
     long r = syscall(SYS_futex, addr, FUTEX_WAKE, n < 0 ? INT_MAX : n, NULL, NULL, 0);
     return r < 0 ? 0 : (int)r;
 }
