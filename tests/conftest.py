@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import multiprocessing as mp
 import os
+import struct
 import time
 
 import pytest
@@ -30,6 +31,42 @@ def shoal_segments() -> set[str]:
         return {"/" + n for n in os.listdir("/dev/shm") if n.startswith("shoal-")}
     except FileNotFoundError:
         return set()
+
+
+def _creator_pid(name: str) -> int | None:
+    """The pid in a segment header's creator token (offset 32), if it can be read."""
+    try:
+        with open("/dev/shm" + name, "rb") as f:
+            header = f.read(40)
+    except OSError:
+        return None
+    return struct.unpack_from("<Q", header, 32)[0] >> 32 if len(header) == 40 else None
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def ours(name: str) -> bool:
+    """Whether this test run can have made the segment: by this process, one of its
+    descendants, or a process that is gone (other programs on a shared machine —
+    another test run — are not this test's leaks)."""
+    pid = _creator_pid(name)
+    if pid is None or pid == 0:
+        return True
+    seen = 0
+    while pid and seen < 64:
+        if pid == os.getpid():
+            return True
+        parent = _ppid(pid)
+        if parent is None:
+            return True  # the creator is gone
+        pid, seen = parent, seen + 1
+    return False
 
 
 def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01) -> bool:
@@ -57,7 +94,8 @@ def no_leaks():
     gc.collect()
 
     def leaked() -> set[str]:
-        return shoal_segments() - before - lowlevel.attached_names()
+        new = shoal_segments() - before - lowlevel.attached_names()
+        return {name for name in new if ours(name)}
 
     wait_until(lambda: not leaked(), timeout=5.0)
     assert not leaked(), f"test leaked shared-memory segments: {sorted(leaked())}"
