@@ -70,6 +70,7 @@ __all__ = [
     "run_benchmark",
     "run_in_pool",
     "run_processes",
+    "run_tasks_in_pool",
 ]
 
 
@@ -151,6 +152,9 @@ class Case:
         setup: ``setup(config) -> state`` (default: the state is the config).
         teardown: ``teardown(state)``, also after a failure.
         requires: importable modules this peer needs; missing -> row skipped with a note.
+        unavailable: why this peer cannot be measured here at all (printed in place of
+            a figure: ``multiprocessing.Queue`` cannot be a Pool task argument).  Such a
+            row is never the first of its group: the first is the denominator.
     """
 
     key: str
@@ -163,6 +167,7 @@ class Case:
     setup: Callable[[Config], Any] | None = None
     teardown: Callable[[Any], None] | None = None
     requires: tuple[str, ...] = ()
+    unavailable: str | None = None
 
     def ops(self, config: Config) -> int:
         """Operations per repeat for this run."""
@@ -330,6 +335,26 @@ def run_in_pool(config: Config, pool: Any, func: Callable[..., Any], args: tuple
         ) from None
 
 
+def run_tasks_in_pool(
+    config: Config, pool: Any, tasks: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]]
+) -> list[Any]:
+    """Submit every ``(func, args)`` at once (they run side by side, one per worker, if
+    the pool has a worker for each) and return their results in order, each awaited
+    with the ``config.timeout`` deadline of :func:`run_in_pool`."""
+    pending = [(func, pool.apply_async(func, args)) for func, args in tasks]
+    deadline = time.monotonic() + config.timeout
+    results = []
+    for func, async_result in pending:
+        try:
+            results.append(async_result.get(max(deadline - time.monotonic(), 0)))
+        except multiprocessing.TimeoutError:
+            raise BenchmarkError(
+                f"Pool task {func.__qualname__} still running after {config.timeout:.0f} s "
+                "(--timeout)"
+            ) from None
+    return results
+
+
 def close_pool(pool: Any, grace: float = 10.0) -> None:
     """Close and join a Pool, terminating it if its workers are not gone after ``grace``.
 
@@ -372,8 +397,12 @@ def _measure_group(
     live: list[tuple[Result, Any]] = []
     for result in results:
         missing = result.case.missing()
-        if missing:
-            result.skipped = f"not installed: {', '.join(missing)}"
+        if result.case.unavailable is not None:
+            result.skipped = result.case.unavailable
+        elif missing:
+            result.skipped = (
+                f"not installed: {', '.join(missing)}; pip install '.[bench]' installs every peer"
+            )
     try:
         for result in results:
             if result.skipped is None:
@@ -573,9 +602,12 @@ class Reporter:
         self._print()
         self._print(f"{group.title}  [{group.unit}, median of {self.config.repeats}]")
         rows = [("case", "where", group.unit, "IQR", "x stdlib")]
+        notes = [""]  # why a row has no figure: after the row, outside the columns
         for r in results:
             if r.skipped is not None:
-                rows.append((r.case.label, r.case.where, "skipped", r.skipped, ""))
+                shown = "n/a" if r.case.unavailable is not None else "skipped"
+                rows.append((r.case.label, r.case.where, shown, "", ""))
+                notes.append(r.skipped)
                 continue
             q1, q3 = r.quartiles
             rows.append(
@@ -587,12 +619,14 @@ class Reporter:
                     format_ratio(r.ratio) if r.ratio is not None else "-",
                 )
             )
+            notes.append("")
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
-        for row in rows:
-            self._print(
+        for row, note in zip(rows, notes):
+            line = (
                 f"  {row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  "
-                f"{row[3]:>{widths[3]}}  {row[4]:>{widths[4]}}".rstrip()
+                f"{row[3]:>{widths[3]}}  {row[4]:>{widths[4]}}"
             )
+            self._print(f"{line.rstrip()}  ({note})" if note else line.rstrip())
         for r in results:
             record: dict[str, Any] = {
                 "kind": "skipped" if r.skipped else "case",
