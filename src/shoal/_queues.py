@@ -23,13 +23,15 @@ Data flow of one ``put``/``get``::
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from . import _core
 from ._errors import ShutDown
 from ._handle import SharedObject
+from ._memory import Segment, report_unraisable
 from ._serialize import discard, dumps, loads, pack
 
 __all__ = ["JoinableQueue", "Queue", "QueueStatistics", "SimpleQueue"]
@@ -117,6 +119,31 @@ class Queue(_core.Ring, SharedObject):
         if not self._check():
             self.close()
             raise ValueError("the shared memory this handle names does not hold a shoal queue")
+
+    def _track(self) -> None:
+        super()._track()
+        # The last handle anywhere discards what is still queued on its way out: a
+        # record whose data travels in a transit segment would otherwise stay in
+        # /dev/shm after the queue is gone, until some later reaper sweep (#3).  The
+        # release itself is wrapped, so close(), garbage collection and the exit hook
+        # all pass through here.
+        finalizer = self._finalizer
+        info = finalizer.detach() if finalizer is not None else None
+        if info is None:
+            return
+        _, release, args, _ = info
+        wrapped = weakref.finalize(
+            self,
+            _release_queue,
+            self._segment,
+            self._header_offset,
+            self._payload_offset,
+            self._PAYLOAD_SIZE,
+            release,
+            args,
+        )
+        wrapped.atexit = False  # released by SharedObject's exit hook, as before
+        self._finalizer = wrapped
 
     # ---- putting -------------------------------------------------------------------------
 
@@ -225,7 +252,8 @@ class Queue(_core.Ring, SharedObject):
 
     def full(self) -> bool:
         """True if the queue holds ``maxsize`` items (never true without a maxsize)."""
-        return bool(self._maxsize) and self._qsize() >= self._maxsize
+        items = self._qsize()  # first: a closed queue raises ClosedError, bounded or not
+        return bool(self._maxsize) and items >= self._maxsize
 
     @property
     def maxsize(self) -> int:
@@ -244,15 +272,7 @@ class Queue(_core.Ring, SharedObject):
             self._drain()
 
     def _drain(self) -> int:
-        count = 0
-        while True:
-            try:
-                records = self._get_many_bytes(1024, False)
-            except (queue.Empty, ShutDown):
-                return count
-            for record in records:
-                discard(record)
-            count += len(records)
+        return _discard_records(self)
 
     def close(self) -> None:
         """Release this process's handle; the queue lives on for the others.
@@ -290,6 +310,50 @@ class Queue(_core.Ring, SharedObject):
         limit = f"/{st.maxsize}" if st.maxsize else ""
         state = ", shut down" if st.shut_down else ""
         return f"<{name} {st.items}{limit} items, {st.bytes_used}/{st.capacity} bytes{state}>"
+
+
+def _discard_records(ring: _core.Ring) -> int:
+    """Take every record left in ``ring`` without unpickling it; free what each holds."""
+    count = 0
+    while True:
+        try:
+            records = ring._get_many_bytes(1024, False)
+        except (queue.Empty, ShutDown):
+            return count
+        for record in records:
+            discard(record)
+        count += len(records)
+
+
+def _release_queue(
+    segment: Segment,
+    header_offset: int,
+    payload_offset: int,
+    payload_size: int,
+    release: Callable[..., None],
+    args: tuple[Any, ...],
+) -> None:
+    """Finalizer of a queue handle: if it is the last handle, empty the ring; release it.
+
+    "Last" is read from the shared reference count before the release drops it.  Two
+    processes letting go at the same instant may each see the other's handle and skip
+    the discard; the reaper then removes the transit segments once the queue's memory
+    is gone, as it does for queues whose last holder was killed.
+    """
+    try:
+        mapping = segment._mmap
+        if mapping is not None and _core.load64(mapping, header_offset) == 1:
+            ring = _core.Ring()
+            ring._bind(mapping, payload_offset, payload_size)
+            try:
+                if ring._check():
+                    _discard_records(ring)
+            finally:
+                ring._unbind()
+    except Exception as exc:  # the release below must happen whatever went wrong
+        report_unraisable(exc)
+    finally:
+        release(*args)
 
 
 class SimpleQueue(Queue):
