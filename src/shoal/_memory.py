@@ -70,12 +70,12 @@ __all__ = [
     "ExitHook",
     "Segment",
     "call_outside_sections",
-    "create_transit",
     "discard_transit",
     "open_transit",
     "reap",
     "report_unraisable",
     "shared_section",
+    "write_transit",
 ]
 
 MAGIC = int.from_bytes(b"SHOALSEG", "little")
@@ -567,7 +567,11 @@ class Segment:
         self._mmap = None
 
 
-def _open_mapping(name: str) -> mmap.mmap:
+# MAP_POPULATE faults the whole mapping in with one call instead of page by page
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
+def _open_mapping(name: str, populate: bool = False) -> mmap.mmap:
     try:
         fd = _core.shm_open(name, os.O_RDWR, 0o600)
     except FileNotFoundError:
@@ -585,6 +589,8 @@ def _open_mapping(name: str) -> mmap.mmap:
                 f"{name!r} is {size} bytes, smaller than a shoal header: "
                 "not a shoal segment, or one whose creation failed",
             )
+        if populate and _POPULATE:
+            return mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
         return mmap.mmap(fd, size)
     finally:
         os.close(fd)
@@ -743,11 +749,16 @@ def _unlink_quietly(name: str) -> None:
 _PARENT_NAME_BYTES = 64
 
 
-def create_transit(size: int, parent: str) -> tuple[str, mmap.mmap]:
-    """Create a segment for one message on the queue whose segment is ``parent``.
+def write_transit(parent: str, chunks: list[Any], size: int) -> str:
+    """Create a segment holding one message for the queue whose segment is ``parent``.
 
-    It has no holders: the sender writes it and lets go, the one receiver maps it and
-    removes its name (:func:`open_transit`).  Until then it lives as long as its
+    ``chunks`` (bytes-like, in order) fill the ``size`` bytes after the header.  They
+    are written with one ``pwritev``: the kernel allocates the pages as it copies, so
+    there is no zero-filling and no page fault on this side, and a full ``/dev/shm``
+    fails here with ENOSPC instead of a SIGBUS later.
+
+    The segment has no holders: the sender lets go at once, the one receiver maps it
+    and removes its name (:func:`open_transit`).  Until then it lives as long as its
     parent does; the reaper removes one whose parent is gone.
     """
     encoded = parent.encode("ascii")
@@ -755,22 +766,11 @@ def create_transit(size: int, parent: str) -> tuple[str, mmap.mmap]:
         raise ValueError(f"parent segment name too long: {parent!r}")
     name = _new_name()
     total = HEADER_SIZE + size
-    try:
-        fd = _core.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-    except OSError as exc:
-        raise SharedMemoryError(exc.errno, f"cannot create segment {name}: {exc}") from exc
-    try:
-        _reserve(fd, total)
-        mapping = mmap.mmap(fd, total)
-    except BaseException:
-        _unlink_quietly(name)
-        raise
-    finally:
-        os.close(fd)
+    header = bytearray(HEADER_SIZE)
     _HEADER.pack_into(
-        mapping,
+        header,
         0,
-        0,
+        MAGIC,
         _core.LAYOUT_VERSION,
         HEADER_SIZE,
         total,
@@ -781,9 +781,43 @@ def create_transit(size: int, parent: str) -> tuple[str, mmap.mmap]:
         0,
         0,
     )
-    mapping[_HOLDERS_OFFSET : _HOLDERS_OFFSET + len(encoded)] = encoded
-    _core.store64(mapping, 0, MAGIC)  # last: complete
-    return name, mapping
+    header[_HOLDERS_OFFSET : _HOLDERS_OFFSET + len(encoded)] = encoded
+    try:
+        fd = _core.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    except OSError as exc:
+        raise SharedMemoryError(exc.errno, f"cannot create segment {name}: {exc}") from exc
+    try:
+        _write_all(fd, [header, *chunks], total)
+    except OSError as exc:
+        _unlink_quietly(name)
+        if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            raise _no_room_error(total, exc) from None
+        raise
+    except BaseException:
+        _unlink_quietly(name)
+        raise
+    finally:
+        os.close(fd)
+    return name
+
+
+def _write_all(fd: int, chunks: list[Any], total: int) -> None:
+    views = [memoryview(c).cast("B") for c in chunks]
+    offset = 0
+    try:
+        while views:
+            batch = views[:512]  # within IOV_MAX
+            written = os.pwritev(fd, batch, offset)
+            offset += written
+            while views and written >= views[0].nbytes:
+                written -= views.pop(0).nbytes
+            if views and written:
+                views[0] = views[0][written:]
+    finally:
+        for view in views:
+            view.release()
+    if offset != total:
+        raise OSError(errno.EIO, f"wrote {offset} of {total} bytes")
 
 
 def open_transit(name: str) -> mmap.mmap:
@@ -794,7 +828,7 @@ def open_transit(name: str) -> mmap.mmap:
         SegmentNotFoundError: it is gone (already received, or its queue died).
         LayoutError: it is not a transit segment of this shoal.
     """
-    mapping = _open_mapping(name)
+    mapping = _open_mapping(name, populate=True)
     _unlink_quietly(name)
     kind = _check_header(name, mapping)
     if kind != KIND_TRANSIT:

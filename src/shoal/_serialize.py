@@ -29,7 +29,7 @@ import pickle
 from typing import Any
 
 from ._errors import SerializationError
-from ._memory import HEADER_SIZE, create_transit, discard_transit, open_transit
+from ._memory import HEADER_SIZE, discard_transit, open_transit, write_transit
 
 __all__ = ["ZERO_COPY_THRESHOLD", "discard", "dumps", "loads", "pack", "unpack"]
 
@@ -78,20 +78,21 @@ def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer] | None]:
 def pack(data: bytes, buffers: list[pickle.PickleBuffer] | None, parent: str) -> bytes:
     """Write ``data`` and ``buffers`` into a transit segment; return its ring record."""
     views = [b.raw() for b in buffers or ()]
+    chunks: list[Any] = [data]
     layout = []
-    offset = _aligned(HEADER_SIZE + len(data))
+    offset = HEADER_SIZE + len(data)
     for view in views:
-        layout.append((offset, view.nbytes))
-        offset = _aligned(offset + view.nbytes)
-    name, mapping = create_transit(offset - HEADER_SIZE, parent)
+        start = _aligned(offset)
+        if start > offset:
+            chunks.append(bytes(start - offset))
+        chunks.append(view)
+        layout.append((start, view.nbytes))
+        offset = start + view.nbytes
     try:
-        mapping[HEADER_SIZE : HEADER_SIZE + len(data)] = data
-        for (start, nbytes), view in zip(layout, views):
-            mapping[start : start + nbytes] = view
+        name = write_transit(parent, chunks, offset - HEADER_SIZE)
     finally:
         for view in views:
             view.release()
-        mapping.close()
     return bytes((TRANSIT_MARK,)) + _dumps((name, len(data), layout), 5)
 
 
