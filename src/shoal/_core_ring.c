@@ -146,6 +146,7 @@ typedef struct {
     Py_ssize_t len;
     char scratch[8];
     Py_buffer view; /* owned when view.obj != NULL */
+    char *owned;    /* PyMem buffer holding an encoded tuple, freed with the record */
 } record_src;
 
 static Py_ssize_t record_size(const record_src *rec) { return rec->tag_len + rec->len; }
@@ -162,16 +163,21 @@ enum {
     TAG_FLOAT = 'F', /* IEEE double */
     TAG_STR = 'S',   /* UTF-8 */
     TAG_BYTES = 'Y',
+    TAG_TUPLE = 'U', /* u32 count, then per item: u8 tag, u32 length, payload */
 };
+
+/* Longest tuple the codec encodes itself; longer ones are pickled. */
+#define FAST_TUPLE_MAX 64
 
 static PyObject *LoadsHook; /* shoal._serialize.loads, for everything else */
 
-/* 1 if encoded into rec, 0 if obj needs pickle, -1 on error. */
-static int fast_encode(PyObject *obj, record_src *rec) {
+/* A scalar: 1 if encoded into rec, 0 if obj needs pickle, -1 on error. */
+static int fast_encode_scalar(PyObject *obj, record_src *rec) {
     rec->tag_len = 1;
     rec->data = rec->scratch;
     rec->len = 0;
     rec->view.obj = NULL;
+    rec->owned = NULL;
     if (obj == Py_None) {
         rec->tag[0] = TAG_NONE;
     } else if (obj == Py_True || obj == Py_False) {
@@ -212,21 +218,58 @@ static int fast_encode(PyObject *obj, record_src *rec) {
     return 1;
 }
 
+/* A scalar or a tuple of scalars (the usual message shape): 1, 0 or -1 as above. */
+static int fast_encode(PyObject *obj, record_src *rec) {
+    if (!PyTuple_CheckExact(obj))
+        return fast_encode_scalar(obj, rec);
+    Py_ssize_t n = PyTuple_GET_SIZE(obj), size = 4;
+    if (n > FAST_TUPLE_MAX)
+        return 0;
+    record_src item;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int r = fast_encode_scalar(PyTuple_GET_ITEM(obj, i), &item);
+        if (r <= 0)
+            return r;
+        if (item.len > 0x7fffffff - size - 5)
+            return 0;
+        size += 5 + item.len;
+    }
+    char *buf = PyMem_Malloc((size_t)size), *p = buf;
+    if (!buf) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    uint32_t count = (uint32_t)n;
+    memcpy(p, &count, 4);
+    p += 4;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        fast_encode_scalar(PyTuple_GET_ITEM(obj, i), &item); /* succeeded above */
+        uint32_t len = (uint32_t)item.len;
+        *p++ = item.tag[0];
+        memcpy(p, &len, 4);
+        memcpy(p + 4, item.data, (size_t)len);
+        p += 4 + len;
+    }
+    rec->tag[0] = TAG_TUPLE;
+    rec->tag_len = 1;
+    rec->data = rec->owned = buf;
+    rec->len = size;
+    rec->view.obj = NULL;
+    return 1;
+}
+
 static int is_fast_tag(char tag) {
     switch (tag) {
     case TAG_NONE: case TAG_TRUE: case TAG_FALSE: case TAG_INT: case TAG_FLOAT: case TAG_STR:
-    case TAG_BYTES:
+    case TAG_BYTES: case TAG_TUPLE:
         return 1;
     default:
         return 0;
     }
 }
 
-/* Decode a fast record (is_fast_tag(src[0])). */
-static PyObject *fast_decode(const char *src, uint32_t len) {
-    const char *p = src + 1;
-    uint32_t n = len - 1;
-    switch (src[0]) {
+static PyObject *decode_scalar(char tag, const char *p, uint32_t n) {
+    switch (tag) {
     case TAG_NONE: Py_RETURN_NONE;
     case TAG_TRUE: Py_RETURN_TRUE;
     case TAG_FALSE: Py_RETURN_FALSE;
@@ -245,6 +288,44 @@ static PyObject *fast_decode(const char *src, uint32_t len) {
     case TAG_STR: return PyUnicode_DecodeUTF8(p, n, "strict");
     case TAG_BYTES: return PyBytes_FromStringAndSize(p, n);
     }
+    return raise_corrupt();
+}
+
+/* Decode a fast record (is_fast_tag(src[0])). */
+static PyObject *fast_decode(const char *src, uint32_t len) {
+    if (src[0] != TAG_TUPLE)
+        return decode_scalar(src[0], src + 1, len - 1);
+    const char *p = src + 1, *end = src + len;
+    uint32_t count;
+    if (end - p < 4)
+        return raise_corrupt();
+    memcpy(&count, p, 4);
+    p += 4;
+    if (count > FAST_TUPLE_MAX)
+        return raise_corrupt();
+    PyObject *tuple = PyTuple_New(count);
+    if (!tuple)
+        return NULL;
+    for (uint32_t i = 0; i < count; i++) {
+        uint32_t n;
+        if (end - p < 5)
+            goto corrupt;
+        char tag = p[0];
+        memcpy(&n, p + 1, 4);
+        p += 5;
+        if ((uint64_t)(end - p) < n || tag == TAG_TUPLE || !is_fast_tag(tag))
+            goto corrupt;
+        PyObject *item = decode_scalar(tag, p, n);
+        if (!item) {
+            Py_DECREF(tuple);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(tuple, i, item);
+        p += n;
+    }
+    return tuple;
+corrupt:
+    Py_DECREF(tuple);
     return raise_corrupt();
 }
 
@@ -336,9 +417,12 @@ static int buffer_record(PyObject *obj, record_src *rec) {
 }
 
 static void release_records(record_src *recs, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++)
+    for (Py_ssize_t i = 0; i < n; i++) {
         if (recs[i].view.obj)
             PyBuffer_Release(&recs[i].view);
+        PyMem_Free(recs[i].owned);
+        recs[i].owned = NULL;
+    }
 }
 
 static PyObject *ring_put(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -378,9 +462,13 @@ static PyObject *ring_put_fast(RingObject *self, PyObject *const *args, Py_ssize
     int r = fast_encode(args[0], &rec);
     if (r < 0)
         return NULL;
-    if (r == 0 || (uint64_t)record_size(&rec) > shoal_ring_max_payload(RING(self)))
+    if (r == 0 || (uint64_t)record_size(&rec) > shoal_ring_max_payload(RING(self))) {
+        release_records(&rec, r);
         Py_RETURN_FALSE;
-    if (ring_put_records(self, &rec, 1, timeout_ns) < 0)
+    }
+    Py_ssize_t done = ring_put_records(self, &rec, 1, timeout_ns);
+    release_records(&rec, 1);
+    if (done < 0)
         return NULL;
     Py_RETURN_TRUE;
 }
@@ -445,6 +533,7 @@ static PyObject *ring_put_many(RingObject *self, PyObject *const *args, Py_ssize
             goto out;
         if (r == 1 && (uint64_t)record_size(&recs[ready]) <= max_payload)
             continue;
+        release_records(&recs[ready], 1);
         PyObject *record = PyObject_CallOneArg(encode, items[ready]);
         if (!record)
             goto out;
