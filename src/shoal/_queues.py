@@ -157,7 +157,7 @@ class Queue(_core.Ring, SharedObject):
         """Put ``obj`` on the queue, waiting up to ``timeout`` seconds for room.
 
         ``obj`` is pickled here, before anything is enqueued (None, bool, int, float,
-        str and bytes skip pickle and are copied into shared memory as they are).
+        str and bytes, and tuples of them, skip pickle: they are copied as they are).
 
         Raises:
             SerializationError: ``obj`` cannot be pickled (nothing was enqueued).
