@@ -73,17 +73,28 @@ static shoal_status call_plain_lock(void *target, void *arg, int64_t timeout_ns)
     return shoal_mutex_lock(target, *(uint64_t *)arg, timeout_ns);
 }
 
-/* Take one side's lock before `deadline` (-1: no limit; 0 with nonblocking: try only).
- * 1 locked, 0 timed out, -1 Python error.  A dead holder's lock is taken silently: the
- * ring's state is consistent at every instant (see shoal_ring.h). */
-static int lock_side(RingObject *self, shoal_mutex *m, int64_t deadline, int nonblocking) {
+/* How long any call, a nonblocking one included, may wait for a side's lock.  The lock
+ * is held only while records are copied, so "nonblocking" means not waiting for room
+ * or items, never failing because another process is in the middle of a copy: before
+ * #3's tests, put_nowait raised queue.Full on an empty queue whenever another process
+ * was putting (and a put with a 1 ms timeout likewise).  A holder killed meanwhile is
+ * replaced within the mutex's liveness check (~50 ms); only a holder frozen mid-copy
+ * (SIGSTOP) makes a call give up here, with Full or Empty. */
+#define LOCK_GRACE_NS 1000000000LL
+
+/* Take one side's lock before `deadline` (-1: no limit), or within LOCK_GRACE_NS if
+ * that is later.  1 locked, 0 timed out, -1 Python error.  A dead holder's lock is
+ * taken silently: the ring's state is consistent at every instant (see shoal_ring.h). */
+static int lock_side(RingObject *self, shoal_mutex *m, int64_t deadline) {
     uint64_t token = shoal_self_token();
     if (shoal_mutex_trylock(m, token) == SHOAL_OK)
         return 1;
+    if (deadline >= 0) {
+        int64_t grace = shoal_monotonic_ns() + LOCK_GRACE_NS;
+        deadline = deadline > grace ? deadline : grace;
+    }
     shoal_status st;
-    if (nonblocking)
-        st = shoal_mutex_lock(m, token, 0);
-    else if (run_blocking(call_plain_lock, m, &token, self->v.view.obj, ns_left(deadline), &st) < 0)
+    if (run_blocking(call_plain_lock, m, &token, self->v.view.obj, ns_left(deadline), &st) < 0)
         return -1;
     /* OWNER_DIED needs no repair: release() will clear the flag */
     if (st == SHOAL_OK || st == SHOAL_OWNER_DIED)
@@ -347,7 +358,7 @@ static Py_ssize_t ring_put_records(RingObject *self, record_src *recs, Py_ssize_
     int64_t deadline = timeout_ns < 0 ? -1 : shoal_monotonic_ns() + timeout_ns;
     Py_ssize_t done = 0;
     while (done < n) {
-        int locked = lock_side(self, &r->put_lock, deadline, nonblocking);
+        int locked = lock_side(self, &r->put_lock, deadline);
         if (locked < 0)
             return -1;
         if (locked == 0) {
@@ -569,7 +580,7 @@ static PyObject *ring_get_records(RingObject *self, Py_ssize_t max_items, int64_
     /* indices in list of records LoadsHook still has to turn into objects */
     Py_ssize_t *pending = NULL, npending = 0;
     for (;;) {
-        int locked = lock_side(self, &r->get_lock, deadline, nonblocking);
+        int locked = lock_side(self, &r->get_lock, deadline);
         if (locked <= 0) {
             Py_DECREF(list);
             if (locked == 0)
