@@ -8,6 +8,7 @@ SOURCES := pyproject.toml setup.py $(shell find src native -name '*.py' -o -name
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint bench bench-quick test-native test-sanitize clean check-shm
+.PHONY: test-sanitize-python
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +23,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m shoal demo
 
-test: $(STAMP)
+test: test-native $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory check-shm
 
@@ -31,6 +32,72 @@ check-shm:
 	@left=$$(ls /dev/shm 2>/dev/null | grep '^shoal-' || true); \
 	if [ -n "$$left" ]; then echo "leaked shared memory in /dev/shm:"; echo "$$left"; exit 1; fi; \
 	echo "no shoal segments left in /dev/shm"
+
+# ---- the native core on its own, and under sanitizers (issue #2) ------------------------
+# test-native: native/tests (a small C runner, one forked process group per test)
+# against native/src, warnings as errors; `make test` runs it first (a few seconds).
+# test-sanitize: the same tests under ASan+UBSan and under TSan, then the Python suite
+# against an ASan+UBSan build of the extension.  That build is made from a snapshot of
+# the working tree in a temporary directory, never in ./build, which `make test` uses,
+# and is installed into its own venv ($(SAN_VENV)).  NATIVE_ARGS picks tests by name
+# (`make test-native NATIVE_ARGS="-v cond_"`); SAN_PYTEST_ARGS is passed to pytest.
+NATIVE_SRC = $(wildcard native/src/*.c)
+NATIVE_TESTS = $(wildcard native/tests/*.c)
+NATIVE_DEPS = $(NATIVE_SRC) $(NATIVE_TESTS) $(wildcard native/include/*.h native/src/*.h native/tests/*.h)
+NATIVE_CFLAGS = -std=c11 -Wall -Wextra -Werror -O1 -g -Inative/include
+NATIVE_BIN = native/tests/bin
+NATIVE_ARGS ?=
+ASAN_CFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+SAN_VENV ?= .venv-sanitize
+SAN_PYTEST_ARGS ?=
+
+$(NATIVE_BIN)/shoal-tests: $(NATIVE_DEPS)
+	@mkdir -p $(NATIVE_BIN)
+	$(CC) $(NATIVE_CFLAGS) $(NATIVE_SRC) $(NATIVE_TESTS) -o $@ -lpthread
+
+$(NATIVE_BIN)/shoal-tests-asan: $(NATIVE_DEPS)
+	@mkdir -p $(NATIVE_BIN)
+	$(CC) $(NATIVE_CFLAGS) $(ASAN_CFLAGS) $(NATIVE_SRC) $(NATIVE_TESTS) -o $@ -lpthread
+
+$(NATIVE_BIN)/shoal-tests-tsan: $(NATIVE_DEPS)
+	@mkdir -p $(NATIVE_BIN)
+	$(CC) $(NATIVE_CFLAGS) -fsanitize=thread $(NATIVE_SRC) $(NATIVE_TESTS) -o $@ -lpthread
+
+test-native: $(NATIVE_BIN)/shoal-tests
+	$(NATIVE_BIN)/shoal-tests $(NATIVE_ARGS)
+
+# halt_on_error: a report kills the test's process at once, so it fails even in the
+# forked helpers, which leave with _exit() and would skip the sanitizers' exit codes.
+test-sanitize: $(NATIVE_BIN)/shoal-tests-asan $(NATIVE_BIN)/shoal-tests-tsan
+	ASAN_OPTIONS=halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		$(NATIVE_BIN)/shoal-tests-asan $(NATIVE_ARGS)
+	TSAN_OPTIONS=halt_on_error=1 $(NATIVE_BIN)/shoal-tests-tsan $(NATIVE_ARGS)
+	$(MAKE) --no-print-directory test-sanitize-python
+
+# The sanitizer runtime must be loaded before anything else in the python process, hence
+# LD_PRELOAD of the compiler's libasan; CPython leaks by design, hence detect_leaks=0.
+test-sanitize-python:
+	@set -e; \
+	snap=$$(mktemp -d "$${TMPDIR:-/tmp}/shoal-sanitize.XXXXXX"); \
+	trap 'rm -rf "$$snap"' EXIT; \
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	    git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C "$$snap"; \
+	else \
+	    tar --exclude='./.venv*' --exclude=./build --exclude='*.so' -cf - . | tar -xf - -C "$$snap"; \
+	fi; \
+	test -x $(SAN_VENV)/bin/python || $(PYTHON) -m venv $(SAN_VENV); \
+	san_python=$(CURDIR)/$(SAN_VENV)/bin/python; \
+	echo "building an ASan+UBSan shoal from a snapshot in $$snap"; \
+	SHOAL_SANITIZE=1 $$san_python -m pip install -q "$$snap[test]"; \
+	$$san_python -c 'import glob, sys, sysconfig; \
+	    so = glob.glob(sysconfig.get_paths()["platlib"] + "/shoal/_core*.so"); \
+	    sys.exit(0 if so and b"__asan_init" in open(so[0], "rb").read() else \
+	             "the installed shoal._core was not built with SHOAL_SANITIZE")'; \
+	cd "$$snap" && \
+	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so)" \
+	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		$$san_python -m pytest -p no:cacheprovider $(SAN_PYTEST_ARGS)
+	$(MAKE) --no-print-directory check-shm
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
