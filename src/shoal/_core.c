@@ -259,7 +259,7 @@ static int report_dead_owner(MutexObject *self) {
                          "%.100s acquired after its owner, process %d, died holding it; the "
                          "data it guards may be inconsistent (owner_died is True until "
                          "release)",
-                         Py_TYPE(self)->tp_name, (int)(dead >> 32)) < 0) {
+                         Py_TYPE(self)->tp_name, (int)((dead & ~SHOAL_MUTEX_HANDOVER) >> 32)) < 0) {
         shoal_mutex_unlock_keep_died(m);
         return -1;
     }
@@ -684,8 +684,7 @@ static PyObject *cond_notify(ViewObject *self, PyObject *arg) {
 static PyObject *cond_waiting(ViewObject *self, void *c) {
     (void)c;
     BOUND_OR_NULL(self);
-    uint64_t s = shoal_load64(&COND(self)->state);
-    return PyLong_FromUnsignedLong((uint32_t)(s >> 32) - (uint32_t)s);
+    return PyLong_FromUnsignedLong(shoal_cond_waiting(COND(self)));
 }
 
 static PyMethodDef cond_methods[] = {

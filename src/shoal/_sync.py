@@ -47,7 +47,8 @@ _SEM_VALUE_MAX = 2**32 - 1
 
 
 def _pid_of(token: int) -> int | None:
-    return token >> 32 if token else None
+    # bit 63 marks an owner word mid-handover (native/include/shoal_core.h)
+    return (token >> 32) & 0x7FFFFFFF if token else None
 
 
 def _closed_error(obj: object) -> ClosedError:
