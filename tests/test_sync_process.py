@@ -618,3 +618,36 @@ def test_semaphore_limits_concurrency_across_processes() -> None:
     assert inside.value.value == 0
     assert 1 <= peak.value.value <= 2
     assert sem.get_value() == 2
+
+
+def _slow_waiter(cond, out):
+    with cond:
+        started = time.monotonic()
+        out.put((cond.wait(5.0), time.monotonic() - started))
+
+
+def test_late_waiter_cannot_steal_a_notify_meant_for_an_earlier_one():
+    """notify_all() wakes the waiters present; one arriving after it gets no wake-up.
+
+    The earlier waiter is stopped (SIGSTOP) so it collects its wake-up late, as a
+    descheduled process would; before the generation fix the late waiter took it.
+    """
+    ctx = mp.get_context("fork")
+    cond, out = shoal.Condition(), ctx.SimpleQueue()
+    child = ctx.Process(target=_slow_waiter, args=(cond, out))
+    child.start()
+    try:
+        assert wait_until(lambda: cond._waiting >= 1, timeout=10)
+        time.sleep(0.05)
+        os.kill(child.pid, signal.SIGSTOP)
+        with cond:
+            cond.notify_all()
+            late = cond.wait(0.2)
+        os.kill(child.pid, signal.SIGCONT)
+        notified, waited = out.get()
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+        child.join(10)
+    assert late is False
+    assert notified is True and waited < 4.0
+    cond.close()
