@@ -899,6 +899,45 @@ def test_the_largest_inline_record_and_one_byte_more() -> None:
         q.close()
 
 
+def test_the_smallest_ring_carries_any_message() -> None:
+    np = pytest.importorskip("numpy")
+    q = Queue(capacity=64)
+    try:
+        assert q.statistics().capacity == 128  # rounded up: room for a transit record
+        values = [None, 2**70, "x" * 40, "y" * 1000, b"z" * 10_000, (1, "a"), np.ones(50_000)]
+        for value in values:
+            q.put(value, timeout=TIMEOUT)
+            assert same_or_array_equal(q.get(timeout=TIMEOUT), value)
+        with pytest.raises(queue.Full) as info:
+            q.put_many(values, timeout=0.05)
+        got = q.get_many(100, timeout=TIMEOUT)
+        assert len(got) == info.value.items_put > 0
+        assert all(same_or_array_equal(a, b) for a, b in zip(got, values))
+    finally:
+        q.close()
+
+
+def test_a_message_of_many_buffers_fits_a_small_ring() -> None:
+    # the layout of 300 out-of-band buffers travels in the transit segment, not the ring
+    np = pytest.importorskip("numpy")
+    q = Queue(capacity=4096)
+    try:
+        arrays = [np.full(128, i, dtype=np.float64) for i in range(300)]  # 300 KiB in all
+        q.put(arrays)
+        q.put_many([arrays, "after"])
+        for got in (q.get(timeout=TIMEOUT), q.get(timeout=TIMEOUT)):
+            assert len(got) == 300 and all((a == i).all() for i, a in enumerate(got))
+        assert q.get(timeout=TIMEOUT) == "after"
+    finally:
+        q.close()
+
+
+def same_or_array_equal(a: Any, b: Any) -> bool:
+    if type(a).__module__ == "numpy":
+        return type(a) is type(b) and a.shape == b.shape and bool((a == b).all())
+    return same(a, b)
+
+
 def mapped_shoal_segments() -> set[str]:
     """Names of shoal segments this process still maps (deleted or not)."""
     with open("/proc/self/maps") as maps:

@@ -32,11 +32,15 @@ from . import _core
 from ._errors import ShutDown
 from ._handle import SharedObject
 from ._memory import Segment, report_unraisable
-from ._serialize import discard, dumps, loads, pack
+from ._serialize import TRANSIT_RECORD_SIZE, discard, dumps, loads, pack
 
 __all__ = ["JoinableQueue", "Queue", "QueueStatistics", "SimpleQueue"]
 
 DEFAULT_CAPACITY = 1 << 20
+# the smallest ring whose largest inline record (half the ring, less a record header)
+# still holds a transit record, so that any message can travel
+MIN_RING_BYTES = 128
+assert MIN_RING_BYTES // 2 - 8 >= TRANSIT_RECORD_SIZE
 _MAX_ITEMS = 2**32 - 1
 
 # records the C codec does not decode itself (pickles, transit records) come back here
@@ -76,8 +80,8 @@ class Queue(_core.Ring, SharedObject):
         maxsize: the most items it holds; ``put`` blocks (or raises
             :class:`queue.Full`) beyond it.  0 or less: no item limit.
         capacity: bytes of shared memory for items in flight (rounded up to a power of
-            two, default 1 MiB).  Items bigger than half of it still travel, in a
-            segment of their own.
+            two, at least 128; default 1 MiB).  Items bigger than half of it still
+            travel, in a segment of their own.
 
     It pickles as a small handle: pass it to ``Pool`` tasks, put it on another queue,
     give it to processes started later.  Any number of producers and consumers.
@@ -92,7 +96,8 @@ class Queue(_core.Ring, SharedObject):
             raise ValueError(f"maxsize must be at most {_MAX_ITEMS}")
         if not 64 <= capacity <= 2**31:
             raise ValueError(f"capacity must be between 64 bytes and 2 GiB, got {capacity}")
-        ring_bytes = 64
+        # at least MIN_RING_BYTES: every ring must carry a transit record (#3)
+        ring_bytes = MIN_RING_BYTES
         while ring_bytes < capacity:
             ring_bytes <<= 1
         self._maxsize = max(maxsize, 0)

@@ -9,8 +9,14 @@ or a *transit segment*: a shared-memory segment of its own holding the pickle an
 every out-of-band buffer (numpy arrays, bytearrays, anything exposing pickle-5
 ``PickleBuffer``) of at least ``ZERO_COPY_THRESHOLD`` bytes::
 
-    transit segment:  [shoal header, 4 KiB][pickle][pad][buffer 0][pad][buffer 1]...
-    ring record:      b"T" + pickle((segment name, pickle length, [(offset, nbytes)...]))
+    transit segment:  [shoal header, 4 KiB][u64 meta offset, u64 meta length][pad]
+                      [pickle][pad][buffer 0][pad][buffer 1]...[meta]
+    meta:             pickle((pickle length, [(offset, nbytes) of each buffer...]))
+    ring record:      b"T" + the segment's name (ASCII)
+
+The ring record is 28 bytes whatever the message: the layout, which grows with the
+number of buffers, lives in the segment (#3: with it in the record, a message of a few
+hundred small arrays did not fit a 4 KiB ring and put() raised ValueError).
 
 The sender copies each buffer once into the segment and lets go of it.  The receiver
 maps it, removes its name at once, and hands out views of the mapping: the arrays it
@@ -26,16 +32,28 @@ from __future__ import annotations
 
 import mmap
 import pickle
+import struct
 from typing import Any
 
 from ._errors import SerializationError
 from ._memory import HEADER_SIZE, discard_transit, open_transit, write_transit
 
-__all__ = ["ZERO_COPY_THRESHOLD", "discard", "dumps", "loads", "pack", "unpack"]
+__all__ = [
+    "TRANSIT_RECORD_SIZE",
+    "ZERO_COPY_THRESHOLD",
+    "discard",
+    "dumps",
+    "loads",
+    "pack",
+    "unpack",
+]
 
 ZERO_COPY_THRESHOLD = 128 * 1024
 TRANSIT_MARK = 0x54  # b"T": a pickle always starts with PROTO (0x80)
 _ALIGN = 64
+_META = struct.Struct("<QQ")  # where the meta pickle is, right after the shoal header
+_DATA_START = HEADER_SIZE + _ALIGN
+TRANSIT_RECORD_SIZE = 1 + len("/shoal-") + 20  # mark + name (shoal._memory._new_name)
 
 _dumps = pickle.dumps
 _loads = pickle.loads
@@ -78,9 +96,10 @@ def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer] | None]:
 def pack(data: bytes, buffers: list[pickle.PickleBuffer] | None, parent: str) -> bytes:
     """Write ``data`` and ``buffers`` into a transit segment; return its ring record."""
     views = [b.raw() for b in buffers or ()]
-    chunks: list[Any] = [data]
+    prefix = bytearray(_DATA_START - HEADER_SIZE)  # the meta's place, filled in below
+    chunks: list[Any] = [prefix, data]
     layout = []
-    offset = HEADER_SIZE + len(data)
+    offset = _DATA_START + len(data)
     for view in views:
         start = _aligned(offset)
         if start > offset:
@@ -88,12 +107,15 @@ def pack(data: bytes, buffers: list[pickle.PickleBuffer] | None, parent: str) ->
         chunks.append(view)
         layout.append((start, view.nbytes))
         offset = start + view.nbytes
+    meta = _dumps((len(data), layout), 5)
+    _META.pack_into(prefix, 0, offset, len(meta))
+    chunks.append(meta)
     try:
-        name = write_transit(parent, chunks, offset - HEADER_SIZE)
+        name = write_transit(parent, chunks, offset + len(meta) - HEADER_SIZE)
     finally:
         for view in views:
             view.release()
-    return bytes((TRANSIT_MARK,)) + _dumps((name, len(data), layout), 5)
+    return bytes((TRANSIT_MARK,)) + name.encode("ascii")
 
 
 def _aligned(n: int) -> int:
@@ -109,20 +131,26 @@ def loads(record: bytes) -> Any:  # also _core's hook for records it cannot deco
 
 def unpack(record: bytes) -> Any:
     """Open a transit record: map its segment (and remove its name), unpickle from it."""
-    name, length, layout = _loads(memoryview(record)[1:])
-    mapping: mmap.mmap = open_transit(name)
+    mapping: mmap.mmap = open_transit(_transit_name(record))
     whole = memoryview(mapping)
-    data = whole[HEADER_SIZE : HEADER_SIZE + length]
-    buffers = [whole[start : start + nbytes] for start, nbytes in layout]
     try:
-        return _loads(data, buffers=buffers)
+        meta_offset, meta_length = _META.unpack_from(whole, HEADER_SIZE)
+        length, layout = _loads(whole[meta_offset : meta_offset + meta_length])
+        data = whole[_DATA_START : _DATA_START + length]
+        buffers = [whole[start : start + nbytes] for start, nbytes in layout]
+        try:
+            return _loads(data, buffers=buffers)
+        finally:
+            data.release()
     finally:
-        data.release()
         whole.release()
+
+
+def _transit_name(record: bytes) -> str:
+    return bytes(memoryview(record)[1:]).decode("ascii")
 
 
 def discard(record: bytes) -> None:
     """Free what a record that will never be received holds (its transit segment)."""
     if record[0] == TRANSIT_MARK:
-        name, _, _ = _loads(memoryview(record)[1:])
-        discard_transit(name)
+        discard_transit(_transit_name(record))
