@@ -29,7 +29,7 @@ import signal
 import struct
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
@@ -369,6 +369,26 @@ def test_signal_interrupts_blocked_get(q: Any) -> None:
     assert q.statistics().consumers_waiting == 0
     q.put(1)
     assert q.get(timeout=TIMEOUT) == 1
+
+
+def test_signal_interrupts_blocked_put() -> None:
+    q = Queue(maxsize=1)
+    old = signal.signal(signal.SIGALRM, _raise_alarm)
+    try:
+        q.put(0)
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Alarm):
+            q.put(1, timeout=TIMEOUT)
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Alarm):
+            q.put_many([1, 2], timeout=TIMEOUT)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        assert q.statistics().producers_waiting == 0
+        assert q.get_many(5, timeout=TIMEOUT) == [0]  # the interrupted puts put nothing
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        q.close()
 
 
 def test_many_threads_share_a_queue() -> None:
@@ -796,6 +816,9 @@ class MyBytes(bytes):
     pass
 
 
+Point = namedtuple("Point", "x y")
+
+
 def test_scalars_and_their_subclasses_keep_their_type(q: Any) -> None:
     values = [
         None, True, False, 0, -1, 2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 2**200, -(10**50),
@@ -804,6 +827,9 @@ def test_scalars_and_their_subclasses_keep_their_type(q: Any) -> None:
         b"", b"\x00\xff" * 10, bytearray(b"ba"), memoryview(b"mv").tobytes(),
         MyInt(5), MyStr("s"), MyFloat(2.5), MyBytes(b"b"),
         1 + 2j, Fraction(1, 3), frozenset({1, 2}), {3, 4}, range(5), OrderedDict(a=1),
+        # tuples: those of exact scalars skip pickle, the others must not
+        (), (1,), (True, None, 1.5, b"x", "s", -7), (2**80, "big"), (MyInt(1), "a"),
+        ("\ud800",), ((1, 2), 3), tuple(range(64)), tuple(range(65)), Point(1, 2),
     ]  # fmt: skip
     for value in values:
         q.put(value)
