@@ -743,6 +743,56 @@ def test_closed_queue_raises_closed_error() -> None:
     q.cancel_join_thread()
 
 
+@pytest.mark.parametrize("blocked_in", ["get", "get_many", "put", "put_many", "join"])
+def test_close_wakes_this_handles_blocked_calls_with_closed_error(blocked_in: str) -> None:
+    q = JoinableQueue(maxsize=1, capacity=4096)  # small: an arena block, reused when freed
+    other = pickle.loads(pickle.dumps(q))  # a second handle keeps the queue alive
+    if blocked_in.startswith("put") or blocked_in == "join":
+        q.put("full")
+    calls = {
+        "get": lambda: q.get(timeout=TIMEOUT),
+        "get_many": lambda: q.get_many(5, timeout=TIMEOUT),
+        "put": lambda: q.put("x", timeout=TIMEOUT),
+        "put_many": lambda: q.put_many(["x", "y"], timeout=TIMEOUT),
+        "join": lambda: q.join(timeout=TIMEOUT),
+    }
+    t, out = in_thread(calls[blocked_in])
+    time.sleep(0.1)
+    assert t.is_alive()
+    t0 = time.monotonic()
+    q.close()
+    finish(t)
+    assert time.monotonic() - t0 < SLACK
+    assert isinstance(out[0], ClosedError), out
+    # the queue itself is fine, and no waiter is left registered on it
+    st = other.statistics()
+    assert st.consumers_waiting == 0 and st.producers_waiting == 0
+    if blocked_in.startswith("put") or blocked_in == "join":
+        assert other.get(timeout=TIMEOUT) == "full"
+        other.task_done()
+    other.put("via the other handle")
+    assert other.get(timeout=TIMEOUT) == "via the other handle"
+    other.close()
+
+
+def test_a_get_blocked_on_a_closed_queue_never_reads_its_successor() -> None:
+    # before #3's fix, the blocked get woke up inside the next object allocated in the
+    # freed block and took its item
+    q = Queue(capacity=4096)
+    t, out = in_thread(lambda: q.get(timeout=3))
+    time.sleep(0.1)
+    q.close()
+    successor = Queue(capacity=4096)
+    try:
+        successor.put("meant for the successor")
+        finish(t)
+        assert isinstance(out[0], ClosedError)
+        assert successor.get(timeout=TIMEOUT) == "meant for the successor"
+        assert successor.statistics().consumers_waiting == 0
+    finally:
+        successor.close()
+
+
 def test_closing_one_handle_leaves_the_others_working(q: Any) -> None:
     other = pickle.loads(pickle.dumps(q))
     other.put("x")

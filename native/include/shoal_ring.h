@@ -116,11 +116,17 @@ int shoal_ring_spin_for_space(shoal_ring *r, uint32_t len, int spins);
 uint32_t shoal_ring_items(const shoal_ring *r);
 uint64_t shoal_ring_bytes_used(const shoal_ring *r);
 void shoal_ring_shutdown(shoal_ring *r);
+/* Bump every futex word and wake every waiter of every kind; each re-checks and goes
+ * back to sleep unless it has reason not to (a handle closing under its own blocked
+ * calls uses this to get them out before its memory is released). */
+void shoal_ring_wake_all(shoal_ring *r);
 
 /* ---- JoinableQueue ------------------------------------------------------------------- */
 void shoal_ring_add_unfinished(shoal_ring *r, uint64_t n);
 /* SHOAL_OVERFLOW if there is no unfinished task to mark done. */
 shoal_status shoal_ring_task_done(shoal_ring *r);
-shoal_status shoal_ring_join(shoal_ring *r, int64_t timeout_ns);
+/* Wait until no task is unfinished: OK, TIMEOUT, INTR, or AGAIN once *stop (may be NULL)
+ * is found set after a wake-up (see shoal_ring_wake_all). */
+shoal_status shoal_ring_join(shoal_ring *r, int64_t timeout_ns, const int *stop);
 
 #endif

@@ -198,6 +198,15 @@ void shoal_ring_shutdown(shoal_ring *r) {
     shoal_wake32(&r->space_seq, -1);
 }
 
+void shoal_ring_wake_all(shoal_ring *r) {
+    add32(&r->data_seq, 1);
+    shoal_wake32(&r->data_seq, -1);
+    add32(&r->space_seq, 1);
+    shoal_wake32(&r->space_seq, -1);
+    add32(&r->unfinished_seq, 1);
+    shoal_wake32(&r->unfinished_seq, -1);
+}
+
 void shoal_ring_add_unfinished(shoal_ring *r, uint64_t n) { __atomic_fetch_add(&r->unfinished, n, SC); }
 
 shoal_status shoal_ring_task_done(shoal_ring *r) {
@@ -213,11 +222,13 @@ shoal_status shoal_ring_task_done(shoal_ring *r) {
     return SHOAL_OK;
 }
 
-shoal_status shoal_ring_join(shoal_ring *r, int64_t timeout_ns) {
+shoal_status shoal_ring_join(shoal_ring *r, int64_t timeout_ns, const int *stop) {
     int64_t deadline = timeout_ns < 0 ? -1 : shoal_monotonic_ns() + timeout_ns;
     for (;;) {
         if (ld64(&r->unfinished) == 0)
             return SHOAL_OK;
+        if (stop && __atomic_load_n(stop, __ATOMIC_SEQ_CST))
+            return SHOAL_AGAIN;
         add32(&r->joiners, 1);
         uint32_t seq = ld32(&r->unfinished_seq);
         shoal_status st = SHOAL_OK;

@@ -18,7 +18,20 @@ static PyObject *QueueFull, *QueueEmpty, *ShutDownError;
 typedef struct {
     ViewObject v;
     Py_ssize_t size;
+    /* Calls of this handle that may wait with the GIL released, and whether close()
+     * asked them to leave: close() must not release the memory under them (#3: a get
+     * blocked on a closed handle went on to take items from the next object allocated
+     * at the same place, and its unregistering corrupted that object's counts). */
+    int busy;
+    int closing;
 } RingObject;
+
+static int is_closing(RingObject *self) { return __atomic_load_n(&self->closing, __ATOMIC_SEQ_CST); }
+
+static int raise_closed_while_waiting(void) {
+    PyErr_SetString(ClosedError, "this queue was closed while the call was waiting");
+    return -1;
+}
 
 #define RING(self) ((shoal_ring *)((ViewObject *)(self))->addr)
 
@@ -96,6 +109,11 @@ static int lock_side(RingObject *self, shoal_mutex *m, int64_t deadline) {
     shoal_status st;
     if (run_blocking(call_plain_lock, m, &token, self->v.view.obj, ns_left(deadline), &st) < 0)
         return -1;
+    if (is_closing(self)) {
+        if (st == SHOAL_OK || st == SHOAL_OWNER_DIED)
+            shoal_mutex_unlock(m);
+        return raise_closed_while_waiting();
+    }
     /* OWNER_DIED needs no repair: release() will clear the flag */
     if (st == SHOAL_OK || st == SHOAL_OWNER_DIED)
         return 1;
@@ -342,8 +360,10 @@ corrupt:
 
 /* Put recs[0..n) in order.  Returns how many were put, or -1 with an exception set
  * (Full carries .items_put). */
-static Py_ssize_t ring_put_records(RingObject *self, record_src *recs, Py_ssize_t n,
-                                   int64_t timeout_ns) {
+static Py_ssize_t put_records(RingObject *self, record_src *recs, Py_ssize_t n,
+                              int64_t timeout_ns) {
+    if (is_closing(self))
+        return raise_closed_while_waiting();
     shoal_ring *r = RING(self);
     uint64_t max_payload = shoal_ring_max_payload(r);
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -413,7 +433,17 @@ static Py_ssize_t ring_put_records(RingObject *self, record_src *recs, Py_ssize_
         shoal_ring_unregister_producer(r);
         if (failed < 0)
             return -1;
+        if (is_closing(self))
+            return raise_closed_while_waiting();
     }
+    return done;
+}
+
+static Py_ssize_t ring_put_records(RingObject *self, record_src *recs, Py_ssize_t n,
+                                   int64_t timeout_ns) {
+    self->busy++;
+    Py_ssize_t done = put_records(self, recs, n, timeout_ns);
+    self->busy--;
     return done;
 }
 
@@ -569,8 +599,12 @@ out:
 /* Take up to max_items records (waiting for the first one only).  With `decode`, fast
  * records become objects right away and the others are unpickled by LoadsHook after
  * the lock is released (unpickling may run arbitrary code); without it, bytes. */
-static PyObject *ring_get_records(RingObject *self, Py_ssize_t max_items, int64_t timeout_ns,
-                                  int as_list, int decode) {
+static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t timeout_ns,
+                             int as_list, int decode, int *busy) {
+    if (is_closing(self)) {
+        raise_closed_while_waiting();
+        return NULL;
+    }
     shoal_ring *r = RING(self);
     int nonblocking = timeout_ns == 0;
     int64_t deadline = timeout_ns < 0 ? -1 : shoal_monotonic_ns() + timeout_ns;
@@ -656,11 +690,16 @@ static PyObject *ring_get_records(RingObject *self, Py_ssize_t max_items, int64_
         shoal_status wst;
         int failed = run_blocking(call_ring_wait, NULL, &a, self->v.view.obj, left, &wst);
         shoal_ring_unregister_consumer(r);
+        if (failed == 0 && is_closing(self))
+            failed = raise_closed_while_waiting();
         if (failed < 0) {
             Py_DECREF(list);
             return NULL;
         }
     }
+    /* the ring is not touched from here on: close() need not wait for what follows */
+    self->busy--;
+    *busy = 0;
     /* outside the lock: unpickle.  A record that fails is dropped and its error
      * raised after the others are decoded; they ride on the error as .items. */
     PyObject *error_type = NULL, *error = NULL, *error_tb = NULL;
@@ -698,6 +737,16 @@ static PyObject *ring_get_records(RingObject *self, Py_ssize_t max_items, int64_
     Py_INCREF(single);
     Py_DECREF(list);
     return single;
+}
+
+static PyObject *ring_get_records(RingObject *self, Py_ssize_t max_items, int64_t timeout_ns,
+                                  int as_list, int decode) {
+    int busy = 1;
+    self->busy++;
+    PyObject *result = get_records(self, max_items, timeout_ns, as_list, decode, &busy);
+    if (busy)
+        self->busy--;
+    return result;
 }
 
 static PyObject *ring_get_common(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -795,8 +844,7 @@ static PyObject *ring_task_done(RingObject *self, PyObject *Py_UNUSED(ignored)) 
 }
 
 static shoal_status call_join(void *target, void *arg, int64_t timeout_ns) {
-    (void)arg;
-    return shoal_ring_join(target, timeout_ns);
+    return shoal_ring_join(target, timeout_ns, arg);
 }
 
 static PyObject *ring_join(RingObject *self, PyObject *arg) {
@@ -804,10 +852,37 @@ static PyObject *ring_join(RingObject *self, PyObject *arg) {
     if (parse_timeout(arg, &timeout_ns) < 0)
         return NULL;
     BOUND_OR_NULL(self);
-    shoal_status st;
-    if (run_blocking(call_join, RING(self), NULL, self->v.view.obj, timeout_ns, &st) < 0)
+    if (is_closing(self)) {
+        raise_closed_while_waiting();
         return NULL;
+    }
+    shoal_status st;
+    self->busy++;
+    int failed = run_blocking(call_join, RING(self), &self->closing, self->v.view.obj,
+                              timeout_ns, &st);
+    self->busy--;
+    if (failed < 0)
+        return NULL;
+    if (st == SHOAL_AGAIN) {
+        raise_closed_while_waiting();
+        return NULL;
+    }
     return PyBool_FromLong(st == SHOAL_OK);
+}
+
+/* _begin_close(): make this handle's calls that are waiting (in other threads) leave
+ * with ClosedError, and new ones fail at once; Queue.close() then waits for _busy to
+ * drop to 0 before it releases the memory. */
+static PyObject *ring_begin_close(RingObject *self, PyObject *Py_UNUSED(ignored)) {
+    __atomic_store_n(&self->closing, 1, __ATOMIC_SEQ_CST);
+    if (((ViewObject *)self)->addr)
+        shoal_ring_wake_all(RING(self));
+    Py_RETURN_NONE;
+}
+
+static PyObject *ring_get_busy(RingObject *self, void *c) {
+    (void)c;
+    return PyLong_FromLong(self->busy);
 }
 
 #define RING_GETTER(NAME, EXPR)                                 \
@@ -851,11 +926,14 @@ static PyMethodDef ring_methods[] = {
     {"_add_unfinished", (PyCFunction)ring_add_unfinished, METH_O, NULL},
     {"_task_done", (PyCFunction)ring_task_done, METH_NOARGS, NULL},
     {"_join", (PyCFunction)ring_join, METH_O, "_join(timeout) -> bool"},
+    {"_begin_close", (PyCFunction)ring_begin_close, METH_NOARGS,
+     "Make this handle's waiting calls leave with ClosedError (see _busy)."},
     {NULL},
 };
 
 static PyGetSetDef ring_getset[] = {
     {"_bound", (getter)view_is_bound, NULL, NULL, NULL},
+    {"_busy", (getter)ring_get_busy, NULL, "calls of this handle now in progress", NULL},
     {"_capacity", (getter)ring_get_capacity, NULL, "bytes in the data area", NULL},
     {"_max_items", (getter)ring_get_max_items, NULL, "item limit, 0 for none", NULL},
     {"_max_payload", (getter)ring_get_max_payload, NULL, "largest record", NULL},

@@ -23,6 +23,7 @@ Data flow of one ``put``/``get``::
 from __future__ import annotations
 
 import queue
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ DEFAULT_CAPACITY = 1 << 20
 # still holds a transit record, so that any message can travel
 MIN_RING_BYTES = 128
 assert MIN_RING_BYTES // 2 - 8 >= TRANSIT_RECORD_SIZE
+# how long close() waits for this handle's calls in other threads to leave; they wake at
+# once, so only one stuck on a lock whose holder is frozen can take longer
+_CLOSE_WAIT_S = 5.0
 _MAX_ITEMS = 2**32 - 1
 
 # records the C codec does not decode itself (pickles, transit records) come back here
@@ -279,11 +283,23 @@ class Queue(_core.Ring, SharedObject):
     def _drain(self) -> int:
         return _discard_records(self)
 
+    def _unbind_payload(self) -> None:
+        if self._busy:
+            # another thread is inside a call on this very handle: make it leave (with
+            # ClosedError) before the memory goes, or it would wake up in whatever is
+            # allocated there next (#3)
+            self._begin_close()
+            deadline = time.monotonic() + _CLOSE_WAIT_S
+            while self._busy and time.monotonic() < deadline:
+                time.sleep(0.001)
+        self._unbind()
+
     def close(self) -> None:
         """Release this process's handle; the queue lives on for the others.
 
         Afterwards, this handle raises :class:`~shoal.ClosedError` (a ValueError,
-        as multiprocessing's closed queue does).  Unlike multiprocessing there is no
+        as multiprocessing's closed queue does), and so do calls of this handle that
+        other threads are blocked in.  Unlike multiprocessing there is no
         feeder thread, so nothing is lost by closing: items put are already shared.
         """
         SharedObject.close(self)
