@@ -87,11 +87,12 @@ static int run_blocking(blocking_call call, void *target, void *arg, PyObject *k
 }
 
 /* Parse (block=True, timeout=None) from a vectorcall. */
-static int parse_block_timeout(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+static int parse_block_timeout(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames,
                                int64_t *timeout_ns) {
     PyObject *block = NULL, *timeout = NULL;
     if (nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "acquire() takes at most 2 arguments (%zd given)", nargs);
+        PyErr_Format(PyExc_TypeError, "%s() takes at most 2 arguments (%zd given)", fname, nargs);
         return -1;
     }
     if (nargs > 0) block = args[0];
@@ -108,7 +109,8 @@ static int parse_block_timeout(PyObject *const *args, Py_ssize_t nargs, PyObject
                 if (timeout) goto twice;
                 timeout = value;
             } else {
-                PyErr_Format(PyExc_TypeError, "acquire() got an unexpected keyword argument '%U'", key);
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname,
+                             key);
                 return -1;
             }
         }
@@ -124,7 +126,7 @@ static int parse_block_timeout(PyObject *const *args, Py_ssize_t nargs, PyObject
     }
     return parse_timeout(timeout, timeout_ns);
 twice:
-    PyErr_SetString(PyExc_TypeError, "acquire() got multiple values for an argument");
+    PyErr_Format(PyExc_TypeError, "%s() got multiple values for an argument", fname);
     return -1;
 }
 
@@ -295,7 +297,7 @@ static int mutex_acquire_ns(MutexObject *self, int64_t timeout_ns) {
 static PyObject *mutex_acquire(MutexObject *self, PyObject *const *args, Py_ssize_t nargs,
                                PyObject *kwnames) {
     int64_t timeout_ns;
-    if (parse_block_timeout(args, nargs, kwnames, &timeout_ns) < 0)
+    if (parse_block_timeout("acquire", args, nargs, kwnames, &timeout_ns) < 0)
         return NULL;
     int r = mutex_acquire_ns(self, timeout_ns);
     if (r < 0)
@@ -468,7 +470,7 @@ static PyObject *sem_init(ViewObject *self, PyObject *args) {
 static PyObject *sem_acquire(ViewObject *self, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames) {
     int64_t timeout_ns;
-    if (parse_block_timeout(args, nargs, kwnames, &timeout_ns) < 0)
+    if (parse_block_timeout("acquire", args, nargs, kwnames, &timeout_ns) < 0)
         return NULL;
     BOUND_OR_NULL(self);
     shoal_status st = shoal_sem_acquire(SEM(self), 0);

@@ -473,7 +473,7 @@ static PyObject *ring_put(RingObject *self, PyObject *const *args, Py_ssize_t na
         return NULL;
     }
     int64_t timeout_ns;
-    if (parse_block_timeout(args + 1, nargs - 1, kwnames, &timeout_ns) < 0)
+    if (parse_block_timeout("put", args + 1, nargs - 1, kwnames, &timeout_ns) < 0)
         return NULL;
     BOUND_OR_NULL(self);
     record_src rec;
@@ -496,7 +496,7 @@ static PyObject *ring_put_fast(RingObject *self, PyObject *const *args, Py_ssize
         return NULL;
     }
     int64_t timeout_ns;
-    if (parse_block_timeout(args + 1, nargs - 1, kwnames, &timeout_ns) < 0)
+    if (parse_block_timeout("put", args + 1, nargs - 1, kwnames, &timeout_ns) < 0)
         return NULL;
     BOUND_OR_NULL(self);
     record_src rec;
@@ -552,7 +552,7 @@ static PyObject *ring_put_many(RingObject *self, PyObject *const *args, Py_ssize
         return NULL;
     }
     int64_t timeout_ns;
-    if (parse_block_timeout(args + 2, nargs - 2, kwnames, &timeout_ns) < 0)
+    if (parse_block_timeout("put_many", args + 2, nargs - 2, kwnames, &timeout_ns) < 0)
         return NULL;
     BOUND_OR_NULL(self);
     PyObject *encode = args[1];
@@ -752,7 +752,7 @@ static PyObject *ring_get_records(RingObject *self, Py_ssize_t max_items, int64_
 static PyObject *ring_get_common(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames, int decode) {
     int64_t timeout_ns;
-    if (parse_block_timeout(args, nargs, kwnames, &timeout_ns) < 0)
+    if (parse_block_timeout("get", args, nargs, kwnames, &timeout_ns) < 0)
         return NULL;
     BOUND_OR_NULL(self);
     return ring_get_records(self, 1, timeout_ns, 0, decode);
@@ -787,7 +787,7 @@ static PyObject *ring_get_many_common(RingObject *self, PyObject *const *args, P
         return NULL;
     }
     int64_t timeout_ns;
-    if (parse_block_timeout(args + 1, nargs - 1, kwnames, &timeout_ns) < 0)
+    if (parse_block_timeout("get_many", args + 1, nargs - 1, kwnames, &timeout_ns) < 0)
         return NULL;
     BOUND_OR_NULL(self);
     return ring_get_records(self, max_items, timeout_ns, 1, decode);
