@@ -466,16 +466,23 @@ static void release_records(record_src *recs, Py_ssize_t n) {
     }
 }
 
+/* (what, block=True, timeout=None) of the put calls: 0, or -1 with an exception set. */
+static int parse_put_args(RingObject *self, const char *fname, PyObject *const *args,
+                          Py_ssize_t nargs, PyObject *kwnames, int64_t *timeout_ns) {
+    if (nargs < 1) {
+        PyErr_Format(PyExc_TypeError, "%s() needs something to put", fname);
+        return -1;
+    }
+    if (parse_block_timeout(fname, args + 1, nargs - 1, kwnames, timeout_ns) < 0)
+        return -1;
+    return check_bound(&self->v);
+}
+
 static PyObject *ring_put(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
                           PyObject *kwnames) {
-    if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "_put_bytes() needs the data to put");
-        return NULL;
-    }
     int64_t timeout_ns;
-    if (parse_block_timeout("put", args + 1, nargs - 1, kwnames, &timeout_ns) < 0)
+    if (parse_put_args(self, "put", args, nargs, kwnames, &timeout_ns) < 0)
         return NULL;
-    BOUND_OR_NULL(self);
     record_src rec;
     memset(&rec, 0, sizeof rec);
     if (buffer_record(args[0], &rec) < 0)
@@ -491,14 +498,9 @@ static PyObject *ring_put(RingObject *self, PyObject *const *args, Py_ssize_t na
  * fits the ring; False means the caller must pickle it (nothing was put). */
 static PyObject *ring_put_fast(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
                                PyObject *kwnames) {
-    if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "_put_fast() needs the object to put");
-        return NULL;
-    }
     int64_t timeout_ns;
-    if (parse_block_timeout("put", args + 1, nargs - 1, kwnames, &timeout_ns) < 0)
+    if (parse_put_args(self, "put", args, nargs, kwnames, &timeout_ns) < 0)
         return NULL;
-    BOUND_OR_NULL(self);
     record_src rec;
     int r = fast_encode(args[0], &rec);
     if (r < 0)

@@ -305,14 +305,7 @@ class SharedObject:
     _finalizer: weakref.finalize | None = None
 
     def _create(self) -> None:
-        segment, offset, serial = _allocator.allocate(OBJECT_HEADER_SIZE + self._PAYLOAD_SIZE)
-        self._segment, self._header_offset, self._serial = segment, offset, serial
-        self._track()
-        try:
-            self._bind_payload()
-        except BaseException:
-            self._drop_handle()
-            raise
+        self._adopt(*_allocator.allocate(OBJECT_HEADER_SIZE + self._PAYLOAD_SIZE))
 
     def _attach(self, handle: tuple[str, int, int], state: Any) -> None:
         name, offset, serial = handle
@@ -334,6 +327,10 @@ class SharedObject:
         except BaseException:
             segment.close()
             raise
+        self._adopt(segment, offset, serial)
+
+    def _adopt(self, segment: Segment, offset: int, serial: int) -> None:
+        """Make this object the holder of one reference to the block, then bind it."""
         self._segment, self._header_offset, self._serial = segment, offset, serial
         self._track()
         try:
