@@ -31,6 +31,10 @@ RANKS: dict[str, int] = {
     "_sync": 40,
     "_queues": 50,
     "_shared": 60,
+    "_array": 60,  # SharedArray, share()
+    "_sharedctypes": 60,  # Value, Array, RawValue, RawArray
+    "_dict": 61,  # SharedDict
+    "_list": 62,  # SharedList
     "_process": 70,
     "_pool": 71,
     "_managers": 80,
