@@ -809,6 +809,79 @@ static PyObject *core_load32(PyObject *m, PyObject *args) {
     return PyLong_FromUnsignedLong(v);
 }
 
+/* 32-bit atomics for Value/Array elements (#4).  An int32 or float32 array's elements
+ * are 4-byte aligned only, so these check 4-byte alignment where borrow() checks 8.  The
+ * native API has no 32-bit add or store yet, hence the __atomic builtins here (the same
+ * sequentially consistent builtins native/src/atomic_internal.h wraps; lock-free on
+ * every platform shoal builds for, so safe on memory shared between processes). */
+static uint32_t *borrow32(PyObject *buffer, Py_ssize_t offset, Py_buffer *view) {
+    if (PyObject_GetBuffer(buffer, view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (offset < 0 || view->len < 4 || offset > view->len - 4) {
+        PyErr_Format(PyExc_ValueError, "offset %zd + size 4 is outside the buffer of %zd bytes",
+                     offset, view->len);
+        PyBuffer_Release(view);
+        return NULL;
+    }
+    char *addr = (char *)view->buf + offset;
+    if (((uintptr_t)addr) % 4 != 0) {
+        PyErr_Format(PyExc_ValueError, "offset %zd is not 4-byte aligned in the mapping", offset);
+        PyBuffer_Release(view);
+        return NULL;
+    }
+    return (uint32_t *)addr;
+}
+
+static PyObject *core_store32(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *buffer;
+    Py_ssize_t off;
+    unsigned int value; /* "I": masked to 32 bits, like store64's "K" */
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "OnI:store32", &buffer, &off, &value))
+        return NULL;
+    uint32_t *p = borrow32(buffer, off, &view);
+    if (!p)
+        return NULL;
+    __atomic_store_n(p, (uint32_t)value, __ATOMIC_SEQ_CST);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_fetch_add32(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *buffer;
+    Py_ssize_t off;
+    int delta; /* checked signed, like fetch_add64's "L"; wraps modulo 2**32 */
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "Oni:fetch_add32", &buffer, &off, &delta))
+        return NULL;
+    uint32_t *p = borrow32(buffer, off, &view);
+    if (!p)
+        return NULL;
+    uint32_t old = __atomic_fetch_add(p, (uint32_t)delta, __ATOMIC_SEQ_CST);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLong(old);
+}
+
+static PyObject *core_cas32(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *buffer;
+    Py_ssize_t off;
+    unsigned int expected, desired; /* masked to 32 bits, like cas64's "K" */
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "OnII:cas32", &buffer, &off, &expected, &desired))
+        return NULL;
+    uint32_t *p = borrow32(buffer, off, &view);
+    if (!p)
+        return NULL;
+    uint32_t seen = expected;
+    int ok = __atomic_compare_exchange_n(p, &seen, (uint32_t)desired, 0, __ATOMIC_SEQ_CST,
+                                         __ATOMIC_SEQ_CST);
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(Ok)", ok ? Py_True : Py_False, (unsigned long)seen);
+}
+
 static shoal_status call_wait32(void *target, void *arg, int64_t timeout_ns) {
     return shoal_wait32(target, *(uint32_t *)arg, timeout_ns);
 }
@@ -904,6 +977,13 @@ static PyMethodDef core_functions[] = {
     {"cas64", core_cas64, METH_VARARGS,
      "cas64(buffer, offset, expected, desired) -> (swapped, value seen)"},
     {"load32", core_load32, METH_VARARGS, "load32(buffer, offset) -> int"},
+    {"store32", core_store32, METH_VARARGS,
+     "store32(buffer, offset, value): 4-byte aligned; value masked to 32 bits"},
+    {"fetch_add32", core_fetch_add32, METH_VARARGS,
+     "fetch_add32(buffer, offset, delta) -> old value as unsigned (4-byte aligned; delta is "
+     "a signed 32-bit int, the sum wraps)"},
+    {"cas32", core_cas32, METH_VARARGS,
+     "cas32(buffer, offset, expected, desired) -> (swapped, value seen) (4-byte aligned)"},
     {"wait32", (PyCFunction)(void (*)(void))core_wait32, METH_VARARGS | METH_KEYWORDS,
      "wait32(buffer, offset, expected, timeout=None) -> bool: sleep while the 32-bit "
      "word equals expected; False on timeout."},
