@@ -24,6 +24,10 @@ from ._queues import JoinableQueue as JoinableQueue
 from ._queues import Queue as Queue
 from ._queues import QueueStatistics as QueueStatistics
 from ._queues import SimpleQueue as SimpleQueue
+from ._sharedctypes import Array as Array
+from ._sharedctypes import RawArray as RawArray
+from ._sharedctypes import RawValue as RawValue
+from ._sharedctypes import Value as Value
 from ._sync import Barrier as Barrier
 from ._sync import BarrierStatistics as BarrierStatistics
 from ._sync import BoundedSemaphore as BoundedSemaphore
@@ -40,6 +44,7 @@ from ._sync import SemaphoreStatistics as SemaphoreStatistics
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Array",
     "Barrier",
     "BarrierPartyDiedError",
     "BarrierStatistics",
@@ -59,6 +64,8 @@ __all__ = [
     "Queue",
     "QueueStatistics",
     "RLock",
+    "RawArray",
+    "RawValue",
     "SegmentNotFoundError",
     "Semaphore",
     "SemaphoreStatistics",
@@ -68,6 +75,7 @@ __all__ = [
     "ShoalWarning",
     "ShutDown",
     "SimpleQueue",
+    "Value",
 ]
 
 # Public classes say they are shoal's, not a private module's (trio's habit).
