@@ -1,0 +1,117 @@
+/*
+ * shoal dict table: an open-addressing hash table of byte-string keys and values in
+ * memory the caller provides (a shared mapping), read without locks.
+ *
+ * Layout (offsets from the table's start; all are table-relative, so every process
+ * may map it anywhere):
+ *
+ *     shoal_dict header (512 bytes)
+ *     slots: nslots x {u64 hash, u64 entry}   entry 0 = empty, 1 = tombstone,
+ *                                             else the offset of an entry
+ *     heap:  entries, each 16-byte header {u32 key_len, u32 value_len, u32 class,
+ *            u32 reserved} + key + value, in blocks of (32 << class) bytes
+ *
+ * Writers serialise on a lock the caller owns (shoal.SharedDict keeps it in the
+ * dict's root) and bracket every change with shoal_dict_write_begin/end, which make
+ * `version` odd and then even again (a seqlock).  Readers take no lock: they read
+ * the version, look up with every offset bounds-checked (a torn read can never make
+ * them read outside the table), copy what they found, and retry if the version moved.
+ *
+ * Crash safety: each change is a sequence of steps that leaves the slots consistent
+ * at every instant: an entry is written completely before one store publishes its
+ * offset in a slot, a delete is one store of a tombstone, an overwrite publishes the
+ * new entry and then frees the old one.  A writer killed mid-change leaves `version`
+ * odd, possibly a counter off by one and a heap block leaked; whoever takes the lock
+ * next (the mutex reports the dead owner) rebuilds the table from its slots
+ * (shoal_dict_copy) into a fresh one, which drops both.
+ *
+ * Memory reuse: freed blocks go on a free list per size class and are reused first,
+ * so overwrites and set/delete churn stay in place.  When the slots are too full
+ * (tombstones included) or the heap has no block of the needed class, the writer
+ * gets SHOAL_DICT_FULL and rebuilds into a bigger table (the glue decides the size).
+ */
+#ifndef SHOAL_DICT_H
+#define SHOAL_DICT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shoal_core.h"
+
+#define SHOAL_DICT_MAGIC 0x5443494444414f48ULL /* "HOADDICT" */
+#define SHOAL_DICT_LAYOUT 1u
+#define SHOAL_DICT_HEADER_SIZE 512u
+#define SHOAL_DICT_CLASSES 40
+#define SHOAL_DICT_ENTRY_HEADER 16u
+#define SHOAL_DICT_MIN_BLOCK 32u
+#define SHOAL_DICT_EMPTY 0u
+#define SHOAL_DICT_TOMBSTONE 1u
+/* slots used (live + tombstones) may reach this many 1/16ths of the slots */
+#define SHOAL_DICT_MAX_LOAD16 11u
+
+enum {
+    SHOAL_DICT_FULL = 32, /* no slot or no heap block: rebuild into a bigger table */
+};
+
+typedef struct {
+    uint64_t hash;
+    uint64_t entry;
+} shoal_dict_slot;
+
+typedef struct {
+    uint64_t magic;
+    uint32_t layout_version;
+    uint32_t reserved0;
+    uint64_t version;     /* seqlock: odd while a writer is changing the table */
+    uint64_t total_size;  /* bytes of the whole table (header, slots, heap) */
+    uint64_t nslots;      /* a power of two */
+    uint64_t heap_offset; /* where the heap starts */
+    uint64_t count;       /* live entries */
+    uint64_t tombstones;  /* deleted slots not yet reused */
+    uint64_t heap_top;    /* first never-allocated heap byte (table offset) */
+    uint64_t bytes_live;  /* bytes of the blocks live entries occupy */
+    uint64_t writes;      /* changes made to this table (statistics) */
+    uint64_t reserved[5];
+    uint64_t free_head[SHOAL_DICT_CLASSES]; /* per class: first free block, 0 none */
+    uint8_t pad[SHOAL_DICT_HEADER_SIZE - 128 - 8 * SHOAL_DICT_CLASSES];
+} shoal_dict;
+_Static_assert(sizeof(shoal_dict) == SHOAL_DICT_HEADER_SIZE, "shoal_dict is part of the shared layout");
+
+/* A deterministic 64-bit hash (the same in every process, unlike Python's hash()). */
+uint64_t shoal_dict_hash(const void *data, size_t len);
+/* The block class an entry of this key and value length needs, -1 if too big. */
+int shoal_dict_class(uint64_t key_len, uint64_t value_len);
+/* Table bytes for nslots (a power of two) and a heap of heap_bytes. */
+uint64_t shoal_dict_size_for(uint64_t nslots, uint64_t heap_bytes);
+/* Initialise zeroed memory of `size` bytes: the heap gets what the slots leave. */
+shoal_status shoal_dict_init(shoal_dict *d, uint64_t size, uint64_t nslots);
+/* SHOAL_OK if d looks like a table this version wrote, fitting in `mapped` bytes. */
+shoal_status shoal_dict_check(const shoal_dict *d, uint64_t mapped);
+
+/* ---- readers (no lock): bracket with the version ------------------------------------- */
+uint64_t shoal_dict_read_begin(const shoal_dict *d); /* the version (odd: a writer is busy) */
+int shoal_dict_read_retry(const shoal_dict *d, uint64_t version); /* 1: it changed, retry */
+/* Find key: 1 found (*value, *value_len point into the table), 0 absent, -1 the table
+ * reads as corrupt (only a torn read: retry).  `size` bounds every offset. */
+int shoal_dict_lookup(const shoal_dict *d, uint64_t size, uint64_t hash, const void *key,
+                      uint32_t key_len, const char **value, uint32_t *value_len);
+/* Iterate: the next live entry at slot index >= *pos (then *pos = its index + 1).
+ * 1 found, 0 end, -1 corrupt. */
+int shoal_dict_next(const shoal_dict *d, uint64_t size, uint64_t *pos, const char **key,
+                    uint32_t *key_len, const char **value, uint32_t *value_len);
+
+/* ---- writers (holding the caller's lock) --------------------------------------------- */
+void shoal_dict_write_begin(shoal_dict *d);
+void shoal_dict_write_end(shoal_dict *d);
+/* Insert or overwrite: SHOAL_OK, or SHOAL_DICT_FULL (nothing changed). */
+int shoal_dict_set(shoal_dict *d, uint64_t hash, const void *key, uint32_t key_len,
+                   const void *value, uint32_t value_len);
+/* Same, with the value given as two pieces (a tag byte and the payload). */
+int shoal_dict_set2(shoal_dict *d, uint64_t hash, const void *key, uint32_t key_len,
+                    const void *v1, uint32_t len1, const void *v2, uint32_t len2);
+/* Remove key: 1 removed, 0 absent. */
+int shoal_dict_delete(shoal_dict *d, uint64_t hash, const void *key, uint32_t key_len);
+/* Copy every live entry of src into dst (freshly initialised): SHOAL_OK or FULL. */
+int shoal_dict_copy(const shoal_dict *src, uint64_t src_size, shoal_dict *dst);
+
+#endif

@@ -1,0 +1,358 @@
+"""SharedDict: a dict in shared memory that many processes read and write, no server.
+
+Design (details in docs/design.md, "SharedDict")::
+
+    root (a SharedObject in a segment of its own)        table segment (one at a time)
+    +--------------------------------------------+       +-----------------------------+
+    | writers' robust mutex                      |       | header: version (seqlock),  |
+    | generation g                               | ----> |   counts, free lists        |
+    | names[g & 1], sizes[g & 1]: current table  |       | slots: {hash, entry offset} |
+    +--------------------------------------------+       | heap: entries, size classes |
+                                                         +-----------------------------+
+
+* Keys and values are stored as bytes: exact None/bool/int (64-bit)/float/str/bytes, and
+  tuples of them, by a small C codec; everything else is pickled (protocol 5).  Keys
+  compare by those bytes, so ``1``, ``1.0`` and ``True`` are three different keys here
+  (a dict makes them one), and a pickled key matches only an equal pickle.
+* Reads take no lock: the table's version word is a seqlock; a reader copies what it
+  found and retries if a writer changed the table meanwhile (each offset it follows is
+  bounds-checked, so a torn read cannot crash it).
+* Writers serialise on the root's robust mutex.  Every change leaves the table's slots
+  consistent at each step; a writer SIGKILLed mid-change leaves the version odd, and
+  the next one to take the mutex rebuilds the table from its slots.
+* Growth: when the slots or the heap run out, the writer builds a bigger table in a new
+  segment, copies the live entries, and publishes it by bumping the generation; every
+  process notices at its next operation and maps the new table.  The old table's name
+  is removed at once (processes still reading it keep their mapping until they move
+  on).  Memory of deleted and overwritten entries is reused through per-class free
+  lists, and a rebuild compacts, so set/delete churn does not grow without bound.
+* Lifetime: table segments have no holders of their own; they live as long as the
+  root's segment (the reaper removes them once it is gone), and the last handle to
+  close removes the current one.
+
+Consistency: each single operation (get, set, delete, ``in``, ``pop``, ``popitem``,
+``incr``, ``get_or_set``/``setdefault``) is atomic.  ``keys()``, ``values()``,
+``items()``, iteration and ``copy()`` return a consistent snapshot (a list, as
+``Manager().dict()`` does), taken without the lock unless writers keep interrupting
+it.  ``update()`` is a series of atomic sets, not one atomic step.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import weakref
+from collections.abc import Iterable, Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import _core
+from ._errors import LayoutError, SegmentNotFoundError
+from ._handle import MAX_ARENA_OBJECT, OBJECT_HEADER_SIZE, SharedObject
+from ._memory import (
+    _HOLDER_CAPACITY,
+    _HOLDERS_OFFSET,
+    _OVERFLOW_OFFSET,
+    HEADER_SIZE,
+    KIND_TRANSIT,
+    _check_header,
+    _open_mapping,
+    _unlink_quietly,
+    report_unraisable,
+    write_transit,
+)
+from ._serialize import dumps, loads
+
+__all__ = ["DictStatistics", "SharedDict"]
+
+# The root gets a segment of its own (bigger than any arena object): its holders are
+# then exactly the processes using this dict, which is what tells the last one to go
+# that it must remove the table, and what keeps the tables alive (their parent).
+_ROOT_PAYLOAD = max(_core.DICT_ROOT_SIZE, MAX_ARENA_OBJECT + 64)
+_GEN = _core.DICT_ROOT_GENERATION
+_SIZES = _core.DICT_ROOT_SIZES
+_REBUILDS = _core.DICT_ROOT_REBUILDS
+_NAMES = _core.DICT_ROOT_NAMES
+_NAME_BYTES = 64
+_MIN_SLOTS = 64
+_MIN_HEAP = 64 * 1024
+_ZEROS = bytes(1 << 20)
+
+
+def _encode(obj: Any) -> bytes:
+    """Pickle a key or value that the C codec does not handle (in-band buffers only)."""
+    data, buffers = dumps(obj)
+    if buffers is not None:
+        data = pickle.dumps(obj, protocol=5)
+    return data
+
+
+# non-scalar keys and values go through these (shoal._serialize: cloudpickle fallback,
+# SerializationError)
+_core._set_dict_codec(_encode, loads)
+
+
+@dataclass(frozen=True)
+class DictStatistics:
+    """A snapshot of a SharedDict's table (from ``statistics()``).
+
+    Attributes:
+        items: entries in the dict.
+        tombstones: slots of deleted entries not yet reused.
+        slots: slots in the table.
+        table_bytes: bytes of the current table segment (slots and heap).
+        heap_bytes: bytes of the heap for entries.
+        heap_used: heap bytes ever handed out (freed blocks are reused from lists).
+        bytes_live: heap bytes in live entries' blocks.
+        writes: changes made to the current table.
+        tables_made: tables built so far (the first, growth, clear, repairs).
+    """
+
+    items: int
+    tombstones: int
+    slots: int
+    table_bytes: int
+    heap_bytes: int
+    heap_used: int
+    bytes_live: int
+    writes: int
+    tables_made: int
+
+
+def _zero_chunks(size: int) -> list[bytes]:
+    full, rest = divmod(size, len(_ZEROS))
+    return [_ZEROS] * full + ([bytes(rest)] if rest else [])
+
+
+def _last_user(buf: Any, header_offset: int) -> bool:
+    """Whether this process holds the dict's only live handle (best effort)."""
+    if _core.load64(buf, header_offset) <= 1:
+        return True
+    # handles of processes that died are never given back: ask the holder table
+    if int.from_bytes(buf[_OVERFLOW_OFFSET : _OVERFLOW_OFFSET + 4], "little"):
+        return False
+    me = _core.self_token()
+    for i in range(_HOLDER_CAPACITY):
+        at = _HOLDERS_OFFSET + 8 * i
+        token = int.from_bytes(buf[at : at + 8], "little")
+        if token and token != me and _core.token_alive(token):
+            return False
+    return True
+
+
+def _root_name(buf: Any, root: int, slot: int) -> str:
+    at = root + _NAMES + _NAME_BYTES * slot
+    return bytes(buf[at : at + _NAME_BYTES]).rstrip(b"\0").decode("ascii", "replace")
+
+
+def _release_dict(segment: Any, header_offset: int, release: Any, args: Any) -> None:
+    """Finalizer: the last handle removes the table segments, then the usual release."""
+    try:
+        if not segment.closed and _last_user(segment.buffer, header_offset):
+            root = header_offset + OBJECT_HEADER_SIZE
+            for slot in (0, 1):
+                name = _root_name(segment.buffer, root, slot)
+                if name:
+                    _unlink_quietly(name)
+    except Exception as exc:  # the handle must still be released
+        report_unraisable(exc)
+    release(*args)
+
+
+class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc]
+    """A ``dict`` in shared memory, used by many processes at once with no server.
+
+    ``SharedDict(initial=None, /, **kwargs)`` takes what ``dict()`` takes.  Any
+    picklable key and value; None, bool, int, float, str and bytes (and tuples of them)
+    are stored without pickle.  Keys compare by their stored bytes: ``1``, ``1.0`` and
+    ``True`` are distinct keys.
+
+    It pickles as a small handle: pass it to ``Pool`` tasks, queues, later processes.
+    Single operations are atomic; ``keys()``/``values()``/``items()`` and iteration
+    return consistent snapshots (lists).  It grows by itself and reuses the memory of
+    deleted entries.  Atomic helpers: :meth:`incr` and :meth:`get_or_set`.
+    """
+
+    _PAYLOAD_SIZE = _ROOT_PAYLOAD
+
+    def __init__(self, initial: Any = None, /, **kwargs: Any) -> None:
+        self._create()
+        self._rebuild(0, False)  # nobody else can see it yet: no lock needed
+        if initial is not None:
+            self.update(initial)
+        if kwargs:
+            self.update(kwargs)
+
+    # ---- SharedObject plumbing -----------------------------------------------------------
+
+    def _bind_payload(self) -> None:
+        self._bind(self._mapping, self._payload_offset)
+
+    def _track(self) -> None:
+        super()._track()
+        finalizer = self._finalizer
+        info = finalizer.detach() if finalizer is not None else None
+        if info is None:
+            return
+        _, release, args, _ = info
+        wrapped = weakref.finalize(
+            self, _release_dict, self._segment, self._header_offset, release, args
+        )
+        wrapped.atexit = False  # released by SharedObject's exit hook, as before
+        self._finalizer = wrapped
+
+    # ---- tables (called by the C half) ---------------------------------------------------
+
+    def _refresh(self) -> None:
+        """Map the current table (another process published a new one)."""
+        buf = self._segment.buffer
+        root = self._payload_offset
+        for _ in range(1000):
+            gen = _core.load64(buf, root + _GEN)
+            if gen == 0:
+                raise RuntimeError("this SharedDict has no table: its creator died making it")
+            slot = gen & 1
+            name = _root_name(buf, root, slot)
+            size = _core.load64(buf, root + _SIZES + 8 * slot)
+            if _core.load64(buf, root + _GEN) != gen:
+                continue  # republished while we read: the name may be torn
+            try:
+                mapping = _open_mapping(name)
+            except SegmentNotFoundError:
+                if _core.load64(buf, root + _GEN) != gen:
+                    continue  # replaced (and removed) meanwhile
+                raise
+            if _check_header(name, mapping) != KIND_TRANSIT or len(mapping) < HEADER_SIZE + size:
+                raise LayoutError(errno.EINVAL, f"{name!r} is not a SharedDict table")
+            self._bind_table(mapping, HEADER_SIZE, size, gen)
+            return
+        raise RuntimeError("the SharedDict's table kept changing while being mapped")
+
+    def _rebuild(self, extra: int, copy: bool) -> None:
+        """Make a new table (with the live entries when ``copy``) and publish it.
+
+        Called with the writers' lock held (or before anyone else can see the dict).
+        ``extra``: heap bytes the caller is about to need.
+        """
+        count = live = 0
+        if copy:
+            stats = self._table_stats()
+            count, live = stats["count"], stats["bytes_live"]
+        nslots = _MIN_SLOTS
+        # leave the table at most about a third full: growth stays amortised O(1)
+        while nslots * _core.DICT_LOAD16 < (count + 1) * 16 * 2:
+            nslots *= 2
+        heap = max(_MIN_HEAP, 2 * (live + extra))
+        heap = -(-heap // 4096) * 4096
+        size = _core.dict_table_size(nslots, heap)
+        buf = self._segment.buffer
+        root = self._payload_offset
+        gen = _core.load64(buf, root + _GEN)
+        slot = (gen + 1) & 1
+        # the slot names the table before the current one (removed when it was
+        # replaced) or one a writer died making: remove it, then claim the slot
+        stale = _root_name(buf, root, slot)
+        if stale:
+            _unlink_quietly(stale)
+        name = write_transit(self._segment.name, _zero_chunks(size), size)
+        try:
+            encoded = name.encode("ascii").ljust(_NAME_BYTES, b"\0")
+            at = root + _NAMES + _NAME_BYTES * slot
+            buf[at : at + _NAME_BYTES] = encoded
+            _core.store64(buf, root + _SIZES + 8 * slot, size)
+            mapping = _open_mapping(name)
+            self._copy_to(mapping, HEADER_SIZE, size, nslots, copy)
+        except BaseException:
+            _unlink_quietly(name)
+            raise
+        _core.fetch_add64(buf, root + _REBUILDS, 1)
+        _core.store64(buf, root + _GEN, gen + 1)  # the publish
+        self._bind_table(mapping, HEADER_SIZE, size, gen + 1)
+        if gen:
+            _unlink_quietly(_root_name(buf, root, gen & 1))
+
+    # ---- the mapping API (the hot paths are C: _core.Dict) ------------------------------
+
+    def __iter__(self) -> Iterator[Any]:
+        """Iterate over a snapshot of the keys."""
+        return iter(self._snapshot(0))
+
+    def keys(self) -> list[Any]:  # type: ignore[override]
+        """A consistent snapshot of the keys (a list, as ``Manager().dict()`` returns)."""
+        return self._snapshot(0)
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        """A consistent snapshot of the values (a list)."""
+        return self._snapshot(1)
+
+    def items(self) -> list[tuple[Any, Any]]:  # type: ignore[override]
+        """A consistent snapshot of the (key, value) pairs (a list)."""
+        return self._snapshot(2)
+
+    def copy(self) -> dict[Any, Any]:
+        """A plain ``dict`` with a consistent snapshot of the contents."""
+        return dict(self._snapshot(2))
+
+    def clear(self) -> None:
+        """Remove every item (one atomic step: the table is replaced by an empty one)."""
+        self._clear()
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        """``get_or_set(key, default)``: atomic, unlike ``MutableMapping.setdefault``."""
+        return self.get_or_set(key, default)
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        """Set every item of ``other`` (a mapping or pairs) and ``kwargs``, one by one."""
+        if isinstance(other, SharedDict):
+            other = other.items()
+        elif hasattr(other, "keys"):
+            other = [(k, other[k]) for k in other.keys()]  # noqa: SIM118 (the dict protocol)
+        for key, value in other:
+            self[key] = value
+        for key, value in kwargs.items():
+            self[key] = value
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SharedDict):
+            return self is other or self.copy() == other.copy()
+        if isinstance(other, dict):
+            return self.copy() == other
+        return NotImplemented
+
+    # by identity, as Manager proxies are (shoal tracks live handles in a WeakSet)
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<shoal.SharedDict closed>"
+        items = self._snapshot(2)
+        shown = ", ".join(f"{k!r}: {v!r}" for k, v in items[:20])
+        more = f", ... ({len(items)} items)" if len(items) > 20 else ""
+        return f"SharedDict({{{shown}{more}}})"
+
+    def statistics(self) -> DictStatistics:
+        """A snapshot of the table's occupancy (items, slots, heap bytes, tables made)."""
+        stats = self._table_stats()
+        return DictStatistics(
+            items=stats["count"],
+            tombstones=stats["tombstones"],
+            slots=stats["nslots"],
+            table_bytes=stats["table_bytes"],
+            heap_bytes=stats["heap_bytes"],
+            heap_used=stats["heap_used"],
+            bytes_live=stats["bytes_live"],
+            writes=stats["writes"],
+            tables_made=_core.load64(self._segment.buffer, self._payload_offset + _REBUILDS),
+        )
+
+    @classmethod
+    def fromkeys(cls, iterable: Iterable[Any], value: Any = None) -> SharedDict:
+        """A new SharedDict with every key of ``iterable`` set to ``value``."""
+        new = cls()
+        for key in iterable:
+            new[key] = value
+        return new
+
+
+del os
