@@ -8,6 +8,8 @@ locks survive a dead owner; segments are reference counted and reaped after cras
     lock = shoal.Lock()          # pass it anywhere: Pool tasks, queues, later processes
 """
 
+from ._dict import DictStatistics as DictStatistics
+from ._dict import SharedDict as SharedDict
 from ._errors import BarrierPartyDiedError as BarrierPartyDiedError
 from ._errors import BrokenError as BrokenError
 from ._errors import ClosedError as ClosedError
@@ -53,6 +55,7 @@ __all__ = [
     "BrokenError",
     "ClosedError",
     "Condition",
+    "DictStatistics",
     "Event",
     "EventStatistics",
     "JoinableQueue",
@@ -70,6 +73,7 @@ __all__ = [
     "Semaphore",
     "SemaphoreStatistics",
     "SerializationError",
+    "SharedDict",
     "SharedMemoryError",
     "ShoalError",
     "ShoalWarning",

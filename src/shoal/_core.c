@@ -1013,6 +1013,7 @@ static int add_type(PyObject *module, PyTypeObject *type, const char *name) {
 }
 
 #include "_core_ring.c"
+#include "_core_dict.c"
 
 PyMODINIT_FUNC PyInit__core(void) {
     PyObject *errors = PyImport_ImportModule("shoal._errors");
@@ -1026,7 +1027,7 @@ PyMODINIT_FUNC PyInit__core(void) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&core_module);
-    if (!module || ring_module_init(module, errors) < 0) {
+    if (!module || ring_module_init(module, errors) < 0 || dict_module_init(module) < 0) {
         Py_DECREF(errors);
         Py_XDECREF(module);
         return NULL;
