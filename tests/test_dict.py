@@ -378,3 +378,19 @@ def test_reader_repairs_after_writer_died_mid_change() -> None:
         assert shared.copy() == {"a": 1, "b": 2}
     finally:
         shared.close()
+
+
+def test_two_handles_in_one_process() -> None:
+    e = SharedDict(a=1)
+    twin = pickle.loads(pickle.dumps(e))
+    assert twin["a"] == 1
+    e.close()
+    twin["b"] = 2  # the table is still there for the twin ...
+    for i in range(3000):
+        twin[i] = i  # ... and so is growth
+    third = pickle.loads(pickle.dumps(twin))
+    assert third["b"] == 2 and len(third) == 3002
+    tables = table_segments(twin)
+    third.close()
+    twin.close()
+    assert not any(os.path.exists("/dev/shm" + n) for n in tables)

@@ -125,10 +125,18 @@ def _zero_chunks(size: int) -> list[bytes]:
     return [_ZEROS] * full + ([bytes(rest)] if rest else [])
 
 
-def _last_user(buf: Any, header_offset: int) -> bool:
-    """Whether this process holds the dict's only live handle (best effort)."""
+# open handles in this process, per dict (segment name, header offset): two handles of
+# one dict in one process (a handle unpickled where the dict already is) look like two
+# processes to the shared count, and like one to the segment's holder table
+_local_handles: dict[tuple[str, int], int] = {}
+
+
+def _last_user(buf: Any, header_offset: int, local_handles: int) -> bool:
+    """Whether this handle is the dict's only live one (best effort)."""
     if _core.load64(buf, header_offset) <= 1:
         return True
+    if local_handles > 1:
+        return False
     # handles of processes that died are never given back: ask the holder table
     if int.from_bytes(buf[_OVERFLOW_OFFSET : _OVERFLOW_OFFSET + 4], "little"):
         return False
@@ -148,8 +156,12 @@ def _root_name(buf: Any, root: int, slot: int) -> str:
 
 def _release_dict(segment: Any, header_offset: int, release: Any, args: Any) -> None:
     """Finalizer: the last handle removes the table segments, then the usual release."""
+    key = (segment.name, header_offset)
+    local = _local_handles.pop(key, 1)
+    if local > 1:
+        _local_handles[key] = local - 1
     try:
-        if not segment.closed and _last_user(segment.buffer, header_offset):
+        if not segment.closed and _last_user(segment.buffer, header_offset, local):
             root = header_offset + OBJECT_HEADER_SIZE
             for slot in (0, 1):
                 name = _root_name(segment.buffer, root, slot)
@@ -196,6 +208,8 @@ class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc
         if info is None:
             return
         _, release, args, _ = info
+        key = (self._segment.name, self._header_offset)
+        _local_handles[key] = _local_handles.get(key, 0) + 1
         wrapped = weakref.finalize(
             self, _release_dict, self._segment, self._header_offset, release, args
         )
