@@ -22,6 +22,7 @@ from ._errors import SharedMemoryError as SharedMemoryError
 from ._errors import ShoalError as ShoalError
 from ._errors import ShoalWarning as ShoalWarning
 from ._errors import ShutDown as ShutDown
+from ._list import SharedList as SharedList
 from ._queues import JoinableQueue as JoinableQueue
 from ._queues import Queue as Queue
 from ._queues import QueueStatistics as QueueStatistics
@@ -74,6 +75,7 @@ __all__ = [
     "SemaphoreStatistics",
     "SerializationError",
     "SharedDict",
+    "SharedList",
     "SharedMemoryError",
     "ShoalError",
     "ShoalWarning",

@@ -1,0 +1,297 @@
+"""SharedList: a list in shared memory for ``Manager().list()`` users (issue #4).
+
+Built on :class:`~shoal.SharedDict`: item ``i`` is stored under the int key ``i`` and
+the length under the key ``None``, and every operation runs under one recursive shoal
+lock (so an ``append`` from one process and an ``insert`` from another never
+interleave, and reads never see a half-shifted list).  That makes each operation,
+slicing and iteration (a snapshot) atomic, at the cost of reads taking the lock too:
+still a memory operation, not a round trip to a server process.
+
+Crashes: ``append``, ``extend``, ``x[i] = v`` and ``pop()`` from the end store the
+items first and the new length last, so a process killed in the middle leaves the
+list as it was before or after.  ``insert``, ``pop(i)``, ``del`` and slice
+assignment shift items one by one: a process killed in the middle of the shift can
+leave one item duplicated or missing (the lock itself is recovered from the dead
+owner silently).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, MutableSequence
+from typing import Any, SupportsIndex
+
+from ._dict import SharedDict
+from ._errors import ClosedError
+from ._sync import RLock
+
+__all__ = ["SharedList"]
+
+_LEN = None  # the key of the length (items are under int keys)
+_LOCK_TIMEOUT = 30.0
+
+
+def _rebuild_list(items: SharedDict, lock: RLock) -> SharedList:
+    obj = SharedList.__new__(SharedList)
+    obj._items, obj._lock = items, lock
+    return obj
+
+
+class SharedList(MutableSequence[Any]):
+    """A ``list`` in shared memory, used by many processes at once with no server.
+
+    ``SharedList(iterable=(), /)``.  Items are any picklable objects (None, bool, int,
+    float, str, bytes and tuples of them skip pickle).  Supports indexing and slicing
+    (reading, assigning, deleting), ``len``, ``append``, ``extend``, ``insert``,
+    ``pop``, ``remove``, ``index``, ``count``, ``in``, iteration (over a snapshot),
+    ``reverse``, ``sort``, ``clear``, ``copy()`` (a plain list), ``+=``, ``==`` with
+    lists.  Each operation is atomic.  It pickles as a handle (``Pool`` tasks, queues,
+    later processes); :meth:`close` releases this process's handle.
+    """
+
+    _items: SharedDict
+    _lock: RLock
+
+    def __init__(self, iterable: Iterable[Any] = (), /) -> None:
+        self._items = SharedDict()
+        try:
+            self._lock = RLock._internal()
+        except BaseException:
+            self._items.close()
+            raise
+        self._items[_LEN] = 0
+        if iterable:
+            self.extend(iterable)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.closed:
+            raise ClosedError("cannot pickle a closed SharedList")
+        return (_rebuild_list, (self._items, self._lock))
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called in this process."""
+        return self._items.closed
+
+    def close(self) -> None:
+        """Release this process's handle (the list lives on while others hold it)."""
+        self._items.close()
+        self._lock.close()
+
+    # ---- locking -----------------------------------------------------------------------
+
+    def _acquire(self) -> None:
+        if self._items.closed:
+            raise ClosedError("this SharedList is closed and cannot be used any more")
+        if not self._lock.acquire(True, _LOCK_TIMEOUT):
+            raise TimeoutError(
+                f"the SharedList's lock stayed held for {_LOCK_TIMEOUT:.0f} s "
+                "(is a process holding it stopped?)"
+            )
+
+    def _snapshot(self) -> list[Any]:
+        items = self._items
+        return [items[i] for i in range(items[_LEN])]
+
+    def _rewrite(self, new: list[Any], old_len: int) -> None:
+        """Replace the contents with ``new`` (lock held): items first, length last."""
+        items = self._items
+        for i, value in enumerate(new):
+            items[i] = value
+        items[_LEN] = len(new)
+        for i in range(len(new), old_len):
+            items.pop(i, None)
+
+    # ---- the sequence API ------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._items[_LEN]
+
+    def __getitem__(self, index: Any) -> Any:
+        self._acquire()
+        try:
+            n = self._items[_LEN]
+            if isinstance(index, slice):
+                return [self._items[i] for i in range(n)[index]]
+            i = _position(index, n)
+            return self._items[i]
+        finally:
+            self._lock.release()
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._acquire()
+        try:
+            n = self._items[_LEN]
+            if isinstance(index, slice):
+                new = self._snapshot()
+                new[index] = value  # list semantics, errors included
+                self._rewrite(new, n)
+                return
+            self._items[_position(index, n)] = value
+        finally:
+            self._lock.release()
+
+    def __delitem__(self, index: Any) -> None:
+        self._acquire()
+        try:
+            n = self._items[_LEN]
+            if isinstance(index, slice):
+                new = self._snapshot()
+                del new[index]
+                self._rewrite(new, n)
+                return
+            self._remove_at(_position(index, n), n)
+        finally:
+            self._lock.release()
+
+    def _remove_at(self, i: int, n: int) -> None:
+        items = self._items
+        for j in range(i + 1, n):
+            items[j - 1] = items[j]
+        items[_LEN] = n - 1
+        items.pop(n - 1, None)
+
+    def insert(self, index: SupportsIndex, value: Any) -> None:
+        """Insert ``value`` before position ``index`` (clamped, as ``list.insert``)."""
+        self._acquire()
+        try:
+            items = self._items
+            n = items[_LEN]
+            i = index.__index__()
+            i = min(max(i + n if i < 0 else i, 0), n)  # clamped, as list.insert
+            for j in range(n, i, -1):
+                items[j] = items[j - 1]
+            items[i] = value
+            items[_LEN] = n + 1
+        finally:
+            self._lock.release()
+
+    def append(self, value: Any) -> None:
+        """Append ``value`` (atomically: concurrent appends all land, in some order)."""
+        self._acquire()
+        try:
+            n = self._items[_LEN]
+            self._items[n] = value
+            self._items[_LEN] = n + 1
+        finally:
+            self._lock.release()
+
+    def extend(self, values: Iterable[Any]) -> None:
+        """Append every item of ``values``, as one atomic step."""
+        if values is self:
+            values = self.copy()
+        values = list(values)
+        self._acquire()
+        try:
+            n = self._items[_LEN]
+            for i, value in enumerate(values, n):
+                self._items[i] = value
+            self._items[_LEN] = n + len(values)  # last: an error above changes nothing
+        finally:
+            self._lock.release()
+
+    def pop(self, index: SupportsIndex = -1) -> Any:
+        """Remove and return the item at ``index`` (the last by default)."""
+        self._acquire()
+        try:
+            n = self._items[_LEN]
+            if n == 0:
+                raise IndexError("pop from empty SharedList")
+            i = _position(index, n)
+            value = self._items[i]
+            self._remove_at(i, n)
+            return value
+        finally:
+            self._lock.release()
+
+    def clear(self) -> None:
+        """Remove every item."""
+        self._acquire()
+        try:
+            self._items.clear()
+            self._items[_LEN] = 0
+        finally:
+            self._lock.release()
+
+    def copy(self) -> list[Any]:
+        """A plain ``list`` with a consistent snapshot of the items."""
+        self._acquire()
+        try:
+            return self._snapshot()
+        finally:
+            self._lock.release()
+
+    def __iter__(self) -> Iterator[Any]:
+        """Iterate over a snapshot."""
+        return iter(self.copy())
+
+    def __reversed__(self) -> Iterator[Any]:
+        return reversed(self.copy())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.copy()
+
+    def index(self, value: Any, start: SupportsIndex = 0, stop: SupportsIndex | None = None) -> int:
+        """The first position of ``value`` (ValueError if absent), as ``list.index``."""
+        snapshot = self.copy()
+        return snapshot.index(value, start, len(snapshot) if stop is None else stop)
+
+    def count(self, value: Any) -> int:
+        """How many items equal ``value``."""
+        return self.copy().count(value)
+
+    def remove(self, value: Any) -> None:
+        """Remove the first item equal to ``value`` (ValueError if none), atomically."""
+        self._acquire()
+        try:
+            n = self._items[_LEN]
+            self._remove_at(self._snapshot().index(value), n)
+        finally:
+            self._lock.release()
+
+    def reverse(self) -> None:
+        """Reverse the items in place."""
+        self._reorder(lambda items: items.reverse())
+
+    def sort(self, *, key: Any = None, reverse: bool = False) -> None:
+        """Sort the items in place, as ``list.sort``."""
+        self._reorder(lambda items: items.sort(key=key, reverse=reverse))
+
+    def _reorder(self, how: Any) -> None:
+        self._acquire()
+        try:
+            items = self._snapshot()
+            how(items)
+            self._rewrite(items, len(items))
+        finally:
+            self._lock.release()
+
+    def __iadd__(self, values: Iterable[Any]) -> SharedList:
+        self.extend(values)
+        return self
+
+    def __add__(self, other: Any) -> list[Any]:
+        return self.copy() + list(other)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SharedList):
+            return self is other or self.copy() == other.copy()
+        if isinstance(other, list):
+            return self.copy() == other
+        return NotImplemented
+
+    __hash__ = object.__hash__  # by identity, like Manager proxies
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<shoal.SharedList closed>"
+        return f"SharedList({self.copy()!r})"
+
+
+def _position(index: Any, n: int) -> int:
+    """A list index (int-like, negative from the end) as a position, or IndexError."""
+    i = index.__index__() if not isinstance(index, int) else index
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError("SharedList index out of range")
+    return i
