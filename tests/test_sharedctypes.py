@@ -398,6 +398,8 @@ def test_integer_atomics_wrap_like_the_c_type(code: str) -> None:
         a.add(3)
     with pytest.raises(TypeError):
         a.add("0")
+    np = pytest.importorskip("numpy")
+    assert a.add(np.int8(-3), np.int64(1)) == lo  # anything with __index__
 
 
 @pytest.mark.parametrize("code", "fd")
@@ -532,6 +534,23 @@ def test_values_cross_processes(ctx: Any) -> None:
     proc.join(TIMEOUT)
     assert proc.exitcode == 0
     assert objs["text"].value == b"later" and objs["count"].value == 7
+
+
+def make_in_worker(n: int) -> tuple[Any, Any]:
+    """In a Pool worker: create objects and return them (they outlive this task)."""
+    a = shoal.Array("i", range(n))
+    a.add(0, 5)
+    return a, shoal.RawValue(Point, n, 0.5)
+
+
+def test_a_worker_returns_new_objects(ctx: Any) -> None:
+    # relies on the reference a pickled handle carries (shoal._handle, #4): the
+    # worker's own handles are gone before the parent unpickles the result
+    with ctx.Pool(1) as pool:
+        a, p = pool.apply_async(make_in_worker, (3,)).get(TIMEOUT)
+        gc.collect()
+    assert a[:] == [5, 1, 2] and (p.x, p.y) == (3, 0.5)
+    assert a.add(1) == 2
 
 
 def add_many(counter: Any, array: Any, total: Any, n: int) -> None:

@@ -173,8 +173,12 @@ class _IntOps:
         return word - ((word & self.half) << 1) if self.signed else word
 
     def _delta(self, delta: Any) -> int:
+        """The delta as the C side takes it: a signed int of the type's width."""
+        half = self.half
+        if type(delta) is int and -half <= delta < half:
+            return delta  # the usual case, with no arithmetic
         d = operator.index(delta) & self.mask
-        return d - ((d & self.half) << 1)  # the C side takes a signed delta
+        return d - ((d & half) << 1)
 
     def fetch_add(self, buf: Any, off: int, delta: Any) -> int:
         return self._value(self._fetch_add(buf, off, self._delta(delta)))
@@ -185,7 +189,8 @@ class _IntOps:
 
     def exchange(self, buf: Any, off: int, value: Any) -> int:
         new = operator.index(value) & self.mask
-        guess = 0
+        # a plain read for a first guess: the swap below is what is atomic
+        guess = int.from_bytes(buf[off : off + self.bits // 8], _BYTEORDER)
         while True:
             swapped, seen = self._cas(buf, off, guess, new)
             if swapped:
@@ -226,13 +231,15 @@ class _FloatOps:
         return ctypes.c_double(value).value
 
     def _update(self, buf: Any, off: int, step: Any) -> tuple[float, float]:
-        guess = 0
+        # a plain read for a first guess (a torn one only fails the swap); then the
+        # usual loop: compute from what the swap saw, until no one wrote in between
+        guess = self.word.unpack_from(buf, off)[0]
         while True:
             old = self._value(guess)
-            new = self._value(self._bits(step(old)))
-            swapped, seen = self._cas(buf, off, guess, self._bits(new))
+            bits = self._bits(step(old))
+            swapped, seen = self._cas(buf, off, guess, bits)
             if swapped:
-                return old, new
+                return old, self._value(bits)
             guess = seen
 
     def fetch_add(self, buf: Any, off: int, delta: Any) -> float:
@@ -312,6 +319,7 @@ class _SharedCData(SharedObject):
     _ctype: type
     _views: bool  # elements come out as ctypes views (structures, nested arrays)
     _ops: _IntOps | _FloatOps | str
+    _itemsize: int
     _lock: Lock | None = None
     _obj: Any = None
     _buf: Any = None
@@ -345,6 +353,7 @@ class _SharedCData(SharedObject):
         self._base, self._dims, self._elem, self._length = base, dims, elem, length
         self._ctype = ctype
         self._PAYLOAD_SIZE = size  # type: ignore[misc]
+        self._itemsize = ctypes.sizeof(elem)
         self._views = not _fundamental(elem)
         self._ops = _atomic_ops(elem)
         if lock is not None:
@@ -429,7 +438,7 @@ class _SharedCData(SharedObject):
             i += n
         if not 0 <= i < n:
             raise IndexError(f"index {index} is out of range for {n} elements")
-        return self._off + i * ctypes.sizeof(self._elem)
+        return self._off + i * self._itemsize
 
 
 def _struct_like(t: type) -> bool:
