@@ -394,3 +394,27 @@ def test_two_handles_in_one_process() -> None:
     third.close()
     twin.close()
     assert not any(os.path.exists("/dev/shm" + n) for n in tables)
+
+
+def _close_when_told(shared: SharedDict, go: Any) -> None:
+    go.wait(10)
+    shared[os.getpid()] = 1
+    shared.close()
+
+
+def test_last_two_handles_closing_at_once_remove_the_table() -> None:
+    fork = mp.get_context("fork")
+    shared = SharedDict()
+    for i in range(2000):
+        shared[i] = i  # a grown table
+    tables = table_segments(shared)
+    go = fork.Event()
+    procs = [fork.Process(target=_close_when_told, args=(shared, go)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    shared.close()  # the children hold the only handles now
+    go.set()
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    assert not any(os.path.exists("/dev/shm" + n) for n in tables)

@@ -132,21 +132,30 @@ _local_handles: dict[tuple[str, int], int] = {}
 
 
 def _last_user(buf: Any, header_offset: int, local_handles: int) -> bool:
-    """Whether this handle is the dict's only live one (best effort)."""
-    if _core.load64(buf, header_offset) <= 1:
-        return True
-    if local_handles > 1:
-        return False
-    # handles of processes that died are never given back: ask the holder table
-    if int.from_bytes(buf[_OVERFLOW_OFFSET : _OVERFLOW_OFFSET + 4], "little"):
-        return False
-    me = _core.self_token()
-    for i in range(_HOLDER_CAPACITY):
-        at = _HOLDERS_OFFSET + 8 * i
-        token = int.from_bytes(buf[at : at + 8], "little")
-        if token and token != me and _core.token_alive(token):
+    """Whether the handle being released is the dict's last live one (best effort).
+
+    The shared count is taken down by one for the question and given back (the
+    release proper drops it): of two processes closing at once, exactly one sees 0.
+    Handles of processes that died are never given back, so when the count stays
+    above 0 the root segment's holder table decides: no other live process holds it.
+    """
+    remaining = _core.fetch_add64(buf, header_offset, -1) - 1
+    try:
+        if remaining == 0:
+            return True
+        if local_handles > 1:
             return False
-    return True
+        if int.from_bytes(buf[_OVERFLOW_OFFSET : _OVERFLOW_OFFSET + 4], "little"):
+            return False
+        me = _core.self_token()
+        for i in range(_HOLDER_CAPACITY):
+            at = _HOLDERS_OFFSET + 8 * i
+            token = int.from_bytes(buf[at : at + 8], "little")
+            if token and token != me and _core.token_alive(token):
+                return False
+        return True
+    finally:
+        _core.fetch_add64(buf, header_offset, 1)
 
 
 def _root_name(buf: Any, root: int, slot: int) -> str:
