@@ -418,3 +418,10 @@ def test_last_two_handles_closing_at_once_remove_the_table() -> None:
         p.join(timeout=30)
         assert p.exitcode == 0
     assert not any(os.path.exists("/dev/shm" + n) for n in tables)
+
+
+def test_merge_operators(d: SharedDict) -> None:
+    d["a"] = 1
+    d |= {"b": 2}
+    assert d | {"c": 3} == {"a": 1, "b": 2, "c": 3}
+    assert isinstance(d | {}, dict)

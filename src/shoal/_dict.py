@@ -193,6 +193,7 @@ class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc
     Single operations are atomic; ``keys()``/``values()``/``items()`` and iteration
     return consistent snapshots (lists).  It grows by itself and reuses the memory of
     deleted entries.  Atomic helpers: :meth:`incr` and :meth:`get_or_set`.
+    Iteration order is the table's, not the order of insertion.
     """
 
     _PAYLOAD_SIZE = _ROOT_PAYLOAD
@@ -342,6 +343,17 @@ class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc
         if isinstance(other, dict):
             return self.copy() == other
         return NotImplemented
+
+    def __ior__(self, other: Any) -> SharedDict:
+        self.update(other)
+        return self
+
+    def __or__(self, other: Any) -> dict[Any, Any]:
+        if not isinstance(other, (dict, SharedDict)):
+            return NotImplemented
+        merged = self.copy()
+        merged.update(other.copy() if isinstance(other, SharedDict) else other)
+        return merged
 
     # by identity, as Manager proxies are (shoal tracks live handles in a WeakSet)
     __hash__ = object.__hash__
