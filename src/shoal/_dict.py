@@ -141,7 +141,11 @@ def _last_user(buf: Any, header_offset: int, local_handles: int) -> bool:
     """
     remaining = _core.fetch_add64(buf, header_offset, -1) - 1
     try:
-        if remaining == 0:
+        if remaining >> 32:
+            # handles pickled and not yet unpickled (the high half of the count, in
+            # shoal._handle's "references in flight"): their receivers need the table
+            return False
+        if remaining & 0xFFFFFFFF == 0:
             return True
         if local_handles > 1:
             return False
