@@ -375,16 +375,26 @@ static PyObject *dict_read(DictObject *self, dict_key *k, int want_value, int *f
         }
         const char *val;
         uint32_t vl;
-        int r = shoal_dict_lookup(d, self->table_size, k->hash, k->p, k->n, &val, &vl);
+        uint64_t size = self->table_size;
+        int r = shoal_dict_lookup(d, size, k->hash, k->p, k->n, &val, &vl);
         PyObject *obj = NULL;
         int pending = 0;
         if (r == 1) {
+            /* decoding allocates, and a collection may run a finalizer that uses this
+             * dict and rebinds it to a newer table: the mapping must outlive the copy */
+            PyObject *keep = Py_NewRef(self->table_view.obj);
             if (want_value)
                 obj = dec_raw(val, vl, &pending);
             else
                 obj = Py_NewRef(Py_None);
-        }
-        if (shoal_dict_read_retry(d, v)) {
+            int moved = shoal_dict_read_retry(d, v);
+            Py_DECREF(keep);
+            if (moved) {
+                Py_XDECREF(obj);
+                PyErr_Clear();
+                continue;
+            }
+        } else if (shoal_dict_read_retry(d, v)) {
             Py_XDECREF(obj);
             PyErr_Clear();
             continue;
@@ -710,11 +720,11 @@ static PyObject *snapshot_pass(DictObject *self, int which, PyObject **pending) 
     if (!list || !todo)
         goto fail;
     shoal_dict *d = self->table;
-    uint64_t pos = 0;
+    uint64_t pos = 0, size = self->table_size;
     const char *kp, *vp;
     uint32_t kl, vl;
     int r;
-    while ((r = shoal_dict_next(d, self->table_size, &pos, &kp, &kl, &vp, &vl)) == 1) {
+    while ((r = shoal_dict_next(d, size, &pos, &kp, &kl, &vp, &vl)) == 1) {
         PyObject *parts[2] = {NULL, NULL};
         int pend[2] = {0, 0}, n = 0;
         if (which != 1)
@@ -785,8 +795,11 @@ static PyObject *dict_snapshot(DictObject *self, PyObject *arg) {
             tries--;
             continue;
         }
+        PyObject *keep = Py_NewRef(self->table_view.obj); /* as in dict_read */
         list = snapshot_pass(self, which, &todo);
-        if (shoal_dict_read_retry(d, v)) {
+        int moved = shoal_dict_read_retry(d, v);
+        Py_DECREF(keep);
+        if (moved) {
             Py_CLEAR(list);
             Py_CLEAR(todo);
             PyErr_Clear();
