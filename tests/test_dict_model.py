@@ -133,6 +133,17 @@ class DictModel(RuleBasedStateMachine):
     def setdefault(self, key: Any, value: Any) -> None:
         self.check("setdefault", key, value)
 
+    @precondition(lambda self: self.model)
+    @rule()
+    def popitem(self) -> None:
+        key, value = self.shared.popitem()
+        assert self.model.pop(key) == value
+
+    @rule(items=st.lists(st.tuples(keys, values), max_size=5))
+    def update(self, items: list[tuple[Any, Any]]) -> None:
+        self.shared.update(items)
+        self.model.update(items)
+
     @precondition(lambda self: len(self.model) > 3)
     @rule()
     def clear(self) -> None:
