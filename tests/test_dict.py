@@ -425,3 +425,11 @@ def test_merge_operators(d: SharedDict) -> None:
     d |= {"b": 2}
     assert d | {"c": 3} == {"a": 1, "b": 2, "c": 3}
     assert isinstance(d | {}, dict)
+
+
+def test_unhashable_keys_are_fine(d: SharedDict) -> None:
+    d[[1, 2]] = "list"  # pickled: keys need not be hashable, only picklable
+    d[{"a": 1}] = "dict"
+    assert d[[1, 2]] == "list" and d[{"a": 1}] == "dict"
+    assert [1, 2] in d and [2, 1] not in d
+    assert sorted(map(repr, d.keys())) == ["[1, 2]", "{'a': 1}"]
