@@ -7,6 +7,9 @@ What these tests hold ``shoal._handle`` to:
   forked child takes one for each object it inherits, and each process gives its
   references back when it closes, collects or exits, so the block is freed exactly
   when the last one goes; a handle to a freed block is refused rather than aliased;
+* a pickle carries a reference *in flight* that its first unpickling adopts, so the
+  object outlives a sender that drops it or exits before the receiver unpickles
+  (#4); a duplicate unpickle takes a plain reference; lost pickles expire;
 * the arena allocator (a bitmap of 64-byte blocks) agrees with a dict model under a
   hypothesis state machine.
 """
@@ -91,6 +94,13 @@ def use_lock(lock: Any) -> int:
     return os.getpid()
 
 
+def pickles(obj: Any) -> bool:
+    """Whether ``obj`` pickles; the copy is unpickled and closed at once, since a
+    pickle never unpickled would keep the object alive (#4: references in flight)."""
+    pickle.loads(pickle.dumps(obj)).close()
+    return True
+
+
 def unpickle_stale(data: bytes, conn: Connection) -> None:
     try:
         pickle.loads(data)
@@ -108,12 +118,12 @@ def use_after_parent_closed(lock: Any, conn: Connection) -> None:
     got = lock.acquire(timeout=5)
     if got:
         lock.release()
-    conn.send((got, lock.closed, count_of(lock), len(pickle.dumps(lock)) > 0))
+    conn.send((got, lock.closed, count_of(lock), pickles(lock)))
 
 
 def report_inherited(lock: Any, conn: Connection) -> None:
     # passed as a Process argument: inherited under fork, unpickled otherwise
-    conn.send((lock.closed, count_of(lock), len(pickle.dumps(lock)) > 0, use_lock(lock)))
+    conn.send((lock.closed, count_of(lock), pickles(lock), use_lock(lock)))
 
 
 class SlowToPickle:
@@ -295,7 +305,10 @@ def test_a_handle_to_a_freed_block_is_refused(ctx: Any) -> None:
     lock = shoal.Lock()
     segment, offset = lock._segment, lock._header_offset
     data = pickle.dumps(lock)
+    # the pickle's reference in flight keeps the block (#4) until an unpickling adopts it
     lock.close()
+    assert block_in_use(segment, offset)
+    pickle.loads(data).close()
     assert not block_in_use(segment, offset)
     with pytest.raises(shoal.SegmentNotFoundError, match="no longer exists"):
         pickle.loads(data)
@@ -357,8 +370,10 @@ def test_pool_workers_give_their_references_back(ctx: Any) -> None:
     finally:
         pool.terminate()
     # the workers unpickled it for each task (or inherited it, under fork) and have
-    # given every reference back: at task end, or at exit
+    # given every reference back: at task end, or at exit; each task's pickle was
+    # adopted by its unpickling, so nothing is left in flight either (#4)
     assert count_of(lock) == 1
+    assert segment.in_flight == 0
     assert block_in_use(segment, offset)
     lock.close()
     assert not block_in_use(segment, offset), "the arena block was not freed"
@@ -633,3 +648,217 @@ ArenaAllocatorMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_arena_allocator_against_a_model = ArenaAllocatorMachine.TestCase
+
+
+# ---- references in flight (#4): a pickled handle keeps its object ---------------------------
+
+
+class Blob(_handle.SharedObject):
+    """A bare shared object too big for an arena: it gets a segment of its own."""
+
+    _PAYLOAD_SIZE = MAX_ARENA_OBJECT + 1
+
+    def __init__(self) -> None:
+        self._create()
+
+    def _bind_payload(self) -> None:
+        pass
+
+    def _unbind_payload(self) -> None:
+        pass
+
+
+def in_flight_of(obj: Any) -> int:
+    """References in flight of ``obj`` itself (the high half of its count word)."""
+    return count_of(obj) >> 32
+
+
+def create_send_and_exit(conn: Connection, big: bool) -> None:
+    # pickled here, unpickled by the parent only after this process is gone
+    event, sem = shoal.Event(), shoal.Semaphore(3)
+    event.set()
+    objects: tuple[Any, ...] = (event, sem, Blob()) if big else (event, sem)
+    conn.send((objects[-1]._segment.name, pickle.dumps(objects)))
+    for obj in objects:
+        obj.close()
+
+
+def send_blob_and_exit(conn: Connection) -> None:
+    blob = Blob()
+    conn.send((blob._segment.name, pickle.dumps(blob)))
+    blob.close()
+
+
+def make_objects() -> tuple[Any, Any, int]:
+    event, sem = shoal.Event(), shoal.Semaphore(2)
+    event.set()
+    assert sem.acquire(timeout=TIMEOUT)
+    return event, sem, os.getpid()
+
+
+def get_and_report(queue: Any, conn: Connection) -> None:
+    event = queue.get(timeout=TIMEOUT)
+    conn.send(event.is_set())
+    event.close()
+
+
+def unpickle_and_report(data: bytes, conn: Connection) -> None:
+    obj = pickle.loads(data)
+    conn.send(count_of(obj) & 0xFFFFFFFF)
+    obj.close()
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["arena", "own segment"])
+def test_a_pickle_outlives_the_process_that_made_it(ctx: Any, big: bool) -> None:
+    here, there = ctx.Pipe()
+    p = ctx.Process(target=create_send_and_exit, args=(there, big))
+    p.start()
+    assert here.poll(TIMEOUT)
+    name, data = here.recv()
+    join_all(p)
+    assert p.exitcode == 0
+    # the sender closed everything and exited; no process holds the segment, yet it
+    # stays for the pickle on its way
+    assert os.path.exists("/dev/shm" + name)
+    objects = pickle.loads(data)
+    event, sem = objects[:2]
+    assert event.is_set()
+    assert sem.get_value() == 3
+    assert all(count_of(obj) == 1 for obj in objects), "not adopted, or a plain reference"
+    assert objects[-1]._segment.in_flight == 0
+    for obj in objects:
+        obj.close()
+    # gone, unless it is one of our own arenas (a forked child allocates from those)
+    assert wait_until(
+        lambda: name in shoal.lowlevel.attached_names() or not os.path.exists("/dev/shm" + name),
+        5,
+    )
+
+
+def test_put_then_drop_keeps_the_object_for_the_getter(ctx: Any) -> None:
+    queue = shoal.Queue()
+    event = shoal.Event()
+    event.set()
+    queue.put(event)
+    event.close()  # q.put(x); del x: the queued handle keeps it
+    here, there = ctx.Pipe()
+    p = ctx.Process(target=get_and_report, args=(queue, there))
+    p.start()
+    assert here.poll(TIMEOUT)
+    assert here.recv() is True
+    join_all(p)
+    assert p.exitcode == 0
+    queue.close()
+
+
+def test_a_pool_worker_returns_an_object_it_created_and_exits(ctx: Any) -> None:
+    pool = ctx.Pool(1, maxtasksperchild=1)
+    try:
+        event, sem, pid = pool.apply_async(make_objects).get(timeout=TIMEOUT)
+        again = pool.apply_async(make_objects).get(timeout=TIMEOUT)
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()
+    assert again[2] != pid, "maxtasksperchild=1: each task in a new worker"
+    # every worker is gone: the objects are ours alone now, and work
+    for ev, se, _ in ((event, sem, pid), again):
+        assert ev.is_set()
+        assert se.get_value() == 1
+        assert se.acquire(timeout=1) and not se.acquire(timeout=0.01)
+        assert count_of(ev) == 1 and count_of(se) == 1
+        ev.close()
+        se.close()
+
+
+def test_a_pickle_unpickled_twice_adopts_once() -> None:
+    lock = shoal.Lock()
+    data = pickle.dumps(lock)
+    assert in_flight_of(lock) == 1 and lock._segment.in_flight >= 1
+    first = pickle.loads(data)  # adopts the reference in flight
+    assert count_of(lock) == 2
+    second = pickle.loads(data)  # a plain reference of its own
+    assert count_of(lock) == 3
+    # and in another process (forked: it also inherits first and second)
+    here, there = FORK.Pipe()
+    p = FORK.Process(target=unpickle_and_report, args=(data, there))
+    p.start()
+    assert here.poll(TIMEOUT)
+    assert here.recv() == 7  # ours, first, second, the three the child inherited, its own
+    join_all(p)
+    for obj in (first, second):
+        obj.close()
+    assert count_of(lock) == 1
+    segment, offset = lock._segment, lock._header_offset
+    lock.close()
+    assert not block_in_use(segment, offset)
+    with pytest.raises(shoal.SegmentNotFoundError):
+        pickle.loads(data)  # the object is gone: no count went negative to let it back
+
+
+def test_copy_and_deepcopy_leave_nothing_in_flight() -> None:
+    import copy
+
+    cond = shoal.Condition(shoal.Lock())
+    lock = cond._lock
+    twins = [copy.copy(cond), copy.deepcopy(cond), copy.deepcopy([cond, cond])[0]]
+    assert count_of(cond) == 4
+    assert in_flight_of(cond) == 0 and in_flight_of(lock) == 0
+    with twins[1]:
+        assert not cond._lock.acquire(timeout=0.01)
+    assert twins[0]._lock is lock  # a shallow copy shares the lock handle itself
+    for twin in twins:
+        if twin._lock is not lock:
+            twin._lock.close()
+        twin.close()
+    assert count_of(cond) == 1 and count_of(lock) == 1
+    cond.close()
+    lock.close()
+
+
+def test_never_unpickled_pickles_are_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    here, there = FORK.Pipe()
+    p = FORK.Process(target=send_blob_and_exit, args=(there,))
+    p.start()
+    assert here.poll(TIMEOUT)
+    name, data = here.recv()
+    join_all(p)
+    del data  # lost: never unpickled
+    assert os.path.exists("/dev/shm" + name)
+    assert name not in _memory.reap(), "reaped while the pickle could still arrive"
+    monkeypatch.setattr(_memory, "IN_FLIGHT_TIMEOUT_S", 0.0)
+    time.sleep(0.01)
+    assert name in _memory.reap()
+    assert not os.path.exists("/dev/shm" + name)
+
+
+def test_sent_references_gives_back_what_a_discarded_pickle_took() -> None:
+    lock, event = shoal.Lock(), shoal.Event()
+    segments = {lock._segment, event._segment}
+    with _handle.sent_references() as sent:
+        pickle.dumps([lock, event, lock])  # the memo pickles lock once
+        assert len(sent) == 2 and in_flight_of(lock) == 1
+        sent.cancel()
+    assert count_of(lock) == 1 and count_of(event) == 1
+    assert all(s.in_flight == 0 for s in segments)
+    # a failed pickling gives back what it took before it failed
+    with pytest.raises((pickle.PicklingError, AttributeError)), _handle.sent_references():
+        pickle.dumps([lock, lambda: None])
+    assert count_of(lock) == 1
+    # a kept pickle stays in flight; an enclosing block may still cancel it
+    with _handle.sent_references() as outer:
+        with _handle.sent_references():
+            data = pickle.dumps(event)
+        assert in_flight_of(event) == 1 and len(outer) == 1
+    assert in_flight_of(event) == 1
+    pickle.loads(data).close()
+    assert count_of(event) == 1
+    # cancelling after the object was closed still frees its block
+    segment, offset = event._segment, event._header_offset
+    with _handle.sent_references() as sent:
+        pickle.dumps(event)
+        event.close()
+        assert block_in_use(segment, offset)
+        sent.cancel()
+    assert not block_in_use(segment, offset)
+    lock.close()

@@ -741,3 +741,89 @@ def test_segments_a_child_creates_go_when_it_exits(ctx: Any) -> None:
         assert not exists(name), f"{ctx.get_start_method()} child left {name} behind"
     finally:
         keep.close()
+
+
+# ---- references in flight (#4): a pickled handle keeps its segment ------------------------
+
+
+def child_attach_and_adopt(name: str, conn: Connection) -> None:
+    seg = Segment.attach(name)
+    seg._end_flight()  # what shoal._handle does when an unpickling adopts the reference
+    conn.send((bytes(seg.buffer[HEADER_SIZE : HEADER_SIZE + 5]), seg.in_flight))
+    seg.close()
+
+
+def test_a_segment_with_references_in_flight_outlives_its_last_holder(ctx: Any) -> None:
+    seg = Segment.create(64)
+    name = seg.name
+    seg.buffer[HEADER_SIZE : HEADER_SIZE + 5] = b"hello"
+    assert seg.in_flight == 0
+    seg._begin_flight()
+    assert seg.in_flight == 1
+    seg.close()
+    # nobody holds it, but a pickled handle to it is on its way: it stays
+    assert exists(name)
+    assert name not in reap()
+    here, there = ctx.Pipe()
+    p = ctx.Process(target=child_attach_and_adopt, args=(name, there))
+    p.start()
+    assert here.poll(TIMEOUT)
+    got, in_flight = here.recv()
+    join_all(p)
+    assert (got, in_flight, p.exitcode) == (b"hello", 0, 0)
+    # the receiver was the last holder, with nothing in flight: it unlinked the segment
+    assert not exists(name)
+
+
+def test_references_in_flight_never_go_below_zero() -> None:
+    seg = Segment.create(8)
+    try:
+        seg._end_flight()
+        assert seg.in_flight == 0
+        seg._begin_flight()
+        seg._begin_flight()
+        seg._end_flight()
+        assert seg.in_flight == 1
+        seg._end_flight()
+        seg._end_flight()
+        assert seg.in_flight == 0
+    finally:
+        seg.close()
+    assert not exists(seg.name)
+    with pytest.raises(shoal.ClosedError):
+        seg.in_flight  # noqa: B018
+
+
+def test_lost_references_in_flight_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a pickle never unpickled must not keep a segment forever (#4)
+    kept = Segment.create(8)
+    kept._begin_flight()
+    kept.close()
+    assert exists(kept.name)
+    assert kept.name not in reap()
+    monkeypatch.setattr(_memory, "IN_FLIGHT_TIMEOUT_S", 0.0)
+    time.sleep(0.01)
+    assert kept.name in reap()
+    assert not exists(kept.name)
+    # and the last holder unlinks a segment whose references in flight expired
+    seg = Segment.create(8)
+    seg._begin_flight()
+    time.sleep(0.01)
+    seg.close()
+    assert not exists(seg.name)
+
+
+def test_a_process_that_keeps_creating_segments_sweeps_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sweeps: list[float] = []
+    original = _memory.reap
+    monkeypatch.setattr(_memory, "reap", lambda: sweeps.append(time.monotonic()) or original())
+    monkeypatch.setattr(_memory._state, "swept_at", time.monotonic())
+    Segment.create(1).close()
+    assert sweeps == [], "swept again right after a sweep"
+    monkeypatch.setattr(
+        _memory._state, "swept_at", time.monotonic() - _memory.IN_FLIGHT_TIMEOUT_S - 1
+    )
+    Segment.create(1).close()
+    assert len(sweeps) == 1

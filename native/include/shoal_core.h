@@ -20,8 +20,11 @@
 
 #include <stdint.h>
 
-/* 2: shoal_cond counts waiters per generation (see below); was one pool of tickets. */
-#define SHOAL_LAYOUT_VERSION 2
+/* 2: shoal_cond counts waiters per generation (see below); was one pool of tickets.
+ * 3: segment headers count handles in flight (pickled, not yet unpickled) and object
+ *    reference counts carry them in their high 32 bits (shoal._memory, shoal._handle):
+ *    an older shoal would unlink or free what a pickle still names. */
+#define SHOAL_LAYOUT_VERSION 3
 
 typedef enum {
     SHOAL_OK = 0,          /* done: acquired, released, woken, set */

@@ -14,16 +14,38 @@ of their own.  Layout of an arena (after the segment header)::
 
 Every allocation starts with a 16-byte object header::
 
-    +0    u64 reference count: live handles, in every process
+    +0    u64 reference count: low 32 bits, references (live handles in every
+          process, plus those in flight); high 32 bits, the references in flight
     +8    u32 serial (unique per allocation in its segment), u32 blocks in the run
     +16   the object's own struct
 
 A handle is ``(segment name, header offset, serial)``.  Unpickling one attaches the
 segment, checks the serial (a handle to a freed block is refused, never aliased to
-its new tenant) and increments the count; closing or collecting the object
-decrements it, and the last one frees the blocks.  A process that dies holding
-handles never decrements: its blocks stay allocated until the arena itself goes,
-which happens when every process holding the arena has closed it or died.
+its new tenant) and takes a reference; closing or collecting the object drops it,
+and the last one frees the blocks.  A process that dies holding handles never
+drops them: its blocks stay allocated until the arena itself goes, which happens
+when every process holding the arena has closed it or died.
+
+References in flight (#4).  A pickled handle must keep its object alive until it is
+unpickled, even if the sender drops the object (``q.put(lock); del lock``) or exits
+(a ``Pool`` worker returning an object it created)::
+
+    pickle (__reduce__)            segment in_flight += 1, then count += 1<<32 | 1
+    unpickle, count>>32 > 0        adopt: count -= 1<<32, then segment in_flight -= 1
+    unpickle, count>>32 == 0       a plain reference: count += 1 (needs count > 0)
+
+So pickling takes a reference for the handle's future holder, and the first
+unpickling adopts it instead of taking its own.  References in flight are counted
+per object, not per pickle: a pickle unpickled twice adopts once and then takes a
+plain reference (or adopts one of another pickle of the same object, which will in
+turn take a plain one) -- the count stays exact either way and never goes negative.
+``copy.copy``/``deepcopy`` pickle and unpickle at once and stay balanced too.  The
+segment's own count keeps it from being unlinked while nobody holds it
+(``shoal._memory``).  A pickle that is never unpickled leaks its reference: the
+object lives until its segment goes, and a segment nobody holds is unlinked once its
+latest pickle is ``_memory.IN_FLIGHT_TIMEOUT_S`` old.  A serializer that pickles
+and then throws the pickle away (a failed attempt, a retry) gives the references
+back with :func:`sent_references`.
 
 A forked child inherits live objects without unpickling them, so after a fork the
 child takes a reference on each object it inherited, and keeps the parent's arenas
@@ -46,7 +68,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 from . import _core
 from ._errors import ClosedError, SegmentNotFoundError
@@ -62,7 +84,7 @@ from ._memory import (
     shared_section,
 )
 
-__all__ = ["ARENA_SIZE", "BLOCK_SIZE", "SharedObject"]
+__all__ = ["ARENA_SIZE", "BLOCK_SIZE", "SentReferences", "SharedObject", "sent_references"]
 
 ARENA_SIZE = 256 * 1024
 BLOCK_SIZE = 64
@@ -77,6 +99,9 @@ _ARENA_LOCK_TIMEOUT = 30.0
 # handles are released at exit after multiprocessing's queue feeders (-5) flushed what
 # they were pickling, and before the segments go (_memory.SEGMENT_EXIT_PRIORITY)
 OBJECT_EXIT_PRIORITY = -50
+# the object reference count word: references in the low half, in flight in the high
+_FLIGHT = 1 << 32
+_REFS = _FLIGHT - 1
 
 
 def _arena_geometry() -> tuple[int, int, int]:
@@ -318,7 +343,10 @@ class SharedObject:
                 raise ValueError(
                     f"handle offset {offset} does not name an object in segment {name}"
                 )
-            if not self._take_reference(segment, offset, serial):
+            taken, adopted = self._take_reference(segment, offset, serial)
+            if adopted:
+                segment._end_flight()
+            if not taken:
                 raise SegmentNotFoundError(
                     2,
                     f"the shared {type(self).__name__} this handle named no longer "
@@ -340,18 +368,40 @@ class SharedObject:
             raise
 
     @staticmethod
-    def _take_reference(segment: Segment, offset: int, serial: int) -> bool:
+    def _take_reference(segment: Segment, offset: int, serial: int) -> tuple[bool, bool]:
+        """Adopt a reference in flight, or take a new one: (taken, adopted).
+
+        ``adopted`` says one of the object's references in flight was used up (the
+        caller then takes it off the segment's count too), even where the serial
+        turned out not to match and the reference was given back.
+        """
         buf = segment.buffer
+        if _serial_at(buf, offset) != serial:
+            # freed, or another tenant's: leave its counts alone (checked again below,
+            # once a reference pins the block, in case it changed hands meanwhile)
+            return False, False
         count = _core.load64(buf, offset)
-        while count:
-            swapped, count = _core.cas64(buf, offset, count, count + 1)
+        while count & _REFS:
+            adopt = count >= _FLIGHT
+            new = count - _FLIGHT if adopt else count + 1
+            swapped, count = _core.cas64(buf, offset, count, new)
             if swapped:
-                if int.from_bytes(buf[offset + 8 : offset + 12], "little") == serial:
-                    return True
+                if _serial_at(buf, offset) == serial:
+                    return True, adopt
                 # a new tenant of the block: give its count back, never alias it
                 _release_count_only(segment, offset)
-                return False
-        return False
+                return False, adopt
+        return False, False
+
+    def _send_reference(self) -> None:
+        """Take the reference that the handle being pickled carries (see the module
+        docstring): the segment's count first, so the segment is kept from the start."""
+        segment, offset = self._segment, self._header_offset
+        segment._begin_flight()
+        _core.fetch_add64(segment.buffer, offset, _FLIGHT + 1)
+        tracker: Optional[SentReferences] = getattr(_tracking, "current", None)
+        if tracker is not None:
+            tracker._record(segment, offset)
 
     def _track(self) -> None:
         # weakref.finalize, not util.Finalize: the latter is wiped in every child
@@ -405,7 +455,9 @@ class SharedObject:
     def __reduce__(self) -> tuple[Any, ...]:
         if self.closed:
             raise ClosedError(f"cannot pickle a closed {type(self).__name__}")
-        return (_rebuild, (type(self), self._handle, self._handle_state()))
+        state = self._handle_state()  # first: it may refuse, and then nothing was sent
+        self._send_reference()
+        return (_rebuild, (type(self), self._handle, state))
 
     @property
     def closed(self) -> bool:
@@ -439,10 +491,92 @@ def _valid_offset(segment: Segment, offset: int, size: int) -> bool:
     return True
 
 
+def _serial_at(buf: Any, offset: int) -> int:
+    return int.from_bytes(buf[offset + 8 : offset + 12], "little")
+
+
 def _release_count_only(segment: Segment, offset: int) -> None:
     remaining = _core.fetch_add64(segment.buffer, offset, -1) - 1
     if remaining == 0 and segment.kind == KIND_ARENA:
         _Arena.of(segment).free(offset)
+
+
+def _cancel_flight(segment: Segment, offset: int) -> None:
+    """Give back one reference in flight whose pickle will never be unpickled.
+
+    If the object has none left in flight, an unpickling already adopted it (a
+    duplicate unpickle of another pickle took this one's place): nothing to give back.
+    """
+    buf = segment.buffer
+    count = _core.load64(buf, offset)
+    while count >= _FLIGHT:
+        new = count - _FLIGHT - 1
+        swapped, count = _core.cas64(buf, offset, count, new)
+        if swapped:
+            segment._end_flight()
+            if new & _REFS == 0 and segment.kind == KIND_ARENA:
+                _Arena.of(segment).free(offset)
+            return
+
+
+# ---- giving back references in flight whose pickle was thrown away ------------------------
+
+_tracking = threading.local()
+
+
+class SentReferences:
+    """The references in flight that pickling took inside one :func:`sent_references`
+    block, in this thread."""
+
+    def __init__(self) -> None:
+        self._taken: list[tuple[Segment, int]] = []
+
+    def __len__(self) -> int:
+        return len(self._taken)
+
+    def _record(self, segment: Segment, offset: int) -> None:
+        segment._retain()  # the object may be closed before cancel(): keep its memory
+        self._taken.append((segment, offset))
+
+    def cancel(self) -> None:
+        """Give the references back: the pickles that took them will not be unpickled."""
+        taken, self._taken = self._taken, []
+        with shared_section():  # an arena's free() below must not meet a finalizer
+            for segment, offset in taken:
+                try:
+                    _cancel_flight(segment, offset)
+                finally:
+                    _close_segment(segment)
+
+    def _hand_over(self, outer: SentReferences | None) -> None:
+        taken, self._taken = self._taken, []
+        if outer is not None:
+            outer._taken.extend(taken)  # the outer block may still throw them away
+            return
+        for segment, _ in taken:
+            _close_segment(segment)
+
+
+@contextlib.contextmanager
+def sent_references() -> Iterator[SentReferences]:
+    """Track the references in flight that shoal handles pickled inside take.
+
+    A serializer whose pickle is thrown away calls ``cancel()`` on what this yields
+    (a first attempt that failed, a pickle made twice).  An exception leaving the
+    block cancels them too: whatever was being pickled was not sent.  Otherwise they
+    stay in flight (handed to an enclosing block, if any, which may still cancel).
+    """
+    outer: Optional[SentReferences] = getattr(_tracking, "current", None)
+    sent = SentReferences()
+    _tracking.current = sent
+    try:
+        yield sent
+    except BaseException:
+        _tracking.current = outer
+        sent.cancel()
+        raise
+    _tracking.current = outer
+    sent._hand_over(outer)
 
 
 def _before_fork() -> None:

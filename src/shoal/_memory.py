@@ -13,7 +13,9 @@ Every segment starts with a one-page header::
     40      8     creation time, ns since the epoch
     48      4     holder capacity
     52      4     holders not recorded (the table was full)
+    56      8     references in flight: handles pickled and not yet unpickled
     64      40    shoal_mutex guarding the holder table
+    104     8     when the last reference in flight was taken, ns since the epoch
     128     8*N   holder table: the token of each process attached, 0 = free slot
 
 Lifetime.  A process attaches a segment once (``Segment.attach`` is cached per
@@ -24,6 +26,18 @@ died (SIGKILL included) is recognised by its token (pid + start time): survivors
 it when they close.  When *every* holder died, nobody is left to close: the next
 shoal process that creates a segment, or ``reap()`` (``python -m shoal doctor
 --reap``), sweeps ``/dev/shm`` and removes shoal segments whose holders are all dead.
+(A process that keeps creating segments sweeps again every ``IN_FLIGHT_TIMEOUT_S``.)
+
+References in flight (#4).  A handle that was pickled and not yet unpickled — a
+``Pool`` worker's return value after the worker exited, a lock put on a queue by a
+process that then dropped it — must keep its segment even when no process holds it
+any more.  ``shoal._handle`` counts each pickled handle here (``_begin_flight``) and
+the unpickling that adopts it takes it back (``_end_flight``); the last holder does
+not unlink a segment with references in flight.  A pickle that is never unpickled
+must not keep its segment forever, so the count carries the time of the latest
+pickle: once that is more than ``IN_FLIGHT_TIMEOUT_S`` (10 minutes) ago, the
+references count as lost, and a segment with no live holder is unlinked by its last
+holder or reaped as any other.
 
 Forking copies a process's mappings, so the child registers itself as a holder of
 every segment it inherits (``os.register_at_fork``), and every process removes
@@ -64,6 +78,7 @@ from ._errors import ClosedError, LayoutError, SegmentNotFoundError, SharedMemor
 
 __all__ = [
     "HEADER_SIZE",
+    "IN_FLIGHT_TIMEOUT_S",
     "KIND_ARENA",
     "KIND_DATA",
     "KIND_TRANSIT",
@@ -93,11 +108,19 @@ _HOLDERS_OFFSET = 128
 _HOLDER_CAPACITY = (HEADER_SIZE - _HOLDERS_OFFSET) // 8
 _FLAGS_OFFSET = 28
 _OVERFLOW_OFFSET = 52
+_IN_FLIGHT_OFFSET = 56
+_IN_FLIGHT_TIME_OFFSET = 104
 _TABLE_LOCK_TIMEOUT = 30.0
 # A segment with no magic yet is being created; only after this long is its creator
 # presumed dead mid-creation.
 _UNFINISHED_GRACE_S = 60.0
 _SHM_DIR = "/dev/shm"
+# How long a pickled handle keeps a segment nobody holds: a pickle that was never
+# unpickled (dropped, or its receiver died first) is presumed lost after this long,
+# counted from the segment's latest pickle.  Generous on purpose: a Pool result can
+# wait in a pipe while the parent is busy.  Also how often a process that keeps
+# creating segments sweeps /dev/shm again.
+IN_FLIGHT_TIMEOUT_S = 600.0
 # exit priorities (multiprocessing.util.Finalize: higher runs first).  Segments go
 # last, after the objects inside them (shoal._handle) and after multiprocessing's
 # own queue feeders (-5), which may still be pickling handles to them.
@@ -258,7 +281,8 @@ class _ProcessState:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.attached: dict[str, Segment] = {}
-        self.swept = False
+        # when this process last swept /dev/shm (time.monotonic()), None: never
+        self.swept_at: float | None = None
 
 
 _state = _ProcessState()
@@ -337,8 +361,11 @@ class Segment:
         if not 0 < kind < 2**32:
             raise ValueError(f"segment kind must be in 1 .. 2**32-1, got {kind}")
         _ensure_exit_hook()
-        if not _state.swept:
-            _state.swept = True
+        now = time.monotonic()
+        if _state.swept_at is None or now - _state.swept_at > IN_FLIGHT_TIMEOUT_S:
+            # the first creation in a process sweeps, and a long-lived process sweeps
+            # again now and then: segments kept only by lost pickles expire (#4)
+            _state.swept_at = now
             reap()
         total = HEADER_SIZE + size
         name = _new_name()
@@ -484,7 +511,7 @@ class Segment:
                 live = any(h and _core.token_alive(h) for h in holders)
             finally:
                 holders.release()
-            if live or self._field(_OVERFLOW_OFFSET):
+            if live or self._field(_OVERFLOW_OFFSET) or _in_flight_pending(self.buffer):
                 return False
             self._set_field(_FLAGS_OFFSET, self._field(_FLAGS_OFFSET) | FLAG_UNLINKED)
             try:
@@ -506,6 +533,37 @@ class Segment:
             return [h >> 32 for h in holders if h]
         finally:
             holders.release()
+
+    # ---- references in flight (shoal._handle; see the module docstring) -------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Handles to objects in this segment pickled and not yet unpickled, anywhere.
+
+        Raises:
+            ClosedError: this process closed the segment.
+        """
+        if self._mmap is None:
+            raise ClosedError(f"segment {self.name} is closed in this process")
+        return _core.load64(self.buffer, _IN_FLIGHT_OFFSET)
+
+    def _begin_flight(self) -> None:
+        """Count one more reference in flight (a handle is being pickled)."""
+        buf = self.buffer
+        # the time first: a count above zero always has a fresh time beside it.  No
+        # lock: only a holder calls this, and no segment with a live holder is
+        # unlinked or reaped, so nobody decides on the count meanwhile.
+        _core.store64(buf, _IN_FLIGHT_TIME_OFFSET, time.time_ns())
+        _core.fetch_add64(buf, _IN_FLIGHT_OFFSET, 1)
+
+    def _end_flight(self) -> None:
+        """Count one reference in flight less (it was adopted by an unpickling)."""
+        buf = self.buffer
+        count = _core.load64(buf, _IN_FLIGHT_OFFSET)
+        while count:  # never below zero, whatever a crash left behind
+            swapped, count = _core.cas64(buf, _IN_FLIGHT_OFFSET, count, count - 1)
+            if swapped:
+                return
 
     def _retain(self) -> None:
         """Take one more local reference (matched by one :meth:`close`)."""
@@ -622,7 +680,7 @@ def _after_fork_in_child() -> None:
     global _state
     parent = _state
     _state = _ProcessState()
-    _state.swept = True
+    _state.swept_at = parent.swept_at if parent.swept_at is not None else time.monotonic()
     token = _core.self_token()
     for name, segment in parent.attached.items():
         if segment._mmap is None:
@@ -714,8 +772,17 @@ def _reap_one(name: str) -> bool:
     return _reap_if_unheld(name, mapping)
 
 
+def _in_flight_pending(buf: Any) -> bool:
+    """Whether the header in ``buf`` counts references in flight that are not yet lost."""
+    if not _core.load64(buf, _IN_FLIGHT_OFFSET):
+        return False
+    age_ns = time.time_ns() - _core.load64(buf, _IN_FLIGHT_TIME_OFFSET)
+    return age_ns <= IN_FLIGHT_TIMEOUT_S * 1e9
+
+
 def _reap_if_unheld(name: str, mapping: mmap.mmap, unlink: bool = True) -> bool:
-    """True if no live process holds the segment (then unlinked, if ``unlink``)."""
+    """True if no live process holds the segment and no reference to it is in flight
+    (then unlinked, if ``unlink``)."""
     lock = _core.Mutex()
     lock._bind(mapping, _TABLE_LOCK_OFFSET, False, False)
     try:
@@ -727,6 +794,8 @@ def _reap_if_unheld(name: str, mapping: mmap.mmap, unlink: bool = True) -> bool:
                 overflow = struct.unpack_from("<I", mapping, _OVERFLOW_OFFSET)[0]
                 if overflow or any(h and _core.token_alive(h) for h in holders):
                     return False
+                if _in_flight_pending(mapping):
+                    return False  # a pickled handle may still be unpickled (#4)
                 if unlink:
                     struct.pack_into("<I", mapping, _FLAGS_OFFSET, FLAG_UNLINKED)
                     _unlink_quietly(name)
