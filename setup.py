@@ -38,7 +38,7 @@ setup(
             "shoal._core",
             sources=["src/shoal/_core.c", *native],
             include_dirs=["native/include"],
-            depends=[*glob("native/*/*.h"), "src/shoal/_core_ring.c"],
+            depends=[*glob("native/*/*.h"), *glob("src/shoal/_core_*.c")],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
         )
