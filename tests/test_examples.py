@@ -40,6 +40,7 @@ def test_demo_runs_to_the_end(method):
     for value in "ABC":
         assert f"Put {value} to queue" in out and f"Get {value} from queue" in out
     assert "all data written and read" in out
+    assert "distinct; totals exact" in out
     assert "pairs/s" in out
 
 

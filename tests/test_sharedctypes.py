@@ -402,11 +402,6 @@ def test_integer_atomics_wrap_like_the_c_type(code: str) -> None:
     assert a.add(np.int8(-3), np.int64(1)) == lo  # anything with __index__
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_core.Atomic's atomic_arg() takes only PyLong (PyNumber_Index would take "
-    "numpy integers, as the array atomics do)",
-)
 def test_value_atomics_take_numpy_integers() -> None:
     np = pytest.importorskip("numpy")
     v = shoal.Value("q", 1)

@@ -757,11 +757,11 @@ static PyObject *atomic_bind(AtomicObject *self, PyObject *args) {
 
 /* Any Python int, wrapped to the integer's width (as C arithmetic and ctypes do). */
 static int atomic_arg(PyObject *obj, uint64_t *out) {
-    if (!PyLong_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "an int is required, not %.100s", Py_TYPE(obj)->tp_name);
+    PyObject *index = PyNumber_Index(obj); /* int, numpy integers, anything with __index__ */
+    if (!index)
         return -1;
-    }
-    *out = PyLong_AsUnsignedLongLongMask(obj);
+    *out = PyLong_AsUnsignedLongLongMask(index);
+    Py_DECREF(index);
     return (*out == (uint64_t)-1 && PyErr_Occurred()) ? -1 : 0;
 }
 
