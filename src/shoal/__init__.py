@@ -8,6 +8,8 @@ locks survive a dead owner; segments are reference counted and reaped after cras
     lock = shoal.Lock()          # pass it anywhere: Pool tasks, queues, later processes
 """
 
+import importlib
+
 from ._dict import DictStatistics as DictStatistics
 from ._dict import SharedDict as SharedDict
 from ._errors import BarrierPartyDiedError as BarrierPartyDiedError
@@ -74,6 +76,7 @@ __all__ = [
     "Semaphore",
     "SemaphoreStatistics",
     "SerializationError",
+    "SharedArray",
     "SharedDict",
     "SharedList",
     "SharedMemoryError",
@@ -82,10 +85,32 @@ __all__ = [
     "ShutDown",
     "SimpleQueue",
     "Value",
+    "share",
 ]
+
+# numpy is optional, and importing it starts threads: SharedArray and share() load
+# shoal._array (and numpy) on first use, so `import shoal` stays free of both (#4)
+_LAZY = {"SharedArray": "shoal._array", "share": "shoal._array"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    # ImportError naming `pip install shoal[numpy]` if numpy is missing
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 # Public classes say they are shoal's, not a private module's (trio's habit).
 for _name in __all__:
+    if _name in _LAZY:
+        continue  # says so itself (shoal._array)
     _obj = globals()[_name]
     if getattr(_obj, "__module__", "").startswith("shoal._"):
         _obj.__module__ = "shoal"
