@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 import shoal
-from shoal import ClosedError, _core, _handle, sharedctypes
+from shoal import ClosedError, _core, sharedctypes
 from shoal._handle import MAX_ARENA_OBJECT
 
 TIMEOUT = 30.0
@@ -405,7 +405,10 @@ def test_integer_atomics_wrap_like_the_c_type(code: str) -> None:
 def test_value_atomics_take_numpy_integers() -> None:
     np = pytest.importorskip("numpy")
     v = shoal.Value("q", 1)
-    assert v.add(np.int64(2)) == 3
+    assert v.add(np.int64(2)) == 3 and v.fetch_add(np.uint8(1)) == 3
+    assert v.compare_exchange(np.int32(4), np.int64(-1)) and v.value == -1
+    with pytest.raises(TypeError):
+        v.add(1.0)
 
 
 @pytest.mark.parametrize("code", "fd")
@@ -549,10 +552,6 @@ def make_in_worker(n: int) -> tuple[Any, Any]:
     return a, shoal.RawValue(Point, n, 0.5)
 
 
-@pytest.mark.skipif(
-    not hasattr(_handle, "sent_references"),
-    reason="needs the references that pickled handles carry (shoal._handle, #4)",
-)
 def test_a_worker_returns_new_objects(ctx: Any) -> None:
     # relies on the reference a pickled handle carries (shoal._handle, #4): the
     # worker's own handles are gone before the parent unpickles the result (without
