@@ -22,7 +22,7 @@ Small arrays share arena segments with other small objects; one bigger than
 
 Views.  Every SharedArray of a block in a process — the array made by the
 constructor, and every view numpy makes of it (slices, ``.T``, ``reshape``, field
-access) — points at the block's memory, and holds the block (``_shoal_block``,
+access) — points at the block's memory, and holds the block (``_block``,
 found by ``__array_finalize__`` along the view's ``base`` chain).  A view pickles
 as the block plus its geometry relative to the block, so ``a[::2, 1]`` arrives as
 the same strided view.  Arrays numpy makes in new memory (``a + 1``, ``a.sum(0)``,
@@ -155,7 +155,7 @@ class _Block(SharedObject):
         array = np.ndarray.__new__(
             SharedArray, shape, dtype, buffer=buffer, offset=offset, strides=strides
         )
-        array._shoal_block = self
+        array._block = self
         return array
 
 
@@ -181,7 +181,9 @@ def _rebuild_array(
     offset: int,
     readonly: bool,
 ) -> SharedArray:
-    return block._view(dtype, shape, strides, offset, readonly)
+    # numpy checks the geometry against the block's size; a dtype of Python objects
+    # would read pointers out of shared memory
+    return block._view(_checked_dtype(dtype), shape, strides, offset, readonly)
 
 
 class SharedArray(np.ndarray):
@@ -210,7 +212,9 @@ class SharedArray(np.ndarray):
         SharedMemoryError: no room in shared memory.
     """
 
-    _shoal_block: _Block | None = None
+    # a slot, not a __dict__: numpy calls __array_finalize__ for every view (a[i] of a
+    # 2-d array included), and a slot halves what that costs
+    __slots__ = ("_block",)
 
     def __new__(cls, shape: Any, dtype: Any = float, order: str = "C") -> SharedArray:
         shape = _normalize_shape(shape)
@@ -224,30 +228,41 @@ class SharedArray(np.ndarray):
             raise ValueError(f"array of shape {shape} and dtype {dtype} is too big")
         block = _Block(nbytes)
         array = np.ndarray.__new__(cls, shape, dtype, buffer=block._buffer, order=order)
-        array._shoal_block = block
+        array._block = block
         return array
 
     def __array_finalize__(self, obj: Any) -> None:
         # a view shares its base's memory: find the block along the base chain (new
         # memory, a copy, has no base and stays detached)
         base = self.base
+        if base is obj and isinstance(obj, SharedArray):  # the common case: a direct view
+            block = getattr(obj, "_block", None)
+            if block is not None:
+                self._block = block
+                return
         while base is not None:
-            if isinstance(base, SharedArray) and base._shoal_block is not None:
-                self._shoal_block = base._shoal_block
+            block = getattr(base, "_block", None)
+            if block is not None and isinstance(base, SharedArray):
+                self._block = block
                 return
             base = getattr(base, "base", None)
+
+    @property
+    def _shoal_block(self) -> _Block | None:
+        """The block whose memory this array views (None: detached, private memory)."""
+        return getattr(self, "_block", None)
 
     def __array_wrap__(self, out: Any, context: Any = None, return_scalar: bool = False) -> Any:
         # a ufunc's result: in place (out=a shared array) it stays itself; new memory
         # is returned as a plain ndarray
-        if not (isinstance(out, SharedArray) and out._shoal_block is not None):
+        if not (isinstance(out, SharedArray) and getattr(out, "_block", None) is not None):
             out = out.view(np.ndarray) if isinstance(out, SharedArray) else out
         return out[()] if return_scalar else out
 
     # ---- pickling: a handle and a geometry, not the bytes ---------------------------------
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        block = self._shoal_block
+        block = getattr(self, "_block", None)
         if block is None:
             # detached (numpy made it in new memory): an ordinary array, by value
             return self.view(np.ndarray).__reduce_ex__(protocol)
@@ -266,7 +281,7 @@ class SharedArray(np.ndarray):
         """Return the array cast to a dtype (numpy's ``astype``); a copy is a plain
         ``numpy.ndarray``."""
         out = np.ndarray.astype(self, *args, **kwargs)
-        if isinstance(out, SharedArray) and out._shoal_block is None:
+        if isinstance(out, SharedArray) and getattr(out, "_block", None) is None:
             return out.view(np.ndarray)
         return out
 
@@ -293,20 +308,21 @@ class SharedArray(np.ndarray):
         Raises:
             ClosedError: the array was closed.
         """
-        block = self._shoal_block
-        if block is None:
-            view = self.view()
-            view.flags.writeable = False
-            return view
-        block._check_open("make a read-only view of")
-        offset, _ = _geometry(self, block)
-        return block._view(self.dtype, self.shape, self.strides, offset, True)
+        block = getattr(self, "_block", None)
+        if block is not None:
+            block._check_open("make a read-only view of")
+            offset, inside = _geometry(self, block)
+            if inside:
+                return block._view(self.dtype, self.shape, self.strides, offset, True)
+        view = self.view()  # detached: private memory, nothing shared to protect
+        view.flags.writeable = False
+        return view
 
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called on this array or another view of its
         handle in this process."""
-        block = self._shoal_block
+        block = getattr(self, "_block", None)
         return block is not None and (block._user_closed or block.closed)
 
     def close(self) -> None:
@@ -319,7 +335,7 @@ class SharedArray(np.ndarray):
         still alive is never handed to another object.  Calling it twice is
         harmless.  An array numpy made in private memory has nothing to close.
         """
-        block = self._shoal_block
+        block = getattr(self, "_block", None)
         if block is not None and not block._user_closed:
             block._close_from_array()
 
