@@ -41,6 +41,7 @@ def test_demo_runs_to_the_end(method):
         assert f"Put {value} to queue" in out and f"Get {value} from queue" in out
     assert "all data written and read" in out
     assert "distinct; totals exact" in out
+    assert "the parent sees every row the workers wrote: equal" in out
     assert "pairs/s" in out
 
 
