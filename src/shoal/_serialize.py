@@ -36,6 +36,7 @@ import struct
 from typing import Any
 
 from ._errors import SerializationError
+from ._handle import sent_references
 from ._memory import HEADER_SIZE, discard_transit, open_transit, write_transit
 
 __all__ = [
@@ -69,28 +70,34 @@ def _cloudpickle_dumps(obj: Any, buffer_callback: Any) -> bytes:
 def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer] | None]:
     """Pickle ``obj``: (data, big out-of-band buffers or None).
 
+    Shoal handles inside ``obj`` take a reference in flight each time they are
+    pickled (``shoal._handle``); a pickle made and then thrown away here (a failed
+    first attempt, a re-pickle with the buffers inline) gives its references back.
+
     Raises:
         SerializationError: ``obj`` cannot be pickled (also a pickle.PicklingError).
     """
     buffers: list[pickle.PickleBuffer] = []
-    try:
-        data = _dumps(obj, 5, buffer_callback=buffers.append)
-    except Exception as first:
+    with sent_references() as sent:
         try:
+            data = _dumps(obj, 5, buffer_callback=buffers.append)
+        except Exception as first:
+            sent.cancel()
             buffers.clear()
-            data = _cloudpickle_dumps(obj, buffers.append)
-        except Exception:
-            raise SerializationError(
-                f"cannot send {type(obj).__module__}.{type(obj).__qualname__} object to "
-                f"another process: {first}; nothing was sent",
-                type_name=type(obj).__qualname__,
-            ) from first
-    if not buffers:
-        return data, None
-    if sum(b.raw().nbytes for b in buffers) < ZERO_COPY_THRESHOLD:
-        # small buffers are cheaper inline than in a segment of their own
-        return _dumps(obj, 5), None
-    return data, buffers
+            try:
+                data = _cloudpickle_dumps(obj, buffers.append)
+            except Exception:
+                raise SerializationError(
+                    f"cannot send {type(obj).__module__}.{type(obj).__qualname__} object "
+                    f"to another process: {first}; nothing was sent",
+                    type_name=type(obj).__qualname__,
+                ) from first
+        if buffers and sum(b.raw().nbytes for b in buffers) < ZERO_COPY_THRESHOLD:
+            # small buffers are cheaper inline than in a segment of their own
+            sent.cancel()
+            buffers = []
+            data = _dumps(obj, 5)
+    return data, buffers or None
 
 
 def pack(data: bytes, buffers: list[pickle.PickleBuffer] | None, parent: str) -> bytes:
@@ -151,6 +158,14 @@ def _transit_name(record: bytes) -> str:
 
 
 def discard(record: bytes) -> None:
-    """Free what a record that will never be received holds (its transit segment)."""
-    if record[0] == TRANSIT_MARK:
-        discard_transit(_transit_name(record))
+    """Let go of a record that will never be received (not enqueued, or drained).
+
+    Receiving it and dropping the result is what gives back everything it holds:
+    the references in flight of the shoal handles pickled in it, and its transit
+    segment.  If it cannot be received, its transit segment is removed all the same.
+    """
+    try:
+        loads(record)
+    except Exception:
+        if record[0] == TRANSIT_MARK:
+            discard_transit(_transit_name(record))
