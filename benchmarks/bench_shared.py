@@ -8,9 +8,10 @@ numpy array into every Pool task.  The questions (issue #4):
   in the same place (floor: 50x each) and UltraDict when installed;
 * counters: atomic increments of one shared integer from 2 processes, against
   ``multiprocessing.Value`` incremented under ``get_lock()`` (floor: 5x);
-* arrays: passing a big float64 array to 2 Pool workers that each sum half, rounds
-  per second, for two array sizes: shoal's time per round should not depend on the
-  size (only a handle travels), the standard library pickles the array per task.
+* arrays: passing a big float64 array to 2 Pool workers, rounds per second, for two
+  array sizes: workers that only read one element (the cost of dispatch: shoal's
+  should not depend on the size, since only a handle travels, and stay under 10 ms a
+  round; the standard library pickles the array per task), and workers that sum half.
 
 Memory (no extra copy) is measured by ``benchmarks/memory_array.py``, which sums the
 proportional set size (PSS) of every process while the workers hold the array.
@@ -77,6 +78,10 @@ def _increment_atomic(start: Any, value: Any, n: int, timeout: float) -> Sample:
     for _ in range(n):
         add(1)
     return Sample(n, begin, perf_counter())
+
+
+def _touch(array: Any, half: int) -> float:
+    return float(array[half * (len(array) - 1)])
 
 
 def _sum_half(array: Any, half: int) -> float:
@@ -168,13 +173,16 @@ def _array_state(size_mib: int, shared: bool) -> Any:
     return setup
 
 
-def _array_rounds(state: _State, n: int) -> Sample:
-    pool, array = state.pool, state.obj
-    pool.starmap(_sum_half, [(array, 0), (array, 1)])  # warm-up: workers attach
-    start = perf_counter()
-    for _ in range(n):
-        pool.starmap(_sum_half, [(array, 0), (array, 1)])
-    return Sample(n, start, perf_counter())
+def _rounds(task: Any) -> Any:
+    def run(state: _State, n: int) -> Sample:
+        pool, array = state.pool, state.obj
+        pool.starmap(task, [(array, 0), (array, 1)])  # warm-up: workers attach
+        start = perf_counter()
+        for _ in range(n):
+            pool.starmap(task, [(array, 0), (array, 1)])
+        return Sample(n, start, perf_counter())
+
+    return run
 
 
 POOL_ARG = "Pool task arg"
@@ -186,17 +194,17 @@ SMALL_MIB, BIG_MIB = 64, 512
 _NO_SHARE = None if hasattr(shoal, "share") else "shoal.share() is not in this build"
 
 
-def _array_group(size_mib: int) -> Group:
+def _array_group(size_mib: int, task: Any, what: str) -> Group:
     return Group(
-        key=f"array{size_mib}",
-        title=f"A {size_mib} MiB float64 array to 2 Pool workers that each sum half",
+        key=f"{'sum' if task is _sum_half else 'dispatch'}{size_mib}",
+        title=f"A {size_mib} MiB float64 array to 2 Pool workers that each {what}",
         unit="rounds/s",
         cases=[
             Case(
                 key="mp",
                 label="numpy array (pickled per task)",
                 peer="multiprocessing",
-                run=_array_rounds,
+                run=_rounds(task),
                 n=3 if size_mib >= BIG_MIB else 10,
                 quick_n=1,
                 where=POOL_ARG,
@@ -208,7 +216,7 @@ def _array_group(size_mib: int) -> Group:
                 key="shoal",
                 label="shoal.share(array)",
                 peer="shoal",
-                run=_array_rounds,
+                run=_rounds(task),
                 n=50,
                 quick_n=2,
                 where=POOL_ARG,
@@ -340,8 +348,10 @@ BENCHMARK = Benchmark(
                 ),
             ],
         ),
-        _array_group(SMALL_MIB),
-        _array_group(BIG_MIB),
+        _array_group(SMALL_MIB, _touch, "read one element (dispatch only)"),
+        _array_group(BIG_MIB, _touch, "read one element (dispatch only)"),
+        _array_group(SMALL_MIB, _sum_half, "sum half"),
+        _array_group(BIG_MIB, _sum_half, "sum half"),
     ],
     floors=[
         Floor("dict_set/shoal", "dict_set/manager", 50.0, "SharedDict set vs Manager().dict()"),
