@@ -229,88 +229,54 @@ def _array_group(size_mib: int, task: Any, what: str) -> Group:
     )
 
 
+def _dict_group(key: str, title: str, body: Any) -> Group:
+    return Group(
+        key=key,
+        title=title,
+        unit="ops/s",
+        cases=[
+            Case(
+                key="manager",
+                label="multiprocessing.Manager().dict()",
+                peer="multiprocessing",
+                run=_in_pool(body),
+                n=MANAGER_OPS,
+                quick_n=20,
+                where=POOL_ARG,
+                setup=_manager_dict,
+                teardown=_teardown,
+            ),
+            Case(
+                key="ultradict",
+                label="UltraDict()",
+                peer="UltraDict",
+                run=_in_pool(body),
+                n=DICT_OPS // 10,
+                where=POOL_ARG,
+                setup=_ultradict,
+                teardown=_teardown,
+                requires=("UltraDict",),
+            ),
+            Case(
+                key="shoal",
+                label="shoal.SharedDict()",
+                peer="shoal",
+                run=_in_pool(body),
+                n=DICT_OPS,
+                where=POOL_ARG,
+                setup=_shoal_dict,
+                teardown=_teardown,
+            ),
+        ],
+    )
+
+
 BENCHMARK = Benchmark(
     name="shared",
     question=__doc__.strip().splitlines()[0],
     groups=[
-        Group(
-            key="dict_set",
-            title="Dict set from a Pool worker: d[i] = i",
-            unit="ops/s",
-            cases=[
-                Case(
-                    key="manager",
-                    label="multiprocessing.Manager().dict()",
-                    peer="multiprocessing",
-                    run=_in_pool(_dict_sets),
-                    n=MANAGER_OPS,
-                    quick_n=20,
-                    where=POOL_ARG,
-                    setup=_manager_dict,
-                    teardown=_teardown,
-                ),
-                Case(
-                    key="ultradict",
-                    label="UltraDict()",
-                    peer="UltraDict",
-                    run=_in_pool(_dict_sets),
-                    n=DICT_OPS // 10,
-                    where=POOL_ARG,
-                    setup=_ultradict,
-                    teardown=_teardown,
-                    requires=("UltraDict",),
-                ),
-                Case(
-                    key="shoal",
-                    label="shoal.SharedDict()",
-                    peer="shoal",
-                    run=_in_pool(_dict_sets),
-                    n=DICT_OPS,
-                    where=POOL_ARG,
-                    setup=_shoal_dict,
-                    teardown=_teardown,
-                ),
-            ],
-        ),
-        Group(
-            key="dict_get",
-            title="Dict get from a Pool worker: d[i]",
-            unit="ops/s",
-            cases=[
-                Case(
-                    key="manager",
-                    label="multiprocessing.Manager().dict()",
-                    peer="multiprocessing",
-                    run=_in_pool(_dict_gets),
-                    n=MANAGER_OPS,
-                    quick_n=20,
-                    where=POOL_ARG,
-                    setup=_manager_dict,
-                    teardown=_teardown,
-                ),
-                Case(
-                    key="ultradict",
-                    label="UltraDict()",
-                    peer="UltraDict",
-                    run=_in_pool(_dict_gets),
-                    n=DICT_OPS // 10,
-                    where=POOL_ARG,
-                    setup=_ultradict,
-                    teardown=_teardown,
-                    requires=("UltraDict",),
-                ),
-                Case(
-                    key="shoal",
-                    label="shoal.SharedDict()",
-                    peer="shoal",
-                    run=_in_pool(_dict_gets),
-                    n=DICT_OPS,
-                    where=POOL_ARG,
-                    setup=_shoal_dict,
-                    teardown=_teardown,
-                ),
-            ],
-        ),
+        _dict_group("dict_set", "Dict set from a Pool worker: d[i] = i", _dict_sets),
+        _dict_group("dict_get", "Dict get from a Pool worker: d[i]", _dict_gets),
         Group(
             key="counter",
             title="2 processes increment one shared integer",
