@@ -146,8 +146,11 @@ static void *get_addr(Py_buffer *view, Py_ssize_t offset, Py_ssize_t size) {
         return NULL;
     }
     char *addr = (char *)view->buf + offset;
-    if (((uintptr_t)addr) % 8 != 0) {
-        PyErr_Format(PyExc_ValueError, "offset %zd is not 8-byte aligned in the mapping", offset);
+    /* a word must be aligned to its size (atomics need it); structs to 8 bytes */
+    uintptr_t align = size >= 8 ? 8 : size >= 4 ? 4 : 1;
+    if (((uintptr_t)addr) % align != 0) {
+        PyErr_Format(PyExc_ValueError, "offset %zd is not %d-byte aligned in the mapping", offset,
+                     (int)align);
         return NULL;
     }
     return addr;
