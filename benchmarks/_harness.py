@@ -62,6 +62,7 @@ __all__ = [
     "Floor",
     "Group",
     "Reporter",
+    "Resources",
     "Result",
     "Sample",
     "close_pool",
@@ -71,6 +72,8 @@ __all__ = [
     "run_in_pool",
     "run_processes",
     "run_tasks_in_pool",
+    "teardown",
+    "with_manager",
 ]
 
 
@@ -353,6 +356,50 @@ def run_tasks_in_pool(
                 "(--timeout)"
             ) from None
     return results
+
+
+class Resources:
+    """What a case set up: the objects measured and the Pool and Manager they use.
+
+    ``close()`` (the cases' ``teardown``) ends the Pool, closes the objects that
+    shoal made and shuts the Manager down.
+    """
+
+    def __init__(self, config: Config, *objects: Any, pool: Any = None, manager: Any = None):
+        self.config = config
+        self.objects = objects
+        self.pool = pool
+        self.manager = manager
+
+    @property
+    def obj(self) -> Any:
+        """The first (often the only) object measured."""
+        return self.objects[0]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            close_pool(self.pool)
+        for obj in self.objects:
+            if type(obj).__module__.startswith("shoal") and hasattr(obj, "close"):
+                obj.close()
+        if self.manager is not None:
+            self.manager.shutdown()
+
+
+def teardown(state: Any) -> None:
+    """``Case.teardown`` for any state with a ``close()``."""
+    state.close()
+
+
+def with_manager(config: Config, make: Callable[[Any], Any]) -> tuple[Any, Any]:
+    """Start a Manager and return ``(make(manager), manager)``; the Manager is shut
+    down again if ``make`` fails, so a failed set-up leaves no server behind."""
+    manager = config.ctx.Manager()
+    try:
+        return make(manager), manager
+    except BaseException:
+        manager.shutdown()
+        raise
 
 
 def close_pool(pool: Any, grace: float = 10.0) -> None:

@@ -31,10 +31,12 @@ from ._harness import (
     Config,
     Floor,
     Group,
+    Resources,
     Sample,
-    close_pool,
     run_in_pool,
     run_processes,
+    teardown,
+    with_manager,
 )
 
 
@@ -145,56 +147,29 @@ def _semaphore_pingpong(
 # ---- cases -------------------------------------------------------------------------------
 
 
-class _Objects:
-    """What a case set up: the config, the objects measured, a Pool and a Manager."""
-
-    def __init__(self, config: Config, *objects: Any, pool: Any = None, manager: Any = None):
-        self.config = config
-        self.objects = objects
-        self.pool = pool
-        self.manager = manager
-
-    def close(self) -> None:
-        if self.pool is not None:
-            close_pool(self.pool)
-        if self.manager is not None:
-            self.manager.shutdown()
-        for obj in self.objects:
-            if isinstance(obj, (shoal.Lock, shoal.Semaphore, shoal.Event)):
-                obj.close()
+def _mp_lock(config: Config) -> Resources:
+    return Resources(config, config.ctx.Lock())
 
 
-def _teardown(state: _Objects) -> None:
-    state.close()
+def _shoal_lock(config: Config) -> Resources:
+    return Resources(config, shoal.Lock())
 
 
-def _mp_lock(config: Config) -> _Objects:
-    return _Objects(config, config.ctx.Lock())
+def _manager_lock_in_pool(config: Config) -> Resources:
+    lock, manager = with_manager(config, lambda m: m.Lock())
+    return Resources(config, lock, pool=config.ctx.Pool(1), manager=manager)
 
 
-def _shoal_lock(config: Config) -> _Objects:
-    return _Objects(config, shoal.Lock())
+def _shoal_lock_in_pool(config: Config) -> Resources:
+    return Resources(config, shoal.Lock(), pool=config.ctx.Pool(1))
 
 
-def _manager_lock_in_pool(config: Config) -> _Objects:
-    manager = config.ctx.Manager()
-    try:
-        return _Objects(config, manager.Lock(), pool=config.ctx.Pool(1), manager=manager)
-    except BaseException:
-        manager.shutdown()
-        raise
-
-
-def _shoal_lock_in_pool(config: Config) -> _Objects:
-    return _Objects(config, shoal.Lock(), pool=config.ctx.Pool(1))
-
-
-def _run_pairs_in_pool(state: _Objects, n: int) -> Sample:
+def _run_pairs_in_pool(state: Resources, n: int) -> Sample:
     sample: Sample = run_in_pool(state.config, state.pool, _pairs_task, (state.objects[0], n))
     return sample
 
 
-def _run_pairs_in_process(state: _Objects, n: int) -> Sample:
+def _run_pairs_in_process(state: Resources, n: int) -> Sample:
     config = state.config
     sample: Sample = run_processes(config, _pairs_process, [(state.objects[0], n, config.timeout)])[
         0
@@ -202,30 +177,30 @@ def _run_pairs_in_process(state: _Objects, n: int) -> Sample:
     return sample
 
 
-def _run_contended(state: _Objects, n: int) -> Sample:
+def _run_contended(state: Resources, n: int) -> Sample:
     config = state.config
     args = (state.objects[0], n, config.timeout)
     return Sample.combine(run_processes(config, _contended_process, [args, args]))
 
 
-def _mp_events(config: Config) -> _Objects:
-    return _Objects(config, config.ctx.Event(), config.ctx.Event())
+def _mp_events(config: Config) -> Resources:
+    return Resources(config, config.ctx.Event(), config.ctx.Event())
 
 
-def _shoal_events(config: Config) -> _Objects:
-    return _Objects(config, shoal.Event(), shoal.Event())
+def _shoal_events(config: Config) -> Resources:
+    return Resources(config, shoal.Event(), shoal.Event())
 
 
-def _mp_semaphores(config: Config) -> _Objects:
-    return _Objects(config, config.ctx.Semaphore(0), config.ctx.Semaphore(0))
+def _mp_semaphores(config: Config) -> Resources:
+    return Resources(config, config.ctx.Semaphore(0), config.ctx.Semaphore(0))
 
 
-def _shoal_semaphores(config: Config) -> _Objects:
-    return _Objects(config, shoal.Semaphore(0), shoal.Semaphore(0))
+def _shoal_semaphores(config: Config) -> Resources:
+    return Resources(config, shoal.Semaphore(0), shoal.Semaphore(0))
 
 
 def _pingpong_runner(body: Any) -> Any:
-    def run(state: _Objects, n: int) -> Sample:
+    def run(state: Resources, n: int) -> Sample:
         config = state.config
         ping, pong = state.objects
         initiator, _ = run_processes(
@@ -267,7 +242,7 @@ BENCHMARK = Benchmark(
                     PAIRS,
                     where=PROCESS_ARG,
                     setup=_mp_lock,
-                    teardown=_teardown,
+                    teardown=teardown,
                 ),
                 Case(
                     "manager-pool",
@@ -278,7 +253,7 @@ BENCHMARK = Benchmark(
                     quick_n=10,
                     where=POOL_ARG,
                     setup=_manager_lock_in_pool,
-                    teardown=_teardown,
+                    teardown=teardown,
                 ),
                 Case(
                     "shoal-pool",
@@ -288,7 +263,7 @@ BENCHMARK = Benchmark(
                     PAIRS,
                     where=POOL_ARG,
                     setup=_shoal_lock_in_pool,
-                    teardown=_teardown,
+                    teardown=teardown,
                 ),
                 Case(
                     "shoal-process",
@@ -298,7 +273,7 @@ BENCHMARK = Benchmark(
                     PAIRS,
                     where=PROCESS_ARG,
                     setup=_shoal_lock,
-                    teardown=_teardown,
+                    teardown=teardown,
                 ),
             ],
         ),
@@ -315,7 +290,7 @@ BENCHMARK = Benchmark(
                     CONTENDED_PAIRS,
                     where=PROCESS_ARG,
                     setup=_mp_lock,
-                    teardown=_teardown,
+                    teardown=teardown,
                 ),
                 Case(
                     "shoal",
@@ -325,7 +300,7 @@ BENCHMARK = Benchmark(
                     CONTENDED_PAIRS,
                     where=PROCESS_ARG,
                     setup=_shoal_lock,
-                    teardown=_teardown,
+                    teardown=teardown,
                 ),
             ],
         ),
@@ -342,7 +317,7 @@ BENCHMARK = Benchmark(
                     ROUND_TRIPS,
                     where=PROCESS_ARG,
                     setup=_mp_events,
-                    teardown=_teardown,
+                    teardown=teardown,
                 ),
                 Case(
                     "shoal",
@@ -352,7 +327,7 @@ BENCHMARK = Benchmark(
                     ROUND_TRIPS,
                     where=PROCESS_ARG,
                     setup=_shoal_events,
-                    teardown=_teardown,
+                    teardown=teardown,
                 ),
             ],
         ),
@@ -369,7 +344,7 @@ BENCHMARK = Benchmark(
                     ROUND_TRIPS,
                     where=PROCESS_ARG,
                     setup=_mp_semaphores,
-                    teardown=_teardown,
+                    teardown=teardown,
                 ),
                 Case(
                     "shoal",
@@ -379,7 +354,7 @@ BENCHMARK = Benchmark(
                     ROUND_TRIPS,
                     where=PROCESS_ARG,
                     setup=_shoal_semaphores,
-                    teardown=_teardown,
+                    teardown=teardown,
                 ),
             ],
         ),

@@ -45,6 +45,8 @@ from ._harness import (
     close_pool,
     run_processes,
     run_tasks_in_pool,
+    teardown,
+    with_manager,
 )
 
 SMALL_ITEMS = 200_000  # issue #3: "200,000 small items"
@@ -232,10 +234,6 @@ class _Queue:
             self.manager.shutdown()
 
 
-def _teardown(state: _Queue) -> None:
-    state.close()
-
-
 def _new_queue(config: Config, peer: str, kind: str) -> tuple[Any, Any]:
     """(queue, manager or None) for ``peer``, each at its default size."""
     if peer == MP:
@@ -248,12 +246,7 @@ def _new_queue(config: Config, peer: str, kind: str) -> tuple[Any, Any]:
         if kind == ARRAYS_KIND:
             return faster_fifo.Queue(max_size_bytes=FASTER_FIFO_ARRAY_BYTES), None
         return faster_fifo.Queue(), None
-    manager = config.ctx.Manager()
-    try:
-        return manager.Queue(), manager
-    except BaseException:
-        manager.shutdown()
-        raise
+    return with_manager(config, lambda m: m.Queue())
 
 
 def _setup(peer: str, mode: str, kind: str) -> Any:
@@ -339,7 +332,7 @@ def _case(
         quick_n=quick_n,
         where=PROCESS_ARG,
         setup=_setup(peer, mode, kind),
-        teardown=_teardown,
+        teardown=teardown,
         requires=requires,
     )
 
@@ -420,7 +413,7 @@ BENCHMARK = Benchmark(
                     quick_n=20,
                     where=POOL_ARG,
                     setup=_setup_pool(MANAGER),
-                    teardown=_teardown,
+                    teardown=teardown,
                 ),
                 Case(
                     "mp",
@@ -440,7 +433,7 @@ BENCHMARK = Benchmark(
                     SMALL_ITEMS,
                     where=POOL_ARG,
                     setup=_setup_pool(SHOAL),
-                    teardown=_teardown,
+                    teardown=teardown,
                 ),
             ],
         ),

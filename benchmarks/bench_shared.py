@@ -30,10 +30,12 @@ from ._harness import (
     Config,
     Floor,
     Group,
+    Resources,
     Sample,
-    close_pool,
     run_in_pool,
     run_processes,
+    teardown,
+    with_manager,
 )
 
 # ---- worker bodies (module level: spawn and forkserver import them by name) -----------
@@ -92,67 +94,45 @@ def _sum_half(array: Any, half: int) -> float:
 # ---- cases -------------------------------------------------------------------------------
 
 
-class _State:
-    def __init__(self, config: Config, obj: Any = None, pool: Any = None, manager: Any = None):
-        self.config, self.obj, self.pool, self.manager = config, obj, pool, manager
-
-    def close(self) -> None:
-        if self.pool is not None:
-            close_pool(self.pool)
-        if self.manager is not None:
-            self.manager.shutdown()
-        close = getattr(self.obj, "close", None)
-        if close is not None and self.obj.__class__.__module__.startswith("shoal"):
-            close()
+def _manager_dict(config: Config) -> Resources:
+    d, manager = with_manager(config, lambda m: m.dict())
+    return Resources(config, d, pool=config.ctx.Pool(1), manager=manager)
 
 
-def _teardown(state: _State) -> None:
-    state.close()
+def _shoal_dict(config: Config) -> Resources:
+    return Resources(config, shoal.SharedDict(), pool=config.ctx.Pool(1))
 
 
-def _manager_dict(config: Config) -> _State:
-    manager = config.ctx.Manager()
-    try:
-        return _State(config, manager.dict(), pool=config.ctx.Pool(1), manager=manager)
-    except BaseException:
-        manager.shutdown()
-        raise
-
-
-def _shoal_dict(config: Config) -> _State:
-    return _State(config, shoal.SharedDict(), pool=config.ctx.Pool(1))
-
-
-class _UltraDictState(_State):
+class _UltraDictState(Resources):
     def close(self) -> None:
         super().close()
         self.obj.unlink()
 
 
-def _ultradict(config: Config) -> _State:
+def _ultradict(config: Config) -> Resources:
     from UltraDict import UltraDict
 
     return _UltraDictState(config, UltraDict(), pool=config.ctx.Pool(1))
 
 
 def _in_pool(body: Any) -> Any:
-    def run(state: _State, n: int) -> Sample:
+    def run(state: Resources, n: int) -> Sample:
         sample: Sample = run_in_pool(state.config, state.pool, body, (state.obj, n))
         return sample
 
     return run
 
 
-def _mp_value(config: Config) -> _State:
-    return _State(config, config.ctx.Value("q", 0))
+def _mp_value(config: Config) -> Resources:
+    return Resources(config, config.ctx.Value("q", 0))
 
 
-def _shoal_value(config: Config) -> _State:
-    return _State(config, shoal.Value("q", 0))
+def _shoal_value(config: Config) -> Resources:
+    return Resources(config, shoal.Value("q", 0))
 
 
 def _two_processes(body: Any) -> Any:
-    def run(state: _State, n: int) -> Sample:
+    def run(state: Resources, n: int) -> Sample:
         config = state.config
         args = (state.obj, n, config.timeout)
         return Sample.combine(run_processes(config, body, [args, args]))
@@ -161,20 +141,20 @@ def _two_processes(body: Any) -> Any:
 
 
 def _array_state(size_mib: int, shared: bool) -> Any:
-    def setup(config: Config) -> _State:
+    def setup(config: Config) -> Resources:
         import numpy as np
 
         length = (8 if config.quick else size_mib) * 2**20 // 8
         array = np.arange(length, dtype=np.float64)
         if shared:
             array = shoal.share(array)
-        return _State(config, array, pool=config.ctx.Pool(2))
+        return Resources(config, array, pool=config.ctx.Pool(2))
 
     return setup
 
 
 def _rounds(task: Any) -> Any:
-    def run(state: _State, n: int) -> Sample:
+    def run(state: Resources, n: int) -> Sample:
         pool, array = state.pool, state.obj
         pool.starmap(task, [(array, 0), (array, 1)])  # warm-up: workers attach
         start = perf_counter()
@@ -209,7 +189,7 @@ def _array_group(size_mib: int, task: Any, what: str) -> Group:
                 quick_n=1,
                 where=POOL_ARG,
                 setup=_array_state(size_mib, shared=False),
-                teardown=_teardown,
+                teardown=teardown,
                 requires=("numpy",),
             ),
             Case(
@@ -221,7 +201,7 @@ def _array_group(size_mib: int, task: Any, what: str) -> Group:
                 quick_n=2,
                 where=POOL_ARG,
                 setup=_array_state(size_mib, shared=True),
-                teardown=_teardown,
+                teardown=teardown,
                 requires=("numpy",),
                 unavailable=_NO_SHARE,
             ),
@@ -244,7 +224,7 @@ def _dict_group(key: str, title: str, body: Any) -> Group:
                 quick_n=20,
                 where=POOL_ARG,
                 setup=_manager_dict,
-                teardown=_teardown,
+                teardown=teardown,
             ),
             Case(
                 key="ultradict",
@@ -254,7 +234,7 @@ def _dict_group(key: str, title: str, body: Any) -> Group:
                 n=DICT_OPS // 10,
                 where=POOL_ARG,
                 setup=_ultradict,
-                teardown=_teardown,
+                teardown=teardown,
                 requires=("UltraDict",),
             ),
             Case(
@@ -265,7 +245,7 @@ def _dict_group(key: str, title: str, body: Any) -> Group:
                 n=DICT_OPS,
                 where=POOL_ARG,
                 setup=_shoal_dict,
-                teardown=_teardown,
+                teardown=teardown,
             ),
         ],
     )
@@ -290,7 +270,7 @@ BENCHMARK = Benchmark(
                     n=INCREMENTS // 4,
                     where=PROCESS_ARG,
                     setup=_mp_value,
-                    teardown=_teardown,
+                    teardown=teardown,
                 ),
                 Case(
                     key="shoal_locked",
@@ -300,7 +280,7 @@ BENCHMARK = Benchmark(
                     n=INCREMENTS // 2,
                     where=PROCESS_ARG,
                     setup=_shoal_value,
-                    teardown=_teardown,
+                    teardown=teardown,
                 ),
                 Case(
                     key="shoal_atomic",
@@ -310,7 +290,7 @@ BENCHMARK = Benchmark(
                     n=INCREMENTS,
                     where=PROCESS_ARG,
                     setup=_shoal_value,
-                    teardown=_teardown,
+                    teardown=teardown,
                 ),
             ],
         ),
