@@ -11,7 +11,9 @@ import gc
 import multiprocessing as mp
 import os
 import struct
+import threading
 import time
+from typing import Any, Callable
 
 import pytest
 
@@ -78,6 +80,35 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01) -> bool:
         if time.monotonic() > deadline:
             return bool(predicate())
         time.sleep(interval)
+
+
+def join_all(*procs: Any, timeout: float = 30.0) -> None:
+    """Join every process; kill any still running after ``timeout`` and fail the test."""
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(0.1, deadline - time.monotonic()))
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+        p.join(5)
+    if alive:
+        pytest.fail(f"children still running after {timeout} s: {alive}")
+
+
+def in_thread(fn: Callable[[], Any], start: bool = True) -> tuple[threading.Thread, list[Any]]:
+    """Run ``fn`` in a daemon thread; its result (or exception) lands in the list."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:  # the test inspects it
+            out.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    if start:
+        t.start()
+    return t, out
 
 
 @pytest.fixture(autouse=True)

@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import pytest
+from conftest import join_all
 
 np = pytest.importorskip("numpy")
 
@@ -51,15 +52,6 @@ def refs_of(a: Any) -> int:
     """The shared reference count of an array's block (every process's handles)."""
     block = a._shoal_block
     return _core.load64(block._segment.buffer, block._header_offset) & 0xFFFFFFFF
-
-
-def join_all(*procs: Any) -> None:
-    for p in procs:
-        p.join(TIMEOUT)
-        if p.is_alive():
-            p.kill()
-            p.join(5)
-            pytest.fail(f"child {p.pid} did not finish within {TIMEOUT} s")
 
 
 def run_child(ctx: Any, target: Any, *args: Any) -> Any:

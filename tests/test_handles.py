@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from conftest import join_all, wait_until
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -60,15 +60,6 @@ def block_in_use(segment: Any, offset: int) -> bool:
     index = (offset - _FIRST_BLOCK) // BLOCK_SIZE
     bitmap = bytes(segment.buffer[_handle._ARENA_BITMAP : _handle._ARENA_BITMAP + _BITMAP_BYTES])
     return bool(int.from_bytes(bitmap, "little") >> index & 1)
-
-
-def join_all(*procs: Any) -> None:
-    for p in procs:
-        p.join(TIMEOUT)
-        if p.is_alive():
-            p.kill()
-            p.join(5)
-            pytest.fail(f"child {p.pid} did not finish within {TIMEOUT} s")
 
 
 @pytest.fixture

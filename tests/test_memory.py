@@ -37,7 +37,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import pytest
-from conftest import shoal_segments, wait_until
+from conftest import join_all, shoal_segments, wait_until
 
 import shoal
 from shoal import _core, _memory
@@ -56,15 +56,6 @@ def shm_path(name: str) -> str:
 
 def exists(name: str) -> bool:
     return os.path.exists(shm_path(name))
-
-
-def join_all(*procs: Any) -> None:
-    for p in procs:
-        p.join(TIMEOUT)
-        if p.is_alive():
-            p.kill()
-            p.join(5)
-            pytest.fail(f"child {p.pid} did not finish within {TIMEOUT} s")
 
 
 def run_python(code: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:

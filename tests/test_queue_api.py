@@ -35,7 +35,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from conftest import in_thread, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,21 +47,6 @@ SLACK = 1.0  # how late a timed-out call may return on this loaded two-core mach
 
 
 # ---- helpers -------------------------------------------------------------------------
-
-
-def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    """Run fn in a daemon thread; its result (or exception) lands in the list."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:
-            out.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
 
 
 def finish(t: threading.Thread) -> None:

@@ -35,7 +35,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from conftest import join_all, wait_until
 from test_queue_api import segments_made_by
 
 from shoal import Queue, ShutDown, _core, lowlevel
@@ -64,17 +64,6 @@ class SharedLog:
 
     def close(self) -> None:
         self.map.close()
-
-
-def join_all(*procs: Any, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(0.1, deadline - time.monotonic()))
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-        p.join(5)
-    assert not alive, f"children still running after {timeout} s: {alive}"
 
 
 def kill(p: Any) -> None:

@@ -25,12 +25,11 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing as mp
 import os
-import time
 from multiprocessing.connection import Connection
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from conftest import join_all, wait_until
 from test_queue_api import segments_made_by
 
 import shoal
@@ -41,18 +40,6 @@ FORK = mp.get_context("fork")
 
 
 # ---- helpers -------------------------------------------------------------------------
-
-
-def join_all(*procs: Any, timeout: float = TIMEOUT) -> None:
-    """Join every process; kill (and fail on) any still running after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(0.1, deadline - time.monotonic()))
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-        p.join(5)
-    assert not alive, f"children still running after {timeout} s: {alive}"
 
 
 def recv(conn: Connection, timeout: float = TIMEOUT) -> Any:

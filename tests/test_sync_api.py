@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from conftest import in_thread, wait_until
 
 import shoal
 from shoal import ClosedError, NotHeldError
@@ -49,22 +49,6 @@ def elapsed(fn: Callable[[], Any]) -> tuple[Any, float]:
     t0 = time.monotonic()
     result = fn()
     return result, time.monotonic() - t0
-
-
-def in_thread(fn: Callable[[], Any], start: bool = True) -> tuple[threading.Thread, list[Any]]:
-    """Run fn in a daemon thread; its result (or exception) lands in the returned list."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:  # the test inspects it
-            out.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    if start:
-        t.start()
-    return t, out
 
 
 def join(*threads: threading.Thread) -> None:

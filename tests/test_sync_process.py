@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from conftest import in_thread, join_all, wait_until
 
 import shoal
 from shoal import BarrierPartyDiedError, OwnerDiedWarning
@@ -40,30 +40,6 @@ KINDS = ["lock", "rlock", "sem", "bsem", "event", "cond", "barrier"]
 
 
 # ---- helpers -------------------------------------------------------------------------
-
-
-def join_all(*procs: Any, timeout: float = TIMEOUT) -> None:
-    for p in procs:
-        p.join(timeout)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-        p.join(5)
-    assert not alive, f"children still running after {timeout} s: {alive}"
-
-
-def thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:
-            out.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
 
 
 def reap_threads(*threads: threading.Thread) -> None:
@@ -148,9 +124,9 @@ class World:
             with cond:
                 return cond.wait(TIMEOUT)
 
-        self.cond_waiter = thread(cond_wait)
+        self.cond_waiter = in_thread(cond_wait)
         assert wait_until(lambda: cond._waiting == 1)
-        self.barrier_waiter = thread(lambda: o["barrier"].wait(TIMEOUT))
+        self.barrier_waiter = in_thread(lambda: o["barrier"].wait(TIMEOUT))
         assert wait_until(lambda: o["barrier"].n_waiting == 1)
 
     def check(self, results: dict[str, Any]) -> None:
