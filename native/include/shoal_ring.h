@@ -96,6 +96,11 @@ void shoal_ring_wake_consumers(shoal_ring *r, int n);
 int shoal_ring_peek(shoal_ring *r, const void **src, uint32_t *len, uint32_t *kind);
 /* Remove the record peek returned. */
 void shoal_ring_consume(shoal_ring *r);
+/* The ordinal of the record peek returned: how many records were ever taken before it
+ * (mod 2**32).  A consumer that stores it somewhere shared *before* consume() lets a
+ * watcher tell, after the consumer died, which record it took: the record is taken iff
+ * shoal_ring_taken() has moved past the ordinal (a pool's task claim, #5). */
+uint32_t shoal_ring_taken(const shoal_ring *r);
 void shoal_ring_wake_producers(shoal_ring *r, int n);
 
 /* ---- waiting, with no lock held ---------------------------------------------------------

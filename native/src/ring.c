@@ -180,6 +180,10 @@ int shoal_ring_spin_for_space(shoal_ring *r, uint32_t len, int spins) {
     return 0;
 }
 
+uint32_t shoal_ring_taken(const shoal_ring *r) {
+    return ITEMS(ld64(&r->head));
+}
+
 uint32_t shoal_ring_items(const shoal_ring *r) {
     uint64_t head = ld64(&r->head), tail = ld64(&r->tail);
     return ITEMS(tail) - ITEMS(head);

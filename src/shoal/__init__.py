@@ -24,6 +24,9 @@ from ._errors import SharedMemoryError as SharedMemoryError
 from ._errors import ShoalError as ShoalError
 from ._errors import ShoalWarning as ShoalWarning
 from ._errors import ShutDown as ShutDown
+from ._errors import TaskTimeoutError as TaskTimeoutError
+from ._errors import UncollectedTaskErrorWarning as UncollectedTaskErrorWarning
+from ._errors import WorkerDiedError as WorkerDiedError
 from ._list import SharedList as SharedList
 from ._queues import JoinableQueue as JoinableQueue
 from ._queues import Queue as Queue
@@ -84,7 +87,10 @@ __all__ = [
     "ShoalWarning",
     "ShutDown",
     "SimpleQueue",
+    "TaskTimeoutError",
+    "UncollectedTaskErrorWarning",
     "Value",
+    "WorkerDiedError",
     "share",
 ]
 

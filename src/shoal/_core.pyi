@@ -83,6 +83,7 @@ class Ring:
     _bound: bool
     _busy: int
     _capacity: int
+    _taken: int
     _max_items: int
     _max_payload: int
     _bytes_used: int
@@ -113,6 +114,9 @@ class Ring:
     def _get_many(
         self, max_items: int, block: bool = True, timeout: float | None = None
     ) -> list[Any]: ...
+    def _get_claim(
+        self, buffer: Buffer, offset: int, block: bool = True, timeout: float | None = None
+    ) -> Any: ...
     def _qsize(self) -> int: ...
     def _shutdown(self) -> None: ...
     def _add_unfinished(self, n: int, /) -> None: ...

@@ -14,6 +14,8 @@ static PyObject *QueueFull, *QueueEmpty, *ShutDownError;
 /* How long a blocked side busy-waits (GIL released) before it sleeps on the futex:
  * a futex round trip costs microseconds, more than the other side usually needs. */
 #define RING_SPINS 2000
+/* the bit a _get_claim word carries beside the ordinal: "a record was claimed" */
+#define RING_CLAIMED (1ULL << 63)
 
 typedef struct {
     ViewObject v;
@@ -602,7 +604,7 @@ out:
  * records become objects right away and the others are unpickled by LoadsHook after
  * the lock is released (unpickling may run arbitrary code); without it, bytes. */
 static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t timeout_ns,
-                             int as_list, int decode, int *busy) {
+                             int as_list, int decode, uint64_t *claim, int *busy) {
     if (is_closing(self)) {
         raise_closed_while_waiting();
         return NULL;
@@ -659,6 +661,8 @@ static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t tim
                     pending = grown;
                     pending[npending++] = taken;
                 }
+                if (claim) /* before the consume: see shoal_ring_taken() */
+                    shoal_store64(claim, RING_CLAIMED | shoal_ring_taken(r));
                 shoal_ring_consume(r);
                 taken++;
                 if (taken < max_items)
@@ -742,10 +746,10 @@ static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t tim
 }
 
 static PyObject *ring_get_records(RingObject *self, Py_ssize_t max_items, int64_t timeout_ns,
-                                  int as_list, int decode) {
+                                  int as_list, int decode, uint64_t *claim) {
     int busy = 1;
     self->busy++;
-    PyObject *result = get_records(self, max_items, timeout_ns, as_list, decode, &busy);
+    PyObject *result = get_records(self, max_items, timeout_ns, as_list, decode, claim, &busy);
     if (busy)
         self->busy--;
     return result;
@@ -757,7 +761,7 @@ static PyObject *ring_get_common(RingObject *self, PyObject *const *args, Py_ssi
     if (parse_block_timeout("get", args, nargs, kwnames, &timeout_ns) < 0)
         return NULL;
     BOUND_OR_NULL(self);
-    return ring_get_records(self, 1, timeout_ns, 0, decode);
+    return ring_get_records(self, 1, timeout_ns, 0, decode, NULL);
 }
 
 static PyObject *ring_get(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -792,7 +796,7 @@ static PyObject *ring_get_many_common(RingObject *self, PyObject *const *args, P
     if (parse_block_timeout("get_many", args + 1, nargs - 1, kwnames, &timeout_ns) < 0)
         return NULL;
     BOUND_OR_NULL(self);
-    return ring_get_records(self, max_items, timeout_ns, 1, decode);
+    return ring_get_records(self, max_items, timeout_ns, 1, decode, NULL);
 }
 
 static PyObject *ring_get_many(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -803,6 +807,35 @@ static PyObject *ring_get_many(RingObject *self, PyObject *const *args, Py_ssize
 static PyObject *ring_get_many_obj(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
                                    PyObject *kwnames) {
     return ring_get_many_common(self, args, nargs, kwnames, 1);
+}
+
+/* _get_claim(buffer, offset, block=True, timeout=None): get() that first stores
+ * RING_CLAIMED | the record's ordinal into the aligned u64 at buffer[offset] (shared
+ * memory a watcher reads): written before the record leaves the ring, so whenever the
+ * caller dies, the word and the ring's taken count together say whether it took the
+ * record (#5: a pool fails exactly the task its dead worker had taken). */
+static PyObject *ring_get_claim(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames) {
+    if (nargs < 2) {
+        PyErr_SetString(PyExc_TypeError, "_get_claim() needs buffer and offset");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
+    if (offset == -1 && PyErr_Occurred())
+        return NULL;
+    int64_t timeout_ns;
+    if (parse_block_timeout("_get_claim", args + 2, nargs - 2, kwnames, &timeout_ns) < 0)
+        return NULL;
+    BOUND_OR_NULL(self);
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    uint64_t *claim = get_addr(&view, offset, 8);
+    if (claim)
+        result = ring_get_records(self, 1, timeout_ns, 0, 1, claim);
+    PyBuffer_Release(&view);
+    return result;
 }
 
 static PyObject *ring_set_loads(PyObject *module, PyObject *hook) {
@@ -896,6 +929,7 @@ static PyObject *ring_get_busy(RingObject *self, void *c) {
     }
 
 RING_GETTER(ring_get_capacity, r->capacity)
+RING_GETTER(ring_get_taken, shoal_ring_taken(r))
 RING_GETTER(ring_get_max_items, r->max_items)
 RING_GETTER(ring_get_max_payload, shoal_ring_max_payload(r))
 RING_GETTER(ring_get_bytes_used, shoal_ring_bytes_used(r))
@@ -923,6 +957,8 @@ static PyMethodDef ring_methods[] = {
      "_get(block=True, timeout=None) -> the next object."},
     {"_get_many", (PyCFunction)(void (*)(void))ring_get_many_obj, METH_FASTCALL | METH_KEYWORDS,
      "_get_many(max_items, block=True, timeout=None) -> list of objects."},
+    {"_get_claim", (PyCFunction)(void (*)(void))ring_get_claim, METH_FASTCALL | METH_KEYWORDS,
+     "_get_claim(buffer, offset, block=True, timeout=None): get(), recording the ordinal"},
     {"_qsize", (PyCFunction)ring_qsize, METH_NOARGS, "Number of records in the ring."},
     {"_shutdown", (PyCFunction)ring_shutdown, METH_NOARGS, NULL},
     {"_add_unfinished", (PyCFunction)ring_add_unfinished, METH_O, NULL},
@@ -937,6 +973,7 @@ static PyGetSetDef ring_getset[] = {
     {"_bound", (getter)view_is_bound, NULL, NULL, NULL},
     {"_busy", (getter)ring_get_busy, NULL, "calls of this handle now in progress", NULL},
     {"_capacity", (getter)ring_get_capacity, NULL, "bytes in the data area", NULL},
+    {"_taken", (getter)ring_get_taken, NULL, "records ever taken, mod 2**32", NULL},
     {"_max_items", (getter)ring_get_max_items, NULL, "item limit, 0 for none", NULL},
     {"_max_payload", (getter)ring_get_max_payload, NULL, "largest record", NULL},
     {"_bytes_used", (getter)ring_get_bytes_used, NULL, NULL, NULL},

@@ -16,11 +16,16 @@ Each class is also the standard-library class that code written for
     │                                              release of a lock/semaphore you do not hold
     ├── SerializationError(ShoalError, pickle.PicklingError)
     │                                              an object could not be pickled in put()
-    └── BrokenError(ShoalError)                    a peer or owner died
-        └── BarrierPartyDiedError(BrokenError, threading.BrokenBarrierError)
+    ├── BrokenError(ShoalError)                    a peer or owner died
+    │   ├── BarrierPartyDiedError(BrokenError, threading.BrokenBarrierError)
+    │   └── WorkerDiedError(BrokenError, BrokenProcessPool, multiprocessing.ProcessError)
+    │                                              the pool worker running a task died
+    └── TaskTimeoutError(ShoalError, TimeoutError) a pool task ran past its timeout
+                                                   (its worker was killed and replaced)
 
     ShoalWarning(RuntimeWarning)
-    └── OwnerDiedWarning                           a lock was inherited from a dead owner
+    ├── OwnerDiedWarning                           a lock was inherited from a dead owner
+    └── UncollectedTaskErrorWarning                a pool task failed and nobody asked
 
 "Closed" and "broken" are different on purpose: closed means this process said it is
 done with the object; broken means someone else died and the object tells you so.
@@ -31,9 +36,12 @@ attributes are keyword-only and live in ``__dict__``, which pickle carries.
 
 from __future__ import annotations
 
+import multiprocessing
 import pickle
 import queue
+import signal
 import threading
+from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
     "BarrierPartyDiedError",
@@ -48,6 +56,9 @@ __all__ = [
     "ShoalError",
     "ShoalWarning",
     "ShutDown",
+    "TaskTimeoutError",
+    "UncollectedTaskErrorWarning",
+    "WorkerDiedError",
 ]
 
 
@@ -133,6 +144,67 @@ class BarrierPartyDiedError(BrokenError, threading.BrokenBarrierError):
         self.pid = pid
 
 
+class WorkerDiedError(BrokenError, BrokenProcessPool, multiprocessing.ProcessError):
+    """The pool worker running a task died (killed, crashed, ``os._exit``) before it
+    returned a result.  Only that task fails: the pool replaces the worker.
+
+    Also :class:`concurrent.futures.process.BrokenProcessPool` and
+    :class:`multiprocessing.ProcessError`, what pool code already catches.
+
+    Attributes:
+        pid: the worker's process id.
+        exitcode: its exit status as ``multiprocessing.Process.exitcode`` gives it:
+            negative for a signal.
+        signal: the :class:`signal.Signals` that killed it, or None.
+        task: a short description of the task (function and arguments), or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        pid: int | None = None,
+        exitcode: int | None = None,
+        task: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.task = task
+
+    @property
+    def signal(self) -> signal.Signals | None:
+        if self.exitcode is None or self.exitcode >= 0:
+            return None
+        try:
+            return signal.Signals(-self.exitcode)
+        except ValueError:
+            return None
+
+
+class TaskTimeoutError(ShoalError, TimeoutError):
+    """A pool task ran longer than its ``timeout``: its worker was killed and replaced.
+
+    Attributes:
+        timeout: the limit, in seconds.
+        pid: the worker that was killed.
+        task: a short description of the task, or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        timeout: float | None = None,
+        pid: int | None = None,
+        task: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.pid = pid
+        self.task = task
+
+
 class ShoalWarning(RuntimeWarning):
     """Base class of the warnings shoal issues."""
 
@@ -145,4 +217,15 @@ class OwnerDiedWarning(ShoalWarning):
     it (``warnings.simplefilter("ignore", OwnerDiedWarning)``) once you check
     ``owner_died`` yourself.  If a filter turns it into an error, the lock is
     released again and the next acquirer is told instead.
+    """
+
+
+class UncollectedTaskErrorWarning(ShoalWarning):
+    """A pool task failed and its result was never collected.
+
+    Issued by ``Pool.join()``/``close()``/``terminate()`` (and at exit) for every
+    ``apply_async``/``map_async`` result that failed while nobody called ``get()``,
+    ``successful()`` or gave an ``error_callback``: the tutorial's style of
+    fire-and-forget tasks would otherwise lose the error.  Pool's
+    ``uncollected_errors`` argument chooses "warn" (default), "raise" or "ignore".
     """
