@@ -1,0 +1,1635 @@
+"""Pool and Executor: process pools that survive their workers.
+
+One engine serves both ``Pool`` (the standard library's API) and ``Executor`` (a
+``concurrent.futures.Executor``)::
+
+    caller threads ---- put_many ----> task ring (shoal Queue) ---- _get_claim ----> workers
+          ^                                                                            |
+          |            result thread <---- result ring (shoal Queue) <---- put --------+
+          |                  ^
+          +-- AsyncResult    +-- monitor thread: waits on the workers' sentinels, pushes a
+              Future             "worker died" record, starts a replacement, kills tasks
+                                 that ran past their timeout
+
+No feeder thread: ``apply_async`` pickles in the caller and puts the task straight
+into shared memory, so an argument that cannot be pickled raises there and then.
+Tasks whose arguments are plain scalars skip pickle entirely (the queue's C codec),
+and a function is pickled once and cached on both sides.
+
+Knowing which task a dead worker had
+------------------------------------
+Records leave the task ring in the order they were put, and the parent is the only
+producer, so the n-th record ever taken is the n-th task ever put: its *ordinal*.  A
+worker takes a task with ``_get_claim``, which stores the ordinal in the worker's
+slot (shared memory) *before* the record leaves the ring; after the result is sent
+the slot is cleared.  When a worker dies, its slot and the ring's count of records
+taken say exactly whether it had a task and which: only that task fails.  The
+"worker died" record travels on the result ring behind anything the worker sent
+before dying, so a result that made it out is never reported as lost.
+"""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import concurrent.futures
+import itertools
+import multiprocessing
+import multiprocessing.connection
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from multiprocessing.pool import RemoteTraceback
+from typing import Any
+
+from . import _core
+from ._errors import (
+    BrokenError,
+    ClosedError,
+    SerializationError,
+    ShoalError,
+    TaskTimeoutError,
+    UncollectedTaskErrorWarning,
+    WorkerDiedError,
+)
+from ._handle import sent_references
+from ._process import process_cpu_count
+from ._queues import Queue
+from ._serialize import dumps, loads
+from ._sharedctypes import RawArray
+
+__all__ = [
+    "ApplyResult",
+    "AsyncResult",
+    "Executor",
+    "IMapIterator",
+    "MapResult",
+    "Pool",
+    "worker_state",
+]
+
+# task record: (function pickle, kind, timeout seconds or 0.0, *payload)
+_CALL, _CALL_KW, _MAP, _STARMAP = range(4)
+# result record: (ordinal, status, *values); ordinal _MARKER for the monitor's records
+_OK, _OK_PICKLED, _ERROR = range(3)
+_MARKER = -1
+_DIED, _WAKE, _SETUP_FAILED = range(3)
+
+# a worker's slot: [claim: CLAIMED | ordinal][deadline, monotonic ns; 0 none][pid]
+# [1 if its initializer raised]
+_SLOT_WORDS = 4
+_CLAIMED = 1 << 63
+_ORDINAL_MASK = 0xFFFFFFFF
+
+_TASK_RING_BYTES = 4 << 20
+_RESULT_RING_BYTES = 4 << 20
+_RESULT_BATCH = 512
+# a worker looks for its parent this often while idle, and exits if it is gone
+_PARENT_CHECK_S = 1.0
+# tasks waiting for room in the task ring are pushed by the result thread
+_CHECK_TIMEOUTS_S = 0.02
+_FUNC_CACHE_SIZE = 64
+
+_worker_state: dict[str, Any] = {}
+
+
+def worker_state() -> dict[str, Any]:
+    """A dict that lives as long as the current worker process.
+
+    Set it up once per worker in the pool's ``initializer`` (a database connection, a
+    loaded model...) and read it in every task the worker runs.  Each worker starts
+    with an empty one (also under ``fork``); outside a pool worker it is just this
+    process's own dict.
+    """
+    return _worker_state
+
+
+# ---- the worker -------------------------------------------------------------------------
+
+
+def _worker_main(
+    tasks: Queue,
+    results: Queue,
+    slots: RawArray,
+    slot: int,
+    parent_token: int,
+    setup: bytes | None,
+    maxtasks: int | None,
+) -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides what
+    # happens to the pool, workers carry on until told
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_state.clear()
+    buf = slots._buf
+    claim_at = slots._off + slot * _SLOT_WORDS * 8
+    deadline_at = claim_at + 8
+    _core.store64(buf, claim_at + 16, os.getpid())
+    if setup is not None:
+        try:
+            initializer, initargs = loads(setup)
+            initializer(*initargs)
+        except BaseException as exc:
+            # every replacement would fail the same way: the pool stops instead
+            _core.store64(buf, claim_at + 24, 1)
+            _send_error(results, _MARKER, exc, _SETUP_FAILED)
+            raise SystemExit(1) from None
+    functions: dict[bytes, Any] = {}
+    done = 0
+    while maxtasks is None or done < maxtasks:
+        try:
+            task = tasks._get_claim(buf, claim_at, True, _PARENT_CHECK_S)
+        except queue.Empty:
+            if not _core.token_alive(parent_token):
+                return
+            continue
+        except Exception as exc:
+            # the record was taken but could not be unpickled: fail that task
+            claim = _core.load64(buf, claim_at)
+            if not claim & _CLAIMED:
+                raise
+            _send_error(results, claim & _ORDINAL_MASK, exc)
+            _core.store64(buf, claim_at, 0)
+            done += 1
+            continue
+        if task is None:  # the pool is closing
+            _core.store64(buf, claim_at, 0)
+            return
+        ordinal = _core.load64(buf, claim_at) & _ORDINAL_MASK
+        try:
+            function = functions.get(task[0])
+            if function is None:
+                function = loads(task[0])
+                if len(functions) >= _FUNC_CACHE_SIZE:
+                    functions.clear()
+                functions[task[0]] = function
+            values = _run(function, task, buf, deadline_at)
+        except BaseException as exc:
+            _send_error(results, ordinal, exc)
+        else:
+            _send_values(results, ordinal, values)
+        _core.store64(buf, claim_at, 0)
+        done += 1
+
+
+def _run(function: Callable[..., Any], task: tuple[Any, ...], buf: Any, deadline_at: int) -> tuple:
+    kind, timeout = task[1], task[2]
+    if timeout:
+        return _run_timed(function, task, buf, deadline_at)
+    if kind == _CALL:
+        return (function(*task[3:]),)
+    if kind == _MAP:
+        return tuple(map(function, task[3:]))
+    if kind == _STARMAP:
+        return tuple(itertools.starmap(function, task[3:]))
+    args, kwds = task[3], task[4]
+    return (function(*args, **kwds),)
+
+
+def _run_timed(function: Callable[..., Any], task: tuple[Any, ...], buf: Any, at: int) -> tuple:
+    # the deadline is per item: the monitor kills the worker once it passes
+    kind, limit_ns = task[1], int(task[2] * 1e9)
+    if kind in (_CALL, _CALL_KW):
+        _core.store64(buf, at, time.monotonic_ns() + limit_ns)
+        try:
+            if kind == _CALL:
+                return (function(*task[3:]),)
+            return (function(*task[3], **task[4]),)
+        finally:
+            _core.store64(buf, at, 0)
+    values = []
+    try:
+        for item in task[3:]:
+            _core.store64(buf, at, time.monotonic_ns() + limit_ns)
+            values.append(function(*item) if kind == _STARMAP else function(item))
+    finally:
+        _core.store64(buf, at, 0)
+    return tuple(values)
+
+
+def _send_values(results: Queue, ordinal: int, values: tuple) -> None:
+    if results._put_fast((ordinal, _OK, *values)):
+        return
+    try:
+        record = results._record(values)
+    except SerializationError as exc:
+        _send_error(results, ordinal, exc)
+        return
+    results.put((ordinal, _OK_PICKLED, record))
+
+
+def _send_error(results: Queue, ordinal: int, exc: BaseException, status: int = _ERROR) -> None:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        record = results._record(exc)
+        loads(record)  # an exception that does not unpickle would be lost on the way
+    except Exception:
+        record = results._record(ShoalError(f"{type(exc).__qualname__}: {exc}"))
+    results.put((ordinal, status, record, text))
+
+
+# ---- jobs: what the caller holds ------------------------------------------------------
+
+
+class _Job:
+    """A unit the caller waits on, made of one or more tasks (chunks)."""
+
+    _engine: _Engine
+
+    def _describe(self, index: int) -> str:
+        raise NotImplementedError
+
+    def _deliver(self, index: int, values: tuple) -> None:
+        raise NotImplementedError
+
+    def _fail(self, index: int, exc: BaseException) -> None:
+        raise NotImplementedError
+
+
+def _describe_call(function: Any, args: tuple = (), kwds: dict | None = None) -> str:
+    name = getattr(function, "__qualname__", None) or repr(function)
+    parts = [_short_repr(a) for a in args]
+    parts += [f"{k}={_short_repr(v)}" for k, v in (kwds or {}).items()]
+    text = f"{name}({', '.join(parts)})"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class AsyncResult(_Job):
+    """The result of ``Pool.apply_async`` (and the base of ``map_async``'s).
+
+    Like :class:`multiprocessing.pool.AsyncResult`: ``get``, ``wait``, ``ready``,
+    ``successful``.  A task that fails while nobody collects it (no ``get()``, no
+    ``successful()``, no ``error_callback``) is reported when the pool is joined.
+    """
+
+    def __init__(
+        self,
+        engine: _Engine,
+        callback: Callable[[Any], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+    ) -> None:
+        self._engine = engine
+        self._callback = callback
+        self._error_callback = error_callback
+        self._done = False
+        self._ok = False
+        self._value: Any = None
+        self._collected = error_callback is not None
+        self._what: Any = ""  # a description, or (func, args, kwds) to make one from
+
+    @property
+    def _description(self) -> str:
+        if isinstance(self._what, tuple):  # made on demand: most calls never need it
+            self._what = _describe_call(*self._what)
+        return self._what
+
+    def ready(self) -> bool:
+        """True once the call has finished (returned or raised)."""
+        return self._done
+
+    def successful(self) -> bool:
+        """True if the call returned without raising.
+
+        Raises:
+            ValueError: the result is not ready yet.
+        """
+        if not self._done:
+            raise ValueError(f"{self!r} not ready")
+        self._collected = True
+        return self._ok
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait up to ``timeout`` seconds for the result."""
+        if not self._done:
+            self._engine._wait_for(lambda: self._done, timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Return the result, waiting up to ``timeout`` seconds; re-raise its exception.
+
+        Raises:
+            multiprocessing.TimeoutError: not ready within ``timeout``.
+            WorkerDiedError: the worker running the task died.
+            TaskTimeoutError: the task ran past the pool's ``task_timeout``.
+            Exception: whatever the task raised (its remote traceback is the
+                ``__cause__``).
+        """
+        self.wait(timeout)
+        if not self._done:
+            raise multiprocessing.TimeoutError
+        self._collected = True
+        if self._ok:
+            return self._value
+        raise self._value
+
+    def _set(self, ok: bool, value: Any) -> None:
+        # no lock: a waiter counts itself in _waiters before it checks _done, and the
+        # result thread notifies waiters after each batch (_Engine._notify)
+        self._ok, self._value, self._done = ok, value, True
+        if ok:
+            if self._callback is not None:
+                _call_back(self._callback, value)
+        elif self._error_callback is not None:
+            _call_back(self._error_callback, value)
+        elif not self._collected:
+            self._engine._uncollected.append(self)
+
+    def _describe(self, index: int) -> str:
+        return self._description
+
+    def _deliver(self, index: int, values: tuple) -> None:
+        self._set(True, values[0])
+
+    def _fail(self, index: int, exc: BaseException) -> None:
+        self._set(False, exc)
+
+    def __repr__(self) -> str:
+        state = "pending" if not self._done else "ok" if self._ok else "failed"
+        return f"<shoal.{type(self).__name__} {self._description or ''} {state}>"
+
+
+ApplyResult = AsyncResult
+
+
+class MapResult(AsyncResult):
+    """The result of ``Pool.map_async``/``starmap_async``: a list, in input order."""
+
+    def __init__(
+        self,
+        engine: _Engine,
+        chunks: list[tuple],
+        callback: Callable[[Any], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        bar: Any,
+    ) -> None:
+        super().__init__(engine, callback, error_callback)
+        self._chunks = chunks
+        self._parts: list[tuple | None] = [None] * len(chunks)
+        self._left = len(chunks)
+        self._bar = bar
+        if not chunks:
+            self._set(True, [])
+
+    def _deliver(self, index: int, values: tuple) -> None:
+        if self._done:
+            return
+        self._parts[index] = values
+        self._left -= 1
+        if self._bar is not None:
+            self._bar.update(len(values))
+        if self._left == 0:
+            self._close_bar()
+            self._set(True, [v for part in self._parts for v in part])  # type: ignore[union-attr]
+
+    def _fail(self, index: int, exc: BaseException) -> None:
+        if self._done:
+            return
+        self._close_bar()
+        self._parts = []
+        self._set(False, exc)
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _describe(self, index: int) -> str:
+        return f"{self._description} (chunk {index}: {len(self._chunks[index])} items)"
+
+
+class IMapIterator(_Job):
+    """What ``Pool.imap``/``imap_unordered`` return: results as they become ready.
+
+    The input is read lazily, a few chunks ahead of the workers, so an endless
+    generator works.  ``next(timeout)`` raises ``multiprocessing.TimeoutError``.
+    """
+
+    def __init__(
+        self,
+        engine: _Engine,
+        function_record: bytes,
+        kind: int,
+        items: Iterator[Any],
+        chunksize: int,
+        timeout: float,
+        ordered: bool,
+        bar: Any,
+        description: str,
+    ) -> None:
+        self._engine = engine
+        self._function_record = function_record
+        self._kind = kind
+        self._items = items
+        self._chunksize = chunksize
+        self._timeout = timeout
+        self._ordered = ordered
+        self._bar = bar
+        self._description = description
+        self._feed_lock = threading.RLock()  # a failing input re-enters via _outcome
+        self._exhausted = False
+        self._submitted = 0  # chunks sent
+        self._finished = 0  # chunks done
+        self._sizes: dict[int, int] = {}
+        self._ready: dict[int, tuple[bool, Any]] = {}  # ordered: chunk index -> outcome
+        self._unordered: collections.deque[tuple[bool, Any]] = collections.deque()
+        self._next_chunk = 0
+        self._buffer: collections.deque[Any] = collections.deque()
+        self._got: tuple[bool, Any] | None = None  # the outcome _arrived took
+        self._window = max(2, 2 * engine.processes)
+
+    def _feed(self) -> None:
+        """Send chunks until ``_window`` are in flight or the input ends."""
+        with self._feed_lock:
+            while not self._exhausted and self._submitted - self._finished < self._window:
+                try:
+                    chunk = tuple(itertools.islice(self._items, self._chunksize))
+                except BaseException as exc:  # the input itself raised: report it there
+                    self._exhausted = True
+                    index = self._submitted
+                    self._submitted += 1
+                    self._sizes[index] = 0
+                    self._engine._deliver_local(self, index, exc)
+                    break
+                if not chunk:
+                    self._exhausted = True
+                    break
+                index = self._submitted
+                self._sizes[index] = len(chunk)
+                record = (self._function_record, self._kind, self._timeout, *chunk)
+                self._submitted += 1
+                try:
+                    self._engine._submit(self, [index], [record])
+                except BaseException as exc:
+                    self._engine._deliver_local(self, index, exc)
+            if self._exhausted:
+                self._wake()
+
+    def _deliver(self, index: int, values: tuple) -> None:
+        self._outcome(index, True, values)
+
+    def _fail(self, index: int, exc: BaseException) -> None:
+        self._outcome(index, False, exc)
+
+    def _outcome(self, index: int, ok: bool, value: Any) -> None:
+        self._finished += 1
+        if self._ordered:
+            self._ready[index] = (ok, value)
+        else:
+            self._unordered.append((ok, value))
+        if self._bar is not None:
+            self._bar.update(len(value) if ok else self._sizes.get(index, 0))
+        self._feed()
+
+    def _wake(self) -> None:
+        self._engine._notify()
+
+    def _describe(self, index: int) -> str:
+        return f"{self._description} (chunk {index}: {self._sizes.get(index, 0)} items)"
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def _take(self) -> tuple[bool, Any] | None:
+        if self._ordered:
+            return self._ready.pop(self._next_chunk, None)
+        return self._unordered.popleft() if self._unordered else None
+
+    def _all_taken(self) -> bool:
+        return self._exhausted and self._next_chunk >= self._submitted
+
+    def next(self, timeout: float | None = None) -> Any:
+        """The next result, waiting up to ``timeout`` seconds for it."""
+        while not self._buffer:
+            self._engine._wait_for(self._arrived, timeout)
+            got, self._got = self._got, None
+            if got is None:
+                if self._all_taken():
+                    self._close_bar()
+                    raise StopIteration
+                raise multiprocessing.TimeoutError
+            self._next_chunk += 1
+            ok, value = got
+            if not ok:
+                self._close_bar()
+                raise value
+            self._buffer.extend(value)
+        return self._buffer.popleft()
+
+    def _arrived(self) -> bool:
+        if self._got is None:
+            self._got = self._take()
+        return self._got is not None or self._all_taken()
+
+    __next__ = next
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class _FutureJob(_Job):
+    """An Executor task: one call's future, or a chunk of ``map``'s (a list)."""
+
+    def __init__(
+        self,
+        engine: _Engine,
+        future: concurrent.futures.Future,
+        description: str,
+        chunk: bool = False,
+    ) -> None:
+        self._engine = engine
+        self._future = future
+        self._description = description
+        self._chunk = chunk
+
+    def _describe(self, index: int) -> str:
+        return self._description
+
+    def _deliver(self, index: int, values: tuple) -> None:
+        if self._future.set_running_or_notify_cancel():
+            self._future.set_result(list(values) if self._chunk else values[0])
+
+    def _fail(self, index: int, exc: BaseException) -> None:
+        if self._future.set_running_or_notify_cancel():
+            self._future.set_exception(exc)
+
+
+def _call_back(callback: Callable[[Any], object], value: Any) -> None:
+    try:
+        callback(value)
+    except BaseException as exc:
+        sys.unraisablehook(
+            sys.UnraisableHookArgs(  # type: ignore[call-arg]
+                type(exc), exc, exc.__traceback__, "Exception in a pool callback", callback
+            )
+        )
+
+
+# ---- the engine -------------------------------------------------------------------------
+
+
+_RUN, _CLOSE, _TERMINATE = "running", "closed", "terminated"
+
+
+class _Engine:
+    """Workers, the two rings and the parent's two threads, shared by Pool and Executor."""
+
+    def __init__(
+        self,
+        processes: int | None,
+        initializer: Callable[..., object] | None,
+        initargs: Iterable[Any],
+        maxtasksperchild: int | None,
+        context: Any,
+        task_timeout: float | None,
+        uncollected_errors: str,
+        name: str,
+    ) -> None:
+        if processes is None:
+            processes = process_cpu_count()
+        if not isinstance(processes, int) or isinstance(processes, bool):
+            raise TypeError(f"processes must be an int, not {type(processes).__name__}")
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if maxtasksperchild is not None and (
+            not isinstance(maxtasksperchild, int)
+            or isinstance(maxtasksperchild, bool)
+            or maxtasksperchild < 1
+        ):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        self.task_timeout = _check_timeout(task_timeout)
+        if uncollected_errors not in ("warn", "raise", "ignore"):
+            raise ValueError(
+                "uncollected_errors must be 'warn', 'raise' or 'ignore', "
+                f"not {uncollected_errors!r}"
+            )
+        self.processes = processes
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._maxtasks = maxtasksperchild
+        self._context = context if context is not None else multiprocessing.get_context()
+        self._uncollected_mode = uncollected_errors
+        self._name = name
+        self.state = _RUN
+
+        self._cond = threading.Condition(threading.Lock())
+        self._waiters = 0
+        # re-entered when a task failed while pushing feeds an imap's next chunk
+        self._push_lock = threading.RLock()
+        self._pushed = 0  # records ever put on the task ring (its ordinals)
+        self._inflight: dict[int, tuple[_Job, int, float]] = {}  # ordinal -> job, index, timeout
+        self._overflow: collections.deque[tuple[_Job, int, tuple]] = collections.deque()
+        self._outstanding = 0  # tasks submitted, not finished
+        self._finished = 0  # tasks finished, not yet counted out of _outstanding
+        self._uncollected: list[AsyncResult] = []
+        self._function_records: dict[int, tuple[Any, bytes]] = {}
+        self._timed_out: dict[int, tuple[int, float]] = {}  # slot -> (ordinal, timeout)
+        self._timeouts_used = self.task_timeout > 0
+        self._broken: BaseException | None = None
+
+        self._tasks = Queue(capacity=_TASK_RING_BYTES)
+        self._results = Queue(capacity=_RESULT_RING_BYTES)
+        self._slots = RawArray("q", processes * _SLOT_WORDS)
+        self._workers: list[Any] = [None] * processes
+        self._wake_r, self._wake_w = os.pipe()
+        self._token = _core.self_token()
+        self._started = 0
+        try:
+            for slot in range(processes):
+                self._start_worker(slot)
+        except BaseException:
+            self._kill_workers()
+            self._release()
+            raise
+        self._result_thread = threading.Thread(
+            target=self._handle_results, name=f"{name}-results", daemon=True
+        )
+        self._monitor_thread = threading.Thread(
+            target=self._monitor, name=f"{name}-monitor", daemon=True
+        )
+        self._result_thread.start()
+        self._monitor_thread.start()
+
+    # ---- workers ----------------------------------------------------------------------
+
+    def _slot_word(self, slot: int, word: int) -> int:
+        slots = self._slots
+        return _core.load64(slots._buf, slots._off + (slot * _SLOT_WORDS + word) * 8)
+
+    def _start_worker(self, slot: int) -> None:
+        base = slot * _SLOT_WORDS
+        for word in range(_SLOT_WORDS):
+            self._slots[base + word] = 0
+        setup = None
+        if self._initializer is not None:
+            setup, buffers = dumps((self._initializer, self._initargs))
+            if buffers is not None:
+                setup = self._tasks._record((self._initializer, self._initargs))
+        self._started += 1
+        method = self._context.get_start_method()
+        process = self._context.Process(
+            target=_worker_main,
+            args=(
+                self._tasks,
+                self._results,
+                self._slots,
+                slot,
+                self._token,
+                setup,
+                self._maxtasks,
+            ),
+            name=f"{method.capitalize()}{self._name}Worker-{self._started}",
+            daemon=True,
+        )
+        process.start()
+        self._workers[slot] = process
+
+    def _monitor(self) -> None:
+        """Notice dead workers at once (their sentinels), replace them, enforce timeouts."""
+        while True:
+            with self._cond:
+                state, busy = self.state, self._outstanding > 0
+            if state == _TERMINATE:
+                return
+            live = {p.sentinel: slot for slot, p in enumerate(self._workers) if p is not None}
+            if not live and state != _RUN and not busy:
+                return
+            timeout = _CHECK_TIMEOUTS_S if self._timeouts_used else None
+            ready = multiprocessing.connection.wait([*live, self._wake_r], timeout)
+            if self._wake_r in ready:
+                os.read(self._wake_r, 4096)
+            for sentinel in ready:
+                if sentinel != self._wake_r:
+                    self._worker_ended(live[sentinel])
+            if self._timeouts_used:
+                self._enforce_timeouts()
+
+    def _worker_ended(self, slot: int) -> None:
+        process = self._workers[slot]
+        process.join()
+        claim = self._slot_word(slot, 0)
+        ordinal = -1
+        if claim & _CLAIMED:
+            taken_before = (self._tasks._taken - (claim & _ORDINAL_MASK)) & _ORDINAL_MASK
+            if 0 < taken_before < (1 << 31):  # it took the record, not just claimed it
+                ordinal = claim & _ORDINAL_MASK
+        self._workers[slot] = None
+        with self._cond:
+            if self.state == _TERMINATE:
+                return
+            replace = self.state == _RUN or self._outstanding > 0
+            replace = replace and not self._slot_word(slot, 3)  # its initializer raised
+        # behind anything the worker sent before it died (the same ring, later)
+        self._results.put((_MARKER, _DIED, slot, process.pid, process.exitcode, ordinal))
+        if replace:
+            try:
+                self._start_worker(slot)
+            except Exception as exc:  # out of processes or memory: keep the others going
+                _call_back(_raise, exc)
+
+    def _enforce_timeouts(self) -> None:
+        now = time.monotonic_ns()
+        for slot, process in enumerate(self._workers):
+            if process is None or slot in self._timed_out:
+                continue
+            deadline = self._slot_word(slot, 1)
+            if not deadline or deadline > now:
+                continue
+            claim = self._slot_word(slot, 0)
+            # stop it, then look again: it may have finished that task meanwhile
+            try:
+                os.kill(process.pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                continue
+            if self._slot_word(slot, 0) == claim and self._slot_word(slot, 1) == deadline:
+                ordinal = claim & _ORDINAL_MASK
+                entry = self._inflight.get(ordinal)
+                self._timed_out[slot] = (ordinal, entry[2] if entry else 0.0)
+                os.kill(process.pid, signal.SIGKILL)
+            os.kill(process.pid, signal.SIGCONT)
+
+    def _kill_workers(self) -> None:
+        for process in self._workers:
+            if process is not None and process.exitcode is None:
+                process.kill()
+        for process in self._workers:
+            if process is not None:
+                process.join(5)
+
+    # ---- submitting -------------------------------------------------------------------
+
+    def function_record(self, function: Callable[..., Any]) -> bytes:
+        """The pickle of ``function``, cached: most tasks reuse one function."""
+        if not callable(function):
+            raise TypeError(f"{type(function).__name__!r} object is not callable")
+        cached = self._function_records.get(id(function))
+        if cached is not None and cached[0] is function:
+            return cached[1]
+        with sent_references() as sent:
+            data, buffers = dumps(function)
+            reusable = len(sent) == 0 and buffers is None
+        if buffers is not None:
+            data = self._tasks._record(function)
+        if reusable:  # a pickle holding shoal handles may be unpickled only once
+            if len(self._function_records) >= _FUNC_CACHE_SIZE:
+                self._function_records.clear()
+            self._function_records[id(function)] = (function, data)
+        return data
+
+    def use_timeouts(self) -> None:
+        """From now on the monitor looks at the workers' deadlines."""
+        if not self._timeouts_used:
+            self._timeouts_used = True
+            self._poke()
+
+    def check_running(self) -> None:
+        if self._broken is not None:
+            raise self._broken
+        if self.state != _RUN:
+            raise ClosedError(f"Pool not running (it is {self.state})")
+
+    def _submit(self, job: _Job, indexes: list[int], records: list[tuple]) -> None:
+        """Put the tasks on the ring (pickled here: errors raise in the caller)."""
+        with self._push_lock:
+            with self._cond:
+                self._outstanding += len(records)
+            if self._overflow:
+                self._overflow.extend(zip(itertools.repeat(job), indexes, records))
+                return
+            self._push(job, indexes, records)
+
+    def _push(self, job: _Job, indexes: list[int], records: list[tuple]) -> None:
+        # the caller holds _push_lock; ordinals are assigned in ring order
+        first = self._pushed
+        for k, (index, record) in enumerate(zip(indexes, records)):
+            self._inflight[(first + k) & _ORDINAL_MASK] = (job, index, record[2])
+        try:
+            put = self._tasks.put_many(records, block=False)
+        except queue.Full as full:
+            put = full.items_put  # type: ignore[attr-defined]
+        except BaseException:
+            for k in range(len(records)):
+                del self._inflight[(first + k) & _ORDINAL_MASK]
+            with self._cond:
+                self._outstanding -= len(records)
+            raise
+        for k in range(put, len(records)):
+            del self._inflight[(first + k) & _ORDINAL_MASK]
+        self._pushed = first + put
+        if put < len(records):
+            self._overflow.extend(zip(itertools.repeat(job), indexes[put:], records[put:]))
+
+    def _push_overflow(self) -> None:
+        with self._push_lock:
+            batch = []
+            while self._overflow and len(batch) < 1024:
+                batch.append(self._overflow.popleft())
+            if not batch:
+                return
+            pending = list(self._overflow)
+            self._overflow.clear()
+            jobs = [b[0] for b in batch]
+            first = self._pushed
+            for k, (job, index, record) in enumerate(batch):
+                self._inflight[(first + k) & _ORDINAL_MASK] = (job, index, record[2])
+            try:
+                put = self._tasks.put_many([b[2] for b in batch], block=False)
+            except queue.Full as full:
+                put = full.items_put  # type: ignore[attr-defined]
+            except BaseException as exc:  # a record that pickled once fails now: fail it
+                put = 0
+                for job, index, _ in batch:
+                    self._finish(job, index, False, exc)
+                batch = []
+            for k in range(put, len(batch)):
+                del self._inflight[(first + k) & _ORDINAL_MASK]
+            self._pushed = first + put
+            self._overflow.extend(batch[put:])
+            self._overflow.extend(pending)
+            del jobs
+
+    def _deliver_local(self, job: _Job, index: int, exc: BaseException) -> None:
+        """Fail a task that never reached a worker (its input raised, say)."""
+        with self._cond:
+            self._outstanding += 1
+        self._finish(job, index, False, exc)
+
+    # ---- results ----------------------------------------------------------------------
+
+    def _handle_results(self) -> None:
+        results = self._results
+        while True:
+            try:
+                records = results._get_many(_RESULT_BATCH)
+            except ClosedError:
+                return
+            except Exception as exc:  # cannot happen (results are pickled twice), but
+                records = getattr(exc, "items", [])  # the thread must never die
+                _call_back(_raise, exc)
+            for record in records:
+                try:
+                    if self._handle_result(record):
+                        return
+                except BaseException as exc:  # a bug must not hang every caller
+                    _call_back(_raise, exc)
+            self._notify_batch()
+            if self._overflow:
+                self._push_overflow()
+
+    def _handle_result(self, record: tuple) -> bool:
+        """Act on one record of the result ring; True when the thread should end."""
+        ordinal, status = record[0], record[1]
+        if ordinal == _MARKER:
+            if status == _SETUP_FAILED:
+                self._setup_failed(_remote_error(record[2], record[3]))
+            elif status == _WAKE:
+                return self._finished_all()
+            else:
+                self._worker_died(*record[2:])
+            return False
+        entry = self._inflight.pop(ordinal, None)
+        if entry is None:
+            return False  # taken back by cancel_queued, or failed by terminate
+        job, index, _ = entry
+        if status == _OK:
+            self._finish(job, index, True, record[2:], False)
+        elif status == _OK_PICKLED:
+            try:
+                values = loads(record[2])
+            except Exception as exc:
+                self._finish(job, index, False, exc, False)
+            else:
+                self._finish(job, index, True, values, False)
+        else:
+            self._finish(job, index, False, _remote_error(record[2], record[3]), False)
+        return False
+
+    def _finish(self, job: _Job, index: int, ok: bool, value: Any, notify: bool = True) -> None:
+        try:
+            if ok:
+                job._deliver(index, value)
+            else:
+                job._fail(index, value)
+        finally:
+            if notify:
+                with self._cond:
+                    self._outstanding -= 1
+                self._notify()
+            else:  # the result thread's batch: counted out by its _notify_batch
+                self._finished += 1
+
+    def _notify_batch(self) -> None:
+        with self._cond:
+            self._outstanding -= self._finished
+            self._finished = 0
+            if self._waiters:
+                self._cond.notify_all()
+
+    def _notify(self) -> None:
+        """Wake whoever waits for a result or for the pool to drain."""
+        with self._cond:
+            if self._waiters:
+                self._cond.notify_all()
+
+    def _worker_died(self, slot: int, pid: int, exitcode: int, ordinal: int) -> None:
+        timed_out = self._timed_out.pop(slot, None)
+        if ordinal < 0:
+            return
+        entry = self._inflight.pop(ordinal, None)
+        if entry is None:
+            return  # its result made it out before it died
+        job, index, _ = entry
+        description = job._describe(index)
+        if timed_out is not None and timed_out[0] == ordinal:
+            limit = timed_out[1]
+            exc: BaseException = TaskTimeoutError(
+                f"{description} ran longer than its timeout of {limit:g} s: worker {pid} "
+                "was killed and replaced",
+                timeout=limit,
+                pid=pid,
+                task=description,
+            )
+        else:
+            exc = WorkerDiedError(
+                f"worker {pid} {_how_it_ended(exitcode)} while running {description}; "
+                "the pool replaced it",
+                pid=pid,
+                exitcode=exitcode,
+                task=description,
+            )
+        self._finish(job, index, False, exc)
+
+    def _setup_failed(self, exc: BaseException) -> None:
+        if self._broken is not None:
+            return
+        broken = BrokenError(
+            f"the pool's initializer raised {type(exc).__name__}: {exc}; the pool "
+            "cannot start workers and is broken"
+        )
+        broken.__cause__ = exc
+        self._broken = broken
+        self._fail_outstanding(broken)
+
+    def _finished_all(self) -> bool:
+        with self._cond:
+            return self.state == _TERMINATE or (self.state == _CLOSE and self._outstanding == 0)
+
+    def _wait_for(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        if predicate():
+            return True
+        with self._cond:
+            self._waiters += 1
+            try:
+                return self._cond.wait_for(predicate, timeout)
+            finally:
+                self._waiters -= 1
+
+    # ---- ending -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._cond:
+            if self.state == _RUN:
+                self.state = _CLOSE
+        self._poke()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for every task, then for the workers to exit."""
+        if self.state == _RUN:
+            raise ValueError("join() before close() or terminate()")
+        done = self._wait_for(lambda: self._outstanding == 0 or self.state == _TERMINATE, timeout)
+        if not done:
+            return False
+        if self.state == _CLOSE:
+            self._stop_workers()
+        self._shut_threads()
+        self._report_uncollected()
+        self._release()
+        return True
+
+    def _stop_workers(self) -> None:
+        with self._cond:
+            self.state = _TERMINATE  # no replacements from here on
+        live = [p for p in self._workers if p is not None]
+        try:
+            self._tasks.put_many([None] * len(live), timeout=5)
+        except Exception:
+            pass
+        for process in live:
+            process.join(5)
+        self._kill_workers()
+
+    def terminate(self) -> None:
+        with self._cond:
+            was = self.state
+            self.state = _TERMINATE
+        if was == _TERMINATE and self._tasks.closed:
+            return
+        self._poke()
+        self._kill_workers()
+        self._shut_threads()
+        self._kill_workers()  # one the monitor may have started meanwhile
+        try:
+            self._report_uncollected()
+        finally:
+            self._fail_outstanding(ClosedError("the pool was terminated before this task finished"))
+            self._release()
+
+    def _fail_outstanding(self, exc: BaseException) -> None:
+        with self._push_lock:
+            entries = [(job, index) for job, index, _ in self._inflight.values()]
+            entries += [(job, index) for job, index, _ in self._overflow]
+            self._inflight.clear()
+            self._overflow.clear()
+        for job, index in entries:
+            if isinstance(job, AsyncResult):
+                job._collected = True  # the pool's doing, not the task's: not reported
+            self._finish(job, index, False, exc)
+
+    def cancel_queued(self) -> list[_Job]:
+        """Take back the tasks no worker has started; return their jobs."""
+        jobs = []
+        scratch = bytearray(8)
+        with self._push_lock:
+            jobs += [job for job, _, _ in self._overflow]
+            taken = len(self._overflow)
+            self._overflow.clear()
+            while True:
+                try:
+                    self._tasks._get_claim(scratch, 0, False)
+                except queue.Empty:
+                    break
+                except Exception:
+                    pass
+                ordinal = int.from_bytes(scratch, "little") & _ORDINAL_MASK
+                entry = self._inflight.pop(ordinal, None)
+                if entry is not None:
+                    jobs.append(entry[0])
+                    taken += 1
+        with self._cond:
+            self._outstanding -= taken
+            self._cond.notify_all()
+        return jobs
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        try:
+            if not self._results.closed:
+                self._results.put((_MARKER, _WAKE))
+        except Exception:
+            pass
+
+    def _shut_threads(self) -> None:
+        self._poke()
+        for thread in (self._monitor_thread, self._result_thread):
+            if thread is not threading.current_thread():
+                thread.join(10)
+
+    def _release(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+        for obj in (self._tasks, self._results, self._slots):
+            obj.close()
+
+    def _report_uncollected(self) -> None:
+        failed = [r for r in self._uncollected if not r._collected]
+        self._uncollected = []
+        if not failed or self._uncollected_mode == "ignore":
+            return
+        errors = [r._value for r in failed]
+        first = failed[0]
+        cause = errors[0].__cause__
+        detail = f"\n{cause}" if isinstance(cause, RemoteTraceback) else ""
+        message = (
+            f"{len(failed)} pool task(s) failed and nobody collected the error (no get(), "
+            f"successful() or error_callback); the first, {first._description}, raised "
+            f"{type(errors[0]).__name__}: {errors[0]}{detail}"
+        )
+        if self._uncollected_mode == "raise":
+            group = getattr(builtins, "ExceptionGroup", None)  # Python 3.11+
+            if group is None:
+                raise errors[0]
+            raise group(message, errors)
+        warnings.warn(UncollectedTaskErrorWarning(message), stacklevel=4)
+
+
+def _remote_error(record: bytes, text: str) -> BaseException:
+    try:
+        exc = loads(record)
+    except Exception as error:
+        exc = ShoalError(f"a task failed and its exception could not be unpickled: {error}")
+    if isinstance(exc, BaseException):
+        exc.__cause__ = RemoteTraceback(text)
+        return exc
+    return ShoalError(f"a task failed with {exc!r}")
+
+
+def _how_it_ended(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "vanished"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def _check_timeout(timeout: float | None) -> float:
+    if timeout is None:
+        return 0.0
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    return float(timeout)
+
+
+def _finalize_engine(engine: _Engine) -> None:
+    if engine.state != _TERMINATE or not engine._tasks.closed:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            engine.terminate()
+
+
+def _make_bar(progress: Any, total: int | None, description: str) -> Any:
+    if not progress:
+        return None
+    from tqdm.auto import tqdm  # only when asked: tqdm imports a good deal
+
+    options = {"total": total, "desc": description}
+    if isinstance(progress, dict):
+        options.update(progress)
+    elif isinstance(progress, str):
+        options["desc"] = progress
+    return tqdm(**options)
+
+
+# ---- Pool -------------------------------------------------------------------------------
+
+
+class Pool:
+    """A process pool with :class:`multiprocessing.pool.Pool`'s API that survives its
+    workers.
+
+    Args:
+        processes: number of workers (default: the CPUs this process may use,
+            affinity and cgroup quota included).
+        initializer, initargs: ``initializer(*initargs)`` runs once in each worker as
+            it starts (set up :func:`worker_state` there).
+        maxtasksperchild: a worker exits after this many tasks (chunks) and is
+            replaced.
+        context: a multiprocessing (or shoal) context: which start method workers use.
+        task_timeout: seconds a task (each item of a map) may run; past it the task
+            fails with :class:`~shoal.TaskTimeoutError` and its worker is replaced.
+        uncollected_errors: what ``join()``/``terminate()`` do about failed
+            ``apply_async``/``map_async`` results nobody collected: "warn"
+            (:class:`~shoal.UncollectedTaskErrorWarning`), "raise" (an
+            ``ExceptionGroup``) or "ignore".
+
+    When a worker dies (SIGKILL, segfault, ``os._exit``), only the task it was
+    running fails, with :class:`~shoal.WorkerDiedError` naming the pid, the signal
+    or exit code and the task; the worker is replaced and everything else carries
+    on.  Functions may be lambdas or closures (cloudpickle), and shoal queues, locks
+    and shared objects are ordinary arguments.  ``with Pool() as p:`` terminates
+    the pool on exit, as the standard library's does.
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+        *,
+        task_timeout: float | None = None,
+        uncollected_errors: str = "warn",
+    ) -> None:
+        self._engine = _Engine(
+            processes,
+            initializer,
+            initargs,
+            maxtasksperchild,
+            context,
+            task_timeout,
+            uncollected_errors,
+            "Pool",
+        )
+        self._processes = self._engine.processes
+        self._finalizer = weakref.finalize(self, _finalize_engine, self._engine)
+
+    @property
+    def processes(self) -> int:
+        """The number of workers."""
+        return self._engine.processes
+
+    def _timeout(self, timeout: float | None) -> float:
+        return _check_timeout(timeout) if timeout is not None else self._engine.task_timeout
+
+    # ---- one call ---------------------------------------------------------------------
+
+    def apply(
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Call ``func(*args, **kwds)`` in a worker and return its result."""
+        return self.apply_async(func, args, kwds, timeout=timeout).get()
+
+    def apply_async(
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: dict[str, Any] | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> AsyncResult:
+        """Call ``func(*args, **kwds)`` in a worker; return an :class:`AsyncResult`.
+
+        The arguments are pickled here: one that cannot be raises
+        :class:`~shoal.SerializationError` now.  ``callback``/``error_callback`` run
+        in the pool's result thread.  ``timeout`` (seconds) overrides the pool's
+        ``task_timeout`` for this call.
+        """
+        engine = self._engine
+        engine.check_running()
+        args = tuple(args)
+        limit = self._timeout(timeout)
+        function = engine.function_record(func)
+        if kwds:
+            record: tuple = (function, _CALL_KW, limit, args, dict(kwds))
+        else:
+            record = (function, _CALL, limit, *args)
+        result = AsyncResult(engine, callback, error_callback)
+        result._what = (func, args, kwds)
+        if limit:
+            engine.use_timeouts()
+        engine._submit(result, [0], [record])
+        return result
+
+    # ---- many calls -------------------------------------------------------------------
+
+    def map(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        *,
+        progress: Any = False,
+        timeout: float | None = None,
+    ) -> list[Any]:
+        """``[func(x) for x in iterable]`` across the workers, in order.
+
+        ``progress=True`` shows a tqdm bar (a string: its description; a dict: tqdm
+        options).  ``timeout`` limits each item's run time.
+        """
+        return self._map_async(func, iterable, chunksize, _MAP, None, None, progress, timeout).get()
+
+    def map_async(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        progress: Any = False,
+        timeout: float | None = None,
+    ) -> MapResult:
+        """Like :meth:`map`, returning a :class:`MapResult` at once."""
+        return self._map_async(
+            func, iterable, chunksize, _MAP, callback, error_callback, progress, timeout
+        )
+
+    def starmap(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        *,
+        progress: Any = False,
+        timeout: float | None = None,
+    ) -> list[Any]:
+        """``[func(*args) for args in iterable]`` across the workers, in order."""
+        return self._map_async(
+            func, iterable, chunksize, _STARMAP, None, None, progress, timeout
+        ).get()
+
+    def starmap_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        progress: Any = False,
+        timeout: float | None = None,
+    ) -> MapResult:
+        """Like :meth:`starmap`, returning a :class:`MapResult` at once."""
+        return self._map_async(
+            func, iterable, chunksize, _STARMAP, callback, error_callback, progress, timeout
+        )
+
+    def _map_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        kind: int,
+        callback: Callable[[Any], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        progress: Any,
+        timeout: float | None,
+    ) -> MapResult:
+        engine = self._engine
+        engine.check_running()
+        items = list(iterable)
+        if kind == _STARMAP:
+            items = [tuple(args) for args in items]
+        size = _chunksize(chunksize, len(items), engine.processes)
+        limit = self._timeout(timeout)
+        function = engine.function_record(func)
+        chunks = [tuple(items[i : i + size]) for i in range(0, len(items), size)]
+        description = f"{getattr(func, '__qualname__', repr(func))} over {len(items)} items"
+        bar = _make_bar(progress, len(items), getattr(func, "__qualname__", None))
+        result = MapResult(engine, chunks, callback, error_callback, bar)
+        result._what = description
+        if chunks:
+            if limit:
+                engine.use_timeouts()
+            records = [(function, kind, limit, *chunk) for chunk in chunks]
+            try:
+                engine._submit(result, list(range(len(chunks))), records)
+            except BaseException:
+                result._close_bar()
+                raise
+        return result
+
+    def imap(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = 1,
+        *,
+        progress: Any = False,
+        timeout: float | None = None,
+    ) -> IMapIterator:
+        """Yield ``func(x)`` for each ``x`` of ``iterable``, in order, as results come.
+
+        The input is consumed lazily (an endless generator is fine).  ``chunksize``
+        None picks one from the input's length, when it has one.
+        """
+        return self._imap(func, iterable, chunksize, _MAP, True, progress, timeout)
+
+    def imap_unordered(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = 1,
+        *,
+        progress: Any = False,
+        timeout: float | None = None,
+    ) -> IMapIterator:
+        """Like :meth:`imap`, yielding results in the order they finish."""
+        return self._imap(func, iterable, chunksize, _MAP, False, progress, timeout)
+
+    def istarmap(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = 1,
+        *,
+        progress: Any = False,
+        timeout: float | None = None,
+    ) -> IMapIterator:
+        """Like :meth:`imap`, calling ``func(*args)``."""
+        return self._imap(func, iterable, chunksize, _STARMAP, True, progress, timeout)
+
+    def _imap(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        kind: int,
+        ordered: bool,
+        progress: Any,
+        timeout: float | None,
+    ) -> IMapIterator:
+        engine = self._engine
+        engine.check_running()
+        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        if chunksize is None:
+            size = _chunksize(None, total, engine.processes) if total is not None else 1
+        else:
+            size = _chunksize(chunksize, 1, 1)
+        items: Iterator[Any] = iter(iterable)
+        if kind == _STARMAP:
+            items = map(tuple, items)
+        limit = self._timeout(timeout)
+        if limit:
+            engine.use_timeouts()
+        name = getattr(func, "__qualname__", repr(func))
+        iterator = IMapIterator(
+            engine,
+            engine.function_record(func),
+            kind,
+            items,
+            size,
+            limit,
+            ordered,
+            _make_bar(progress, total, name),
+            name,
+        )
+        iterator._feed()
+        return iterator
+
+    # ---- ending -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """No more tasks: workers exit once the submitted ones are done."""
+        self._engine.close()
+
+    def terminate(self) -> None:
+        """Stop the workers now; unfinished tasks fail with ClosedError."""
+        self._finalizer.detach()
+        self._engine.terminate()
+
+    def join(self) -> None:
+        """Wait for the submitted tasks and the workers (after close or terminate).
+
+        Reports failed results nobody collected (see ``uncollected_errors``).
+        """
+        self._engine.join()
+        self._finalizer.detach()
+
+    def __enter__(self) -> Pool:
+        self._engine.check_running()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.terminate()
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+    def __repr__(self) -> str:
+        engine = self._engine
+        return (
+            f"<shoal.Pool state={engine.state} processes={engine.processes} "
+            f"outstanding={engine._outstanding}>"
+        )
+
+
+def _chunksize(chunksize: int | None, n: int, processes: int) -> int:
+    if chunksize is None:
+        # the standard library's choice: about four chunks per worker
+        size, extra = divmod(n, processes * 4)
+        return max(1, size + bool(extra))
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+        raise TypeError(f"chunksize must be an int, not {type(chunksize).__name__}")
+    if chunksize < 1:
+        raise ValueError(f"Chunksize must be 1+, not {chunksize}")
+    return chunksize
+
+
+# ---- Executor -------------------------------------------------------------------------
+
+
+class Executor(concurrent.futures.Executor):
+    """A :class:`concurrent.futures.Executor` on shoal's surviving workers.
+
+    Like ``ProcessPoolExecutor`` (same arguments), except that a dead worker fails
+    only the future it was running (with :class:`~shoal.WorkerDiedError`, also a
+    ``BrokenProcessPool``) and the executor keeps working.  ``task_timeout`` limits
+    each call's run time (:class:`~shoal.TaskTimeoutError`).
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        task_timeout: float | None = None,
+    ) -> None:
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
+            raise ValueError("max_workers must be greater than 0")
+        self._engine = _Engine(
+            max_workers,
+            initializer,
+            initargs,
+            max_tasks_per_child,
+            mp_context,
+            task_timeout,
+            "ignore",
+            "Executor",
+        )
+        self._shutdown_lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, _finalize_engine, self._engine)
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future:
+        """Schedule ``fn(*args, **kwargs)``; return a Future."""
+        if kwargs:
+            return self._submit(fn, _CALL_KW, (args, kwargs), _describe_call(fn, args, kwargs))
+        return self._submit(fn, _CALL, args, _describe_call(fn, args))
+
+    def _submit(
+        self, fn: Callable[..., Any], kind: int, payload: tuple, description: str
+    ) -> concurrent.futures.Future:
+        with self._shutdown_lock:
+            engine = self._engine
+            if engine._broken is not None:
+                raise engine._broken
+            if engine.state != _RUN:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            record = (engine.function_record(fn), kind, engine.task_timeout, *payload)
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            job = _FutureJob(engine, future, description, chunk=kind == _STARMAP)
+            engine._submit(job, [0], [record])
+            return future
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """Like ``ProcessPoolExecutor.map``: results in order, ``chunksize`` calls a task."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        calls = zip(*iterables)
+        name = getattr(fn, "__qualname__", repr(fn))
+        futures = []
+        while chunk := tuple(itertools.islice(calls, chunksize)):
+            futures.append(self._submit(fn, _STARMAP, chunk, f"{name} (chunk of {len(chunk)})"))
+
+        def results() -> Iterator[Any]:
+            try:
+                futures.reverse()
+                while futures:
+                    left = None if end is None else end - time.monotonic()
+                    yield from futures.pop().result(left)
+            finally:
+                for future in futures:
+                    future.cancel()
+
+        return results()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking work; with ``cancel_futures``, cancel what no worker started."""
+        with self._shutdown_lock:
+            engine = self._engine
+            if engine.state == _RUN:
+                engine.close()
+            if cancel_futures:
+                for job in engine.cancel_queued():
+                    if isinstance(job, _FutureJob):
+                        job._future.cancel()
+        if engine._tasks.closed:
+            return  # shut down before
+        if wait:
+            engine.join()
+            self._finalizer.detach()
+        else:  # the tasks already submitted still run; someone must wait for them
+            threading.Thread(target=engine.join, name="Executor-shutdown", daemon=True).start()
