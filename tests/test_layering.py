@@ -39,6 +39,7 @@ RANKS: dict[str, int] = {
     "_pool": 71,
     "_managers": 80,
     "_cluster": 90,
+    "_context": 95,  # get_context(): factories of every layer below, Pool and Manager included
     "_demo": 100,  # what `python -m shoal demo` runs
     "_doctor": 100,
     # public facades: __init__ and the stdlib-shaped shims (any module without "_")

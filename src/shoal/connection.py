@@ -1,0 +1,11 @@
+"""Stdlib-shaped shim: ``from shoal.connection import Pipe, wait``, as from
+``multiprocessing.connection`` (the standard library's own objects: shoal's queues and
+locks do not need connections, but programs that use them port unchanged)."""
+
+from ._process import Client as Client
+from ._process import Connection as Connection
+from ._process import Listener as Listener
+from ._process import Pipe as Pipe
+from ._process import wait as wait
+
+__all__ = ["Client", "Connection", "Listener", "Pipe", "wait"]
