@@ -548,13 +548,29 @@ class SentReferences:
                 finally:
                     _close_segment(segment)
 
-    def _hand_over(self, outer: SentReferences | None) -> None:
+    def keep(self) -> SentReferences:
+        """Take the references out of the block, to settle later: ``cancel()`` if the
+        pickles turn out never to be unpickled, ``release()`` once they were.
+
+        (A pool starting a worker: the worker may be killed before it unpickles its
+        arguments, and only the pool can tell afterwards.)
+        """
+        kept = SentReferences()
+        kept._taken, self._taken = self._taken, []
+        return kept
+
+    def release(self) -> None:
+        """The pickles were unpickled: stop keeping their segments for ``cancel()``."""
         taken, self._taken = self._taken, []
-        if outer is not None:
-            outer._taken.extend(taken)  # the outer block may still throw them away
-            return
         for segment, _ in taken:
             _close_segment(segment)
+
+    def _hand_over(self, outer: SentReferences | None) -> None:
+        if outer is not None:
+            taken, self._taken = self._taken, []
+            outer._taken.extend(taken)  # the outer block may still throw them away
+            return
+        self.release()
 
 
 @contextlib.contextmanager

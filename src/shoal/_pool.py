@@ -36,6 +36,7 @@ import concurrent.futures
 import itertools
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.util
 import os
 import queue
 import signal
@@ -91,7 +92,7 @@ _ORDINAL_MASK = 0xFFFFFFFF
 _TASK_RING_BYTES = 4 << 20
 _RESULT_RING_BYTES = 4 << 20
 _RESULT_BATCH = 512
-# a worker looks for its parent this often while idle, and exits if it is gone
+# a worker looks for its parent this often, and exits if it is gone
 _PARENT_CHECK_S = 1.0
 # tasks waiting for room in the task ring are pushed by the result thread
 _CHECK_TIMEOUTS_S = 0.02
@@ -127,28 +128,28 @@ def _worker_main(
     # happens to the pool, workers carry on until told
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_state.clear()
+    threading.Thread(
+        target=_exit_with_parent, args=(parent_token,), name="parent-watch", daemon=True
+    ).start()
     buf = slots._buf
     claim_at = slots._off + slot * _SLOT_WORDS * 8
     deadline_at = claim_at + 8
-    _core.store64(buf, claim_at + 16, os.getpid())
     if setup is not None:
         try:
             initializer, initargs = loads(setup)
+            _core.store64(buf, claim_at + 16, os.getpid())  # all arguments unpickled
             initializer(*initargs)
         except BaseException as exc:
             # every replacement would fail the same way: the pool stops instead
             _core.store64(buf, claim_at + 24, 1)
             _send_error(results, _MARKER, exc, _SETUP_FAILED)
             raise SystemExit(1) from None
+    _core.store64(buf, claim_at + 16, os.getpid())
     functions: dict[bytes, Any] = {}
     done = 0
     while maxtasks is None or done < maxtasks:
         try:
-            task = tasks._get_claim(buf, claim_at, True, _PARENT_CHECK_S)
-        except queue.Empty:
-            if not _core.token_alive(parent_token):
-                return
-            continue
+            task = tasks._get_claim(buf, claim_at)
         except Exception as exc:
             # the record was taken but could not be unpickled: fail that task
             claim = _core.load64(buf, claim_at)
@@ -176,6 +177,19 @@ def _worker_main(
             _send_values(results, ordinal, values)
         _core.store64(buf, claim_at, 0)
         done += 1
+
+
+def _exit_with_parent(parent_token: int) -> None:
+    # an orphaned worker would run on (and hold its segments) with nobody to report to,
+    # busy or idle: it goes as soon as it sees the parent gone
+    while _core.token_alive(parent_token):
+        time.sleep(_PARENT_CHECK_S)
+    try:
+        # shoal's exit hooks: let go of the shared memory, so that the last worker
+        # out unlinks it instead of leaving it to the next reaper
+        multiprocessing.util._run_finalizers()
+    finally:
+        os._exit(1)
 
 
 def _run(function: Callable[..., Any], task: tuple[Any, ...], buf: Any, deadline_at: int) -> tuple:
@@ -647,6 +661,7 @@ class _Engine:
         self._results = Queue(capacity=_RESULT_RING_BYTES)
         self._slots = RawArray("q", processes * _SLOT_WORDS)
         self._workers: list[Any] = [None] * processes
+        self._sent: list[Any] = [None] * processes  # see _start_worker
         self._wake_r, self._wake_w = os.pipe()
         self._token = _core.self_token()
         self._started = 0
@@ -676,29 +691,44 @@ class _Engine:
         base = slot * _SLOT_WORDS
         for word in range(_SLOT_WORDS):
             self._slots[base + word] = 0
-        setup = None
-        if self._initializer is not None:
-            setup, buffers = dumps((self._initializer, self._initargs))
-            if buffers is not None:
-                setup = self._tasks._record((self._initializer, self._initargs))
         self._started += 1
         method = self._context.get_start_method()
-        process = self._context.Process(
-            target=_worker_main,
-            args=(
-                self._tasks,
-                self._results,
-                self._slots,
-                slot,
-                self._token,
-                setup,
-                self._maxtasks,
-            ),
-            name=f"{method.capitalize()}{self._name}Worker-{self._started}",
-            daemon=True,
-        )
-        process.start()
+        # spawn and forkserver pickle the arguments in start(): the handles in them
+        # take references in flight, which a worker killed before it unpickles them
+        # would leave behind for ten minutes.  Kept here, they are settled when the
+        # worker ends: given back if it never got as far as storing its pid.
+        with sent_references() as sent:
+            setup = None
+            if self._initializer is not None:
+                setup = self._tasks._record((self._initializer, self._initargs))
+            process = self._context.Process(
+                target=_worker_main,
+                args=(
+                    self._tasks,
+                    self._results,
+                    self._slots,
+                    slot,
+                    self._token,
+                    setup,
+                    self._maxtasks,
+                ),
+                name=f"{method.capitalize()}{self._name}Worker-{self._started}",
+                daemon=True,
+            )
+            process.start()
+            self._sent[slot] = sent.keep()
         self._workers[slot] = process
+
+    def _settle_start(self, slot: int) -> None:
+        """Settle the references in flight of the ended worker's arguments."""
+        sent = self._sent[slot]
+        self._sent[slot] = None
+        if sent is None:
+            return
+        if self._slot_word(slot, 2):
+            sent.release()  # it unpickled them
+        else:
+            sent.cancel()
 
     def _monitor(self) -> None:
         """Notice dead workers at once (their sentinels), replace them, enforce timeouts."""
@@ -730,6 +760,7 @@ class _Engine:
             if 0 < taken_before < (1 << 31):  # it took the record, not just claimed it
                 ordinal = claim & _ORDINAL_MASK
         self._workers[slot] = None
+        self._settle_start(slot)
         with self._cond:
             if self.state == _TERMINATE:
                 return
@@ -1104,6 +1135,8 @@ class _Engine:
                 thread.join(10)
 
     def _release(self) -> None:
+        for slot in range(self.processes):
+            self._settle_start(slot)
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)

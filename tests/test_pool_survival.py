@@ -1,0 +1,296 @@
+"""Pools that survive their workers (issue #5, "Survival").
+
+A worker that dies — SIGKILL, a segfault, ``os._exit`` — fails only the task it was
+running, with an error that names the signal or exit code and the task; the worker is
+replaced and every other task completes.  Ctrl-C in the parent ends the pool with no
+orphans, and so does the parent being killed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import pytest
+from conftest import wait_until
+
+import shoal
+from shoal import Queue, TaskTimeoutError, WorkerDiedError
+from shoal._pool import Executor, Pool
+
+TIMEOUT = 30
+
+
+# ---- tasks (module level: spawn workers import them) ---------------------------------
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def kill_self_at(x: int, doomed: frozenset[int] = frozenset({3})) -> int:
+    if x in doomed:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+
+def kill_every_seventh(x: int) -> int:
+    if x % 7 == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x + 1
+
+
+def segfault(x: int) -> int:
+    if x == 1:
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+    return x
+
+
+def exit_hard(code: int) -> int:
+    os._exit(code)
+
+
+def report_pid_then_sleep(pids: Queue, seconds: float) -> int:
+    pids.put(os.getpid())
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def pid_of_worker(_: Any = None) -> int:
+    return os.getpid()
+
+
+# ---- one dead worker fails one task -----------------------------------------------------
+
+
+def test_sigkilled_worker_fails_only_its_task_in_apply_async(ctx: Any) -> None:
+    pids = Queue()
+    with Pool(2, context=ctx) as pool:
+        victim = pool.apply_async(report_pid_then_sleep, (pids, 60))
+        victim_pid = pids.get(timeout=TIMEOUT)
+        others = [pool.apply_async(square, (i,)) for i in range(20)]
+        os.kill(victim_pid, signal.SIGKILL)
+        with pytest.raises(WorkerDiedError) as info:
+            victim.get(TIMEOUT)
+        assert [r.get(TIMEOUT) for r in others] == [i * i for i in range(20)]
+        error = info.value
+        assert error.pid == victim_pid
+        assert error.signal == signal.SIGKILL
+        assert error.exitcode == -signal.SIGKILL
+        assert "SIGKILL" in str(error) and str(victim_pid) in str(error)
+        assert "report_pid_then_sleep" in error.task
+        # what code written for the standard library already catches
+        assert isinstance(error, BrokenProcessPool)
+        assert isinstance(error, mp.ProcessError)
+        assert isinstance(error, shoal.BrokenError)
+        # replaced: the pool still has two workers and keeps working
+        assert pool.map(square, range(10)) == [i * i for i in range(10)]
+        assert wait_until(lambda: len(live_workers(pool)) == 2, TIMEOUT)
+        assert victim_pid not in live_workers(pool)
+    pids.close()
+
+
+def live_workers(pool: Pool) -> set[int]:
+    return {p.pid for p in pool._engine._workers if p is not None and p.is_alive()}
+
+
+def test_sigkilled_worker_in_map_fails_the_map_and_the_pool_goes_on(ctx: Any) -> None:
+    with Pool(2, context=ctx) as pool:
+        with pytest.raises(WorkerDiedError, match="SIGKILL") as info:
+            pool.map(kill_self_at, range(8), chunksize=1)
+        assert "kill_self_at" in info.value.task
+        assert pool.map(square, range(8)) == [i * i for i in range(8)]
+
+
+def test_sigkilled_worker_in_imap_fails_only_its_item(ctx: Any) -> None:
+    with Pool(2, context=ctx) as pool:
+        iterator = pool.imap(kill_self_at, range(8))
+        got: list[Any] = []
+        for _ in range(8):
+            try:
+                got.append(iterator.next(TIMEOUT))
+            except WorkerDiedError as error:
+                assert error.signal == signal.SIGKILL
+                got.append("died")
+        with pytest.raises(StopIteration):
+            iterator.next(TIMEOUT)
+        assert got == [0, 1, 4, "died", 16, 25, 36, 49]
+        unordered = []
+        iterator = pool.imap_unordered(kill_self_at, range(8))
+        for _ in range(8):
+            try:
+                unordered.append(iterator.next(TIMEOUT))
+            except WorkerDiedError:
+                unordered.append(-1)
+        assert sorted(unordered) == [-1, 0, 1, 4, 16, 25, 36, 49]
+
+
+def test_many_deaths_fail_exactly_the_tasks_that_died() -> None:
+    # every seventh task kills its worker; each death fails that task and no other
+    with Pool(2, context=mp.get_context("fork")) as pool:
+        results = [pool.apply_async(kill_every_seventh, (i,)) for i in range(140)]
+        for i, result in enumerate(results):
+            if i % 7 == 3:
+                with pytest.raises(WorkerDiedError):
+                    result.get(TIMEOUT)
+            else:
+                assert result.get(TIMEOUT) == i + 1
+        assert pool.apply(square, (12,)) == 144
+
+
+def test_segfault_fails_only_its_task(ctx: Any) -> None:
+    with Pool(2, context=ctx) as pool:
+        crashed = pool.apply_async(segfault, (1,))
+        fine = pool.apply_async(segfault, (2,))
+        with pytest.raises(WorkerDiedError, match="SIGSEGV") as info:
+            crashed.get(TIMEOUT)
+        assert info.value.signal == signal.SIGSEGV
+        assert fine.get(TIMEOUT) == 2
+        assert pool.apply(square, (3,)) == 9
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_os_exit_in_a_task_fails_it_with_the_exit_code(code: int) -> None:
+    with Pool(1, context=mp.get_context("fork")) as pool:
+        with pytest.raises(WorkerDiedError, match=f"exited with code {code}") as info:
+            pool.apply(exit_hard, (code,))
+        assert info.value.exitcode == code
+        assert info.value.signal is None
+        assert pool.apply(square, (5,)) == 25
+
+
+def test_executor_future_fails_alone_when_its_worker_dies(ctx: Any) -> None:
+    with Executor(2, mp_context=ctx) as executor:
+        doomed = executor.submit(kill_self_at, 3)
+        fine = [executor.submit(square, i) for i in range(10)]
+        with pytest.raises(WorkerDiedError) as info:
+            doomed.result(TIMEOUT)
+        assert isinstance(info.value, BrokenProcessPool)
+        assert [f.result(TIMEOUT) for f in fine] == [i * i for i in range(10)]
+        # the executor is not broken, unlike ProcessPoolExecutor
+        assert executor.submit(square, 9).result(TIMEOUT) == 81
+
+
+def test_process_pool_executor_breaks_whole_pool_for_comparison() -> None:
+    # what shoal.Executor fixes: one death breaks every pending future
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=mp.get_context("fork")) as ex:
+        doomed = ex.submit(kill_self_at, 3)
+        with pytest.raises(BrokenProcessPool):
+            doomed.result(TIMEOUT)
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(square, 2)
+
+
+# ---- timeouts ---------------------------------------------------------------------------
+
+
+def test_task_timeout_kills_and_replaces_the_worker(ctx: Any) -> None:
+    with Pool(2, context=ctx, task_timeout=0.5) as pool:
+        slow = pool.apply_async(sleep_for, (60,))
+        quick = [pool.apply_async(sleep_for, (0.01,)) for _ in range(5)]
+        with pytest.raises(TaskTimeoutError) as info:
+            slow.get(TIMEOUT)
+        assert isinstance(info.value, TimeoutError)
+        assert info.value.timeout == 0.5
+        assert "sleep_for(60)" in str(info.value)
+        assert [q.get(TIMEOUT) for q in quick] == [0.01] * 5
+        assert pool.apply(square, (4,)) == 16
+
+
+def test_timeout_is_per_item_of_a_map() -> None:
+    with Pool(2, context=mp.get_context("fork")) as pool:
+        # ten items of 0.1 s in one chunk: 1 s in all, each well under the limit
+        assert pool.map(sleep_for, [0.1] * 10, chunksize=10, timeout=0.5) == [0.1] * 10
+        with pytest.raises(TaskTimeoutError):
+            pool.map(sleep_for, [0.01, 30, 0.01], chunksize=3, timeout=0.5)
+        assert pool.map(square, range(3)) == [0, 1, 4]
+
+
+# ---- the parent going away ----------------------------------------------------------------
+
+PARENT = textwrap.dedent(
+    """
+    import os, sys, time
+    from shoal._pool import Pool
+
+    def sleep_long(x):
+        time.sleep(60)
+        return x
+
+    if __name__ == "__main__":
+        pool = Pool(2, context=__import__("multiprocessing").get_context(sys.argv[1]))
+        with pool:
+            results = [pool.apply_async(sleep_long, (i,)) for i in range(4)]
+            print(" ".join(str(p.pid) for p in pool._engine._workers), flush=True)
+            results[0].get()
+    """
+)
+
+
+def start_parent(tmp_path: Any, method: str) -> tuple[subprocess.Popen, list[int]]:
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    parent = subprocess.Popen(
+        [sys.executable, str(script), method],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a job
+    )
+    line = parent.stdout.readline()  # type: ignore[union-attr]
+    assert line, parent.stderr.read()  # type: ignore[union-attr]
+    return parent, [int(pid) for pid in line.split()]
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("whole_group", [True, False], ids=["terminal", "parent-only"])
+def test_ctrl_c_in_the_parent_leaves_no_orphans(tmp_path: Any, method: str, whole_group: bool):
+    parent, workers = start_parent(tmp_path, method)
+    assert len(workers) == 2 and all(not gone(pid) for pid in workers)
+    if whole_group:  # what a terminal does: every process of the job gets SIGINT
+        os.killpg(parent.pid, signal.SIGINT)
+    else:
+        parent.send_signal(signal.SIGINT)
+    try:
+        _, err = parent.communicate(timeout=TIMEOUT)
+    finally:
+        parent.kill()
+    assert parent.returncode != 0
+    assert "KeyboardInterrupt" in err
+    assert wait_until(lambda: all(gone(pid) for pid in workers), 10), workers
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_killed_parent_leaves_no_orphans(tmp_path: Any, method: str) -> None:
+    parent, workers = start_parent(tmp_path, method)
+    parent.kill()  # no chance to clean up: the workers notice on their own
+    parent.communicate(timeout=TIMEOUT)
+    try:
+        # mid-task (they sleep for a minute), within a couple of seconds
+        assert wait_until(lambda: all(gone(pid) for pid in workers), 10), workers
+    finally:
+        for pid in workers:
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
