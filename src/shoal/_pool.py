@@ -97,6 +97,8 @@ _PARENT_CHECK_S = 1.0
 # tasks waiting for room in the task ring are pushed by the result thread
 _CHECK_TIMEOUTS_S = 0.02
 _FUNC_CACHE_SIZE = 64
+_CHUNKS_PER_WORKER = 16
+_FAST_VALUES = 60  # the C codec takes tuples of up to 64 scalars, two of them ours
 
 _worker_state: dict[str, Any] = {}
 
@@ -199,9 +201,9 @@ def _run(function: Callable[..., Any], task: tuple[Any, ...], buf: Any, deadline
     if kind == _CALL:
         return (function(*task[3:]),)
     if kind == _MAP:
-        return tuple(map(function, task[3:]))
+        return tuple(map(function, itertools.islice(task, 3, None)))
     if kind == _STARMAP:
-        return tuple(itertools.starmap(function, task[3:]))
+        return tuple(itertools.starmap(function, itertools.islice(task, 3, None)))
     args, kwds = task[3], task[4]
     return (function(*args, **kwds),)
 
@@ -228,7 +230,8 @@ def _run_timed(function: Callable[..., Any], task: tuple[Any, ...], buf: Any, at
 
 
 def _send_values(results: Queue, ordinal: int, values: tuple) -> None:
-    if results._put_fast((ordinal, _OK, *values)):
+    # a few scalars go as they are (the queue's C codec); a chunk's results are pickled
+    if len(values) <= _FAST_VALUES and results._put_fast((ordinal, _OK, *values)):
         return
     try:
         record = results._record(values)
@@ -384,15 +387,17 @@ class MapResult(AsyncResult):
     def __init__(
         self,
         engine: _Engine,
-        chunks: list[tuple],
+        length: int,
+        chunksize: int,
         callback: Callable[[Any], object] | None,
         error_callback: Callable[[BaseException], object] | None,
         bar: Any,
     ) -> None:
         super().__init__(engine, callback, error_callback)
-        self._chunks = chunks
-        self._parts: list[tuple | None] = [None] * len(chunks)
-        self._left = len(chunks)
+        self._length, self._chunksize = length, chunksize
+        chunks = -(-length // chunksize)
+        self._parts: list[tuple | None] = [None] * chunks
+        self._left = chunks
         self._bar = bar
         if not chunks:
             self._set(True, [])
@@ -406,7 +411,7 @@ class MapResult(AsyncResult):
             self._bar.update(len(values))
         if self._left == 0:
             self._close_bar()
-            self._set(True, [v for part in self._parts for v in part])  # type: ignore[union-attr]
+            self._set(True, list(itertools.chain.from_iterable(self._parts)))  # type: ignore[arg-type]
 
     def _fail(self, index: int, exc: BaseException) -> None:
         if self._done:
@@ -421,7 +426,9 @@ class MapResult(AsyncResult):
             self._bar = None
 
     def _describe(self, index: int) -> str:
-        return f"{self._description} (chunk {index}: {len(self._chunks[index])} items)"
+        first = index * self._chunksize
+        last = min(first + self._chunksize, self._length) - 1
+        return f"{self._description} (chunk {index}: items {first} to {last})"
 
 
 class IMapIterator(_Job):
@@ -1415,17 +1422,17 @@ class Pool:
         size = _chunksize(chunksize, len(items), engine.processes)
         limit = self._timeout(timeout)
         function = engine.function_record(func)
-        chunks = [tuple(items[i : i + size]) for i in range(0, len(items), size)]
+        starts = range(0, len(items), size)
         description = f"{getattr(func, '__qualname__', repr(func))} over {len(items)} items"
         bar = _make_bar(progress, len(items), getattr(func, "__qualname__", None))
-        result = MapResult(engine, chunks, callback, error_callback, bar)
+        result = MapResult(engine, len(items), size, callback, error_callback, bar)
         result._what = description
-        if chunks:
+        if items:
             if limit:
                 engine.use_timeouts()
-            records = [(function, kind, limit, *chunk) for chunk in chunks]
+            records = [(function, kind, limit, *items[i : i + size]) for i in starts]
             try:
-                engine._submit(result, list(range(len(chunks))), records)
+                engine._submit(result, list(range(len(records))), records)
             except BaseException:
                 result._close_bar()
                 raise
@@ -1548,8 +1555,10 @@ class Pool:
 
 def _chunksize(chunksize: int | None, n: int, processes: int) -> int:
     if chunksize is None:
-        # the standard library's choice: about four chunks per worker
-        size, extra = divmod(n, processes * 4)
+        # about sixteen chunks per worker (the standard library makes four): the first
+        # chunk reaches a worker sooner and the last result arrives sooner, so sending,
+        # running and collecting overlap more; a chunk costs a few microseconds
+        size, extra = divmod(n, processes * _CHUNKS_PER_WORKER)
         return max(1, size + bool(extra))
     if isinstance(chunksize, bool) or not isinstance(chunksize, int):
         raise TypeError(f"chunksize must be an int, not {type(chunksize).__name__}")
