@@ -63,7 +63,7 @@ from ._errors import (
 from ._handle import sent_references
 from ._process import process_cpu_count
 from ._queues import Queue
-from ._serialize import dumps, loads
+from ._serialize import TRANSIT_MARK, dumps, loads
 from ._sharedctypes import RawArray
 
 __all__ = [
@@ -245,7 +245,8 @@ def _send_error(results: Queue, ordinal: int, exc: BaseException, status: int = 
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         record = results._record(exc)
-        loads(record)  # an exception that does not unpickle would be lost on the way
+        if record[0] != TRANSIT_MARK:  # (that would use the transit segment up)
+            loads(record)  # an exception that does not unpickle would be lost on the way
     except Exception:
         record = results._record(ShoalError(f"{type(exc).__qualname__}: {exc}"))
     results.put((ordinal, status, record, text))
@@ -663,6 +664,7 @@ class _Engine:
         self._timed_out: dict[int, tuple[int, float]] = {}  # slot -> (ordinal, timeout)
         self._timeouts_used = self.task_timeout > 0
         self._broken: BaseException | None = None
+        self._released = False  # the rings and slots are closed
 
         self._tasks = Queue(capacity=_TASK_RING_BYTES)
         self._results = Queue(capacity=_RESULT_RING_BYTES)
@@ -1053,11 +1055,15 @@ class _Engine:
         done = self._wait_for(lambda: self._outstanding == 0 or self.state == _TERMINATE, timeout)
         if not done:
             return False
+        if self._released:
+            return True
         if self.state == _CLOSE:
             self._stop_workers()
         self._shut_threads()
-        self._report_uncollected()
-        self._release()
+        try:
+            self._report_uncollected()
+        finally:
+            self._release()
         return True
 
     def _stop_workers(self) -> None:
@@ -1076,7 +1082,7 @@ class _Engine:
         with self._cond:
             was = self.state
             self.state = _TERMINATE
-        if was == _TERMINATE and self._tasks.closed:
+        if was == _TERMINATE and self._released:
             return
         self._poke()
         self._kill_workers()
@@ -1142,6 +1148,9 @@ class _Engine:
                 thread.join(10)
 
     def _release(self) -> None:
+        if self._released:
+            return
+        self._released = True
         for slot in range(self.processes):
             self._settle_start(slot)
         for fd in (self._wake_r, self._wake_w):
@@ -1212,7 +1221,7 @@ def _check_timeout(timeout: float | None) -> float:
 
 
 def _finalize_engine(engine: _Engine) -> None:
-    if engine.state != _TERMINATE or not engine._tasks.closed:
+    if not engine._released:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             engine.terminate()
@@ -1668,7 +1677,7 @@ class Executor(concurrent.futures.Executor):
                 for job in engine.cancel_queued():
                     if isinstance(job, _FutureJob):
                         job._future.cancel()
-        if engine._tasks.closed:
+        if engine._released:
             return  # shut down before
         if wait:
             engine.join()
