@@ -29,6 +29,12 @@ def test_dead_owner_example_reports_the_dead_owner():
     assert "last_dead_owner_pid=" in out and "last_dead_owner_pid=None" not in out
 
 
+def test_pool_survives_worker_death_example_finishes_the_rest():
+    out = run("examples/pool_survives_worker_death.py")
+    assert "WorkerDiedError: worker" in out and "signal=<Signals.SIGKILL: 9>" in out
+    assert "19 items done, 1 failed: [13]" in out and "-> [1, 2, 3]" in out
+
+
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_demo_runs_to_the_end(method):
     out = run("-m", "shoal", "demo", "--start-method", method)
@@ -40,6 +46,8 @@ def test_demo_runs_to_the_end(method):
     for value in "ABC":
         assert f"Put {value} to queue" in out and f"Get {value} from queue" in out
     assert "all data written and read" in out
+    assert "map() would wait forever" in out and "11 results (correct)" in out
+    assert "WorkerDiedError: worker" in out and "killed by SIGKILL" in out
     assert "distinct; totals exact" in out
     assert "the parent sees every row the workers wrote: equal" in out
     assert "pairs/s" in out

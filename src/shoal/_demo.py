@@ -18,8 +18,9 @@ from typing import Any
 
 from . import _core
 from ._dict import SharedDict
-from ._errors import BarrierPartyDiedError, OwnerDiedWarning
+from ._errors import BarrierPartyDiedError, OwnerDiedWarning, WorkerDiedError
 from ._memory import HEADER_SIZE, Segment
+from ._pool import Pool
 from ._queues import Queue
 from ._sync import Barrier, Event, Lock
 
@@ -180,26 +181,81 @@ def read(q: Any) -> None:
 
 
 def _scene_tutorial_queue(ctx: mp.context.BaseContext) -> None:
-    _title("4. The tutorial's writer and reader as Pool tasks, sharing a queue")
-    _say("multiprocessing.Queue() as their argument:")
-    with ctx.Pool(2) as pool:
-        writer = pool.apply_async(write, (ctx.Queue(),))
+    _title("4. The tutorial's program 4: writer and reader as Pool tasks, sharing a queue")
+    _say("from multiprocessing import Pool, Queue  (the tutorial's code: apply_async x2,")
+    _say("close(), join(), and never a get()):")
+    pool = ctx.Pool(2)
+    try:
+        mp_queue = ctx.Queue()
+        results = [pool.apply_async(f, (mp_queue,)) for f in (write, read)]
+        pool.close()
+        pool.join()
+        _say("   nothing was put, nothing was read, no error shown; the program would print")
+        _say("   'All data written and read.' -- the error waits in results nobody reads:")
         try:
-            writer.get(timeout=30)
+            results[0].get(timeout=30)
         except RuntimeError as exc:
-            _say(f"   RuntimeError: {exc}")
-    _say("shoal.Queue() as their argument (writer.shutdown() ends the reader's `for`):")
+            _say(f"   pw.get() -> RuntimeError: {exc}")
+    finally:
+        pool.terminate()
+    _say("from shoal import Pool, Queue  (the same code; writer.shutdown() ends the")
+    _say("reader's `for`, which takes out the tutorial's race):")
     q = Queue()
-    with ctx.Pool(2) as pool:
+    pool = Pool(2, context=ctx)
+    try:
         reader = pool.apply_async(read, (q,))
         writer = pool.apply_async(write, (q,))
-        writer.get(timeout=30)
-        reader.get(timeout=30)
-    _say("   all data written and read")
-    q.close()
+        pool.close()
+        pool.join()
+        ok = writer.successful() and reader.successful()
+        _say(f"   all data written and read{'' if ok else ' -- NOT (a task failed)'}")
+    finally:
+        pool.terminate()
+        q.close()
 
 
-# ---- scene 5: workers filling one shared numpy array in place -------------------------------
+# ---- scene 5: a Pool worker killed in the middle of a map ---------------------------------
+
+
+def square_or_die(n: int) -> int:
+    """Pool task: item 5's worker is SIGKILLed, as the OOM killer would do it."""
+    if n == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.02)
+    return n * n
+
+
+def _scene_worker_death(ctx: mp.context.BaseContext) -> None:
+    _title("5. A Pool worker killed with SIGKILL in the middle of a map")
+    items = range(12)
+    _say("multiprocessing.Pool(2).map(square, range(12)), item 5's worker SIGKILLed:")
+    with ctx.Pool(2) as mp_pool:
+        pending = mp_pool.map_async(square_or_die, items, chunksize=1)
+        try:
+            pending.get(timeout=1)
+            _say("   (unexpectedly returned)")
+        except mp.TimeoutError:
+            _say("   no result after 1 s; map() would wait forever (the pool replaced the")
+            _say("   worker and forgot its task)")
+    _say("shoal.Pool(2).imap(square, range(12)), the same kill:")
+    started = time.monotonic()
+    with Pool(2, context=ctx) as pool:
+        results = pool.imap(square_or_die, items)
+        done, errors = [], []
+        for _ in items:
+            try:
+                done.append(next(results))
+            except WorkerDiedError as exc:
+                errors.append(exc)
+        elapsed = time.monotonic() - started
+        verdict = "correct" if done == [n * n for n in items if n != 5] else "WRONG"
+        _say(f"   {len(done)} results ({verdict}) and {len(errors)} error in {elapsed:.2f} s:")
+        for exc in errors:
+            _say(f"   WorkerDiedError: {exc}")
+        _say(f"   the pool goes on: pool.map(abs, [-1, -2]) -> {pool.map(abs, [-1, -2])}")
+
+
+# ---- scene 6: workers filling one shared numpy array in place -------------------------------
 
 
 def fill_rows(array: Any, first: int, last: int) -> int:
@@ -216,7 +272,7 @@ def _arange(n: int) -> Any:
 
 
 def _scene_shared_array(ctx: mp.context.BaseContext) -> None:
-    _title("5. Workers filling one shared numpy array in place")
+    _title("6. Workers filling one shared numpy array in place")
     try:
         # numpy is optional and importing it starts threads, so `python -m shoal`
         # loads it (and shoal._array, which needs it) only for this scene
@@ -243,7 +299,7 @@ def _scene_shared_array(ctx: mp.context.BaseContext) -> None:
     array.close()
 
 
-# ---- scene 6: a word count in a SharedDict --------------------------------------------------
+# ---- scene 7: a word count in a SharedDict --------------------------------------------------
 
 TEXT = """
 shoal keeps the multiprocessing api every python programmer knows and fixes what
@@ -261,7 +317,7 @@ def count_words(counts: Any, words: list[str]) -> int:
 
 
 def _scene_word_count(ctx: mp.context.BaseContext) -> None:
-    _title("6. A word count in a SharedDict, written by several processes at once")
+    _title("7. A word count in a SharedDict, written by several processes at once")
     words = TEXT.split() * 200
     chunks = [words[i::4] for i in range(4)]
     counts = SharedDict()
@@ -278,7 +334,7 @@ def _scene_word_count(ctx: mp.context.BaseContext) -> None:
     counts.close()
 
 
-# ---- scene 7: what it costs ---------------------------------------------------------------
+# ---- scene 8: what it costs ---------------------------------------------------------------
 
 
 def pairs_per_second(lock: Any, seconds: float) -> float:
@@ -296,7 +352,7 @@ def pairs_per_second(lock: Any, seconds: float) -> float:
 
 
 def _scene_speed(ctx: mp.context.BaseContext) -> None:
-    _title("7. What it costs: acquire+release pairs per second inside a Pool task")
+    _title("8. What it costs: acquire+release pairs per second inside a Pool task")
     with ctx.Manager() as manager, ctx.Pool(1) as pool:
         manager_rate = pool.apply(pairs_per_second, (manager.Lock(), 0.5))
         lock = Lock()
@@ -322,6 +378,7 @@ def demo(argv: list[str] | None = None) -> int:
     _scene_dead_owner(ctx)
     _scene_barrier(ctx)
     _scene_tutorial_queue(ctx)
+    _scene_worker_death(ctx)
     _scene_shared_array(ctx)
     _scene_word_count(ctx)
     _scene_speed(ctx)
