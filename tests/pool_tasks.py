@@ -1,0 +1,191 @@
+"""Task functions for the pool tests (issue #5).
+
+They live at module level of an importable module so that spawn and forkserver
+workers can unpickle them by reference (``pool_tasks.square``); closures and lambdas
+are tested separately, since those travel by value (cloudpickle).  Shared between
+test files: add functions, never remove or change one another test relies on.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import shoal
+from shoal._pool import worker_state
+
+# ---- plain values -----------------------------------------------------------------------
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def pid(_: Any = None) -> int:
+    return os.getpid()
+
+
+def pid_after(seconds: float) -> int:
+    """The worker's pid, after a pause that keeps the other workers from taking over."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def sleep_then(seconds: float, value: Any = None) -> Any:
+    time.sleep(seconds)
+    return value if value is not None else seconds
+
+
+def square_slowly_first(x: int) -> int:
+    # the first item is slow: imap_unordered yields the others before it
+    if x == 0:
+        time.sleep(0.5)
+    return x * x
+
+
+# ---- errors -----------------------------------------------------------------------------
+
+
+def fail(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+def fail_on(x: int, bad: int = 3) -> int:
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x * x
+
+
+class NeedsTwoArguments(Exception):
+    """Pickles, but does not unpickle: ``__init__`` wants two arguments, args has one."""
+
+    def __init__(self, a: Any, b: Any) -> None:
+        super().__init__(a)
+        self.b = b
+
+
+def raise_unpicklable_exception() -> None:
+    raise NeedsTwoArguments("first", "second")
+
+
+class HoldsALock(Exception):
+    """Does not pickle at all: it carries a thread lock."""
+
+    def __init__(self) -> None:
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+
+
+def raise_exception_holding_a_lock() -> None:
+    raise HoldsALock()
+
+
+def return_a_lock() -> Any:
+    return threading.Lock()
+
+
+def _refuse() -> None:
+    raise RuntimeError("this object does not unpickle")
+
+
+class DoesNotUnpickle:
+    """Pickles in the worker, raises when the parent unpickles it."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse, ())
+
+
+def return_unreadable() -> DoesNotUnpickle:
+    return DoesNotUnpickle()
+
+
+# ---- per-worker state -------------------------------------------------------------------
+
+
+def set_state(key: str, value: Any) -> None:
+    """An initializer: the value lives in the worker's worker_state()."""
+    worker_state()[key] = (value, os.getpid())
+
+
+def read_state(key: str) -> Any:
+    return worker_state().get(key)
+
+
+def count_calls(_: Any = None) -> tuple[int, int]:
+    """How many tasks this worker has run, by its own count (state kept between tasks)."""
+    state = worker_state()
+    state["calls"] = state.get("calls", 0) + 1
+    return os.getpid(), state["calls"]
+
+
+def failing_initializer() -> None:
+    raise RuntimeError("the initializer failed")
+
+
+# ---- shoal objects as arguments and results ---------------------------------------------
+
+
+def put_on(q: Any, value: Any) -> int:
+    q.put(value)
+    return os.getpid()
+
+
+def bump(counter: Any, lock: Any, times: int) -> int:
+    for _ in range(times):
+        with lock:
+            counter.value += 1
+    return counter.value
+
+
+def store(d: Any, key: str, value: Any) -> int:
+    d[key] = value
+    return len(d)
+
+
+def make_queue_with(value: Any) -> Any:
+    q = shoal.Queue()
+    q.put(value)
+    return q
+
+
+def make_value(n: int) -> Any:
+    return shoal.Value("q", n)
+
+
+# ---- numpy ------------------------------------------------------------------------------
+
+
+def double(a: Any) -> Any:
+    return a * 2
+
+
+def arange(n: int) -> Any:
+    import numpy as np
+
+    return np.arange(n, dtype=np.int64)
+
+
+def announce_then_sleep(q: Any, seconds: float, value: Any = None) -> Any:
+    """Say "started" on a queue (with the worker's pid), then take ``seconds``."""
+    q.put(os.getpid())
+    time.sleep(seconds)
+    return value
+
+
+def lock_at(x: int, at: int = 1) -> Any:
+    """``x``, except a result that does not pickle at ``at``."""
+    return threading.Lock() if x == at else x
+
+
+def state_and_pid(key: str) -> tuple[Any, int]:
+    return worker_state().get(key), os.getpid()
