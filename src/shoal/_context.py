@@ -1,0 +1,276 @@
+"""Contexts: ``shoal.get_context("spawn")``, like ``multiprocessing.get_context`` (#5).
+
+A multiprocessing context is a start method plus the factories of everything that
+works with it.  shoal's wraps the standard library's context of the same method:
+
+* its processes are the standard library's: ``ctx.Process`` *is*
+  ``multiprocessing.get_context(method).Process``, and ``ctx.get_start_method()``,
+  ``ctx.current_process()``, ``ctx.Pipe()`` … are the standard library's too;
+* its objects are shoal's: ``ctx.Queue()``, ``ctx.Lock()``, ``ctx.Value()`` … return
+  the shared-memory objects (which work under every start method, so the context only
+  matters for the processes), and ``ctx.Pool()``, ``ctx.Executor()`` return shoal's
+  pool and executor starting their workers with this context's method.
+
+So code written as ``ctx = multiprocessing.get_context("spawn"); q = ctx.Queue();
+ctx.Process(target=f, args=(q,)).start()`` ports by changing the import.
+
+``shoal.Pool(context=...)`` and ``shoal.Executor(mp_context=...)`` accept a shoal
+context or a standard-library one: they need only ``.Process`` and
+``.get_start_method()``, which both have.  The other way round does not hold: a shoal
+context is not a :class:`multiprocessing.context.BaseContext`, since the standard
+library's ``Pool`` and ``ProcessPoolExecutor`` reach into the internals of the queues
+their context makes; give them ``multiprocessing.get_context(ctx.get_start_method())``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from typing import Any, Callable
+
+from . import _managers, _pool, _queues, _sharedctypes, _sync
+from ._process import (
+    AuthenticationError,
+    BufferTooShort,
+    Connection,
+    ProcessError,
+    TimeoutError,
+    process_cpu_count,
+)
+
+__all__ = ["Context", "get_context"]
+
+# One shoal context per start method, as the standard library keeps one context per
+# method: get_context("spawn") is get_context("spawn").
+_contexts: dict[str, Context] = {}
+
+
+def get_context(method: str | None = None) -> Context:
+    """Return the shoal context of a start method, like :func:`multiprocessing.get_context`.
+
+    Args:
+        method: ``"fork"``, ``"spawn"``, ``"forkserver"`` (those this platform has:
+            :func:`~shoal.get_all_start_methods`), or None for the default one.
+            As in the standard library, asking for the default fixes it: a later
+            ``set_start_method()`` without ``force=True`` raises ``RuntimeError``.
+
+    Returns:
+        A :class:`Context` whose processes use that method and whose factories make
+        shoal's objects.  The same object for the same method.
+
+    Raises:
+        ValueError: an unknown start method (the standard library's message).
+    """
+    stdlib = multiprocessing.get_context(method)
+    name = stdlib.get_start_method()
+    ctx = _contexts.get(name)
+    if ctx is None:
+        # setdefault is atomic under the GIL: racing threads all get the one stored
+        # (no lock, which a fork could catch held)
+        ctx = _contexts.setdefault(name, Context(stdlib))
+    return ctx
+
+
+class Context:
+    """A start method and the factories of shoal's objects: what :func:`get_context`
+    returns.
+
+    ``Process`` and the process functions are the standard library context's; the
+    object factories (``Queue``, ``Lock``, ``Value``, ``Pool``, ``Manager`` …) are
+    shoal's.  Make one with :func:`get_context`, not directly.
+
+    Attributes:
+        Process: the standard library context's process class
+            (``multiprocessing.get_context(method).Process``): subclass it, or start
+            it, as usual.
+    """
+
+    __module__ = "shoal.context"
+
+    ProcessError = ProcessError
+    BufferTooShort = BufferTooShort
+    TimeoutError = TimeoutError
+    AuthenticationError = AuthenticationError
+
+    def __init__(self, stdlib: multiprocessing.context.BaseContext) -> None:
+        # the wrapped standard-library context: shoal's Pool may read it
+        self._stdlib = stdlib
+        self.Process = stdlib.Process
+
+    def __repr__(self) -> str:
+        return f"<shoal.context.Context {self._stdlib.get_start_method()!r}>"
+
+    def __reduce__(self) -> tuple[Callable[..., Context], tuple[str]]:
+        # travels as its method's name, and is the same object on arrival
+        return get_context, (self._stdlib.get_start_method(),)
+
+    # ---- the start method --------------------------------------------------------------
+
+    def get_start_method(self, allow_none: bool = False) -> str:
+        """Return this context's start method (``"fork"``, ``"spawn"``, ``"forkserver"``)."""
+        return self._stdlib.get_start_method(allow_none)
+
+    def set_start_method(self, method: str | None, force: bool = False) -> None:
+        """As the standard library's context: a context's method cannot change.
+
+        Raises:
+            ValueError: always ("cannot set start method of concrete context"); use
+                :func:`shoal.set_start_method` for the default, or
+                :func:`get_context` for another method.
+        """
+        self._stdlib.set_start_method(method, force)
+
+    def get_context(self, method: str | None = None) -> Context:
+        """Return this context (``method`` None) or the one of ``method``."""
+        if method is None:
+            return self
+        return get_context(method)
+
+    # ---- processes: the standard library's ---------------------------------------------
+
+    def current_process(self) -> multiprocessing.process.BaseProcess:
+        """The process object of the caller (:func:`multiprocessing.current_process`)."""
+        return self._stdlib.current_process()
+
+    def parent_process(self) -> multiprocessing.process.BaseProcess | None:
+        """The parent's process object, None in the main process
+        (:func:`multiprocessing.parent_process`)."""
+        return self._stdlib.parent_process()
+
+    def active_children(self) -> list[multiprocessing.process.BaseProcess]:
+        """The caller's live children, reaping those that ended
+        (:func:`multiprocessing.active_children`)."""
+        return self._stdlib.active_children()
+
+    def cpu_count(self) -> int:
+        """The machine's CPUs, as :func:`multiprocessing.cpu_count` (see
+        :meth:`process_cpu_count` for those this process may use)."""
+        return self._stdlib.cpu_count()
+
+    def process_cpu_count(self) -> int:
+        """The CPUs this process may use: affinity and cgroup quota
+        (:func:`shoal.process_cpu_count`)."""
+        return process_cpu_count()
+
+    def Pipe(self, duplex: bool = True) -> tuple[Connection, Connection]:
+        """A pair of connected :class:`multiprocessing.connection.Connection` objects
+        (:func:`multiprocessing.Pipe`)."""
+        return self._stdlib.Pipe(duplex)
+
+    def freeze_support(self) -> None:
+        """:func:`multiprocessing.freeze_support`: for frozen Windows executables."""
+        self._stdlib.freeze_support()
+
+    def get_logger(self) -> Any:
+        """multiprocessing's logger (:func:`multiprocessing.get_logger`)."""
+        return self._stdlib.get_logger()
+
+    def log_to_stderr(self, level: int | None = None) -> Any:
+        """Turn on multiprocessing's logging to stderr (:func:`multiprocessing.log_to_stderr`)."""
+        return self._stdlib.log_to_stderr(level)
+
+    def allow_connection_pickling(self) -> None:
+        """:func:`multiprocessing.allow_connection_pickling`: connections can be pickled."""
+        self._stdlib.allow_connection_pickling()
+
+    def set_executable(self, executable: str) -> None:
+        """The interpreter spawn starts (:func:`multiprocessing.set_executable`)."""
+        self._stdlib.set_executable(executable)
+
+    def set_forkserver_preload(self, module_names: list[str]) -> None:
+        """Modules the fork server imports first
+        (:func:`multiprocessing.set_forkserver_preload`)."""
+        self._stdlib.set_forkserver_preload(module_names)
+
+    # ---- shoal's objects ----------------------------------------------------------------
+    # The objects live in shared memory and pickle as handles, so they are the same
+    # whatever the start method; the arguments are the standard library's.
+
+    def Queue(self, maxsize: int = 0, **kwargs: Any) -> _queues.Queue:
+        """A :class:`shoal.Queue` (``capacity=`` too)."""
+        return _queues.Queue(maxsize, **kwargs)
+
+    def JoinableQueue(self, maxsize: int = 0, **kwargs: Any) -> _queues.JoinableQueue:
+        """A :class:`shoal.JoinableQueue` (``capacity=`` too)."""
+        return _queues.JoinableQueue(maxsize, **kwargs)
+
+    def SimpleQueue(self, **kwargs: Any) -> _queues.SimpleQueue:
+        """A :class:`shoal.SimpleQueue` (``capacity=`` too)."""
+        return _queues.SimpleQueue(**kwargs)
+
+    def Lock(self) -> _sync.Lock:
+        """A :class:`shoal.Lock`."""
+        return _sync.Lock()
+
+    def RLock(self) -> _sync.RLock:
+        """A :class:`shoal.RLock`."""
+        return _sync.RLock()
+
+    def Condition(self, lock: _sync.Lock | None = None) -> _sync.Condition:
+        """A :class:`shoal.Condition` (on a new RLock, or on ``lock``)."""
+        return _sync.Condition(lock)
+
+    def Semaphore(self, value: int = 1) -> _sync.Semaphore:
+        """A :class:`shoal.Semaphore`."""
+        return _sync.Semaphore(value)
+
+    def BoundedSemaphore(self, value: int = 1) -> _sync.BoundedSemaphore:
+        """A :class:`shoal.BoundedSemaphore`."""
+        return _sync.BoundedSemaphore(value)
+
+    def Event(self) -> _sync.Event:
+        """A :class:`shoal.Event`."""
+        return _sync.Event()
+
+    def Barrier(
+        self, parties: int, action: Callable[[], object] | None = None, timeout: float | None = None
+    ) -> _sync.Barrier:
+        """A :class:`shoal.Barrier`."""
+        return _sync.Barrier(parties, action, timeout)
+
+    def Value(self, typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
+        """A synchronized ctypes value in shared memory (:func:`shoal.Value`)."""
+        return _sharedctypes.Value(typecode_or_type, *args, lock=lock)
+
+    def Array(self, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
+        """A synchronized ctypes array in shared memory (:func:`shoal.Array`)."""
+        return _sharedctypes.Array(typecode_or_type, size_or_initializer, lock=lock)
+
+    def RawValue(self, typecode_or_type: Any, *args: Any) -> _sharedctypes.RawValue:
+        """A ctypes value in shared memory, no lock (:class:`shoal.RawValue`)."""
+        return _sharedctypes.RawValue(typecode_or_type, *args)
+
+    def RawArray(self, typecode_or_type: Any, size_or_initializer: Any) -> _sharedctypes.RawArray:
+        """A ctypes array in shared memory, no lock (:class:`shoal.RawArray`)."""
+        return _sharedctypes.RawArray(typecode_or_type, size_or_initializer)
+
+    # ---- pools and managers: shoal's, on this start method -------------------------------
+
+    def Pool(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        maxtasksperchild: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A :class:`shoal.Pool` whose workers start with this context's method.
+
+        Keyword arguments beyond the standard library's (``task_timeout``,
+        ``uncollected_errors``) are passed on.
+        """
+        return _pool.Pool(
+            processes, initializer, initargs, maxtasksperchild, context=self, **kwargs
+        )
+
+    def Executor(self, max_workers: int | None = None, **kwargs: Any) -> Any:
+        """A :class:`shoal.Executor` (a ``concurrent.futures.Executor``) whose workers
+        start with this context's method; keyword arguments are passed on."""
+        return _pool.Executor(max_workers, mp_context=self, **kwargs)
+
+    def Manager(self) -> _managers.SyncManager:
+        """A started :class:`shoal.managers.SyncManager`, as ``multiprocessing``'s
+        ``ctx.Manager()``: its objects are shoal's shared-memory ones (no server
+        process), and the pools it makes start workers with this context's method."""
+        manager = _managers.SyncManager(ctx=self)
+        manager.start()
+        return manager
