@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import inspect
 import multiprocessing as mp
 import multiprocessing.managers
 import os
@@ -65,6 +66,35 @@ def test_every_factory_of_the_standard_library_exists():
     assert len(names) >= 15
     for name in names:
         assert callable(getattr(SyncManager, name, None)), f"SyncManager.{name} is missing"
+
+
+def stdlib_creators() -> list[tuple[str, Any]]:
+    """(factory, the callable the standard library's server runs) for inspectable ones."""
+    registry = mp.managers.SyncManager._registry
+    out = []
+    for name, (creator, *_) in sorted(registry.items()):
+        if creator is None or not hasattr(mp.managers.SyncManager, name):
+            continue
+        try:
+            inspect.signature(creator)
+        except (TypeError, ValueError):
+            continue  # a C type without a signature (threading.Lock)
+        out.append((name, creator))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "creator"), stdlib_creators(), ids=[name for name, _ in stdlib_creators()]
+)
+def test_factory_takes_the_standard_library_parameters(name: str, creator: Any):
+    """The same parameter names in the same order (positional and keyword calls port)."""
+    theirs = [
+        p.name
+        for p in inspect.signature(creator).parameters.values()
+        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    ours = [p.name for p in inspect.signature(getattr(SyncManager, name)).parameters.values()]
+    assert ours[1 : len(theirs) + 1] == theirs, f"SyncManager.{name}{ours[1:]} vs {theirs}"
 
 
 def test_factories_return_shoal_objects(m: SyncManager):
