@@ -79,11 +79,6 @@ def stdlib_copy(tmp_path: Path, name: str) -> Path:
     return path
 
 
-def needs_manager(name: str) -> None:
-    if "manager" in name and not hasattr(shoal, "Manager"):
-        pytest.skip("shoal.Manager is not there yet")
-
-
 # ---- the programs' text ---------------------------------------------------------------
 
 
@@ -181,7 +176,6 @@ CHECKS = {
 @pytest.mark.parametrize("method", START_METHODS)
 @pytest.mark.parametrize("name", PROGRAMS)
 def test_program_runs_on_shoal(name, method):
-    needs_manager(name)
     CHECKS[name](run(TUTORIAL / name, method))
 
 
