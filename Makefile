@@ -14,7 +14,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# (setuptools never deletes from build/: a module removed from src/ would be installed
+# from there for ever)
 $(STAMP): $(BIN)/python $(SOURCES)
+	rm -rf build/lib*/shoal
 	SHOAL_WERROR=1 $(BIN)/python -m pip install -q '.[test,lint]'
 	touch $(STAMP)
 
@@ -119,6 +122,7 @@ lint: $(STAMP)
 BENCH_STAMP := $(VENV)/.shoal-bench-installed
 
 $(BENCH_STAMP): $(BIN)/python $(SOURCES)
+	rm -rf build/lib*/shoal
 	SHOAL_WERROR=1 $(BIN)/python -m pip install -q '.[test,lint,bench]'
 	touch $(STAMP) $@
 

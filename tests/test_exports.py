@@ -14,7 +14,6 @@ import errno
 import importlib
 import inspect
 import pickle
-import queue
 import re
 import threading
 import types
@@ -262,10 +261,8 @@ def resolve(base: str) -> type | None:
     if base == "…":
         return None
     if "." in base:
-        module, attr = base.split(".", 1)
-        return getattr(
-            {"threading": threading, "pickle": pickle, "queue": queue}[module], attr, None
-        )
+        module, attr = base.rsplit(".", 1)
+        return getattr(importlib.import_module(module), attr, None)
     return getattr(_errors, base, None) or getattr(builtins, base)
 
 

@@ -10,6 +10,7 @@ locks survive a dead owner; segments are reference counted and reaped after cras
 
 import importlib
 
+from ._context import get_context as get_context
 from ._dict import DictStatistics as DictStatistics
 from ._dict import SharedDict as SharedDict
 from ._errors import BarrierPartyDiedError as BarrierPartyDiedError
@@ -28,6 +29,30 @@ from ._errors import TaskTimeoutError as TaskTimeoutError
 from ._errors import UncollectedTaskErrorWarning as UncollectedTaskErrorWarning
 from ._errors import WorkerDiedError as WorkerDiedError
 from ._list import SharedList as SharedList
+from ._managers import Manager as Manager
+from ._pool import Executor as Executor
+from ._pool import Pool as Pool
+from ._pool import worker_state as worker_state
+from ._process import AuthenticationError as AuthenticationError
+from ._process import BufferTooShort as BufferTooShort
+from ._process import Pipe as Pipe
+from ._process import Process as Process
+from ._process import ProcessError as ProcessError
+from ._process import TimeoutError as TimeoutError
+from ._process import active_children as active_children
+from ._process import allow_connection_pickling as allow_connection_pickling
+from ._process import cpu_count as cpu_count
+from ._process import current_process as current_process
+from ._process import freeze_support as freeze_support
+from ._process import get_all_start_methods as get_all_start_methods
+from ._process import get_logger as get_logger
+from ._process import get_start_method as get_start_method
+from ._process import log_to_stderr as log_to_stderr
+from ._process import parent_process as parent_process
+from ._process import process_cpu_count as process_cpu_count
+from ._process import set_executable as set_executable
+from ._process import set_forkserver_preload as set_forkserver_preload
+from ._process import set_start_method as set_start_method
 from ._queues import JoinableQueue as JoinableQueue
 from ._queues import Queue as Queue
 from ._queues import QueueStatistics as QueueStatistics
@@ -53,23 +78,31 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Array",
+    "AuthenticationError",
     "Barrier",
     "BarrierPartyDiedError",
     "BarrierStatistics",
     "BoundedSemaphore",
     "BrokenBarrierError",
     "BrokenError",
+    "BufferTooShort",
     "ClosedError",
     "Condition",
     "DictStatistics",
     "Event",
     "EventStatistics",
+    "Executor",
     "JoinableQueue",
     "LayoutError",
     "Lock",
     "LockStatistics",
+    "Manager",
     "NotHeldError",
     "OwnerDiedWarning",
+    "Pipe",
+    "Pool",
+    "Process",
+    "ProcessError",
     "Queue",
     "QueueStatistics",
     "RLock",
@@ -88,10 +121,27 @@ __all__ = [
     "ShutDown",
     "SimpleQueue",
     "TaskTimeoutError",
+    "TimeoutError",
     "UncollectedTaskErrorWarning",
     "Value",
     "WorkerDiedError",
+    "active_children",
+    "allow_connection_pickling",
+    "cpu_count",
+    "current_process",
+    "freeze_support",
+    "get_all_start_methods",
+    "get_context",
+    "get_logger",
+    "get_start_method",
+    "log_to_stderr",
+    "parent_process",
+    "process_cpu_count",
+    "set_executable",
+    "set_forkserver_preload",
+    "set_start_method",
     "share",
+    "worker_state",
 ]
 
 # numpy is optional, and importing it starts threads: SharedArray and share() load

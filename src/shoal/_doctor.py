@@ -8,6 +8,7 @@ import sys
 
 from . import _core
 from ._memory import NAME_PREFIX, reap
+from ._process import process_cpu_count
 
 
 def _shm_report() -> str:
@@ -27,8 +28,7 @@ def doctor(reap_orphans: bool = False) -> int:
         f"start methods:   {', '.join(mp.get_all_start_methods())} "
         f"(default {mp.get_start_method()})"
     )
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"cpus usable:     {cpus}")
+    print(f"cpus usable:     {process_cpu_count()} (affinity and cgroup quota)")
     print(f"wait/wake:       {'futex' if sys.platform.startswith('linux') else 'polling fallback'}")
     print(f"/dev/shm:        {_shm_report()}")
     print(f"process token:   {_core.self_token():#018x} (pid << 32 | start time)")

@@ -18,7 +18,8 @@ Each class is also the standard-library class that code written for
     │                                              an object could not be pickled in put()
     ├── BrokenError(ShoalError)                    a peer or owner died
     │   ├── BarrierPartyDiedError(BrokenError, threading.BrokenBarrierError)
-    │   └── WorkerDiedError(BrokenError, BrokenProcessPool, multiprocessing.ProcessError)
+    │   └── WorkerDiedError(BrokenError, concurrent.futures.process.BrokenProcessPool,
+    │                       multiprocessing.ProcessError)
     │                                              the pool worker running a task died
     └── TaskTimeoutError(ShoalError, TimeoutError) a pool task ran past its timeout
                                                    (its worker was killed and replaced)
@@ -174,6 +175,7 @@ class WorkerDiedError(BrokenError, BrokenProcessPool, multiprocessing.ProcessErr
 
     @property
     def signal(self) -> signal.Signals | None:
+        """The signal that killed the worker (from a negative ``exitcode``), or None."""
         if self.exitcode is None or self.exitcode >= 0:
             return None
         try:
@@ -185,6 +187,11 @@ class WorkerDiedError(BrokenError, BrokenProcessPool, multiprocessing.ProcessErr
 class TaskTimeoutError(ShoalError, TimeoutError):
     """A pool task ran longer than its ``timeout``: its worker was killed and replaced.
 
+    The builtin :class:`TimeoutError`, and on purpose *not*
+    ``multiprocessing.TimeoutError``: that one means "not ready yet, ask again" to
+    code around ``AsyncResult.get(timeout)``, which would then wait forever for a
+    task that is over.
+
     Attributes:
         timeout: the limit, in seconds.
         pid: the worker that was killed.
@@ -193,13 +200,12 @@ class TaskTimeoutError(ShoalError, TimeoutError):
 
     def __init__(
         self,
-        message: str,
-        *,
+        *args: object,
         timeout: float | None = None,
         pid: int | None = None,
         task: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(*args)  # (message) or, as for any OSError, (errno, message)
         self.timeout = timeout
         self.pid = pid
         self.task = task

@@ -665,6 +665,7 @@ class _Engine:
         self._timeouts_used = self.task_timeout > 0
         self._broken: BaseException | None = None
         self._released = False  # the rings and slots are closed
+        self._terminated = False  # terminate() was called (not close())
 
         self._tasks = Queue(capacity=_TASK_RING_BYTES)
         self._results = Queue(capacity=_RESULT_RING_BYTES)
@@ -842,7 +843,8 @@ class _Engine:
         if self._broken is not None:
             raise self._broken
         if self.state != _RUN:
-            raise ClosedError(f"Pool not running (it is {self.state})")
+            how = "terminated" if self._terminated else "closed"
+            raise ClosedError(f"Pool not running (it was {how})")
 
     def _submit(self, job: _Job, indexes: list[int], records: list[tuple]) -> None:
         """Put the tasks on the ring (pickled here: errors raise in the caller)."""
@@ -1079,6 +1081,7 @@ class _Engine:
         self._kill_workers()
 
     def terminate(self) -> None:
+        self._terminated = True
         with self._cond:
             was = self.state
             self.state = _TERMINATE
