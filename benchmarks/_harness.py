@@ -6,8 +6,8 @@ Vocabulary (every ``bench_*.py`` module builds one :class:`Benchmark`)::
       Group    one table: the same measurement for several peers; the first case is
                the standard library's and the denominator of the ratio column
         Case   one row: setup(config) -> state, run(state, n) -> Sample, teardown(state)
-      Floor    a ratio between two cases that must hold (printed; enforced only with
-               --check-floors, never in --quick)
+      Floor    a ratio between two cases that must hold, or a time one case must stay
+               within (printed; enforced only with --check-floors, never in --quick)
 
 How a group is measured::
 
@@ -185,22 +185,38 @@ class Case:
 
 @dataclass(frozen=True)
 class Group:
-    """One table: ``cases[0]`` is the standard library's row and the denominator."""
+    """One table: ``cases[0]`` is the standard library's row and the denominator.
+
+    ``time_per_op``: print each row's median as a time per operation (``1 / rate``:
+    ``41.2 ms``) rather than a rate, for groups where an operation is slow and its
+    duration is the figure users ask about (a pool's start-up, a latency).  The
+    ratio column stays a ratio of rates: above 1 is faster than the baseline.
+    """
 
     key: str
     title: str
     unit: str
     cases: Sequence[Case]
+    time_per_op: bool = False
 
 
 @dataclass(frozen=True)
 class Floor:
-    """``case`` must reach at least ``at_least`` times ``versus`` (``group/key`` ids)."""
+    """``case`` must reach at least ``at_least`` times ``versus`` (``group/key`` ids).
+
+    With ``versus`` empty the floor is absolute: the case's median rate must reach
+    ``at_least`` operations a second.  :meth:`within` states such a floor as a time.
+    """
 
     case: str
     versus: str
     at_least: float
     text: str
+
+    @classmethod
+    def within(cls, case: str, seconds: float, text: str) -> Floor:
+        """``case``'s median time per operation must be at most ``seconds``."""
+        return cls(case, "", 1.0 / seconds, text)
 
 
 @dataclass(frozen=True)
@@ -492,10 +508,16 @@ def run_benchmark(bench: Benchmark, config: Config, reporter: Reporter, groups: 
         results.update((r.id, r) for r in measured)
     checks = []
     for floor in bench.floors:
-        case, versus = results.get(floor.case), results.get(floor.versus)
-        if case is None or versus is None or not case.samples or not versus.samples:
+        case = results.get(floor.case)
+        if case is None or not case.samples:
             continue  # a group left out by --only, or a peer not installed
-        ratio = case.median / versus.median
+        if floor.versus:
+            versus = results.get(floor.versus)
+            if versus is None or not versus.samples:
+                continue
+            ratio = case.median / versus.median
+        else:
+            ratio = case.median  # an absolute floor compares the rate itself
         checks.append((floor, ratio, ratio >= floor.at_least))
     reporter.floors(bench, checks)
     return config.quick or all(held for _, _, held in checks)
@@ -587,6 +609,15 @@ def format_rate(rate: float) -> str:
     return _sig3(rate)
 
 
+def format_seconds(seconds: float) -> str:
+    """3 significant digits in s, ms or µs: ``1.20 s``, ``41.3 ms``, ``812 µs``."""
+    seconds = float(f"{seconds:.3g}")
+    for limit, scale, suffix in ((1.0, 1.0, "s"), (1e-3, 1e3, "ms")):
+        if seconds >= limit:
+            return f"{_sig3(seconds * scale)} {suffix}"
+    return f"{_sig3(seconds * 1e6)} µs"
+
+
 def format_ratio(ratio: float) -> str:
     """Ratio to the baseline with 3 significant digits: ``0.00116x``, ``1.01x``, ``465x``."""
     return f"{_sig3(ratio)}x"
@@ -661,7 +692,7 @@ class Reporter:
                 (
                     r.case.label,
                     r.case.where,
-                    format_rate(r.median),
+                    format_seconds(1 / r.median) if group.time_per_op else format_rate(r.median),
                     f"{100 * (q3 - q1) / r.median:.0f}%",
                     format_ratio(r.ratio) if r.ratio is not None else "-",
                 )
@@ -700,10 +731,13 @@ class Reporter:
                     iqr=q3 - q1,
                     ratio=r.ratio,
                 )
+                if group.time_per_op:
+                    record["median_seconds_per_op"] = 1 / r.median
             self._json(record)
 
     def floors(self, bench: Benchmark, checks: list[tuple[Floor, float, bool]]) -> None:
-        """Print and record the floor checks: (floor, measured ratio, held)."""
+        """Print and record the floor checks: (floor, measured ratio, held); for an
+        absolute floor (no ``versus``) the measured rate, printed as a time."""
         if checks:
             self._print()
             self._print("Floors (ratio of medians)")
@@ -711,21 +745,23 @@ class Reporter:
             verdict = "ok" if held else "BELOW FLOOR"
             if self.config.quick:
                 verdict = "not checked (--quick)"
-            self._print(
-                f"  {floor.text}: {format_ratio(ratio)}, floor {floor.at_least:g}x: {verdict}"
-            )
-            self._json(
-                {
-                    "kind": "floor",
-                    "benchmark": bench.name,
-                    "case": floor.case,
-                    "versus": floor.versus,
-                    "at_least": floor.at_least,
-                    "ratio": ratio,
-                    "held": held,
-                    "checked": not self.config.quick,
-                }
-            )
+            record: dict[str, Any] = {
+                "kind": "floor",
+                "benchmark": bench.name,
+                "case": floor.case,
+                "versus": floor.versus,
+                "at_least": floor.at_least,
+                "ratio": ratio,
+                "held": held,
+                "checked": not self.config.quick,
+            }
+            if floor.versus:
+                shown = f"{format_ratio(ratio)}, floor {floor.at_least:g}x"
+            else:
+                shown = f"{format_seconds(1 / ratio)}, limit {format_seconds(1 / floor.at_least)}"
+                record.update(median_seconds=1 / ratio, limit_seconds=1 / floor.at_least)
+            self._print(f"  {floor.text}: {shown}: {verdict}")
+            self._json(record)
 
     def versions(self, benches: Iterable[Benchmark]) -> None:
         """``--versions``: the environment and the version of every peer measured."""
