@@ -15,6 +15,7 @@ from ._dict import DictStatistics as DictStatistics
 from ._dict import SharedDict as SharedDict
 from ._errors import BarrierPartyDiedError as BarrierPartyDiedError
 from ._errors import BrokenError as BrokenError
+from ._errors import BrokenPoolError as BrokenPoolError
 from ._errors import ClosedError as ClosedError
 from ._errors import LayoutError as LayoutError
 from ._errors import NotHeldError as NotHeldError
@@ -85,6 +86,7 @@ __all__ = [
     "BoundedSemaphore",
     "BrokenBarrierError",
     "BrokenError",
+    "BrokenPoolError",
     "BufferTooShort",
     "ClosedError",
     "Condition",

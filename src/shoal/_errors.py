@@ -18,9 +18,12 @@ Each class is also the standard-library class that code written for
     │                                              an object could not be pickled in put()
     ├── BrokenError(ShoalError)                    a peer or owner died
     │   ├── BarrierPartyDiedError(BrokenError, threading.BrokenBarrierError)
-    │   └── WorkerDiedError(BrokenError, concurrent.futures.process.BrokenProcessPool,
-    │                       multiprocessing.ProcessError)
-    │                                              the pool worker running a task died
+    │   ├── WorkerDiedError(BrokenError, concurrent.futures.process.BrokenProcessPool,
+    │   │                   multiprocessing.ProcessError)
+    │   │                                          the pool worker running a task died
+    │   └── BrokenPoolError(BrokenError, concurrent.futures.process.BrokenProcessPool)
+    │                                              a pool's initializer raised: no worker
+    │                                              can start, the pool is broken
     └── TaskTimeoutError(ShoalError, TimeoutError) a pool task ran past its timeout
                                                    (its worker was killed and replaced)
 
@@ -47,6 +50,7 @@ from concurrent.futures.process import BrokenProcessPool
 __all__ = [
     "BarrierPartyDiedError",
     "BrokenError",
+    "BrokenPoolError",
     "ClosedError",
     "LayoutError",
     "NotHeldError",
@@ -184,6 +188,16 @@ class WorkerDiedError(BrokenError, BrokenProcessPool, multiprocessing.ProcessErr
             return None
 
 
+class BrokenPoolError(BrokenError, BrokenProcessPool):
+    """A pool (or Executor) cannot run tasks any more: its ``initializer`` raised in a
+    worker, so every replacement would fail the same way.
+
+    Also :class:`concurrent.futures.process.BrokenProcessPool`, what
+    ``ProcessPoolExecutor`` raises in this case.  The initializer's exception, with its
+    remote traceback, is the ``__cause__``.
+    """
+
+
 class TaskTimeoutError(ShoalError, TimeoutError):
     """A pool task ran longer than its ``timeout``: its worker was killed and replaced.
 
@@ -229,7 +243,7 @@ class OwnerDiedWarning(ShoalWarning):
 class UncollectedTaskErrorWarning(ShoalWarning):
     """A pool task failed and its result was never collected.
 
-    Issued by ``Pool.join()``/``close()``/``terminate()`` (and at exit) for every
+    Issued by ``Pool.join()``/``terminate()`` (and at exit) for every
     ``apply_async``/``map_async`` result that failed while nobody called ``get()``,
     ``successful()`` or gave an ``error_callback``: the tutorial's style of
     fire-and-forget tasks would otherwise lose the error.  Pool's

@@ -52,7 +52,7 @@ from typing import Any
 
 from . import _core
 from ._errors import (
-    BrokenError,
+    BrokenPoolError,
     ClosedError,
     SerializationError,
     ShoalError,
@@ -61,6 +61,7 @@ from ._errors import (
     WorkerDiedError,
 )
 from ._handle import sent_references
+from ._memory import report_unraisable
 from ._process import process_cpu_count
 from ._queues import Queue
 from ._serialize import TRANSIT_MARK, dumps, loads
@@ -235,10 +236,22 @@ def _send_values(results: Queue, ordinal: int, values: tuple) -> None:
         return
     try:
         record = results._record(values)
-    except SerializationError as exc:
-        _send_error(results, ordinal, exc)
+    except SerializationError as error:
+        _send_error(results, ordinal, _unpicklable(values, error))
         return
     results.put((ordinal, _OK_PICKLED, record))
+
+
+def _unpicklable(values: tuple, error: SerializationError) -> SerializationError:
+    """The error naming the value that cannot be pickled, not the tuple carrying it."""
+    for value in values:
+        with sent_references() as sent:
+            try:
+                dumps(value)
+            except SerializationError as culprit:
+                return culprit
+            sent.cancel()  # a trial: this pickle goes nowhere
+    return error
 
 
 def _send_error(results: Queue, ordinal: int, exc: BaseException, status: int = _ERROR) -> None:
@@ -276,6 +289,12 @@ def _describe_call(function: Any, args: tuple = (), kwds: dict | None = None) ->
     parts += [f"{k}={_short_repr(v)}" for k, v in (kwds or {}).items()]
     text = f"{name}({', '.join(parts)})"
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _describe_items(name: str, first: int, count: int) -> str:
+    if count == 1:
+        return f"{name} on item {first}"
+    return f"{name} on items {first} to {first + count - 1}"
 
 
 def _short_repr(value: Any) -> str:
@@ -396,6 +415,7 @@ class MapResult(AsyncResult):
     ) -> None:
         super().__init__(engine, callback, error_callback)
         self._length, self._chunksize = length, chunksize
+        self._name = ""  # the function's, for _describe
         chunks = -(-length // chunksize)
         self._parts: list[tuple | None] = [None] * chunks
         self._left = chunks
@@ -428,8 +448,7 @@ class MapResult(AsyncResult):
 
     def _describe(self, index: int) -> str:
         first = index * self._chunksize
-        last = min(first + self._chunksize, self._length) - 1
-        return f"{self._description} (chunk {index}: items {first} to {last})"
+        return _describe_items(self._name, first, min(self._chunksize, self._length - first))
 
 
 class IMapIterator(_Job):
@@ -519,7 +538,8 @@ class IMapIterator(_Job):
         self._engine._notify()
 
     def _describe(self, index: int) -> str:
-        return f"{self._description} (chunk {index}: {self._sizes.get(index, 0)} items)"
+        first = index * self._chunksize
+        return _describe_items(self._description, first, self._sizes.get(index, 0))
 
     def __iter__(self) -> IMapIterator:
         return self
@@ -593,12 +613,8 @@ class _FutureJob(_Job):
 def _call_back(callback: Callable[[Any], object], value: Any) -> None:
     try:
         callback(value)
-    except BaseException as exc:
-        sys.unraisablehook(
-            sys.UnraisableHookArgs(  # type: ignore[call-arg]
-                type(exc), exc, exc.__traceback__, "Exception in a pool callback", callback
-            )
-        )
+    except BaseException as exc:  # a callback must not take the pool's thread down
+        report_unraisable(exc)
 
 
 # ---- the engine -------------------------------------------------------------------------
@@ -1020,7 +1036,7 @@ class _Engine:
     def _setup_failed(self, exc: BaseException) -> None:
         if self._broken is not None:
             return
-        broken = BrokenError(
+        broken = BrokenPoolError(
             f"the pool's initializer raised {type(exc).__name__}: {exc}; the pool "
             "cannot start workers and is broken"
         )
@@ -1087,10 +1103,11 @@ class _Engine:
             self.state = _TERMINATE
         if was == _TERMINATE and self._released:
             return
-        self._poke()
-        self._kill_workers()
+        # the monitor first (it may be starting a replacement): killing workers while
+        # a forkserver starts another one delayed the forkserver's exit reports by
+        # seconds; once the monitor is gone nobody starts anything
         self._shut_threads()
-        self._kill_workers()  # one the monitor may have started meanwhile
+        self._kill_workers()
         try:
             self._report_uncollected()
         finally:
@@ -1184,7 +1201,15 @@ class _Engine:
             if group is None:
                 raise errors[0]
             raise group(message, errors)
-        warnings.warn(UncollectedTaskErrorWarning(message), stacklevel=4)
+        warnings.warn(UncollectedTaskErrorWarning(message), stacklevel=_caller_stacklevel())
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside this module (for warnings)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _remote_error(record: bytes, text: str) -> BaseException:
@@ -1435,10 +1460,11 @@ class Pool:
         limit = self._timeout(timeout)
         function = engine.function_record(func)
         starts = range(0, len(items), size)
-        description = f"{getattr(func, '__qualname__', repr(func))} over {len(items)} items"
-        bar = _make_bar(progress, len(items), getattr(func, "__qualname__", None))
+        name = getattr(func, "__qualname__", None) or repr(func)
+        bar = _make_bar(progress, len(items), name)
         result = MapResult(engine, len(items), size, callback, error_callback, bar)
-        result._what = description
+        result._name = name
+        result._what = f"{name} over {len(items)} items"
         if items:
             if limit:
                 engine.use_timeouts()
