@@ -64,7 +64,7 @@ from ._handle import sent_references
 from ._memory import report_unraisable
 from ._process import process_cpu_count
 from ._queues import Queue
-from ._serialize import TRANSIT_MARK, dumps, loads
+from ._serialize import TRANSIT_MARK, dumps, loads, pack
 from ._sharedctypes import RawArray
 
 __all__ = [
@@ -482,19 +482,20 @@ class IMapIterator(_Job):
         self._feed_lock = threading.RLock()  # a failing input re-enters via _outcome
         self._exhausted = False
         self._submitted = 0  # chunks sent
-        self._finished = 0  # chunks done
         self._sizes: dict[int, int] = {}
         self._ready: dict[int, tuple[bool, Any]] = {}  # ordered: chunk index -> outcome
         self._unordered: collections.deque[tuple[bool, Any]] = collections.deque()
         self._next_chunk = 0
         self._buffer: collections.deque[Any] = collections.deque()
         self._got: tuple[bool, Any] | None = None  # the outcome _arrived took
-        self._window = max(2, 2 * engine.processes)
+        # chunks sent and not yet taken by the consumer: a slow consumer (or none)
+        # holds the input back instead of buffering results without end
+        self._window = 4 * engine.processes
 
     def _feed(self) -> None:
-        """Send chunks until ``_window`` are in flight or the input ends."""
+        """Send chunks until ``_window`` are out (sent, not consumed) or the input ends."""
         with self._feed_lock:
-            while not self._exhausted and self._submitted - self._finished < self._window:
+            while not self._exhausted and self._submitted - self._next_chunk < self._window:
                 try:
                     chunk = tuple(itertools.islice(self._items, self._chunksize))
                 except BaseException as exc:  # the input itself raised: report it there
@@ -525,7 +526,6 @@ class IMapIterator(_Job):
         self._outcome(index, False, exc)
 
     def _outcome(self, index: int, ok: bool, value: Any) -> None:
-        self._finished += 1
         if self._ordered:
             self._ready[index] = (ok, value)
         else:
@@ -563,6 +563,7 @@ class IMapIterator(_Job):
                     raise StopIteration
                 raise multiprocessing.TimeoutError
             self._next_chunk += 1
+            self._feed()
             ok, value = got
             if not ok:
                 self._close_bar()
@@ -586,28 +587,69 @@ class IMapIterator(_Job):
 class _FutureJob(_Job):
     """An Executor task: one call's future, or a chunk of ``map``'s (a list)."""
 
-    def __init__(
-        self,
-        engine: _Engine,
-        future: concurrent.futures.Future,
-        description: str,
-        chunk: bool = False,
-    ) -> None:
+    def __init__(self, engine: _Engine, description: str, chunk: bool = False) -> None:
         self._engine = engine
-        self._future = future
+        self._future = _Future(self)
         self._description = description
         self._chunk = chunk
+        self._ordinal: int | None = None  # set when the task goes on the ring
 
     def _describe(self, index: int) -> str:
         return self._description
 
     def _deliver(self, index: int, values: tuple) -> None:
-        if self._future.set_running_or_notify_cancel():
+        if _start(self._future):
             self._future.set_result(list(values) if self._chunk else values[0])
 
     def _fail(self, index: int, exc: BaseException) -> None:
-        if self._future.set_running_or_notify_cancel():
+        if _start(self._future):
             self._future.set_exception(exc)
+
+    def _taken(self) -> bool:
+        """Whether a worker took the task off the ring (it runs, or ran)."""
+        engine = self._engine
+        if self._ordinal is None or engine._released:
+            return False
+        return 0 < (engine._tasks._taken - self._ordinal) & _ORDINAL_MASK < (1 << 31)
+
+
+def _start(future: concurrent.futures.Future) -> bool:
+    """Mark ``future`` running if it is not yet; False if it was cancelled."""
+    try:
+        return future.set_running_or_notify_cancel()
+    except RuntimeError:  # already running: cancel() found a worker had it
+        return True
+
+
+class _Future(concurrent.futures.Future):
+    """A Future that knows when a worker has its task: from then on it is running and
+    ``cancel()`` says no, as for ``ProcessPoolExecutor``."""
+
+    def __init__(self, job: _FutureJob) -> None:
+        super().__init__()
+        self._job = job
+
+    def _mark_running_if_taken(self) -> None:
+        if not self.done() and self._job._taken():
+            try:
+                self.set_running_or_notify_cancel()
+            except RuntimeError:
+                pass  # running or finished already
+
+    def running(self) -> bool:
+        """True while a worker runs the call."""
+        self._mark_running_if_taken()
+        return super().running()
+
+    def cancel(self) -> bool:
+        """Cancel the call unless a worker has taken it; True if cancelled.
+
+        A call still waiting in shared memory is cancelled (its result, should a
+        worker reach it before ``shutdown(cancel_futures=True)`` takes it back, is
+        dropped); a call a worker took is running and is not.
+        """
+        self._mark_running_if_taken()
+        return super().cancel()
 
 
 def _call_back(callback: Callable[[Any], object], value: Any) -> None:
@@ -838,11 +880,14 @@ class _Engine:
         cached = self._function_records.get(id(function))
         if cached is not None and cached[0] is function:
             return cached[1]
+        # a function of __main__ goes by value: the workers' __main__ may lack it (a
+        # notebook, the REPL, a function defined after the workers started)
+        by_value = getattr(function, "__module__", None) == "__main__"
         with sent_references() as sent:
-            data, buffers = dumps(function)
+            data, buffers = dumps(function, by_value)
             reusable = len(sent) == 0 and buffers is None
         if buffers is not None:
-            data = self._tasks._record(function)
+            data = pack(data, buffers, self._tasks._segment.name)
         if reusable:  # a pickle holding shoal handles may be unpickled only once
             if len(self._function_records) >= _FUNC_CACHE_SIZE:
                 self._function_records.clear()
@@ -865,6 +910,13 @@ class _Engine:
     def _submit(self, job: _Job, indexes: list[int], records: list[tuple]) -> None:
         """Put the tasks on the ring (pickled here: errors raise in the caller)."""
         with self._push_lock:
+            # checked again under the lock that _fail_outstanding takes: a task put
+            # after the pool broke or was terminated would wait for ever.  (Closed is
+            # fine: an imap started before close() goes on reading its input.)
+            if self._broken is not None:
+                raise self._broken
+            if self.state == _TERMINATE:
+                raise ClosedError("Pool not running (it was terminated)")
             with self._cond:
                 self._outstanding += len(records)
             if self._overflow:
@@ -877,6 +929,8 @@ class _Engine:
         first = self._pushed
         for k, (index, record) in enumerate(zip(indexes, records)):
             self._inflight[(first + k) & _ORDINAL_MASK] = (job, index, record[2])
+        if type(job) is _FutureJob:
+            job._ordinal = first & _ORDINAL_MASK
         try:
             put = self._tasks.put_many(records, block=False)
         except queue.Full as full:
@@ -906,6 +960,8 @@ class _Engine:
             first = self._pushed
             for k, (job, index, record) in enumerate(batch):
                 self._inflight[(first + k) & _ORDINAL_MASK] = (job, index, record[2])
+                if type(job) is _FutureJob:
+                    job._ordinal = (first + k) & _ORDINAL_MASK
             try:
                 put = self._tasks.put_many([b[2] for b in batch], block=False)
             except queue.Full as full:
@@ -1660,10 +1716,9 @@ class Executor(concurrent.futures.Executor):
             if engine.state != _RUN:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             record = (engine.function_record(fn), kind, engine.task_timeout, *payload)
-            future: concurrent.futures.Future = concurrent.futures.Future()
-            job = _FutureJob(engine, future, description, chunk=kind == _STARMAP)
+            job = _FutureJob(engine, description, chunk=kind == _STARMAP)
             engine._submit(job, [0], [record])
-            return future
+            return job._future
 
     def map(
         self,
@@ -1705,7 +1760,7 @@ class Executor(concurrent.futures.Executor):
             if cancel_futures:
                 for job in engine.cancel_queued():
                     if isinstance(job, _FutureJob):
-                        job._future.cancel()
+                        concurrent.futures.Future.cancel(job._future)  # taken back, never run
         if engine._released:
             return  # shut down before
         if wait:

@@ -67,8 +67,16 @@ def _cloudpickle_dumps(obj: Any, buffer_callback: Any) -> bytes:
     return cloudpickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
 
 
-def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer] | None]:
+def _plain_dumps(obj: Any, buffer_callback: Any) -> bytes:
+    return _dumps(obj, 5, buffer_callback=buffer_callback)
+
+
+def dumps(obj: Any, by_value: bool = False) -> tuple[bytes, list[pickle.PickleBuffer] | None]:
     """Pickle ``obj``: (data, big out-of-band buffers or None).
+
+    ``by_value`` pickles functions and classes of ``__main__`` by value (cloudpickle)
+    rather than by name: a worker started before they were defined, or one whose
+    ``__main__`` is not the caller's (a notebook, the REPL), would not find them.
 
     Shoal handles inside ``obj`` take a reference in flight each time they are
     pickled (``shoal._handle``); a pickle made and then thrown away here (a failed
@@ -78,14 +86,18 @@ def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer] | None]:
         SerializationError: ``obj`` cannot be pickled (also a pickle.PicklingError).
     """
     buffers: list[pickle.PickleBuffer] = []
+    dump = _cloudpickle_dumps if by_value else _plain_dumps
     with sent_references() as sent:
         try:
-            data = _dumps(obj, 5, buffer_callback=buffers.append)
+            data = dump(obj, buffers.append)
         except Exception as first:
             sent.cancel()
             buffers.clear()
             try:
-                data = _cloudpickle_dumps(obj, buffers.append)
+                if by_value:
+                    raise
+                dump = _cloudpickle_dumps
+                data = dump(obj, buffers.append)
             except Exception:
                 raise SerializationError(
                     f"cannot send {type(obj).__module__}.{type(obj).__qualname__} object "
@@ -96,7 +108,7 @@ def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer] | None]:
             # small buffers are cheaper inline than in a segment of their own
             sent.cancel()
             buffers = []
-            data = _dumps(obj, 5)
+            data = dump(obj, None)
     return data, buffers or None
 
 
