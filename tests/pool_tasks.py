@@ -8,6 +8,7 @@ test files: add functions, never remove or change one another test relies on.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -189,3 +190,25 @@ def lock_at(x: int, at: int = 1) -> Any:
 
 def state_and_pid(key: str) -> tuple[Any, int]:
     return worker_state().get(key), os.getpid()
+
+
+def fail_when_told(event: Any) -> None:
+    """An initializer that fails once ``event`` is set."""
+    event.wait(30)
+    raise RuntimeError("told to fail")
+
+
+class BreaksThePoolWhilePickled:
+    """A callable whose pickling sets ``event`` and then takes a while: the pool's
+    initializer fails in between the caller's checks and its putting the task."""
+
+    def __init__(self, event: Any) -> None:
+        self.event = event
+
+    def __call__(self, x: Any) -> Any:
+        return x
+
+    def __reduce__(self) -> Any:
+        self.event.set()
+        time.sleep(0.5)
+        return (functools.partial, (identity,))
