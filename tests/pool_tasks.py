@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import shoal
-from shoal._pool import worker_state
+from shoal import worker_state
 
 # ---- plain values -----------------------------------------------------------------------
 
@@ -212,3 +212,10 @@ class BreaksThePoolWhilePickled:
         self.event.set()
         time.sleep(0.5)
         return (functools.partial, (identity,))
+
+
+def wait_for(event: Any, value: Any = None) -> Any:
+    """Return ``value`` once ``event`` is set: a task that ends when the test says."""
+    if not event.wait(30):
+        raise TimeoutError("the test never set the event")
+    return value

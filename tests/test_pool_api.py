@@ -16,7 +16,6 @@ import builtins
 import gc
 import itertools
 import multiprocessing as mp
-import multiprocessing.pool
 import os
 import pickle
 import sys
@@ -30,8 +29,7 @@ import pytest
 from conftest import wait_until
 
 import shoal
-from shoal import _process, lowlevel
-from shoal._pool import Pool, worker_state
+from shoal import Pool, _process, lowlevel, worker_state
 
 TIMEOUT = 30.0
 FORK = mp.get_context("fork")
@@ -145,11 +143,6 @@ def test_every_call_under_each_start_method(ctx: Any) -> None:
         pool.join()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a function found in the parent's __main__ is pickled by reference; the "
-    "workers' __main__ lacks it (notebook, REPL, or defined after fork)",
-)
 def test_a_function_defined_in_main_after_the_pool_started(
     ctx: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -175,8 +168,9 @@ def test_a_function_defined_in_main_after_the_pool_started(
 
 
 def test_async_result_get_wait_ready_successful() -> None:
+    go = shoal.Event()
     with fork_pool(1) as pool:
-        slow = pool.apply_async(t.sleep_then, (0.5, "slow"))
+        slow = pool.apply_async(t.wait_for, (go, "slow"))
         with pytest.raises(ValueError, match="not ready"):
             slow.successful()
         assert not slow.ready()
@@ -184,7 +178,8 @@ def test_async_result_get_wait_ready_successful() -> None:
         with pytest.raises(mp.TimeoutError):
             slow.get(timeout=0.05)
         assert slow.wait(0.05) is None and not slow.ready()
-        assert time.monotonic() - started < 0.4
+        assert time.monotonic() - started < 5
+        go.set()
         assert slow.get(TIMEOUT) == "slow"
         assert slow.ready() and slow.successful()
         assert slow.get(0) == "slow"  # again, at once
@@ -232,11 +227,6 @@ def test_callbacks() -> None:
     assert isinstance(error, ValueError) and str(error) == "e"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _call_back builds sys.UnraisableHookArgs, which Python does not expose: "
-    "the AttributeError kills the result thread and every later get() hangs",
-)
 def test_a_callback_that_raises_is_reported_and_the_pool_carries_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -302,11 +292,6 @@ def test_imap_of_an_endless_input() -> None:
         pool.terminate()  # the endless inputs are abandoned, not drained
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: imap keeps 2*processes chunks in flight but does not count the results "
-    "nobody has taken yet: it reads an endless input, and buffers its results, forever",
-)
 def test_imap_reads_its_input_no_further_than_its_consumer() -> None:
     taken: list[int] = []
     with fork_pool() as pool:
@@ -330,13 +315,15 @@ def test_imap_unordered_yields_in_finishing_order() -> None:
 
 
 def test_imap_next_with_a_timeout() -> None:
+    go = shoal.Event()
     with fork_pool(1) as pool:
-        iterator = pool.imap(t.sleep_then, [0.4, 0.0])
+        iterator = pool.imap(t.wait_for, [go, go])
         assert iter(iterator) is iterator
         with pytest.raises(mp.TimeoutError):
             iterator.next(timeout=0.05)
-        assert iterator.next(timeout=TIMEOUT) == 0.4
-        assert iterator.next(TIMEOUT) == 0.0
+        go.set()
+        assert iterator.next(timeout=TIMEOUT) is None
+        assert iterator.next(TIMEOUT) is None
         with pytest.raises(StopIteration):
             iterator.next(timeout=TIMEOUT)
         with pytest.raises(StopIteration):
@@ -412,6 +399,27 @@ def test_close_join_terminate_and_the_context_manager() -> None:
     with pytest.raises(ValueError):
         pool.apply(t.square, (1,))
     pool.join()  # after terminate: returns
+
+
+@pytest.mark.xfail(
+    strict=False,  # a race: caught in about one round in twenty
+    reason="bug: join() lists the workers to stop while the monitor may still be starting "
+    "a replacement (maxtasksperchild) it decided on before close; that worker outlives "
+    "the pool",
+)
+def test_join_leaves_no_worker_behind() -> None:
+    left = []
+    for _ in range(15):
+        pool = fork_pool(2, maxtasksperchild=1)
+        list(pool.imap(t.count_calls, range(3)))
+        pool.close()
+        pool.join()
+        left += mp.active_children()  # join() reaped every worker, or it is a leak
+        pool.terminate()
+    for process in left:
+        process.kill()
+        process.join(5)
+    assert not left
 
 
 def test_a_pool_nobody_closes_is_cleaned_up_when_collected() -> None:
@@ -509,8 +517,9 @@ def test_worker_state_starts_empty_in_each_worker(ctx: Any) -> None:
 def test_an_initializer_that_raises_breaks_the_pool(ctx: Any) -> None:
     # The standard library's pool starts replacement after replacement, forever.
     pool = Pool(2, context=ctx, initializer=t.failing_initializer)
-    with pytest.raises(shoal.BrokenError, match="initializer") as info:
+    with pytest.raises(shoal.BrokenPoolError, match="initializer") as info:
         pool.apply_async(t.square, (2,)).get(TIMEOUT)
+    assert isinstance(info.value, shoal.BrokenError)
     cause = info.value.__cause__
     assert isinstance(cause, RuntimeError) and "the initializer failed" in str(cause)
     assert isinstance(cause.__cause__, RemoteTraceback)
@@ -527,17 +536,12 @@ def test_an_initializer_that_raises_breaks_the_pool(ctx: Any) -> None:
     pool.join()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: apply_async checks the pool is not broken, then pickles, then puts the "
-    "task; if the pool breaks in between, the task waits forever for a worker",
-)
 def test_a_task_submitted_while_the_pool_breaks_fails() -> None:
     event = shoal.Event()
     pool = fork_pool(1, initializer=t.fail_when_told, initargs=(event,))
     try:
         # broken when apply_async puts the task, or after: either way, it fails
-        with pytest.raises(shoal.BrokenError):
+        with pytest.raises(shoal.BrokenPoolError):
             pool.apply_async(t.BreaksThePoolWhilePickled(event), (1,)).get(timeout=3)
     finally:
         pool.terminate()
@@ -749,12 +753,6 @@ def test_uncollected_errors_raise_or_ignore() -> None:
     pool.join()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Pool.join() reports uncollected errors before it releases the pool's "
-    "queues, so a raise (uncollected_errors='raise', or the warning under -W error) "
-    "leaves them attached until the pool is garbage collected",
-)
 def test_join_that_reports_uncollected_errors_still_releases_the_pool() -> None:
     before = lowlevel.attached_names()
     pool = fork_pool(1, uncollected_errors="raise")
