@@ -626,11 +626,6 @@ def test_manager_pickles_with_its_state(m: SyncManager):
 # ---- a known difference, until containers hold references -------------------------------------
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    reason="a shoal object stored in a SharedDict/Namespace is kept alive by its holders, "
-    "not by the container (docs/managers.md); the standard library's nested proxies are",
-)
 def test_nested_object_lives_while_stored(m: SyncManager):
     ns = m.Namespace()
     ns.q = m.Queue()  # nobody keeps a handle of its own

@@ -15,6 +15,14 @@
  * calls self._refresh() when they differ.  Reads take no lock (the table's seqlock);
  * writes take the root's mutex, and a table whose version is odd when the mutex is
  * taken was left mid-change by a writer that died: it is rebuilt before anything else.
+ *
+ * Stored references.  A value whose pickle holds shoal handles is stored behind the byte
+ * DICT_STORED_MARK: the dict holds one reference to each object in it (shoal._dict).
+ * Reads decode it with a hook that takes references of their own; the writer that
+ * removes it (overwrite, delete, pop, clear) hands its bytes to the release hook once
+ * the lock is let go -- exactly one writer removes a given entry, so the references
+ * go back exactly once.  The root's `stored` word says whether any such value was
+ * stored since the last clear, so that writes to other dicts skip the extra lookup.
  */
 #include "shoal_dict.h"
 #include <sched.h>
@@ -32,18 +40,25 @@ typedef struct {
     uint64_t generation;  /* the current table's number: names[generation & 1] */
     uint64_t sizes[2];    /* its table's size in bytes (after the segment header) */
     uint64_t rebuilds;    /* tables made so far (statistics) */
-    uint64_t reserved[7];
+    uint64_t stored;      /* nonzero: values holding references may be in the table */
+    uint64_t reserved[6];
     char names[2][64];    /* segment names, NUL padded */
 } dict_root;
 _Static_assert(sizeof(dict_root) == 256, "dict_root is part of the shared layout");
 #define DICT_ROOT_GENERATION 40
 #define DICT_ROOT_SIZES 48
 #define DICT_ROOT_REBUILDS 64
+#define DICT_ROOT_STORED 72
 #define DICT_ROOT_NAMES 128
 _Static_assert(__builtin_offsetof(dict_root, generation) == DICT_ROOT_GENERATION, "layout");
 _Static_assert(__builtin_offsetof(dict_root, sizes) == DICT_ROOT_SIZES, "layout");
 _Static_assert(__builtin_offsetof(dict_root, rebuilds) == DICT_ROOT_REBUILDS, "layout");
 _Static_assert(__builtin_offsetof(dict_root, names) == DICT_ROOT_NAMES, "layout");
+_Static_assert(__builtin_offsetof(dict_root, stored) == DICT_ROOT_STORED, "layout");
+
+/* the first byte of a value that holds references to shoal objects (not a fast tag,
+ * and no pickle starts with it) */
+#define DICT_STORED_MARK 'H'
 
 /* how long a writer waits for the lock before it calls the dict stuck */
 #define DICT_LOCK_TIMEOUT_NS (30LL * 1000000000LL)
@@ -51,6 +66,28 @@ _Static_assert(__builtin_offsetof(dict_root, names) == DICT_ROOT_NAMES, "layout"
 #define DICT_SNAPSHOT_TRIES 8
 
 static PyObject *DictEncode, *DictLoads;
+/* optional hooks (shoal._dict): keys, values holding references, their release, and the
+ * exception a read of a value removed meanwhile may meet */
+static PyObject *DictEncodeKey, *DictLoadsStored, *DictRelease, *DictGone;
+
+static int is_stored(const char *p, uint32_t n) { return n > 0 && p[0] == DICT_STORED_MARK; }
+
+/* Give back the references a removed (or never stored) value holds: exactly once per
+ * value.  Errors are reported, never raised: the write they follow has happened. */
+static void release_stored(PyObject *raw) {
+    if (!raw)
+        return;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (DictRelease) {
+        PyObject *r = PyObject_CallOneArg(DictRelease, raw);
+        if (r)
+            Py_DECREF(r);
+        else
+            PyErr_WriteUnraisable(DictRelease);
+    }
+    PyErr_Restore(type, value, tb);
+}
 
 typedef struct {
     ViewObject v; /* the root */
@@ -152,7 +189,7 @@ static void enc_free(dict_enc *e) {
     Py_CLEAR(e->pickled);
 }
 
-static int enc_value(PyObject *obj, dict_enc *e) {
+static int enc_any(PyObject *obj, dict_enc *e, int key) {
     e->rec.owned = NULL;
     e->pickled = NULL;
     int r = fast_encode(obj, &e->rec);
@@ -174,7 +211,7 @@ static int enc_value(PyObject *obj, dict_enc *e) {
         PyErr_SetString(PyExc_RuntimeError, "shoal._dict did not set the dict codec");
         return -1;
     }
-    e->pickled = PyObject_CallOneArg(DictEncode, obj);
+    e->pickled = PyObject_CallOneArg(key && DictEncodeKey ? DictEncodeKey : DictEncode, obj);
     if (!e->pickled)
         return -1;
     if (!PyBytes_Check(e->pickled) || PyBytes_GET_SIZE(e->pickled) < 1 ||
@@ -188,6 +225,13 @@ static int enc_value(PyObject *obj, dict_enc *e) {
     e->b = NULL;
     e->blen = 0;
     return 0;
+}
+
+static int enc_value(PyObject *obj, dict_enc *e) { return enc_any(obj, e, 0); }
+
+/* The encoding as a bytes object when it holds references (to release), else NULL. */
+static PyObject *enc_stored(dict_enc *e) {
+    return e->pickled && is_stored(e->a, e->alen) ? e->pickled : NULL;
 }
 
 typedef struct {
@@ -208,7 +252,7 @@ static void key_free(dict_key *k) {
 
 static int enc_key(PyObject *obj, dict_key *k) {
     k->heap = NULL;
-    if (enc_value(obj, &k->e) < 0)
+    if (enc_any(obj, &k->e, 1) < 0)
         return -1;
     if (k->e.blen == 0) {
         k->p = k->e.a;
@@ -248,23 +292,50 @@ static PyObject *raise_dict_corrupt(void) {
     return NULL;
 }
 
-/* Decode a stored encoding: an object, or (pickled) a bytes copy with *pending = 1. */
+/* Decode a stored encoding: an object, or (pickled) a bytes copy with *pending = 1
+ * (2: a value holding references). */
 static PyObject *dec_raw(const char *p, uint32_t n, int *pending) {
     *pending = 0;
     if (n == 0)
         return raise_dict_corrupt();
     if (is_fast_tag(p[0]))
         return fast_decode(p, n);
-    *pending = 1;
+    *pending = is_stored(p, n) ? 2 : 1;
     return PyBytes_FromStringAndSize(p, n);
+}
+
+static PyObject *dec_loads(PyObject *raw) {
+    int stored = is_stored(PyBytes_AS_STRING(raw), (uint32_t)PyBytes_GET_SIZE(raw));
+    PyObject *hook = stored ? DictLoadsStored : DictLoads;
+    if (!hook) {
+        PyErr_SetString(PyExc_RuntimeError, "shoal._dict did not set the dict codec");
+        return NULL;
+    }
+    return PyObject_CallOneArg(hook, raw);
 }
 
 static PyObject *dec_finish(PyObject *obj, int pending) {
     if (!pending || !obj)
         return obj;
-    PyObject *r = PyObject_CallOneArg(DictLoads, obj);
+    PyObject *r = dec_loads(obj);
     Py_DECREF(obj);
     return r;
+}
+
+/* dec_finish for a value just removed from the table: decoded (taking references of
+ * its own), then its stored references are given back. */
+static PyObject *dec_removed(PyObject *obj, int pending) {
+    if (pending != 2 || !obj)
+        return dec_finish(obj, pending);
+    PyObject *r = dec_loads(obj);
+    release_stored(obj);
+    Py_DECREF(obj);
+    return r;
+}
+
+/* Whether a failed decode met a value removed (and released) after it was copied. */
+static int dec_gone(int pending) {
+    return pending == 2 && DictGone && PyErr_ExceptionMatches(DictGone);
 }
 
 /* ---- the writers' lock ------------------------------------------------------------------ */
@@ -336,27 +407,65 @@ static int dict_wait_writer(DictObject *self, unsigned attempt) {
     return 0;
 }
 
-/* Set under the lock, rebuilding into a bigger table while it does not fit. */
+/* Under the lock: a copy of the value stored for k if it holds references, else NULL
+ * (and NULL at once where the dict never stored such a value). */
+static PyObject *locked_stored(DictObject *self, dict_key *k, int *err) {
+    *err = 0;
+    if (!shoal_load64(&ROOT(self)->stored))
+        return NULL;
+    const char *val;
+    uint32_t vl;
+    int r = shoal_dict_lookup(self->table, self->table_size, k->hash, k->p, k->n, &val, &vl);
+    if (r != 1 || !is_stored(val, vl))
+        return NULL;
+    PyObject *raw = PyBytes_FromStringAndSize(val, vl);
+    *err = raw == NULL;
+    return raw;
+}
+
+/* Set under the lock, rebuilding into a bigger table while it does not fit.  *old (if
+ * given) receives the replaced value when it holds references, to release once the
+ * lock is let go. */
 static int locked_set(DictObject *self, dict_key *k, const char *a, uint32_t alen, const char *b,
-                      uint32_t blen) {
+                      uint32_t blen, PyObject **old) {
+    int err;
+    PyObject *prev = locked_stored(self, k, &err);
+    if (err)
+        return -1;
+    if (is_stored(a, alen))
+        shoal_store64(&ROOT(self)->stored, 1); /* before the value can be seen */
     for (int tries = 0;; tries++) {
         shoal_dict *d = self->table;
         shoal_dict_write_begin(d);
         int st = shoal_dict_set2(d, k->hash, k->p, k->n, a, alen, b, blen);
         shoal_dict_write_end(d);
-        if (st == SHOAL_OK)
+        if (st == SHOAL_OK) {
+            if (old)
+                *old = prev;
+            else
+                Py_XDECREF(prev); /* (no caller replaces such a value without asking) */
             return 0;
+        }
         if (tries >= 3 || shoal_dict_class(k->n, (uint64_t)alen + blen) < 0) {
             PyErr_SetString(PyExc_MemoryError, "the SharedDict cannot hold an entry this big");
+            Py_XDECREF(prev);
             return -1;
         }
         uint64_t need = SHOAL_DICT_ENTRY_HEADER + (uint64_t)k->n + alen + blen;
-        if (dict_rebuild(self, need * 2, 1) < 0)
+        if (dict_rebuild(self, need * 2, 1) < 0) {
+            Py_XDECREF(prev);
             return -1;
+        }
     }
 }
 
 /* ---- reads ---------------------------------------------------------------------------- */
+
+/* Whether the table bound as d (generation gen) was written since version v. */
+static int dict_changed(DictObject *self, shoal_dict *d, uint64_t gen, uint64_t v) {
+    return self->table != d || self->generation != gen ||
+           shoal_load64(&ROOT(self)->generation) != gen || shoal_load64(&d->version) != v;
+}
 
 /* Look key up without the lock.  Returns the value (new ref), or NULL with *found = 0
  * and no error when absent, or NULL with an error.  want_value 0: only presence
@@ -375,7 +484,7 @@ static PyObject *dict_read(DictObject *self, dict_key *k, int want_value, int *f
         }
         const char *val;
         uint32_t vl;
-        uint64_t size = self->table_size;
+        uint64_t size = self->table_size, gen = self->generation;
         int r = shoal_dict_lookup(d, size, k->hash, k->p, k->n, &val, &vl);
         PyObject *obj = NULL;
         int pending = 0;
@@ -405,8 +514,14 @@ static PyObject *dict_read(DictObject *self, dict_key *k, int want_value, int *f
             return NULL;
         if (!obj)
             return NULL;
+        PyObject *res = dec_finish(obj, pending);
+        if (!res && dec_gone(pending) && dict_changed(self, d, gen, v)) {
+            /* removed after the copy (its objects freed): read the key again */
+            PyErr_Clear();
+            continue;
+        }
         *found = 1;
-        return dec_finish(obj, pending);
+        return res;
     }
 }
 
@@ -464,6 +579,7 @@ static int dict_ass_subscript(DictObject *self, PyObject *key, PyObject *value) 
     if (enc_key(key, &k) < 0)
         return -1;
     int rc = 0;
+    PyObject *old = NULL;
     if (value) {
         dict_enc e;
         if (enc_value(value, &e) < 0) {
@@ -473,25 +589,36 @@ static int dict_ass_subscript(DictObject *self, PyObject *key, PyObject *value) 
         if (dict_lock(self) < 0) {
             rc = -1;
         } else {
-            rc = locked_set(self, &k, e.a, e.alen, e.b, e.blen);
+            rc = locked_set(self, &k, e.a, e.alen, e.b, e.blen, &old);
             dict_unlock(self);
         }
+        if (rc < 0)
+            release_stored(enc_stored(&e)); /* never stored: its references go back */
         enc_free(&e);
     } else {
         if (dict_lock(self) < 0) {
             rc = -1;
         } else {
-            shoal_dict *d = self->table;
-            shoal_dict_write_begin(d);
-            int removed = shoal_dict_delete(d, k.hash, k.p, k.n);
-            shoal_dict_write_end(d);
+            int err;
+            old = locked_stored(self, &k, &err);
+            int removed = 0;
+            if (!err) {
+                shoal_dict *d = self->table;
+                shoal_dict_write_begin(d);
+                removed = shoal_dict_delete(d, k.hash, k.p, k.n);
+                shoal_dict_write_end(d);
+            }
             dict_unlock(self);
-            if (!removed) {
+            if (err) {
+                rc = -1;
+            } else if (!removed) {
                 set_key_error(key);
                 rc = -1;
             }
         }
     }
+    release_stored(old);
+    Py_XDECREF(old);
     key_free(&k);
     return rc;
 }
@@ -512,11 +639,14 @@ static PyObject *locked_value(DictObject *self, dict_key *k, int *found) {
     return dec_finish(obj, pending);
 }
 
-static PyObject *locked_store(DictObject *self, dict_key *k, PyObject *value) {
+/* *old: as for locked_set (released by the caller once the lock is let go). */
+static PyObject *locked_store(DictObject *self, dict_key *k, PyObject *value, PyObject **old) {
     dict_enc e;
     if (enc_value(value, &e) < 0)
         return NULL;
-    int rc = locked_set(self, k, e.a, e.alen, e.b, e.blen);
+    int rc = locked_set(self, k, e.a, e.alen, e.b, e.blen, old);
+    if (rc < 0)
+        release_stored(enc_stored(&e));
     enc_free(&e);
     return rc < 0 ? NULL : value;
 }
@@ -535,7 +665,7 @@ static PyObject *dict_incr(DictObject *self, PyObject *const *args, Py_ssize_t n
         key_free(&k);
         return NULL;
     }
-    PyObject *result = NULL;
+    PyObject *result = NULL, *old = NULL;
     const char *val;
     uint32_t vl;
     int r = shoal_dict_lookup(self->table, self->table_size, k.hash, k.p, k.n, &val, &vl);
@@ -552,7 +682,7 @@ static PyObject *dict_incr(DictObject *self, PyObject *const *args, Py_ssize_t n
         }
         if (!overflow && !__builtin_add_overflow(cur, add, &sum)) {
             char tag = TAG_INT;
-            if (locked_set(self, &k, &tag, 1, (const char *)&sum, 8) == 0)
+            if (locked_set(self, &k, &tag, 1, (const char *)&sum, 8, NULL) == 0)
                 result = PyLong_FromLongLong(sum);
             goto done;
         }
@@ -578,7 +708,7 @@ static PyObject *dict_incr(DictObject *self, PyObject *const *args, Py_ssize_t n
         Py_XDECREF(one);
         Py_DECREF(cur);
         if (sum) {
-            if (locked_store(self, &k, sum))
+            if (locked_store(self, &k, sum, &old))
                 result = sum;
             else
                 Py_DECREF(sum);
@@ -586,6 +716,8 @@ static PyObject *dict_incr(DictObject *self, PyObject *const *args, Py_ssize_t n
     }
 done:
     dict_unlock(self);
+    release_stored(old);
+    Py_XDECREF(old);
     key_free(&k);
     return result;
 }
@@ -613,7 +745,7 @@ static PyObject *dict_get_or_set(DictObject *self, PyObject *const *args, Py_ssi
     }
     r = locked_value(self, &k, &found);
     if (!r && !PyErr_Occurred()) {
-        if (locked_store(self, &k, deflt))
+        if (locked_store(self, &k, deflt, NULL)) /* (only where absent: nothing replaced) */
             r = Py_NewRef(deflt);
     }
     dict_unlock(self);
@@ -653,7 +785,7 @@ static PyObject *dict_pop(DictObject *self, PyObject *const *args, Py_ssize_t na
     dict_unlock(self);
     key_free(&k);
     if (r == 1)
-        return dec_finish(obj, pending);
+        return dec_removed(obj, pending);
     if (r < 0)
         return NULL;
     if (nargs > 1)
@@ -698,7 +830,7 @@ static PyObject *dict_popitem(DictObject *self, PyObject *Py_UNUSED(ignored)) {
         return NULL;
     }
     key = dec_finish(key, kpend);
-    value = dec_finish(value, vpend);
+    value = dec_removed(value, vpend);
     if (!key || !value) {
         Py_XDECREF(key);
         Py_XDECREF(value);
@@ -772,14 +904,20 @@ static PyObject *dict_snapshot(DictObject *self, PyObject *arg) {
     int which = (int)PyLong_AsLong(arg);
     if (which == -1 && PyErr_Occurred())
         return NULL;
+again:;
     PyObject *list = NULL, *todo = NULL;
     unsigned waits = 0;
+    shoal_dict *seen = NULL;
+    uint64_t seen_gen = 0, seen_version = 0;
     for (int tries = 0; !list; tries++) {
         if (tries >= DICT_SNAPSHOT_TRIES) {
             /* writers keep interrupting: take their lock for one pass */
             if (dict_lock(self) < 0)
                 return NULL;
             list = snapshot_pass(self, which, &todo);
+            seen = self->table;
+            seen_gen = self->generation;
+            seen_version = shoal_load64(&seen->version);
             dict_unlock(self);
             if (!list)
                 return NULL;
@@ -797,6 +935,9 @@ static PyObject *dict_snapshot(DictObject *self, PyObject *arg) {
         }
         PyObject *keep = Py_NewRef(self->table_view.obj); /* as in dict_read */
         list = snapshot_pass(self, which, &todo);
+        seen = d;
+        seen_gen = self->generation;
+        seen_version = v;
         int moved = shoal_dict_read_retry(d, v);
         Py_DECREF(keep);
         if (moved) {
@@ -814,10 +955,17 @@ static PyObject *dict_snapshot(DictObject *self, PyObject *arg) {
         Py_ssize_t at = mark / 2;
         PyObject *item = PyList_GET_ITEM(list, at);
         PyObject *raw = which == 2 ? PyTuple_GET_ITEM(item, mark % 2) : item;
-        PyObject *obj = PyObject_CallOneArg(DictLoads, raw);
+        int stored = is_stored(PyBytes_AS_STRING(raw), (uint32_t)PyBytes_GET_SIZE(raw));
+        PyObject *obj = dec_loads(raw);
         if (!obj) {
+            int gone = dec_gone(stored ? 2 : 1) && dict_changed(self, seen, seen_gen, seen_version);
             Py_DECREF(list);
             Py_DECREF(todo);
+            if (gone) {
+                /* a value removed after the copy (its objects freed): copy again */
+                PyErr_Clear();
+                goto again;
+            }
             return NULL;
         }
         if (which == 2) {
@@ -835,13 +983,98 @@ static PyObject *dict_snapshot(DictObject *self, PyObject *arg) {
 
 /* ---- maintenance, called by shoal._dict ----------------------------------------------- */
 
+/* Under the lock: copies of the values that hold references (a list), removed from the
+ * table when `take` (the dict is going: they are released next, and nobody may find
+ * them afterwards and release them twice). */
+static PyObject *locked_stored_values(DictObject *self, int take) {
+    PyObject *values = PyList_New(0), *keys = take ? PyList_New(0) : NULL;
+    if (!values || (take && !keys))
+        goto fail;
+    if (!shoal_load64(&ROOT(self)->stored))
+        goto done;
+    shoal_dict *d = self->table;
+    uint64_t pos = 0;
+    const char *kp, *vp;
+    uint32_t kl, vl;
+    int r;
+    while ((r = shoal_dict_next(d, self->table_size, &pos, &kp, &kl, &vp, &vl)) == 1) {
+        if (!is_stored(vp, vl))
+            continue;
+        PyObject *v = PyBytes_FromStringAndSize(vp, vl);
+        if (!v || PyList_Append(values, v) < 0) {
+            Py_XDECREF(v);
+            goto fail;
+        }
+        Py_DECREF(v);
+        if (take) {
+            PyObject *kb = PyBytes_FromStringAndSize(kp, kl);
+            if (!kb || PyList_Append(keys, kb) < 0) {
+                Py_XDECREF(kb);
+                goto fail;
+            }
+            Py_DECREF(kb);
+        }
+    }
+    if (r < 0) {
+        raise_dict_corrupt();
+        goto fail;
+    }
+    if (take) {
+        shoal_dict_write_begin(d);
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+            PyObject *kb = PyList_GET_ITEM(keys, i);
+            const char *p = PyBytes_AS_STRING(kb);
+            uint32_t n = (uint32_t)PyBytes_GET_SIZE(kb);
+            shoal_dict_delete(d, shoal_dict_hash(p, n), p, n);
+        }
+        shoal_dict_write_end(d);
+        shoal_store64(&ROOT(self)->stored, 0);
+    }
+done:
+    Py_XDECREF(keys);
+    return values;
+fail:
+    Py_XDECREF(values);
+    Py_XDECREF(keys);
+    return NULL;
+}
+
+static void release_all(PyObject *values) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(values); i++)
+        release_stored(PyList_GET_ITEM(values, i));
+}
+
 static PyObject *dict_clear(DictObject *self, PyObject *Py_UNUSED(ignored)) {
     if (dict_lock(self) < 0)
         return NULL;
-    int rc = dict_rebuild(self, 0, 0);
+    PyObject *stored = locked_stored_values(self, 0);
+    int rc = stored ? dict_rebuild(self, 0, 0) : -1;
+    if (rc == 0)
+        shoal_store64(&ROOT(self)->stored, 0);
     dict_unlock(self);
-    if (rc < 0)
+    if (rc < 0) {
+        Py_XDECREF(stored);
         return NULL;
+    }
+    release_all(stored); /* once the lock is let go: the release may use this dict */
+    Py_DECREF(stored);
+    Py_RETURN_NONE;
+}
+
+/* _release_stored(): take every value that holds references out of the table and give
+ * those references back (the dict's last handle is going). */
+static PyObject *dict_release_stored(DictObject *self, PyObject *Py_UNUSED(ignored)) {
+    BOUND_OR_NULL(self);
+    if (!shoal_load64(&ROOT(self)->stored))
+        Py_RETURN_NONE;
+    if (dict_lock(self) < 0)
+        return NULL;
+    PyObject *stored = locked_stored_values(self, 1);
+    dict_unlock(self);
+    if (!stored)
+        return NULL;
+    release_all(stored);
+    Py_DECREF(stored);
     Py_RETURN_NONE;
 }
 
@@ -905,17 +1138,32 @@ static PyObject *dict_table_size_for(PyObject *module, PyObject *args) {
 
 static PyObject *dict_set_codec(PyObject *module, PyObject *args) {
     (void)module;
-    PyObject *encode, *loads;
-    if (!PyArg_ParseTuple(args, "OO", &encode, &loads))
+    PyObject *encode, *loads, *encode_key = NULL, *loads_stored = NULL, *release = NULL,
+                                *gone = NULL;
+    if (!PyArg_ParseTuple(args, "OO|OOOO", &encode, &loads, &encode_key, &loads_stored, &release,
+                          &gone))
         return NULL;
-    if (!PyCallable_Check(encode) || !PyCallable_Check(loads)) {
-        PyErr_SetString(PyExc_TypeError, "the dict codec needs two callables");
+    if (!PyCallable_Check(encode) || !PyCallable_Check(loads) ||
+        (encode_key && !PyCallable_Check(encode_key)) ||
+        (loads_stored && !PyCallable_Check(loads_stored)) ||
+        (release && !PyCallable_Check(release)) ||
+        (gone && !PyExceptionClass_Check(gone))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "the dict codec takes callables (and an exception class last)");
         return NULL;
     }
     Py_INCREF(encode);
     Py_XSETREF(DictEncode, encode);
     Py_INCREF(loads);
     Py_XSETREF(DictLoads, loads);
+    Py_XINCREF(encode_key);
+    Py_XSETREF(DictEncodeKey, encode_key);
+    Py_XINCREF(loads_stored);
+    Py_XSETREF(DictLoadsStored, loads_stored);
+    Py_XINCREF(release);
+    Py_XSETREF(DictRelease, release);
+    Py_XINCREF(gone);
+    Py_XSETREF(DictGone, gone);
     Py_RETURN_NONE;
 }
 
@@ -950,6 +1198,8 @@ static PyMethodDef dict_methods[] = {
     {"_snapshot", (PyCFunction)dict_snapshot, METH_O,
      "_snapshot(which) -> list: 0 keys, 1 values, 2 items, one consistent copy."},
     {"_clear", (PyCFunction)dict_clear, METH_NOARGS, NULL},
+    {"_release_stored", (PyCFunction)dict_release_stored, METH_NOARGS,
+     "_release_stored(): remove the values that hold references and give those back."},
     {"get", (PyCFunction)(void (*)(void))dict_get, METH_FASTCALL,
      "get(key, default=None): the value for key, or default."},
     {"incr", (PyCFunction)(void (*)(void))dict_incr, METH_FASTCALL,
@@ -989,8 +1239,9 @@ static PyTypeObject DictType = {
 static int dict_module_init(PyObject *module) {
     static PyMethodDef funcs[] = {
         {"_set_dict_codec", (PyCFunction)dict_set_codec, METH_VARARGS,
-         "_set_dict_codec(encode, loads): how keys and values that are not scalars are "
-         "pickled and unpickled."},
+         "_set_dict_codec(encode, loads[, encode_key, loads_stored, release, gone]): how "
+         "keys and values that are not scalars are pickled and unpickled, and how values "
+         "holding references (first byte 'H') are read and released."},
         {"dict_table_size", (PyCFunction)dict_table_size_for, METH_VARARGS,
          "dict_table_size(nslots, heap_bytes) -> bytes of a table"},
         {"dict_hash", (PyCFunction)dict_hash_bytes, METH_O,

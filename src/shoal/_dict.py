@@ -29,6 +29,16 @@ Design (details in docs/design.md, "SharedDict")::
 * Lifetime: table segments have no holders of their own; they live as long as the
   root's segment (the reaper removes them once it is gone), and the last handle to
   close removes the current one.
+* Shoal objects in values (a Queue, a Lock, another SharedDict, ...) live as long as
+  they are stored, as the referents of a manager's nested proxies do: such a value is
+  stored behind a marker byte with one reference to each object (``shoal._handle``,
+  "Stored references"); every read takes references of its own, and the writer that
+  removes the value (overwrite, ``del``, ``pop``, ``clear``...) gives the stored ones
+  back, as does the dict's last handle for what it still holds.  Values without shoal
+  objects cost nothing extra.  A writer killed between storing and giving back leaks
+  (the objects live until their segments go), never frees early.  Keys name objects
+  but do not keep them alive.  A cycle (a dict stored in itself) keeps its dicts until
+  their segments expire, as pickles in flight do.
 
 Consistency: each single operation (get, set, delete, ``in``, ``pop``, ``popitem``,
 ``incr``, ``get_or_set``/``setdefault``) is atomic.  ``keys()``, ``values()``,
@@ -49,7 +59,14 @@ from typing import Any
 
 from . import _core
 from ._errors import LayoutError, SegmentNotFoundError
-from ._handle import MAX_ARENA_OBJECT, OBJECT_HEADER_SIZE, SharedObject
+from ._handle import (
+    MAX_ARENA_OBJECT,
+    OBJECT_HEADER_SIZE,
+    SharedObject,
+    _close_segment,
+    releasing_stored,
+    sent_references,
+)
 from ._memory import (
     _HOLDER_CAPACITY,
     _HOLDERS_OFFSET,
@@ -57,8 +74,10 @@ from ._memory import (
     HEADER_SIZE,
     KIND_TRANSIT,
     _check_header,
+    _in_flight_pending,
     _open_mapping,
     _unlink_quietly,
+    call_outside_sections,
     report_unraisable,
     write_transit,
 )
@@ -73,6 +92,8 @@ _ROOT_PAYLOAD = max(_core.DICT_ROOT_SIZE, MAX_ARENA_OBJECT + 64)
 _GEN = _core.DICT_ROOT_GENERATION
 _SIZES = _core.DICT_ROOT_SIZES
 _REBUILDS = _core.DICT_ROOT_REBUILDS
+# nonzero while values holding shoal objects may be stored (_core_dict.c: dict_root)
+_STORED_FLAG = 72
 _NAMES = _core.DICT_ROOT_NAMES
 _NAME_BYTES = 64
 _MIN_SLOTS = 64
@@ -80,17 +101,64 @@ _MIN_HEAP = 64 * 1024
 _ZEROS = bytes(1 << 20)
 
 
-def _encode(obj: Any) -> bytes:
-    """Pickle a key or value that the C codec does not handle (in-band buffers only)."""
+# the first byte of a value that holds references to shoal objects (_core_dict.c)
+_STORED = b"H"
+
+
+def _pickle(obj: Any, sent: Any) -> bytes:
+    """Pickle with in-band buffers only, inside ``sent``'s block."""
     data, buffers = dumps(obj)
     if buffers is not None:
+        sent.cancel()  # that pickle is thrown away
         data = pickle.dumps(obj, protocol=5)
     return data
 
 
+def _encode(obj: Any) -> bytes:
+    """Pickle a value that the C codec does not handle.
+
+    One holding shoal objects gets the marker byte, and the references its pickle took
+    become the dict's (stored references: read without being adopted, released by the
+    writer that removes the value).
+    """
+    with sent_references() as sent:
+        data = _pickle(obj, sent)
+        if not len(sent):
+            return data
+        data = _STORED + data
+        sent.store()
+    return data
+
+
+def _encode_key(obj: Any) -> bytes:
+    """Pickle a key: it names shoal objects, it does not keep them (every lookup pickles)."""
+    with sent_references() as sent:
+        data = _pickle(obj, sent)
+        if len(sent):
+            sent.cancel()
+    return data
+
+
+def _loads_stored(raw: bytes) -> Any:
+    """Read a value holding references: its objects take references of their own."""
+    return loads(raw[1:])
+
+
+def _release_stored(raw: bytes) -> None:
+    """Give back the references of a value removed from a dict (or never stored)."""
+    try:
+        with releasing_stored():
+            loads(raw[1:])
+    except Exception as exc:  # the write is done; what could not be given back leaks
+        report_unraisable(exc)
+
+
 # non-scalar keys and values go through these (shoal._serialize: cloudpickle fallback,
-# SerializationError)
-_core._set_dict_codec(_encode, loads)
+# SerializationError); a read that meets a value removed after it copied it (its
+# objects gone: SegmentNotFoundError) reads again
+_core._set_dict_codec(
+    _encode, loads, _encode_key, _loads_stored, _release_stored, SegmentNotFoundError
+)
 
 
 @dataclass(frozen=True)
@@ -132,34 +200,37 @@ _local_handles: dict[tuple[str, int], int] = {}
 
 
 def _last_user(buf: Any, header_offset: int, local_handles: int) -> bool:
-    """Whether the handle being released is the dict's last live one (best effort).
+    """Drop the reference of the handle being released; whether it was the dict's last
+    live one (best effort).
 
-    The shared count is taken down by one for the question and given back (the
-    release proper drops it): of two processes closing at once, exactly one sees 0.
+    The decision and the drop are one atomic step: of two processes closing at once,
+    exactly one sees 0 (a question asked with the count given back afterwards let two
+    closes that did not overlap each see the other's handle, and the tables stayed).
     Handles of processes that died are never given back, so when the count stays
     above 0 the root segment's holder table decides: no other live process holds it.
     """
     remaining = _core.fetch_add64(buf, header_offset, -1) - 1
-    try:
-        if remaining >> 32:
-            # handles pickled and not yet unpickled (the high half of the count, in
-            # shoal._handle's "references in flight"): their receivers need the table
-            return False
-        if remaining & 0xFFFFFFFF == 0:
-            return True
-        if local_handles > 1:
-            return False
-        if int.from_bytes(buf[_OVERFLOW_OFFSET : _OVERFLOW_OFFSET + 4], "little"):
-            return False
-        me = _core.self_token()
-        for i in range(_HOLDER_CAPACITY):
-            at = _HOLDERS_OFFSET + 8 * i
-            token = int.from_bytes(buf[at : at + 8], "little")
-            if token and token != me and _core.token_alive(token):
-                return False
+    if remaining >> 32:
+        # handles pickled and not yet unpickled (the high half of the count, in
+        # shoal._handle's "references in flight"): their receivers need the table
+        return False
+    if remaining & 0xFFFFFFFF == 0:
         return True
-    finally:
-        _core.fetch_add64(buf, header_offset, 1)
+    if _in_flight_pending(buf):
+        # stored in a container (a reference of no process, see shoal._handle), or
+        # handles of it pickled that the object's count no longer shows in flight
+        return False
+    if local_handles > 1:
+        return False
+    if int.from_bytes(buf[_OVERFLOW_OFFSET : _OVERFLOW_OFFSET + 4], "little"):
+        return False
+    me = _core.self_token()
+    for i in range(_HOLDER_CAPACITY):
+        at = _HOLDERS_OFFSET + 8 * i
+        token = int.from_bytes(buf[at : at + 8], "little")
+        if token and token != me and _core.token_alive(token):
+            return False
+    return True
 
 
 def _root_name(buf: Any, root: int, slot: int) -> str:
@@ -167,22 +238,48 @@ def _root_name(buf: Any, root: int, slot: int) -> str:
     return bytes(buf[at : at + _NAME_BYTES]).rstrip(b"\0").decode("ascii", "replace")
 
 
-def _release_dict(segment: Any, header_offset: int, release: Any, args: Any) -> None:
-    """Finalizer: the last handle removes the table segments, then the usual release."""
+def _release_dict(segment: Any, header_offset: int) -> None:
+    """Finalizer: the last handle gives back what the values hold and removes the table
+    segments, then the usual release.
+
+    Deferred while this thread holds a shared mutex, as every release is: giving back
+    the values' references unpickles them and may take an arena's mutex.
+    """
     key = (segment.name, header_offset)
     local = _local_handles.pop(key, 1)
     if local > 1:
         _local_handles[key] = local - 1
+    call_outside_sections(_release_dict_now, segment, header_offset, local)
+
+
+def _release_dict_now(segment: Any, header_offset: int, local: int) -> None:
+    # (the root has a segment of its own: a count of 0 frees no arena block)
     try:
         if not segment.closed and _last_user(segment.buffer, header_offset, local):
-            root = header_offset + OBJECT_HEADER_SIZE
-            for slot in (0, 1):
-                name = _root_name(segment.buffer, root, slot)
-                if name:
-                    _unlink_quietly(name)
-    except Exception as exc:  # the handle must still be released
+            try:
+                _release_values(segment, header_offset)
+            finally:
+                root = header_offset + OBJECT_HEADER_SIZE
+                for slot in (0, 1):
+                    name = _root_name(segment.buffer, root, slot)
+                    if name:
+                        _unlink_quietly(name)
+    except Exception as exc:  # the segment must still be let go
         report_unraisable(exc)
-    release(*args)
+    _close_segment(segment)
+
+
+def _release_values(segment: Any, header_offset: int) -> None:
+    """Give back the references that the dict's values hold (its last handle is going)."""
+    if not _core.load64(segment.buffer, header_offset + OBJECT_HEADER_SIZE + _STORED_FLAG):
+        return  # (the common case: no value ever held a shoal object)
+    view = SharedDict.__new__(SharedDict)  # a view of the root, with no handle of its own
+    view._segment, view._header_offset, view._serial = segment, header_offset, 0
+    view._bind_payload()
+    try:
+        view._release_stored()
+    finally:
+        view._unbind()
 
 
 class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc]
@@ -221,12 +318,10 @@ class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc
         info = finalizer.detach() if finalizer is not None else None
         if info is None:
             return
-        _, release, args, _ = info
+        # (SharedObject's release is replaced: _release_dict drops the count itself)
         key = (self._segment.name, self._header_offset)
         _local_handles[key] = _local_handles.get(key, 0) + 1
-        wrapped = weakref.finalize(
-            self, _release_dict, self._segment, self._header_offset, release, args
-        )
+        wrapped = weakref.finalize(self, _release_dict, self._segment, self._header_offset)
         wrapped.atexit = False  # released by SharedObject's exit hook, as before
         self._finalizer = wrapped
 

@@ -47,6 +47,18 @@ latest pickle is ``_memory.IN_FLIGHT_TIMEOUT_S`` old.  A serializer that pickles
 and then throws the pickle away (a failed attempt, a retry) gives the references
 back with :func:`sent_references`.
 
+Stored references.  A container in shared memory (``SharedDict``, and what is built on
+it) that keeps a pickle of shoal objects must keep them alive while it does, however
+often the pickle is read.  :meth:`SentReferences.store` turns the references that
+pickling took into plain ones (``count -= 1<<32``: no unpickling can adopt them, and
+they never expire) held by the container; each read then takes references of its own.
+The segment's count of references in flight keeps one for each, so that a segment
+nobody holds is kept for the stored objects as for a pickle in flight (and, like one,
+presumed lost ``_memory.IN_FLIGHT_TIMEOUT_S`` after its latest pickle).  The container
+gives them back by unpickling the stored bytes once more inside
+:func:`releasing_stored`, where each object rebuilt adopts a stored reference instead
+of taking one, and is then closed.
+
 A forked child inherits live objects without unpickling them, so after a fork the
 child takes a reference on each object it inherited, and keeps the parent's arenas
 to allocate from (it holds them already: their segments came with the fork).
@@ -84,7 +96,14 @@ from ._memory import (
     shared_section,
 )
 
-__all__ = ["ARENA_SIZE", "BLOCK_SIZE", "SentReferences", "SharedObject", "sent_references"]
+__all__ = [
+    "ARENA_SIZE",
+    "BLOCK_SIZE",
+    "SentReferences",
+    "SharedObject",
+    "releasing_stored",
+    "sent_references",
+]
 
 ARENA_SIZE = 256 * 1024
 BLOCK_SIZE = 64
@@ -356,6 +375,9 @@ class SharedObject:
             segment.close()
             raise
         self._adopt(segment, offset, serial)
+        releasing: Optional[list[SharedObject]] = getattr(_tracking, "releasing", None)
+        if releasing is not None:
+            releasing.append(self)
 
     def _adopt(self, segment: Segment, offset: int, serial: int) -> None:
         """Make this object the holder of one reference to the block, then bind it."""
@@ -373,7 +395,9 @@ class SharedObject:
 
         ``adopted`` says one of the object's references in flight was used up (the
         caller then takes it off the segment's count too), even where the serial
-        turned out not to match and the reference was given back.
+        turned out not to match and the reference was given back.  Inside
+        :func:`releasing_stored` it adopts a stored reference: the count stays, and
+        the segment's count of references in flight goes down by the one kept for it.
         """
         buf = segment.buffer
         if _serial_at(buf, offset) != serial:
@@ -381,6 +405,9 @@ class SharedObject:
             # once a reference pins the block, in case it changed hands meanwhile)
             return False, False
         count = _core.load64(buf, offset)
+        if getattr(_tracking, "releasing", None) is not None:
+            # the stored reference pins the block: no other tenant can be there
+            return (True, True) if count & _REFS else (False, False)
         while count & _REFS:
             adopt = count >= _FLIGHT
             new = count - _FLIGHT if adopt else count + 1
@@ -565,6 +592,30 @@ class SentReferences:
         for segment, _ in taken:
             _close_segment(segment)
 
+    def store(self) -> None:
+        """Make the references stored ones, held by a container (see the module
+        docstring): no unpickling adopts them and they never expire.  Give them back
+        by unpickling the stored pickle inside :func:`releasing_stored`."""
+        taken, self._taken = self._taken, []
+        for segment, offset in taken:
+            try:
+                buf = segment.buffer
+                count = _core.load64(buf, offset)
+                while True:
+                    if count < _FLIGHT:
+                        # an unpickling elsewhere adopted this one (a pickle of the same
+                        # object unpickled twice), and took it off the segment's count:
+                        # a plain reference in its place (the object is alive: it was
+                        # just pickled), and the segment's one for it again
+                        _core.fetch_add64(buf, offset, 1)
+                        segment._begin_flight()
+                        break
+                    swapped, count = _core.cas64(buf, offset, count, count - _FLIGHT)
+                    if swapped:
+                        break
+            finally:
+                _close_segment(segment)
+
     def _hand_over(self, outer: SentReferences | None) -> None:
         if outer is not None:
             taken, self._taken = self._taken, []
@@ -573,8 +624,27 @@ class SentReferences:
         self.release()
 
 
-@contextlib.contextmanager
-def sent_references() -> Iterator[SentReferences]:
+class _SentBlock:
+    """The context manager :func:`sent_references` returns (a class: it is entered for
+    every pickle a shared container or a queue makes, and a generator costs more)."""
+
+    __slots__ = ("_outer", "_sent")
+
+    def __enter__(self) -> SentReferences:
+        self._outer: Optional[SentReferences] = getattr(_tracking, "current", None)
+        self._sent = sent = SentReferences()
+        _tracking.current = sent
+        return sent
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        _tracking.current = self._outer
+        if exc_type is not None:
+            self._sent.cancel()  # (the exception propagates)
+            return
+        self._sent._hand_over(self._outer)
+
+
+def sent_references() -> _SentBlock:
     """Track the references in flight that shoal handles pickled inside take.
 
     A serializer whose pickle is thrown away calls ``cancel()`` on what this yields
@@ -582,17 +652,26 @@ def sent_references() -> Iterator[SentReferences]:
     block cancels them too: whatever was being pickled was not sent.  Otherwise they
     stay in flight (handed to an enclosing block, if any, which may still cancel).
     """
-    outer: Optional[SentReferences] = getattr(_tracking, "current", None)
-    sent = SentReferences()
-    _tracking.current = sent
+    return _SentBlock()
+
+
+@contextlib.contextmanager
+def releasing_stored() -> Iterator[None]:
+    """Unpickle a stored pickle (see :meth:`SentReferences.store`) to give its references
+    back: every shoal object rebuilt inside adopts a stored reference, and is closed on
+    the way out (also when unpickling fails part way: those rebuilt so far)."""
+    outer = getattr(_tracking, "releasing", None)
+    rebuilt: list[SharedObject] = []
+    _tracking.releasing = rebuilt
     try:
-        yield sent
-    except BaseException:
-        _tracking.current = outer
-        sent.cancel()
-        raise
-    _tracking.current = outer
-    sent._hand_over(outer)
+        yield
+    finally:
+        _tracking.releasing = outer
+        for obj in rebuilt:
+            try:
+                obj.close()
+            except Exception as exc:  # the others must still be released
+                report_unraisable(exc)
 
 
 def _before_fork() -> None:
