@@ -191,12 +191,6 @@ def test_cancel_a_queued_future() -> None:
     started.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="differs from ProcessPoolExecutor (documented in _Future.cancel): cancel() of a "
-    "queued future leaves its call in the task ring, a worker that reaches it runs it "
-    "(side effects and all) and only the result is dropped",
-)
 def test_a_cancelled_future_never_runs() -> None:
     started = shoal.Queue()
     side_effects = shoal.Queue()
@@ -225,12 +219,6 @@ def test_a_running_future_cannot_be_cancelled() -> None:
             started.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _start and _Future._mark_running_if_taken call set_running_or_notify_cancel "
-    "on a future already RUNNING; concurrent.futures logs CRITICAL 'Future ... in "
-    "unexpected state' before raising the RuntimeError they catch",
-)
 def test_a_running_future_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
     started = shoal.Queue()
     try:

@@ -401,12 +401,6 @@ def test_close_join_terminate_and_the_context_manager() -> None:
     pool.join()  # after terminate: returns
 
 
-@pytest.mark.xfail(
-    strict=False,  # a race: caught in about one round in twenty
-    reason="bug: join() lists the workers to stop while the monitor may still be starting "
-    "a replacement (maxtasksperchild) it decided on before close; that worker outlives "
-    "the pool",
-)
 def test_join_leaves_no_worker_behind() -> None:
     left = []
     for _ in range(15):

@@ -80,7 +80,7 @@ __all__ = [
 # task record: (function pickle, kind, timeout seconds or 0.0, *payload)
 _CALL, _CALL_KW, _MAP, _STARMAP = range(4)
 # result record: (ordinal, status, *values); ordinal _MARKER for the monitor's records
-_OK, _OK_PICKLED, _ERROR = range(3)
+_OK, _OK_PICKLED, _ERROR, _SKIPPED = range(4)
 _MARKER = -1
 _DIED, _WAKE, _SETUP_FAILED = range(3)
 
@@ -98,6 +98,10 @@ _PARENT_CHECK_S = 1.0
 # tasks waiting for room in the task ring are pushed by the result thread
 _CHECK_TIMEOUTS_S = 0.02
 _FUNC_CACHE_SIZE = 64
+# cancelled calls still in the ring: CLAIMED | ordinal at [ordinal % this]; a worker
+# skips a task it finds marked.  (More cancelled calls queued at once than this
+# overwrite each other's marks: the older one runs, its result is dropped.)
+_CANCEL_SLOTS = 1024
 _CHUNKS_PER_WORKER = 16
 _FAST_VALUES = 60  # the C codec takes tuples of up to 64 scalars, two of them ours
 
@@ -122,6 +126,7 @@ def _worker_main(
     tasks: Queue,
     results: Queue,
     slots: RawArray,
+    cancelled: RawArray,
     slot: int,
     parent_token: int,
     setup: bytes | None,
@@ -136,6 +141,7 @@ def _worker_main(
     ).start()
     buf = slots._buf
     claim_at = slots._off + slot * _SLOT_WORDS * 8
+    marks, marks_at = cancelled._buf, cancelled._off
     deadline_at = claim_at + 8
     if setup is not None:
         try:
@@ -165,7 +171,12 @@ def _worker_main(
         if task is None:  # the pool is closing
             _core.store64(buf, claim_at, 0)
             return
-        ordinal = _core.load64(buf, claim_at) & _ORDINAL_MASK
+        claim = _core.load64(buf, claim_at)
+        ordinal = claim & _ORDINAL_MASK
+        if _core.load64(marks, marks_at + (ordinal % _CANCEL_SLOTS) * 8) == claim:
+            results.put((ordinal, _SKIPPED))  # its future was cancelled
+            _core.store64(buf, claim_at, 0)
+            continue
         try:
             function = functions.get(task[0])
             if function is None:
@@ -613,12 +624,17 @@ class _FutureJob(_Job):
         return 0 < (engine._tasks._taken - self._ordinal) & _ORDINAL_MASK < (1 << 31)
 
 
+# set_running_or_notify_cancel() on a running future logs CRITICAL before it raises:
+# these look at the state first, under the future's own lock
+_PENDING, _RUNNING = concurrent.futures._base.PENDING, concurrent.futures._base.RUNNING
+
+
 def _start(future: concurrent.futures.Future) -> bool:
     """Mark ``future`` running if it is not yet; False if it was cancelled."""
-    try:
+    with future._condition:  # type: ignore[attr-defined]
+        if future._state == _RUNNING:  # type: ignore[attr-defined]
+            return True  # running() or cancel() found a worker had it
         return future.set_running_or_notify_cancel()
-    except RuntimeError:  # already running: cancel() found a worker had it
-        return True
 
 
 class _Future(concurrent.futures.Future):
@@ -630,11 +646,9 @@ class _Future(concurrent.futures.Future):
         self._job = job
 
     def _mark_running_if_taken(self) -> None:
-        if not self.done() and self._job._taken():
-            try:
+        with self._condition:
+            if self._state == _PENDING and self._job._taken():
                 self.set_running_or_notify_cancel()
-            except RuntimeError:
-                pass  # running or finished already
 
     def running(self) -> bool:
         """True while a worker runs the call."""
@@ -644,12 +658,22 @@ class _Future(concurrent.futures.Future):
     def cancel(self) -> bool:
         """Cancel the call unless a worker has taken it; True if cancelled.
 
-        A call still waiting in shared memory is cancelled (its result, should a
-        worker reach it before ``shutdown(cancel_futures=True)`` takes it back, is
-        dropped); a call a worker took is running and is not.
+        A call still waiting in shared memory is marked there, so the worker that
+        takes it skips it: a cancelled call never runs.  A call a worker took is
+        running and is not cancelled.
         """
-        self._mark_running_if_taken()
-        return super().cancel()
+        job = self._job
+        engine = job._engine
+        with self._condition:
+            if self._state != _PENDING or job._ordinal is None or engine._released:
+                return super().cancel()  # done, or still in the parent (never pushed)
+            # mark first, then look: a worker that takes it from now on sees the mark
+            engine.mark_cancelled(job._ordinal)
+            if job._taken():  # it may have looked before the mark: it runs
+                engine.unmark_cancelled(job._ordinal)
+                self.set_running_or_notify_cancel()
+                return False
+            return super().cancel()
 
 
 def _call_back(callback: Callable[[Any], object], value: Any) -> None:
@@ -728,6 +752,7 @@ class _Engine:
         self._tasks = Queue(capacity=_TASK_RING_BYTES)
         self._results = Queue(capacity=_RESULT_RING_BYTES)
         self._slots = RawArray("q", processes * _SLOT_WORDS)
+        self._cancelled = RawArray("q", _CANCEL_SLOTS)
         self._workers: list[Any] = [None] * processes
         self._sent: list[Any] = [None] * processes  # see _start_worker
         self._wake_r, self._wake_w = os.pipe()
@@ -775,6 +800,7 @@ class _Engine:
                     self._tasks,
                     self._results,
                     self._slots,
+                    self._cancelled,
                     slot,
                     self._token,
                     setup,
@@ -894,6 +920,16 @@ class _Engine:
             self._function_records[id(function)] = (function, data)
         return data
 
+    def mark_cancelled(self, ordinal: int) -> None:
+        """Tell the worker that takes this task to skip it."""
+        marks = self._cancelled
+        _core.store64(marks._buf, marks._off + (ordinal % _CANCEL_SLOTS) * 8, _CLAIMED | ordinal)
+
+    def unmark_cancelled(self, ordinal: int) -> None:
+        marks = self._cancelled
+        at = marks._off + (ordinal % _CANCEL_SLOTS) * 8
+        _core.cas64(marks._buf, at, _CLAIMED | ordinal, 0)
+
     def use_timeouts(self) -> None:
         """From now on the monitor looks at the workers' deadlines."""
         if not self._timeouts_used:
@@ -909,6 +945,7 @@ class _Engine:
 
     def _submit(self, job: _Job, indexes: list[int], records: list[tuple]) -> None:
         """Put the tasks on the ring (pickled here: errors raise in the caller)."""
+        entries = list(zip(itertools.repeat(job), indexes, records))
         with self._push_lock:
             # checked again under the lock that _fail_outstanding takes: a task put
             # after the pool broke or was terminated would wait for ever.  (Closed is
@@ -918,65 +955,50 @@ class _Engine:
             if self.state == _TERMINATE:
                 raise ClosedError("Pool not running (it was terminated)")
             with self._cond:
-                self._outstanding += len(records)
-            if self._overflow:
-                self._overflow.extend(zip(itertools.repeat(job), indexes, records))
+                self._outstanding += len(entries)
+            if self._overflow:  # behind those already waiting: the ring keeps order
+                self._overflow.extend(entries)
                 return
-            self._push(job, indexes, records)
+            try:
+                self._overflow.extend(self._push(entries))
+            except BaseException:
+                with self._cond:
+                    self._outstanding -= len(entries)
+                raise
 
-    def _push(self, job: _Job, indexes: list[int], records: list[tuple]) -> None:
-        # the caller holds _push_lock; ordinals are assigned in ring order
-        first = self._pushed
-        for k, (index, record) in enumerate(zip(indexes, records)):
+    def _push(self, entries: list[tuple[_Job, int, tuple]]) -> list[tuple[_Job, int, tuple]]:
+        """Put what fits on the ring now; return the rest.  The caller holds _push_lock."""
+        first = self._pushed  # ordinals are assigned in ring order
+        for k, (job, index, record) in enumerate(entries):
             self._inflight[(first + k) & _ORDINAL_MASK] = (job, index, record[2])
-        if type(job) is _FutureJob:
-            job._ordinal = first & _ORDINAL_MASK
+            if type(job) is _FutureJob:
+                job._ordinal = (first + k) & _ORDINAL_MASK
         try:
-            put = self._tasks.put_many(records, block=False)
+            put = self._tasks.put_many([entry[2] for entry in entries], block=False)
         except queue.Full as full:
             put = full.items_put  # type: ignore[attr-defined]
-        except BaseException:
-            for k in range(len(records)):
-                del self._inflight[(first + k) & _ORDINAL_MASK]
-            with self._cond:
-                self._outstanding -= len(records)
+        except BaseException:  # nothing was put
+            put = 0
             raise
-        for k in range(put, len(records)):
-            del self._inflight[(first + k) & _ORDINAL_MASK]
-        self._pushed = first + put
-        if put < len(records):
-            self._overflow.extend(zip(itertools.repeat(job), indexes[put:], records[put:]))
+        finally:
+            for k in range(put, len(entries)):
+                del self._inflight[(first + k) & _ORDINAL_MASK]
+            self._pushed = first + put
+        return entries[put:]
 
     def _push_overflow(self) -> None:
+        failed: list[tuple[_Job, int, tuple]] = []
         with self._push_lock:
             batch = []
             while self._overflow and len(batch) < 1024:
                 batch.append(self._overflow.popleft())
-            if not batch:
-                return
-            pending = list(self._overflow)
-            self._overflow.clear()
-            jobs = [b[0] for b in batch]
-            first = self._pushed
-            for k, (job, index, record) in enumerate(batch):
-                self._inflight[(first + k) & _ORDINAL_MASK] = (job, index, record[2])
-                if type(job) is _FutureJob:
-                    job._ordinal = (first + k) & _ORDINAL_MASK
             try:
-                put = self._tasks.put_many([b[2] for b in batch], block=False)
-            except queue.Full as full:
-                put = full.items_put  # type: ignore[attr-defined]
-            except BaseException as exc:  # a record that pickled once fails now: fail it
-                put = 0
-                for job, index, _ in batch:
-                    self._finish(job, index, False, exc)
-                batch = []
-            for k in range(put, len(batch)):
-                del self._inflight[(first + k) & _ORDINAL_MASK]
-            self._pushed = first + put
-            self._overflow.extend(batch[put:])
-            self._overflow.extend(pending)
-            del jobs
+                self._overflow.extendleft(reversed(self._push(batch)))
+            except BaseException as exc:  # a record that pickled once fails now
+                failed, error = batch, exc
+        # failed outside the lock: failing feeds an imap, which takes its own lock
+        for job, index, _ in failed:
+            self._finish(job, index, False, error)
 
     def _deliver_local(self, job: _Job, index: int, exc: BaseException) -> None:
         """Fail a task that never reached a worker (its input raised, say)."""
@@ -1023,6 +1045,8 @@ class _Engine:
         job, index, _ = entry
         if status == _OK:
             self._finish(job, index, True, record[2:], False)
+        elif status == _SKIPPED:  # cancelled (a race with cancel(): it says so)
+            self._finish(job, index, False, concurrent.futures.CancelledError(), False)
         elif status == _OK_PICKLED:
             try:
                 values = loads(record[2])
@@ -1143,6 +1167,10 @@ class _Engine:
     def _stop_workers(self) -> None:
         with self._cond:
             self.state = _TERMINATE  # no replacements from here on
+        # the monitor may be starting a replacement it decided on before: let it finish
+        # and stop, or the list below would miss that worker
+        self._poke()
+        self._monitor_thread.join(10)
         live = [p for p in self._workers if p is not None]
         try:
             self._tasks.put_many([None] * len(live), timeout=5)
@@ -1235,7 +1263,7 @@ class _Engine:
             except OSError:
                 pass
         self._wake_r = self._wake_w = -1
-        for obj in (self._tasks, self._results, self._slots):
+        for obj in (self._tasks, self._results, self._slots, self._cancelled):
             obj.close()
 
     def _report_uncollected(self) -> None:
