@@ -623,7 +623,7 @@ def test_manager_pickles_with_its_state(m: SyncManager):
     assert spawn._ctx.get_start_method() == "spawn"
 
 
-# ---- a known difference, until containers hold references -------------------------------------
+# ---- objects stored in containers live while stored ------------------------------------------
 
 
 def test_nested_object_lives_while_stored(m: SyncManager):
