@@ -224,8 +224,12 @@ def test_timeout_is_per_item_of_a_map() -> None:
 
 PARENT = textwrap.dedent(
     """
-    import os, sys, time
+    import os, signal, sys, time
     from shoal._pool import Pool
+
+    # what an interactive program has, even if the test runner was started with SIGINT
+    # ignored (a shell's background job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def sleep_long(x):
         time.sleep(60)

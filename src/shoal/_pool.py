@@ -265,6 +265,23 @@ def _unpicklable(values: tuple, error: SerializationError) -> SerializationError
     return error
 
 
+def _argument_error(
+    job: Any, records: list[tuple], error: SerializationError
+) -> SerializationError:
+    """The error naming the call and the argument, not the task record carrying them."""
+    values: list[Any] = []
+    for record in records:
+        if record[1] == _CALL_KW:
+            values += [*record[3], *record[4].values()]
+        else:
+            values += record[3:]
+    culprit = _unpicklable(tuple(values), error)
+    return SerializationError(
+        f"cannot send {job._description} to a worker: {culprit}",
+        type_name=culprit.type_name,
+    )
+
+
 def _send_error(results: Queue, ordinal: int, exc: BaseException, status: int = _ERROR) -> None:
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
@@ -906,9 +923,7 @@ class _Engine:
         cached = self._function_records.get(id(function))
         if cached is not None and cached[0] is function:
             return cached[1]
-        # a function of __main__ goes by value: the workers' __main__ may lack it (a
-        # notebook, the REPL, a function defined after the workers started)
-        by_value = getattr(function, "__module__", None) == "__main__"
+        by_value = _needs_by_value(function)
         with sent_references() as sent:
             data, buffers = dumps(function, by_value)
             reusable = len(sent) == 0 and buffers is None
@@ -961,9 +976,11 @@ class _Engine:
                 return
             try:
                 self._overflow.extend(self._push(entries))
-            except BaseException:
+            except BaseException as error:
                 with self._cond:
                     self._outstanding -= len(entries)
+                if isinstance(error, SerializationError):
+                    raise _argument_error(job, records, error) from error
                 raise
 
     def _push(self, entries: list[tuple[_Job, int, tuple]]) -> list[tuple[_Job, int, tuple]]:
@@ -1286,6 +1303,21 @@ class _Engine:
                 raise errors[0]
             raise group(message, errors)
         warnings.warn(UncollectedTaskErrorWarning(message), stacklevel=_caller_stacklevel())
+
+
+def _needs_by_value(function: Any) -> bool:
+    """Whether ``function`` must travel by value: one of ``__main__`` that the workers'
+    ``__main__`` will not have (a notebook cell, the REPL, ``exec``).  One defined in
+    the main script goes by name, as with the standard library: the workers import
+    the script too, and the function then shares its module's globals (what an
+    ``initializer`` sets up), which a copy by value would not."""
+    if getattr(function, "__module__", None) != "__main__":
+        return False
+    code = getattr(function, "__code__", None)
+    script = getattr(sys.modules.get("__main__"), "__file__", None)
+    if code is None or script is None:
+        return True
+    return os.path.realpath(code.co_filename) != os.path.realpath(script)
 
 
 def _caller_stacklevel() -> int:
