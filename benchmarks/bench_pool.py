@@ -356,24 +356,57 @@ def _deaths(one_death: Callable[[_Deaths], float]) -> Callable[[_Deaths, int], S
     return run
 
 
+def _wait_for_replacement(state: _Deaths) -> None:
+    """Return once the pool has started the dead worker's replacement (untimed).
+
+    The pool forks the replacement from its monitor thread right after it reports
+    the death.  A fork made meanwhile by another thread (the next case's
+    ``ProcessPoolExecutor``, the other shoal pool's monitor) would let one child
+    inherit the other's sentinel pipe, and the death of that other child would go
+    unnoticed while the first lives: ``ProcessPoolExecutor.shutdown`` hung this
+    way.  So no case starts while a replacement is still being forked.  (This
+    reads the engine's private worker list: there is no public one.)
+    """
+    workers = state.pool._engine._workers
+    deadline = time.monotonic() + state.config.timeout
+    while not all(process is not None and process.pid for process in workers):
+        if time.monotonic() > deadline:
+            raise BenchmarkError("the pool did not replace its killed worker in time")
+        time.sleep(0.001)
+
+
 def _death_shoal_pool(state: _Deaths) -> float:
     result = state.pool.apply_async(_report_pid_and_sleep, (state.pids, SLEEP_S))
-    return _kill_and_time(state, result.get, shoal.WorkerDiedError)
+    elapsed = _kill_and_time(state, result.get, shoal.WorkerDiedError)
+    _wait_for_replacement(state)
+    return elapsed
 
 
 def _death_shoal_executor(state: _Deaths) -> float:
     future = state.pool.submit(_report_pid_and_sleep, state.pids, SLEEP_S)
-    return _kill_and_time(state, future.result, shoal.WorkerDiedError)
+    elapsed = _kill_and_time(state, future.result, shoal.WorkerDiedError)
+    _wait_for_replacement(state)
+    return elapsed
 
 
 def _death_ppe(state: _Deaths) -> float:
     # the kill breaks the whole executor: a fresh one each time, its workers started
     # (by a first task) before the clock
     config = state.config
-    with concurrent.futures.ProcessPoolExecutor(WORKERS, mp_context=config.ctx) as executor:
+    executor = concurrent.futures.ProcessPoolExecutor(WORKERS, mp_context=config.ctx)
+    try:
         executor.submit(_inc, 1).result(config.timeout)
         future = executor.submit(_report_pid_and_sleep, state.pids, SLEEP_S)
-        return _kill_and_time(state, future.result, concurrent.futures.process.BrokenProcessPool)
+        elapsed = _kill_and_time(state, future.result, concurrent.futures.process.BrokenProcessPool)
+    except BaseException:
+        # shutdown(wait=True) of an executor that missed its worker's death waits
+        # forever: end its workers first (ours, by their Process objects)
+        for process in list(executor._processes.values()):
+            process.kill()
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True)
+    return elapsed
 
 
 def _not_measured(state: Any, n: int) -> Sample:
