@@ -311,8 +311,7 @@ class _Deaths:
     def close(self) -> None:
         try:
             if self.kind == "pool":
-                # nothing is left to run; and close()+join() right after a worker's
-                # death can wait 5 s for a replacement that took another's stop record
+                # nothing is left to run, and the killed tasks' errors were collected
                 self.pool.terminate()
                 self.pool.join()
             elif self.pool is not None:
