@@ -90,8 +90,8 @@ _SLOT_WORDS = 4
 _CLAIMED = 1 << 63
 _ORDINAL_MASK = 0xFFFFFFFF
 
-_TASK_RING_BYTES = 1 << 20
-_RESULT_RING_BYTES = 1 << 20
+_TASK_RING_BYTES = 256 << 10
+_RESULT_RING_BYTES = 256 << 10
 _RESULT_BATCH = 512
 # a worker looks for its parent this often, and exits if it is gone
 _PARENT_CHECK_S = 1.0
