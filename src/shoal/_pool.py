@@ -193,6 +193,28 @@ def _worker_main(
         done += 1
 
 
+# Forks of shoal's own engines, one at a time: a child forked while another is being
+# started inherits that one's sentinel pipe and keeps it open (see _death_handle).
+_START_LOCK = threading.Lock()
+
+
+def _death_handle(process: Any) -> int:
+    """A file descriptor that becomes readable when ``process`` ends.
+
+    On Linux a pidfd: a process's sentinel is a pipe whose write end the worker
+    holds, and any process forked at that moment (by another thread of the parent)
+    inherits it, so the sentinel stays silent while that one lives.  A pidfd says
+    only whether that very process ended.  Elsewhere, and if it cannot be had (a
+    forkserver child already reaped), the sentinel.
+    """
+    if hasattr(os, "pidfd_open"):
+        try:
+            return os.pidfd_open(process.pid)
+        except OSError:
+            pass
+    return process.sentinel
+
+
 def _exit_with_parent(parent_token: int) -> None:
     # an orphaned worker would run on (and hold its segments) with nobody to report to,
     # busy or idle: it goes as soon as it sees the parent gone
@@ -772,6 +794,7 @@ class _Engine:
         self._cancelled = RawArray("q", _CANCEL_SLOTS)
         self._workers: list[Any] = [None] * processes
         self._sent: list[Any] = [None] * processes  # see _start_worker
+        self._deaths: list[Any] = [None] * processes  # what says a worker ended
         self._wake_r, self._wake_w = os.pipe()
         self._token = _core.self_token()
         self._started = 0
@@ -826,9 +849,20 @@ class _Engine:
                 name=f"{method.capitalize()}{self._name}Worker-{self._started}",
                 daemon=True,
             )
-            process.start()
+            with _START_LOCK:
+                process.start()
             self._sent[slot] = sent.keep()
+        self._deaths[slot] = _death_handle(process)
         self._workers[slot] = process
+
+    def _close_death_handle(self, slot: int) -> None:
+        handle, self._deaths[slot] = self._deaths[slot], None
+        if handle is not None and handle != self._workers_sentinel(slot):
+            os.close(handle)
+
+    def _workers_sentinel(self, slot: int) -> int | None:
+        process = self._workers[slot]
+        return process.sentinel if process is not None else None
 
     def _settle_start(self, slot: int) -> None:
         """Settle the references in flight of the ended worker's arguments."""
@@ -848,22 +882,25 @@ class _Engine:
                 state, busy = self.state, self._outstanding > 0
             if state == _TERMINATE:
                 return
-            live = {p.sentinel: slot for slot, p in enumerate(self._workers) if p is not None}
+            live = {
+                self._deaths[slot]: slot for slot, p in enumerate(self._workers) if p is not None
+            }
             if not live and state != _RUN and not busy:
                 return
             timeout = _CHECK_TIMEOUTS_S if self._timeouts_used else None
             ready = multiprocessing.connection.wait([*live, self._wake_r], timeout)
             if self._wake_r in ready:
                 os.read(self._wake_r, 4096)
-            for sentinel in ready:
-                if sentinel != self._wake_r:
-                    self._worker_ended(live[sentinel])
+            for handle in ready:
+                if handle != self._wake_r:
+                    self._worker_ended(live[handle])
             if self._timeouts_used:
                 self._enforce_timeouts()
 
     def _worker_ended(self, slot: int) -> None:
         process = self._workers[slot]
         process.join()
+        self._close_death_handle(slot)
         claim = self._slot_word(slot, 0)
         ordinal = -1
         if claim & _CLAIMED:
@@ -912,7 +949,7 @@ class _Engine:
                 process.kill()
         for process in self._workers:
             if process is not None:
-                process.join(5)
+                process.join()  # killed: it ends (waitpid, not the sentinel; see _death_handle)
 
     # ---- submitting -------------------------------------------------------------------
 
@@ -1188,13 +1225,15 @@ class _Engine:
         # and stop, or the list below would miss that worker
         self._poke()
         self._monitor_thread.join(10)
-        live = [p for p in self._workers if p is not None]
+        handles = [self._deaths[slot] for slot, p in enumerate(self._workers) if p is not None]
         try:
-            self._tasks.put_many([None] * len(live), timeout=5)
+            self._tasks.put_many([None] * len(handles), timeout=5)
         except Exception:
             pass
-        for process in live:
-            process.join(5)
+        deadline = time.monotonic() + 5  # then they are killed
+        while handles and time.monotonic() < deadline:
+            ended = multiprocessing.connection.wait(handles, deadline - time.monotonic())
+            handles = [h for h in handles if h not in ended]
         self._kill_workers()
 
     def terminate(self) -> None:
@@ -1274,6 +1313,7 @@ class _Engine:
         self._released = True
         for slot in range(self.processes):
             self._settle_start(slot)
+            self._close_death_handle(slot)
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
