@@ -1816,7 +1816,7 @@ class Executor(concurrent.futures.Executor):
             if engine.state != _RUN:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             record = (engine.function_record(fn), kind, engine.task_timeout, *payload)
-            job = _FutureJob(engine, description, chunk=kind == _STARMAP)
+            job = _FutureJob(engine, description, chunk=kind in (_MAP, _STARMAP))
             engine._submit(job, [0], [record])
             return job._future
 
@@ -1833,11 +1833,14 @@ class Executor(concurrent.futures.Executor):
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         end = None if timeout is None else time.monotonic() + timeout
-        calls = zip(*iterables)
+        # one iterable: its items as they are (no 1-tuples to build, pickle and unpack)
+        kind, calls = (
+            (_MAP, iter(iterables[0])) if len(iterables) == 1 else (_STARMAP, zip(*iterables))
+        )
         name = getattr(fn, "__qualname__", repr(fn))
         futures = []
         while chunk := tuple(itertools.islice(calls, chunksize)):
-            futures.append(self._submit(fn, _STARMAP, chunk, f"{name} (chunk of {len(chunk)})"))
+            futures.append(self._submit(fn, kind, chunk, f"{name} (chunk of {len(chunk)})"))
 
         def results() -> Iterator[Any]:
             try:
