@@ -300,3 +300,23 @@ def test_killed_parent_leaves_no_orphans(tmp_path: Any, method: str) -> None:
         for pid in workers:
             if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# ---- tasks that wait in the parent for room in the ring -----------------------------------
+
+
+def increment(x: int) -> int:
+    return x + 1
+
+
+def test_tasks_waiting_for_room_in_the_ring_are_never_forgotten() -> None:
+    # eight chunks of 12,500 items overfill the task ring; the rest wait in the
+    # parent and go out as results make room.  The tasks that filled the ring could
+    # all finish before the rest were queued, leaving them waiting for ever (a race:
+    # about one map in thirty before the fix)
+    items = list(range(100_000))
+    expected = [x + 1 for x in items]
+    with Executor(2, mp_context=mp.get_context("fork")) as executor:
+        for _ in range(100):
+            result = executor.map(increment, items, chunksize=12_500, timeout=TIMEOUT)
+            assert list(result) == expected

@@ -1012,13 +1012,22 @@ class _Engine:
                 self._overflow.extend(entries)
                 return
             try:
-                self._overflow.extend(self._push(entries))
+                rest = self._push(entries)
             except BaseException as error:
                 with self._cond:
                     self._outstanding -= len(entries)
                 if isinstance(error, SerializationError):
                     raise _argument_error(job, records, error) from error
                 raise
+            if rest:
+                self._overflow.extend(rest)
+                # the result thread pushes these as results make room; the tasks that
+                # filled the ring may all have finished already, and the result thread
+                # gone back to waiting: wake it so that it looks at the overflow
+                try:
+                    self._results._put_fast((_MARKER, _WAKE), False)
+                except queue.Full:
+                    pass  # results to handle: it will look anyway
 
     def _push(self, entries: list[tuple[_Job, int, tuple]]) -> list[tuple[_Job, int, tuple]]:
         """Put what fits on the ring now; return the rest.  The caller holds _push_lock."""
