@@ -52,7 +52,6 @@ from __future__ import annotations
 import errno
 import os
 import pickle
-import weakref
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -314,16 +313,11 @@ class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc
 
     def _track(self) -> None:
         super()._track()
-        finalizer = self._finalizer
-        info = finalizer.detach() if finalizer is not None else None
-        if info is None:
-            return
         # (SharedObject's release is replaced: _release_dict drops the count itself)
+        if not self._replace_release(_release_dict, self._segment, self._header_offset):
+            return
         key = (self._segment.name, self._header_offset)
         _local_handles[key] = _local_handles.get(key, 0) + 1
-        wrapped = weakref.finalize(self, _release_dict, self._segment, self._header_offset)
-        wrapped.atexit = False  # released by SharedObject's exit hook, as before
-        self._finalizer = wrapped
 
     # ---- tables (called by the C half) ---------------------------------------------------
 

@@ -79,7 +79,7 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Optional
 
 from . import _core
@@ -439,6 +439,25 @@ class SharedObject:
         self._finalizer = finalizer
         _live.add(self)
         _exit_hook.arm()
+
+    def _replace_release(
+        self, release: Callable[..., Any], *args: Any, then_own: bool = False
+    ) -> bool:
+        """Have ``release(*args)`` run instead of the handle's own release, at close(),
+        garbage collection and the exit hook alike; with ``then_own``, the own release
+        (function, args) is passed after ``args``, for the replacement to call.  False
+        if the handle was released already."""
+        finalizer = self._finalizer
+        info = finalizer.detach() if finalizer is not None else None
+        if info is None:
+            return False
+        _, own, own_args, _ = info
+        if then_own:
+            args = (*args, own, own_args)
+        replacement = weakref.finalize(self, release, *args)
+        replacement.atexit = False  # released by SharedObject's exit hook, as before
+        self._finalizer = replacement
+        return True
 
     def _drop_handle(self) -> None:
         finalizer = self._finalizer

@@ -84,8 +84,10 @@ _OK, _OK_PICKLED, _ERROR, _SKIPPED = range(4)
 _MARKER = -1
 _DIED, _WAKE, _SETUP_FAILED = range(3)
 
-# a worker's slot: [claim: CLAIMED | ordinal][deadline, monotonic ns; 0 none][pid]
-# [1 if its initializer raised]
+# a worker's slot, one 64-bit word each: what it claimed (CLAIMED | ordinal), its
+# task's deadline (monotonic ns, 0: none), its pid once it unpickled its arguments,
+# 1 if its initializer raised
+_CLAIM, _DEADLINE, _PID, _SETUP_RAISED = range(4)
 _SLOT_WORDS = 4
 _CLAIMED = 1 << 63
 _ORDINAL_MASK = 0xFFFFFFFF
@@ -95,7 +97,7 @@ _RESULT_RING_BYTES = 256 << 10
 _RESULT_BATCH = 512
 # a worker looks for its parent this often, and exits if it is gone
 _PARENT_CHECK_S = 1.0
-# tasks waiting for room in the task ring are pushed by the result thread
+# how often the monitor looks at the deadlines, once any task has a timeout
 _CHECK_TIMEOUTS_S = 0.02
 _FUNC_CACHE_SIZE = 64
 # cancelled calls still in the ring: CLAIMED | ordinal at [ordinal % this]; a worker
@@ -140,20 +142,22 @@ def _worker_main(
         target=_exit_with_parent, args=(parent_token,), name="parent-watch", daemon=True
     ).start()
     buf = slots._buf
-    claim_at = slots._off + slot * _SLOT_WORDS * 8
+    claim_at, deadline_at, pid_at, raised_at = (
+        slots._off + (slot * _SLOT_WORDS + word) * 8
+        for word in (_CLAIM, _DEADLINE, _PID, _SETUP_RAISED)
+    )
     marks, marks_at = cancelled._buf, cancelled._off
-    deadline_at = claim_at + 8
     if setup is not None:
         try:
             initializer, initargs = loads(setup)
-            _core.store64(buf, claim_at + 16, os.getpid())  # all arguments unpickled
+            _core.store64(buf, pid_at, os.getpid())  # all arguments unpickled
             initializer(*initargs)
         except BaseException as exc:
             # every replacement would fail the same way: the pool stops instead
-            _core.store64(buf, claim_at + 24, 1)
+            _core.store64(buf, raised_at, 1)
             _send_error(results, _MARKER, exc, _SETUP_FAILED)
             raise SystemExit(1) from None
-    _core.store64(buf, claim_at + 16, os.getpid())
+    _core.store64(buf, pid_at, os.getpid())
     functions: dict[bytes, Any] = {}
     done = 0
     while maxtasks is None or done < maxtasks:
@@ -194,25 +198,25 @@ def _worker_main(
 
 
 # Forks of shoal's own engines, one at a time: a child forked while another is being
-# started inherits that one's sentinel pipe and keeps it open (see _death_handle).
+# started inherits that one's sentinel pipe and keeps it open (see _open_pidfd).
 _START_LOCK = threading.Lock()
 
 
-def _death_handle(process: Any) -> int:
-    """A file descriptor that becomes readable when ``process`` ends.
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd of ``pid`` (readable once it ended), or None where there is none.
 
-    On Linux a pidfd: a process's sentinel is a pipe whose write end the worker
-    holds, and any process forked at that moment (by another thread of the parent)
-    inherits it, so the sentinel stays silent while that one lives.  A pidfd says
-    only whether that very process ended.  Elsewhere, and if it cannot be had (a
-    forkserver child already reaped), the sentinel.
+    A process's sentinel is a pipe whose write end the worker holds, and any process
+    forked at that moment (by another thread of the parent) inherits it, so the
+    sentinel stays silent while that one lives.  A pidfd says only whether that very
+    process ended.  Elsewhere, and if it cannot be had (a forkserver child already
+    reaped), the sentinel serves.
     """
     if hasattr(os, "pidfd_open"):
         try:
-            return os.pidfd_open(process.pid)
+            return os.pidfd_open(pid)
         except OSError:
             pass
-    return process.sentinel
+    return None
 
 
 def _exit_with_parent(parent_token: int) -> None:
@@ -230,37 +234,30 @@ def _exit_with_parent(parent_token: int) -> None:
 
 def _run(function: Callable[..., Any], task: tuple[Any, ...], buf: Any, deadline_at: int) -> tuple:
     kind, timeout = task[1], task[2]
-    if timeout:
-        return _run_timed(function, task, buf, deadline_at)
-    if kind == _CALL:
-        return (function(*task[3:]),)
-    if kind == _MAP:
-        return tuple(map(function, itertools.islice(task, 3, None)))
-    if kind == _STARMAP:
-        return tuple(itertools.starmap(function, itertools.islice(task, 3, None)))
-    args, kwds = task[3], task[4]
-    return (function(*args, **kwds),)
-
-
-def _run_timed(function: Callable[..., Any], task: tuple[Any, ...], buf: Any, at: int) -> tuple:
-    # the deadline is per item: the monitor kills the worker once it passes
-    kind, limit_ns = task[1], int(task[2] * 1e9)
-    if kind in (_CALL, _CALL_KW):
-        _core.store64(buf, at, time.monotonic_ns() + limit_ns)
-        try:
-            if kind == _CALL:
-                return (function(*task[3:]),)
-            return (function(*task[3], **task[4]),)
-        finally:
-            _core.store64(buf, at, 0)
-    values = []
+    items: Iterator[Any] = itertools.islice(task, 3, None)
+    if timeout:  # the monitor kills the worker once the deadline passes
+        limit_ns = int(timeout * 1e9)
+        if kind in (_MAP, _STARMAP):  # per item
+            items = _deadline_each(items, buf, deadline_at, limit_ns)
+        else:
+            _core.store64(buf, deadline_at, time.monotonic_ns() + limit_ns)
     try:
-        for item in task[3:]:
-            _core.store64(buf, at, time.monotonic_ns() + limit_ns)
-            values.append(function(*item) if kind == _STARMAP else function(item))
+        if kind == _CALL:
+            return (function(*task[3:]),)
+        if kind == _MAP:
+            return tuple(map(function, items))
+        if kind == _STARMAP:
+            return tuple(itertools.starmap(function, items))
+        return (function(*task[3], **task[4]),)
     finally:
-        _core.store64(buf, at, 0)
-    return tuple(values)
+        if timeout:
+            _core.store64(buf, deadline_at, 0)
+
+
+def _deadline_each(items: Iterator[Any], buf: Any, at: int, limit_ns: int) -> Iterator[Any]:
+    for item in items:
+        _core.store64(buf, at, time.monotonic_ns() + limit_ns)
+        yield item
 
 
 def _send_values(results: Queue, ordinal: int, values: tuple) -> None:
@@ -322,9 +319,15 @@ class _Job:
     """A unit the caller waits on, made of one or more tasks (chunks)."""
 
     _engine: _Engine
+    _bar: Any = None  # a tqdm bar, for progress=True
 
     def _describe(self, index: int) -> str:
         raise NotImplementedError
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def _deliver(self, index: int, values: tuple) -> None:
         raise NotImplementedError
@@ -491,11 +494,6 @@ class MapResult(AsyncResult):
         self._parts = []
         self._set(False, exc)
 
-    def _close_bar(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
     def _describe(self, index: int) -> str:
         first = index * self._chunksize
         return _describe_items(self._name, first, min(self._chunksize, self._length - first))
@@ -567,7 +565,7 @@ class IMapIterator(_Job):
                 except BaseException as exc:
                     self._engine._deliver_local(self, index, exc)
             if self._exhausted:
-                self._wake()
+                self._engine._notify()  # a consumer may wait for the end
 
     def _deliver(self, index: int, values: tuple) -> None:
         self._outcome(index, True, values)
@@ -583,9 +581,6 @@ class IMapIterator(_Job):
         if self._bar is not None:
             self._bar.update(len(value) if ok else self._sizes.get(index, 0))
         self._feed()
-
-    def _wake(self) -> None:
-        self._engine._notify()
 
     def _describe(self, index: int) -> str:
         first = index * self._chunksize
@@ -628,11 +623,6 @@ class IMapIterator(_Job):
 
     __next__ = next
 
-    def _close_bar(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
 
 class _FutureJob(_Job):
     """An Executor task: one call's future, or a chunk of ``map``'s (a list)."""
@@ -660,7 +650,7 @@ class _FutureJob(_Job):
         engine = self._engine
         if self._ordinal is None or engine._released:
             return False
-        return 0 < (engine._tasks._taken - self._ordinal) & _ORDINAL_MASK < (1 << 31)
+        return engine.was_taken(self._ordinal)
 
 
 # set_running_or_notify_cancel() on a running future logs CRITICAL before it raises:
@@ -794,7 +784,7 @@ class _Engine:
         self._cancelled = RawArray("q", _CANCEL_SLOTS)
         self._workers: list[Any] = [None] * processes
         self._sent: list[Any] = [None] * processes  # see _start_worker
-        self._deaths: list[Any] = [None] * processes  # what says a worker ended
+        self._pidfds: list[int | None] = [None] * processes  # see _open_pidfd
         self._wake_r, self._wake_w = os.pipe()
         self._token = _core.self_token()
         self._started = 0
@@ -852,17 +842,21 @@ class _Engine:
             with _START_LOCK:
                 process.start()
             self._sent[slot] = sent.keep()
-        self._deaths[slot] = _death_handle(process)
+        self._pidfds[slot] = _open_pidfd(process.pid)
         self._workers[slot] = process
 
-    def _close_death_handle(self, slot: int) -> None:
-        handle, self._deaths[slot] = self._deaths[slot], None
-        if handle is not None and handle != self._workers_sentinel(slot):
-            os.close(handle)
+    def _death_handles(self) -> dict[int, int]:
+        """What becomes readable when each live worker ends: handle -> slot."""
+        return {
+            process.sentinel if self._pidfds[slot] is None else self._pidfds[slot]: slot
+            for slot, process in enumerate(self._workers)
+            if process is not None
+        }
 
-    def _workers_sentinel(self, slot: int) -> int | None:
-        process = self._workers[slot]
-        return process.sentinel if process is not None else None
+    def _close_pidfd(self, slot: int) -> None:
+        pidfd, self._pidfds[slot] = self._pidfds[slot], None
+        if pidfd is not None:
+            os.close(pidfd)
 
     def _settle_start(self, slot: int) -> None:
         """Settle the references in flight of the ended worker's arguments."""
@@ -870,7 +864,7 @@ class _Engine:
         self._sent[slot] = None
         if sent is None:
             return
-        if self._slot_word(slot, 2):
+        if self._slot_word(slot, _PID):
             sent.release()  # it unpickled them
         else:
             sent.cancel()
@@ -882,9 +876,7 @@ class _Engine:
                 state, busy = self.state, self._outstanding > 0
             if state == _TERMINATE:
                 return
-            live = {
-                self._deaths[slot]: slot for slot, p in enumerate(self._workers) if p is not None
-            }
+            live = self._death_handles()
             if not live and state != _RUN and not busy:
                 return
             timeout = _CHECK_TIMEOUTS_S if self._timeouts_used else None
@@ -900,20 +892,19 @@ class _Engine:
     def _worker_ended(self, slot: int) -> None:
         process = self._workers[slot]
         process.join()
-        self._close_death_handle(slot)
-        claim = self._slot_word(slot, 0)
+        self._close_pidfd(slot)
+        claim = self._slot_word(slot, _CLAIM)
         ordinal = -1
-        if claim & _CLAIMED:
-            taken_before = (self._tasks._taken - (claim & _ORDINAL_MASK)) & _ORDINAL_MASK
-            if 0 < taken_before < (1 << 31):  # it took the record, not just claimed it
-                ordinal = claim & _ORDINAL_MASK
+        # it took the record, not just claimed it (the claim is written first)
+        if claim & _CLAIMED and self.was_taken(claim & _ORDINAL_MASK):
+            ordinal = claim & _ORDINAL_MASK
         self._workers[slot] = None
         self._settle_start(slot)
         with self._cond:
             if self.state == _TERMINATE:
                 return
             replace = self.state == _RUN or self._outstanding > 0
-            replace = replace and not self._slot_word(slot, 3)  # its initializer raised
+            replace = replace and not self._slot_word(slot, _SETUP_RAISED)
         # behind anything the worker sent before it died (the same ring, later)
         self._results.put((_MARKER, _DIED, slot, process.pid, process.exitcode, ordinal))
         if replace:
@@ -927,16 +918,17 @@ class _Engine:
         for slot, process in enumerate(self._workers):
             if process is None or slot in self._timed_out:
                 continue
-            deadline = self._slot_word(slot, 1)
+            deadline = self._slot_word(slot, _DEADLINE)
             if not deadline or deadline > now:
                 continue
-            claim = self._slot_word(slot, 0)
+            claim = self._slot_word(slot, _CLAIM)
             # stop it, then look again: it may have finished that task meanwhile
             try:
                 os.kill(process.pid, signal.SIGSTOP)
             except ProcessLookupError:
                 continue
-            if self._slot_word(slot, 0) == claim and self._slot_word(slot, 1) == deadline:
+            same = self._slot_word(slot, _CLAIM) == claim
+            if same and self._slot_word(slot, _DEADLINE) == deadline:
                 ordinal = claim & _ORDINAL_MASK
                 entry = self._inflight.get(ordinal)
                 self._timed_out[slot] = (ordinal, entry[2] if entry else 0.0)
@@ -972,6 +964,10 @@ class _Engine:
             self._function_records[id(function)] = (function, data)
         return data
 
+    def was_taken(self, ordinal: int) -> bool:
+        """Whether the task ring's record ``ordinal`` has left it (wrapping at 2**32)."""
+        return 0 < (self._tasks._taken - ordinal) & _ORDINAL_MASK < (1 << 31)
+
     def mark_cancelled(self, ordinal: int) -> None:
         """Tell the worker that takes this task to skip it."""
         marks = self._cancelled
@@ -988,10 +984,11 @@ class _Engine:
             self._timeouts_used = True
             self._poke()
 
-    def check_running(self) -> None:
+    def check_running(self, closed_ok: bool = False) -> None:
+        """Raise unless tasks may be submitted (``closed_ok``: also after close())."""
         if self._broken is not None:
             raise self._broken
-        if self.state != _RUN:
+        if self.state == _TERMINATE or (self.state == _CLOSE and not closed_ok):
             how = "terminated" if self._terminated else "closed"
             raise ClosedError(f"Pool not running (it was {how})")
 
@@ -1002,10 +999,7 @@ class _Engine:
             # checked again under the lock that _fail_outstanding takes: a task put
             # after the pool broke or was terminated would wait for ever.  (Closed is
             # fine: an imap started before close() goes on reading its input.)
-            if self._broken is not None:
-                raise self._broken
-            if self.state == _TERMINATE:
-                raise ClosedError("Pool not running (it was terminated)")
+            self.check_running(closed_ok=True)
             with self._cond:
                 self._outstanding += len(entries)
             if self._overflow:  # behind those already waiting: the ring keeps order
@@ -1234,7 +1228,7 @@ class _Engine:
         # and stop, or the list below would miss that worker
         self._poke()
         self._monitor_thread.join(10)
-        handles = [self._deaths[slot] for slot, p in enumerate(self._workers) if p is not None]
+        handles = list(self._death_handles())
         try:
             self._tasks.put_many([None] * len(handles), timeout=5)
         except Exception:
@@ -1322,7 +1316,7 @@ class _Engine:
         self._released = True
         for slot in range(self.processes):
             self._settle_start(slot)
-            self._close_death_handle(slot)
+            self._close_pidfd(slot)
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import queue
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -136,23 +135,14 @@ class Queue(_core.Ring, SharedObject):
         # /dev/shm after the queue is gone, until some later reaper sweep (#3).  The
         # release itself is wrapped, so close(), garbage collection and the exit hook
         # all pass through here.
-        finalizer = self._finalizer
-        info = finalizer.detach() if finalizer is not None else None
-        if info is None:
-            return
-        _, release, args, _ = info
-        wrapped = weakref.finalize(
-            self,
+        self._replace_release(
             _release_queue,
             self._segment,
             self._header_offset,
             self._payload_offset,
             self._PAYLOAD_SIZE,
-            release,
-            args,
+            then_own=True,
         )
-        wrapped.atexit = False  # released by SharedObject's exit hook, as before
-        self._finalizer = wrapped
 
     # ---- putting -------------------------------------------------------------------------
 
