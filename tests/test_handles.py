@@ -855,3 +855,46 @@ def test_sent_references_gives_back_what_a_discarded_pickle_took() -> None:
         sent.cancel()
     assert not block_in_use(segment, offset)
     lock.close()
+
+
+@pytest.mark.parametrize(
+    ("made", "claimed"),
+    [
+        (shoal.Event, shoal.Lock),
+        (shoal.Lock, shoal.RLock),
+        (shoal.Semaphore, shoal.BoundedSemaphore),
+        (shoal.Lock, shoal.Queue),
+        (shoal.Queue, shoal.JoinableQueue),
+        (lambda: shoal.RawValue("i", 1), shoal.Event),
+    ],
+)
+def test_a_handle_naming_an_object_of_another_type_is_refused(made: Any, claimed: type) -> None:
+    # #10: a handle carried no type, so a Lock handle pointed at an Event's block was
+    # bound to the Event's struct
+    obj = made()
+    segment_in_flight = obj._segment.in_flight  # (the arena may hold others' objects)
+    _, (_, handle, _) = obj.__reduce__()
+    assert in_flight_of(obj) == 1
+    state = (128, 0) if issubclass(claimed, shoal.Queue) else None  # a queue's state
+    with pytest.raises(shoal.LayoutError, match="another type"):
+        _handle._rebuild(claimed, handle, state)
+    # the refused pickle's reference was given back, nothing else taken
+    assert count_of(obj) == 1 and in_flight_of(obj) == 0
+    assert obj._segment.in_flight == segment_in_flight
+    pickle.loads(pickle.dumps(obj)).close()  # its own type still unpickles
+    obj.close()
+
+
+def test_every_shoal_class_has_its_own_type_tag() -> None:
+    classes = [
+        shoal.Lock, shoal.RLock, shoal.Semaphore, shoal.BoundedSemaphore, shoal.Event,
+        shoal.Condition, shoal.Barrier, shoal.Queue, shoal.SimpleQueue,
+        shoal.JoinableQueue, shoal.SharedDict,
+    ]  # fmt: skip
+    tags = [cls._TYPE_TAG for cls in classes]
+    assert all(tags) and len(set(tags)) == len(tags)
+
+    class MyLock(shoal.Lock):
+        pass
+
+    assert MyLock._TYPE_TAG == shoal.Lock._TYPE_TAG  # the struct of its base

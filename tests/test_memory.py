@@ -632,7 +632,7 @@ def test_a_holder_beyond_the_table_keeps_the_segment_and_is_counted_down() -> No
     # segment could never be unlinked or reaped
     seg = Segment.create(8)
     token = _core.self_token()
-    slots = seg.buffer[_memory._HOLDERS_OFFSET : HEADER_SIZE].cast("Q")
+    slots = seg.buffer[_memory._HOLDERS_OFFSET : _memory._KEEPERS_OFFSET].cast("Q")
     try:
         for i in range(1, _memory._HOLDER_CAPACITY):
             slots[i] = token  # live stand-ins fill the table

@@ -23,8 +23,11 @@
 /* 2: shoal_cond counts waiters per generation (see below); was one pool of tickets.
  * 3: segment headers count handles in flight (pickled, not yet unpickled) and object
  *    reference counts carry them in their high 32 bits (shoal._memory, shoal._handle):
- *    an older shoal would unlink or free what a pickle still names. */
-#define SHOAL_LAYOUT_VERSION 3
+ *    an older shoal would unlink or free what a pickle still names.
+ * 4: segment headers keep a table of the containers (queues, dicts) that keep
+ *    references to their objects, and the holder table is shorter for it; dict values
+ *    holding references carry the dict's name (shoal._memory, shoal._dict). */
+#define SHOAL_LAYOUT_VERSION 4
 
 typedef enum {
     SHOAL_OK = 0,          /* done: acquired, released, woken, set */

@@ -189,7 +189,9 @@ static void enc_free(dict_enc *e) {
     Py_CLEAR(e->pickled);
 }
 
-static int enc_any(PyObject *obj, dict_enc *e, int key) {
+/* owner: the dict a value is stored in, passed to the value encoder (its references are
+ * kept in the dict's name); NULL for keys */
+static int enc_any(PyObject *obj, dict_enc *e, PyObject *owner) {
     e->rec.owned = NULL;
     e->pickled = NULL;
     int r = fast_encode(obj, &e->rec);
@@ -211,7 +213,10 @@ static int enc_any(PyObject *obj, dict_enc *e, int key) {
         PyErr_SetString(PyExc_RuntimeError, "shoal._dict did not set the dict codec");
         return -1;
     }
-    e->pickled = PyObject_CallOneArg(key && DictEncodeKey ? DictEncodeKey : DictEncode, obj);
+    if (!owner)
+        e->pickled = PyObject_CallOneArg(DictEncodeKey ? DictEncodeKey : DictEncode, obj);
+    else
+        e->pickled = PyObject_CallFunctionObjArgs(DictEncode, obj, owner, NULL);
     if (!e->pickled)
         return -1;
     if (!PyBytes_Check(e->pickled) || PyBytes_GET_SIZE(e->pickled) < 1 ||
@@ -227,7 +232,9 @@ static int enc_any(PyObject *obj, dict_enc *e, int key) {
     return 0;
 }
 
-static int enc_value(PyObject *obj, dict_enc *e) { return enc_any(obj, e, 0); }
+static int enc_value(DictObject *self, PyObject *obj, dict_enc *e) {
+    return enc_any(obj, e, (PyObject *)self);
+}
 
 /* The encoding as a bytes object when it holds references (to release), else NULL. */
 static PyObject *enc_stored(dict_enc *e) {
@@ -252,7 +259,7 @@ static void key_free(dict_key *k) {
 
 static int enc_key(PyObject *obj, dict_key *k) {
     k->heap = NULL;
-    if (enc_any(obj, &k->e, 1) < 0)
+    if (enc_any(obj, &k->e, NULL) < 0)
         return -1;
     if (k->e.blen == 0) {
         k->p = k->e.a;
@@ -582,7 +589,7 @@ static int dict_ass_subscript(DictObject *self, PyObject *key, PyObject *value) 
     PyObject *old = NULL;
     if (value) {
         dict_enc e;
-        if (enc_value(value, &e) < 0) {
+        if (enc_value(self, value, &e) < 0) {
             key_free(&k);
             return -1;
         }
@@ -642,7 +649,7 @@ static PyObject *locked_value(DictObject *self, dict_key *k, int *found) {
 /* *old: as for locked_set (released by the caller once the lock is let go). */
 static PyObject *locked_store(DictObject *self, dict_key *k, PyObject *value, PyObject **old) {
     dict_enc e;
-    if (enc_value(value, &e) < 0)
+    if (enc_value(self, value, &e) < 0)
         return NULL;
     int rc = locked_set(self, k, e.a, e.alen, e.b, e.blen, old);
     if (rc < 0)

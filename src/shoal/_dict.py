@@ -71,12 +71,14 @@ from ._memory import (
     _HOLDERS_OFFSET,
     _OVERFLOW_OFFSET,
     HEADER_SIZE,
+    KEEPER_ID_SIZE,
     KIND_TRANSIT,
     _check_header,
-    _in_flight_pending,
     _open_mapping,
+    _references_pending,
     _unlink_quietly,
     call_outside_sections,
+    keeper_id,
     report_unraisable,
     write_transit,
 )
@@ -100,8 +102,10 @@ _MIN_HEAP = 64 * 1024
 _ZEROS = bytes(1 << 20)
 
 
-# the first byte of a value that holds references to shoal objects (_core_dict.c)
+# the first byte of a value that holds references to shoal objects (_core_dict.c),
+# followed by the keeper id of the dict that keeps them
 _STORED = b"H"
+_STORED_PREFIX = 1 + KEEPER_ID_SIZE
 
 
 def _pickle(obj: Any, sent: Any) -> bytes:
@@ -113,19 +117,24 @@ def _pickle(obj: Any, sent: Any) -> bytes:
     return data
 
 
-def _encode(obj: Any) -> bytes:
-    """Pickle a value that the C codec does not handle.
+def _encode(obj: Any, owner: Any = None) -> bytes:
+    """Pickle a value that the C codec does not handle, for the dict ``owner``.
 
-    One holding shoal objects gets the marker byte, and the references its pickle took
-    become the dict's (stored references: read without being adopted, released by the
-    writer that removes the value).
+    One holding shoal objects gets the marker byte and the dict's keeper id, and the
+    references its pickle took become the dict's (stored references: read without
+    being adopted, released by the writer that removes the value, kept under the
+    dict's name in their segments, so that they never expire and go with the dict).
     """
     with sent_references() as sent:
         data = _pickle(obj, sent)
         if not len(sent):
             return data
-        data = _STORED + data
-        sent.store()
+        if owner is None:  # a key (no key encoder set): it names objects, keeps none
+            sent.cancel()
+            return data
+        keeper = keeper_id(owner._segment.name)
+        data = _STORED + keeper + data
+        sent.store(keeper)
     return data
 
 
@@ -140,14 +149,14 @@ def _encode_key(obj: Any) -> bytes:
 
 def _loads_stored(raw: bytes) -> Any:
     """Read a value holding references: its objects take references of their own."""
-    return loads(raw[1:])
+    return loads(raw[_STORED_PREFIX:])
 
 
 def _release_stored(raw: bytes) -> None:
     """Give back the references of a value removed from a dict (or never stored)."""
     try:
-        with releasing_stored():
-            loads(raw[1:])
+        with releasing_stored(raw[1:_STORED_PREFIX]):
+            loads(raw[_STORED_PREFIX:])
     except Exception as exc:  # the write is done; what could not be given back leaks
         report_unraisable(exc)
 
@@ -198,7 +207,7 @@ def _zero_chunks(size: int) -> list[bytes]:
 _local_handles: dict[tuple[str, int], int] = {}
 
 
-def _last_user(buf: Any, header_offset: int, local_handles: int) -> bool:
+def _last_user(segment: Any, header_offset: int, local_handles: int) -> bool:
     """Drop the reference of the handle being released; whether it was the dict's last
     live one (best effort).
 
@@ -208,6 +217,7 @@ def _last_user(buf: Any, header_offset: int, local_handles: int) -> bool:
     Handles of processes that died are never given back, so when the count stays
     above 0 the root segment's holder table decides: no other live process holds it.
     """
+    buf = segment.buffer
     remaining = _core.fetch_add64(buf, header_offset, -1) - 1
     if remaining >> 32:
         # handles pickled and not yet unpickled (the high half of the count, in
@@ -215,7 +225,7 @@ def _last_user(buf: Any, header_offset: int, local_handles: int) -> bool:
         return False
     if remaining & 0xFFFFFFFF == 0:
         return True
-    if _in_flight_pending(buf):
+    if _references_pending(buf, segment.name):
         # stored in a container (a reference of no process, see shoal._handle), or
         # handles of it pickled that the object's count no longer shows in flight
         return False
@@ -254,7 +264,7 @@ def _release_dict(segment: Any, header_offset: int) -> None:
 def _release_dict_now(segment: Any, header_offset: int, local: int) -> None:
     # (the root has a segment of its own: a count of 0 frees no arena block)
     try:
-        if not segment.closed and _last_user(segment.buffer, header_offset, local):
+        if not segment.closed and _last_user(segment, header_offset, local):
             try:
                 _release_values(segment, header_offset)
             finally:

@@ -16,7 +16,11 @@ Every allocation starts with a 16-byte object header::
 
     +0    u64 reference count: low 32 bits, references (live handles in every
           process, plus those in flight); high 32 bits, the references in flight
-    +8    u32 serial (unique per allocation in its segment), u32 blocks in the run
+    +8    u32 serial (unique per allocation in its segment)
+    +12   u16 blocks in the run (0 in a segment of its own)
+    +14   u16 type tag: the class that made it (``SharedObject._TYPE_TAG``), so that a
+          handle naming a block of another type (a ``Lock`` handle pointed at an
+          ``Event``) is refused, never bound to a struct it does not describe (#10)
     +16   the object's own struct
 
 A handle is ``(segment name, header offset, serial)``.  Unpickling one attaches the
@@ -43,21 +47,29 @@ turn take a plain one) -- the count stays exact either way and never goes negati
 segment's own count keeps it from being unlinked while nobody holds it
 (``shoal._memory``).  A pickle that is never unpickled leaks its reference: the
 object lives until its segment goes, and a segment nobody holds is unlinked once its
-latest pickle is ``_memory.IN_FLIGHT_TIMEOUT_S`` old.  A serializer that pickles
+latest pickle is ``_memory.IN_FLIGHT_TIMEOUT_S`` old (unless a container keeps it:
+"Kept references" below).  A serializer that pickles
 and then throws the pickle away (a failed attempt, a retry) gives the references
 back with :func:`sent_references`.
+
+Kept references (#10).  A queue's record that carries handles is not a pickle that may
+be lost: the queue hands it to exactly one receiver, however long it waits.
+:meth:`SentReferences.keep_for` leaves the objects' references adoptable and moves
+their segments' count from in flight to the queue's entry in the segment's keeper
+table (``shoal._memory``, "References kept by containers"), where it never expires;
+the receiver unpickles the record inside :func:`receiving_kept`, and each adoption
+then takes its reference off the queue's entry instead of the count in flight.
 
 Stored references.  A container in shared memory (``SharedDict``, and what is built on
 it) that keeps a pickle of shoal objects must keep them alive while it does, however
 often the pickle is read.  :meth:`SentReferences.store` turns the references that
-pickling took into plain ones (``count -= 1<<32``: no unpickling can adopt them, and
-they never expire) held by the container; each read then takes references of its own.
-The segment's count of references in flight keeps one for each, so that a segment
-nobody holds is kept for the stored objects as for a pickle in flight (and, like one,
-presumed lost ``_memory.IN_FLIGHT_TIMEOUT_S`` after its latest pickle).  The container
-gives them back by unpickling the stored bytes once more inside
-:func:`releasing_stored`, where each object rebuilt adopts a stored reference instead
-of taking one, and is then closed.
+pickling took into plain ones (``count -= 1<<32``: no unpickling can adopt them)
+held by the container; each read then takes references of its own.  Their segments
+count them in the container's keeper entry, as a queue's are, so that a segment nobody
+holds is kept for the stored objects with no time limit, and let go once the
+container is gone.  The container gives them back by unpickling the stored bytes once
+more inside :func:`releasing_stored`, where each object rebuilt adopts a stored
+reference instead of taking one, and is then closed.
 
 A forked child inherits live objects without unpickling them, so after a fork the
 child takes a reference on each object it inherited, and keeps the parent's arenas
@@ -79,11 +91,12 @@ import contextlib
 import os
 import threading
 import weakref
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Optional
 
 from . import _core
-from ._errors import ClosedError, SegmentNotFoundError
+from ._errors import ClosedError, LayoutError, SegmentNotFoundError
 from ._memory import (
     HEADER_SIZE,
     KIND_ARENA,
@@ -101,6 +114,7 @@ __all__ = [
     "BLOCK_SIZE",
     "SentReferences",
     "SharedObject",
+    "receiving_kept",
     "releasing_stored",
     "sent_references",
 ]
@@ -183,8 +197,9 @@ class _Arena:
         """Blocks in use, by every process."""
         return _core.load64(self.segment.buffer, _ARENA_USED)
 
-    def allocate(self, nbytes: int) -> tuple[int, int] | None:
-        """Reserve a zeroed run for nbytes (header included): (offset, serial) or None."""
+    def allocate(self, nbytes: int, tag: int) -> tuple[int, int] | None:
+        """Reserve a zeroed run for nbytes (header included) of an object of type
+        ``tag``: (offset, serial) or None."""
         nblocks = -(-nbytes // BLOCK_SIZE)
         if not 0 < nblocks <= _BLOCK_COUNT:
             raise ValueError(f"cannot allocate {nbytes} bytes in an arena")
@@ -208,9 +223,7 @@ class _Arena:
             serial = (_core.fetch_add64(buf, _ARENA_SERIAL, 1) + 1) & 0xFFFFFFFF or 1
             offset = _FIRST_BLOCK + index * BLOCK_SIZE
             buf[offset : offset + nblocks * BLOCK_SIZE] = bytes(nblocks * BLOCK_SIZE)
-            buf[offset + 8 : offset + 16] = serial.to_bytes(4, "little") + nblocks.to_bytes(
-                4, "little"
-            )
+            buf[offset + 8 : offset + 16] = _object_words(serial, nblocks, tag)
             _core.store64(buf, offset, 1)
             return offset, serial
 
@@ -219,7 +232,7 @@ class _Arena:
         buf = self.segment.buffer
         index, misaligned = divmod(offset - _FIRST_BLOCK, BLOCK_SIZE)
         with self._locked():
-            nblocks = int.from_bytes(buf[offset + 12 : offset + 16], "little")
+            nblocks = int.from_bytes(buf[offset + 12 : offset + 14], "little")
             if misaligned or index < 0 or not 0 < nblocks <= _BLOCK_COUNT - index:
                 raise RuntimeError(
                     f"freeing offset {offset} of arena {self.segment.name}, which holds "
@@ -254,24 +267,26 @@ class _Allocator:
         self.lock = threading.Lock()
         self.arenas: list[_Arena] = list(arenas)
 
-    def allocate(self, nbytes: int) -> tuple[Segment, int, int]:
-        """(segment, header offset, serial) of a fresh zeroed object with one reference."""
+    def allocate(self, nbytes: int, tag: int) -> tuple[Segment, int, int]:
+        """(segment, header offset, serial) of a fresh zeroed object of type ``tag``,
+        with one reference."""
         if nbytes > MAX_ARENA_OBJECT + OBJECT_HEADER_SIZE:
             segment = Segment.create(nbytes, KIND_DATA)
-            _core.store64(segment.buffer, HEADER_SIZE + 8, 1)  # serial 1, no block run
+            # serial 1, no block run
+            segment.buffer[HEADER_SIZE + 8 : HEADER_SIZE + 16] = _object_words(1, 0, tag)
             _core.store64(segment.buffer, HEADER_SIZE, 1)
             return segment, HEADER_SIZE, 1
         with self.lock:
             # (closed only by the exit hook, which detaches whatever is left)
             self.arenas = [a for a in self.arenas if not a.segment.closed]
             for arena in self.arenas:
-                found = arena.allocate(nbytes)
+                found = arena.allocate(nbytes, tag)
                 if found:
                     break
             else:
                 arena = _Arena.create()
                 self.arenas.append(arena)
-                found = arena.allocate(nbytes)
+                found = arena.allocate(nbytes, tag)
                 assert found is not None
             arena.segment._retain()  # the new object's reference
             # drop arenas nobody uses any more, keeping the one just used
@@ -343,13 +358,22 @@ class SharedObject:
     """
 
     _PAYLOAD_SIZE: ClassVar[int] = 0
+    # what a block holds, checked when a handle is unpickled: each of shoal's own
+    # classes has its own (__init_subclass__); a user's subclass shares its base's,
+    # whose struct it is
+    _TYPE_TAG: ClassVar[int] = 0
     _segment: Segment
     _header_offset: int
     _serial: int
     _finalizer: weakref.finalize | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__module__.split(".")[0] == "shoal":
+            cls._TYPE_TAG = _type_tag(cls)
+
     def _create(self) -> None:
-        self._adopt(*_allocator.allocate(OBJECT_HEADER_SIZE + self._PAYLOAD_SIZE))
+        self._adopt(*_allocator.allocate(OBJECT_HEADER_SIZE + self._PAYLOAD_SIZE, self._TYPE_TAG))
 
     def _attach(self, handle: tuple[str, int, int], state: Any) -> None:
         name, offset, serial = handle
@@ -364,12 +388,20 @@ class SharedObject:
                 )
             taken, adopted = self._take_reference(segment, offset, serial)
             if adopted:
-                segment._end_flight()
+                _settle_adoption(segment)
             if not taken:
                 raise SegmentNotFoundError(
                     2,
                     f"the shared {type(self).__name__} this handle named no longer "
                     "exists: every process holding it closed it or died",
+                )
+            tag = _tag_at(segment.buffer, offset)
+            if tag != self._TYPE_TAG:
+                _release_count_only(segment, offset)
+                raise LayoutError(
+                    22,
+                    f"a handle to a shared {type(self).__name__} names an object of "
+                    f"another type (tag {tag}, expected {self._TYPE_TAG}) in {name}",
                 )
         except BaseException:
             segment.close()
@@ -541,6 +573,29 @@ def _serial_at(buf: Any, offset: int) -> int:
     return int.from_bytes(buf[offset + 8 : offset + 12], "little")
 
 
+_type_tags: dict[int, str] = {}
+
+
+def _type_tag(cls: type) -> int:
+    """The type tag of one of shoal's classes: a 16-bit digest of its qualified name
+    (the same in every process and build of this layout), never 0 (untyped)."""
+    qualname = f"{cls.__module__}.{cls.__qualname__}"
+    tag = zlib.crc32(qualname.encode()) & 0xFFFF or 1
+    other = _type_tags.setdefault(tag, qualname)
+    if other != qualname:  # caught by the test suite's first import, never by users
+        raise AssertionError(f"{qualname} and {other} have the same type tag {tag}")
+    return tag
+
+
+def _tag_at(buf: Any, offset: int) -> int:
+    return int.from_bytes(buf[offset + 14 : offset + 16], "little")
+
+
+def _object_words(serial: int, nblocks: int, tag: int) -> bytes:
+    """Bytes 8..16 of an object header (see the module docstring)."""
+    return serial.to_bytes(4, "little") + nblocks.to_bytes(2, "little") + tag.to_bytes(2, "little")
+
+
 def _release_count_only(segment: Segment, offset: int) -> None:
     remaining = _core.fetch_add64(segment.buffer, offset, -1) - 1
     if remaining == 0 and segment.kind == KIND_ARENA:
@@ -611,26 +666,39 @@ class SentReferences:
         for segment, _ in taken:
             _close_segment(segment)
 
-    def store(self) -> None:
-        """Make the references stored ones, held by a container (see the module
-        docstring): no unpickling adopts them and they never expire.  Give them back
-        by unpickling the stored pickle inside :func:`releasing_stored`."""
+    def store(self, keeper: bytes) -> None:
+        """Make the references stored ones, held by the container ``keeper`` (see the
+        module docstring): no unpickling adopts them and they never expire.  Give them
+        back by unpickling the stored pickle inside :func:`releasing_stored`."""
+        self._move_to_keeper(keeper, adoptable=False)
+
+    def keep_for(self, keeper: bytes) -> None:
+        """Have the container ``keeper`` keep the references until the pickle is
+        unpickled inside :func:`receiving_kept` (a queue's record): they stay
+        adoptable, and stop expiring."""
+        self._move_to_keeper(keeper, adoptable=True)
+
+    def _move_to_keeper(self, keeper: bytes, adoptable: bool) -> None:
         taken, self._taken = self._taken, []
         for segment, offset in taken:
             try:
                 buf = segment.buffer
+                segment._keep(keeper)  # first: the segment is never left unreferenced
                 count = _core.load64(buf, offset)
                 while True:
                     if count < _FLIGHT:
                         # an unpickling elsewhere adopted this one (a pickle of the same
                         # object unpickled twice), and took it off the segment's count:
-                        # a plain reference in its place (the object is alive: it was
-                        # just pickled), and the segment's one for it again
-                        _core.fetch_add64(buf, offset, 1)
-                        segment._begin_flight()
+                        # a reference of the container's own in its place (the object
+                        # is alive: it was just pickled)
+                        _core.fetch_add64(buf, offset, _FLIGHT + 1 if adoptable else 1)
+                        break
+                    if adoptable:
+                        segment._end_flight()
                         break
                     swapped, count = _core.cas64(buf, offset, count, count - _FLIGHT)
                     if swapped:
+                        segment._end_flight()
                         break
             finally:
                 _close_segment(segment)
@@ -675,15 +743,17 @@ def sent_references() -> _SentBlock:
 
 
 @contextlib.contextmanager
-def releasing_stored() -> Iterator[None]:
-    """Unpickle a stored pickle (see :meth:`SentReferences.store`) to give its references
-    back: every shoal object rebuilt inside adopts a stored reference, and is closed on
-    the way out (also when unpickling fails part way: those rebuilt so far)."""
+def releasing_stored(keeper: bytes) -> Iterator[None]:
+    """Unpickle a pickle stored by the container ``keeper`` (see
+    :meth:`SentReferences.store`) to give its references back: every shoal object
+    rebuilt inside adopts a stored reference, and is closed on the way out (also when
+    unpickling fails part way: those rebuilt so far)."""
     outer = getattr(_tracking, "releasing", None)
     rebuilt: list[SharedObject] = []
     _tracking.releasing = rebuilt
     try:
-        yield
+        with receiving_kept(keeper):
+            yield
     finally:
         _tracking.releasing = outer
         for obj in rebuilt:
@@ -691,6 +761,27 @@ def releasing_stored() -> Iterator[None]:
                 obj.close()
             except Exception as exc:  # the others must still be released
                 report_unraisable(exc)
+
+
+@contextlib.contextmanager
+def receiving_kept(keeper: bytes) -> Iterator[None]:
+    """Unpickle a pickle kept by the container ``keeper`` (see
+    :meth:`SentReferences.keep_for`): the references that objects rebuilt inside adopt
+    are taken off the container's keeper entry instead of the count in flight."""
+    outer = getattr(_tracking, "keeper", None)
+    _tracking.keeper = keeper
+    try:
+        yield
+    finally:
+        _tracking.keeper = outer
+
+
+def _settle_adoption(segment: Segment) -> None:
+    """An unpickling adopted a reference: take it off the count that kept it for that
+    pickle, its container's (inside :func:`receiving_kept`) or the one in flight."""
+    keeper = getattr(_tracking, "keeper", None)
+    if keeper is None or not segment._unkeep(keeper):
+        segment._end_flight()
 
 
 def _before_fork() -> None:

@@ -16,7 +16,11 @@ Every segment starts with a one-page header::
     56      8     references in flight: handles pickled and not yet unpickled
     64      40    shoal_mutex guarding the holder table
     104     8     when the last reference in flight was taken, ns since the epoch
+    112     8     references kept by containers that found no free keeper entry
     128     8*N   holder table: the token of each process attached, 0 = free slot
+    3072    32*K  keeper table: references kept by containers (queues, dicts), one
+                  entry per container: u64 count, 20 ASCII bytes naming the container's
+                  segment (the hex digits after "/shoal-"), 4 bytes zero
 
 Lifetime.  A process attaches a segment once (``Segment.attach`` is cached per
 process) and writes its token into the holder table.  ``close()`` drops the process's
@@ -29,8 +33,8 @@ shoal process that creates a segment, or ``reap()`` (``python -m shoal doctor
 (A process that keeps creating segments sweeps again every ``IN_FLIGHT_TIMEOUT_S``.)
 
 References in flight (#4).  A handle that was pickled and not yet unpickled — a
-``Pool`` worker's return value after the worker exited, a lock put on a queue by a
-process that then dropped it — must keep its segment even when no process holds it
+``Pool`` worker's return value after the worker exited, a lock sent through a pipe by
+a process that then dropped it — must keep its segment even when no process holds it
 any more.  ``shoal._handle`` counts each pickled handle here (``_begin_flight``) and
 the unpickling that adopts it takes it back (``_end_flight``); the last holder does
 not unlink a segment with references in flight.  A pickle that is never unpickled
@@ -38,6 +42,20 @@ must not keep its segment forever, so the count carries the time of the latest
 pickle: once that is more than ``IN_FLIGHT_TIMEOUT_S`` (10 minutes) ago, the
 references count as lost, and a segment with no live holder is unlinked by its last
 holder or reaped as any other.
+
+References kept by containers (#10).  A pickle that a shoal container holds — a record
+waiting in a ``Queue``, a value stored in a ``SharedDict`` — is not lost however long
+it waits: the container can still hand it out.  So its references move from the
+in-flight count to the *keeper table*, under the container's name (``_keep``), and go
+when the container gives them up (``_unkeep``: the record was received, the value
+removed).  They never expire; they count only while their container's segment
+exists, so what a container that died (reaped with its holders) still kept is
+reclaimed with it, by the same sweep or the next.  A segment naming itself as keeper
+(a dict stored in itself) does not keep itself; a longer cycle keeps its segments
+until one of them is cleared.  More containers than the table has entries (32) are
+counted in one overflow word, which cannot name them: the segment is then kept until
+they give their references back, and for ever if one of them dies keeping some (a
+leak, never an early free).
 
 Forking copies a process's mappings, so the child registers itself as a holder of
 every segment it inherits (``os.register_at_fork``), and every process removes
@@ -79,6 +97,7 @@ from ._errors import ClosedError, LayoutError, SegmentNotFoundError, SharedMemor
 __all__ = [
     "HEADER_SIZE",
     "IN_FLIGHT_TIMEOUT_S",
+    "KEEPER_ID_SIZE",
     "KIND_ARENA",
     "KIND_DATA",
     "KIND_TRANSIT",
@@ -86,6 +105,7 @@ __all__ = [
     "Segment",
     "call_outside_sections",
     "discard_transit",
+    "keeper_id",
     "open_transit",
     "reap",
     "report_unraisable",
@@ -105,7 +125,13 @@ FLAG_UNLINKED = 1
 _HEADER = struct.Struct("<QIIQIIQQII")  # magic .. overflow, see the table above
 _TABLE_LOCK_OFFSET = 64
 _HOLDERS_OFFSET = 128
-_HOLDER_CAPACITY = (HEADER_SIZE - _HOLDERS_OFFSET) // 8
+_KEEPERS_OFFSET = 3072
+_HOLDER_CAPACITY = (_KEEPERS_OFFSET - _HOLDERS_OFFSET) // 8
+_KEEPER_ENTRY_SIZE = 32
+_KEEPER_CAPACITY = (HEADER_SIZE - _KEEPERS_OFFSET) // _KEEPER_ENTRY_SIZE
+_KEEPER_OVERFLOW_OFFSET = 112
+# a keeper is named by the 20 hex digits of its segment's name (see _new_name)
+KEEPER_ID_SIZE = 20
 _FLAGS_OFFSET = 28
 _OVERFLOW_OFFSET = 52
 _IN_FLIGHT_OFFSET = 56
@@ -130,7 +156,29 @@ _MAX_SIZE = sys.maxsize - HEADER_SIZE
 
 
 def _new_name() -> str:
-    return "/" + NAME_PREFIX + secrets.token_hex(10)
+    return "/" + NAME_PREFIX + secrets.token_hex(KEEPER_ID_SIZE // 2)
+
+
+def keeper_id(name: str) -> bytes:
+    """The 20 ASCII bytes that name the segment ``name`` as a keeper of references."""
+    kid = name[1 + len(NAME_PREFIX) :].encode("ascii")
+    if len(kid) != KEEPER_ID_SIZE or not name.startswith("/" + NAME_PREFIX):
+        raise ValueError(f"{name!r} is not the name of a shoal segment")
+    return kid
+
+
+def _keeper_exists(kid: bytes) -> bool:
+    """Whether the container named ``kid`` still exists (in doubt: True)."""
+    if len(kid) != KEEPER_ID_SIZE or kid.strip(b"0123456789abcdef"):
+        return False  # names no shoal segment: a corrupt entry keeps nothing
+    try:
+        fd = _core.shm_open("/" + NAME_PREFIX + kid.decode("ascii"), os.O_RDONLY, 0o600)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    os.close(fd)
+    return True
 
 
 def _shm_free_bytes() -> int | None:
@@ -448,7 +496,7 @@ class Segment:
         struct.pack_into("<I", self.buffer, offset, value)
 
     def _holders_view(self) -> memoryview:
-        return self.buffer[_HOLDERS_OFFSET:HEADER_SIZE].cast("Q")
+        return self.buffer[_HOLDERS_OFFSET:_KEEPERS_OFFSET].cast("Q")
 
     @contextlib.contextmanager
     def _table_locked(self) -> Iterator[None]:
@@ -511,7 +559,7 @@ class Segment:
                 live = any(h and _core.token_alive(h) for h in holders)
             finally:
                 holders.release()
-            if live or self._field(_OVERFLOW_OFFSET) or _in_flight_pending(self.buffer):
+            if live or self._field(_OVERFLOW_OFFSET) or _references_pending(self.buffer, self.name):
                 return False
             self._set_field(_FLAGS_OFFSET, self._field(_FLAGS_OFFSET) | FLAG_UNLINKED)
             try:
@@ -564,6 +612,58 @@ class Segment:
             swapped, count = _core.cas64(buf, _IN_FLIGHT_OFFSET, count, count - 1)
             if swapped:
                 return
+
+    def _keeper_entries(self) -> Iterator[tuple[int, int, bytes]]:
+        """(offset, count, keeper id) of each keeper entry; the table lock is held."""
+        buf = self.buffer
+        for i in range(_KEEPER_CAPACITY):
+            at = _KEEPERS_OFFSET + i * _KEEPER_ENTRY_SIZE
+            yield at, _core.load64(buf, at), bytes(buf[at + 8 : at + 8 + KEEPER_ID_SIZE])
+
+    def _keep(self, kid: bytes) -> None:
+        """Count one more reference kept by the container ``kid`` (see the module
+        docstring); the caller then gives back the reference in flight it replaces."""
+        buf = self.buffer
+        with self._table_locked():
+            free = None
+            for at, count, entry in self._keeper_entries():
+                if count and entry == kid:
+                    _core.store64(buf, at, count + 1)
+                    return
+                if free is None and (not count or not _keeper_exists(entry)):
+                    free = at  # unused, or its container is gone: what it kept went too
+            if free is None:
+                overflow = _core.load64(buf, _KEEPER_OVERFLOW_OFFSET)
+                _core.store64(buf, _KEEPER_OVERFLOW_OFFSET, overflow + 1)
+                return
+            buf[free + 8 : free + 8 + KEEPER_ID_SIZE] = kid
+            _core.store64(buf, free, 1)
+
+    def _unkeep(self, kid: bytes) -> bool:
+        """Count one reference kept by ``kid`` less; False if it kept none here."""
+        buf = self.buffer
+        with self._table_locked():
+            for at, count, entry in self._keeper_entries():
+                if count and entry == kid:
+                    _core.store64(buf, at, count - 1)
+                    return True
+            overflow = _core.load64(buf, _KEEPER_OVERFLOW_OFFSET)
+            if overflow:
+                _core.store64(buf, _KEEPER_OVERFLOW_OFFSET, overflow - 1)
+                return True
+            return False
+
+    @property
+    def kept(self) -> int:
+        """References to objects in this segment kept by containers (queues, dicts),
+        counting only containers that still exist.
+
+        Raises:
+            ClosedError: this process closed the segment.
+        """
+        if self._mmap is None:
+            raise ClosedError(f"segment {self.name} is closed in this process")
+        return _kept(self.buffer, self.name)
 
     def _retain(self) -> None:
         """Take one more local reference (matched by one :meth:`close`)."""
@@ -772,12 +872,30 @@ def _reap_one(name: str) -> bool:
     return _reap_if_unheld(name, mapping)
 
 
-def _in_flight_pending(buf: Any) -> bool:
-    """Whether the header in ``buf`` counts references in flight that are not yet lost."""
-    if not _core.load64(buf, _IN_FLIGHT_OFFSET):
-        return False
-    age_ns = time.time_ns() - _core.load64(buf, _IN_FLIGHT_TIME_OFFSET)
-    return age_ns <= IN_FLIGHT_TIMEOUT_S * 1e9
+def _kept(buf: Any, name: str | None = None) -> int:
+    """References the keeper table in the header ``buf`` counts for containers that
+    still exist (other than the segment ``name`` itself)."""
+    own = keeper_id(name) if name else None
+    total = _core.load64(buf, _KEEPER_OVERFLOW_OFFSET)
+    for i in range(_KEEPER_CAPACITY):
+        at = _KEEPERS_OFFSET + i * _KEEPER_ENTRY_SIZE
+        count = _core.load64(buf, at)
+        if count:
+            kid = bytes(buf[at + 8 : at + 8 + KEEPER_ID_SIZE])
+            if kid != own and _keeper_exists(kid):
+                total += count
+    return total
+
+
+def _references_pending(buf: Any, name: str) -> bool:
+    """Whether the header in ``buf`` (of segment ``name``) counts references that keep
+    the segment without a live holder: in flight and not yet lost, or kept by a
+    container that still exists."""
+    if _core.load64(buf, _IN_FLIGHT_OFFSET):
+        age_ns = time.time_ns() - _core.load64(buf, _IN_FLIGHT_TIME_OFFSET)
+        if age_ns <= IN_FLIGHT_TIMEOUT_S * 1e9:
+            return True
+    return _kept(buf, name) > 0
 
 
 def _reap_if_unheld(name: str, mapping: mmap.mmap, unlink: bool = True) -> bool:
@@ -794,8 +912,8 @@ def _reap_if_unheld(name: str, mapping: mmap.mmap, unlink: bool = True) -> bool:
                 overflow = struct.unpack_from("<I", mapping, _OVERFLOW_OFFSET)[0]
                 if overflow or any(h and _core.token_alive(h) for h in holders):
                     return False
-                if _in_flight_pending(mapping):
-                    return False  # a pickled handle may still be unpickled (#4)
+                if _references_pending(mapping, name):
+                    return False  # a pickle may still be unpickled (#4, #10)
                 if unlink:
                     struct.pack_into("<I", mapping, _FLAGS_OFFSET, FLAG_UNLINKED)
                     _unlink_quietly(name)

@@ -823,7 +823,7 @@ class _Engine:
         with sent_references() as sent:
             setup = None
             if self._initializer is not None:
-                setup = self._tasks._record((self._initializer, self._initargs))
+                setup = self._tasks._record((self._initializer, self._initargs), kept=False)
             process = self._context.Process(
                 target=_worker_main,
                 args=(

@@ -31,8 +31,17 @@ from typing import Any
 from . import _core
 from ._errors import ShutDown
 from ._handle import SharedObject
-from ._memory import Segment, report_unraisable
-from ._serialize import TRANSIT_RECORD_SIZE, discard, dumps, loads, pack
+from ._memory import Segment, keeper_id, report_unraisable
+from ._serialize import (
+    KEPT_PREFIX_SIZE,
+    TRANSIT_RECORD_SIZE,
+    discard,
+    dumps,
+    dumps_kept,
+    kept_record,
+    loads,
+    pack,
+)
 
 __all__ = ["JoinableQueue", "Queue", "QueueStatistics", "SimpleQueue"]
 
@@ -40,7 +49,7 @@ DEFAULT_CAPACITY = 1 << 20
 # the smallest ring whose largest inline record (half the ring, less a record header)
 # still holds a transit record, so that any message can travel
 MIN_RING_BYTES = 128
-assert MIN_RING_BYTES // 2 - 8 >= TRANSIT_RECORD_SIZE
+assert MIN_RING_BYTES // 2 - 8 >= KEPT_PREFIX_SIZE + TRANSIT_RECORD_SIZE
 # how long close() waits for this handle's calls in other threads to leave; they wake at
 # once, so only one stuck on a lock whose holder is frozen can take longer
 _CLOSE_WAIT_S = 5.0
@@ -146,11 +155,27 @@ class Queue(_core.Ring, SharedObject):
 
     # ---- putting -------------------------------------------------------------------------
 
-    def _record(self, obj: Any) -> bytes:
-        data, buffers = dumps(obj)
-        if buffers is None and len(data) <= self._max_payload:
-            return data
-        return pack(data, buffers, self._segment.name)
+    def _record(self, obj: Any, kept: bool = True) -> bytes:
+        """The ring record of ``obj``: inline, or in a transit segment.  The references
+        of shoal handles in it are kept by this queue (``shoal._memory``), unless not
+        ``kept`` (a pickle that travels some other way)."""
+        if not kept:
+            data, buffers = dumps(obj)
+        else:
+            keeper = self._keeper_id
+            data, buffers, kept = dumps_kept(obj, keeper)
+        room = self._max_payload - (KEPT_PREFIX_SIZE if kept else 0)
+        record = data if buffers is None and len(data) <= room else None
+        if record is None:
+            record = pack(data, buffers, self._segment.name)
+        return kept_record(record, keeper) if kept else record
+
+    @property
+    def _keeper_id(self) -> bytes:
+        kid = self.__dict__.get("_keeper_id_cache")
+        if kid is None:
+            kid = self.__dict__["_keeper_id_cache"] = keeper_id(self._segment.name)
+        return kid
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``obj`` on the queue, waiting up to ``timeout`` seconds for room.

@@ -36,14 +36,23 @@ import struct
 from typing import Any
 
 from ._errors import SerializationError
-from ._handle import sent_references
-from ._memory import HEADER_SIZE, discard_transit, open_transit, write_transit
+from ._handle import SentReferences, receiving_kept, sent_references
+from ._memory import (
+    HEADER_SIZE,
+    KEEPER_ID_SIZE,
+    discard_transit,
+    open_transit,
+    write_transit,
+)
 
 __all__ = [
+    "KEPT_PREFIX_SIZE",
     "TRANSIT_RECORD_SIZE",
     "ZERO_COPY_THRESHOLD",
     "discard",
     "dumps",
+    "dumps_kept",
+    "kept_record",
     "loads",
     "pack",
     "unpack",
@@ -51,6 +60,10 @@ __all__ = [
 
 ZERO_COPY_THRESHOLD = 128 * 1024
 TRANSIT_MARK = 0x54  # b"T": a pickle always starts with PROTO (0x80)
+# b"K", then the keeper id of the queue that keeps the references of the record that
+# follows (inline or transit; shoal._memory, "References kept by containers")
+KEPT_MARK = 0x4B
+KEPT_PREFIX_SIZE = 1 + KEEPER_ID_SIZE
 _ALIGN = 64
 _META = struct.Struct("<QQ")  # where the meta pickle is, right after the shoal header
 _DATA_START = HEADER_SIZE + _ALIGN
@@ -85,31 +98,57 @@ def dumps(obj: Any, by_value: bool = False) -> tuple[bytes, list[pickle.PickleBu
     Raises:
         SerializationError: ``obj`` cannot be pickled (also a pickle.PicklingError).
     """
+    with sent_references() as sent:
+        return _dumps_in(obj, by_value, sent)
+
+
+def dumps_kept(obj: Any, keeper: bytes) -> tuple[bytes, list[pickle.PickleBuffer] | None, bool]:
+    """:func:`dumps` for a queue's record: (data, buffers, kept).
+
+    ``kept`` says shoal handles were pickled, and that their references are now kept
+    by the queue whose keeper id is ``keeper`` (``shoal._memory``: they never expire
+    while it exists); the record must then be wrapped with :func:`kept_record`.
+    """
+    with sent_references() as sent:
+        data, buffers = _dumps_in(obj, False, sent)
+        if not len(sent):
+            return data, buffers, False
+        sent.keep_for(keeper)
+    return data, buffers, True
+
+
+def _dumps_in(
+    obj: Any, by_value: bool, sent: SentReferences
+) -> tuple[bytes, list[pickle.PickleBuffer] | None]:
     buffers: list[pickle.PickleBuffer] = []
     dump = _cloudpickle_dumps if by_value else _plain_dumps
-    with sent_references() as sent:
+    try:
+        data = dump(obj, buffers.append)
+    except Exception as first:
+        sent.cancel()
+        buffers.clear()
         try:
+            if by_value:
+                raise
+            dump = _cloudpickle_dumps
             data = dump(obj, buffers.append)
-        except Exception as first:
-            sent.cancel()
-            buffers.clear()
-            try:
-                if by_value:
-                    raise
-                dump = _cloudpickle_dumps
-                data = dump(obj, buffers.append)
-            except Exception:
-                raise SerializationError(
-                    f"cannot send {type(obj).__module__}.{type(obj).__qualname__} object "
-                    f"to another process: {first}; nothing was sent",
-                    type_name=type(obj).__qualname__,
-                ) from first
-        if buffers and sum(b.raw().nbytes for b in buffers) < ZERO_COPY_THRESHOLD:
-            # small buffers are cheaper inline than in a segment of their own
-            sent.cancel()
-            buffers = []
-            data = dump(obj, None)
+        except Exception:
+            raise SerializationError(
+                f"cannot send {type(obj).__module__}.{type(obj).__qualname__} object "
+                f"to another process: {first}; nothing was sent",
+                type_name=type(obj).__qualname__,
+            ) from first
+    if buffers and sum(b.raw().nbytes for b in buffers) < ZERO_COPY_THRESHOLD:
+        # small buffers are cheaper inline than in a segment of their own
+        sent.cancel()
+        buffers = []
+        data = dump(obj, None)
     return data, buffers or None
+
+
+def kept_record(record: bytes, keeper: bytes) -> bytes:
+    """Mark ``record`` (inline or transit) as one whose references ``keeper`` keeps."""
+    return bytes((KEPT_MARK,)) + keeper + record
 
 
 def pack(data: bytes, buffers: list[pickle.PickleBuffer] | None, parent: str) -> bytes:
@@ -143,7 +182,11 @@ def _aligned(n: int) -> int:
 
 def loads(record: bytes) -> Any:  # also _core's hook for records it cannot decode itself
     """Rebuild the object a record carries (mapping its transit segment if it has one)."""
-    if record[0] != TRANSIT_MARK:
+    mark = record[0]
+    if mark == KEPT_MARK:
+        with receiving_kept(bytes(record[1:KEPT_PREFIX_SIZE])):
+            return loads(record[KEPT_PREFIX_SIZE:])
+    if mark != TRANSIT_MARK:
         return _loads(record)
     return unpack(record)
 
@@ -179,5 +222,6 @@ def discard(record: bytes) -> None:
     try:
         loads(record)
     except Exception:
-        if record[0] == TRANSIT_MARK:
-            discard_transit(_transit_name(record))
+        inner = record[KEPT_PREFIX_SIZE:] if record[0] == KEPT_MARK else record
+        if inner[0] == TRANSIT_MARK:
+            discard_transit(_transit_name(inner))
