@@ -41,7 +41,7 @@ check-shm:
 	if [ -n "$$left" ]; then \
 	  echo "leaked shared memory in /dev/shm:"; \
 	  for n in $$left; do \
-	    pid=$$(od -An -t u8 -j 32 -N 8 /dev/shm/$$n 2>/dev/null | awk '{print int($$1 / 4294967296)}'); \
+	    pid=$$(od -An -t u8 -j 32 -N 8 /dev/shm/$$n 2>/dev/null | awk '{print int($$1 / 4294967296) % 4194304}'); \
 	    echo "  $$n (created by pid $$pid$$( [ -n "$$pid" ] && [ -d /proc/$$pid ] && echo ', still running' ))"; \
 	  done; exit 1; \
 	fi; \

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import pytest
 
-from shoal import lowlevel
+from shoal import _core, lowlevel
 
 START_METHODS = [m for m in ("fork", "spawn", "forkserver") if m in mp.get_all_start_methods()]
 
@@ -42,7 +42,9 @@ def _creator_pid(name: str) -> int | None:
             header = f.read(40)
     except OSError:
         return None
-    return struct.unpack_from("<Q", header, 32)[0] >> 32 if len(header) == 40 else None
+    if len(header) != 40:
+        return None
+    return _core.token_pid(struct.unpack_from("<Q", header, 32)[0])
 
 
 def _ppid(pid: int) -> int | None:

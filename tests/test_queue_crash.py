@@ -73,7 +73,7 @@ def kill(p: Any) -> None:
 
 
 def lock_owner_pid(q: Any, offset: int) -> int:
-    return lowlevel.load64(q._mapping, q._payload_offset + offset) >> 32
+    return _core.token_pid(lowlevel.load64(q._mapping, q._payload_offset + offset))
 
 
 # ---- producers killed ----------------------------------------------------------------------

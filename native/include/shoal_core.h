@@ -6,11 +6,22 @@
  * calls back, and reports through one status enum.  Timeouts are relative
  * nanoseconds on a monotonic clock; a negative timeout waits forever.
  *
- * Owner identity ("token"): a 64-bit value, (pid << 32) | start-time tag.  The tag
- * is the low 32 bits of the process start time (Linux /proc/<pid>/stat field 22), so
- * a recycled pid does not pass for the dead process that once had it.  A token is
- * never 0, which therefore means "nobody", and never has bit 63 set (pids stay below
- * 2^22 on Linux), which shoal_mutex uses to mark an owner word in transition.
+ * Owner identity ("token"): a 64-bit value naming one process::
+ *
+ *     bit  63     0 (shoal_mutex marks an owner word in transition with it)
+ *     bits 54-62  PID namespace tag, high 9 bits
+ *     bits 32-53  pid, as the process's own PID namespace numbers it (pid_max <= 2^22)
+ *     bits 24-31  PID namespace tag, low 8 bits
+ *     bits  0-23  start-time tag: the low 24 bits of the process start time (Linux
+ *                 /proc/<pid>/stat field 22), so a recycled pid does not pass for the
+ *                 dead process that once had it
+ *
+ * The namespace tag is 0 in the machine's initial PID namespace and a 17-bit digest of
+ * the namespace's inode elsewhere (a container), so that a process in another PID
+ * namespace -- one that shares /dev/shm (docker --ipc=host) but whose pids mean other
+ * processes here -- is never judged by a pid it does not have: shoal_token_alive()
+ * calls such a token alive, since it cannot tell (#10).  A token is never 0, which
+ * therefore means "nobody".
  *
  * Layout of each struct below is part of shoal's shared-memory format: changing a
  * field means bumping SHOAL_LAYOUT_VERSION.
@@ -24,7 +35,7 @@
  * 3: segment headers count handles in flight (pickled, not yet unpickled) and object
  *    reference counts carry them in their high 32 bits (shoal._memory, shoal._handle):
  *    an older shoal would unlink or free what a pickle still names.
- * 4: segment headers keep a table of the containers (queues, dicts) that keep
+ * 4: tokens carry a PID namespace tag (above); segment headers keep a table of the containers (queues, dicts) that keep
  *    references to their objects, and the holder table is shorter for it; dict values
  *    holding references carry the dict's name (shoal._memory, shoal._dict). */
 #define SHOAL_LAYOUT_VERSION 4
@@ -58,6 +69,8 @@ int shoal_wake32(uint32_t *addr, int n);
 /* ---- process identity ------------------------------------------------------------- */
 uint64_t shoal_self_token(void);          /* this process's token (cached, reset by fork) */
 int shoal_token_alive(uint64_t token);    /* 1 alive (or unknown), 0 certainly dead */
+uint32_t shoal_token_pid(uint64_t token); /* the pid in a token (in its own namespace) */
+uint32_t shoal_token_pid_namespace(uint64_t token); /* its namespace tag (0: initial) */
 int64_t shoal_monotonic_ns(void);
 
 /* ---- mutex (Lock, and RLock when depth is used) ---------------------------------- */

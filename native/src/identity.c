@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
@@ -56,11 +57,43 @@ static int read_proc_stat(pid_t pid, char *state, uint64_t *starttime) {
 #endif
 }
 
+/* PROC_PID_INIT_INO: the inode of the initial PID namespace, fixed by the kernel */
+#define INITIAL_PID_NAMESPACE_INODE 0xEFFFFFFCu
+#define PID_BITS 0x3FFFFFu
+#define START_BITS 0xFFFFFFu
+
 static uint64_t cached_token;
+static uint32_t cached_namespace; /* the tag + 1 once known (0: not yet read) */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
+/* A forked child keeps its parent's namespace (only unshare/clone change it, and then
+ * before the child runs shoal), but its pid and start time are its own. */
 static void forget_token(void) { st64(&cached_token, 0); }
 static void register_atfork(void) { pthread_atfork(NULL, NULL, forget_token); }
+
+static uint32_t self_pid_namespace(void) {
+    uint32_t known = __atomic_load_n(&cached_namespace, __ATOMIC_RELAXED);
+    if (known)
+        return known - 1;
+    uint32_t tag = 0;
+#if defined(__linux__)
+    struct stat st;
+    if (stat("/proc/self/ns/pid", &st) == 0 && st.st_ino != INITIAL_PID_NAMESPACE_INODE) {
+        uint64_t h = ((uint64_t)st.st_ino ^ ((uint64_t)st.st_dev << 32)) * 0x9E3779B97F4A7C15ull;
+        tag = (uint32_t)(h >> 47); /* 17 bits */
+        if (tag == 0)
+            tag = 1;
+    }
+#endif
+    __atomic_store_n(&cached_namespace, tag + 1, __ATOMIC_RELAXED);
+    return tag;
+}
+
+uint32_t shoal_token_pid(uint64_t token) { return (uint32_t)(token >> 32) & PID_BITS; }
+
+uint32_t shoal_token_pid_namespace(uint64_t token) {
+    return (uint32_t)((token >> 24) & 0xFFu) | (uint32_t)(((token >> 54) & 0x1FFu) << 8);
+}
 
 uint64_t shoal_self_token(void) {
     uint64_t token = ld64(&cached_token);
@@ -72,16 +105,20 @@ uint64_t shoal_self_token(void) {
     uint64_t starttime = 0;
     if (read_proc_stat(pid, &state, &starttime) != 1)
         starttime = 0;
-    token = ((uint64_t)(uint32_t)pid << 32) | (uint32_t)starttime;
+    uint64_t ns = self_pid_namespace();
+    token = ((ns >> 8) << 54) | ((uint64_t)((uint32_t)pid & PID_BITS) << 32) |
+            ((ns & 0xFFu) << 24) | (starttime & START_BITS);
     st64(&cached_token, token);
     return token;
 }
 
 int shoal_token_alive(uint64_t token) {
-    pid_t pid = (pid_t)(token >> 32);
-    uint32_t tag = (uint32_t)token;
+    pid_t pid = (pid_t)shoal_token_pid(token);
+    uint32_t tag = (uint32_t)token & START_BITS;
     if (pid <= 0)
         return 0;
+    if (shoal_token_pid_namespace(token) != self_pid_namespace())
+        return 1; /* another PID namespace: its pid names someone else here, if anyone */
     if (kill(pid, 0) != 0 && errno == ESRCH)
         return 0;
     char state = '?';
@@ -93,7 +130,7 @@ int shoal_token_alive(uint64_t token) {
         return 1; /* no procfs: kill() said it exists, trust it */
     if (state == 'Z' || state == 'X')
         return 0;
-    if (tag != 0 && (uint32_t)starttime != tag)
+    if (tag != 0 && ((uint32_t)starttime & START_BITS) != tag)
         return 0; /* the pid was reused by a younger process */
     return 1;
 }

@@ -137,9 +137,10 @@ void await_at_least(const uint32_t *word, uint32_t value, double timeout_ms) {
 uint64_t forged_token(pid_t pid) {
     /* the real tag is the start time; a process started at tick 0x5eed would be older
      * than this machine's boot by the time any test runs */
-    uint64_t real = (uint32_t)shoal_self_token();
-    uint32_t tag = (uint32_t)real == 0x5eed ? 0x5eee : 0x5eed;
-    return ((uint64_t)(uint32_t)pid << 32) | tag;
+    uint64_t self = shoal_self_token();
+    uint32_t tag = (self & 0xFFFFFFu) == 0x5eed ? 0x5eee : 0x5eed;
+    /* in this process's own PID namespace (shoal_core.h: bits 54-62 and 24-31) */
+    return (self & 0x7FC00000FF000000ull) | ((uint64_t)(uint32_t)pid << 32) | tag;
 }
 
 uint32_t rnd(uint64_t *state) {

@@ -225,10 +225,21 @@ TEST(token_of_zombie_is_dead) {
 TEST(token_with_reused_pid_is_dead) {
     /* our own pid is certainly alive; with another start time it is someone else */
     CHECK(!shoal_token_alive(forged_token(getpid())));
-    /* a pid that cannot exist */
-    CHECK(!shoal_token_alive((uint64_t)INT_MAX << 32 | 1));
-    /* pid <= 0 would mean "every process" to kill(): never alive */
-    CHECK(!shoal_token_alive((uint64_t)0xffffffffu << 32 | 1));
+    /* a pid no process has in practice (pid_max is at most 2^22), in this namespace */
+    CHECK(!shoal_token_alive(forged_token(0x3FFFFF)));
+    /* pid 0 would mean "every process" to kill(): never alive */
+    CHECK(!shoal_token_alive(forged_token(0)));
+    CHECK(!shoal_token_alive(0));
+}
+
+TEST(token_of_another_pid_namespace_is_alive) {
+    /* its pid means another process here, or none: it cannot be judged dead (#10) */
+    uint64_t self = shoal_self_token();
+    uint64_t other_namespace = self ^ ((uint64_t)1 << 24);
+    CHECK(shoal_token_pid_namespace(other_namespace) != shoal_token_pid_namespace(self));
+    CHECK(shoal_token_alive(other_namespace ^ (uint64_t)0x1234)); /* another start time */
+    CHECK(shoal_token_alive((other_namespace & 0xFFC00000FFFFFFFFull) | ((uint64_t)0x3FFFFF << 32)));
+    CHECK(shoal_token_pid(self) == (uint32_t)getpid());
 }
 
 TEST(token_of_another_users_process_is_alive) {

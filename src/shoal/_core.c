@@ -264,7 +264,7 @@ static int report_dead_owner(MutexObject *self) {
                          "%.100s acquired after its owner, process %d, died holding it; the "
                          "data it guards may be inconsistent (owner_died is True until "
                          "release)",
-                         Py_TYPE(self)->tp_name, (int)((dead & ~SHOAL_MUTEX_HANDOVER) >> 32)) < 0) {
+                         Py_TYPE(self)->tp_name, (int)shoal_token_pid(dead & ~SHOAL_MUTEX_HANDOVER)) < 0) {
         shoal_mutex_unlock_keep_died(m);
         return -1;
     }
@@ -1102,6 +1102,14 @@ static PyObject *core_token_alive(PyObject *m, PyObject *arg) {
     return PyBool_FromLong(alive);
 }
 
+static PyObject *core_token_pid(PyObject *m, PyObject *arg) {
+    (void)m;
+    unsigned long long token = PyLong_AsUnsignedLongLong(arg);
+    if (token == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromUnsignedLong(shoal_token_pid(token));
+}
+
 static PyObject *core_shm_open(PyObject *m, PyObject *args) {
     (void)m;
     const char *name;
@@ -1150,6 +1158,8 @@ static PyMethodDef core_functions[] = {
     {"wake32", core_wake32, METH_VARARGS, "wake32(buffer, offset, n=-1) -> woken"},
     {"self_token", core_self_token, METH_NOARGS, "This process's owner token."},
     {"token_alive", core_token_alive, METH_O, "token_alive(token) -> bool"},
+    {"token_pid", core_token_pid, METH_O,
+     "token_pid(token) -> int: the pid a token names, in its own PID namespace"},
     {"shm_open", core_shm_open, METH_VARARGS, "shm_open(name, flags, mode=0o600) -> fd"},
     {"shm_unlink", core_shm_unlink, METH_VARARGS, "shm_unlink(name)"},
     {NULL},

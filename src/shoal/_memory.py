@@ -578,7 +578,7 @@ class Segment:
             raise ClosedError(f"segment {self.name} is closed in this process")
         holders = self._holders_view()
         try:
-            return [h >> 32 for h in holders if h]
+            return [_core.token_pid(h) for h in holders if h]
         finally:
             holders.release()
 

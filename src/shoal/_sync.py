@@ -48,7 +48,7 @@ _SEM_VALUE_MAX = 2**32 - 1
 
 def _pid_of(token: int) -> int | None:
     # bit 63 marks an owner word mid-handover (native/include/shoal_core.h)
-    return (token >> 32) & 0x7FFFFFFF if token else None
+    return _core.token_pid(token & ~(1 << 63)) if token else None
 
 
 def _closed_error(obj: object) -> ClosedError:
@@ -537,7 +537,7 @@ class Barrier(SharedObject):
             if token and not _core.token_alive(token):
                 self._set(i, 0)
                 self._count = self._count - 1  # it will never leave by itself
-                dead = token >> 32
+                dead = _core.token_pid(token)
         return dead
 
     def wait(self, timeout: float | None = None) -> int:
@@ -651,7 +651,7 @@ class Barrier(SharedObject):
     def statistics(self) -> BarrierStatistics:
         """Return a :class:`BarrierStatistics` snapshot."""
         with self._cond:
-            pids = tuple(t >> 32 for t in (self._get(i) for i in self._slots()) if t)
+            pids = tuple(_core.token_pid(t) for t in (self._get(i) for i in self._slots()) if t)
             return BarrierStatistics(self._parties, self.n_waiting, self.broken, pids)
 
     def __repr__(self) -> str:
