@@ -7,7 +7,7 @@ STAMP := $(VENV)/.shoal-installed
 SOURCES := pyproject.toml setup.py $(shell find src native -name '*.py' -o -name '*.c' -o -name '*.h' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench bench-quick test-native test-sanitize clean check-shm
+.PHONY: demo test lint bench bench-quick test-native test-sanitize clean check-shm chaos
 .PHONY: test-sanitize-python
 
 $(BIN)/python:
@@ -114,8 +114,8 @@ test-sanitize-python:
 	$(MAKE) --no-print-directory check-shm
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks chaos
+	$(BIN)/ruff format --check src tests benchmarks chaos
 
 # The benchmarks also measure the peers of the `bench` extra (faster-fifo, numpy): one
 # pip run installs them with everything `make test` has, so shoal is built once here.
@@ -131,6 +131,14 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks --quick
+
+# The chaos suite (chaos/): SIGKILLs every ~100 ms, killed parents, objects kept past
+# every expiry, each scenario in a private /dev/shm (needs root); a figure line each.
+# CHAOS_ARGS: e.g. --seconds 60, --only queue_soak, --json figures.json.  `make test`
+# runs each for a few seconds (tests/test_chaos.py).
+CHAOS_ARGS ?=
+chaos: $(STAMP)
+	$(BIN)/python -m chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -823,15 +823,26 @@ def reap() -> list[str]:
     Sweeps ``/dev/shm`` where the platform has it (Linux); elsewhere it has nothing
     to list and returns ``[]``.  Segments of other users are skipped (mode 0600).
     """
+    reaped: list[str] = []
+    # what a reaped container kept (#10), and the transit segments of a reaped queue,
+    # are judged again: a few passes, until one removes nothing
+    for _ in range(_REAP_PASSES):
+        swept = _sweep()
+        if not swept:
+            break
+        reaped += swept
+    return reaped
+
+
+_REAP_PASSES = 8
+
+
+def _sweep() -> list[str]:
     try:
         entries = os.listdir(_SHM_DIR)
     except OSError:
         return []
-    reaped = []
-    for entry in entries:
-        if entry.startswith(NAME_PREFIX) and _reap_one("/" + entry):
-            reaped.append("/" + entry)
-    return reaped
+    return ["/" + e for e in entries if e.startswith(NAME_PREFIX) and _reap_one("/" + e)]
 
 
 def _reap_one(name: str) -> bool:
