@@ -7,7 +7,7 @@ STAMP := $(VENV)/.shoal-installed
 SOURCES := pyproject.toml setup.py $(shell find src native -name '*.py' -o -name '*.c' -o -name '*.h' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench bench-quick test-native test-sanitize clean check-shm chaos
+.PHONY: demo test lint bench bench-quick test-native test-sanitize clean check-shm chaos mutants
 .PHONY: test-sanitize-python
 
 $(BIN)/python:
@@ -114,8 +114,8 @@ test-sanitize-python:
 	$(MAKE) --no-print-directory check-shm
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks chaos
-	$(BIN)/ruff format --check src tests benchmarks chaos
+	$(BIN)/ruff check src tests benchmarks chaos mutants
+	$(BIN)/ruff format --check src tests benchmarks chaos mutants
 
 # The benchmarks also measure the peers of the `bench` extra (faster-fifo, numpy): one
 # pip run installs them with everything `make test` has, so shoal is built once here.
@@ -139,6 +139,14 @@ bench-quick: $(BENCH_STAMP)
 CHAOS_ARGS ?=
 chaos: $(STAMP)
 	$(BIN)/python -m chaos $(CHAOS_ARGS)
+
+# The mutation check (mutants/): one deliberate bug at a time in the pool's claim/slot
+# bookkeeping, the ring's publish step, the reaper's liveness check, the lock's
+# dead-owner path and the reference counts; the suite must fail on each (minutes).
+# MUTANTS_ARGS: e.g. --only lock-steals-from-live-owner, --list.
+MUTANTS_ARGS ?=
+mutants: $(STAMP)
+	$(BIN)/python -m mutants $(MUTANTS_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,87 @@
+"""The mutants: each replaces one exact snippet (which must occur exactly once)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    why: str  # the bug, in words
+    path: str  # relative to the repository root
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest arguments that must fail with the mutant
+
+    @property
+    def native(self) -> bool:
+        return self.path.endswith((".c", ".h"))
+
+
+MUTANTS = (
+    Mutant(
+        "ring-publish-forgets-padding",
+        "the ring's publish step moves the tail past the record but not past the padding "
+        "that wrapped it: consumers read a pad as a record",
+        "native/src/ring.c",
+        "st64(&r->tail, PACK(ITEMS(tail) + 1, POS(tail) + pad + need));",
+        "st64(&r->tail, PACK(ITEMS(tail) + 1, POS(tail) + need));",
+        ("tests/test_ring_model.py", "tests/test_queue_api.py"),
+    ),
+    Mutant(
+        "lock-steals-from-live-owner",
+        "the dead-owner path takes the lock from a holder that is alive",
+        "native/src/sync.c",
+        "if (seen == 0 || shoal_token_alive(holder))",
+        "if (seen == 0 || !shoal_token_alive(holder))",
+        ("tests/test_sync_process.py", "tests/test_sync_api.py"),
+    ),
+    Mutant(
+        "lock-dead-owner-unreported",
+        "a lock inherited from a dead owner does not say so (owner_died stays false)",
+        "native/src/sync.c",
+        "    st32(&m->owner_died, 1);\n    if (thread) {",
+        "    if (thread) {",
+        ("tests/test_sync_process.py", "tests/test_sync_api.py"),
+    ),
+    Mutant(
+        "reaper-ignores-live-holders",
+        "the reaper removes segments whose holders are alive",
+        "src/shoal/_memory.py",
+        "if overflow or any(h and _core.token_alive(h) for h in holders):",
+        "if overflow:",
+        ("tests/test_memory.py", "tests/test_handles.py"),
+    ),
+    Mutant(
+        "pickle-keeps-no-segment",
+        "a pickled handle does not count in its segment: the segment goes when its "
+        "last holder exits though the pickle is still to be unpickled",
+        "src/shoal/_handle.py",
+        "        segment._begin_flight()\n        _core.fetch_add64(",
+        "        _core.fetch_add64(",
+        (
+            "tests/test_handles.py",
+            "tests/test_kept_references.py",
+            "tests/test_queue_references.py",
+        ),
+    ),
+    Mutant(
+        "adoption-never-unkeeps",
+        "an unpickling that adopts a container's reference takes it off the count in "
+        "flight instead of the container's entry: kept references never go",
+        "src/shoal/_handle.py",
+        "    if keeper is None or not segment._unkeep(keeper):",
+        "    if True:",
+        ("tests/test_kept_references.py", "tests/test_queue_references.py"),
+    ),
+    Mutant(
+        "kept-references-expire",
+        "references kept by containers count only as long as those in flight (the "
+        "ten-minute expiry of #4)",
+        "src/shoal/_memory.py",
+        "    return _kept(buf, name) > 0\n",
+        "    return False\n",
+        ("tests/test_kept_references.py",),
+    ),
+)
