@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 import multiprocessing as mp
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import os
 import struct
 import threading
@@ -113,11 +115,25 @@ def in_thread(fn: Callable[[], Any], start: bool = True) -> tuple[threading.Thre
     return t, out
 
 
+def _open_fds() -> dict[int, str]:
+    """This process's open file descriptors and what each names."""
+    fds = {}
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            fds[int(entry)] = os.readlink(f"/proc/self/fd/{entry}")
+        except OSError:
+            pass  # closed meanwhile (the listing's own descriptor among them)
+    return fds
+
+
 @pytest.fixture(autouse=True)
-def no_leaks():
+def no_leaks(request: pytest.FixtureRequest):
     """After each test: no child process left, no new shoal segment that this process
-    does not still hold (children that exit must have released theirs)."""
+    does not still hold (children that exit must have released theirs), no thread
+    the test started still running, no file descriptor it opened still open."""
     before = shoal_segments()
+    threads_before = set(threading.enumerate())
+    fds_before = _open_fds() if os.path.isdir("/proc/self/fd") else None
     yield
     children = mp.active_children()
     for child in children:
@@ -132,3 +148,37 @@ def no_leaks():
 
     wait_until(lambda: not leaked(), timeout=5.0)
     assert not leaked(), f"test leaked shared-memory segments: {sorted(leaked())}"
+
+    def threads_left() -> list[threading.Thread]:
+        # (tqdm's monitor thread starts with the first progress bar and stays)
+        return [
+            t
+            for t in threading.enumerate()
+            if t not in threads_before and t.is_alive() and t.name != "tqdm_monitor"
+        ]
+
+    wait_until(lambda: not threads_left(), timeout=5.0)
+    assert not threads_left(), f"test left threads running: {threads_left()}"
+    if fds_before is not None:
+        # the standard library's forkserver and resource tracker start once per
+        # process, on first use, and stay
+        forkserver = getattr(multiprocessing.forkserver._forkserver, "_forkserver_alive_fd", None)
+        tracker = getattr(multiprocessing.resource_tracker._resource_tracker, "_fd", None)
+        lasting = {fd for fd in (forkserver, tracker) if fd is not None}
+
+        def fds_left() -> dict[int, str]:
+            # a mapping keeps a descriptor of its own (mmap dups it): those of the
+            # segments this process still holds stay, as does the standard library's
+            # heap (multiprocessing.heap, /dev/shm/pym-*)
+            held = {"/dev/shm" + name for name in lowlevel.attached_names()}
+            return {
+                fd: target
+                for fd, target in _open_fds().items()
+                if fd not in lasting
+                and fds_before.get(fd) != target
+                and target not in held
+                and not target.startswith("/dev/shm/pym-")
+            }
+
+        wait_until(lambda: not fds_left(), timeout=2.0)
+        assert not fds_left(), f"test left file descriptors open: {fds_left()}"

@@ -333,8 +333,6 @@ def test_bad_method_name(bad: Any) -> None:
 
 def test_context_pool_executor_manager(ctx: mp.context.BaseContext) -> None:
     """ctx.Pool/Executor start workers with the context's method; ctx.Manager works."""
-    if not hasattr(shoal, "Pool"):
-        pytest.skip("shoal.Pool has not landed yet (#5)")
     sctx = shoal_context(ctx)
     expected = PROCESS_CLASS[ctx.get_start_method()]
     with sctx.Pool(1) as pool:

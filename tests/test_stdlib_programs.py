@@ -23,8 +23,6 @@ from pathlib import Path
 import pytest
 from conftest import START_METHODS
 
-import shoal
-
 TIMEOUT = 60.0
 HEADERS = {
     "multiprocessing": "import multiprocessing\n",
@@ -54,11 +52,6 @@ def same_output(tmp_path: Path, program: str, method: str) -> list[str]:
     ours = run(tmp_path, program, "shoal", method)
     assert ours == theirs, f"shoal printed {ours}, multiprocessing {theirs}"
     return ours
-
-
-def needs(name: str) -> None:
-    if not hasattr(shoal, name):
-        pytest.skip(f"shoal.{name} has not landed yet (#5)")
 
 
 @pytest.fixture(params=START_METHODS)
@@ -333,11 +326,10 @@ if __name__ == "__main__":
 
 
 def test_get_context(tmp_path: Path, method: str) -> None:
-    needs("get_context")
     assert same_output(tmp_path, CONTEXT, method) == ["True [0, 2, 4] [0, 0, 0]"]
 
 
-# ---- pools and managers: on once the lead's Pool and the Manager land --------------------------
+# ---- pools and managers ------------------------------------------------------------------
 
 POOL = """
 import sys, time
@@ -381,7 +373,6 @@ if __name__ == "__main__":
 
 
 def test_pool(tmp_path: Path, method: str) -> None:
-    needs("Pool")
     assert same_output(tmp_path, POOL, method) == [
         "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]",
         "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]",
@@ -422,7 +413,6 @@ if __name__ == "__main__":
 
 
 def test_tutorial_pool(tmp_path: Path, method: str) -> None:
-    needs("Pool")
     assert same_output(tmp_path, TUTORIAL_POOL, method) == [
         str([f"task {i} done" for i in range(5)]),
         "ValueError True",
@@ -449,7 +439,6 @@ if __name__ == "__main__":
 
 
 def test_pool_initializer_and_maxtasksperchild(tmp_path: Path, method: str) -> None:
-    needs("Pool")
     assert same_output(tmp_path, POOL_INITIALIZER, method) == ["[100, 101, 102, 103, 104, 105]"]
 
 
@@ -480,7 +469,6 @@ if __name__ == "__main__":
 
 
 def test_manager(tmp_path: Path, method: str) -> None:
-    needs("Manager")
     assert same_output(tmp_path, MANAGER, method) == [
         "[(0, 0), (1, 1), (2, 4)] [0, 1, 2] 3 3",
         "5 hi",

@@ -197,7 +197,7 @@ class _Arena:
         """Blocks in use, by every process."""
         return _core.load64(self.segment.buffer, _ARENA_USED)
 
-    def allocate(self, nbytes: int, tag: int) -> tuple[int, int] | None:
+    def allocate(self, nbytes: int, tag: int = 0) -> tuple[int, int] | None:
         """Reserve a zeroed run for nbytes (header included) of an object of type
         ``tag``: (offset, serial) or None."""
         nblocks = -(-nbytes // BLOCK_SIZE)
@@ -267,7 +267,7 @@ class _Allocator:
         self.lock = threading.Lock()
         self.arenas: list[_Arena] = list(arenas)
 
-    def allocate(self, nbytes: int, tag: int) -> tuple[Segment, int, int]:
+    def allocate(self, nbytes: int, tag: int = 0) -> tuple[Segment, int, int]:
         """(segment, header offset, serial) of a fresh zeroed object of type ``tag``,
         with one reference."""
         if nbytes > MAX_ARENA_OBJECT + OBJECT_HEADER_SIZE:
@@ -360,8 +360,10 @@ class SharedObject:
     _PAYLOAD_SIZE: ClassVar[int] = 0
     # what a block holds, checked when a handle is unpickled: each of shoal's own
     # classes has its own (__init_subclass__); a user's subclass shares its base's,
-    # whose struct it is
+    # whose struct it is, as do the subclasses of a class that sets _TYPE_FAMILY (one
+    # struct, several views of it)
     _TYPE_TAG: ClassVar[int] = 0
+    _TYPE_FAMILY: ClassVar[bool] = False
     _segment: Segment
     _header_offset: int
     _serial: int
@@ -369,7 +371,8 @@ class SharedObject:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.__module__.split(".")[0] == "shoal":
+        family = any(base.__dict__.get("_TYPE_FAMILY") for base in cls.__mro__[1:])
+        if cls.__module__.split(".")[0] == "shoal" and not family:
             cls._TYPE_TAG = _type_tag(cls)
 
     def _create(self) -> None:

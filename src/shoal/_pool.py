@@ -1857,6 +1857,17 @@ class Executor(concurrent.futures.Executor):
 
         return results()
 
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            # Ctrl-C (or SystemExit) leaving the block: the standard library waits for
+            # every running call first, which is what the user is trying to stop
+            self.shutdown(wait=False, cancel_futures=True)
+            self._engine.terminate()
+            self._finalizer.detach()
+            return False
+        self.shutdown(wait=True)
+        return False
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; with ``cancel_futures``, cancel what no worker started."""
         with self._shutdown_lock:

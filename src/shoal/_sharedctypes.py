@@ -311,6 +311,10 @@ def _rebuild(cls: type[_SharedCData], handle: tuple[str, int, int], state: Any) 
 class _SharedCData(SharedObject):
     """A ctypes object in a shared block; the common part of every kind here."""
 
+    # RawValue, RawArray and the synchronized wrappers are views of one struct: a
+    # handle of any of them may be rebuilt as another
+    _TYPE_FAMILY = True
+
     _PUBLIC: str  # the name reprs and messages use
     _base: type
     _dims: tuple[int, ...]  # of the element type (a 2-D array's rows)
