@@ -150,7 +150,7 @@ class Queue(_core.Ring, SharedObject):
         data, buffers = dumps(obj)
         if buffers is None and len(data) <= self._max_payload:
             return data
-        return pack(data, buffers, self._segment.name)
+        return pack(data, buffers, self._handle)
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``obj`` on the queue, waiting up to ``timeout`` seconds for room.
