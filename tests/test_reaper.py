@@ -116,3 +116,134 @@ print("ok")
 """
     )
     assert out.strip().endswith("ok")
+
+
+def test_a_corrupt_transit_record_removes_nothing() -> None:
+    # before: the receiver removed the name a transit record gave before it checked the
+    # header: a corrupt record unlinked a live segment, or any file named shoal-*
+    out = check_isolated(
+        """
+import os, secrets
+import shoal
+from shoal import Queue
+from shoal.lowlevel import Segment
+q = Queue()
+live = Segment.create(64)  # a live segment of this user, named by a corrupt record
+plain = "/shoal-" + secrets.token_hex(10)  # a file that only has a shoal name
+with open("/dev/shm" + plain, "wb") as f:
+    f.write(b"x" * 8192)
+records = [b"T" + live.name.encode(), b"T" + plain.encode(),
+           b"T/../../etc/passwd" + b"\\0" * 9, b"T" + b"\\xff" * 27, b"T/shoal-"]
+for record in records:
+    q._put_bytes(record, True, 5)
+    try:
+        got = q.get(timeout=5)
+    except shoal.LayoutError as exc:
+        assert "shoal" in str(exc), exc
+    else:
+        raise AssertionError(f"{record!r} gave {got!r}")
+for record in records:  # the last handle discards what is left: nothing is removed
+    q._put_bytes(record, True, 5)
+q.close()
+assert os.path.exists("/dev/shm" + live.name) and os.path.exists("/dev/shm" + plain)
+live.close()
+os.unlink("/dev/shm" + plain)
+print("ok")
+"""
+    )
+    assert out.strip().endswith("ok")
+
+
+def test_transit_segments_nobody_can_receive_are_reclaimed() -> None:
+    # before: a transit segment lived as long as its queue's *segment*, and a small
+    # queue lives in an arena that its creator holds for as long as it lives: one whose
+    # record was taken and never opened outlived the queue's close() and
+    # doctor --reap; one whose writer was killed half way was kept as long as the queue
+    out = check_isolated(
+        """
+import multiprocessing as mp, os, signal, subprocess, sys, threading, time
+from shoal import Queue, _memory
+from shoal.lowlevel import attached_names
+FORK = mp.get_context("fork")
+BIG = b"x" * 300_000  # travels in a transit segment
+
+def shoal_files():
+    return {"/" + n for n in os.listdir("/dev/shm") if n.startswith("shoal-")}
+
+def wait_for_new(before, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = shoal_files() - before
+        if new:
+            return new
+        time.sleep(0.01)
+    raise AssertionError("no transit segment appeared")
+
+def take_and_leave(q):
+    q._get_bytes(True, 10)  # taken off the ring, its transit segment never opened
+
+def die_while_writing(q):
+    original = _memory._write_all
+    def write_then_die(*args):
+        original(*args)
+        os.kill(os.getpid(), signal.SIGKILL)  # the data written, the magic not yet
+    _memory._write_all = write_then_die
+    q.put(BIG)
+
+def doctor_reap():
+    done = subprocess.run([sys.executable, "-m", "shoal", "doctor", "--reap"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+keep = Queue(capacity=1024)  # keeps the arena (this process's) alive throughout
+# (a killed child's references pin every object it inherited: it goes first)
+pinned = Queue(capacity=1024)
+before = shoal_files()
+p = FORK.Process(target=die_while_writing, args=(pinned,))
+p.start(); p.join(10)
+assert p.exitcode == -signal.SIGKILL
+half_written = shoal_files() - before
+assert len(half_written) == 1, half_written
+
+q = Queue(maxsize=1, capacity=1024)  # small: it lives in that arena too
+assert q._segment is keep._segment
+before = shoal_files()
+q.put(BIG)
+p = FORK.Process(target=take_and_leave, args=(q,))
+p.start(); p.join(10)
+assert p.exitcode == 0
+never_opened = shoal_files() - before
+assert len(never_opened) == 1, never_opened
+
+
+# a live producer blocked in put(big) keeps its message whatever is swept meanwhile
+q.put(b"small")  # full now
+done = threading.Event()
+def live_put():
+    q.put(BIG, timeout=60)
+    done.set()
+before = shoal_files()
+t = threading.Thread(target=live_put)
+t.start()
+live = wait_for_new(before)
+doctor_reap()
+have = shoal_files()
+assert live <= have, "a live producer's message was removed"
+assert never_opened <= have, "a message of a live queue was removed"
+assert not half_written & have, "a half-written transit of a dead writer was kept"
+assert q.get(timeout=10) == b"small"
+assert q.get(timeout=10) == BIG
+t.join(10)
+assert done.is_set()
+q.close()
+doctor_reap()
+assert not never_opened & shoal_files(), "the closed queue's lost message was kept"
+keep.close()
+pinned.close()
+left = shoal_files() - attached_names()
+assert not left, f"left after close and doctor --reap: {sorted(left)}"
+print("ok")
+""",
+        timeout=100,
+    )
+    assert out.strip().endswith("ok")

@@ -187,7 +187,7 @@ def _transit_name(record: bytes) -> str:
     its name is removed: ``_memory.open_transit``)."""
     raw = bytes(memoryview(record)[1:])
     if len(raw) != TRANSIT_RECORD_SIZE - 1 or not raw.isascii():
-        raise LayoutError(errno.EINVAL, f"corrupt message record: {record[:64]!r}")
+        raise LayoutError(errno.EINVAL, f"corrupt shoal message record: {record[:64]!r}")
     return raw.decode("ascii")
 
 
