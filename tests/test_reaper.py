@@ -247,3 +247,57 @@ print("ok")
         timeout=100,
     )
     assert out.strip().endswith("ok")
+
+
+def test_a_full_dev_shm_is_a_clear_error_on_every_creation_path() -> None:
+    # a 4 MiB /dev/shm, filled to the last page: every path that makes a segment
+    # (segments, arenas, transit messages, a dict's table, shared arrays) raises
+    # SharedMemoryError naming the shortage, never SIGBUS, and leaves no file behind
+    out = check_isolated(
+        """
+import errno, os
+import numpy as np
+import shoal
+from shoal.lowlevel import Segment
+
+def shoal_files():
+    return {n for n in os.listdir("/dev/shm") if n.startswith("shoal-")}
+
+q = shoal.Queue()
+d = shoal.SharedDict()
+fd = os.open("/dev/shm/filler", os.O_CREAT | os.O_WRONLY, 0o600)
+try:  # what is left, to the last page
+    while True:
+        os.write(fd, b"\\0" * 4096)
+except OSError as exc:
+    assert exc.errno == errno.ENOSPC, exc
+os.close(fd)
+before = shoal_files()
+attempts = {
+    "Segment.create": lambda: Segment.create(64 * 1024),
+    "arena (Lock)": lambda: [shoal.Lock() for _ in range(10_000)],
+    "own segment (Queue)": lambda: shoal.Queue(),
+    "transit (put)": lambda: q.put(np.ones(40_000)),  # out of band: a transit
+    "dict table": lambda: d.update({i: "v" * 100 for i in range(20_000)}),
+    "share()": lambda: shoal.share(np.ones(100_000)),
+    "Array": lambda: shoal.Array("d", 100_000),
+}
+made = []
+for what, attempt in attempts.items():
+    try:
+        made.append(attempt())
+    except shoal.SharedMemoryError as exc:
+        assert "no room in shared memory" in str(exc), (what, exc)
+    else:
+        raise AssertionError(f"{what}: no error with /dev/shm full")
+    assert shoal_files() == before, (what, shoal_files() - before)
+os.unlink("/dev/shm/filler")
+q.put(np.ones(40_000))  # what was refused works once there is room
+assert (q.get(timeout=10) == 1).all()
+d["k"] = "v"
+assert d["k"] == "v"
+print("ok")
+""",
+        shm_size="4m",
+    )
+    assert out.strip().endswith("ok")

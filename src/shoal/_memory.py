@@ -12,11 +12,18 @@ Every segment starts with a one-page header::
     32      8     creator token
     40      8     creation time, ns since the epoch
     48      4     holder capacity
-    52      4     holders not recorded (the table was full)
+    52      4     holders not recorded (written by no shoal since #10; still honoured)
     56      8     references in flight: handles pickled and not yet unpickled
     64      40    shoal_mutex guarding the holder table
     104     8     when the last reference in flight was taken, ns since the epoch
     128     8*N   holder table: the token of each process attached, 0 = free slot
+
+A transit segment (KIND_TRANSIT) has no holder table; in its place it names its
+parent::
+
+    128     64    the parent segment's name (ASCII, NUL-padded)
+    192     8     the parent object's header offset in it (0: the whole segment)
+    200     8     the parent object's serial (shoal._handle)
 
 Lifetime.  A process attaches a segment once (``Segment.attach`` is cached per
 process) and writes its token into the holder table.  ``close()`` drops the process's
@@ -27,6 +34,19 @@ it when they close.  When *every* holder died, nobody is left to close: the next
 shoal process that creates a segment, or ``reap()`` (``python -m shoal doctor
 --reap``), sweeps ``/dev/shm`` and removes shoal segments whose holders are all dead.
 (A process that keeps creating segments sweeps again every ``IN_FLIGHT_TIMEOUT_S``.)
+A table is full at ``_HOLDER_CAPACITY`` live holders: the next one is refused, since a
+holder the table does not name could never be told dead (#10).
+
+The sweep (#10).  Another user can plant files named ``shoal-*`` in ``/dev/shm``; root
+could open them.  So the reaper judges only names of the form :func:`_new_name` makes
+that are this user's regular files (``lstat``, then ``fstat`` on what was opened with
+``O_NOFOLLOW | O_NOCTTY | O_NONBLOCK``), reads their headers with ``pread`` (a file
+that shrank gives a short read, not a SIGBUS), maps a header page only to take the
+final decision on one that looks unheld, and only tries its table's mutex: one locked
+by a live process is left for a later sweep.  No file costs any waiting.  A file
+without its magic number is unfinished: removed at once if the creator token in its
+header is dead, else after ``_UNFINISHED_GRACE_S``.  A transit segment is removed
+once its parent object is gone (:func:`_parent_gone`).
 
 References in flight (#4).  A handle that was pickled and not yet unpickled — a
 ``Pool`` worker's return value after the worker exited, a lock put on a queue by a
