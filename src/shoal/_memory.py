@@ -1058,40 +1058,44 @@ def _open_transit_fd(name: Any) -> tuple[int, int]:
     except OSError as exc:
         raise SharedMemoryError(exc.errno, f"cannot open segment {name!r}: {exc}") from exc
     try:
-        problem = _transit_problem(fd)
+        problem, size = _transit_problem(fd)
     except BaseException:
         os.close(fd)
         raise
     if problem:
         os.close(fd)
         raise LayoutError(errno.EINVAL, f"refusing message segment {name!r}: {problem}")
-    return fd, os.fstat(fd).st_size
+    return fd, size
 
 
-def _transit_problem(fd: int) -> str | None:
+# the fixed fields and the parent, read in one pread on receipt: the record came after
+# the sender wrote them all (through the ring), so no ordering of the magic is needed
+_TRANSIT_HEAD_SIZE = _PARENT_OBJECT_OFFSET + _PARENT_OBJECT.size
+
+
+def _transit_problem(fd: int) -> tuple[str | None, int]:
+    """What is wrong with the transit segment open as ``fd`` (None: nothing), its size."""
     st = os.fstat(fd)
     if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
-        return "it is not a file of this user"
-    prefix = _read_prefix(fd) if st.st_size >= HEADER_SIZE else None
-    if prefix is None:
-        return f"it is {st.st_size} bytes, smaller than a shoal header"
-    magic, version, header_size, total, kind, *_ = _HEADER.unpack_from(prefix)
+        return "it is not a file of this user", 0
+    head = _pread_exact(fd, _TRANSIT_HEAD_SIZE, 0) if st.st_size >= HEADER_SIZE else None
+    if head is None:
+        return f"it is {st.st_size} bytes, smaller than a shoal header", 0
+    magic, version, header_size, total, kind, *_ = _HEADER.unpack_from(head)
     if magic != MAGIC:
-        return f"bad magic number {magic:#018x}: not a shoal segment"
+        return f"bad magic number {magic:#018x}: not a shoal segment", 0
     if version != _core.LAYOUT_VERSION:
-        return f"layout version {version}, this shoal reads {_core.LAYOUT_VERSION}"
+        return f"layout version {version}, this shoal reads {_core.LAYOUT_VERSION}", 0
     if header_size != HEADER_SIZE or total != st.st_size:
-        return f"header says {header_size}/{total} bytes, the file is {st.st_size}: corrupt"
+        return f"header says {header_size}/{total} bytes, the file is {st.st_size}: corrupt", 0
     if kind != KIND_TRANSIT:
-        return f"it is not a message segment (kind {kind})"
-    parent = _read_transit_parent(fd)
-    if parent is None:
-        return "its parent is unreadable"
+        return f"it is not a message segment (kind {kind})", 0
+    parent = head[_HOLDERS_OFFSET:_PARENT_OBJECT_OFFSET].rstrip(b"\0").decode("ascii", "replace")
     with _state.lock:
-        held = parent[0] in _state.attached
+        held = parent in _state.attached
     if not held:
-        return f"it travels on {parent[0]!r}, which this process does not hold"
-    return None
+        return f"it travels on {parent!r}, which this process does not hold", 0
+    return None, st.st_size
 
 
 def open_transit(name: str) -> mmap.mmap:
