@@ -45,8 +45,10 @@ def test_files_planted_by_another_user_are_never_opened_waited_on_or_removed() -
     out = check_isolated(
         _HOSTILE
         + """
+with open("/dev/shm/victim-target", "wb") as f:  # this user's, to be linked to
+    f.write(bytes(8192))
 planter = hostile('''
-    import sys
+    import os, sys
     from shoal import _core, _memory
     from shoal.lowlevel import Segment
     dead = (_core.self_token() & ~0xFFFFFFFF) | 12345
@@ -61,12 +63,16 @@ planter = hostile('''
         view[0] = dead  # looks orphaned: every holder dead
         view.release()
         unheld.append(seg)
+    # neither a FIFO (opening it would block) nor a symlink (to a victim's file) is
+    # opened: their names are taken by the victim's segments too
+    os.mkfifo("/dev/shm/shoal-" + "f" * 20)
+    os.symlink("/dev/shm/victim-target", "/dev/shm/shoal-" + "e" * 20)
     print("ready", flush=True)
     sys.stdin.readline()
 ''')
 def body():
     planted = shoal_files()
-    assert len(planted) == 15, planted
+    assert len(planted) == 17, planted
     import shoal
     from shoal import lowlevel
     t0 = time.monotonic()
@@ -77,6 +83,13 @@ def body():
     assert reaped == [], reaped
     assert took < 1.0, f"the sweep took {took:.1f} s"
     assert set(planted) <= set(shoal_files()), "another user's segments were removed"
+    assert os.path.exists("/dev/shm/victim-target")
+    done = subprocess.run([sys.executable, "-m", "shoal", "doctor", "--reap"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "(17 of other users: never opened or reaped)" in done.stdout, done.stdout
+    assert "reaped:          0 " in done.stdout, done.stdout
+    assert set(planted) <= set(shoal_files())
 
 run_against(planter, body)
 print("ok")
