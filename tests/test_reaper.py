@@ -98,6 +98,49 @@ print("ok")
     assert out.strip().endswith("ok")
 
 
+def test_a_sweep_never_waits_on_a_holder_table_locked_by_a_live_process() -> None:
+    # before: each segment whose table a live process held locked cost the sweep 1 s
+    out = check_isolated(
+        """
+import multiprocessing as mp, os, time
+from shoal import _core
+from shoal.lowlevel import Segment, reap
+
+def hold_locked(conn):
+    dead = (_core.self_token() & ~0xFFFFFFFF) | 12345
+    segs = []
+    for _ in range(5):
+        seg = Segment.create(64)
+        seg._table_lock.acquire()
+        view = seg._holders_view()
+        view[0] = dead  # every holder dead: judged under the lock, which is held
+        view.release()
+        segs.append(seg.name)
+    conn.send(segs)
+    conn.recv()  # holds them until told
+
+here, there = mp.get_context("fork").Pipe()
+p = mp.get_context("fork").Process(target=hold_locked, args=(there,))
+p.start()
+try:
+    assert here.poll(20)
+    names = here.recv()
+    t0 = time.monotonic()
+    reaped = reap()
+    took = time.monotonic() - t0
+    assert not set(names) & set(reaped), reaped
+    assert all(os.path.exists("/dev/shm" + n) for n in names)
+    assert took < 0.5, f"the sweep took {took:.1f} s"
+finally:
+    here.send("done")
+    p.kill()
+    p.join(20)
+print("ok")
+"""
+    )
+    assert out.strip().endswith("ok")
+
+
 def test_a_file_truncated_by_another_user_while_the_victim_reaps() -> None:
     # before: truncating a planted file under the reaper's mapping killed it (SIGBUS)
     out = check_isolated(

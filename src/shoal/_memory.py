@@ -884,9 +884,9 @@ def _held_by_a_live_process(fd: int, prefix: Any) -> bool | None:
     return _in_flight_pending(prefix)
 
 
-def _reap_if_unheld(name: str, fd: int, prefix: Any, unlink: bool = True) -> bool:
-    """True if no live process holds the segment and no reference to it is in flight
-    (then unlinked, if ``unlink``).
+def _reap_if_unheld(name: str, fd: int, prefix: Any) -> bool:
+    """Unlink the segment if no live process holds it and no reference to it is in
+    flight; True if it did.
 
     Decided from ``pread`` first: a segment somebody holds is never mapped.  Only one
     that looks unheld is mapped (its header page, checked to exist) for the final
@@ -914,9 +914,8 @@ def _reap_if_unheld(name: str, fd: int, prefix: Any, unlink: bool = True) -> boo
                     return False
                 if _in_flight_pending(mapping):
                     return False  # a pickled handle may still be unpickled (#4)
-                if unlink:
-                    struct.pack_into("<I", mapping, _FLAGS_OFFSET, FLAG_UNLINKED)
-                    _unlink_quietly(name)
+                struct.pack_into("<I", mapping, _FLAGS_OFFSET, FLAG_UNLINKED)
+                _unlink_quietly(name)
                 return True
             finally:
                 lock.release()
@@ -963,7 +962,7 @@ def write_transit(parent: str | tuple[str, int, int], chunks: list[Any], size: i
     and removes its name (:func:`open_transit`).  Until then it lives as long as its
     parent object does; the reaper removes one whose parent object is gone (freed, its
     segment unlinked or held by nobody alive) -- which is also what becomes of one
-    whose record was lost with a killed producer or consumer.
+    whose record was lost with a killed producer or consumer, once its queue goes.
     """
     if isinstance(parent, tuple):
         parent_name, parent_offset, parent_serial = parent
