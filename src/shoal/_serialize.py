@@ -28,10 +28,11 @@ object offset and serial).  The receiver refuses a record whose name is not a sh
 name, or whose segment is not this user's, not a transit segment, or not of a queue it
 holds, and removes nothing then (#10: a corrupt record removed whatever it named).
 One whose parent queue no longer exists (freed, its segment gone or held by nobody
-alive) is removed by the reaper: so are those whose record was lost with a producer
-killed inside ``put`` or a consumer killed between taking a record and opening it.
-One whose writer was killed while writing it has no magic number yet and a dead
-creator: the reaper removes it at once.
+alive) is removed by the reaper: so, once their queue goes, are those whose record was
+lost with a producer killed inside ``put`` or a consumer killed between taking a
+record and opening it (a killed process never drops its references, so the queue it
+held goes with its segment).  One whose writer was killed while writing it has no
+magic number yet and a dead creator: the reaper removes it at once.
 """
 
 from __future__ import annotations
