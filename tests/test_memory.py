@@ -180,8 +180,12 @@ def child_attach_expect_error(name: str, conn: Connection) -> None:
 
 
 def child_attach_hold(name: str, conn: Connection) -> None:
-    seg = Segment.attach(name)
-    conn.send(seg._unrecorded)
+    try:
+        seg = Segment.attach(name)
+    except shoal.SharedMemoryError as exc:
+        conn.send((exc.errno, str(exc)))
+        return
+    conn.send(os.getpid() in seg.holders())
     assert conn.poll(TIMEOUT)
     conn.recv()
     seg.close()
@@ -613,7 +617,7 @@ def test_holders_lists_every_process_attached(ctx: Any) -> None:
     p.start()
     try:
         assert here.poll(TIMEOUT)
-        assert here.recv() is False  # recorded in the table
+        assert here.recv() is True  # recorded in the table
         assert sorted(seg.holders()) == sorted([os.getpid(), p.pid])
         here.send("close")
         assert here.poll(TIMEOUT) and here.recv() == "closed"
@@ -627,9 +631,9 @@ def test_holders_lists_every_process_attached(ctx: Any) -> None:
         seg.close()
 
 
-def test_a_holder_beyond_the_table_keeps_the_segment_and_is_counted_down() -> None:
-    # #2: a process counted in the overflow field (table full) never left it, so the
-    # segment could never be unlinked or reaped
+def test_a_holder_beyond_a_full_table_is_refused_with_a_clear_error() -> None:
+    # #10: a process beyond the table was counted in the overflow field, which cannot
+    # name it: once it was SIGKILLed the segment could never be reaped
     seg = Segment.create(8)
     token = _core.self_token()
     slots = seg.buffer[_memory._HOLDERS_OFFSET : _memory._KEEPERS_OFFSET].cast("Q")
@@ -640,12 +644,20 @@ def test_a_holder_beyond_the_table_keeps_the_segment_and_is_counted_down() -> No
         p = FORK.Process(target=child_attach_hold, args=(seg.name, there))
         p.start()
         assert here.poll(TIMEOUT)
-        assert here.recv() is True  # counted, not recorded
-        assert struct.unpack_from("<I", seg.buffer, _memory._OVERFLOW_OFFSET)[0] == 1
+        code, message = here.recv()
+        join_all(p)
+        assert code == errno.EUSERS
+        assert seg.name in message and "live processes" in message
+        assert struct.unpack_from("<I", seg.buffer, _memory._OVERFLOW_OFFSET)[0] == 0
+        # a dead stand-in frees a slot: the next attach is recorded
+        slots[1] = dead_token()
+        here, there = FORK.Pipe()
+        p = FORK.Process(target=child_attach_hold, args=(seg.name, there))
+        p.start()
+        assert here.poll(TIMEOUT) and here.recv() is True
         here.send("close")
         assert here.poll(TIMEOUT) and here.recv() == "closed"
         join_all(p)
-        assert struct.unpack_from("<I", seg.buffer, _memory._OVERFLOW_OFFSET)[0] == 0
         for i in range(1, _memory._HOLDER_CAPACITY):
             slots[i] = 0
     finally:

@@ -21,6 +21,25 @@ def _shm_report() -> str:
     return f"{free / 2**20:,.0f} MiB free of {total / 2**20:,.0f} MiB{note}"
 
 
+def _count_segments() -> tuple[int, int]:
+    """Files named like shoal segments in /dev/shm: (this user's, other users')."""
+    try:
+        names = [n for n in os.listdir("/dev/shm") if n.startswith(NAME_PREFIX)]
+    except OSError:
+        return 0, 0
+    uid, ours, others = os.geteuid(), 0, 0
+    for name in names:
+        try:
+            st = os.lstat("/dev/shm/" + name)
+        except OSError:
+            continue  # gone meanwhile
+        if st.st_uid == uid:
+            ours += 1
+        else:
+            others += 1
+    return ours, others
+
+
 def doctor(reap_orphans: bool = False) -> int:
     """Print what shoal finds on this machine; optionally reap orphaned segments."""
     print(f"python:          {sys.version.split()[0]} on {sys.platform}")
@@ -32,11 +51,9 @@ def doctor(reap_orphans: bool = False) -> int:
     print(f"wait/wake:       {'futex' if sys.platform.startswith('linux') else 'polling fallback'}")
     print(f"/dev/shm:        {_shm_report()}")
     print(f"process token:   {_core.self_token():#018x} (pid << 32 | start time)")
-    try:
-        ours = sorted(n for n in os.listdir("/dev/shm") if n.startswith(NAME_PREFIX))
-    except OSError:
-        ours = []
-    print(f"shoal segments:  {len(ours)} in /dev/shm")
+    ours, others = _count_segments()
+    note = f" ({others} of other users: never opened or reaped)" if others else ""
+    print(f"shoal segments:  {ours} of this user in /dev/shm{note}")
     if reap_orphans:
         gone = reap()
         print(f"reaped:          {len(gone)} orphaned segment(s) {' '.join(gone)}")

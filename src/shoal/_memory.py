@@ -12,7 +12,7 @@ Every segment starts with a one-page header::
     32      8     creator token
     40      8     creation time, ns since the epoch
     48      4     holder capacity
-    52      4     holders not recorded (the table was full)
+    52      4     holders not recorded (written by no shoal since #10; still honoured)
     56      8     references in flight: handles pickled and not yet unpickled
     64      40    shoal_mutex guarding the holder table
     104     8     when the last reference in flight was taken, ns since the epoch
@@ -21,6 +21,13 @@ Every segment starts with a one-page header::
     3072    32*K  keeper table: references kept by containers (queues, dicts), one
                   entry per container: u64 count, 20 ASCII bytes naming the container's
                   segment (the hex digits after "/shoal-"), 4 bytes zero
+
+A transit segment (KIND_TRANSIT) has no holder table; in its place it names its
+parent::
+
+    128     64    the parent segment's name (ASCII, NUL-padded)
+    192     8     the parent object's header offset in it (0: the whole segment)
+    200     8     the parent object's serial (shoal._handle)
 
 Lifetime.  A process attaches a segment once (``Segment.attach`` is cached per
 process) and writes its token into the holder table.  ``close()`` drops the process's
@@ -31,6 +38,19 @@ it when they close.  When *every* holder died, nobody is left to close: the next
 shoal process that creates a segment, or ``reap()`` (``python -m shoal doctor
 --reap``), sweeps ``/dev/shm`` and removes shoal segments whose holders are all dead.
 (A process that keeps creating segments sweeps again every ``IN_FLIGHT_TIMEOUT_S``.)
+A table is full at ``_HOLDER_CAPACITY`` live holders: the next one is refused, since a
+holder the table does not name could never be told dead (#10).
+
+The sweep (#10).  Another user can plant files named ``shoal-*`` in ``/dev/shm``; root
+could open them.  So the reaper judges only names of the form :func:`_new_name` makes
+that are this user's regular files (``lstat``, then ``fstat`` on what was opened with
+``O_NOFOLLOW | O_NOCTTY | O_NONBLOCK``), reads their headers with ``pread`` (a file
+that shrank gives a short read, not a SIGBUS), maps a header page only to take the
+final decision on one that looks unheld, and only tries its table's mutex: one locked
+by a live process is left for a later sweep.  No file costs any waiting.  A file
+without its magic number is unfinished: removed at once if the creator token in its
+header is dead, else after ``_UNFINISHED_GRACE_S``.  A transit segment is removed
+once its parent object is gone (:func:`_parent_gone`).
 
 References in flight (#4).  A handle that was pickled and not yet unpickled — a
 ``Pool`` worker's return value after the worker exited, a lock sent through a pipe by
@@ -82,7 +102,9 @@ import contextlib
 import errno
 import mmap
 import os
+import re
 import secrets
+import stat
 import struct
 import sys
 import threading
@@ -376,8 +398,6 @@ class Segment:
         # set once _detach starts: a finalizer run by garbage collection in the middle
         # of it must not start a second detach of the same segment
         self._detaching = False
-        # this process is counted in the header's overflow field, not in the table
-        self._unrecorded = False
         self._table_lock = _core.Mutex()
         self._table_lock._bind(mapping, _TABLE_LOCK_OFFSET, False, False)
 
@@ -515,9 +535,11 @@ class Segment:
     def _add_holder(self, token: int) -> bool:
         """Record ``token`` as a holder; False if the segment was already unlinked.
 
-        A full table (more live holders than slots) counts the process in the
-        header's overflow field instead, which keeps the segment from being unlinked
-        or reaped until that process closes it (``_unrecorded``).
+        Raises:
+            SharedMemoryError: the table is full of live holders (EUSERS).  A holder
+                that is not in the table could not be told dead once killed, and the
+                segment would stay forever (#10: before, it was counted in the
+                header's overflow field, which no sweep could ever count down).
         """
         with self._table_locked():
             if self._field(_FLAGS_OFFSET) & FLAG_UNLINKED:
@@ -528,28 +550,22 @@ class Segment:
                     for i, holder in enumerate(holders):
                         if holder == 0:
                             holders[i] = token
-                            self._unrecorded = False
                             return True
                     # full: forget dead holders, then try once more
                     for i, holder in enumerate(holders):
                         if not _core.token_alive(holder):
                             holders[i] = 0
-                self._set_field(_OVERFLOW_OFFSET, self._field(_OVERFLOW_OFFSET) + 1)
-                self._unrecorded = True
-                return True
             finally:
                 holders.release()
+        raise SharedMemoryError(
+            errno.EUSERS,
+            f"segment {self.name} is held by {_HOLDER_CAPACITY} live processes, the most "
+            "it can record; close it in some, or share fewer objects that live in it",
+        )
 
     def _remove_holder_and_maybe_unlink(self, token: int) -> bool:
         """Remove ``token``; unlink if no live holder is left.  True if unlinked."""
         with self._table_locked():
-            if self._unrecorded:
-                # counted in the overflow field when the table was full (#2: before,
-                # the count never went down and such a segment stayed forever)
-                self._unrecorded = False
-                overflow = self._field(_OVERFLOW_OFFSET)
-                if overflow:
-                    self._set_field(_OVERFLOW_OFFSET, overflow - 1)
             holders = self._holders_view()
             try:
                 for i, holder in enumerate(holders):
@@ -730,8 +746,10 @@ _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 def _open_mapping(name: str, populate: bool = False) -> mmap.mmap:
+    if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
+        raise LayoutError(errno.EINVAL, f"{name!r} is not the name of a shoal segment")
     try:
-        fd = _core.shm_open(name, os.O_RDWR, 0o600)
+        fd = _core.shm_open(name, os.O_RDWR | _SAFE_OPEN, 0o600)
     except FileNotFoundError:
         raise SegmentNotFoundError(
             errno.ENOENT,
@@ -740,7 +758,14 @@ def _open_mapping(name: str, populate: bool = False) -> mmap.mmap:
     except OSError as exc:
         raise SharedMemoryError(exc.errno, f"cannot open segment {name!r}: {exc}") from exc
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
+            # shoal maps only its own user's segments: another user's file with a
+            # shoal name could be truncated under the mapping (SIGBUS) or lie
+            raise LayoutError(
+                errno.EPERM, f"refusing {name!r}: it is not a shoal segment of this user"
+            )
+        size = st.st_size
         if size < HEADER_SIZE:
             raise LayoutError(
                 errno.EINVAL,
@@ -821,7 +846,9 @@ def reap() -> list[str]:
     """Remove shoal segments whose holders all died; return their names.
 
     Sweeps ``/dev/shm`` where the platform has it (Linux); elsewhere it has nothing
-    to list and returns ``[]``.  Segments of other users are skipped (mode 0600).
+    to list and returns ``[]``.  Only this user's regular files with a shoal name are
+    judged, from headers read with ``pread`` (nothing is mapped to decide); a holder
+    table whose mutex is held is skipped until a later sweep, never waited on.
     """
     reaped: list[str] = []
     # what a reaped container kept (#10), and the transit segments of a reaped queue,
@@ -842,45 +869,106 @@ def _sweep() -> list[str]:
         entries = os.listdir(_SHM_DIR)
     except OSError:
         return []
-    return ["/" + e for e in entries if e.startswith(NAME_PREFIX) and _reap_one("/" + e)]
+    return ["/" + e for e in entries if _NAME_PATTERN.fullmatch("/" + e) and _reap_one("/" + e)]
+
+
+# what _new_name makes: anything else in /dev/shm is not shoal's to judge
+_NAME_PATTERN = re.compile(r"/shoal-[0-9a-f]{20}")
+# open flags for a file that may be planted: no symlink, no controlling tty, no
+# blocking open (a FIFO named like a segment)
+_SAFE_OPEN = os.O_NOFOLLOW | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0)
+# the fixed fields before the holder table, read in one pread
+_PREFIX_SIZE = _HOLDERS_OFFSET
+
+
+def _open_own(name: str) -> tuple[int, os.stat_result] | None:
+    """Open segment ``name`` read-write if it is this user's regular file, else None.
+
+    A file of another user (root can open it) is not even opened: ``lstat`` first,
+    then ``fstat`` on what was opened in case it was swapped in between.
+    """
+    uid = os.geteuid()
+    try:
+        st = os.lstat(_SHM_DIR + name)
+    except OSError:
+        st = None  # no listing (not Linux): judge what shm_open gives
+    if st is not None and (st.st_uid != uid or not stat.S_ISREG(st.st_mode)):
+        return None
+    try:
+        fd = _core.shm_open(name, os.O_RDWR | _SAFE_OPEN, 0o600)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None
+    if st.st_uid != uid or not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd, st
+
+
+def _pread_exact(fd: int, size: int, offset: int) -> bytes | None:
+    """``size`` bytes at ``offset``, or None if the file is shorter (it shrank)."""
+    try:
+        data = os.pread(fd, size, offset)
+    except OSError:
+        return None
+    return data if len(data) == size else None
+
+
+def _read_prefix(fd: int) -> bytearray | None:
+    """The header's fixed fields; the magic read first (the creator stores it last)."""
+    magic = _pread_exact(fd, 8, 0)
+    rest = _pread_exact(fd, _PREFIX_SIZE - 8, 8)
+    if magic is None or rest is None:
+        return None
+    return bytearray(magic + rest)
 
 
 def _reap_one(name: str) -> bool:
     with _state.lock:
         if name in _state.attached:
             return False
-    try:
-        fd = _core.shm_open(name, os.O_RDWR, 0o600)
-    except OSError:
+    opened = _open_own(name)
+    if opened is None:
         return False
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if st.st_size < HEADER_SIZE:
-            if time.time() - st.st_mtime > _UNFINISHED_GRACE_S:
-                _unlink_quietly(name)
-                return True
-            return False
-        mapping = mmap.mmap(fd, HEADER_SIZE)
+        return _judge(name, fd, st)
     finally:
         os.close(fd)
-    # atomic: the creator stores the magic last, after the holder table (a plain
-    # read could be ordered after the table's on a weakly ordered CPU)
-    magic = _core.load64(mapping, 0)
-    version = struct.unpack_from("<I", mapping, 8)[0]
-    if magic != MAGIC:
-        if magic == 0 and time.time() - st.st_mtime > _UNFINISHED_GRACE_S:
-            _unlink_quietly(name)
+
+
+def _judge(name: str, fd: int, st: os.stat_result) -> bool:
+    """Unlink this user's segment ``name`` (open as ``fd``) if it is garbage."""
+    abandoned = time.time() - st.st_mtime > _UNFINISHED_GRACE_S
+    prefix = _read_prefix(fd) if st.st_size >= HEADER_SIZE else None
+    if prefix is None:
+        if abandoned and st.st_size < HEADER_SIZE:
+            _unlink_quietly(name)  # never sized: its creator died in shm_open's wake
             return True
         return False
+    magic, version, header_size, total, kind, _, creator, *_ = _HEADER.unpack_from(prefix)
+    if magic != MAGIC:
+        if magic == 0 and (abandoned or (creator and not _core.token_alive(creator))):
+            # unfinished, and its creator died (or long ago) before completing it
+            _unlink_quietly(name)
+            return True
+        return False  # not shoal's, whatever its name
     if version != _core.LAYOUT_VERSION:
         return False  # another shoal's segment: its own sweeps judge it
-    if struct.unpack_from("<I", mapping, 24)[0] == KIND_TRANSIT:
-        # in flight on a queue: it lives as long as the queue does
-        if _segment_has_live_holders(_transit_parent(mapping)):
+    if header_size != HEADER_SIZE or total != st.st_size:
+        return False  # corrupt: nothing here can be trusted to decide on
+    if kind == KIND_TRANSIT:
+        # in flight on a queue: it lives as long as the queue object does
+        parent = _read_transit_parent(fd)
+        if parent is None or not _parent_gone(*parent):
             return False
         _unlink_quietly(name)
         return True
-    return _reap_if_unheld(name, mapping)
+    return _reap_if_unheld(name, fd, prefix)
 
 
 def _kept(buf: Any, name: str | None = None) -> int:
@@ -909,30 +997,61 @@ def _references_pending(buf: Any, name: str) -> bool:
     return _kept(buf, name) > 0
 
 
-def _reap_if_unheld(name: str, mapping: mmap.mmap, unlink: bool = True) -> bool:
-    """True if no live process holds the segment and no reference to it is in flight
-    (then unlinked, if ``unlink``)."""
+def _held_by_a_live_process(name: str, fd: int, prefix: Any) -> bool | None:
+    """From the header of segment ``name`` read with ``pread``: whether a live process
+    holds it or a reference to it is pending (in flight, or kept by a container); None
+    if the tables could not be read."""
+    table = _pread_exact(fd, HEADER_SIZE - _HOLDERS_OFFSET, _HOLDERS_OFFSET)
+    if table is None:
+        return None
+    holders = struct.unpack_from(f"<{_HOLDER_CAPACITY}Q", table)
+    overflow = struct.unpack_from("<I", prefix, _OVERFLOW_OFFSET)[0]
+    # (the overflow count is written by no shoal of this version any more, see
+    # _add_holder; one of an older build still pins its segment)
+    if overflow or any(h and _core.token_alive(h) for h in holders):
+        return True
+    return _references_pending(bytearray(prefix) + table, name)
+
+
+def _reap_if_unheld(name: str, fd: int, prefix: Any) -> bool:
+    """Unlink the segment if no live process holds it and no reference to it is in
+    flight; True if it did.
+
+    Decided from ``pread`` first: a segment somebody holds is never mapped.  Only one
+    that looks unheld is mapped (its header page, checked to exist) for the final
+    decision under the holder table's mutex, which is tried, never waited for: a table
+    locked by a live process is skipped until a later sweep.
+    """
+    if _held_by_a_live_process(name, fd, prefix) is not False:
+        return False
+    try:
+        mapping = mmap.mmap(fd, HEADER_SIZE)
+    except (OSError, ValueError):
+        return False
     lock = _core.Mutex()
     lock._bind(mapping, _TABLE_LOCK_OFFSET, False, False)
     try:
         with shared_section():
-            if not lock.acquire(True, 1.0):
+            if not lock.acquire(False):
                 return False
             try:
+                if os.fstat(fd).st_size < HEADER_SIZE:
+                    return False  # shrank under the mapping: reading it would SIGBUS
                 holders = struct.unpack_from(f"<{_HOLDER_CAPACITY}Q", mapping, _HOLDERS_OFFSET)
                 overflow = struct.unpack_from("<I", mapping, _OVERFLOW_OFFSET)[0]
                 if overflow or any(h and _core.token_alive(h) for h in holders):
                     return False
                 if _references_pending(mapping, name):
                     return False  # a pickle may still be unpickled (#4, #10)
-                if unlink:
-                    struct.pack_into("<I", mapping, _FLAGS_OFFSET, FLAG_UNLINKED)
-                    _unlink_quietly(name)
+                struct.pack_into("<I", mapping, _FLAGS_OFFSET, FLAG_UNLINKED)
+                _unlink_quietly(name)
                 return True
             finally:
                 lock.release()
     finally:
         lock._unbind()
+        with contextlib.suppress(BufferError):
+            mapping.close()
 
 
 def _unlink_quietly(name: str) -> None:
@@ -944,31 +1063,50 @@ def _unlink_quietly(name: str) -> None:
 
 # ---- transit segments: one message, one reader (shoal._serialize) ------------------------
 
+# Where a transit segment's header records its parent (in place of a holder table):
+#   128  64  the parent segment's name (ASCII, NUL-padded)
+#   192  8   the parent object's header offset in it (0: the whole segment is the parent)
+#   200  8   the parent object's serial (shoal._handle)
 _PARENT_NAME_BYTES = 64
+_PARENT_OBJECT = struct.Struct("<QQ")
+_PARENT_OBJECT_OFFSET = _HOLDERS_OFFSET + _PARENT_NAME_BYTES
+# an object's header (shoal._handle): u64 count (references in the low half), u32 serial
+_OBJECT_HEADER = struct.Struct("<QI")
+_OBJECT_REFS = 0xFFFFFFFF
 
 
-def write_transit(parent: str, chunks: list[Any], size: int) -> str:
-    """Create a segment holding one message for the queue whose segment is ``parent``.
+def write_transit(parent: str | tuple[str, int, int], chunks: list[Any], size: int) -> str:
+    """Create a segment holding one message for the object ``parent``.
 
-    ``chunks`` (bytes-like, in order) fill the ``size`` bytes after the header.  They
-    are written with one ``pwritev``: the kernel allocates the pages as it copies, so
+    ``parent`` is a queue's handle ``(segment name, header offset, serial)``, or just
+    a segment's name when the segment as a whole is the parent.  ``chunks``
+    (bytes-like, in order) fill the ``size`` bytes after the header.  They are
+    written with one ``pwritev``: the kernel allocates the pages as it copies, so
     there is no zero-filling and no page fault on this side, and a full ``/dev/shm``
-    fails here with ENOSPC instead of a SIGBUS later.
+    fails here with ENOSPC instead of a SIGBUS later.  The magic number is written
+    last: a writer killed half way leaves a segment without it, whose dead creator
+    token tells the reaper it is garbage.
 
     The segment has no holders: the sender lets go at once, the one receiver maps it
     and removes its name (:func:`open_transit`).  Until then it lives as long as its
-    parent does; the reaper removes one whose parent is gone.
+    parent object does; the reaper removes one whose parent object is gone (freed, its
+    segment unlinked or held by nobody alive) -- which is also what becomes of one
+    whose record was lost with a killed producer or consumer, once its queue goes.
     """
-    encoded = parent.encode("ascii")
+    if isinstance(parent, tuple):
+        parent_name, parent_offset, parent_serial = parent
+    else:
+        parent_name, parent_offset, parent_serial = parent, 0, 0
+    encoded = parent_name.encode("ascii")
     if len(encoded) > _PARENT_NAME_BYTES:
-        raise ValueError(f"parent segment name too long: {parent!r}")
+        raise ValueError(f"parent segment name too long: {parent_name!r}")
     name = _new_name()
     total = HEADER_SIZE + size
     header = bytearray(HEADER_SIZE)
     _HEADER.pack_into(
         header,
         0,
-        MAGIC,
+        0,  # the magic: written last, below
         _core.LAYOUT_VERSION,
         HEADER_SIZE,
         total,
@@ -980,12 +1118,14 @@ def write_transit(parent: str, chunks: list[Any], size: int) -> str:
         0,
     )
     header[_HOLDERS_OFFSET : _HOLDERS_OFFSET + len(encoded)] = encoded
+    _PARENT_OBJECT.pack_into(header, _PARENT_OBJECT_OFFSET, parent_offset, parent_serial)
     try:
         fd = _core.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     except OSError as exc:
         raise SharedMemoryError(exc.errno, f"cannot create segment {name}: {exc}") from exc
     try:
         _write_all(fd, [header, *chunks], total)
+        os.pwrite(fd, _MAGIC_BYTES, 0)
     except OSError as exc:
         _unlink_quietly(name)
         if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
@@ -997,6 +1137,9 @@ def write_transit(parent: str, chunks: list[Any], size: int) -> str:
     finally:
         os.close(fd)
     return name
+
+
+_MAGIC_BYTES = MAGIC.to_bytes(8, "little")
 
 
 def _write_all(fd: int, chunks: list[Any], total: int) -> None:
@@ -1018,46 +1161,150 @@ def _write_all(fd: int, chunks: list[Any], total: int) -> None:
         raise OSError(errno.EIO, f"wrote {offset} of {total} bytes")
 
 
+def _open_transit_fd(name: Any) -> tuple[int, int]:
+    """Open and validate the transit segment ``name``: (fd, size).
+
+    Everything is checked before anything is mapped or removed: the name's form, that
+    the file is this user's regular file, and the header (magic, version, sizes, kind
+    transit, a parent this process holds: whoever receives a queue's record holds
+    the queue).
+
+    Raises:
+        SegmentNotFoundError: it is gone (already received, or its queue died).
+        LayoutError: the name or the segment is not a transit segment this process
+            may receive.
+    """
+    if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
+        raise LayoutError(errno.EINVAL, f"{name!r} is not the name of a shoal message segment")
+    try:
+        fd = _core.shm_open(name, os.O_RDWR | _SAFE_OPEN, 0o600)
+    except FileNotFoundError:
+        raise SegmentNotFoundError(
+            errno.ENOENT,
+            f"no message segment {name!r}: it was already received, or its queue is gone",
+        ) from None
+    except OSError as exc:
+        raise SharedMemoryError(exc.errno, f"cannot open segment {name!r}: {exc}") from exc
+    try:
+        problem, size = _transit_problem(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if problem:
+        os.close(fd)
+        raise LayoutError(errno.EINVAL, f"refusing message segment {name!r}: {problem}")
+    return fd, size
+
+
+# the fixed fields and the parent, read in one pread on receipt: the record came after
+# the sender wrote them all (through the ring), so no ordering of the magic is needed
+_TRANSIT_HEAD_SIZE = _PARENT_OBJECT_OFFSET + _PARENT_OBJECT.size
+
+
+def _transit_problem(fd: int) -> tuple[str | None, int]:
+    """What is wrong with the transit segment open as ``fd`` (None: nothing), its size."""
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
+        return "it is not a file of this user", 0
+    head = _pread_exact(fd, _TRANSIT_HEAD_SIZE, 0) if st.st_size >= HEADER_SIZE else None
+    if head is None:
+        return f"it is {st.st_size} bytes, smaller than a shoal header", 0
+    magic, version, header_size, total, kind, *_ = _HEADER.unpack_from(head)
+    if magic != MAGIC:
+        return f"bad magic number {magic:#018x}: not a shoal segment", 0
+    if version != _core.LAYOUT_VERSION:
+        return f"layout version {version}, this shoal reads {_core.LAYOUT_VERSION}", 0
+    if header_size != HEADER_SIZE or total != st.st_size:
+        return f"header says {header_size}/{total} bytes, the file is {st.st_size}: corrupt", 0
+    if kind != KIND_TRANSIT:
+        return f"it is not a message segment (kind {kind})", 0
+    parent = head[_HOLDERS_OFFSET:_PARENT_OBJECT_OFFSET].rstrip(b"\0").decode("ascii", "replace")
+    with _state.lock:
+        held = parent in _state.attached
+    if not held:
+        return f"it travels on {parent!r}, which this process does not hold", 0
+    return None, st.st_size
+
+
 def open_transit(name: str) -> mmap.mmap:
     """Map the transit segment ``name`` and remove its name: the mapping is all that is
     left, and the memory goes back to the system when the mapping does.
 
     Raises:
         SegmentNotFoundError: it is gone (already received, or its queue died).
-        LayoutError: it is not a transit segment of this shoal.
+        LayoutError: it is not a transit segment of this shoal (nothing is removed).
     """
-    mapping = _open_mapping(name, populate=True)
+    fd, size = _open_transit_fd(name)
+    try:
+        if _POPULATE:
+            mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
+        else:
+            mapping = mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
     _unlink_quietly(name)
-    kind = _check_header(name, mapping)
-    if kind != KIND_TRANSIT:
-        raise LayoutError(errno.EINVAL, f"{name!r} is not a message segment (kind {kind})")
     return mapping
 
 
 def discard_transit(name: str) -> None:
-    """Remove a transit segment that will never be received."""
+    """Remove a transit segment that will never be received.
+
+    Only a valid transit segment of a queue this process holds is removed: a corrupt
+    record must not remove whatever segment (or file) it happens to name.
+    """
+    try:
+        fd, _ = _open_transit_fd(name)
+    except OSError:
+        return
+    os.close(fd)
     _unlink_quietly(name)
 
 
-def _transit_parent(mapping: mmap.mmap) -> str:
-    raw = bytes(mapping[_HOLDERS_OFFSET : _HOLDERS_OFFSET + _PARENT_NAME_BYTES])
-    return raw.rstrip(b"\0").decode("ascii", "replace")
+def _read_transit_parent(fd: int) -> tuple[str, int, int] | None:
+    raw = _pread_exact(fd, _PARENT_NAME_BYTES + _PARENT_OBJECT.size, _HOLDERS_OFFSET)
+    if raw is None:
+        return None
+    name = raw[:_PARENT_NAME_BYTES].rstrip(b"\0").decode("ascii", "replace")
+    offset, serial = _PARENT_OBJECT.unpack_from(raw, _PARENT_NAME_BYTES)
+    return name, offset, serial
 
 
-def _segment_has_live_holders(name: str) -> bool:
-    """Whether segment ``name`` exists and a live process holds it (in doubt: True)."""
+def _parent_gone(name: str, offset: int, serial: int) -> bool:
+    """Whether a transit segment's parent object is gone for good (in doubt: False).
+
+    Gone: its segment no longer exists, is marked unlinked, or no live process holds
+    it and no reference to it is in flight; or the object at ``offset`` in it was
+    freed (count of references 0) or replaced (another serial).
+    """
+    if not _NAME_PATTERN.fullmatch(name):
+        return False  # not a name shoal made: keep what cannot be judged
+    with _state.lock:
+        if name in _state.attached and not offset:
+            return False
     try:
-        fd = _core.shm_open(name, os.O_RDWR, 0o600)
+        fd = _core.shm_open(name, os.O_RDONLY | _SAFE_OPEN, 0o600)
     except FileNotFoundError:
-        return False
-    except OSError:
         return True
+    except OSError:
+        return False
     try:
-        if os.fstat(fd).st_size < HEADER_SIZE:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
+            return False
+        prefix = _read_prefix(fd) if st.st_size >= HEADER_SIZE else None
+        if prefix is None or _core.load64(prefix, 0) != MAGIC:
+            return False
+        if struct.unpack_from("<I", prefix, _FLAGS_OFFSET)[0] & FLAG_UNLINKED:
             return True
-        mapping = mmap.mmap(fd, HEADER_SIZE)
+        if offset:
+            if offset < HEADER_SIZE or offset + _OBJECT_HEADER.size > st.st_size:
+                return False
+            raw = _pread_exact(fd, _OBJECT_HEADER.size, offset)
+            if raw is None:
+                return False
+            count, found_serial = _OBJECT_HEADER.unpack(raw)
+            if found_serial != serial or not count & _OBJECT_REFS:
+                return True  # the queue was freed (and its block perhaps reused)
+        return _held_by_a_live_process(name, fd, prefix) is False
     finally:
         os.close(fd)
-    if _core.load64(mapping, 0) != MAGIC:
-        return True
-    return not _reap_if_unheld(name, mapping, unlink=False)

@@ -957,7 +957,7 @@ class _Engine:
             data, buffers = dumps(function, by_value)
             reusable = len(sent) == 0 and buffers is None
         if buffers is not None:
-            data = pack(data, buffers, self._tasks._segment.name)
+            data = pack(data, buffers, self._tasks._handle)
         if reusable:  # a pickle holding shoal handles may be unpickled only once
             if len(self._function_records) >= _FUNC_CACHE_SIZE:
                 self._function_records.clear()

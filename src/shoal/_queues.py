@@ -167,7 +167,7 @@ class Queue(_core.Ring, SharedObject):
         room = self._max_payload - (KEPT_PREFIX_SIZE if kept else 0)
         record = data if buffers is None and len(data) <= room else None
         if record is None:
-            record = pack(data, buffers, self._segment.name)
+            record = pack(data, buffers, self._handle)
         return kept_record(record, keeper) if kept else record
 
     @property

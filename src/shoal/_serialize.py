@@ -23,19 +23,28 @@ maps it, removes its name at once, and hands out views of the mapping: the array
 unpickles are backed by shared memory with no further copy, and the kernel frees the
 memory when the last of them is gone.
 
-A transit segment records the queue it travels on (its *parent*).  One whose parent no
-longer exists (the queue died with the message in it, or the sender died before
-sending) is removed by the reaper.
+A transit segment records the queue it travels on (its *parent*: the queue's segment,
+object offset and serial).  The receiver refuses a record whose name is not a shoal
+name, or whose segment is not this user's, not a transit segment, or not of a queue it
+holds, and removes nothing then (#10: a corrupt record removed whatever it named).
+One whose parent queue no longer exists (freed, its segment gone or held by nobody
+alive) is removed by the reaper: so, once their queue goes, are those whose record was
+lost with a producer killed inside ``put`` or a consumer killed between taking a
+record and opening it (a killed process never drops its references, so the queue it
+held goes with its segment).  One whose writer was killed while writing it has no
+magic number yet and a dead creator: the reaper removes it at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import mmap
 import pickle
 import struct
 from typing import Any
 
-from ._errors import SerializationError
+from ._errors import LayoutError, SerializationError
 from ._handle import SentReferences, receiving_kept, sent_references
 from ._memory import (
     HEADER_SIZE,
@@ -151,8 +160,16 @@ def kept_record(record: bytes, keeper: bytes) -> bytes:
     return bytes((KEPT_MARK,)) + keeper + record
 
 
-def pack(data: bytes, buffers: list[pickle.PickleBuffer] | None, parent: str) -> bytes:
-    """Write ``data`` and ``buffers`` into a transit segment; return its ring record."""
+def pack(
+    data: bytes,
+    buffers: list[pickle.PickleBuffer] | None,
+    parent: str | tuple[str, int, int],
+) -> bytes:
+    """Write ``data`` and ``buffers`` into a transit segment; return its ring record.
+
+    ``parent`` is the handle of the queue the record travels on (or a segment name):
+    the segment lives as long as that queue does, at most (``_memory.write_transit``).
+    """
     views = [b.raw() for b in buffers or ()]
     prefix = bytearray(_DATA_START - HEADER_SIZE)  # the meta's place, filled in below
     chunks: list[Any] = [prefix, data]
@@ -209,7 +226,13 @@ def unpack(record: bytes) -> Any:
 
 
 def _transit_name(record: bytes) -> str:
-    return bytes(memoryview(record)[1:]).decode("ascii")
+    """The segment name in a transit record; a record that cannot hold one is refused
+    here, before anything is opened (the segment's header is checked next, before
+    its name is removed: ``_memory.open_transit``)."""
+    raw = bytes(memoryview(record)[1:])
+    if len(raw) != TRANSIT_RECORD_SIZE - 1 or not raw.isascii():
+        raise LayoutError(errno.EINVAL, f"corrupt shoal message record: {record[:64]!r}")
+    return raw.decode("ascii")
 
 
 def discard(record: bytes) -> None:
@@ -222,6 +245,7 @@ def discard(record: bytes) -> None:
     try:
         loads(record)
     except Exception:
-        inner = record[KEPT_PREFIX_SIZE:] if record[0] == KEPT_MARK else record
-        if inner[0] == TRANSIT_MARK:
-            discard_transit(_transit_name(inner))
+        inner = record[KEPT_PREFIX_SIZE:] if record and record[0] == KEPT_MARK else record
+        if inner and inner[0] == TRANSIT_MARK:
+            with contextlib.suppress(LayoutError):
+                discard_transit(_transit_name(inner))
