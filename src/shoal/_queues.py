@@ -11,7 +11,9 @@ Data flow of one ``put``/``get``::
   no feeder thread: when ``put`` returns, the item is in shared memory.
 * The ring (``_core.Ring``) is a multi-producer multi-consumer queue of byte records
   whose publish and consume are single stores, so a producer or consumer SIGKILLed at
-  any point loses or duplicates nothing that was fully put.
+  any point loses or duplicates nothing that was fully put.  Its geometry is read
+  once per handle (``_init``/``_check``) and every position is checked against it, so
+  memory written to outside shoal raises :class:`~shoal.LayoutError` (#10).
 * Records bigger than half the ring, and out-of-band buffers (numpy arrays…) of at
   least ``ZERO_COPY_THRESHOLD`` bytes, travel in a transit segment of their own
   (see ``shoal._serialize``).
@@ -332,7 +334,8 @@ def _discard_records(ring: _core.Ring) -> int:
         except (queue.Empty, ShutDown):
             return count
         for record in records:
-            discard(record)
+            if record:  # (an empty record holds nothing: only the raw byte API makes one)
+                discard(record)
         count += len(records)
 
 
