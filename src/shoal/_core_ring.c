@@ -4,7 +4,9 @@
  * file's helpers: ViewObject, check_bound, parse_timeout, parse_block_timeout, run_blocking.
  *
  * Ring.put/get move bytes only; pickling, out-of-band buffers and the Queue API are
- * Python (shoal._queues).  Locks are held only while copying a record, never while
+ * Python (shoal._queues).  Each handle keeps the ring's geometry from _init/_check
+ * (shoal_ring_view: never re-read from shared memory); a BAD_LAYOUT from the ring
+ * becomes LayoutError.  Locks are held only while copying a record, never while
  * sleeping: see the waiting protocol in shoal_ring.h.
  */
 #include "shoal_ring.h"
@@ -988,7 +990,9 @@ static PyMethodDef ring_methods[] = {
     {"_bind", (PyCFunction)ring_bind, METH_VARARGS, "_bind(buffer, offset, size)"},
     {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, NULL},
     {"_init", (PyCFunction)ring_init, METH_VARARGS, "_init(capacity, max_items)"},
-    {"_check", (PyCFunction)ring_check, METH_NOARGS, "True if the memory holds a valid ring."},
+    {"_check", (PyCFunction)ring_check, METH_NOARGS,
+     "True if the memory holds a valid ring; its geometry is then this handle's for good "
+     "(every other call needs _init or _check first: LayoutError)."},
     {"_put_bytes", (PyCFunction)(void (*)(void))ring_put, METH_FASTCALL | METH_KEYWORDS,
      "put_bytes(data, block=True, timeout=None): append one record (queue.Full, ShutDown)."},
     {"_put_fast", (PyCFunction)(void (*)(void))ring_put_fast, METH_FASTCALL | METH_KEYWORDS,
