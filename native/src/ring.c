@@ -112,15 +112,18 @@ int shoal_ring_reserve(const shoal_ring_view *v, uint32_t len, shoal_ring_slot *
 }
 
 void shoal_ring_publish(const shoal_ring_view *v, const shoal_ring_slot *slot, uint32_t kind) {
-    uint32_t need = SHOAL_RING_RECORD_HEADER + align8(slot->len);
-    if (slot->pad) {
-        record_header filler = {slot->pad - SHOAL_RING_RECORD_HEADER, SHOAL_RING_KIND_PAD};
-        memcpy(v->data + (POS(slot->tail) & v->mask), &filler, sizeof filler);
+    /* what reserve validated, not a second read of tail */
+    shoal_ring *r = v->ring;
+    uint64_t tail = slot->tail;
+    uint32_t pad = slot->pad, need = SHOAL_RING_RECORD_HEADER + align8(slot->len);
+    if (pad) {
+        record_header filler = {pad - SHOAL_RING_RECORD_HEADER, SHOAL_RING_KIND_PAD};
+        memcpy(v->data + (POS(tail) & v->mask), &filler, sizeof filler);
     }
     record_header h = {slot->len, kind};
     memcpy(v->data + slot->off, &h, sizeof h);
     /* the one store that makes the record (and its padding) visible */
-    st64(&v->ring->tail, PACK(ITEMS(slot->tail) + 1, POS(slot->tail) + slot->pad + need));
+    st64(&r->tail, PACK(ITEMS(tail) + 1, POS(tail) + pad + need));
 }
 
 void shoal_ring_wake_consumers(const shoal_ring_view *v, int n) {
