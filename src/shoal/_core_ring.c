@@ -4,12 +4,14 @@
  * file's helpers: ViewObject, check_bound, parse_timeout, parse_block_timeout, run_blocking.
  *
  * Ring.put/get move bytes only; pickling, out-of-band buffers and the Queue API are
- * Python (shoal._queues).  Locks are held only while copying a record, never while
+ * Python (shoal._queues).  Each handle keeps the ring's geometry from _init/_check
+ * (shoal_ring_view: never re-read from shared memory); a BAD_LAYOUT from the ring
+ * becomes LayoutError.  Locks are held only while copying a record, never while
  * sleeping: see the waiting protocol in shoal_ring.h.
  */
 #include "shoal_ring.h"
 
-static PyObject *QueueFull, *QueueEmpty, *ShutDownError;
+static PyObject *QueueFull, *QueueEmpty, *ShutDownError, *LayoutError;
 
 /* How long a blocked side busy-waits (GIL released) before it sleeps on the futex:
  * a futex round trip costs microseconds, more than the other side usually needs. */
@@ -26,6 +28,11 @@ typedef struct {
      * at the same place, and its unregistering corrupted that object's counts). */
     int busy;
     int closing;
+    /* The geometry, fixed by _init or _check (#10: read from shared memory on every
+     * call, one stray write to the capacity word made every process segfault); every
+     * call needs it, and it goes with each (re)bind.  ready: it was checked. */
+    shoal_ring_view geom;
+    int ready;
 } RingObject;
 
 static int is_closing(RingObject *self) { return __atomic_load_n(&self->closing, __ATOMIC_SEQ_CST); }
@@ -35,7 +42,22 @@ static int raise_closed_while_waiting(void) {
     return -1;
 }
 
-#define RING(self) ((shoal_ring *)((ViewObject *)(self))->addr)
+#define RING(self) (&((RingObject *)(self))->geom)
+
+static PyObject *raise_corrupt(void);
+
+/* Bound, and its geometry fixed: 0, or -1 with ClosedError or LayoutError set. */
+static int check_ready(RingObject *self) {
+    if (check_bound(&self->v) < 0)
+        return -1;
+    if (self->ready)
+        return 0;
+    PyErr_SetString(LayoutError, "this memory holds no ring that _init made or _check accepted");
+    return -1;
+}
+
+#define READY_OR_NULL(self) \
+    if (check_ready((RingObject *)(self)) < 0) return NULL
 
 static PyObject *ring_bind(RingObject *self, PyObject *args) {
     PyObject *buffer;
@@ -55,6 +77,8 @@ static PyObject *ring_bind(RingObject *self, PyObject *args) {
     if (r < 0)
         return NULL;
     self->size = size;
+    memset(&self->geom, 0, sizeof self->geom);
+    self->ready = 0;
     Py_RETURN_NONE;
 }
 
@@ -63,18 +87,24 @@ static PyObject *ring_init(RingObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KK", &capacity, &max_items))
         return NULL;
     BOUND_OR_NULL(self);
-    if ((uint64_t)self->size < SHOAL_RING_HEADER_SIZE + capacity ||
-        shoal_ring_init(RING(self), capacity, max_items) != SHOAL_OK) {
+    shoal_ring *mem = (shoal_ring *)self->v.addr;
+    if (shoal_ring_init(&self->geom, mem, (uint64_t)self->size, capacity, max_items) != SHOAL_OK) {
+        self->ready = 0;
         PyErr_Format(PyExc_ValueError, "cannot make a ring of %llu bytes, %llu items in %zd bytes",
                      capacity, max_items, self->size);
         return NULL;
     }
+    self->ready = 1;
     Py_RETURN_NONE;
 }
 
 static PyObject *ring_check(RingObject *self, PyObject *Py_UNUSED(ignored)) {
     BOUND_OR_NULL(self);
-    return PyBool_FromLong(shoal_ring_check(RING(self), (uint64_t)self->size) == SHOAL_OK);
+    if (self->ready)
+        return PyBool_FromLong(1); /* (fixed already: never read twice) */
+    self->ready = shoal_ring_attach(&self->geom, (shoal_ring *)self->v.addr,
+                                    (uint64_t)self->size) == SHOAL_OK;
+    return PyBool_FromLong(self->ready);
 }
 
 static int64_t ns_left(int64_t deadline) {
@@ -123,7 +153,7 @@ static int lock_side(RingObject *self, shoal_mutex *m, int64_t deadline) {
 }
 
 typedef struct {
-    shoal_ring *ring;
+    const shoal_ring_view *ring;
     uint32_t seq, len;
     int for_data;
 } ring_wait_arg;
@@ -163,9 +193,9 @@ static PyObject *raise_shutdown(void) {
 }
 
 static PyObject *raise_corrupt(void) {
-    PyErr_SetString(PyExc_RuntimeError,
-                    "the queue's shared memory holds a record no producer could write: it is "
-                    "corrupt (was it written to outside shoal?)");
+    PyErr_SetString(LayoutError,
+                    "the queue's shared memory holds a position or record no producer could "
+                    "write: it is corrupt (was it written to outside shoal?)");
     return NULL;
 }
 
@@ -316,7 +346,16 @@ static PyObject *decode_scalar(char tag, const char *p, uint32_t n) {
         memcpy(&d, p, 8);
         return PyFloat_FromDouble(d);
     }
-    case TAG_STR: return PyUnicode_DecodeUTF8(p, n, "strict");
+    case TAG_STR: {
+        /* the encoder wrote valid UTF-8 (lone surrogates go to pickle): anything else
+         * was written by someone else */
+        PyObject *s = PyUnicode_DecodeUTF8(p, n, "strict");
+        if (!s && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+            PyErr_Clear();
+            return raise_corrupt();
+        }
+        return s;
+    }
     case TAG_BYTES: return PyBytes_FromStringAndSize(p, n);
     }
     return raise_corrupt();
@@ -366,7 +405,7 @@ static Py_ssize_t put_records(RingObject *self, record_src *recs, Py_ssize_t n,
                               int64_t timeout_ns) {
     if (is_closing(self))
         return raise_closed_while_waiting();
-    shoal_ring *r = RING(self);
+    const shoal_ring_view *r = RING(self);
     uint64_t max_payload = shoal_ring_max_payload(r);
     for (Py_ssize_t i = 0; i < n; i++) {
         if ((uint64_t)record_size(&recs[i]) > max_payload) {
@@ -380,7 +419,7 @@ static Py_ssize_t put_records(RingObject *self, record_src *recs, Py_ssize_t n,
     int64_t deadline = timeout_ns < 0 ? -1 : shoal_monotonic_ns() + timeout_ns;
     Py_ssize_t done = 0;
     while (done < n) {
-        int locked = lock_side(self, &r->put_lock, deadline);
+        int locked = lock_side(self, &r->ring->put_lock, deadline);
         if (locked < 0)
             return -1;
         if (locked == 0) {
@@ -391,23 +430,24 @@ static Py_ssize_t put_records(RingObject *self, record_src *recs, Py_ssize_t n,
         int st = SHOAL_OK, registered = 0;
         uint32_t seq = 0;
         while (done < n) {
-            char *dst;
+            shoal_ring_slot slot;
             uint32_t size = (uint32_t)record_size(&recs[done]);
-            st = shoal_ring_reserve(r, size, (void **)&dst);
+            st = shoal_ring_reserve(r, size, &slot);
             if (st == SHOAL_RING_FULL && !registered && !nonblocking) {
                 /* register before the last look, so a consumer freeing room now wakes us */
                 seq = shoal_ring_register_producer(r);
                 registered = 1;
-                st = shoal_ring_reserve(r, size, (void **)&dst);
+                st = shoal_ring_reserve(r, size, &slot);
             }
             if (st != SHOAL_OK)
                 break;
+            char *dst = slot.dst;
             memcpy(dst, recs[done].tag, (size_t)recs[done].tag_len);
             memcpy(dst + recs[done].tag_len, recs[done].data, (size_t)recs[done].len);
-            shoal_ring_publish(r, size, 0);
+            shoal_ring_publish(r, &slot, 0);
             done++;
         }
-        shoal_mutex_unlock(&r->put_lock);
+        shoal_mutex_unlock(&r->ring->put_lock);
         if (done > first)
             shoal_ring_wake_consumers(r, (int)(done - first));
         if (st == SHOAL_OK && done == n) {
@@ -415,10 +455,13 @@ static Py_ssize_t put_records(RingObject *self, record_src *recs, Py_ssize_t n,
                 shoal_ring_unregister_producer(r);
             break;
         }
-        if (st == SHOAL_RING_SHUTDOWN) {
+        if (st == SHOAL_RING_SHUTDOWN || st == SHOAL_BAD_LAYOUT) {
             if (registered)
                 shoal_ring_unregister_producer(r);
-            raise_shutdown();
+            if (st == SHOAL_BAD_LAYOUT)
+                raise_corrupt();
+            else
+                raise_shutdown();
             return -1;
         }
         /* full */
@@ -477,7 +520,7 @@ static int parse_put_args(RingObject *self, const char *fname, PyObject *const *
     }
     if (parse_block_timeout(fname, args + 1, nargs - 1, kwnames, timeout_ns) < 0)
         return -1;
-    return check_bound(&self->v);
+    return check_ready(self);
 }
 
 static PyObject *ring_put(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -558,7 +601,7 @@ static PyObject *ring_put_many(RingObject *self, PyObject *const *args, Py_ssize
     int64_t timeout_ns;
     if (parse_block_timeout("put_many", args + 2, nargs - 2, kwnames, &timeout_ns) < 0)
         return NULL;
-    BOUND_OR_NULL(self);
+    READY_OR_NULL(self);
     PyObject *encode = args[1];
     PyObject *seq = PySequence_Fast(args[0], "put_many() needs an iterable of items");
     if (!seq)
@@ -609,7 +652,7 @@ static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t tim
         raise_closed_while_waiting();
         return NULL;
     }
-    shoal_ring *r = RING(self);
+    const shoal_ring_view *r = RING(self);
     int nonblocking = timeout_ns == 0;
     int64_t deadline = timeout_ns < 0 ? -1 : shoal_monotonic_ns() + timeout_ns;
     PyObject *list = PyList_New(0);
@@ -618,22 +661,21 @@ static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t tim
     /* indices in list of records LoadsHook still has to turn into objects */
     Py_ssize_t *pending = NULL, npending = 0;
     for (;;) {
-        int locked = lock_side(self, &r->get_lock, deadline);
+        int locked = lock_side(self, &r->ring->get_lock, deadline);
         if (locked <= 0) {
             Py_DECREF(list);
             if (locked == 0)
                 PyErr_SetString(QueueEmpty, "the queue is empty");
             return NULL;
         }
-        const void *src;
-        uint32_t len, kind;
-        int st = shoal_ring_peek(r, &src, &len, &kind);
+        shoal_ring_record rec;
+        int st = shoal_ring_peek(r, &rec);
         int registered = 0;
         uint32_t seq = 0;
         if (st == SHOAL_RING_EMPTY && !nonblocking) {
             seq = shoal_ring_register_consumer(r);
             registered = 1;
-            st = shoal_ring_peek(r, &src, &len, &kind);
+            st = shoal_ring_peek(r, &rec);
         }
         if (st == SHOAL_OK) {
             if (registered)
@@ -641,7 +683,9 @@ static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t tim
             Py_ssize_t taken = 0;
             while (st == SHOAL_OK && taken < max_items) {
                 PyObject *item;
-                int fast = decode && len > 0 && is_fast_tag(((const char *)src)[0]);
+                const char *src = rec.src;
+                uint32_t len = rec.len;
+                int fast = decode && len > 0 && is_fast_tag(src[0]);
                 if (fast)
                     item = fast_decode(src, len);
                 else
@@ -663,19 +707,19 @@ static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t tim
                 }
                 if (claim) /* before the consume: see shoal_ring_taken() */
                     shoal_store64(claim, RING_CLAIMED | shoal_ring_taken(r));
-                shoal_ring_consume(r);
+                shoal_ring_consume(r, &rec);
                 taken++;
                 if (taken < max_items)
-                    st = shoal_ring_peek(r, &src, &len, &kind);
+                    st = shoal_ring_peek(r, &rec);
             }
-            shoal_mutex_unlock(&r->get_lock);
+            shoal_mutex_unlock(&r->ring->get_lock);
             if (taken)
                 shoal_ring_wake_producers(r, (int)taken);
             break;
         }
         if (registered && st != SHOAL_RING_EMPTY)
             shoal_ring_unregister_consumer(r), registered = 0;
-        shoal_mutex_unlock(&r->get_lock);
+        shoal_mutex_unlock(&r->ring->get_lock);
         if (st == SHOAL_RING_SHUTDOWN) {
             Py_DECREF(list);
             return raise_shutdown();
@@ -760,7 +804,7 @@ static PyObject *ring_get_common(RingObject *self, PyObject *const *args, Py_ssi
     int64_t timeout_ns;
     if (parse_block_timeout("get", args, nargs, kwnames, &timeout_ns) < 0)
         return NULL;
-    BOUND_OR_NULL(self);
+    READY_OR_NULL(self);
     return ring_get_records(self, 1, timeout_ns, 0, decode, NULL);
 }
 
@@ -795,7 +839,7 @@ static PyObject *ring_get_many_common(RingObject *self, PyObject *const *args, P
     int64_t timeout_ns;
     if (parse_block_timeout("get_many", args + 1, nargs - 1, kwnames, &timeout_ns) < 0)
         return NULL;
-    BOUND_OR_NULL(self);
+    READY_OR_NULL(self);
     return ring_get_records(self, max_items, timeout_ns, 1, decode, NULL);
 }
 
@@ -826,7 +870,7 @@ static PyObject *ring_get_claim(RingObject *self, PyObject *const *args, Py_ssiz
     int64_t timeout_ns;
     if (parse_block_timeout("_get_claim", args + 2, nargs - 2, kwnames, &timeout_ns) < 0)
         return NULL;
-    BOUND_OR_NULL(self);
+    READY_OR_NULL(self);
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0)
         return NULL;
@@ -850,12 +894,15 @@ static PyObject *ring_set_loads(PyObject *module, PyObject *hook) {
 }
 
 static PyObject *ring_qsize(RingObject *self, PyObject *Py_UNUSED(ignored)) {
-    BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLong(shoal_ring_items(RING(self)));
+    READY_OR_NULL(self);
+    uint32_t items, used;
+    if (shoal_ring_state(RING(self), &items, &used) != SHOAL_OK)
+        return raise_corrupt();
+    return PyLong_FromUnsignedLong(items);
 }
 
 static PyObject *ring_shutdown(RingObject *self, PyObject *Py_UNUSED(ignored)) {
-    BOUND_OR_NULL(self);
+    READY_OR_NULL(self);
     shoal_ring_shutdown(RING(self));
     Py_RETURN_NONE;
 }
@@ -864,13 +911,13 @@ static PyObject *ring_add_unfinished(RingObject *self, PyObject *arg) {
     unsigned long long n = PyLong_AsUnsignedLongLong(arg);
     if (n == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
-    BOUND_OR_NULL(self);
+    READY_OR_NULL(self);
     shoal_ring_add_unfinished(RING(self), n);
     Py_RETURN_NONE;
 }
 
 static PyObject *ring_task_done(RingObject *self, PyObject *Py_UNUSED(ignored)) {
-    BOUND_OR_NULL(self);
+    READY_OR_NULL(self);
     if (shoal_ring_task_done(RING(self)) != SHOAL_OK) {
         PyErr_SetString(PyExc_ValueError, "task_done() called too many times");
         return NULL;
@@ -879,6 +926,7 @@ static PyObject *ring_task_done(RingObject *self, PyObject *Py_UNUSED(ignored)) 
 }
 
 static shoal_status call_join(void *target, void *arg, int64_t timeout_ns) {
+    /* (target: the ring's view) */
     return shoal_ring_join(target, timeout_ns, arg);
 }
 
@@ -886,7 +934,7 @@ static PyObject *ring_join(RingObject *self, PyObject *arg) {
     int64_t timeout_ns;
     if (parse_timeout(arg, &timeout_ns) < 0)
         return NULL;
-    BOUND_OR_NULL(self);
+    READY_OR_NULL(self);
     if (is_closing(self)) {
         raise_closed_while_waiting();
         return NULL;
@@ -910,7 +958,7 @@ static PyObject *ring_join(RingObject *self, PyObject *arg) {
  * drop to 0 before it releases the memory. */
 static PyObject *ring_begin_close(RingObject *self, PyObject *Py_UNUSED(ignored)) {
     __atomic_store_n(&self->closing, 1, __ATOMIC_SEQ_CST);
-    if (((ViewObject *)self)->addr)
+    if (((ViewObject *)self)->addr && self->ready)
         shoal_ring_wake_all(RING(self));
     Py_RETURN_NONE;
 }
@@ -923,8 +971,8 @@ static PyObject *ring_get_busy(RingObject *self, void *c) {
 #define RING_GETTER(NAME, EXPR)                                 \
     static PyObject *NAME(RingObject *self, void *c) {          \
         (void)c;                                                \
-        BOUND_OR_NULL(self);                                    \
-        shoal_ring *r = RING(self);                             \
+        READY_OR_NULL(self);                                    \
+        const shoal_ring_view *r = RING(self);                  \
         return PyLong_FromUnsignedLongLong((unsigned long long)(EXPR)); \
     }
 
@@ -933,16 +981,18 @@ RING_GETTER(ring_get_taken, shoal_ring_taken(r))
 RING_GETTER(ring_get_max_items, r->max_items)
 RING_GETTER(ring_get_max_payload, shoal_ring_max_payload(r))
 RING_GETTER(ring_get_bytes_used, shoal_ring_bytes_used(r))
-RING_GETTER(ring_get_unfinished, shoal_load64(&r->unfinished))
-RING_GETTER(ring_get_is_shutdown, shoal_load32(&r->shutdown))
-RING_GETTER(ring_get_consumers_waiting, shoal_load32(&r->consumers_waiting))
-RING_GETTER(ring_get_producers_waiting, shoal_load32(&r->producers_waiting))
+RING_GETTER(ring_get_unfinished, shoal_load64(&r->ring->unfinished))
+RING_GETTER(ring_get_is_shutdown, shoal_load32(&r->ring->shutdown))
+RING_GETTER(ring_get_consumers_waiting, shoal_load32(&r->ring->consumers_waiting))
+RING_GETTER(ring_get_producers_waiting, shoal_load32(&r->ring->producers_waiting))
 
 static PyMethodDef ring_methods[] = {
     {"_bind", (PyCFunction)ring_bind, METH_VARARGS, "_bind(buffer, offset, size)"},
     {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, NULL},
     {"_init", (PyCFunction)ring_init, METH_VARARGS, "_init(capacity, max_items)"},
-    {"_check", (PyCFunction)ring_check, METH_NOARGS, "True if the memory holds a valid ring."},
+    {"_check", (PyCFunction)ring_check, METH_NOARGS,
+     "True if the memory holds a valid ring; its geometry is then this handle's for good "
+     "(every other call needs _init or _check first: LayoutError)."},
     {"_put_bytes", (PyCFunction)(void (*)(void))ring_put, METH_FASTCALL | METH_KEYWORDS,
      "put_bytes(data, block=True, timeout=None): append one record (queue.Full, ShutDown)."},
     {"_put_fast", (PyCFunction)(void (*)(void))ring_put_fast, METH_FASTCALL | METH_KEYWORDS,
@@ -1005,7 +1055,8 @@ static int ring_module_init(PyObject *module, PyObject *errors) {
     QueueEmpty = PyObject_GetAttrString(queue, "Empty");
     Py_DECREF(queue);
     ShutDownError = PyObject_GetAttrString(errors, "ShutDown");
-    if (!QueueFull || !QueueEmpty || !ShutDownError)
+    LayoutError = PyObject_GetAttrString(errors, "LayoutError");
+    if (!QueueFull || !QueueEmpty || !ShutDownError || !LayoutError)
         return -1;
     static PyMethodDef set_loads = {"_set_loads_hook", (PyCFunction)ring_set_loads, METH_O,
                                     "Set the function that unpickles non-scalar records."};

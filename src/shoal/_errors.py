@@ -86,7 +86,9 @@ class LayoutError(SharedMemoryError):
     """A segment's header does not match the layout this version of shoal writes.
 
     Raised on attach when the magic number, layout version or sizes differ: the
-    segment was made by an incompatible shoal, or it is not a shoal segment at all.
+    segment was made by an incompatible shoal, or it is not a shoal segment at all;
+    and by a queue call that finds positions or records in the queue's memory that
+    no producer writes (it was written to outside shoal).
     """
 
 

@@ -71,9 +71,13 @@ container is gone.  The container gives them back by unpickling the stored bytes
 more inside :func:`releasing_stored`, where each object rebuilt adopts a stored
 reference instead of taking one, and is then closed.
 
-A forked child inherits live objects without unpickling them, so after a fork the
-child takes a reference on each object it inherited, and keeps the parent's arenas
-to allocate from (it holds them already: their segments came with the fork).
+A forked child inherits live objects without unpickling them, so before each fork
+the parent takes a reference on every open object for the child (not the child
+after the fork: until it ran, a parent closing its handle was the last holder and
+freed the object, or discarded a queue's items, under the child; #10).  A fork that
+fails leaves those references taken: the objects then live until their segments go.
+The child keeps the parent's arenas to allocate from (it holds them already: their
+segments came with the fork).
 
 Finalizers.  Each handle's release is a ``weakref.finalize`` (not a
 ``multiprocessing.util.Finalize``: multiprocessing empties that registry in every
@@ -500,14 +504,21 @@ class SharedObject:
             _finalize_now(finalizer)
         _live.discard(self)
 
-    def _after_fork_in_child(self) -> None:
-        """Take this (forked) process's reference on an object it inherited.
+    def _open_here(self) -> bool:
+        return self._finalizer is not None and self._finalizer.alive and not self._segment.closed
 
-        The finalizer and the segment's local count came with the fork; only the
-        shared count needs one more.
+    def _take_fork_reference(self) -> bool:
+        """Before a fork: take the reference the child will hold on this object.
+
+        The finalizer and the segment's local count come with the fork; only the
+        shared count needs one more.  The parent takes it, not the child once it runs:
+        until then the parent would be the object's only holder, and closing its handle
+        would free the object, or empty the queue, under the child (#10).
         """
-        if self._finalizer is not None and self._finalizer.alive and not self._segment.closed:
-            _core.fetch_add64(self._segment.buffer, self._header_offset, 1)
+        if not self._open_here():
+            return False
+        _core.fetch_add64(self._segment.buffer, self._header_offset, 1)
+        return True
 
     @property
     def _mapping(self) -> Any:
@@ -787,15 +798,27 @@ def _settle_adoption(segment: Segment) -> None:
         segment._end_flight()
 
 
+# the objects whose child references _before_fork took, held until the fork is over
+# (one dropped meanwhile by another thread must not release its reference before the
+# fork: the child would inherit it gone, with the reference it took for the child)
+_forking: list[SharedObject] = []
+
+
 def _before_fork() -> None:
     # the child copies the arena list: take it in a consistent state.  (Registered
     # after _memory's hooks, so this runs before _memory takes its lock: the same
     # order as allocate(), which creates segments with this lock held.)
     _allocator.lock.acquire()
+    try:
+        _forking[:] = [obj for obj in list(_live) if obj._take_fork_reference()]
+    except BaseException:
+        _allocator.lock.release()
+        raise
 
 
 def _after_fork_in_parent() -> None:
     _allocator.lock.release()
+    _forking.clear()  # (after the release: this may run finalizers)
 
 
 def _after_fork_in_child() -> None:
@@ -806,8 +829,14 @@ def _after_fork_in_child() -> None:
     # the means to ever close those references
     held = attached_names()
     _allocator = _Allocator(a for a in _allocator.arenas if a.segment.name in held)
-    for obj in list(_live):
-        obj._after_fork_in_child()
+    for obj in _forking:
+        if not obj._open_here() and not obj._segment.closed:
+            # closed by another thread of the parent after its child reference was
+            # taken: this child never holds it
+            _release_count_only(obj._segment, obj._header_offset)
+    # dropping the last strong reference to an object the parent let go of during the
+    # fork runs its finalizer here, which releases the child's reference
+    _forking.clear()
     _exit_hook.rearm_in_child(bool(_live))
 
 

@@ -11,7 +11,9 @@ Data flow of one ``put``/``get``::
   no feeder thread: when ``put`` returns, the item is in shared memory.
 * The ring (``_core.Ring``) is a multi-producer multi-consumer queue of byte records
   whose publish and consume are single stores, so a producer or consumer SIGKILLed at
-  any point loses or duplicates nothing that was fully put.
+  any point loses or duplicates nothing that was fully put.  Its geometry is read
+  once per handle (``_init``/``_check``) and every position is checked against it, so
+  memory written to outside shoal raises :class:`~shoal.LayoutError` (#10).
 * Records bigger than half the ring, and out-of-band buffers (numpy arrays…) of at
   least ``ZERO_COPY_THRESHOLD`` bytes, travel in a transit segment of their own
   (see ``shoal._serialize``).
@@ -22,6 +24,7 @@ Data flow of one ``put``/``get``::
 
 from __future__ import annotations
 
+import errno
 import queue
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _core
-from ._errors import ShutDown
+from ._errors import LayoutError, ShutDown
 from ._handle import SharedObject
 from ._memory import Segment, keeper_id, report_unraisable
 from ._serialize import (
@@ -349,16 +352,33 @@ class Queue(_core.Ring, SharedObject):
 
 
 def _discard_records(ring: _core.Ring) -> int:
-    """Take every record left in ``ring`` without unpickling it; free what each holds."""
-    count = 0
+    """Take every record left in ``ring``; free what each holds.
+
+    One record that cannot be let go of (a transit record whose segment name is
+    garbage: memory written to outside shoal) does not keep the others in the ring;
+    the first such error is raised, as a LayoutError, once the ring is empty.
+    """
+    count, failure = 0, None
     while True:
         try:
             records = ring._get_many_bytes(1024, False)
         except (queue.Empty, ShutDown):
-            return count
+            break
         for record in records:
-            discard(record)
+            if not record:  # an empty record holds nothing (only the raw byte API makes one)
+                continue
+            try:
+                discard(record)
+            except Exception as exc:
+                failure = failure or exc
         count += len(records)
+    if failure is not None:
+        raise LayoutError(
+            errno.EINVAL,
+            f"a record drained from the queue could not be discarded (is the queue's "
+            f"memory corrupt?): {failure!r}",
+        ) from failure
+    return count
 
 
 def _release_queue(
