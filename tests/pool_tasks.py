@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -219,3 +220,27 @@ def wait_for(event: Any, value: Any = None) -> Any:
     if not event.wait(30):
         raise TimeoutError("the test never set the event")
     return value
+
+
+def make_bytes(n: int) -> bytes:
+    """``n`` bytes made in the worker: a result as big as the test wants."""
+    return bytes(n)
+
+
+class ExitsWhenUnpickled:
+    """Pickles in the worker; unpickling it raises SystemExit (not an Exception)."""
+
+    def __reduce__(self) -> Any:
+        return (sys.exit, ("unpickled",))
+
+
+def return_exiting() -> ExitsWhenUnpickled:
+    return ExitsWhenUnpickled()
+
+
+def count_run(i: int, key: str = "runs") -> int:
+    """Count one run of item ``i`` in the shared array an initializer stored under
+    ``key`` (set_state): how many times each task really ran."""
+    runs, _ = worker_state()[key]
+    runs.add(i, 1)
+    return i

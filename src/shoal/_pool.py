@@ -163,8 +163,9 @@ def _worker_main(
     while maxtasks is None or done < maxtasks:
         try:
             task = tasks._get_claim(buf, claim_at)
-        except Exception as exc:
-            # the record was taken but could not be unpickled: fail that task
+        except BaseException as exc:
+            # the record was taken but could not be unpickled (SystemExit from a
+            # __reduce__ included): fail that task
             claim = _core.load64(buf, claim_at)
             if not claim & _CLAIMED:
                 raise
@@ -269,6 +270,11 @@ def _send_values(results: Queue, ordinal: int, values: tuple) -> None:
     except SerializationError as error:
         _send_error(results, ordinal, _unpicklable(values, error))
         return
+    except Exception as error:
+        # no room in /dev/shm for a big result, say: it is that task's error, and the
+        # worker carries on (escaping, it killed the worker: a WorkerDiedError)
+        _send_error(results, ordinal, error)
+        return
     results.put((ordinal, _OK_PICKLED, record))
 
 
@@ -307,7 +313,7 @@ def _send_error(results: Queue, ordinal: int, exc: BaseException, status: int = 
         record = results._record(exc)
         if record[0] != TRANSIT_MARK:  # (that would use the transit segment up)
             loads(record)  # an exception that does not unpickle would be lost on the way
-    except Exception:
+    except BaseException:  # (a __reduce__ may raise SystemExit)
         record = results._record(ShoalError(f"{type(exc).__qualname__}: {exc}"))
     results.put((ordinal, status, record, text))
 
@@ -1072,8 +1078,8 @@ class _Engine:
                 records = results._get_many(_RESULT_BATCH)
             except ClosedError:
                 return
-            except Exception as exc:  # cannot happen (results are pickled twice), but
-                records = getattr(exc, "items", [])  # the thread must never die
+            except BaseException as exc:  # cannot happen (results are pickled twice),
+                records = getattr(exc, "items", [])  # but the thread must never die
                 _call_back(_raise, exc)
             for record in records:
                 try:
@@ -1107,7 +1113,9 @@ class _Engine:
         elif status == _OK_PICKLED:
             try:
                 values = loads(record[2])
-            except Exception as exc:
+            except BaseException as exc:
+                # what unpickling raised is the task's outcome, SystemExit included:
+                # escaping here, it left the task pending for ever
                 self._finish(job, index, False, exc, False)
             else:
                 self._finish(job, index, True, values, False)
@@ -1374,7 +1382,7 @@ def _caller_stacklevel() -> int:
 def _remote_error(record: bytes, text: str) -> BaseException:
     try:
         exc = loads(record)
-    except Exception as error:
+    except BaseException as error:  # (SystemExit too: the task must still fail)
         exc = ShoalError(f"a task failed and its exception could not be unpickled: {error}")
     if isinstance(exc, BaseException):
         exc.__cause__ = RemoteTraceback(text)
