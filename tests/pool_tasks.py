@@ -238,9 +238,10 @@ def return_exiting() -> ExitsWhenUnpickled:
     return ExitsWhenUnpickled()
 
 
-def count_run(i: int, key: str = "runs") -> int:
-    """Count one run of item ``i`` in the shared array an initializer stored under
-    ``key`` (set_state): how many times each task really ran."""
-    runs, _ = worker_state()[key]
+def count_run(i: int, *ballast: Any) -> int:
+    """Count one run of task ``i`` in the shared array an initializer stored as "runs"
+    (set_state): how many times each task really ran.  ``ballast`` makes a record as
+    big as the test wants."""
+    runs, _ = worker_state()["runs"]
     runs.add(i, 1)
     return i

@@ -206,6 +206,45 @@ def test_a_cancelled_future_never_runs() -> None:
         side_effects.close()
 
 
+def test_any_number_of_queued_cancelled_calls_never_run() -> None:
+    # more cancelled calls waiting in the ring at once than the table of marks had
+    # slots (1024): marks overwrote each other, and older cancelled calls ran
+    n = 2000
+    runs = shoal.RawArray("q", n + 1)
+    gate = shoal.Event()
+    with fork_executor(1, initializer=t.set_state, initargs=("runs", runs)) as executor:
+        blocker = executor.submit(t.wait_for, gate, "done")
+        queued = [executor.submit(t.count_run, i) for i in range(n)]
+        assert not executor._engine._overflow  # all of them in shared memory
+        assert all(f.cancel() for f in queued)
+        gate.set()
+        assert blocker.result(TIMEOUT) == "done"
+        assert executor.submit(t.count_run, n).result(TIMEOUT) == n  # behind them all
+        assert all(f.cancelled() for f in queued)
+    assert list(runs) == [0] * n + [1]
+    runs.close()
+    gate.close()
+
+
+def test_cancelled_calls_waiting_in_the_parent_never_run() -> None:
+    # calls of 100 KB: the ring takes two, the rest wait in the parent for room, and
+    # those were pushed (and ran) once room came, cancelled or not
+    runs = shoal.RawArray("q", 7)
+    gate = shoal.Event()
+    ballast = b"x" * 100_000
+    with fork_executor(1, initializer=t.set_state, initargs=("runs", runs)) as executor:
+        blocker = executor.submit(t.wait_for, gate, "done")
+        queued = [executor.submit(t.count_run, i, ballast) for i in range(6)]
+        assert executor._engine._overflow  # some are waiting in the parent
+        assert all(f.cancel() for f in queued)
+        gate.set()
+        assert blocker.result(TIMEOUT) == "done"
+        assert executor.submit(t.count_run, 6).result(TIMEOUT) == 6
+    assert list(runs) == [0] * 6 + [1]
+    runs.close()
+    gate.close()
+
+
 def test_a_running_future_cannot_be_cancelled() -> None:
     started = shoal.Queue()
     with fork_executor(1) as executor:

@@ -26,6 +26,18 @@ the slot is cleared.  When a worker dies, its slot and the ring's count of recor
 taken say exactly whether it had a task and which: only that task fails.  The
 "worker died" record travels on the result ring behind anything the worker sent
 before dying, so a result that made it out is never reported as lost.
+
+Cancelled calls
+---------------
+An Executor call cancelled while its record is still in the task ring is marked: its
+ordinal is a key of a SharedDict (any number of them, each exact), and a word after
+the workers' slots counts the marks, so that a worker looks in the dict only while
+there are any.  ``cancel()`` counts and marks first, then looks whether the record
+was taken; a worker takes the record first, then pops the mark.  Whoever pops the
+mark decides, exactly once: the worker skips the call (it never runs, and the
+future is cancelled); ``cancel()`` popping it back means a worker took the record
+before it could see the mark, so the call runs and the future is running.  A call
+cancelled while it waits in the parent for room in the ring is never pushed.
 """
 
 from __future__ import annotations
@@ -51,6 +63,7 @@ from multiprocessing.pool import RemoteTraceback
 from typing import Any
 
 from . import _core
+from ._dict import SharedDict
 from ._errors import (
     BrokenPoolError,
     ClosedError,
@@ -86,7 +99,8 @@ _DIED, _WAKE, _SETUP_FAILED = range(3)
 
 # a worker's slot, one 64-bit word each: what it claimed (CLAIMED | ordinal), its
 # task's deadline (monotonic ns, 0: none), its pid once it unpickled its arguments,
-# 1 if its initializer raised
+# 1 if its initializer raised.  After the last slot, one word: how many cancel marks
+# are set (see "Cancelled calls" above).
 _CLAIM, _DEADLINE, _PID, _SETUP_RAISED = range(4)
 _SLOT_WORDS = 4
 _CLAIMED = 1 << 63
@@ -100,10 +114,6 @@ _PARENT_CHECK_S = 1.0
 # how often the monitor looks at the deadlines, once any task has a timeout
 _CHECK_TIMEOUTS_S = 0.02
 _FUNC_CACHE_SIZE = 64
-# cancelled calls still in the ring: CLAIMED | ordinal at [ordinal % this]; a worker
-# skips a task it finds marked.  (More cancelled calls queued at once than this
-# overwrite each other's marks: the older one runs, its result is dropped.)
-_CANCEL_SLOTS = 1024
 _CHUNKS_PER_WORKER = 16
 _FAST_VALUES = 60  # the C codec takes tuples of up to 64 scalars, two of them ours
 
@@ -128,7 +138,7 @@ def _worker_main(
     tasks: Queue,
     results: Queue,
     slots: RawArray,
-    cancelled: RawArray,
+    marks: SharedDict | None,
     slot: int,
     parent_token: int,
     setup: bytes | None,
@@ -146,7 +156,7 @@ def _worker_main(
         slots._off + (slot * _SLOT_WORDS + word) * 8
         for word in (_CLAIM, _DEADLINE, _PID, _SETUP_RAISED)
     )
-    marks, marks_at = cancelled._buf, cancelled._off
+    marked_at = slots._off + (len(slots) - 1) * 8  # the count of cancel marks
     if setup is not None:
         try:
             initializer, initargs = loads(setup)
@@ -178,7 +188,12 @@ def _worker_main(
             return
         claim = _core.load64(buf, claim_at)
         ordinal = claim & _ORDINAL_MASK
-        if _core.load64(marks, marks_at + (ordinal % _CANCEL_SLOTS) * 8) == claim:
+        if (
+            marks is not None
+            and _core.load64(buf, marked_at)
+            and marks.pop(ordinal, None) is not None
+        ):
+            _core.fetch_add64(buf, marked_at, -1)
             results.put((ordinal, _SKIPPED))  # its future was cancelled
             _core.store64(buf, claim_at, 0)
             continue
@@ -700,15 +715,19 @@ class _Future(concurrent.futures.Future):
         job = self._job
         engine = job._engine
         with self._condition:
-            if self._state != _PENDING or job._ordinal is None or engine._released:
-                return super().cancel()  # done, or still in the parent (never pushed)
-            # mark first, then look: a worker that takes it from now on sees the mark
+            if self._state != _PENDING or engine._released:
+                return super().cancel()  # done
+            if job._ordinal is None:
+                with engine._push_lock:  # what _push_overflow decides under
+                    if job._ordinal is None:  # still in the parent: it is never pushed
+                        return super().cancel()
+            # mark first, then look: a worker that takes it from now on pops the mark
             engine.mark_cancelled(job._ordinal)
-            if job._taken():  # it may have looked before the mark: it runs
-                engine.unmark_cancelled(job._ordinal)
+            if job._taken() and engine.unmark_cancelled(job._ordinal):
+                # a worker took it before the mark was there: it runs
                 self.set_running_or_notify_cancel()
                 return False
-            return super().cancel()
+            return super().cancel()  # the worker that takes it (or took it) skips it
 
 
 def _call_back(callback: Callable[[Any], object], value: Any) -> None:
@@ -737,6 +756,7 @@ class _Engine:
         task_timeout: float | None,
         uncollected_errors: str,
         name: str,
+        cancellable: bool = False,
     ) -> None:
         if processes is None:
             processes = process_cpu_count()
@@ -786,8 +806,10 @@ class _Engine:
 
         self._tasks = Queue(capacity=_TASK_RING_BYTES)
         self._results = Queue(capacity=_RESULT_RING_BYTES)
-        self._slots = RawArray("q", processes * _SLOT_WORDS)
-        self._cancelled = RawArray("q", _CANCEL_SLOTS)
+        self._slots = RawArray("q", processes * _SLOT_WORDS + 1)
+        self._marked_at = self._slots._off + processes * _SLOT_WORDS * 8
+        # Executor calls cancelled in the ring (a Pool has no cancel)
+        self._marks = SharedDict() if cancellable else None
         self._workers: list[Any] = [None] * processes
         self._sent: list[Any] = [None] * processes  # see _start_worker
         self._pidfds: list[int | None] = [None] * processes  # see _open_pidfd
@@ -836,7 +858,7 @@ class _Engine:
                     self._tasks,
                     self._results,
                     self._slots,
-                    self._cancelled,
+                    self._marks,
                     slot,
                     self._token,
                     setup,
@@ -975,14 +997,21 @@ class _Engine:
         return 0 < (self._tasks._taken - ordinal) & _ORDINAL_MASK < (1 << 31)
 
     def mark_cancelled(self, ordinal: int) -> None:
-        """Tell the worker that takes this task to skip it."""
-        marks = self._cancelled
-        _core.store64(marks._buf, marks._off + (ordinal % _CANCEL_SLOTS) * 8, _CLAIMED | ordinal)
+        """Tell the worker that takes this task to skip it (counted before it is set:
+        a worker that finds the count zero took its task before the mark)."""
+        assert self._marks is not None
+        _core.fetch_add64(self._slots._buf, self._marked_at, 1)
+        self._marks[ordinal] = True
 
-    def unmark_cancelled(self, ordinal: int) -> None:
-        marks = self._cancelled
-        at = marks._off + (ordinal % _CANCEL_SLOTS) * 8
-        _core.cas64(marks._buf, at, _CLAIMED | ordinal, 0)
+    def unmark_cancelled(self, ordinal: int) -> bool:
+        """Take the mark back; False if it is gone (the worker that took the task
+        popped it: it skips the task)."""
+        if self._marks is None or not _core.load64(self._slots._buf, self._marked_at):
+            return False
+        if self._marks.pop(ordinal, None) is None:
+            return False
+        _core.fetch_add64(self._slots._buf, self._marked_at, -1)
+        return True
 
     def use_timeouts(self) -> None:
         """From now on the monitor looks at the workers' deadlines."""
@@ -1046,15 +1075,25 @@ class _Engine:
         finally:
             for k in range(put, len(entries)):
                 del self._inflight[(first + k) & _ORDINAL_MASK]
+                job = entries[k][0]
+                if type(job) is _FutureJob:  # not on the ring: that ordinal goes to another
+                    job._ordinal = None
             self._pushed = first + put
         return entries[put:]
 
     def _push_overflow(self) -> None:
         failed: list[tuple[_Job, int, tuple]] = []
+        cancelled: list[tuple[_Job, int, tuple]] = []
         with self._push_lock:
             batch = []
             while self._overflow and len(batch) < 1024:
-                batch.append(self._overflow.popleft())
+                entry = self._overflow.popleft()
+                job = entry[0]
+                # cancelled while it waited here (decided under this lock): never pushed
+                if type(job) is _FutureJob and job._future.cancelled():
+                    cancelled.append(entry)
+                else:
+                    batch.append(entry)
             try:
                 self._overflow.extendleft(reversed(self._push(batch)))
             except BaseException as exc:  # a record that pickled once fails now
@@ -1062,6 +1101,8 @@ class _Engine:
         # failed outside the lock: failing feeds an imap, which takes its own lock
         for job, index, _ in failed:
             self._finish(job, index, False, error)
+        for job, index, _ in cancelled:  # (counted out; the future stays cancelled)
+            self._finish(job, index, False, concurrent.futures.CancelledError())
 
     def _deliver_local(self, job: _Job, index: int, exc: BaseException) -> None:
         """Fail a task that never reached a worker (its input raised, say)."""
@@ -1120,6 +1161,7 @@ class _Engine:
             else:
                 self._finish(job, index, True, values, False)
         else:
+            self.unmark_cancelled(ordinal)  # (a cancelled call whose arguments failed)
             self._finish(job, index, False, _remote_error(record[2], record[3]), False)
         return False
 
@@ -1154,6 +1196,7 @@ class _Engine:
         timed_out = self._timed_out.pop(slot, None)
         if ordinal < 0:
             return
+        self.unmark_cancelled(ordinal)  # it died before it could pop the mark
         entry = self._inflight.pop(ordinal, None)
         if entry is None:
             return  # its result made it out before it died
@@ -1292,6 +1335,7 @@ class _Engine:
                 except Exception:
                     pass
                 ordinal = int.from_bytes(scratch, "little") & _ORDINAL_MASK
+                self.unmark_cancelled(ordinal)  # no worker will look for it
                 entry = self._inflight.pop(ordinal, None)
                 if entry is not None:
                     jobs.append(entry[0])
@@ -1331,8 +1375,9 @@ class _Engine:
             except OSError:
                 pass
         self._wake_r = self._wake_w = -1
-        for obj in (self._tasks, self._results, self._slots, self._cancelled):
-            obj.close()
+        for obj in (self._tasks, self._results, self._slots, self._marks):
+            if obj is not None:
+                obj.close()
 
     def _report_uncollected(self) -> None:
         failed = [r for r in self._uncollected if not r._collected]
@@ -1805,6 +1850,7 @@ class Executor(concurrent.futures.Executor):
             task_timeout,
             "ignore",
             "Executor",
+            cancellable=True,
         )
         self._shutdown_lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _finalize_engine, self._engine)
