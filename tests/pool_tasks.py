@@ -245,3 +245,12 @@ def count_run(i: int, *ballast: Any) -> int:
     runs, _ = worker_state()["runs"]
     runs.add(i, 1)
     return i
+
+
+def announce_then_wait(q: Any, event: Any) -> int:
+    """Say "started" on a queue (with the worker's pid), then wait for ``event``: a
+    task that holds its worker until the test lets it go."""
+    q.put(os.getpid())
+    if not event.wait(30):
+        raise TimeoutError("the test never set the event")
+    return os.getpid()

@@ -115,6 +115,10 @@ _PARENT_CHECK_S = 1.0
 _CHECK_TIMEOUTS_S = 0.02
 _FUNC_CACHE_SIZE = 64
 _CHUNKS_PER_WORKER = 16
+# Test-only, read once as a worker starts: "POINT:TOKEN" makes the worker that removes
+# the file TOKEN SIGKILL itself at POINT of the protocol above (see _test_hooks);
+# unset, the worker's loop calls the plain functions.
+_TEST_HOOK_ENV = "SHOAL_TEST_POOL_HOOK"
 _FAST_VALUES = 60  # the C codec takes tuples of up to 64 scalars, two of them ours
 
 _worker_state: dict[str, Any] = {}
@@ -168,18 +172,22 @@ def _worker_main(
             _send_error(results, _MARKER, exc, _SETUP_FAILED)
             raise SystemExit(1) from None
     _core.store64(buf, pid_at, os.getpid())
+    get_claim, send_values, send_error = tasks._get_claim, _send_values, _send_error
+    hook = os.environ.get(_TEST_HOOK_ENV)
+    if hook:
+        get_claim, send_values, send_error = _test_hooks(hook, tasks, get_claim)
     functions: dict[bytes, Any] = {}
     done = 0
     while maxtasks is None or done < maxtasks:
         try:
-            task = tasks._get_claim(buf, claim_at)
+            task = get_claim(buf, claim_at)
         except BaseException as exc:
             # the record was taken but could not be unpickled (SystemExit from a
             # __reduce__ included): fail that task
             claim = _core.load64(buf, claim_at)
             if not claim & _CLAIMED:
                 raise
-            _send_error(results, claim & _ORDINAL_MASK, exc)
+            send_error(results, claim & _ORDINAL_MASK, exc)
             _core.store64(buf, claim_at, 0)
             done += 1
             continue
@@ -206,11 +214,61 @@ def _worker_main(
                 functions[task[0]] = function
             values = _run(function, task, buf, deadline_at)
         except BaseException as exc:
-            _send_error(results, ordinal, exc)
+            send_error(results, ordinal, exc)
         else:
-            _send_values(results, ordinal, values)
+            send_values(results, ordinal, values)
         _core.store64(buf, claim_at, 0)
         done += 1
+
+
+def _test_hooks(spec: str, tasks: Queue, get_claim: Callable[..., Any]) -> tuple:
+    """The worker's get_claim, send_values and send_error with a death at one point:
+
+    * "claimed": its claim written, the record still in the ring.  (Stored here as
+      ``_get_claim`` stores it, once a record is there; exact where this worker is the
+      only consumer: a pool of one.)
+    * "sending": a result (or error) computed, about to go on the result ring.
+    * "sent": the result on the ring, the slot not yet cleared.
+
+    Only the worker that removes the file named after the colon dies, once.
+    """
+    point, _, token = spec.partition(":")
+    if point not in ("claimed", "sending", "sent") or not token:
+        raise ValueError(f"{_TEST_HOOK_ENV}={spec!r}: want claimed|sending|sent:FILE")
+
+    def won() -> bool:
+        try:
+            os.unlink(token)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def fire() -> None:
+        if won():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def claim_then_die(buf: Any, at: int, *args: Any) -> Any:
+        if won():
+            deadline = time.monotonic() + 10
+            while not tasks._qsize() and time.monotonic() < deadline:
+                time.sleep(0.001)
+            _core.store64(buf, at, _CLAIMED | tasks._taken)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return get_claim(buf, at, *args)
+
+    def around(send: Callable[..., None]) -> Callable[..., None]:
+        def hooked(*args: Any) -> None:
+            if point == "sending":
+                fire()
+            send(*args)
+            if point == "sent":
+                fire()
+
+        return hooked
+
+    if point == "claimed":
+        return claim_then_die, _send_values, _send_error
+    return get_claim, around(_send_values), around(_send_error)
 
 
 # Forks of shoal's own engines, one at a time: a child forked while another is being
