@@ -254,3 +254,16 @@ def announce_then_wait(q: Any, event: Any) -> int:
     if not event.wait(30):
         raise TimeoutError("the test never set the event")
     return os.getpid()
+
+
+def allocate_over_rlimit_as(nbytes: int, margin: int = 256 << 20) -> int:
+    """Cap this worker's address space (RLIMIT_AS) a little above what it uses now,
+    then allocate ``nbytes``: MemoryError, or worse, as a machine short of memory
+    gives.  The cap stays for whatever the worker runs next."""
+    import resource
+
+    with open("/proc/self/statm") as f:
+        used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (used + margin, hard))
+    return len(bytearray(nbytes))
