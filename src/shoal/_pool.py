@@ -1071,6 +1071,13 @@ class _Engine:
         _core.fetch_add64(self._slots._buf, self._marked_at, -1)
         return True
 
+    def _forget_mark(self, job: _Job, ordinal: int) -> None:
+        """Drop the mark of a cancelled call that no worker will pop (taken back, or its
+        worker failed or died before it looked), so that workers stop looking.  Only
+        once its future is cancelled: a cancel() still deciding pops its own."""
+        if self._marks is not None and type(job) is _FutureJob and job._future.cancelled():
+            self.unmark_cancelled(ordinal)
+
     def use_timeouts(self) -> None:
         """From now on the monitor looks at the workers' deadlines."""
         if not self._timeouts_used:
@@ -1219,7 +1226,7 @@ class _Engine:
             else:
                 self._finish(job, index, True, values, False)
         else:
-            self.unmark_cancelled(ordinal)  # (a cancelled call whose arguments failed)
+            self._forget_mark(job, ordinal)  # (its arguments failed before the look)
             self._finish(job, index, False, _remote_error(record[2], record[3]), False)
         return False
 
@@ -1254,11 +1261,11 @@ class _Engine:
         timed_out = self._timed_out.pop(slot, None)
         if ordinal < 0:
             return
-        self.unmark_cancelled(ordinal)  # it died before it could pop the mark
         entry = self._inflight.pop(ordinal, None)
         if entry is None:
             return  # its result made it out before it died
         job, index, _ = entry
+        self._forget_mark(job, ordinal)  # it may have died before it looked
         description = job._describe(index)
         if timed_out is not None and timed_out[0] == ordinal:
             limit = timed_out[1]
@@ -1381,6 +1388,7 @@ class _Engine:
         """Take back the tasks no worker has started; return their jobs."""
         jobs = []
         scratch = bytearray(8)
+        marked: list[tuple[_Job, int]] = []
         with self._push_lock:
             jobs += [job for job, _, _ in self._overflow]
             taken = len(self._overflow)
@@ -1393,14 +1401,16 @@ class _Engine:
                 except Exception:
                     pass
                 ordinal = int.from_bytes(scratch, "little") & _ORDINAL_MASK
-                self.unmark_cancelled(ordinal)  # no worker will look for it
                 entry = self._inflight.pop(ordinal, None)
                 if entry is not None:
                     jobs.append(entry[0])
+                    marked.append((entry[0], ordinal))
                     taken += 1
         with self._cond:
             self._outstanding -= taken
             self._cond.notify_all()
+        for job, ordinal in marked:  # (outside the push lock: cancel() takes it second)
+            self._forget_mark(job, ordinal)  # no worker will look for it
         return jobs
 
     def _poke(self) -> None:
@@ -1978,7 +1988,11 @@ class Executor(concurrent.futures.Executor):
             if cancel_futures:
                 for job in engine.cancel_queued():
                     if isinstance(job, _FutureJob):
-                        concurrent.futures.Future.cancel(job._future)  # taken back, never run
+                        future = job._future  # taken back, never run
+                        if not concurrent.futures.Future.cancel(future) and not future.done():
+                            # a cancel() racing with this one found the record taken
+                            # (by us) and made it running: it ends now, never run
+                            future.set_exception(concurrent.futures.CancelledError())
         if engine._released:
             return  # shut down before
         if wait:
