@@ -735,6 +735,10 @@ class _FutureJob(_Job):
 # set_running_or_notify_cancel() on a running future logs CRITICAL before it raises:
 # these look at the state first, under the future's own lock
 _PENDING, _RUNNING = concurrent.futures._base.PENDING, concurrent.futures._base.RUNNING
+_CANCELLED_STATES = (
+    concurrent.futures._base.CANCELLED,
+    concurrent.futures._base.CANCELLED_AND_NOTIFIED,
+)
 
 
 def _start(future: concurrent.futures.Future) -> bool:
@@ -1154,8 +1158,10 @@ class _Engine:
             while self._overflow and len(batch) < 1024:
                 entry = self._overflow.popleft()
                 job = entry[0]
-                # cancelled while it waited here (decided under this lock): never pushed
-                if type(job) is _FutureJob and job._future.cancelled():
+                # cancelled while it waited here (decided under this lock): never
+                # pushed.  (Its state read bare: cancel() holds the future's lock
+                # when it takes this one, so taking that one here could deadlock.)
+                if type(job) is _FutureJob and job._future._state in _CANCELLED_STATES:
                     cancelled.append(entry)
                 else:
                     batch.append(entry)
