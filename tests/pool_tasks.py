@@ -267,3 +267,8 @@ def allocate_over_rlimit_as(nbytes: int, margin: int = 256 << 20) -> int:
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     resource.setrlimit(resource.RLIMIT_AS, (used + margin, hard))
     return len(bytearray(nbytes))
+
+
+def fail_with_message_of(n: int) -> None:
+    """Raise an exception whose message is ``n`` characters long."""
+    raise ValueError("x" * n)

@@ -814,7 +814,7 @@ import multiprocessing as mp
 from multiprocessing.pool import RemoteTraceback
 
 import pool_tasks as t
-from shoal import SharedMemoryError
+from shoal import SharedMemoryError, ShoalError
 from shoal._pool import Executor, Pool
 
 context = mp.get_context(METHOD)
@@ -827,6 +827,13 @@ with Pool(2, context=context) as pool:
         assert isinstance(error.__cause__, RemoteTraceback), error.__cause__
     else:
         raise AssertionError("a result bigger than /dev/shm arrived")
+    # an exception too big to send whole: a short one in its place
+    huge = pool.apply_async(t.fail_with_message_of, (16 << 20,))
+    try:
+        huge.get(30)
+    except Exception as error:
+        assert type(error) is ShoalError and "ValueError: xxx" in str(error), repr(error)
+        assert len(str(error)) < 1000
     pids = {w.pid for w in pool._engine._workers}
     assert pool.map(t.square, range(20), timeout=30) == [i * i for i in range(20)]
     assert {w.pid for w in pool._engine._workers} == pids  # no worker died

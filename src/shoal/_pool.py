@@ -69,6 +69,7 @@ from ._errors import (
     ClosedError,
     SerializationError,
     ShoalError,
+    ShutDown,
     TaskTimeoutError,
     UncollectedTaskErrorWarning,
     WorkerDiedError,
@@ -77,7 +78,7 @@ from ._handle import sent_references
 from ._memory import report_unraisable
 from ._process import process_cpu_count
 from ._queues import Queue
-from ._serialize import TRANSIT_MARK, dumps, loads, pack
+from ._serialize import TRANSIT_MARK, discard, dumps, loads, pack
 from ._sharedctypes import RawArray
 
 __all__ = [
@@ -387,8 +388,24 @@ def _send_error(results: Queue, ordinal: int, exc: BaseException, status: int = 
         if record[0] != TRANSIT_MARK:  # (that would use the transit segment up)
             loads(record)  # an exception that does not unpickle would be lost on the way
     except BaseException:  # (a __reduce__ may raise SystemExit)
-        record = results._record(ShoalError(f"{type(exc).__qualname__}: {exc}"))
-    results.put((ordinal, status, record, text))
+        record = None
+    try:
+        if record is None:
+            record = results._record(ShoalError(f"{type(exc).__qualname__}: {exc}"))
+        results.put((ordinal, status, record, text))
+    except (ClosedError, ShutDown):
+        raise
+    except Exception as error:
+        # too big to send whole with /dev/shm full, say: a short error in its place
+        # (escaping, it killed the worker)
+        if record is not None:
+            discard(record)
+        message, why = str(exc), str(error)
+        short = ShoalError(
+            f"{type(exc).__qualname__}: {message[:200]}{'...' * (len(message) > 200)} "
+            f"(too big to send whole: {type(error).__name__}: {why[:300]})"
+        )
+        results.put((ordinal, status, results._record(short), text[-4000:]))
 
 
 # ---- jobs: what the caller holds ------------------------------------------------------
