@@ -193,8 +193,10 @@ def test_executor_future_fails_alone_when_its_worker_dies(ctx: Any) -> None:
     [(segfault, 1, "SIGSEGV"), (exit_hard, 3, "exited with code 3"), (kill_self_at, 3, "SIGKILL")],
     ids=["segfault", "os._exit", "sigkill"],
 )
-def test_executor_worker_deaths_fail_only_their_future(task: Any, arg: int, how: str) -> None:
-    with Executor(2, mp_context=mp.get_context("fork")) as executor:
+def test_executor_worker_deaths_fail_only_their_future(
+    ctx: Any, task: Any, arg: int, how: str
+) -> None:
+    with Executor(2, mp_context=ctx) as executor:
         doomed = executor.submit(task, arg)
         fine = [executor.submit(square, i) for i in range(10)]
         with pytest.raises(WorkerDiedError, match=how):
