@@ -213,7 +213,7 @@ def test_workers_killed_at_random_moments_leave_each_task_exactly_one_outcome(ap
             gate.clear()
         with delivered:
             delivered.wait_for(lambda: count[0] >= limit, TIMEOUT)
-        assert len(kills) >= 20, f"seed {seed}: only {len(kills)} kills"
+        assert len(kills) >= 10, f"seed {seed}: only {len(kills)} kills"
         lost = [i for i in range(limit) if seen[i] == 0]
         twice = [i for i in range(limit) if seen[i] > 1]
         assert not lost and not twice, f"seed {seed}: lost {lost[:10]}, twice {twice[:10]}"
