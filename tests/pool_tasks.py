@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -219,3 +220,55 @@ def wait_for(event: Any, value: Any = None) -> Any:
     if not event.wait(30):
         raise TimeoutError("the test never set the event")
     return value
+
+
+def make_bytes(n: int) -> bytes:
+    """``n`` bytes made in the worker: a result as big as the test wants."""
+    return bytes(n)
+
+
+class ExitsWhenUnpickled:
+    """Pickles in the worker; unpickling it raises SystemExit (not an Exception)."""
+
+    def __reduce__(self) -> Any:
+        return (sys.exit, ("unpickled",))
+
+
+def return_exiting() -> ExitsWhenUnpickled:
+    return ExitsWhenUnpickled()
+
+
+def count_run(i: int, *ballast: Any) -> int:
+    """Count one run of task ``i`` in the shared array an initializer stored as "runs"
+    (set_state): how many times each task really ran.  ``ballast`` makes a record as
+    big as the test wants."""
+    runs, _ = worker_state()["runs"]
+    runs.add(i, 1)
+    return i
+
+
+def announce_then_wait(q: Any, event: Any) -> int:
+    """Say "started" on a queue (with the worker's pid), then wait for ``event``: a
+    task that holds its worker until the test lets it go."""
+    q.put(os.getpid())
+    if not event.wait(30):
+        raise TimeoutError("the test never set the event")
+    return os.getpid()
+
+
+def allocate_over_rlimit_as(nbytes: int, margin: int = 256 << 20) -> int:
+    """Cap this worker's address space (RLIMIT_AS) a little above what it uses now,
+    then allocate ``nbytes``: MemoryError, or worse, as a machine short of memory
+    gives.  The cap stays for whatever the worker runs next."""
+    import resource
+
+    with open("/proc/self/statm") as f:
+        used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (used + margin, hard))
+    return len(bytearray(nbytes))
+
+
+def fail_with_message_of(n: int) -> None:
+    """Raise an exception whose message is ``n`` characters long."""
+    raise ValueError("x" * n)

@@ -175,6 +175,33 @@ def test_shutdown_cancel_futures_cancels_what_has_not_started(wait_for_it: bool)
     started.close()
 
 
+def test_a_cancel_racing_shutdown_cancel_futures_leaves_no_future_running() -> None:
+    # shutdown(cancel_futures=True) takes the queued records back, then cancels their
+    # futures; a cancel() in between found the record taken and made its future
+    # running, and nothing would ever finish it
+    started = shoal.Queue()
+    executor = fork_executor(1)
+    running = executor.submit(t.announce_then_sleep, started, 0.3, "ran")
+    queued = executor.submit(t.square, 2)
+    started.get(timeout=TIMEOUT)
+    engine = executor._engine
+    take_back = engine.cancel_queued
+    racing: list[bool] = []
+
+    def cancel_queued_then_a_racing_cancel() -> list[Any]:
+        jobs = take_back()
+        racing.append(queued.cancel())  # (another thread, at the worst moment)
+        return jobs
+
+    engine.cancel_queued = cancel_queued_then_a_racing_cancel
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert racing == [False]  # it found the record taken
+    assert running.result(TIMEOUT) == "ran"
+    with pytest.raises(concurrent.futures.CancelledError):
+        queued.result(TIMEOUT)
+    started.close()
+
+
 def test_cancel_a_queued_future() -> None:
     started = shoal.Queue()
     with fork_executor(1) as executor:
@@ -204,6 +231,67 @@ def test_a_cancelled_future_never_runs() -> None:
     finally:
         started.close()
         side_effects.close()
+
+
+def test_any_number_of_queued_cancelled_calls_never_run() -> None:
+    # more cancelled calls waiting in the ring at once than the table of marks had
+    # slots (1024): marks overwrote each other, and older cancelled calls ran
+    n = 2000
+    runs = shoal.RawArray("q", n + 1)
+    gate = shoal.Event()
+    with fork_executor(1, initializer=t.set_state, initargs=("runs", runs)) as executor:
+        blocker = executor.submit(t.wait_for, gate, "done")
+        queued = [executor.submit(t.count_run, i) for i in range(n)]
+        assert not executor._engine._overflow  # all of them in shared memory
+        assert all(f.cancel() for f in queued)
+        gate.set()
+        assert blocker.result(TIMEOUT) == "done"
+        assert executor.submit(t.count_run, n).result(TIMEOUT) == n  # behind them all
+        assert all(f.cancelled() for f in queued)
+    assert list(runs) == [0] * n + [1]
+    runs.close()
+    gate.close()
+
+
+def test_cancelled_calls_waiting_in_the_parent_never_run() -> None:
+    # calls of 100 KB: the ring takes two, the rest wait in the parent for room, and
+    # those were pushed (and ran) once room came, cancelled or not
+    runs = shoal.RawArray("q", 7)
+    gate = shoal.Event()
+    ballast = b"x" * 100_000
+    with fork_executor(1, initializer=t.set_state, initargs=("runs", runs)) as executor:
+        blocker = executor.submit(t.wait_for, gate, "done")
+        queued = [executor.submit(t.count_run, i, ballast) for i in range(6)]
+        assert executor._engine._overflow  # some are waiting in the parent
+        assert all(f.cancel() for f in queued)
+        gate.set()
+        assert blocker.result(TIMEOUT) == "done"
+        assert executor.submit(t.count_run, 6).result(TIMEOUT) == 6
+    assert list(runs) == [0] * 6 + [1]
+    runs.close()
+    gate.close()
+
+
+def test_cancel_racing_the_workers_is_exact() -> None:
+    # each cancel() races the worker taking that call: cancelled means it never ran,
+    # not cancelled means it ran once and its result arrived
+    n, behind = 4000, 3
+    runs = shoal.RawArray("q", n)
+    futures: list[Any] = []
+    cancelled: set[int] = set()
+    with fork_executor(2, initializer=t.set_state, initargs=("runs", runs)) as executor:
+        for i in range(n):
+            futures.append(executor.submit(t.count_run, i))
+            if i >= behind and i % 2 and futures[i - behind].cancel():
+                cancelled.add(i - behind)
+        for i, future in enumerate(futures):
+            if i in cancelled:
+                assert future.cancelled()
+            else:
+                assert future.result(TIMEOUT) == i
+    ran = list(runs)
+    assert [i for i in range(n) if ran[i] != (i not in cancelled)] == []
+    runs.close()
 
 
 def test_a_running_future_cannot_be_cancelled() -> None:

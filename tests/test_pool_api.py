@@ -27,6 +27,7 @@ from typing import Any
 import pool_tasks as t
 import pytest
 from conftest import wait_until
+from isolation import check_isolated
 
 import shoal
 from shoal import Pool, _process, lowlevel, worker_state
@@ -804,3 +805,61 @@ def test_big_numpy_arrays_as_arguments_and_results() -> None:
         assert np.array_equal(imapped, a * 2)
         pool.close()
         pool.join()
+
+
+# ---- failures reported as what they are (#10) -------------------------------------------
+
+SHM_FULL = """
+import multiprocessing as mp
+from multiprocessing.pool import RemoteTraceback
+
+import pool_tasks as t
+from shoal import SharedMemoryError, ShoalError
+from shoal._pool import Executor, Pool
+
+context = mp.get_context(METHOD)
+with Pool(2, context=context) as pool:
+    big = pool.apply_async(t.make_bytes, (16 << 20,))
+    try:
+        big.get(30)
+    except SharedMemoryError as error:
+        assert "no room" in str(error), error
+        assert isinstance(error.__cause__, RemoteTraceback), error.__cause__
+    else:
+        raise AssertionError("a result bigger than /dev/shm arrived")
+    # an exception too big to send whole: a short one in its place
+    huge = pool.apply_async(t.fail_with_message_of, (16 << 20,))
+    try:
+        huge.get(30)
+    except Exception as error:
+        assert type(error) is ShoalError and "ValueError: xxx" in str(error), repr(error)
+        assert len(str(error)) < 1000
+    pids = {w.pid for w in pool._engine._workers}
+    assert pool.map(t.square, range(20), timeout=30) == [i * i for i in range(20)]
+    assert {w.pid for w in pool._engine._workers} == pids  # no worker died
+with Executor(1, mp_context=context) as executor:
+    future = executor.submit(t.make_bytes, 16 << 20)
+    assert isinstance(future.exception(30), SharedMemoryError), future.exception()
+    assert executor.submit(t.square, 5).result(30) == 25
+print("ok")
+"""
+
+
+def test_a_result_bigger_than_free_shared_memory_fails_its_task(ctx: Any) -> None:
+    # /dev/shm of 8 MiB, a result of 16: the task fails with SharedMemoryError in the
+    # caller and its worker lives on (it exited with code 1: WorkerDiedError)
+    script = SHM_FULL.replace("METHOD", repr(ctx.get_start_method()))
+    assert check_isolated(script, shm_size="8m").strip() == "ok"
+
+
+def test_system_exit_while_unpickling_a_result_fails_that_task(ctx: Any) -> None:
+    # unpickling in the parent's result thread raised SystemExit, which no `except
+    # Exception` caught: the task stayed pending for ever
+    with Pool(1, context=ctx) as pool:
+        with pytest.raises(SystemExit, match="unpickled"):
+            pool.apply_async(t.return_exiting).get(10)
+        assert pool.apply(t.square, (4,)) == 16
+    with shoal.Executor(1, mp_context=ctx) as executor:
+        future = executor.submit(t.return_exiting)
+        assert isinstance(future.exception(10), SystemExit)
+        assert executor.submit(t.square, 3).result(10) == 9

@@ -21,6 +21,7 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+import pool_tasks as t
 import pytest
 from conftest import wait_until
 
@@ -185,6 +186,45 @@ def test_executor_future_fails_alone_when_its_worker_dies(ctx: Any) -> None:
         assert [f.result(TIMEOUT) for f in fine] == [i * i for i in range(10)]
         # the executor is not broken, unlike ProcessPoolExecutor
         assert executor.submit(square, 9).result(TIMEOUT) == 81
+
+
+@pytest.mark.parametrize(
+    ("task", "arg", "how"),
+    [(segfault, 1, "SIGSEGV"), (exit_hard, 3, "exited with code 3"), (kill_self_at, 3, "SIGKILL")],
+    ids=["segfault", "os._exit", "sigkill"],
+)
+def test_executor_worker_deaths_fail_only_their_future(
+    ctx: Any, task: Any, arg: int, how: str
+) -> None:
+    with Executor(2, mp_context=ctx) as executor:
+        doomed = executor.submit(task, arg)
+        fine = [executor.submit(square, i) for i in range(10)]
+        with pytest.raises(WorkerDiedError, match=how):
+            doomed.result(TIMEOUT)
+        assert [f.result(TIMEOUT) for f in fine] == [i * i for i in range(10)]
+        assert executor.submit(square, 9).result(TIMEOUT) == 81
+
+
+@pytest.mark.parametrize("api", ["pool", "executor"])
+def test_a_worker_over_its_address_space_limit_fails_only_its_task(ctx: Any, api: str) -> None:
+    # the task caps its worker's RLIMIT_AS, then allocates 4 GiB: MemoryError is that
+    # task's outcome (WorkerDiedError, had the worker died of it); the others complete
+    # and the pool goes on, also in the capped worker
+    pool: Any = Pool(2, context=ctx) if api == "pool" else Executor(2, mp_context=ctx)
+
+    def submit(function: Any, *args: Any) -> Any:
+        """Start the call; return what waits for its outcome."""
+        if api == "pool":
+            return pool.apply_async(function, args).get
+        return pool.submit(function, *args).result
+
+    with pool:
+        capped = submit(t.allocate_over_rlimit_as, 4 << 30)
+        others = [submit(square, i) for i in range(20)]
+        with pytest.raises((MemoryError, WorkerDiedError)):
+            capped(TIMEOUT)
+        assert [get(TIMEOUT) for get in others] == [i * i for i in range(20)]
+        assert [submit(square, i)(TIMEOUT) for i in range(10)] == [i * i for i in range(10)]
 
 
 def test_process_pool_executor_breaks_whole_pool_for_comparison() -> None:

@@ -26,6 +26,18 @@ the slot is cleared.  When a worker dies, its slot and the ring's count of recor
 taken say exactly whether it had a task and which: only that task fails.  The
 "worker died" record travels on the result ring behind anything the worker sent
 before dying, so a result that made it out is never reported as lost.
+
+Cancelled calls
+---------------
+An Executor call cancelled while its record is still in the task ring is marked: its
+ordinal is a key of a SharedDict (any number of them, each exact), and a word after
+the workers' slots counts the marks, so that a worker looks in the dict only while
+there are any.  ``cancel()`` counts and marks first, then looks whether the record
+was taken; a worker takes the record first, then pops the mark.  Whoever pops the
+mark decides, exactly once: the worker skips the call (it never runs, and the
+future is cancelled); ``cancel()`` popping it back means a worker took the record
+before it could see the mark, so the call runs and the future is running.  A call
+cancelled while it waits in the parent for room in the ring is never pushed.
 """
 
 from __future__ import annotations
@@ -51,11 +63,13 @@ from multiprocessing.pool import RemoteTraceback
 from typing import Any
 
 from . import _core
+from ._dict import SharedDict
 from ._errors import (
     BrokenPoolError,
     ClosedError,
     SerializationError,
     ShoalError,
+    ShutDown,
     TaskTimeoutError,
     UncollectedTaskErrorWarning,
     WorkerDiedError,
@@ -64,7 +78,7 @@ from ._handle import sent_references
 from ._memory import report_unraisable
 from ._process import process_cpu_count
 from ._queues import Queue
-from ._serialize import TRANSIT_MARK, dumps, loads, pack
+from ._serialize import TRANSIT_MARK, discard, dumps, loads, pack
 from ._sharedctypes import RawArray
 
 __all__ = [
@@ -86,7 +100,8 @@ _DIED, _WAKE, _SETUP_FAILED = range(3)
 
 # a worker's slot, one 64-bit word each: what it claimed (CLAIMED | ordinal), its
 # task's deadline (monotonic ns, 0: none), its pid once it unpickled its arguments,
-# 1 if its initializer raised
+# 1 if its initializer raised.  After the last slot, one word: how many cancel marks
+# are set (see "Cancelled calls" above).
 _CLAIM, _DEADLINE, _PID, _SETUP_RAISED = range(4)
 _SLOT_WORDS = 4
 _CLAIMED = 1 << 63
@@ -100,11 +115,11 @@ _PARENT_CHECK_S = 1.0
 # how often the monitor looks at the deadlines, once any task has a timeout
 _CHECK_TIMEOUTS_S = 0.02
 _FUNC_CACHE_SIZE = 64
-# cancelled calls still in the ring: CLAIMED | ordinal at [ordinal % this]; a worker
-# skips a task it finds marked.  (More cancelled calls queued at once than this
-# overwrite each other's marks: the older one runs, its result is dropped.)
-_CANCEL_SLOTS = 1024
 _CHUNKS_PER_WORKER = 16
+# Test-only, read once as a worker starts: "POINT:TOKEN" makes the worker that removes
+# the file TOKEN SIGKILL itself at POINT of the protocol above (see _test_hooks);
+# unset, the worker's loop calls the plain functions.
+_TEST_HOOK_ENV = "SHOAL_TEST_POOL_HOOK"
 _FAST_VALUES = 60  # the C codec takes tuples of up to 64 scalars, two of them ours
 
 _worker_state: dict[str, Any] = {}
@@ -128,7 +143,7 @@ def _worker_main(
     tasks: Queue,
     results: Queue,
     slots: RawArray,
-    cancelled: RawArray,
+    marks: SharedDict | None,
     slot: int,
     parent_token: int,
     setup: bytes | None,
@@ -146,7 +161,7 @@ def _worker_main(
         slots._off + (slot * _SLOT_WORDS + word) * 8
         for word in (_CLAIM, _DEADLINE, _PID, _SETUP_RAISED)
     )
-    marks, marks_at = cancelled._buf, cancelled._off
+    marked_at = slots._off + (len(slots) - 1) * 8  # the count of cancel marks
     if setup is not None:
         try:
             initializer, initargs = loads(setup)
@@ -158,17 +173,22 @@ def _worker_main(
             _send_error(results, _MARKER, exc, _SETUP_FAILED)
             raise SystemExit(1) from None
     _core.store64(buf, pid_at, os.getpid())
+    get_claim, send_values, send_error = tasks._get_claim, _send_values, _send_error
+    hook = os.environ.get(_TEST_HOOK_ENV)
+    if hook:
+        get_claim, send_values, send_error = _test_hooks(hook, tasks, get_claim)
     functions: dict[bytes, Any] = {}
     done = 0
     while maxtasks is None or done < maxtasks:
         try:
-            task = tasks._get_claim(buf, claim_at)
-        except Exception as exc:
-            # the record was taken but could not be unpickled: fail that task
+            task = get_claim(buf, claim_at)
+        except BaseException as exc:
+            # the record was taken but could not be unpickled (SystemExit from a
+            # __reduce__ included): fail that task
             claim = _core.load64(buf, claim_at)
             if not claim & _CLAIMED:
                 raise
-            _send_error(results, claim & _ORDINAL_MASK, exc)
+            send_error(results, claim & _ORDINAL_MASK, exc)
             _core.store64(buf, claim_at, 0)
             done += 1
             continue
@@ -177,7 +197,12 @@ def _worker_main(
             return
         claim = _core.load64(buf, claim_at)
         ordinal = claim & _ORDINAL_MASK
-        if _core.load64(marks, marks_at + (ordinal % _CANCEL_SLOTS) * 8) == claim:
+        if (
+            marks is not None
+            and _core.load64(buf, marked_at)
+            and marks.pop(ordinal, None) is not None
+        ):
+            _core.fetch_add64(buf, marked_at, -1)
             results.put((ordinal, _SKIPPED))  # its future was cancelled
             _core.store64(buf, claim_at, 0)
             continue
@@ -190,11 +215,61 @@ def _worker_main(
                 functions[task[0]] = function
             values = _run(function, task, buf, deadline_at)
         except BaseException as exc:
-            _send_error(results, ordinal, exc)
+            send_error(results, ordinal, exc)
         else:
-            _send_values(results, ordinal, values)
+            send_values(results, ordinal, values)
         _core.store64(buf, claim_at, 0)
         done += 1
+
+
+def _test_hooks(spec: str, tasks: Queue, get_claim: Callable[..., Any]) -> tuple:
+    """The worker's get_claim, send_values and send_error with a death at one point:
+
+    * "claimed": its claim written, the record still in the ring.  (Stored here as
+      ``_get_claim`` stores it, once a record is there; exact where this worker is the
+      only consumer: a pool of one.)
+    * "sending": a result (or error) computed, about to go on the result ring.
+    * "sent": the result on the ring, the slot not yet cleared.
+
+    Only the worker that removes the file named after the colon dies, once.
+    """
+    point, _, token = spec.partition(":")
+    if point not in ("claimed", "sending", "sent") or not token:
+        raise ValueError(f"{_TEST_HOOK_ENV}={spec!r}: want claimed|sending|sent:FILE")
+
+    def won() -> bool:
+        try:
+            os.unlink(token)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def fire() -> None:
+        if won():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def claim_then_die(buf: Any, at: int, *args: Any) -> Any:
+        if won():
+            deadline = time.monotonic() + 10
+            while not tasks._qsize() and time.monotonic() < deadline:
+                time.sleep(0.001)
+            _core.store64(buf, at, _CLAIMED | tasks._taken)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return get_claim(buf, at, *args)
+
+    def around(send: Callable[..., None]) -> Callable[..., None]:
+        def hooked(*args: Any) -> None:
+            if point == "sending":
+                fire()
+            send(*args)
+            if point == "sent":
+                fire()
+
+        return hooked
+
+    if point == "claimed":
+        return claim_then_die, _send_values, _send_error
+    return get_claim, around(_send_values), around(_send_error)
 
 
 # Forks of shoal's own engines, one at a time: a child forked while another is being
@@ -269,6 +344,11 @@ def _send_values(results: Queue, ordinal: int, values: tuple) -> None:
     except SerializationError as error:
         _send_error(results, ordinal, _unpicklable(values, error))
         return
+    except Exception as error:
+        # no room in /dev/shm for a big result, say: it is that task's error, and the
+        # worker carries on (escaping, it killed the worker: a WorkerDiedError)
+        _send_error(results, ordinal, error)
+        return
     results.put((ordinal, _OK_PICKLED, record))
 
 
@@ -307,9 +387,25 @@ def _send_error(results: Queue, ordinal: int, exc: BaseException, status: int = 
         record = results._record(exc)
         if record[0] != TRANSIT_MARK:  # (that would use the transit segment up)
             loads(record)  # an exception that does not unpickle would be lost on the way
-    except Exception:
-        record = results._record(ShoalError(f"{type(exc).__qualname__}: {exc}"))
-    results.put((ordinal, status, record, text))
+    except BaseException:  # (a __reduce__ may raise SystemExit)
+        record = None
+    try:
+        if record is None:
+            record = results._record(ShoalError(f"{type(exc).__qualname__}: {exc}"))
+        results.put((ordinal, status, record, text))
+    except (ClosedError, ShutDown):
+        raise
+    except Exception as error:
+        # too big to send whole with /dev/shm full, say: a short error in its place
+        # (escaping, it killed the worker)
+        if record is not None:
+            discard(record)
+        message, why = str(exc), str(error)
+        short = ShoalError(
+            f"{type(exc).__qualname__}: {message[:200]}{'...' * (len(message) > 200)} "
+            f"(too big to send whole: {type(error).__name__}: {why[:300]})"
+        )
+        results.put((ordinal, status, results._record(short), text[-4000:]))
 
 
 # ---- jobs: what the caller holds ------------------------------------------------------
@@ -656,6 +752,10 @@ class _FutureJob(_Job):
 # set_running_or_notify_cancel() on a running future logs CRITICAL before it raises:
 # these look at the state first, under the future's own lock
 _PENDING, _RUNNING = concurrent.futures._base.PENDING, concurrent.futures._base.RUNNING
+_CANCELLED_STATES = (
+    concurrent.futures._base.CANCELLED,
+    concurrent.futures._base.CANCELLED_AND_NOTIFIED,
+)
 
 
 def _start(future: concurrent.futures.Future) -> bool:
@@ -694,15 +794,19 @@ class _Future(concurrent.futures.Future):
         job = self._job
         engine = job._engine
         with self._condition:
-            if self._state != _PENDING or job._ordinal is None or engine._released:
-                return super().cancel()  # done, or still in the parent (never pushed)
-            # mark first, then look: a worker that takes it from now on sees the mark
+            if self._state != _PENDING or engine._released:
+                return super().cancel()  # done
+            if job._ordinal is None:
+                with engine._push_lock:  # what _push_overflow decides under
+                    if job._ordinal is None:  # still in the parent: it is never pushed
+                        return super().cancel()
+            # mark first, then look: a worker that takes it from now on pops the mark
             engine.mark_cancelled(job._ordinal)
-            if job._taken():  # it may have looked before the mark: it runs
-                engine.unmark_cancelled(job._ordinal)
+            if job._taken() and engine.unmark_cancelled(job._ordinal):
+                # a worker took it before the mark was there: it runs
                 self.set_running_or_notify_cancel()
                 return False
-            return super().cancel()
+            return super().cancel()  # the worker that takes it (or took it) skips it
 
 
 def _call_back(callback: Callable[[Any], object], value: Any) -> None:
@@ -731,6 +835,7 @@ class _Engine:
         task_timeout: float | None,
         uncollected_errors: str,
         name: str,
+        cancellable: bool = False,
     ) -> None:
         if processes is None:
             processes = process_cpu_count()
@@ -780,8 +885,10 @@ class _Engine:
 
         self._tasks = Queue(capacity=_TASK_RING_BYTES)
         self._results = Queue(capacity=_RESULT_RING_BYTES)
-        self._slots = RawArray("q", processes * _SLOT_WORDS)
-        self._cancelled = RawArray("q", _CANCEL_SLOTS)
+        self._slots = RawArray("q", processes * _SLOT_WORDS + 1)
+        self._marked_at = self._slots._off + processes * _SLOT_WORDS * 8
+        # Executor calls cancelled in the ring (a Pool has no cancel)
+        self._marks = SharedDict() if cancellable else None
         self._workers: list[Any] = [None] * processes
         self._sent: list[Any] = [None] * processes  # see _start_worker
         self._pidfds: list[int | None] = [None] * processes  # see _open_pidfd
@@ -830,7 +937,7 @@ class _Engine:
                     self._tasks,
                     self._results,
                     self._slots,
-                    self._cancelled,
+                    self._marks,
                     slot,
                     self._token,
                     setup,
@@ -969,14 +1076,28 @@ class _Engine:
         return 0 < (self._tasks._taken - ordinal) & _ORDINAL_MASK < (1 << 31)
 
     def mark_cancelled(self, ordinal: int) -> None:
-        """Tell the worker that takes this task to skip it."""
-        marks = self._cancelled
-        _core.store64(marks._buf, marks._off + (ordinal % _CANCEL_SLOTS) * 8, _CLAIMED | ordinal)
+        """Tell the worker that takes this task to skip it (counted before it is set:
+        a worker that finds the count zero took its task before the mark)."""
+        assert self._marks is not None
+        _core.fetch_add64(self._slots._buf, self._marked_at, 1)
+        self._marks[ordinal] = True
 
-    def unmark_cancelled(self, ordinal: int) -> None:
-        marks = self._cancelled
-        at = marks._off + (ordinal % _CANCEL_SLOTS) * 8
-        _core.cas64(marks._buf, at, _CLAIMED | ordinal, 0)
+    def unmark_cancelled(self, ordinal: int) -> bool:
+        """Take the mark back; False if it is gone (the worker that took the task
+        popped it: it skips the task)."""
+        if self._marks is None or not _core.load64(self._slots._buf, self._marked_at):
+            return False
+        if self._marks.pop(ordinal, None) is None:
+            return False
+        _core.fetch_add64(self._slots._buf, self._marked_at, -1)
+        return True
+
+    def _forget_mark(self, job: _Job, ordinal: int) -> None:
+        """Drop the mark of a cancelled call that no worker will pop (taken back, or its
+        worker failed or died before it looked), so that workers stop looking.  Only
+        once its future is cancelled: a cancel() still deciding pops its own."""
+        if self._marks is not None and type(job) is _FutureJob and job._future.cancelled():
+            self.unmark_cancelled(ordinal)
 
     def use_timeouts(self) -> None:
         """From now on the monitor looks at the workers' deadlines."""
@@ -1040,15 +1161,27 @@ class _Engine:
         finally:
             for k in range(put, len(entries)):
                 del self._inflight[(first + k) & _ORDINAL_MASK]
+                job = entries[k][0]
+                if type(job) is _FutureJob:  # not on the ring: that ordinal goes to another
+                    job._ordinal = None
             self._pushed = first + put
         return entries[put:]
 
     def _push_overflow(self) -> None:
         failed: list[tuple[_Job, int, tuple]] = []
+        cancelled: list[tuple[_Job, int, tuple]] = []
         with self._push_lock:
             batch = []
             while self._overflow and len(batch) < 1024:
-                batch.append(self._overflow.popleft())
+                entry = self._overflow.popleft()
+                job = entry[0]
+                # cancelled while it waited here (decided under this lock): never
+                # pushed.  (Its state read bare: cancel() holds the future's lock
+                # when it takes this one, so taking that one here could deadlock.)
+                if type(job) is _FutureJob and job._future._state in _CANCELLED_STATES:
+                    cancelled.append(entry)
+                else:
+                    batch.append(entry)
             try:
                 self._overflow.extendleft(reversed(self._push(batch)))
             except BaseException as exc:  # a record that pickled once fails now
@@ -1056,6 +1189,8 @@ class _Engine:
         # failed outside the lock: failing feeds an imap, which takes its own lock
         for job, index, _ in failed:
             self._finish(job, index, False, error)
+        for job, index, _ in cancelled:  # (counted out; the future stays cancelled)
+            self._finish(job, index, False, concurrent.futures.CancelledError())
 
     def _deliver_local(self, job: _Job, index: int, exc: BaseException) -> None:
         """Fail a task that never reached a worker (its input raised, say)."""
@@ -1072,8 +1207,8 @@ class _Engine:
                 records = results._get_many(_RESULT_BATCH)
             except ClosedError:
                 return
-            except Exception as exc:  # cannot happen (results are pickled twice), but
-                records = getattr(exc, "items", [])  # the thread must never die
+            except BaseException as exc:  # cannot happen (results are pickled twice),
+                records = getattr(exc, "items", [])  # but the thread must never die
                 _call_back(_raise, exc)
             for record in records:
                 try:
@@ -1107,11 +1242,14 @@ class _Engine:
         elif status == _OK_PICKLED:
             try:
                 values = loads(record[2])
-            except Exception as exc:
+            except BaseException as exc:
+                # what unpickling raised is the task's outcome, SystemExit included:
+                # escaping here, it left the task pending for ever
                 self._finish(job, index, False, exc, False)
             else:
                 self._finish(job, index, True, values, False)
         else:
+            self._forget_mark(job, ordinal)  # (its arguments failed before the look)
             self._finish(job, index, False, _remote_error(record[2], record[3]), False)
         return False
 
@@ -1150,6 +1288,7 @@ class _Engine:
         if entry is None:
             return  # its result made it out before it died
         job, index, _ = entry
+        self._forget_mark(job, ordinal)  # it may have died before it looked
         description = job._describe(index)
         if timed_out is not None and timed_out[0] == ordinal:
             limit = timed_out[1]
@@ -1272,6 +1411,7 @@ class _Engine:
         """Take back the tasks no worker has started; return their jobs."""
         jobs = []
         scratch = bytearray(8)
+        marked: list[tuple[_Job, int]] = []
         with self._push_lock:
             jobs += [job for job, _, _ in self._overflow]
             taken = len(self._overflow)
@@ -1287,10 +1427,13 @@ class _Engine:
                 entry = self._inflight.pop(ordinal, None)
                 if entry is not None:
                     jobs.append(entry[0])
+                    marked.append((entry[0], ordinal))
                     taken += 1
         with self._cond:
             self._outstanding -= taken
             self._cond.notify_all()
+        for job, ordinal in marked:  # (outside the push lock: cancel() takes it second)
+            self._forget_mark(job, ordinal)  # no worker will look for it
         return jobs
 
     def _poke(self) -> None:
@@ -1323,8 +1466,9 @@ class _Engine:
             except OSError:
                 pass
         self._wake_r = self._wake_w = -1
-        for obj in (self._tasks, self._results, self._slots, self._cancelled):
-            obj.close()
+        for obj in (self._tasks, self._results, self._slots, self._marks):
+            if obj is not None:
+                obj.close()
 
     def _report_uncollected(self) -> None:
         failed = [r for r in self._uncollected if not r._collected]
@@ -1374,7 +1518,7 @@ def _caller_stacklevel() -> int:
 def _remote_error(record: bytes, text: str) -> BaseException:
     try:
         exc = loads(record)
-    except Exception as error:
+    except BaseException as error:  # (SystemExit too: the task must still fail)
         exc = ShoalError(f"a task failed and its exception could not be unpickled: {error}")
     if isinstance(exc, BaseException):
         exc.__cause__ = RemoteTraceback(text)
@@ -1797,6 +1941,7 @@ class Executor(concurrent.futures.Executor):
             task_timeout,
             "ignore",
             "Executor",
+            cancellable=True,
         )
         self._shutdown_lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _finalize_engine, self._engine)
@@ -1861,23 +2006,16 @@ class Executor(concurrent.futures.Executor):
         if exc_type is not None and not issubclass(exc_type, Exception):
             # Ctrl-C (or SystemExit) leaving the block: the standard library waits for
             # every running call first, which is what the user is trying to stop
-            self.shutdown(wait=False, cancel_futures=True)
-            self._engine.terminate()
+            self._stop_taking(cancel_futures=True)
             self._finalizer.detach()
+            self._engine.terminate()  # the running calls fail with ClosedError
             return False
         self.shutdown(wait=True)
         return False
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; with ``cancel_futures``, cancel what no worker started."""
-        with self._shutdown_lock:
-            engine = self._engine
-            if engine.state == _RUN:
-                engine.close()
-            if cancel_futures:
-                for job in engine.cancel_queued():
-                    if isinstance(job, _FutureJob):
-                        concurrent.futures.Future.cancel(job._future)  # taken back, never run
+        engine = self._stop_taking(cancel_futures)
         if engine._released:
             return  # shut down before
         if wait:
@@ -1885,3 +2023,18 @@ class Executor(concurrent.futures.Executor):
             self._finalizer.detach()
         else:  # the tasks already submitted still run; someone must wait for them
             threading.Thread(target=engine.join, name="Executor-shutdown", daemon=True).start()
+
+    def _stop_taking(self, cancel_futures: bool) -> _Engine:
+        with self._shutdown_lock:
+            engine = self._engine
+            if engine.state == _RUN:
+                engine.close()
+            if cancel_futures:
+                for job in engine.cancel_queued():
+                    if isinstance(job, _FutureJob):
+                        future = job._future  # taken back, never run
+                        if not concurrent.futures.Future.cancel(future) and not future.done():
+                            # a cancel() racing with this one found the record taken
+                            # (by us) and made it running: it ends now, never run
+                            future.set_exception(concurrent.futures.CancelledError())
+        return engine
