@@ -457,6 +457,63 @@ def test_sigint_interrupts_other_blocked_calls(kind: str) -> None:
     interrupt_child(FORK, kind)
 
 
+SIGINT_TRIALS = 4
+SIGINT_DELAY = 0.4  # a whole number of the native waits' sleep slices (50 and 200 ms)
+
+
+def wait_notified_then_until_interrupted(cond: Any, conn: Connection) -> None:
+    """Child: each trial, wait for a notify, then wait again until SIGINT arrives."""
+    for _ in range(SIGINT_TRIALS):
+        phase = "first wait"
+        try:
+            with cond:
+                if not cond.wait(TIMEOUT):
+                    conn.send(("not notified", None))
+                    return
+                phase = "second wait"
+                cond.wait(SIGINT_DELAY + 2.0)
+        except KeyboardInterrupt:
+            conn.send(("interrupted" if phase == "second wait" else "early", time.monotonic()))
+            continue
+        conn.send(("returned", time.monotonic()))
+        return
+
+
+def test_sigint_interrupts_condition_wait_after_a_notify(ctx: Any) -> None:
+    """#10: a waiter notified before, waiting again: SIGINT sent a whole number of
+    sleep slices after the notify used to be handled just as a slice ran out, and the
+    native loop slept on until the timeout (about half the trials)."""
+    cond = shoal.Condition()
+    receiver, sender = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=wait_notified_then_until_interrupted, args=(cond, sender))
+    p.start()
+    try:
+        for trial in range(SIGINT_TRIALS):
+            assert wait_until(lambda: cond._waiting == 1, timeout=TIMEOUT), "never waited"
+            with cond:
+                cond.notify()
+            notified = time.monotonic()
+            # the child waits again within microseconds; the signal must come a whole
+            # number of slices into that wait, which is where it used to be lost
+            time.sleep(SIGINT_DELAY)
+            assert cond._waiting == 1, "the child is not waiting again yet"
+            sent = time.monotonic()
+            os.kill(p.pid, signal.SIGINT)
+            assert receiver.poll(5), "the child stopped reporting"
+            what, when = receiver.recv()
+            assert what == "interrupted", f"trial {trial}: {what}"
+            assert when - sent < 0.5, (
+                f"trial {trial}: KeyboardInterrupt came {when - sent:.2f} s after SIGINT "
+                f"({sent - notified:.3f} s after the notify)"
+            )
+    except BaseException:
+        p.kill()  # it would wait for a notify that never comes
+        raise
+    finally:
+        join_all(p)
+    assert p.exitcode == 0
+
+
 # ---- Barrier, Event, Condition between processes ----------------------------------------------
 
 

@@ -57,8 +57,21 @@ static int parse_timeout(PyObject *timeout, int64_t *ns) {
 /* A native call that may block, retried after signals until it gives an answer. */
 typedef shoal_status (*blocking_call)(void *target, void *arg, int64_t timeout_ns);
 
-static int run_blocking(blocking_call call, void *target, void *arg, PyObject *keepalive,
-                        int64_t timeout_ns, shoal_status *out) {
+/* How long a synchronisation wait may sleep in native code before it comes back here to
+ * run PyErr_CheckSignals.  EINTR alone is not enough: the native waits sleep in slices
+ * and loop, and a signal that lands as a slice runs out (FUTEX_WAIT then reports
+ * ETIMEDOUT, not EINTR, though the handler ran) or just after a wake-up meant for
+ * somebody else is only flagged, so the loop slept on until the caller's timeout (#10:
+ * Ctrl-C in Condition.wait, sent a whole number of 200 ms slices after a notify, came
+ * when wait(20) ran out).  Coming back every slice bounds that to SIGNAL_CHECK_NS. */
+#define SIGNAL_CHECK_NS (50LL * 1000 * 1000)
+
+/* slice_ns < 0: one call for the whole timeout (back here only on SHOAL_INTR).  Else
+ * the call gets at most slice_ns at a time and is called again, signals checked, while
+ * time is left: it must then continue the same wait (every sync wait does: a waiter's
+ * registration outlives a TIMEOUT, and acquiring again is the same acquire). */
+static int run_blocking_sliced(blocking_call call, void *target, void *arg, PyObject *keepalive,
+                               int64_t timeout_ns, int64_t slice_ns, shoal_status *out) {
     int64_t deadline = timeout_ns < 0 ? -1 : shoal_monotonic_ns() + timeout_ns;
     /* another thread may unbind the object while we sleep with the GIL released: the
      * mapping must outlive the wait, so hold its exporter */
@@ -70,11 +83,12 @@ static int run_blocking(blocking_call call, void *target, void *arg, PyObject *k
             if (left < 0)
                 left = 0;
         }
+        int sliced = slice_ns >= 0 && (left < 0 || left > slice_ns);
         shoal_status st;
         Py_BEGIN_ALLOW_THREADS
-        st = call(target, arg, left);
+        st = call(target, arg, sliced ? slice_ns : left);
         Py_END_ALLOW_THREADS
-        if (st != SHOAL_INTR) {
+        if (st != SHOAL_INTR && !(sliced && st == SHOAL_TIMEOUT)) {
             *out = st;
             Py_XDECREF(keepalive);
             return 0;
@@ -84,6 +98,17 @@ static int run_blocking(blocking_call call, void *target, void *arg, PyObject *k
             return -1;
         }
     }
+}
+
+static int run_blocking(blocking_call call, void *target, void *arg, PyObject *keepalive,
+                        int64_t timeout_ns, shoal_status *out) {
+    return run_blocking_sliced(call, target, arg, keepalive, timeout_ns, -1, out);
+}
+
+/* The synchronisation primitives' waits: signals checked at least every SIGNAL_CHECK_NS. */
+static int run_sync_wait(blocking_call call, void *target, void *arg, PyObject *keepalive,
+                         int64_t timeout_ns, shoal_status *out) {
+    return run_blocking_sliced(call, target, arg, keepalive, timeout_ns, SIGNAL_CHECK_NS, out);
 }
 
 /* Parse (block=True, timeout=None) from a vectorcall. */
@@ -282,7 +307,7 @@ static int mutex_acquire_ns(MutexObject *self, int64_t timeout_ns) {
     if (st == SHOAL_AGAIN) {
         if (timeout_ns == 0)
             st = call_lock(m, &a, 0); /* no wait, but do take it from a dead holder */
-        else if (run_blocking(call_lock, m, &a, self->v.view.obj, timeout_ns, &st) < 0)
+        else if (run_sync_wait(call_lock, m, &a, self->v.view.obj, timeout_ns, &st) < 0)
             return -1;
     }
     switch (st) {
@@ -478,7 +503,7 @@ static PyObject *sem_acquire(ViewObject *self, PyObject *const *args, Py_ssize_t
     BOUND_OR_NULL(self);
     shoal_status st = shoal_sem_acquire(SEM(self), 0);
     if (st == SHOAL_AGAIN && timeout_ns != 0 &&
-        run_blocking(call_sem, SEM(self), NULL, self->view.obj, timeout_ns, &st) < 0)
+        run_sync_wait(call_sem, SEM(self), NULL, self->view.obj, timeout_ns, &st) < 0)
         return NULL;
     return PyBool_FromLong(st == SHOAL_OK);
 }
@@ -589,7 +614,7 @@ static PyObject *event_wait(ViewObject *self, PyObject *args, PyObject *kwargs) 
     BOUND_OR_NULL(self);
     shoal_status st = shoal_event_wait(EVENT(self), 0);
     if (st != SHOAL_OK && timeout_ns != 0 &&
-        run_blocking(call_event, EVENT(self), NULL, self->view.obj, timeout_ns, &st) < 0)
+        run_sync_wait(call_event, EVENT(self), NULL, self->view.obj, timeout_ns, &st) < 0)
         return NULL;
     return PyBool_FromLong(st == SHOAL_OK);
 }
@@ -668,7 +693,7 @@ static PyObject *cond_wait(ViewObject *self, PyObject *arg) {
         return NULL;
     BOUND_OR_NULL(self);
     shoal_status st;
-    if (run_blocking(call_cond, COND(self), NULL, self->view.obj, timeout_ns, &st) < 0)
+    if (run_sync_wait(call_cond, COND(self), NULL, self->view.obj, timeout_ns, &st) < 0)
         return NULL;
     return PyBool_FromLong(st == SHOAL_OK);
 }
