@@ -684,3 +684,56 @@ def test_late_waiter_cannot_steal_a_notify_meant_for_an_earlier_one():
     assert late is False
     assert notified is True and waited < 4.0
     cond.close()
+
+
+def _wait_and_report(cond: Any, conn: Connection) -> None:
+    with cond:
+        conn.send(cond.wait(TIMEOUT))
+
+
+def test_waiter_killed_inside_wait_does_not_absorb_a_notify() -> None:
+    """#10: notify(1) goes to a live waiter, not to one SIGKILLed inside wait().
+
+    Two children wait (the closed generation); both are stopped so that a first
+    notify's wake-up stays uncollected, which makes a third waiter (a thread here)
+    queue in the next generation.  One child is then killed and the other collects.
+    The second notify(1) used to go to the dead child, retiring its generation, and
+    the live thread timed out.
+    """
+    cond = shoal.Condition()
+    receiver, sender = FORK.Pipe(duplex=False)
+    doomed = FORK.Process(target=_wait_and_report, args=(cond, sender))
+    other = FORK.Process(target=_wait_and_report, args=(cond, sender))
+    doomed.start()
+    other.start()
+    try:
+        assert wait_until(lambda: cond._waiting == 2, timeout=TIMEOUT)
+        os.kill(doomed.pid, signal.SIGSTOP)
+        os.kill(other.pid, signal.SIGSTOP)
+        with cond:
+            cond.notify()  # a wake-up for one of the two, collected by neither yet
+        live, result = in_thread(lambda: _timed_wait(cond, 5.0))
+        assert wait_until(lambda: cond._waiting == 2, timeout=TIMEOUT)  # one left + live
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.join(TIMEOUT)
+        os.kill(other.pid, signal.SIGCONT)
+        assert receiver.poll(5) and receiver.recv() is True, "the stopped waiter lost its notify"
+        with cond:
+            cond.notify()
+        reap_threads(live)
+        notified, took = result[0]
+        assert notified is True, "the dead waiter absorbed the notify meant for the live one"
+        assert took < 2.0
+    finally:
+        for p in (doomed, other):
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGCONT)
+        join_all(doomed, other)
+    assert cond._waiting == 0
+
+
+def _timed_wait(cond: Any, timeout: float) -> tuple[bool, float]:
+    with cond:
+        t0 = time.monotonic()
+        notified = cond.wait(timeout)
+        return notified, time.monotonic() - t0

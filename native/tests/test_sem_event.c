@@ -20,7 +20,7 @@ struct shared {
 /* ---- semaphore ------------------------------------------------------------------------ */
 
 TEST(semaphore_counts) {
-    shoal_semaphore s = {2, 0, 0, 0};
+    shoal_semaphore s = {2, 0, 0, 0, {{0}, {0}, 0}};
     CHECK_ST(shoal_sem_acquire(&s, 0), SHOAL_OK);
     CHECK_ST(shoal_sem_acquire(&s, -1), SHOAL_OK);
     CHECK_EQ(s.value, 0);
@@ -36,7 +36,7 @@ TEST(semaphore_counts) {
 }
 
 TEST(semaphore_bounded_overflow_leaves_the_value) {
-    shoal_semaphore s = {1, 0, 2, 1}; /* BoundedSemaphore(2) with one taken */
+    shoal_semaphore s = {1, 0, 2, 1, {{0}, {0}, 0}}; /* BoundedSemaphore(2) with one taken */
     CHECK_ST(shoal_sem_release(&s, 2), SHOAL_OVERFLOW);
     CHECK_EQ(s.value, 1);
     CHECK_ST(shoal_sem_release(&s, 1), SHOAL_OK);
@@ -46,11 +46,11 @@ TEST(semaphore_bounded_overflow_leaves_the_value) {
     CHECK_ST(shoal_sem_release(&s, UINT32_MAX), SHOAL_OVERFLOW); /* n alone passes the bound */
     CHECK_EQ(s.value, 2);
     /* unbounded: the 32-bit count itself is the bound */
-    shoal_semaphore u = {UINT32_MAX - 1, 0, 0, 0};
+    shoal_semaphore u = {UINT32_MAX - 1, 0, 0, 0, {{0}, {0}, 0}};
     CHECK_ST(shoal_sem_release(&u, 1), SHOAL_OK);
     CHECK_ST(shoal_sem_release(&u, 1), SHOAL_OVERFLOW);
     CHECK_EQ(u.value, UINT32_MAX);
-    shoal_semaphore v = {5, 0, 0, 0};
+    shoal_semaphore v = {5, 0, 0, 0, {{0}, {0}, 0}};
     CHECK_ST(shoal_sem_release(&v, UINT32_MAX), SHOAL_OVERFLOW);
     CHECK_EQ(v.value, 5);
 }
@@ -138,7 +138,7 @@ TEST(semaphore_and_event_report_signals_as_intr) {
 /* ---- event ---------------------------------------------------------------------------- */
 
 TEST(event_basics) {
-    shoal_event e = {0, 0};
+    shoal_event e = {0, 0, {{0}, {0}, 0}};
     CHECK_ST(shoal_event_wait(&e, 0), SHOAL_TIMEOUT);
     double t0 = now_ms();
     CHECK_ST(shoal_event_wait(&e, 40 * MS), SHOAL_TIMEOUT);

@@ -243,6 +243,8 @@ typedef struct {
     ViewObject v;
     int recursive;
     int report; /* warn the new holder about a dead owner (internal locks do not) */
+    shoal_waitlist *list; /* its waiters' tokens, right after the mutex; NULL: none (a
+                             mutex embedded in another structure) */
 } MutexObject;
 
 #define MUTEX(self) ((shoal_mutex *)((MutexObject *)(self))->v.addr)
@@ -250,16 +252,18 @@ typedef struct {
 static PyObject *mutex_bind(MutexObject *self, PyObject *args) {
     PyObject *buffer;
     Py_ssize_t offset;
-    int recursive = 0, report = 1;
-    if (!PyArg_ParseTuple(args, "On|pp", &buffer, &offset, &recursive, &report))
+    int recursive = 0, report = 1, listed = 0;
+    if (!PyArg_ParseTuple(args, "On|ppp", &buffer, &offset, &recursive, &report, &listed))
         return NULL;
     PyObject *pair = Py_BuildValue("(On)", buffer, offset);
     if (!pair)
         return NULL;
-    int r = view_bind(&self->v, pair, (Py_ssize_t)sizeof(shoal_mutex));
+    Py_ssize_t size = (Py_ssize_t)(sizeof(shoal_mutex) + (listed ? sizeof(shoal_waitlist) : 0));
+    int r = view_bind(&self->v, pair, size);
     Py_DECREF(pair);
     if (r < 0)
         return NULL;
+    self->list = listed ? (shoal_waitlist *)(self->v.addr + sizeof(shoal_mutex)) : NULL;
     self->recursive = recursive;
     self->report = report;
     Py_RETURN_NONE;
@@ -270,12 +274,21 @@ static uint64_t thread_ident(void) { return (uint64_t)PyThread_get_thread_ident(
 typedef struct {
     int recursive;
     uint64_t token, thread;
+    shoal_waitlist *list;
 } lock_arg;
 
 static shoal_status call_lock(void *target, void *arg, int64_t timeout_ns) {
     lock_arg *a = arg;
-    return a->recursive ? shoal_rmutex_lock(target, a->token, a->thread, timeout_ns)
-                        : shoal_mutex_lock(target, a->token, timeout_ns);
+    return a->recursive ? shoal_rmutex_lock_listed(target, a->list, a->token, a->thread, timeout_ns)
+                        : shoal_mutex_lock_listed(target, a->list, a->token, timeout_ns);
+}
+
+/* After a release: waiters still counted may be dead ones (each would cost every
+ * release a wake-up, and show in statistics, for ever).  Rate-limited in native code. */
+static void prune_lock_waiters(MutexObject *self) {
+    shoal_mutex *m = MUTEX(self);
+    if (self->list && shoal_load32(&m->waiters))
+        shoal_waitlist_prune_due(self->list, &m->waiters);
 }
 
 /* After a successful acquire: tell the new holder if the lock's last owner died.  If a
@@ -301,7 +314,8 @@ static int mutex_acquire_ns(MutexObject *self, int64_t timeout_ns) {
     if (check_bound(&self->v) < 0)
         return -1;
     shoal_mutex *m = MUTEX(self);
-    lock_arg a = {self->recursive, shoal_self_token(), self->recursive ? thread_ident() : 0};
+    lock_arg a = {self->recursive, shoal_self_token(), self->recursive ? thread_ident() : 0,
+                  self->list};
     shoal_status st = a.recursive ? shoal_rmutex_trylock(m, a.token, a.thread)
                                   : shoal_mutex_trylock(m, a.token);
     if (st == SHOAL_AGAIN) {
@@ -353,6 +367,7 @@ static PyObject *mutex_release(MutexObject *self, PyObject *Py_UNUSED(ignored)) 
                                           : "release of an unlocked Lock");
         return NULL;
     }
+    prune_lock_waiters(self);
     Py_RETURN_NONE;
 }
 
@@ -419,7 +434,8 @@ static PyObject *mutex_get_dead_owner(MutexObject *self, void *c) {
 static PyObject *mutex_get_waiters(MutexObject *self, void *c) {
     (void)c;
     BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLong(shoal_load32(&MUTEX(self)->waiters));
+    uint32_t n = shoal_load32(&MUTEX(self)->waiters);
+    return PyLong_FromUnsignedLong(self->list ? shoal_waitlist_live(self->list, n) : n);
 }
 static PyObject *mutex_get_depth(MutexObject *self, void *c) {
     (void)c;
@@ -434,7 +450,8 @@ static PyObject *mutex_get_owner_died(MutexObject *self, void *c) {
 
 static PyMethodDef mutex_methods[] = {
     {"_bind", (PyCFunction)mutex_bind, METH_VARARGS,
-     "_bind(buffer, offset, recursive=False, report=True): attach to a shoal_mutex."},
+     "_bind(buffer, offset, recursive=False, report=True, listed=False): attach to a "
+     "shoal_mutex (listed: a shoal_waitlist follows it, as in a Lock's payload)."},
     {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, "Detach from shared memory."},
     {"acquire", (PyCFunction)(void (*)(void))mutex_acquire, METH_FASTCALL | METH_KEYWORDS,
      "acquire(block=True, timeout=None) -> bool"},
@@ -559,7 +576,8 @@ static PyObject *sem_get_value(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
 static PyObject *sem_waiters(ViewObject *self, void *c) {
     (void)c;
     BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLong(shoal_load32(&SEM(self)->waiters));
+    return PyLong_FromUnsignedLong(
+        shoal_waitlist_live(&SEM(self)->list, shoal_load32(&SEM(self)->waiters)));
 }
 
 static PyMethodDef sem_methods[] = {
@@ -639,7 +657,8 @@ static PyObject *event_is_set(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
 static PyObject *event_waiters(ViewObject *self, void *c) {
     (void)c;
     BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLong(shoal_load32(&EVENT(self)->waiters));
+    return PyLong_FromUnsignedLong(
+        shoal_waitlist_live(&EVENT(self)->list, shoal_load32(&EVENT(self)->waiters)));
 }
 
 static PyMethodDef event_methods[] = {
@@ -714,7 +733,7 @@ static PyObject *cond_notify(ViewObject *self, PyObject *arg) {
 static PyObject *cond_waiting(ViewObject *self, void *c) {
     (void)c;
     BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLong(shoal_cond_waiting(COND(self)));
+    return PyLong_FromUnsignedLong(shoal_cond_waiting_live(COND(self)));
 }
 
 static PyMethodDef cond_methods[] = {
@@ -1224,6 +1243,7 @@ PyMODINIT_FUNC PyInit__core(void) {
         add_type(module, &AtomicType, "Atomic") < 0 ||
         PyModule_AddIntConstant(module, "LAYOUT_VERSION", SHOAL_LAYOUT_VERSION) < 0 ||
         PyModule_AddIntConstant(module, "MUTEX_SIZE", sizeof(shoal_mutex)) < 0 ||
+        PyModule_AddIntConstant(module, "LOCK_SIZE", sizeof(shoal_mutex) + sizeof(shoal_waitlist)) < 0 ||
         PyModule_AddIntConstant(module, "SEMAPHORE_SIZE", sizeof(shoal_semaphore)) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_SIZE", sizeof(shoal_event)) < 0 ||
         PyModule_AddIntConstant(module, "COND_SIZE", sizeof(shoal_cond)) < 0) {
