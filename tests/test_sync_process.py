@@ -21,7 +21,9 @@ import functools
 import multiprocessing as mp
 import os
 import pickle
+import re
 import signal
+import statistics
 import threading
 import time
 import warnings
@@ -737,3 +739,62 @@ def _timed_wait(cond: Any, timeout: float) -> tuple[bool, float]:
         t0 = time.monotonic()
         notified = cond.wait(timeout)
         return notified, time.monotonic() - t0
+
+
+# ---- waiters killed while blocked ------------------------------------------------------------
+
+# where each primitive's raw waiter count lives in its payload (native/include/shoal_core.h):
+# the word a release reads to decide whether it must wake anyone
+_RAW_WAITERS = {"lock": 28, "rlock": 28, "sem": 4, "event": 4}
+
+
+def block_forever(kind: str, obj: Any) -> None:
+    """Child: block on ``obj`` until killed (TIMEOUT at most)."""
+    if kind in ("lock", "rlock", "sem"):
+        obj.acquire(timeout=TIMEOUT)
+    elif kind == "event":
+        obj.wait(TIMEOUT)
+    else:
+        with obj:
+            obj.wait(TIMEOUT)
+
+
+def raw_waiters(kind: str, obj: Any) -> int:
+    if kind == "cond":
+        state = shoal._core.load64(obj._mapping, obj._payload_offset)
+        next_waiting = shoal._core.load32(obj._mapping, obj._payload_offset + 12)
+        return ((state >> 32) & 0xFFFF) - (state & 0xFFFF) + next_waiting
+    return shoal._core.load32(obj._mapping, obj._payload_offset + _RAW_WAITERS[kind])
+
+
+def release_once(kind: str, obj: Any) -> None:
+    """What a live process does next: release, set or notify (with nobody waiting)."""
+    if kind in ("lock", "rlock"):
+        obj.release()
+    elif kind == "sem":
+        obj.release()
+    elif kind == "event":
+        obj.set()
+    else:
+        with obj:
+            obj.notify()
+
+
+@pytest.mark.parametrize("kind", ["lock", "rlock", "sem", "event", "cond"])
+def test_waiter_killed_while_blocked_is_not_counted(ctx: Any, kind: str) -> None:
+    """#10: a waiter SIGKILLed while blocked used to stay in ``statistics()`` and
+    ``repr`` for ever, and cost every later release a futex wake-up."""
+    obj, waiters = blocking_setup(kind)
+    p = ctx.Process(target=block_forever, args=(kind, obj))
+    p.start()
+    assert wait_until(lambda: waiters() == 1, timeout=TIMEOUT), "the child never blocked"
+    os.kill(p.pid, signal.SIGKILL)
+    join_all(p)
+    assert waiters() == 0, f"a dead waiter is still counted: {obj!r}"
+    assert not re.search(r"[1-9]\d* waiting", repr(obj)), repr(obj)
+    # the first release after the death prunes it: later ones wake nobody
+    release_once(kind, obj)
+    assert raw_waiters(kind, obj) == 0, "every release would still pay a wake-up"
+    if kind in ("lock", "rlock"):
+        st = obj.statistics()
+        assert st.waiters == 0 and not st.locked
