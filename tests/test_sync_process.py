@@ -398,19 +398,27 @@ def test_internal_locks_do_not_warn() -> None:
 
 def block_until_interrupted(kind: str, obj: Any, conn: Connection) -> None:
     """Block on ``obj``; report when (monotonic clock) KeyboardInterrupt arrived."""
-    calls = {
-        "lock": lambda: obj.acquire(timeout=TIMEOUT),
-        "rlock": lambda: obj.acquire(timeout=TIMEOUT),
-        "sem": lambda: obj.acquire(timeout=TIMEOUT),
-        "event": lambda: obj.wait(TIMEOUT),
-    }
 
     def cond_wait() -> bool:
         with obj:
             return obj.wait(TIMEOUT)
 
+    def cond_wait_for() -> bool:
+        with obj:
+            return obj.wait_for(lambda: False, TIMEOUT)
+
+    calls = {
+        "lock": lambda: obj.acquire(timeout=TIMEOUT),
+        "rlock": lambda: obj.acquire(timeout=TIMEOUT),
+        "sem": lambda: obj.acquire(timeout=TIMEOUT),
+        "bsem": lambda: obj.acquire(timeout=TIMEOUT),
+        "event": lambda: obj.wait(TIMEOUT),
+        "cond": cond_wait,
+        "wait_for": cond_wait_for,
+        "barrier": lambda: obj.wait(TIMEOUT),
+    }
     try:
-        result = calls.get(kind, cond_wait)()
+        result = calls[kind]()
     except KeyboardInterrupt:
         conn.send(("interrupted", time.monotonic()))
         return
@@ -426,9 +434,16 @@ def blocking_setup(kind: str) -> tuple[Any, Any]:
     if kind == "sem":
         sem = shoal.Semaphore(0)
         return sem, lambda: sem.statistics().waiters
+    if kind == "bsem":
+        bsem = shoal.BoundedSemaphore(1)
+        assert bsem.acquire()
+        return bsem, lambda: bsem.statistics().waiters
     if kind == "event":
         event = shoal.Event()
         return event, lambda: event.statistics().waiters
+    if kind == "barrier":
+        barrier = shoal.Barrier(2)
+        return barrier, lambda: barrier.n_waiting
     cond = shoal.Condition()
     return cond, lambda: cond._waiting
 
@@ -445,18 +460,18 @@ def interrupt_child(ctx: Any, kind: str) -> None:
     what, when = receiver.recv()
     join_all(p)
     assert what == "interrupted"
-    assert when - sent < 1.0, f"KeyboardInterrupt came {when - sent:.2f} s after SIGINT"
+    assert when - sent < 0.5, f"KeyboardInterrupt came {when - sent:.2f} s after SIGINT"
     assert p.exitcode == 0
     assert wait_until(lambda: waiters() == 0), "the interrupted waiter is still counted"
 
 
-def test_sigint_interrupts_blocked_lock_acquire(ctx: Any) -> None:
-    interrupt_child(ctx, "lock")
-
-
-@pytest.mark.parametrize("kind", ["rlock", "sem", "event", "cond"])
-def test_sigint_interrupts_other_blocked_calls(kind: str) -> None:
-    interrupt_child(FORK, kind)
+@pytest.mark.parametrize(
+    "kind", ["lock", "rlock", "sem", "bsem", "event", "cond", "wait_for", "barrier"]
+)
+def test_sigint_interrupts_every_blocking_call(ctx: Any, kind: str) -> None:
+    """A real SIGINT to a process blocked in each primitive's wait, under each start
+    method: KeyboardInterrupt at once, and the waiter is no longer counted."""
+    interrupt_child(ctx, kind)
 
 
 SIGINT_TRIALS = 4
@@ -769,9 +784,7 @@ def raw_waiters(kind: str, obj: Any) -> int:
 
 def release_once(kind: str, obj: Any) -> None:
     """What a live process does next: release, set or notify (with nobody waiting)."""
-    if kind in ("lock", "rlock"):
-        obj.release()
-    elif kind == "sem":
+    if kind in ("lock", "rlock", "sem"):
         obj.release()
     elif kind == "event":
         obj.set()
@@ -798,3 +811,93 @@ def test_waiter_killed_while_blocked_is_not_counted(ctx: Any, kind: str) -> None
     if kind in ("lock", "rlock"):
         st = obj.statistics()
         assert st.waiters == 0 and not st.locked
+
+
+# ---- how soon a death is noticed: medians, not loose bounds ------------------------------------
+
+LATENCY_TRIALS = 5
+
+
+def _hold_and_sleep(lock: Any, ready: Any) -> None:
+    assert lock.acquire(timeout=TIMEOUT)
+    ready.set()
+    time.sleep(TIMEOUT * 2)
+
+
+def _kill_when(predicate: Any, pid: int, killed_at: list[float]) -> threading.Thread:
+    """A thread that SIGKILLs ``pid`` once ``predicate()`` holds, noting when."""
+
+    def run() -> None:
+        if wait_until(predicate, timeout=TIMEOUT):
+            killed_at.append(time.monotonic())
+            os.kill(pid, signal.SIGKILL)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("factory", [shoal.Lock, shoal.RLock], ids=["Lock", "RLock"])
+def test_dead_owner_noticed_within_about_50_ms(factory: Any) -> None:
+    """docs/locks.md: a blocked waiter recovers a lock about 50 ms after its owner's
+    death (the median of a few deaths, each while the waiter is already blocked)."""
+    latencies = []
+    for _ in range(LATENCY_TRIALS):
+        lock, ready = factory(), shoal.Event()
+        p = FORK.Process(target=_hold_and_sleep, args=(lock, ready))
+        p.start()
+        assert ready.wait(TIMEOUT)
+        killed_at: list[float] = []
+        killer = _kill_when(lambda lock=lock: lock.statistics().waiters == 1, p.pid, killed_at)
+        with pytest.warns(OwnerDiedWarning):
+            assert lock.acquire(timeout=TIMEOUT)
+        latencies.append(time.monotonic() - killed_at[0])
+        lock.release()
+        reap_threads(killer)
+        join_all(p)
+    assert statistics.median(latencies) < 0.25, [f"{t * 1000:.0f} ms" for t in latencies]
+
+
+def _notify_then_hold(cond: Any, ready: Any) -> None:
+    with cond:
+        cond.notify()
+        ready.set()
+        time.sleep(TIMEOUT * 2)  # killed here, holding the condition's lock
+
+
+def test_condition_waiter_recovers_the_lock_of_a_notifier_killed_holding_it() -> None:
+    """A notified waiter re-acquires the condition's lock from a notifier that died
+    holding it: wait() returns True, told of the death, about 50 ms later."""
+    latencies = []
+    for _ in range(LATENCY_TRIALS):
+        cond, ready = shoal.Condition(shoal.Lock()), shoal.Event()
+        p = FORK.Process(target=_notify_then_hold, args=(cond, ready))
+        killed_at: list[float] = []
+        with pytest.warns(OwnerDiedWarning), cond:
+            p.start()
+            killer = _kill_when(ready.is_set, p.pid, killed_at)
+            assert cond.wait(TIMEOUT) is True
+            latencies.append(time.monotonic() - killed_at[0])
+            assert cond._lock.owner_died
+        reap_threads(killer)
+        join_all(p)
+        assert cond._waiting == 0
+    assert statistics.median(latencies) < 0.25, [f"{t * 1000:.0f} ms" for t in latencies]
+
+
+def test_barrier_party_death_noticed_within_about_100_ms() -> None:
+    """docs/locks.md: the other parties get BarrierPartyDiedError about 100 ms after a
+    waiting party dies (the median of a few deaths)."""
+    latencies = []
+    for _ in range(LATENCY_TRIALS):
+        barrier = shoal.Barrier(3)
+        victim = FORK.Process(target=barrier_party_that_gets_killed, args=(barrier,))
+        victim.start()
+        killed_at: list[float] = []
+        killer = _kill_when(lambda b=barrier: b.n_waiting == 2, victim.pid, killed_at)
+        with pytest.raises(BarrierPartyDiedError):
+            barrier.wait(TIMEOUT)
+        latencies.append(time.monotonic() - killed_at[0])
+        reap_threads(killer)
+        join_all(victim)
+    assert statistics.median(latencies) < 0.4, [f"{t * 1000:.0f} ms" for t in latencies]
