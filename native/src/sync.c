@@ -11,12 +11,18 @@
  * Sleepers wake every OWNER_CHECK_NS to test whether the holder still lives; a dead
  * holder's token is replaced by CAS, so exactly one waiter inherits the lock and is
  * told SHOAL_OWNER_DIED.  The same poll covers a wake-up that went to a waiter killed
- * before it could use it.  A waiter killed while counted in `waiters` only costs later
- * unlocks a spare futex_wake.
+ * before it could use it.  A waiter killed while counted in `waiters` stays counted
+ * unless the caller keeps a waitlist beside the mutex (the _listed calls, shoal.Lock):
+ * then the first release after the death takes it off (see shoal_waitlist); without
+ * one (mutexes embedded in rings, dicts, segment headers) it costs later unlocks a
+ * spare futex_wake.
  *
  * Every wait below sleeps in slices (OWNER_CHECK_NS for the mutex, RECHECK_NS for the
  * others) and re-checks its condition after each, for the same reason: a process can
  * be SIGKILLed between being woken and acting on it, and then nobody else is woken.
+ * A slice that runs out is not reported as SHOAL_INTR even when a signal handler ran
+ * meanwhile (FUTEX_WAIT returns ETIMEDOUT), so a caller that must act on signals soon
+ * passes short timeouts and calls again (shoal._core does: every 50 ms).
  */
 #include "shoal_core.h"
 #include "atomic_internal.h"
