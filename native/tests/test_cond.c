@@ -560,3 +560,34 @@ TEST(cond_legacy_calls_nest_per_thread) {
     CHECK_ST(shoal_cond_leave(&c2), SHOAL_TIMEOUT);
     CHECK_EQ(shoal_cond_waiting(&c2), 0);
 }
+
+TEST(cond_dead_waiter_cannot_absorb_a_live_waiters_notify) {
+    /* #10: closed generation {dead, ghost}; a first notify(1) leaves a ticket out, so a
+     * live newcomer queues in the open generation; the ghost collects.  The second
+     * notify(1) used to go to the dead waiter (retiring its generation) and the live
+     * one timed out; now the dead one is pruned first and the live one is notified. */
+    struct shared *s = shared_map(4096);
+    pid_t dead, live;
+    start_waiters(s, &dead, 1, 60 * SEC);
+    kill_and_reap(dead);
+    uint32_t ghost;
+    lock(s);
+    CHECK_ST(shoal_cond_enter_gen(&s->cond, &ghost), SHOAL_OK); /* alive, never sleeps */
+    CHECK_EQ(shoal_cond_notify(&s->cond, 1), 1);
+    unlock(s);
+    start_waiters(s, &live, 1, 3 * SEC);
+    CHECK_EQ(s->cond.next_waiting, 1);
+    CHECK_ST(shoal_cond_wait_gen(&s->cond, ghost, 0), SHOAL_OK);
+    CHECK_EQ(shoal_cond_waiting_live(&s->cond), 1); /* the dead one is not counted */
+    double t0 = now_ms();
+    lock(s);
+    CHECK_EQ(shoal_cond_notify(&s->cond, 1), 1);
+    unlock(s);
+    await_at_least(&s->notified, 1, 2000);
+    CHECK(now_ms() - t0 < 1000);
+    join(live, 5000);
+    CHECK_EQ(s->timed_out, 0);
+    CHECK_EQ(cond_waiting(&s->cond), 0);
+    for (int i = 0; i < SHOAL_WAITLIST_SLOTS; i++)
+        CHECK_EQ(s->cond.list.token[i], 0); /* every slot given back */
+}
