@@ -68,39 +68,46 @@ int64_t shoal_monotonic_ns(void);
  * as long as it is counted, and a prune (shoal_waitlist_prune) frees the slots of dead
  * tokens and takes each off the count, exactly once (a CAS on the slot).
  *
- *   join:  count += 1; CAS a free slot 0 -> token|SHOAL_WAITLIST_FILLING; tag = ...;
- *          slot = token                    (no free slot: counted but untracked)
+ *   join:  count += 1; CAS a free slot 0 -> token|SHOAL_WAITLIST_FILLING; tags[slot] =
+ *          ...; slot = token               (no free slot: counted but untracked)
  *   leave: CAS slot token -> 0; count -= 1
  *
  * A waiter is in the count whenever its slot holds its token, so a prune never takes
  * off a count that was not there.  (Killed in the few instructions between the count
  * and the slot, it stays counted, as every waiter used to.)  A slot marked FILLING is
- * left alone; `tag` is the primitive's business (shoal_cond: the generation joined).
+ * left alone; one marked LEAVING (its waiter is taking itself off the count, see
+ * shoal_cond) is freed if dead but counted off by nobody.  Tags, where a primitive keeps
+ * them, are its business (shoal_cond: the generation joined).  Tokens never use bits
+ * 62 and 63 (see above), which is where the two marks go.
  * Prunes cost a liveness check per occupied slot, so they run off the hot paths: after
  * a release that finds waiters counted, at most every SHOAL_WAITLIST_PRUNE_NS (so a dead
  * waiter costs at most one spare wake-up), and where shoal_cond needs them; statistics
  * read the live count without changing anything (shoal_waitlist_live). */
-#define SHOAL_WAITLIST_SLOTS 16
+#define SHOAL_WAITLIST_SLOTS 8 /* a Lock (mutex and list) then fits two 64-byte blocks */
 #define SHOAL_WAITLIST_FILLING ((uint64_t)1 << 63)
+#define SHOAL_WAITLIST_LEAVING ((uint64_t)1 << 62)
 #define SHOAL_WAITLIST_PRUNE_NS (100LL * 1000 * 1000)
 typedef struct {
-    uint64_t token[SHOAL_WAITLIST_SLOTS]; /* a counted waiter's token; 0 free */
-    uint32_t tag[SHOAL_WAITLIST_SLOTS];   /* written by the slot's waiter before its token */
+    uint64_t token[SHOAL_WAITLIST_SLOTS]; /* a counted waiter's token (and marks); 0 free */
     uint64_t last_prune_ns;               /* monotonic time of the last rate-limited prune */
 } shoal_waitlist;
-_Static_assert(sizeof(shoal_waitlist) == 200, "shoal_waitlist is part of the shared layout");
+_Static_assert(sizeof(shoal_waitlist) == 72, "shoal_waitlist is part of the shared layout");
 
-/* A free slot for token (its index), or -1 if all are taken. */
-int shoal_waitlist_join(shoal_waitlist *l, uint64_t token, uint32_t tag);
-/* Give back slot (from join; -1 is fine) if it still holds token. */
+/* A free slot for token (its index), or -1 if all are taken.  tags (may be NULL): the
+ * primitive's per-slot array, tags[slot] = tag is written before the token shows. */
+int shoal_waitlist_join(shoal_waitlist *l, uint64_t token, uint16_t *tags, uint16_t tag);
+/* Give back slot (from join; -1 is fine) if it still holds token (marked or not). */
 void shoal_waitlist_leave(shoal_waitlist *l, int slot, uint64_t token);
+/* Mark (leaving = 1) or unmark the slot's token LEAVING: only its own waiter does. */
+void shoal_waitlist_mark_leaving(shoal_waitlist *l, int slot, uint64_t token, int leaving);
 /* Free the slots of dead waiters and take each off *count (saturating at 0; count may be
  * NULL).  Returns how many were freed. */
 uint32_t shoal_waitlist_prune(shoal_waitlist *l, uint32_t *count);
 /* The same, unless a prune of this list ran less than SHOAL_WAITLIST_PRUNE_NS ago or
  * *count is 0 (nothing to take off): for release paths. */
 uint32_t shoal_waitlist_prune_due(shoal_waitlist *l, uint32_t *count);
-/* Live waiters among `count`: count minus the dead tokens in the list (read only). */
+/* Live waiters among `count`: count minus the dead, unmarked tokens in the list (read
+ * only). */
 uint32_t shoal_waitlist_live(const shoal_waitlist *l, uint32_t count);
 
 /* ---- mutex (Lock, and RLock when depth is used) ---------------------------------- */
@@ -158,7 +165,7 @@ typedef struct {
     uint32_t bounded;  /* 1: release past maxvalue is SHOAL_OVERFLOW (BoundedSemaphore) */
     shoal_waitlist list; /* the waiters' tokens (release prunes the dead) */
 } shoal_semaphore;
-_Static_assert(sizeof(shoal_semaphore) == 216, "shoal_semaphore is part of the shared layout");
+_Static_assert(sizeof(shoal_semaphore) == 88, "shoal_semaphore is part of the shared layout");
 
 shoal_status shoal_sem_acquire(shoal_semaphore *s, int64_t timeout_ns);
 shoal_status shoal_sem_release(shoal_semaphore *s, uint32_t n); /* SHOAL_OVERFLOW past maxvalue */
@@ -169,7 +176,7 @@ typedef struct {
     uint32_t waiters;
     shoal_waitlist list; /* the waiters' tokens (set prunes the dead) */
 } shoal_event;
-_Static_assert(sizeof(shoal_event) == 208, "shoal_event is part of the shared layout");
+_Static_assert(sizeof(shoal_event) == 80, "shoal_event is part of the shared layout");
 
 shoal_status shoal_event_wait(shoal_event *e, int64_t timeout_ns); /* OK when set */
 void shoal_event_set(shoal_event *e);
@@ -199,7 +206,7 @@ void shoal_event_clear(shoal_event *e);
  * after it was woken only delays another waiter.
  *
  * Dead waiters.  Each registered waiter also holds a slot of `list` (shoal_waitlist)
- * with its token, tagged with its generation.  A waiter SIGKILLed while registered used
+ * with its token, its generation in `gen_of[slot]`.  A waiter SIGKILLed while registered used
  * to stay counted until its generation retired, and so could be granted a notify(1)
  * meant for a live waiter of the open generation: with two closed waiters, one of them
  * dead, and a live one queued behind an uncollected ticket, the dead one's generation
@@ -210,18 +217,19 @@ void shoal_event_clear(shoal_event *e);
  *     freed, so tickets go to live waiters only (a ticket the dead one might have held
  *     passes to a live one of its generation: at worst a spurious wake-up);
  *   - enter prunes when the list is full, reclaiming dead waiters' slots.
- * A waiter about to take a ticket (without the lock) first tags its slot COLLECTING,
- * so that a prune never takes it off a count it is leaving by itself; on failure it
- * restores the tag.  (Killed between the two, it stays counted, as before.)  Waiters
+ * A waiter about to take a ticket (without the lock), or leaving, first marks its slot
+ * LEAVING, so that a prune never takes it off a count it is leaving by itself; if no
+ * ticket was left it unmarks it.  (Killed between the two, it stays counted, as before.)  Waiters
  * beyond SHOAL_WAITLIST_SLOTS are counted but untracked.  shoal_cond_waiting_live
  * leaves out the dead for statistics without the lock. */
 typedef struct {
     uint64_t state;        /* B << 48 | w << 32 | B << 16 | t, as drawn above */
     uint32_t seq;          /* futex word: bumped by every notify that grants a ticket */
     uint32_t next_waiting; /* waiters of the open generation, B + 1 */
-    shoal_waitlist list;   /* registered waiters' tokens, tagged with their generation */
+    shoal_waitlist list;   /* registered waiters' tokens */
+    uint16_t gen_of[SHOAL_WAITLIST_SLOTS]; /* the generation each slot's waiter joined */
 } shoal_cond;
-_Static_assert(sizeof(shoal_cond) == 216, "shoal_cond is part of the shared layout");
+_Static_assert(sizeof(shoal_cond) == 104, "shoal_cond is part of the shared layout");
 
 #define SHOAL_COND_MAX_WAITERS 0xffffu
 

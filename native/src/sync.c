@@ -56,13 +56,16 @@ static int64_t min_slice(int64_t left, int64_t slice) {
 
 /* ---- waiter lists (protocol in shoal_core.h) ------------------------------------------ */
 
-int shoal_waitlist_join(shoal_waitlist *l, uint64_t token, uint32_t tag) {
+#define WAITLIST_MARKS (SHOAL_WAITLIST_FILLING | SHOAL_WAITLIST_LEAVING)
+
+int shoal_waitlist_join(shoal_waitlist *l, uint64_t token, uint16_t *tags, uint16_t tag) {
     if (!l)
         return -1;
     for (int i = 0; i < SHOAL_WAITLIST_SLOTS; i++) {
         uint64_t expected = 0;
         if (ld64(&l->token[i]) == 0 && cas64(&l->token[i], &expected, token | SHOAL_WAITLIST_FILLING)) {
-            st32(&l->tag[i], tag);
+            if (tags)
+                __atomic_store_n(&tags[i], tag, __ATOMIC_SEQ_CST);
             st64(&l->token[i], token); /* the slot is ours: nobody else writes a FILLING one */
             return i;
         }
@@ -70,11 +73,23 @@ int shoal_waitlist_join(shoal_waitlist *l, uint64_t token, uint32_t tag) {
     return -1;
 }
 
+static int slot_ok(int slot) { return slot >= 0 && slot < SHOAL_WAITLIST_SLOTS; }
+
 void shoal_waitlist_leave(shoal_waitlist *l, int slot, uint64_t token) {
-    if (!l || slot < 0 || slot >= SHOAL_WAITLIST_SLOTS)
+    if (!l || !slot_ok(slot))
         return;
+    /* fails only if a prune took it, which it does to the dead only */
     uint64_t expected = token;
-    cas64(&l->token[slot], &expected, 0); /* fails only if a prune took it: then we were dead */
+    if (!cas64(&l->token[slot], &expected, 0) && expected == (token | SHOAL_WAITLIST_LEAVING))
+        cas64(&l->token[slot], &expected, 0);
+}
+
+void shoal_waitlist_mark_leaving(shoal_waitlist *l, int slot, uint64_t token, int leaving) {
+    if (!l || !slot_ok(slot))
+        return;
+    uint64_t marked = token | SHOAL_WAITLIST_LEAVING;
+    uint64_t expected = leaving ? token : marked;
+    cas64(&l->token[slot], &expected, leaving ? marked : token);
 }
 
 /* Take one off *count unless it is 0 already. */
@@ -84,12 +99,18 @@ static void count_down(uint32_t *count) {
         ;
 }
 
-/* The token in slot i if it belongs to a dead waiter (0 otherwise). */
+/* The word in slot i (a LEAVING mark kept) if it belongs to a dead waiter; 0 otherwise. */
 static uint64_t dead_token(const shoal_waitlist *l, int i) {
     uint64_t t = ld64(&l->token[i]);
-    if (t == 0 || (t & SHOAL_WAITLIST_FILLING) || shoal_token_alive(t))
+    if (t == 0 || (t & SHOAL_WAITLIST_FILLING) || shoal_token_alive(t & ~WAITLIST_MARKS))
         return 0;
     return t;
+}
+
+/* Whether slot i holds a dead waiter that is still counted (not marked LEAVING). */
+static int counted_dead(const shoal_waitlist *l, int i) {
+    uint64_t t = dead_token(l, i);
+    return t != 0 && !(t & SHOAL_WAITLIST_LEAVING);
 }
 
 /* Free slot i if it still holds the dead token t: 1 if this call freed it. */
@@ -105,7 +126,7 @@ uint32_t shoal_waitlist_prune(shoal_waitlist *l, uint32_t *count) {
         uint64_t t = dead_token(l, i);
         if (t && free_dead(l, i, t)) {
             freed++;
-            if (count)
+            if (count && !(t & SHOAL_WAITLIST_LEAVING))
                 count_down(count);
         }
     }
@@ -128,7 +149,7 @@ uint32_t shoal_waitlist_prune_due(shoal_waitlist *l, uint32_t *count) {
 uint32_t shoal_waitlist_live(const shoal_waitlist *l, uint32_t count) {
     uint32_t dead = 0;
     for (int i = 0; i < SHOAL_WAITLIST_SLOTS; i++)
-        if (dead_token(l, i))
+        if (counted_dead(l, i))
             dead++;
     return dead < count ? count - dead : 0;
 }
@@ -177,7 +198,7 @@ static shoal_status mutex_lock(shoal_mutex *m, shoal_waitlist *l, uint64_t token
     int64_t deadline = deadline_after(timeout_ns);
     shoal_status result;
     add32(&m->waiters, 1);
-    int slot = shoal_waitlist_join(l, token, 0);
+    int slot = shoal_waitlist_join(l, token, NULL, 0);
     for (;;) {
         uint32_t seq = ld32(&m->seq);
         uint64_t seen = 0;
@@ -313,7 +334,7 @@ shoal_status shoal_sem_acquire(shoal_semaphore *s, int64_t timeout_ns) {
     shoal_status result = SHOAL_TIMEOUT;
     uint64_t token = shoal_self_token();
     add32(&s->waiters, 1);
-    int slot = shoal_waitlist_join(&s->list, token, 0);
+    int slot = shoal_waitlist_join(&s->list, token, NULL, 0);
     for (;;) {
         if (sem_trydown(s)) {
             result = SHOAL_OK;
@@ -361,7 +382,7 @@ shoal_status shoal_event_wait(shoal_event *e, int64_t timeout_ns) {
     shoal_status result = SHOAL_OK;
     uint64_t token = shoal_self_token();
     add32(&e->waiters, 1);
-    int slot = shoal_waitlist_join(&e->list, token, 0);
+    int slot = shoal_waitlist_join(&e->list, token, NULL, 0);
     while (!ld32(&e->flag)) {
         int64_t left = remaining(deadline);
         if (left == 0) {
@@ -419,13 +440,9 @@ static int cond_state_ok(uint64_t s, uint32_t next_waiting) {
 #define HANDLE(gen, slot) (((gen) & GEN_MASK) | (uint32_t)((slot) + 1) << 16)
 #define H_GEN(h) ((h) & GEN_MASK)
 #define H_SLOT(h) ((int)((h) >> 16) - 1)
-/* The tag of a slot whose waiter is leaving its count by itself (see shoal_core.h). */
-#define COND_LEAVING 0xffffffffu
-
-static void slot_tag(shoal_cond *c, uint32_t h, uint32_t tag) {
-    int slot = H_SLOT(h);
-    if (slot >= 0 && slot < SHOAL_WAITLIST_SLOTS)
-        st32(&c->list.tag[slot], tag);
+/* Mark the slot LEAVING while its waiter takes itself off its generation's count. */
+static void slot_leaving(shoal_cond *c, uint32_t h, int leaving) {
+    shoal_waitlist_mark_leaving(&c->list, H_SLOT(h), shoal_self_token(), leaving);
 }
 
 static void slot_free(shoal_cond *c, uint32_t h) {
@@ -462,12 +479,12 @@ static uint32_t cond_prune(shoal_cond *c) {
         uint64_t t = dead_token(&c->list, i);
         if (!t)
             continue;
-        uint32_t tag = ld32(&c->list.tag[i]); /* before the slot can be reused */
+        uint32_t gen = __atomic_load_n(&c->gen_of[i], __ATOMIC_SEQ_CST); /* before reuse */
         if (!free_dead(&c->list, i, t))
             continue;
         freed++;
-        if (tag != COND_LEAVING)
-            cond_forget(c, tag);
+        if (!(t & SHOAL_WAITLIST_LEAVING))
+            cond_forget(c, gen);
     }
     return freed;
 }
@@ -505,9 +522,9 @@ shoal_status shoal_cond_enter_gen(shoal_cond *c, uint32_t *handle) {
     if (st != SHOAL_OK)
         return st;
     uint64_t token = shoal_self_token();
-    int slot = shoal_waitlist_join(&c->list, token, gen);
+    int slot = shoal_waitlist_join(&c->list, token, c->gen_of, (uint16_t)gen);
     if (slot < 0 && cond_prune(c) > 0) /* full: perhaps of the dead */
-        slot = shoal_waitlist_join(&c->list, token, gen);
+        slot = shoal_waitlist_join(&c->list, token, c->gen_of, (uint16_t)gen);
     *handle = HANDLE(gen, slot);
     return SHOAL_OK;
 }
@@ -523,10 +540,10 @@ static int cond_collect(shoal_cond *c, uint32_t h) {
         if (gen == GEN(s)) {
             if (TICKETS(s) == 0)
                 return 0;
-            slot_tag(c, h, COND_LEAVING); /* a prune must not count us out as well */
+            slot_leaving(c, h, 1); /* a prune must not count us out as well */
             if (cas64(&c->state, &s, s - ONE_WAITER - ONE_TICKET))
                 return 1;
-            slot_tag(c, h, gen);
+            slot_leaving(c, h, 0);
         } else {
             /* the open generation waits; any other has been retired */
             return gen == ((GEN(s) + 1) & GEN_MASK) ? 0 : 1;
@@ -582,7 +599,7 @@ static shoal_status cond_unregister(shoal_cond *c, uint32_t gen) {
 }
 
 shoal_status shoal_cond_leave_gen(shoal_cond *c, uint32_t h) {
-    slot_tag(c, h, COND_LEAVING);
+    slot_leaving(c, h, 1);
     shoal_status st = cond_unregister(c, H_GEN(h));
     slot_free(c, h);
     return st;
@@ -649,9 +666,9 @@ uint32_t shoal_cond_waiting_live(const shoal_cond *c) {
     uint32_t next = ld32(&c->next_waiting);
     uint32_t gen = GEN(s), w = WAITING(s), t = TICKETS(s), dead_closed = 0, dead_open = 0;
     for (int i = 0; i < SHOAL_WAITLIST_SLOTS; i++) {
-        if (!dead_token(&c->list, i))
+        if (!counted_dead(&c->list, i))
             continue;
-        uint32_t tag = ld32(&c->list.tag[i]);
+        uint32_t tag = __atomic_load_n(&c->gen_of[i], __ATOMIC_SEQ_CST);
         if (tag == gen)
             dead_closed++;
         else if (tag == ((gen + 1) & GEN_MASK))

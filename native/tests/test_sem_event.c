@@ -20,7 +20,7 @@ struct shared {
 /* ---- semaphore ------------------------------------------------------------------------ */
 
 TEST(semaphore_counts) {
-    shoal_semaphore s = {2, 0, 0, 0, {{0}, {0}, 0}};
+    shoal_semaphore s = {2, 0, 0, 0, {{0}, 0}};
     CHECK_ST(shoal_sem_acquire(&s, 0), SHOAL_OK);
     CHECK_ST(shoal_sem_acquire(&s, -1), SHOAL_OK);
     CHECK_EQ(s.value, 0);
@@ -36,7 +36,7 @@ TEST(semaphore_counts) {
 }
 
 TEST(semaphore_bounded_overflow_leaves_the_value) {
-    shoal_semaphore s = {1, 0, 2, 1, {{0}, {0}, 0}}; /* BoundedSemaphore(2) with one taken */
+    shoal_semaphore s = {1, 0, 2, 1, {{0}, 0}}; /* BoundedSemaphore(2) with one taken */
     CHECK_ST(shoal_sem_release(&s, 2), SHOAL_OVERFLOW);
     CHECK_EQ(s.value, 1);
     CHECK_ST(shoal_sem_release(&s, 1), SHOAL_OK);
@@ -46,11 +46,11 @@ TEST(semaphore_bounded_overflow_leaves_the_value) {
     CHECK_ST(shoal_sem_release(&s, UINT32_MAX), SHOAL_OVERFLOW); /* n alone passes the bound */
     CHECK_EQ(s.value, 2);
     /* unbounded: the 32-bit count itself is the bound */
-    shoal_semaphore u = {UINT32_MAX - 1, 0, 0, 0, {{0}, {0}, 0}};
+    shoal_semaphore u = {UINT32_MAX - 1, 0, 0, 0, {{0}, 0}};
     CHECK_ST(shoal_sem_release(&u, 1), SHOAL_OK);
     CHECK_ST(shoal_sem_release(&u, 1), SHOAL_OVERFLOW);
     CHECK_EQ(u.value, UINT32_MAX);
-    shoal_semaphore v = {5, 0, 0, 0, {{0}, {0}, 0}};
+    shoal_semaphore v = {5, 0, 0, 0, {{0}, 0}};
     CHECK_ST(shoal_sem_release(&v, UINT32_MAX), SHOAL_OVERFLOW);
     CHECK_EQ(v.value, 5);
 }
@@ -138,7 +138,7 @@ TEST(semaphore_and_event_report_signals_as_intr) {
 /* ---- event ---------------------------------------------------------------------------- */
 
 TEST(event_basics) {
-    shoal_event e = {0, 0, {{0}, {0}, 0}};
+    shoal_event e = {0, 0, {{0}, 0}};
     CHECK_ST(shoal_event_wait(&e, 0), SHOAL_TIMEOUT);
     double t0 = now_ms();
     CHECK_ST(shoal_event_wait(&e, 40 * MS), SHOAL_TIMEOUT);
@@ -228,10 +228,9 @@ TEST(waitlist_slots_join_leave_and_prune_only_the_dead) {
     int slots[SHOAL_WAITLIST_SLOTS + 1];
     for (int i = 0; i <= SHOAL_WAITLIST_SLOTS; i++) {
         count++;
-        slots[i] = shoal_waitlist_join(&l, me, (uint32_t)i);
+        slots[i] = shoal_waitlist_join(&l, me, NULL, 0);
     }
     CHECK_EQ(slots[SHOAL_WAITLIST_SLOTS], (uint64_t)-1); /* full: counted, untracked */
-    CHECK_EQ(l.tag[3], 3);
     CHECK_EQ(shoal_waitlist_prune(&l, &count), 0); /* all alive */
     CHECK_EQ(count, SHOAL_WAITLIST_SLOTS + 1);
     shoal_waitlist_leave(&l, slots[2], me);
@@ -249,10 +248,26 @@ TEST(waitlist_slots_join_leave_and_prune_only_the_dead) {
     CHECK_EQ(count, SHOAL_WAITLIST_SLOTS);
     CHECK_EQ(l.token[slots[2]], 0);
     shoal_waitlist_leave(&l, slots[2], dead); /* a late leave of a freed slot: no-op */
-    CHECK_EQ(shoal_waitlist_join(&l, me, 99), slots[2]); /* the slot is free again */
+    CHECK_EQ(shoal_waitlist_join(&l, me, NULL, 0), slots[2]); /* the slot is free again */
     /* rate limit: a prune just ran */
     l.token[slots[2]] = dead;
     CHECK_EQ(shoal_waitlist_prune_due(&l, &count), 0);
     l.last_prune_ns = 0;
     CHECK_EQ(shoal_waitlist_prune_due(&l, &count), 1);
+    CHECK_EQ(count, SHOAL_WAITLIST_SLOTS - 1);
+    /* a dead waiter marked LEAVING was taking itself off: freed, not counted off */
+    l.token[slots[2]] = dead | SHOAL_WAITLIST_LEAVING;
+    CHECK_EQ(shoal_waitlist_live(&l, count), count);
+    CHECK_EQ(shoal_waitlist_prune(&l, &count), 1);
+    CHECK_EQ(count, SHOAL_WAITLIST_SLOTS - 1);
+    CHECK_EQ(l.token[slots[2]], 0);
+    /* marking is the owner's, and leave takes a marked slot back too */
+    int mine = shoal_waitlist_join(&l, me, NULL, 0);
+    shoal_waitlist_mark_leaving(&l, mine, me, 1);
+    CHECK_EQ(l.token[mine], me | SHOAL_WAITLIST_LEAVING);
+    shoal_waitlist_mark_leaving(&l, mine, me, 0);
+    CHECK_EQ(l.token[mine], me);
+    shoal_waitlist_mark_leaving(&l, mine, me, 1);
+    shoal_waitlist_leave(&l, mine, me);
+    CHECK_EQ(l.token[mine], 0);
 }
