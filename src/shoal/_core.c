@@ -403,6 +403,7 @@ static PyObject *mutex_release_save(MutexObject *self, PyObject *Py_UNUSED(ignor
         PyErr_SetString(NotHeldError, "cannot wait on an un-acquired lock");
         return NULL;
     }
+    prune_lock_waiters(self);
     return PyLong_FromUnsignedLong(depth);
 }
 
