@@ -168,7 +168,10 @@ def test_ten_thousand_lock_cycles_reuse_an_arena(new_segments: list[str]) -> Non
 
 
 def test_ten_thousand_live_locks_need_a_handful_of_segments(new_segments: list[str]) -> None:
-    per_arena = _BLOCK_COUNT  # a Lock takes one block
+    # a Lock takes two blocks: its mutex and its waiters' tokens (#10)
+    lock_blocks = -(-(_core.LOCK_SIZE + _handle.OBJECT_HEADER_SIZE) // _handle.BLOCK_SIZE)
+    assert lock_blocks == 2
+    per_arena = _BLOCK_COUNT // lock_blocks
     locks = [shoal.Lock() for _ in range(10_000)]
     try:
         segments = {lock._segment.name for lock in locks}
@@ -187,7 +190,7 @@ def test_ten_thousand_live_locks_need_a_handful_of_segments(new_segments: list[s
             lock.close()
     usage_after = arena_usage()
     for name in segments:
-        assert usage_after[name] == usage[name] - ours[name], "blocks not given back"
+        assert usage_after[name] == usage[name] - lock_blocks * ours[name], "blocks not given back"
 
 
 def test_idle_arenas_are_dropped_only_when_empty(new_segments: list[str]) -> None:

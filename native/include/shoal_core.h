@@ -8,15 +8,16 @@
  *
  * Owner identity ("token"): a 64-bit value naming one process::
  *
- *     bit  63     0 (shoal_mutex marks an owner word in transition with it)
- *     bits 54-62  PID namespace tag, high 9 bits
+ *     bits 62-63  0 (shoal_mutex marks an owner word in transition with bit 63, a
+ *                 shoal_waitlist its slots with bits 62 and 63)
+ *     bits 54-61  PID namespace tag, high 8 bits
  *     bits 32-53  pid, as the process's own PID namespace numbers it (pid_max <= 2^22)
  *     bits 24-31  PID namespace tag, low 8 bits
  *     bits  0-23  start-time tag: the low 24 bits of the process start time (Linux
  *                 /proc/<pid>/stat field 22), so a recycled pid does not pass for the
  *                 dead process that once had it
  *
- * The namespace tag is 0 in the machine's initial PID namespace and a 17-bit digest of
+ * The namespace tag is 0 in the machine's initial PID namespace and a 16-bit digest of
  * the namespace's inode elsewhere (a container), so that a process in another PID
  * namespace -- one that shares /dev/shm (docker --ipc=host) but whose pids mean other
  * processes here -- is never judged by a pid it does not have: shoal_token_alive()
@@ -35,9 +36,14 @@
  * 3: segment headers count handles in flight (pickled, not yet unpickled) and object
  *    reference counts carry them in their high 32 bits (shoal._memory, shoal._handle):
  *    an older shoal would unlink or free what a pickle still names.
- * 4: tokens carry a PID namespace tag (above); segment headers keep a table of the containers (queues, dicts) that keep
- *    references to their objects, and the holder table is shorter for it; dict values
- *    holding references carry the dict's name (shoal._memory, shoal._dict). */
+ * 4: tokens carry a PID namespace tag (above); segment headers keep a table of the
+ *    containers (queues, dicts) that keep references to their objects, and the holder
+ *    table is shorter for it; dict values holding references carry the dict's name
+ *    (shoal._memory, shoal._dict).  And shoal_cond, shoal_semaphore and shoal_event end
+ *    with a shoal_waitlist, and a Lock's payload has one after its shoal_mutex: the
+ *    tokens of blocked waiters, so a waiter killed while blocked is found and no longer
+ *    counted (an older shoal would neither fill nor read them, and would size the
+ *    objects differently). */
 #define SHOAL_LAYOUT_VERSION 4
 
 typedef enum {
@@ -72,6 +78,55 @@ int shoal_token_alive(uint64_t token);    /* 1 alive (or unknown), 0 certainly d
 uint32_t shoal_token_pid(uint64_t token); /* the pid in a token (in its own namespace) */
 uint32_t shoal_token_pid_namespace(uint64_t token); /* its namespace tag (0: initial) */
 int64_t shoal_monotonic_ns(void);
+
+/* ---- waiter lists: who is blocked, so that a waiter killed meanwhile is found ---- */
+/* Each blocking primitive counts its waiters in a word that decides whether a release
+ * must wake anyone.  A waiter SIGKILLed while blocked can never take itself off that
+ * count.  So a waiter also puts its token in a free slot of the primitive's waitlist for
+ * as long as it is counted, and a prune (shoal_waitlist_prune) frees the slots of dead
+ * tokens and takes each off the count, exactly once (a CAS on the slot).
+ *
+ *   join:  count += 1; CAS a free slot 0 -> token|SHOAL_WAITLIST_FILLING; tags[slot] =
+ *          ...; slot = token               (no free slot: counted but untracked)
+ *   leave: CAS slot token -> 0; count -= 1
+ *
+ * A waiter is in the count whenever its slot holds its token, so a prune never takes
+ * off a count that was not there.  (Killed in the few instructions between the count
+ * and the slot, it stays counted, as every waiter used to.)  A slot marked FILLING is
+ * left alone; one marked LEAVING (its waiter is taking itself off the count, see
+ * shoal_cond) is freed if dead but counted off by nobody.  Tags, where a primitive keeps
+ * them, are its business (shoal_cond: the generation joined).  Tokens never use bits
+ * 62 and 63 (see above), which is where the two marks go.
+ * Prunes cost a liveness check per occupied slot, so they run off the hot paths: after
+ * a release that finds waiters counted, at most every SHOAL_WAITLIST_PRUNE_NS (so a dead
+ * waiter costs at most one spare wake-up), and where shoal_cond needs them; statistics
+ * read the live count without changing anything (shoal_waitlist_live). */
+#define SHOAL_WAITLIST_SLOTS 8 /* a Lock (mutex and list) then fits two 64-byte blocks */
+#define SHOAL_WAITLIST_FILLING ((uint64_t)1 << 63)
+#define SHOAL_WAITLIST_LEAVING ((uint64_t)1 << 62)
+#define SHOAL_WAITLIST_PRUNE_NS (100LL * 1000 * 1000)
+typedef struct {
+    uint64_t token[SHOAL_WAITLIST_SLOTS]; /* a counted waiter's token (and marks); 0 free */
+    uint64_t last_prune_ns;               /* monotonic time of the last rate-limited prune */
+} shoal_waitlist;
+_Static_assert(sizeof(shoal_waitlist) == 72, "shoal_waitlist is part of the shared layout");
+
+/* A free slot for token (its index), or -1 if all are taken.  tags (may be NULL): the
+ * primitive's per-slot array, tags[slot] = tag is written before the token shows. */
+int shoal_waitlist_join(shoal_waitlist *l, uint64_t token, uint16_t *tags, uint16_t tag);
+/* Give back slot (from join; -1 is fine) if it still holds token (marked or not). */
+void shoal_waitlist_leave(shoal_waitlist *l, int slot, uint64_t token);
+/* Mark (leaving = 1) or unmark the slot's token LEAVING: only its own waiter does. */
+void shoal_waitlist_mark_leaving(shoal_waitlist *l, int slot, uint64_t token, int leaving);
+/* Free the slots of dead waiters and take each off *count (saturating at 0; count may be
+ * NULL).  Returns how many were freed. */
+uint32_t shoal_waitlist_prune(shoal_waitlist *l, uint32_t *count);
+/* The same, unless a prune of this list ran less than SHOAL_WAITLIST_PRUNE_NS ago or
+ * *count is 0 (nothing to take off): for release paths. */
+uint32_t shoal_waitlist_prune_due(shoal_waitlist *l, uint32_t *count);
+/* Live waiters among `count`: count minus the dead, unmarked tokens in the list (read
+ * only). */
+uint32_t shoal_waitlist_live(const shoal_waitlist *l, uint32_t count);
 
 /* ---- mutex (Lock, and RLock when depth is used) ---------------------------------- */
 typedef struct {
@@ -111,14 +166,24 @@ shoal_status shoal_rmutex_unlock(shoal_mutex *m, uint64_t token, uint64_t thread
 /* Condition support: release every level, returning the depth in *depth. */
 shoal_status shoal_rmutex_release_all(shoal_mutex *m, uint64_t token, uint64_t thread, uint32_t *depth);
 
+/* The same locks with a waitlist for m->waiters (shoal_mutex is embedded in other
+ * structures, so its list lives beside it: a Lock's payload is the mutex, then the
+ * list).  l may be NULL.  Whoever releases calls shoal_waitlist_prune_due(l,
+ * &m->waiters) afterwards. */
+shoal_status shoal_mutex_lock_listed(shoal_mutex *m, shoal_waitlist *l, uint64_t token,
+                                     int64_t timeout_ns);
+shoal_status shoal_rmutex_lock_listed(shoal_mutex *m, shoal_waitlist *l, uint64_t token,
+                                      uint64_t thread, int64_t timeout_ns);
+
 /* ---- semaphore ---------------------------------------------------------------------- */
 typedef struct {
     uint32_t value;    /* futex word: the count */
     uint32_t waiters;
     uint32_t maxvalue; /* the bound, when bounded */
     uint32_t bounded;  /* 1: release past maxvalue is SHOAL_OVERFLOW (BoundedSemaphore) */
+    shoal_waitlist list; /* the waiters' tokens (release prunes the dead) */
 } shoal_semaphore;
-_Static_assert(sizeof(shoal_semaphore) == 16, "shoal_semaphore is part of the shared layout");
+_Static_assert(sizeof(shoal_semaphore) == 88, "shoal_semaphore is part of the shared layout");
 
 shoal_status shoal_sem_acquire(shoal_semaphore *s, int64_t timeout_ns);
 shoal_status shoal_sem_release(shoal_semaphore *s, uint32_t n); /* SHOAL_OVERFLOW past maxvalue */
@@ -127,8 +192,9 @@ shoal_status shoal_sem_release(shoal_semaphore *s, uint32_t n); /* SHOAL_OVERFLO
 typedef struct {
     uint32_t flag;    /* futex word: 0 clear, 1 set */
     uint32_t waiters;
+    shoal_waitlist list; /* the waiters' tokens (set prunes the dead) */
 } shoal_event;
-_Static_assert(sizeof(shoal_event) == 8, "shoal_event is part of the shared layout");
+_Static_assert(sizeof(shoal_event) == 80, "shoal_event is part of the shared layout");
 
 shoal_status shoal_event_wait(shoal_event *e, int64_t timeout_ns); /* OK when set */
 void shoal_event_set(shoal_event *e);
@@ -155,19 +221,38 @@ void shoal_event_clear(shoal_event *e);
  * Only taking a ticket happens without the lock (a CAS on `state`); enter, leave and
  * notify run under it, which is why next_waiting can be a separate word.
  * Sleepers re-check every so often, so a wake-up lost with a waiter SIGKILLed right
- * after it was woken only delays another waiter.  A waiter SIGKILLed while registered
- * stays counted (and may be granted a ticket) until its generation retires. */
+ * after it was woken only delays another waiter.
+ *
+ * Dead waiters.  Each registered waiter also holds a slot of `list` (shoal_waitlist)
+ * with its token, its generation in `gen_of[slot]`.  A waiter SIGKILLed while registered used
+ * to stay counted until its generation retired, and so could be granted a notify(1)
+ * meant for a live waiter of the open generation: with two closed waiters, one of them
+ * dead, and a live one queued behind an uncollected ticket, the dead one's generation
+ * retired on that notify and the live one slept on.  Now, under the lock:
+ *   - a notify that could leave open waiters without a ticket (n < waiting, and the
+ *     open generation is not empty) first prunes: each dead, un-notified waiter is
+ *     taken off its generation (w - 1, t kept <= w, or next_waiting - 1) and its slot
+ *     freed, so tickets go to live waiters only (a ticket the dead one might have held
+ *     passes to a live one of its generation: at worst a spurious wake-up);
+ *   - enter prunes when the list is full, reclaiming dead waiters' slots.
+ * A waiter about to take a ticket (without the lock), or leaving, first marks its slot
+ * LEAVING, so that a prune never takes it off a count it is leaving by itself; if no
+ * ticket was left it unmarks it.  (Killed between the two, it stays counted, as before.)  Waiters
+ * beyond SHOAL_WAITLIST_SLOTS are counted but untracked.  shoal_cond_waiting_live
+ * leaves out the dead for statistics without the lock. */
 typedef struct {
     uint64_t state;        /* B << 48 | w << 32 | B << 16 | t, as drawn above */
     uint32_t seq;          /* futex word: bumped by every notify that grants a ticket */
     uint32_t next_waiting; /* waiters of the open generation, B + 1 */
+    shoal_waitlist list;   /* registered waiters' tokens */
+    uint16_t gen_of[SHOAL_WAITLIST_SLOTS]; /* the generation each slot's waiter joined */
 } shoal_cond;
-_Static_assert(sizeof(shoal_cond) == 16, "shoal_cond is part of the shared layout");
+_Static_assert(sizeof(shoal_cond) == 104, "shoal_cond is part of the shared layout");
 
 #define SHOAL_COND_MAX_WAITERS 0xffffu
 
-/* Under the lock: register as a waiter.  *gen receives the generation joined, which
- * wait and leave take.  SHOAL_OVERFLOW when SHOAL_COND_MAX_WAITERS already wait,
+/* Under the lock: register as a waiter.  *gen receives the generation joined (and the
+ * waitlist slot taken, in its high bits: an opaque handle), which wait and leave take.  SHOAL_OVERFLOW when SHOAL_COND_MAX_WAITERS already wait,
  * SHOAL_BAD_LAYOUT if `state` breaks its invariant. */
 shoal_status shoal_cond_enter_gen(shoal_cond *c, uint32_t *gen);
 /* Without the lock: wait for a ticket.  OK (notified: took one, or the generation
@@ -183,6 +268,8 @@ shoal_status shoal_cond_leave_gen(shoal_cond *c, uint32_t gen);
 uint32_t shoal_cond_notify(shoal_cond *c, int64_t n);
 /* Registered waiters not yet notified: w - t + next_waiting. */
 uint32_t shoal_cond_waiting(const shoal_cond *c);
+/* The same without waiters found dead in the list (read only, no lock needed). */
+uint32_t shoal_cond_waiting_live(const shoal_cond *c);
 
 /* The same protocol for callers that cannot carry the generation from enter to wait
  * and leave (shoal._core's Cond): the calling thread remembers it, per condition,

@@ -80,7 +80,7 @@ static uint32_t self_pid_namespace(void) {
     struct stat st;
     if (stat("/proc/self/ns/pid", &st) == 0 && st.st_ino != INITIAL_PID_NAMESPACE_INODE) {
         uint64_t h = ((uint64_t)st.st_ino ^ ((uint64_t)st.st_dev << 32)) * 0x9E3779B97F4A7C15ull;
-        tag = (uint32_t)(h >> 47); /* 17 bits */
+        tag = (uint32_t)(h >> 48); /* 16 bits */
         if (tag == 0)
             tag = 1;
     }
@@ -92,7 +92,7 @@ static uint32_t self_pid_namespace(void) {
 uint32_t shoal_token_pid(uint64_t token) { return (uint32_t)(token >> 32) & PID_BITS; }
 
 uint32_t shoal_token_pid_namespace(uint64_t token) {
-    return (uint32_t)((token >> 24) & 0xFFu) | (uint32_t)(((token >> 54) & 0x1FFu) << 8);
+    return (uint32_t)((token >> 24) & 0xFFu) | (uint32_t)(((token >> 54) & 0xFFu) << 8);
 }
 
 uint64_t shoal_self_token(void) {

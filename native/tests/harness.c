@@ -139,8 +139,8 @@ uint64_t forged_token(pid_t pid) {
      * than this machine's boot by the time any test runs */
     uint64_t self = shoal_self_token();
     uint32_t tag = (self & 0xFFFFFFu) == 0x5eed ? 0x5eee : 0x5eed;
-    /* in this process's own PID namespace (shoal_core.h: bits 54-62 and 24-31) */
-    return (self & 0x7FC00000FF000000ull) | ((uint64_t)(uint32_t)pid << 32) | tag;
+    /* in this process's own PID namespace (shoal_core.h: bits 54-61 and 24-31) */
+    return (self & 0x3FC00000FF000000ull) | ((uint64_t)(uint32_t)pid << 32) | tag;
 }
 
 uint32_t rnd(uint64_t *state) {

@@ -367,23 +367,27 @@ TEST(cond_threads_of_one_process) {
 
 /* ---- the explicit-generation calls, and the per-thread memory of the legacy ones ------ */
 
+/* A handle's generation (the high bits name the waiter's waitlist slot). */
+#define GEN_OF(h) ((h) & 0xffffu)
+
 TEST(cond_generations_explicitly) {
     shoal_cond c;
     memset(&c, 0, sizeof c);
     uint32_t a, b, late;
     CHECK_ST(shoal_cond_enter_gen(&c, &a), SHOAL_OK);
     CHECK_ST(shoal_cond_enter_gen(&c, &b), SHOAL_OK);
-    CHECK_EQ(a, b);
+    CHECK_EQ(GEN_OF(a), GEN_OF(b));
+    CHECK(a != b); /* two slots */
     CHECK_EQ(shoal_cond_notify(&c, 1), 1);
     CHECK_EQ(shoal_cond_waiting(&c), 1);
     CHECK_ST(shoal_cond_enter_gen(&c, &late), SHOAL_OK);
-    CHECK(late != a); /* a ticket is out: the newcomer queues in the next generation */
+    CHECK(GEN_OF(late) != GEN_OF(a)); /* a ticket is out: the newcomer queues in the next generation */
     CHECK_ST(shoal_cond_wait_gen(&c, a, 0), SHOAL_OK); /* takes the one ticket */
     CHECK_ST(shoal_cond_wait_gen(&c, b, 0), SHOAL_TIMEOUT);
     CHECK_EQ(shoal_cond_notify(&c, -1), 2); /* b and late: the generation retires */
     uint32_t next;
     CHECK_ST(shoal_cond_enter_gen(&c, &next), SHOAL_OK);
-    CHECK(next != a);
+    CHECK(GEN_OF(next) != GEN_OF(a));
     CHECK_ST(shoal_cond_wait_gen(&c, next, 0), SHOAL_TIMEOUT); /* not for the newcomer */
     CHECK_ST(shoal_cond_wait_gen(&c, b, 0), SHOAL_OK);
     CHECK_ST(shoal_cond_leave_gen(&c, late), SHOAL_OK); /* notified before it left */
@@ -409,7 +413,7 @@ TEST(cond_notify_that_completes_a_generation_promotes_the_next) {
     CHECK_ST(shoal_cond_wait_gen(&c, late, 0), SHOAL_TIMEOUT);
     uint32_t newest;
     CHECK_ST(shoal_cond_enter_gen(&c, &newest), SHOAL_OK); /* no ticket out: joins late */
-    CHECK_EQ(newest, late);
+    CHECK_EQ(GEN_OF(newest), GEN_OF(late));
     CHECK_EQ(shoal_cond_notify(&c, 1), 1);
     CHECK_ST(shoal_cond_leave_gen(&c, late), SHOAL_OK);
     CHECK_ST(shoal_cond_leave_gen(&c, newest), SHOAL_TIMEOUT);
@@ -555,4 +559,35 @@ TEST(cond_legacy_calls_nest_per_thread) {
     CHECK_ST(shoal_cond_wait(&c2, 0), SHOAL_TIMEOUT);
     CHECK_ST(shoal_cond_leave(&c2), SHOAL_TIMEOUT);
     CHECK_EQ(shoal_cond_waiting(&c2), 0);
+}
+
+TEST(cond_dead_waiter_cannot_absorb_a_live_waiters_notify) {
+    /* #10: closed generation {dead, ghost}; a first notify(1) leaves a ticket out, so a
+     * live newcomer queues in the open generation; the ghost collects.  The second
+     * notify(1) used to go to the dead waiter (retiring its generation) and the live
+     * one timed out; now the dead one is pruned first and the live one is notified. */
+    struct shared *s = shared_map(4096);
+    pid_t dead, live;
+    start_waiters(s, &dead, 1, 60 * SEC);
+    kill_and_reap(dead);
+    uint32_t ghost;
+    lock(s);
+    CHECK_ST(shoal_cond_enter_gen(&s->cond, &ghost), SHOAL_OK); /* alive, never sleeps */
+    CHECK_EQ(shoal_cond_notify(&s->cond, 1), 1);
+    unlock(s);
+    start_waiters(s, &live, 1, 3 * SEC);
+    CHECK_EQ(s->cond.next_waiting, 1);
+    CHECK_ST(shoal_cond_wait_gen(&s->cond, ghost, 0), SHOAL_OK);
+    CHECK_EQ(shoal_cond_waiting_live(&s->cond), 1); /* the dead one is not counted */
+    double t0 = now_ms();
+    lock(s);
+    CHECK_EQ(shoal_cond_notify(&s->cond, 1), 1);
+    unlock(s);
+    await_at_least(&s->notified, 1, 2000);
+    CHECK(now_ms() - t0 < 1000);
+    join(live, 5000);
+    CHECK_EQ(s->timed_out, 0);
+    CHECK_EQ(cond_waiting(&s->cond), 0);
+    for (int i = 0; i < SHOAL_WAITLIST_SLOTS; i++)
+        CHECK_EQ(s->cond.list.token[i], 0); /* every slot given back */
 }

@@ -20,7 +20,7 @@ struct shared {
 /* ---- semaphore ------------------------------------------------------------------------ */
 
 TEST(semaphore_counts) {
-    shoal_semaphore s = {2, 0, 0, 0};
+    shoal_semaphore s = {2, 0, 0, 0, {{0}, 0}};
     CHECK_ST(shoal_sem_acquire(&s, 0), SHOAL_OK);
     CHECK_ST(shoal_sem_acquire(&s, -1), SHOAL_OK);
     CHECK_EQ(s.value, 0);
@@ -36,7 +36,7 @@ TEST(semaphore_counts) {
 }
 
 TEST(semaphore_bounded_overflow_leaves_the_value) {
-    shoal_semaphore s = {1, 0, 2, 1}; /* BoundedSemaphore(2) with one taken */
+    shoal_semaphore s = {1, 0, 2, 1, {{0}, 0}}; /* BoundedSemaphore(2) with one taken */
     CHECK_ST(shoal_sem_release(&s, 2), SHOAL_OVERFLOW);
     CHECK_EQ(s.value, 1);
     CHECK_ST(shoal_sem_release(&s, 1), SHOAL_OK);
@@ -46,11 +46,11 @@ TEST(semaphore_bounded_overflow_leaves_the_value) {
     CHECK_ST(shoal_sem_release(&s, UINT32_MAX), SHOAL_OVERFLOW); /* n alone passes the bound */
     CHECK_EQ(s.value, 2);
     /* unbounded: the 32-bit count itself is the bound */
-    shoal_semaphore u = {UINT32_MAX - 1, 0, 0, 0};
+    shoal_semaphore u = {UINT32_MAX - 1, 0, 0, 0, {{0}, 0}};
     CHECK_ST(shoal_sem_release(&u, 1), SHOAL_OK);
     CHECK_ST(shoal_sem_release(&u, 1), SHOAL_OVERFLOW);
     CHECK_EQ(u.value, UINT32_MAX);
-    shoal_semaphore v = {5, 0, 0, 0};
+    shoal_semaphore v = {5, 0, 0, 0, {{0}, 0}};
     CHECK_ST(shoal_sem_release(&v, UINT32_MAX), SHOAL_OVERFLOW);
     CHECK_EQ(v.value, 5);
 }
@@ -138,7 +138,7 @@ TEST(semaphore_and_event_report_signals_as_intr) {
 /* ---- event ---------------------------------------------------------------------------- */
 
 TEST(event_basics) {
-    shoal_event e = {0, 0};
+    shoal_event e = {0, 0, {{0}, 0}};
     CHECK_ST(shoal_event_wait(&e, 0), SHOAL_TIMEOUT);
     double t0 = now_ms();
     CHECK_ST(shoal_event_wait(&e, 40 * MS), SHOAL_TIMEOUT);
@@ -179,4 +179,95 @@ TEST(event_set_wakes_every_waiter_in_every_process) {
         join(pids[i], 5000);
     CHECK_EQ(s->timed_out, 0);
     CHECK_EQ(s->ev.waiters, 0);
+}
+
+/* ---- waiters killed while blocked (#10) -------------------------------------------------- */
+
+static void acquire_forever(void *arg) {
+    struct shared *s = arg;
+    __atomic_fetch_add(&s->ready, 1, __ATOMIC_SEQ_CST);
+    shoal_sem_acquire(&s->sem, 60 * SEC);
+}
+
+static void wait_event_forever(void *arg) {
+    struct shared *s = arg;
+    __atomic_fetch_add(&s->ready, 1, __ATOMIC_SEQ_CST);
+    shoal_event_wait(&s->ev, 60 * SEC);
+}
+
+TEST(semaphore_and_event_forget_waiters_killed_while_blocked) {
+    struct shared *s = shared_map(4096);
+    pid_t a = spawn(acquire_forever, s), b = spawn(wait_event_forever, s);
+    await_at_least(&s->ready, 2, 5000);
+    double deadline = now_ms() + 2000;
+    while ((shoal_load32(&s->sem.waiters) == 0 || shoal_load32(&s->ev.waiters) == 0) &&
+           now_ms() < deadline)
+        sleep_ms(1);
+    CHECK_EQ(shoal_waitlist_live(&s->sem.list, shoal_load32(&s->sem.waiters)), 1);
+    kill_and_reap(a);
+    kill_and_reap(b);
+    /* still counted (they could not leave), but not alive */
+    CHECK_EQ(shoal_load32(&s->sem.waiters), 1);
+    CHECK_EQ(shoal_waitlist_live(&s->sem.list, 1), 0);
+    CHECK_EQ(shoal_waitlist_live(&s->ev.list, 1), 0);
+    /* the next release / set takes them off: no wake-up for the dead after that */
+    CHECK_ST(shoal_sem_release(&s->sem, 1), SHOAL_OK);
+    shoal_event_set(&s->ev);
+    CHECK_EQ(shoal_load32(&s->sem.waiters), 0);
+    CHECK_EQ(shoal_load32(&s->ev.waiters), 0);
+    for (int i = 0; i < SHOAL_WAITLIST_SLOTS; i++)
+        CHECK_EQ(s->sem.list.token[i] | s->ev.list.token[i], 0);
+    CHECK_EQ(shoal_waitlist_prune(&s->sem.list, &s->sem.waiters), 0); /* nothing twice */
+}
+
+TEST(waitlist_slots_join_leave_and_prune_only_the_dead) {
+    shoal_waitlist l;
+    memset(&l, 0, sizeof l);
+    uint32_t count = 0;
+    uint64_t me = shoal_self_token();
+    int slots[SHOAL_WAITLIST_SLOTS + 1];
+    for (int i = 0; i <= SHOAL_WAITLIST_SLOTS; i++) {
+        count++;
+        slots[i] = shoal_waitlist_join(&l, me, NULL, 0);
+    }
+    CHECK_EQ(slots[SHOAL_WAITLIST_SLOTS], (uint64_t)-1); /* full: counted, untracked */
+    CHECK_EQ(shoal_waitlist_prune(&l, &count), 0); /* all alive */
+    CHECK_EQ(count, SHOAL_WAITLIST_SLOTS + 1);
+    shoal_waitlist_leave(&l, slots[2], me);
+    CHECK_EQ(l.token[slots[2]], 0);
+    /* a dead token in slot 2: the prune frees it and counts it off once */
+    pid_t child = fork();
+    if (child == 0)
+        _exit(0);
+    CHECK(child > 0);
+    kill_and_reap(child);
+    uint64_t dead = (uint64_t)(uint32_t)child << 32 | 1;
+    l.token[slots[2]] = dead;
+    CHECK_EQ(shoal_waitlist_live(&l, count), count - 1);
+    CHECK_EQ(shoal_waitlist_prune(&l, &count), 1);
+    CHECK_EQ(count, SHOAL_WAITLIST_SLOTS);
+    CHECK_EQ(l.token[slots[2]], 0);
+    shoal_waitlist_leave(&l, slots[2], dead); /* a late leave of a freed slot: no-op */
+    CHECK_EQ(shoal_waitlist_join(&l, me, NULL, 0), slots[2]); /* the slot is free again */
+    /* rate limit: a prune just ran */
+    l.token[slots[2]] = dead;
+    CHECK_EQ(shoal_waitlist_prune_due(&l, &count), 0);
+    l.last_prune_ns = 0;
+    CHECK_EQ(shoal_waitlist_prune_due(&l, &count), 1);
+    CHECK_EQ(count, SHOAL_WAITLIST_SLOTS - 1);
+    /* a dead waiter marked LEAVING was taking itself off: freed, not counted off */
+    l.token[slots[2]] = dead | SHOAL_WAITLIST_LEAVING;
+    CHECK_EQ(shoal_waitlist_live(&l, count), count);
+    CHECK_EQ(shoal_waitlist_prune(&l, &count), 1);
+    CHECK_EQ(count, SHOAL_WAITLIST_SLOTS - 1);
+    CHECK_EQ(l.token[slots[2]], 0);
+    /* marking is the owner's, and leave takes a marked slot back too */
+    int mine = shoal_waitlist_join(&l, me, NULL, 0);
+    shoal_waitlist_mark_leaving(&l, mine, me, 1);
+    CHECK_EQ(l.token[mine], me | SHOAL_WAITLIST_LEAVING);
+    shoal_waitlist_mark_leaving(&l, mine, me, 0);
+    CHECK_EQ(l.token[mine], me);
+    shoal_waitlist_mark_leaving(&l, mine, me, 1);
+    shoal_waitlist_leave(&l, mine, me);
+    CHECK_EQ(l.token[mine], 0);
 }

@@ -57,8 +57,21 @@ static int parse_timeout(PyObject *timeout, int64_t *ns) {
 /* A native call that may block, retried after signals until it gives an answer. */
 typedef shoal_status (*blocking_call)(void *target, void *arg, int64_t timeout_ns);
 
-static int run_blocking(blocking_call call, void *target, void *arg, PyObject *keepalive,
-                        int64_t timeout_ns, shoal_status *out) {
+/* How long a synchronisation wait may sleep in native code before it comes back here to
+ * run PyErr_CheckSignals.  EINTR alone is not enough: the native waits sleep in slices
+ * and loop, and a signal that lands as a slice runs out (FUTEX_WAIT then reports
+ * ETIMEDOUT, not EINTR, though the handler ran) or just after a wake-up meant for
+ * somebody else is only flagged, so the loop slept on until the caller's timeout (#10:
+ * Ctrl-C in Condition.wait, sent a whole number of 200 ms slices after a notify, came
+ * when wait(20) ran out).  Coming back every slice bounds that to SIGNAL_CHECK_NS. */
+#define SIGNAL_CHECK_NS (50LL * 1000 * 1000)
+
+/* slice_ns < 0: one call for the whole timeout (back here only on SHOAL_INTR).  Else
+ * the call gets at most slice_ns at a time and is called again, signals checked, while
+ * time is left: it must then continue the same wait (every sync wait does: a waiter's
+ * registration outlives a TIMEOUT, and acquiring again is the same acquire). */
+static int run_blocking_sliced(blocking_call call, void *target, void *arg, PyObject *keepalive,
+                               int64_t timeout_ns, int64_t slice_ns, shoal_status *out) {
     int64_t deadline = timeout_ns < 0 ? -1 : shoal_monotonic_ns() + timeout_ns;
     /* another thread may unbind the object while we sleep with the GIL released: the
      * mapping must outlive the wait, so hold its exporter */
@@ -70,11 +83,12 @@ static int run_blocking(blocking_call call, void *target, void *arg, PyObject *k
             if (left < 0)
                 left = 0;
         }
+        int sliced = slice_ns >= 0 && (left < 0 || left > slice_ns);
         shoal_status st;
         Py_BEGIN_ALLOW_THREADS
-        st = call(target, arg, left);
+        st = call(target, arg, sliced ? slice_ns : left);
         Py_END_ALLOW_THREADS
-        if (st != SHOAL_INTR) {
+        if (st != SHOAL_INTR && !(sliced && st == SHOAL_TIMEOUT)) {
             *out = st;
             Py_XDECREF(keepalive);
             return 0;
@@ -84,6 +98,17 @@ static int run_blocking(blocking_call call, void *target, void *arg, PyObject *k
             return -1;
         }
     }
+}
+
+static int run_blocking(blocking_call call, void *target, void *arg, PyObject *keepalive,
+                        int64_t timeout_ns, shoal_status *out) {
+    return run_blocking_sliced(call, target, arg, keepalive, timeout_ns, -1, out);
+}
+
+/* The synchronisation primitives' waits: signals checked at least every SIGNAL_CHECK_NS. */
+static int run_sync_wait(blocking_call call, void *target, void *arg, PyObject *keepalive,
+                         int64_t timeout_ns, shoal_status *out) {
+    return run_blocking_sliced(call, target, arg, keepalive, timeout_ns, SIGNAL_CHECK_NS, out);
 }
 
 /* Parse (block=True, timeout=None) from a vectorcall. */
@@ -218,6 +243,8 @@ typedef struct {
     ViewObject v;
     int recursive;
     int report; /* warn the new holder about a dead owner (internal locks do not) */
+    shoal_waitlist *list; /* its waiters' tokens, right after the mutex; NULL: none (a
+                             mutex embedded in another structure) */
 } MutexObject;
 
 #define MUTEX(self) ((shoal_mutex *)((MutexObject *)(self))->v.addr)
@@ -225,16 +252,18 @@ typedef struct {
 static PyObject *mutex_bind(MutexObject *self, PyObject *args) {
     PyObject *buffer;
     Py_ssize_t offset;
-    int recursive = 0, report = 1;
-    if (!PyArg_ParseTuple(args, "On|pp", &buffer, &offset, &recursive, &report))
+    int recursive = 0, report = 1, listed = 0;
+    if (!PyArg_ParseTuple(args, "On|ppp", &buffer, &offset, &recursive, &report, &listed))
         return NULL;
     PyObject *pair = Py_BuildValue("(On)", buffer, offset);
     if (!pair)
         return NULL;
-    int r = view_bind(&self->v, pair, (Py_ssize_t)sizeof(shoal_mutex));
+    Py_ssize_t size = (Py_ssize_t)(sizeof(shoal_mutex) + (listed ? sizeof(shoal_waitlist) : 0));
+    int r = view_bind(&self->v, pair, size);
     Py_DECREF(pair);
     if (r < 0)
         return NULL;
+    self->list = listed ? (shoal_waitlist *)(self->v.addr + sizeof(shoal_mutex)) : NULL;
     self->recursive = recursive;
     self->report = report;
     Py_RETURN_NONE;
@@ -245,12 +274,21 @@ static uint64_t thread_ident(void) { return (uint64_t)PyThread_get_thread_ident(
 typedef struct {
     int recursive;
     uint64_t token, thread;
+    shoal_waitlist *list;
 } lock_arg;
 
 static shoal_status call_lock(void *target, void *arg, int64_t timeout_ns) {
     lock_arg *a = arg;
-    return a->recursive ? shoal_rmutex_lock(target, a->token, a->thread, timeout_ns)
-                        : shoal_mutex_lock(target, a->token, timeout_ns);
+    return a->recursive ? shoal_rmutex_lock_listed(target, a->list, a->token, a->thread, timeout_ns)
+                        : shoal_mutex_lock_listed(target, a->list, a->token, timeout_ns);
+}
+
+/* After a release: waiters still counted may be dead ones (each would cost every
+ * release a wake-up, and show in statistics, for ever).  Rate-limited in native code. */
+static void prune_lock_waiters(MutexObject *self) {
+    shoal_mutex *m = MUTEX(self);
+    if (self->list && shoal_load32(&m->waiters))
+        shoal_waitlist_prune_due(self->list, &m->waiters);
 }
 
 /* After a successful acquire: tell the new holder if the lock's last owner died.  If a
@@ -276,13 +314,14 @@ static int mutex_acquire_ns(MutexObject *self, int64_t timeout_ns) {
     if (check_bound(&self->v) < 0)
         return -1;
     shoal_mutex *m = MUTEX(self);
-    lock_arg a = {self->recursive, shoal_self_token(), self->recursive ? thread_ident() : 0};
+    lock_arg a = {self->recursive, shoal_self_token(), self->recursive ? thread_ident() : 0,
+                  self->list};
     shoal_status st = a.recursive ? shoal_rmutex_trylock(m, a.token, a.thread)
                                   : shoal_mutex_trylock(m, a.token);
     if (st == SHOAL_AGAIN) {
         if (timeout_ns == 0)
             st = call_lock(m, &a, 0); /* no wait, but do take it from a dead holder */
-        else if (run_blocking(call_lock, m, &a, self->v.view.obj, timeout_ns, &st) < 0)
+        else if (run_sync_wait(call_lock, m, &a, self->v.view.obj, timeout_ns, &st) < 0)
             return -1;
     }
     switch (st) {
@@ -328,6 +367,7 @@ static PyObject *mutex_release(MutexObject *self, PyObject *Py_UNUSED(ignored)) 
                                           : "release of an unlocked Lock");
         return NULL;
     }
+    prune_lock_waiters(self);
     Py_RETURN_NONE;
 }
 
@@ -363,6 +403,7 @@ static PyObject *mutex_release_save(MutexObject *self, PyObject *Py_UNUSED(ignor
         PyErr_SetString(NotHeldError, "cannot wait on an un-acquired lock");
         return NULL;
     }
+    prune_lock_waiters(self);
     return PyLong_FromUnsignedLong(depth);
 }
 
@@ -394,7 +435,8 @@ static PyObject *mutex_get_dead_owner(MutexObject *self, void *c) {
 static PyObject *mutex_get_waiters(MutexObject *self, void *c) {
     (void)c;
     BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLong(shoal_load32(&MUTEX(self)->waiters));
+    uint32_t n = shoal_load32(&MUTEX(self)->waiters);
+    return PyLong_FromUnsignedLong(self->list ? shoal_waitlist_live(self->list, n) : n);
 }
 static PyObject *mutex_get_depth(MutexObject *self, void *c) {
     (void)c;
@@ -409,7 +451,8 @@ static PyObject *mutex_get_owner_died(MutexObject *self, void *c) {
 
 static PyMethodDef mutex_methods[] = {
     {"_bind", (PyCFunction)mutex_bind, METH_VARARGS,
-     "_bind(buffer, offset, recursive=False, report=True): attach to a shoal_mutex."},
+     "_bind(buffer, offset, recursive=False, report=True, listed=False): attach to a "
+     "shoal_mutex (listed: a shoal_waitlist follows it, as in a Lock's payload)."},
     {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, "Detach from shared memory."},
     {"acquire", (PyCFunction)(void (*)(void))mutex_acquire, METH_FASTCALL | METH_KEYWORDS,
      "acquire(block=True, timeout=None) -> bool"},
@@ -478,7 +521,7 @@ static PyObject *sem_acquire(ViewObject *self, PyObject *const *args, Py_ssize_t
     BOUND_OR_NULL(self);
     shoal_status st = shoal_sem_acquire(SEM(self), 0);
     if (st == SHOAL_AGAIN && timeout_ns != 0 &&
-        run_blocking(call_sem, SEM(self), NULL, self->view.obj, timeout_ns, &st) < 0)
+        run_sync_wait(call_sem, SEM(self), NULL, self->view.obj, timeout_ns, &st) < 0)
         return NULL;
     return PyBool_FromLong(st == SHOAL_OK);
 }
@@ -534,7 +577,8 @@ static PyObject *sem_get_value(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
 static PyObject *sem_waiters(ViewObject *self, void *c) {
     (void)c;
     BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLong(shoal_load32(&SEM(self)->waiters));
+    return PyLong_FromUnsignedLong(
+        shoal_waitlist_live(&SEM(self)->list, shoal_load32(&SEM(self)->waiters)));
 }
 
 static PyMethodDef sem_methods[] = {
@@ -589,7 +633,7 @@ static PyObject *event_wait(ViewObject *self, PyObject *args, PyObject *kwargs) 
     BOUND_OR_NULL(self);
     shoal_status st = shoal_event_wait(EVENT(self), 0);
     if (st != SHOAL_OK && timeout_ns != 0 &&
-        run_blocking(call_event, EVENT(self), NULL, self->view.obj, timeout_ns, &st) < 0)
+        run_sync_wait(call_event, EVENT(self), NULL, self->view.obj, timeout_ns, &st) < 0)
         return NULL;
     return PyBool_FromLong(st == SHOAL_OK);
 }
@@ -614,7 +658,8 @@ static PyObject *event_is_set(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
 static PyObject *event_waiters(ViewObject *self, void *c) {
     (void)c;
     BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLong(shoal_load32(&EVENT(self)->waiters));
+    return PyLong_FromUnsignedLong(
+        shoal_waitlist_live(&EVENT(self)->list, shoal_load32(&EVENT(self)->waiters)));
 }
 
 static PyMethodDef event_methods[] = {
@@ -668,7 +713,7 @@ static PyObject *cond_wait(ViewObject *self, PyObject *arg) {
         return NULL;
     BOUND_OR_NULL(self);
     shoal_status st;
-    if (run_blocking(call_cond, COND(self), NULL, self->view.obj, timeout_ns, &st) < 0)
+    if (run_sync_wait(call_cond, COND(self), NULL, self->view.obj, timeout_ns, &st) < 0)
         return NULL;
     return PyBool_FromLong(st == SHOAL_OK);
 }
@@ -689,7 +734,7 @@ static PyObject *cond_notify(ViewObject *self, PyObject *arg) {
 static PyObject *cond_waiting(ViewObject *self, void *c) {
     (void)c;
     BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLong(shoal_cond_waiting(COND(self)));
+    return PyLong_FromUnsignedLong(shoal_cond_waiting_live(COND(self)));
 }
 
 static PyMethodDef cond_methods[] = {
@@ -1209,6 +1254,7 @@ PyMODINIT_FUNC PyInit__core(void) {
         add_type(module, &AtomicType, "Atomic") < 0 ||
         PyModule_AddIntConstant(module, "LAYOUT_VERSION", SHOAL_LAYOUT_VERSION) < 0 ||
         PyModule_AddIntConstant(module, "MUTEX_SIZE", sizeof(shoal_mutex)) < 0 ||
+        PyModule_AddIntConstant(module, "LOCK_SIZE", sizeof(shoal_mutex) + sizeof(shoal_waitlist)) < 0 ||
         PyModule_AddIntConstant(module, "SEMAPHORE_SIZE", sizeof(shoal_semaphore)) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_SIZE", sizeof(shoal_event)) < 0 ||
         PyModule_AddIntConstant(module, "COND_SIZE", sizeof(shoal_cond)) < 0) {

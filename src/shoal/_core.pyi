@@ -6,6 +6,7 @@ from typing_extensions import Buffer
 
 LAYOUT_VERSION: int
 MUTEX_SIZE: int
+LOCK_SIZE: int
 SEMAPHORE_SIZE: int
 EVENT_SIZE: int
 COND_SIZE: int
@@ -18,7 +19,13 @@ class Mutex:
     _waiters: int
     _depth: int
     def _bind(
-        self, buffer: Any, offset: int, recursive: bool = ..., report: bool = ..., /
+        self,
+        buffer: Any,
+        offset: int,
+        recursive: bool = ...,
+        report: bool = ...,
+        listed: bool = ...,
+        /,
     ) -> None: ...
     def _unbind(self) -> None: ...
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool: ...

@@ -95,7 +95,7 @@ class Lock(_core.Mutex, SharedObject):
     and a RuntimeError).  Works as a context manager.  Pickles as a handle.
     """
 
-    _PAYLOAD_SIZE = _core.MUTEX_SIZE
+    _PAYLOAD_SIZE = _core.LOCK_SIZE  # the mutex, then its waiters' tokens
     _RECURSIVE = False
 
     def __init__(self) -> None:
@@ -111,7 +111,7 @@ class Lock(_core.Mutex, SharedObject):
         return lock
 
     def _bind_payload(self) -> None:
-        self._bind(self._mapping, self._payload_offset, self._RECURSIVE, self._report)
+        self._bind(self._mapping, self._payload_offset, self._RECURSIVE, self._report, True)
 
     def _handle_state(self) -> Any:
         return self._report
