@@ -43,10 +43,11 @@ def _copy_tree(dest: Path) -> None:
 def _apply(tree: Path, mutant: Mutant) -> None:
     path = tree / mutant.path
     text = path.read_text()
-    if text.count(mutant.old) != 1:
+    if text.count(mutant.old) != mutant.occurrences:
         raise RuntimeError(
             f"{mutant.name}: the snippet occurs {text.count(mutant.old)} times in "
-            f"{mutant.path}, not once (the code moved: update mutants/catalogue.py)"
+            f"{mutant.path}, not {mutant.occurrences} (the code moved: update "
+            "mutants/catalogue.py)"
         )
     path.write_text(text.replace(mutant.old, mutant.new))
 

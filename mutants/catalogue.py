@@ -1,4 +1,4 @@
-"""The mutants: each replaces one exact snippet (which must occur exactly once)."""
+"""The mutants: each replaces one exact snippet, which must occur as often as it says."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ class Mutant:
     old: str
     new: str
     tests: tuple[str, ...]  # pytest arguments that must fail with the mutant
+    occurrences: int = 1  # how often ``old`` occurs: every one is replaced
 
     @property
     def native(self) -> bool:
@@ -20,6 +21,26 @@ class Mutant:
 
 
 MUTANTS = (
+    Mutant(
+        "pool-claim-trusted-without-taking",
+        "the monitor fails the task a dead worker had claimed without checking that the "
+        "record really left the ring (the claim is written first)",
+        "src/shoal/_pool.py",
+        "if claim & _CLAIMED and self.was_taken(claim & _ORDINAL_MASK):",
+        "if claim & _CLAIMED:",
+        ("tests/test_pool_protocol.py",),
+    ),
+    Mutant(
+        "pool-slot-cleared-before-result",
+        "the worker clears its claim before it sends the result: a death in between "
+        "loses the task (nobody fails it, nobody finishes it)",
+        "src/shoal/_pool.py",
+        "        else:\n            send_values(results, ordinal, values)\n"
+        "        _core.store64(buf, claim_at, 0)\n",
+        "        else:\n            _core.store64(buf, claim_at, 0)\n"
+        "            send_values(results, ordinal, values)\n",
+        ("tests/test_pool_protocol.py",),
+    ),
     Mutant(
         "ring-publish-forgets-padding",
         "the ring's publish step moves the tail past the record but not past the padding "
@@ -51,7 +72,8 @@ MUTANTS = (
         "src/shoal/_memory.py",
         "if overflow or any(h and _core.token_alive(h) for h in holders):",
         "if overflow:",
-        ("tests/test_memory.py", "tests/test_handles.py"),
+        ("tests/test_memory.py", "tests/test_reaper.py", "tests/test_handles.py"),
+        occurrences=2,  # the decision from pread, and the final one under the mutex
     ),
     Mutant(
         "pickle-keeps-no-segment",

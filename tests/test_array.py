@@ -29,13 +29,12 @@ import textwrap
 from multiprocessing.connection import Connection
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import join_all
 
-np = pytest.importorskip("numpy")
-
-import shoal  # noqa: E402
-from shoal import _core, _handle, _memory  # noqa: E402
+import shoal
+from shoal import _core, _handle, _memory
 
 TIMEOUT = 20.0
 FORK = mp.get_context("fork")

@@ -961,7 +961,8 @@ def test_the_largest_inline_record_and_one_byte_more() -> None:
 
 
 def test_the_smallest_ring_carries_any_message() -> None:
-    np = pytest.importorskip("numpy")
+    import numpy as np  # a test dependency: missing, the test fails
+
     q = Queue(capacity=64)
     try:
         assert q.statistics().capacity == 128  # rounded up: room for a transit record
@@ -980,7 +981,8 @@ def test_the_smallest_ring_carries_any_message() -> None:
 
 def test_a_message_of_many_buffers_fits_a_small_ring() -> None:
     # the layout of 300 out-of-band buffers travels in the transit segment, not the ring
-    np = pytest.importorskip("numpy")
+    import numpy as np  # a test dependency: missing, the test fails
+
     q = Queue(capacity=4096)
     try:
         arrays = [np.full(128, i, dtype=np.float64) for i in range(300)]  # 300 KiB in all
@@ -1006,7 +1008,8 @@ def mapped_shoal_segments() -> set[str]:
 
 
 def test_numpy_arrays_arrive_equal_writable_and_leave_no_segment() -> None:
-    np = pytest.importorskip("numpy")
+    import numpy as np  # a test dependency: missing, the test fails
+
     q = Queue(capacity=1 << 16)
     try:
         before = my_segments()
@@ -1042,7 +1045,8 @@ def test_numpy_arrays_arrive_equal_writable_and_leave_no_segment() -> None:
 
 
 def test_numpy_array_put_many_and_views_outlive_the_queue() -> None:
-    np = pytest.importorskip("numpy")
+    import numpy as np  # a test dependency: missing, the test fails
+
     q = Queue()
     a = np.random.default_rng(0).random((300, 300))
     q.put_many([a, a[::2], "end"])

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import queue
 
+import numpy as np
 import pytest
 
 import shoal
-
-np = pytest.importorskip("numpy")
 
 
 def in_flight(obj: shoal.Lock) -> int:
