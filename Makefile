@@ -8,7 +8,7 @@ SOURCES := pyproject.toml setup.py $(shell find src native -name '*.py' -o -name
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint bench bench-quick test-native test-sanitize clean check-shm chaos mutants
-.PHONY: test-sanitize-python
+.PHONY: test-sanitize-python test-sanitize-native
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -86,11 +86,15 @@ test-native: $(NATIVE_BIN)/shoal-tests
 
 # halt_on_error: a report kills the test's process at once, so it fails even in the
 # forked helpers, which leave with _exit() and would skip the sanitizers' exit codes.
-test-sanitize: $(NATIVE_BIN)/shoal-tests-asan $(NATIVE_BIN)/shoal-tests-tsan
+test-sanitize: test-sanitize-native
+	$(MAKE) --no-print-directory test-sanitize-python
+
+# the native tests alone under ASan+UBSan and TSan (threaded ring, mutex, condition
+# tests included): deterministic and quick, so CI runs them (.ci/run)
+test-sanitize-native: $(NATIVE_BIN)/shoal-tests-asan $(NATIVE_BIN)/shoal-tests-tsan
 	ASAN_OPTIONS=halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		$(NATIVE_BIN)/shoal-tests-asan $(NATIVE_ARGS)
 	TSAN_OPTIONS=halt_on_error=1 $(NATIVE_BIN)/shoal-tests-tsan $(NATIVE_ARGS)
-	$(MAKE) --no-print-directory test-sanitize-python
 
 # The sanitizer runtime must be loaded before anything else in the python process, hence
 # LD_PRELOAD of the compiler's libasan; CPython leaks by design, hence detect_leaks=0;
