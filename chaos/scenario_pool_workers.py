@@ -54,40 +54,35 @@ def _settle(outcome: Any, x: int, counts: dict[str, int]) -> None:
         counts["ok" if value == x * x else "wrong"] += 1
 
 
+def _storm(
+    submit: Any, outcome: Any, seconds: float, rng: random.Random, counts: dict[str, int]
+) -> None:
+    """Submit batches of 50 tasks for ``seconds`` while killing a worker every ~100 ms,
+    then settle every task (``outcome(handle)`` returns its result or raises)."""
+    pending = []
+    deadline = time.monotonic() + seconds
+    next_kill = time.monotonic() + 0.1
+    while time.monotonic() < deadline:
+        first = counts["tasks"]
+        pending += [(x, submit(x)) for x in range(first, first + 50)]
+        counts["tasks"] += 50
+        if time.monotonic() >= next_kill:
+            counts["kills"] += _kill_one_worker(rng)
+            next_kill = time.monotonic() + rng.uniform(0.05, 0.15)
+        time.sleep(0.005)
+    for x, handle in pending:
+        _settle(lambda h=handle: outcome(h), x, counts)
+
+
 def run(seconds: float) -> dict[str, Any]:
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
     counts = {"tasks": 0, "ok": 0, "died": 0, "wrong": 0, "hangs": 0, "kills": 0}
-    half = seconds / 2
     with shoal.Pool(2) as pool:
-        results = []
-        deadline = time.monotonic() + half
-        next_kill = time.monotonic() + 0.1
-        while time.monotonic() < deadline:
-            results += [
-                (x, pool.apply_async(square, (x,)))
-                for x in range(counts["tasks"], counts["tasks"] + 50)
-            ]
-            counts["tasks"] += 50
-            if time.monotonic() >= next_kill:
-                counts["kills"] += _kill_one_worker(rng)
-                next_kill = time.monotonic() + rng.uniform(0.05, 0.15)
-            time.sleep(0.005)
-        for x, result in results:
-            _settle(lambda r=result: r.get(60), x, counts)
+        _storm(
+            lambda x: pool.apply_async(square, (x,)), lambda r: r.get(60), seconds / 2, rng, counts
+        )
     with shoal.Executor(2) as executor:
-        futures = []
-        deadline = time.monotonic() + half
-        next_kill = time.monotonic() + 0.1
-        while time.monotonic() < deadline:
-            futures += [
-                (x, executor.submit(square, x))
-                for x in range(counts["tasks"], counts["tasks"] + 50)
-            ]
-            counts["tasks"] += 50
-            if time.monotonic() >= next_kill:
-                counts["kills"] += _kill_one_worker(rng)
-                next_kill = time.monotonic() + rng.uniform(0.05, 0.15)
-            time.sleep(0.005)
-        for x, future in futures:
-            _settle(lambda f=future: f.result(60), x, counts)
+        _storm(
+            lambda x: executor.submit(square, x), lambda f: f.result(60), seconds / 2, rng, counts
+        )
     return {"seconds": seconds, **counts}

@@ -745,18 +745,30 @@ class Segment:
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
-def _open_mapping(name: str, populate: bool = False) -> mmap.mmap:
+def _open_named(name: Any, what: str, missing: str) -> int:
+    """Open the segment ``name`` read-write, never through a link or a FIFO: its fd.
+
+    Raises:
+        LayoutError: ``name`` is not a name shoal makes (``what`` says whose).
+        SegmentNotFoundError: there is no such segment (``missing`` says why).
+        SharedMemoryError: the system refused.
+    """
     if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
-        raise LayoutError(errno.EINVAL, f"{name!r} is not the name of a shoal segment")
+        raise LayoutError(errno.EINVAL, f"{name!r} is not the name of a shoal {what}")
     try:
-        fd = _core.shm_open(name, os.O_RDWR | _SAFE_OPEN, 0o600)
+        return _core.shm_open(name, os.O_RDWR | _SAFE_OPEN, 0o600)
     except FileNotFoundError:
-        raise SegmentNotFoundError(
-            errno.ENOENT,
-            f"no shared-memory segment {name!r}: every process that held it closed it or died",
-        ) from None
+        raise SegmentNotFoundError(errno.ENOENT, missing) from None
     except OSError as exc:
         raise SharedMemoryError(exc.errno, f"cannot open segment {name!r}: {exc}") from exc
+
+
+def _open_mapping(name: str, populate: bool = False) -> mmap.mmap:
+    fd = _open_named(
+        name,
+        "segment",
+        f"no shared-memory segment {name!r}: every process that held it closed it or died",
+    )
     try:
         st = os.fstat(fd)
         if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
@@ -1174,17 +1186,11 @@ def _open_transit_fd(name: Any) -> tuple[int, int]:
         LayoutError: the name or the segment is not a transit segment this process
             may receive.
     """
-    if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
-        raise LayoutError(errno.EINVAL, f"{name!r} is not the name of a shoal message segment")
-    try:
-        fd = _core.shm_open(name, os.O_RDWR | _SAFE_OPEN, 0o600)
-    except FileNotFoundError:
-        raise SegmentNotFoundError(
-            errno.ENOENT,
-            f"no message segment {name!r}: it was already received, or its queue is gone",
-        ) from None
-    except OSError as exc:
-        raise SharedMemoryError(exc.errno, f"cannot open segment {name!r}: {exc}") from exc
+    fd = _open_named(
+        name,
+        "message segment",
+        f"no message segment {name!r}: it was already received, or its queue is gone",
+    )
     try:
         problem, size = _transit_problem(fd)
     except BaseException:
