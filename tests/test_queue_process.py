@@ -543,3 +543,35 @@ def test_queue_closed_by_the_parent_before_a_forked_child_runs_can_be_passed_on(
         [sys.executable, "-c", HELD_CHILD_PASSES_IT_ON], timeout=60, capture_output=True
     )
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+# An at-fork hook registered before shoal was imported runs after shoal's own "before"
+# hooks: an object it opens is in the child's list of live objects, but missed the
+# child references the parent took (what another thread unpickling a Pool result does
+# while a Pool's worker handler forks a replacement: seen as a count one short).
+OPENED_DURING_THE_FORK = """
+import os, pickle, sys
+late = []
+os.register_at_fork(before=lambda: late and late.append(pickle.loads(late[0])))
+import shoal
+from shoal import _core
+
+lock = shoal.Lock()
+late.append(pickle.dumps(lock))
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a normal exit: the child gives back every reference it holds
+_, status = os.waitpid(pid, 0)
+count = _core.load64(lock._segment.buffer, lock._header_offset) & 0xFFFFFFFF
+sys.exit(0 if count == 2 else 10 + count)  # the parent's two handles, nothing else
+"""
+
+
+def test_an_object_opened_while_a_fork_runs_its_hooks_keeps_its_count() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", OPENED_DURING_THE_FORK], timeout=60, capture_output=True
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr.decode()[-2000:])

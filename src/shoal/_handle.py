@@ -829,11 +829,18 @@ def _after_fork_in_child() -> None:
     # the means to ever close those references
     held = attached_names()
     _allocator = _Allocator(a for a in _allocator.arenas if a.segment.name in held)
+    forked = {id(obj) for obj in _forking}
     for obj in _forking:
         if not obj._open_here() and not obj._segment.closed:
             # closed by another thread of the parent after its child reference was
             # taken: this child never holds it
             _release_count_only(obj._segment, obj._header_offset)
+    for obj in list(_live):
+        if id(obj) not in forked and obj._open_here():
+            # opened by another thread of the parent after _before_fork took the child
+            # references (a later at-fork hook let it run: _memory's waits for a lock):
+            # the child takes its own, or its exit would give back one it never had
+            _core.fetch_add64(obj._segment.buffer, obj._header_offset, 1)
     # dropping the last strong reference to an object the parent let go of during the
     # fork runs its finalizer here, which releases the child's reference
     _forking.clear()
