@@ -107,6 +107,33 @@ def test_sigkilled_worker_fails_only_its_task_in_apply_async(ctx: Any) -> None:
     pids.close()
 
 
+@pytest.mark.parametrize("kind", ["pool", "executor"])
+def test_a_worker_death_is_reported_within_milliseconds(kind: str) -> None:
+    """The documented latency (docs/pools.md: a death is noticed through a pidfd at
+    once), as a median of 5 kills: from SIGKILL to the task's WorkerDiedError (#10: the
+    other tests allow seconds)."""
+    pids = Queue()
+    latencies = []
+    runner = Pool(1) if kind == "pool" else Executor(1)
+    with runner:
+        for _ in range(5):
+            if kind == "pool":
+                pending = runner.apply_async(report_pid_then_sleep, (pids, 60))
+                outcome = pending.get
+            else:
+                pending = runner.submit(report_pid_then_sleep, pids, 60)
+                outcome = pending.result
+            victim = pids.get(timeout=TIMEOUT)
+            killed_at = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            with pytest.raises(WorkerDiedError):
+                outcome(TIMEOUT)
+            latencies.append(time.monotonic() - killed_at)
+    pids.close()
+    latencies.sort()
+    assert latencies[2] < 0.25, f"median {latencies[2] * 1000:.0f} ms; all {latencies}"
+
+
 def live_workers(pool: Pool) -> set[int]:
     return {p.pid for p in pool._engine._workers if p is not None and p.is_alive()}
 
