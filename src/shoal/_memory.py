@@ -641,13 +641,16 @@ class Segment:
         docstring); the caller then gives back the reference in flight it replaces."""
         buf = self.buffer
         with self._table_locked():
-            free = None
-            for at, count, entry in self._keeper_entries():
+            entries = list(self._keeper_entries())
+            for at, count, entry in entries:
                 if count and entry == kid:
                     _core.store64(buf, at, count + 1)
                     return
-                if free is None and (not count or not _keeper_exists(entry)):
-                    free = at  # unused, or its container is gone: what it kept went too
+            # an unused entry, else one whose container is gone (what it kept went
+            # too): only a full table pays for looking the containers up
+            free = next((at for at, count, _ in entries if not count), None)
+            if free is None:
+                free = next((at for at, _, e in entries if not _keeper_exists(e)), None)
             if free is None:
                 overflow = _core.load64(buf, _KEEPER_OVERFLOW_OFFSET)
                 _core.store64(buf, _KEEPER_OVERFLOW_OFFSET, overflow + 1)
@@ -745,6 +748,12 @@ class Segment:
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
+def _is_own_file(st: os.stat_result) -> bool:
+    """Whether ``st`` is a regular file of this user: the only kind shoal maps or judges
+    (another user's file with a shoal name could be truncated under a mapping, or lie)."""
+    return st.st_uid == os.geteuid() and stat.S_ISREG(st.st_mode)
+
+
 def _open_named(name: Any, what: str, missing: str) -> int:
     """Open the segment ``name`` read-write, never through a link or a FIFO: its fd.
 
@@ -771,9 +780,7 @@ def _open_mapping(name: str, populate: bool = False) -> mmap.mmap:
     )
     try:
         st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
-            # shoal maps only its own user's segments: another user's file with a
-            # shoal name could be truncated under the mapping (SIGBUS) or lie
+        if not _is_own_file(st):
             raise LayoutError(
                 errno.EPERM, f"refusing {name!r}: it is not a shoal segment of this user"
             )
@@ -899,12 +906,11 @@ def _open_own(name: str) -> tuple[int, os.stat_result] | None:
     A file of another user (root can open it) is not even opened: ``lstat`` first,
     then ``fstat`` on what was opened in case it was swapped in between.
     """
-    uid = os.geteuid()
     try:
         st = os.lstat(_SHM_DIR + name)
     except OSError:
         st = None  # no listing (not Linux): judge what shm_open gives
-    if st is not None and (st.st_uid != uid or not stat.S_ISREG(st.st_mode)):
+    if st is not None and not _is_own_file(st):
         return None
     try:
         fd = _core.shm_open(name, os.O_RDWR | _SAFE_OPEN, 0o600)
@@ -915,7 +921,7 @@ def _open_own(name: str) -> tuple[int, os.stat_result] | None:
     except OSError:
         os.close(fd)
         return None
-    if st.st_uid != uid or not stat.S_ISREG(st.st_mode):
+    if not _is_own_file(st):
         os.close(fd)
         return None
     return fd, st
@@ -1210,7 +1216,7 @@ _TRANSIT_HEAD_SIZE = _PARENT_OBJECT_OFFSET + _PARENT_OBJECT.size
 def _transit_problem(fd: int) -> tuple[str | None, int]:
     """What is wrong with the transit segment open as ``fd`` (None: nothing), its size."""
     st = os.fstat(fd)
-    if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
+    if not _is_own_file(st):
         return "it is not a file of this user", 0
     head = _pread_exact(fd, _TRANSIT_HEAD_SIZE, 0) if st.st_size >= HEADER_SIZE else None
     if head is None:
@@ -1295,7 +1301,7 @@ def _parent_gone(name: str, offset: int, serial: int) -> bool:
         return False
     try:
         st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
+        if not _is_own_file(st):
             return False
         prefix = _read_prefix(fd) if st.st_size >= HEADER_SIZE else None
         if prefix is None or _core.load64(prefix, 0) != MAGIC:

@@ -126,6 +126,8 @@ class Queue(_core.Ring, SharedObject):
 
     def _bind_payload(self) -> None:
         self._bind(self._mapping, self._payload_offset, self._PAYLOAD_SIZE)
+        # the name its records' references are kept under (shoal._memory)
+        self._keeper_id = keeper_id(self._segment.name)
 
     def _handle_state(self) -> Any:
         return (self._ring_bytes, self._maxsize)
@@ -172,13 +174,6 @@ class Queue(_core.Ring, SharedObject):
         if record is None:
             record = pack(data, buffers, self._handle)
         return kept_record(record, keeper) if kept else record
-
-    @property
-    def _keeper_id(self) -> bytes:
-        kid = self.__dict__.get("_keeper_id_cache")
-        if kid is None:
-            kid = self.__dict__["_keeper_id_cache"] = keeper_id(self._segment.name)
-        return kid
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``obj`` on the queue, waiting up to ``timeout`` seconds for room.
