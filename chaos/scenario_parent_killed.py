@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 import shoal
+from shoal import _memory
 
 from ._common import shoal_segments, sigkill
 
@@ -102,7 +103,7 @@ def run(seconds: float) -> dict[str, Any]:
         )
         if done.returncode != 0:
             crashes += 1
-        left = set(shoal_segments()) - baseline
+        left = set(shoal_segments()) - baseline - {n[1:] for n in _memory.attached_names()}
         leftovers = max(leftovers, len(left))
         near.send("check")
         neighbour_lost += near.recv()

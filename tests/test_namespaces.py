@@ -96,6 +96,8 @@ seen = in_other_namespace('''
     assert lock.owner_died and caught
     lock.release()
     print("recovered")
+    from shoal import _memory
+    _memory.reap()  # (the killed child's ledger: reclaimed by the next sweep)
 ''')
 print(seen.strip())
 assert segments() == [], segments()

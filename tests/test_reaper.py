@@ -223,8 +223,9 @@ from shoal.lowlevel import attached_names
 FORK = mp.get_context("fork")
 BIG = b"x" * 300_000  # travels in a transit segment
 
-def shoal_files():
-    return {"/" + n for n in os.listdir("/dev/shm") if n.startswith("shoal-")}
+def shoal_files():  # (not the processes' ledgers: what they hold is counted elsewhere)
+    return {"/" + n for n in os.listdir("/dev/shm") if n.startswith("shoal-")
+            and _memory._read_kind("/dev/shm/" + n) != _memory.KIND_LEDGER}
 
 def wait_for_new(before, timeout=10.0):
     deadline = time.monotonic() + timeout

@@ -63,6 +63,7 @@ from ._handle import (
     OBJECT_HEADER_SIZE,
     SharedObject,
     _close_segment,
+    give_back_reference,
     releasing_stored,
     sent_references,
 )
@@ -218,7 +219,7 @@ def _last_user(segment: Any, header_offset: int, local_handles: int) -> bool:
     above 0 the root segment's holder table decides: no other live process holds it.
     """
     buf = segment.buffer
-    remaining = _core.fetch_add64(buf, header_offset, -1) - 1
+    remaining = give_back_reference(segment, header_offset)
     if remaining >> 32:
         # handles pickled and not yet unpickled (the high half of the count, in
         # shoal._handle's "references in flight"): their receivers need the table

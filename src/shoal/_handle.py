@@ -26,9 +26,28 @@ Every allocation starts with a 16-byte object header::
 A handle is ``(segment name, header offset, serial)``.  Unpickling one attaches the
 segment, checks the serial (a handle to a freed block is refused, never aliased to
 its new tenant) and takes a reference; closing or collecting the object drops it,
-and the last one frees the blocks.  A process that dies holding handles never
-drops them: its blocks stay allocated until the arena itself goes, which happens
-when every process holding the arena has closed it or died.
+and the last one frees the blocks.
+
+The ledger (#10).  A process that dies holding handles (SIGKILL, ``os._exit``) never
+drops them, and before the ledger its blocks stayed allocated until the arena itself
+went -- for as long as any process held the arena, and a queue such a process held
+kept its records (and their transit segments) as long.  So each process records
+the references it holds, per object, in segments of its own (``KIND_LEDGER``, made
+with its first object: pages of 128, 256, ... entries)::
+
+    entry (48 bytes)  u64 count, u64 object header offset, u32 serial,
+                      20 bytes: the object's segment id, 8 bytes zero
+
+Taking a reference counts it in the object first and in the ledger after; giving
+one back, the ledger first: a process killed in between leaks that one reference,
+and never has one given back twice.  A forked child does not hold its parent's
+ledger (``_memory`` drops it in the child); it starts its own with one reference
+per object it inherited open.  Once the process died, the sweep that reaps its
+ledger (``_memory.set_ledger_reclaimer``) takes each count off its object, checked
+against the serial and never below what is left; an object left with no
+reference at all is let go of by its class (``SharedObject._unreferenced``: a queue
+discards its records) and its blocks are freed.  What a process killed mid-way
+through its own sweep of a ledger had not given back yet stays, as before.
 
 References in flight (#4).  A pickled handle must keep its object alive until it is
 unpickled, even if the sender drops the object (``q.put(lock); del lock``) or exits
@@ -93,6 +112,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import threading
 import weakref
 import zlib
@@ -105,11 +125,15 @@ from ._memory import (
     HEADER_SIZE,
     KIND_ARENA,
     KIND_DATA,
+    KIND_LEDGER,
+    NAME_PREFIX,
     ExitHook,
     Segment,
     attached_names,
     call_outside_sections,
+    keeper_id,
     report_unraisable,
+    set_ledger_reclaimer,
     shared_section,
 )
 
@@ -118,6 +142,8 @@ __all__ = [
     "BLOCK_SIZE",
     "SentReferences",
     "SharedObject",
+    "give_back_reference",
+    "object_size",
     "receiving_kept",
     "releasing_stored",
     "sent_references",
@@ -315,8 +341,16 @@ def _release(segment: Segment, offset: int) -> None:
 
 def _release_now(segment: Segment, offset: int) -> None:
     if not segment.closed:
-        _release_count_only(segment, offset)
+        give_back_reference(segment, offset)
     _close_segment(segment)
+
+
+def give_back_reference(segment: Segment, offset: int) -> int:
+    """Drop one reference this process holds (the ledger first: a process killed in
+    between leaks the reference, never has it given back twice); what remains of the
+    count word.  The arena block is freed when nothing does."""
+    _ledger.note(segment, offset, 0, -1)
+    return _release_count_only(segment, offset)
 
 
 def _finalize_now(finalizer: weakref.finalize) -> None:
@@ -378,6 +412,13 @@ class SharedObject:
         family = any(base.__dict__.get("_TYPE_FAMILY") for base in cls.__mro__[1:])
         if cls.__module__.split(".")[0] == "shoal" and not family:
             cls._TYPE_TAG = _type_tag(cls)
+            _tag_classes[cls._TYPE_TAG] = cls
+
+    @classmethod
+    def _unreferenced(cls, segment: Segment, offset: int) -> None:
+        """The references of a process that died were the object's last (its count
+        is 0 now, so no handle can be taken any more): let go of what it holds before
+        its memory is freed.  Called by the sweep that reclaimed them (the ledger)."""
 
     def _create(self) -> None:
         self._adopt(*_allocator.allocate(OBJECT_HEADER_SIZE + self._PAYLOAD_SIZE, self._TYPE_TAG))
@@ -389,7 +430,9 @@ class SharedObject:
         self._restore_state(state)  # may set the payload size the check below needs
         segment = Segment.attach(name)
         try:
-            if not _valid_offset(segment, offset, OBJECT_HEADER_SIZE + self._PAYLOAD_SIZE):
+            if segment.kind not in (KIND_ARENA, KIND_DATA) or not _valid_offset(
+                segment, offset, OBJECT_HEADER_SIZE + self._PAYLOAD_SIZE
+            ):
                 raise ValueError(
                     f"handle offset {offset} does not name an object in segment {name}"
                 )
@@ -420,6 +463,7 @@ class SharedObject:
 
     def _adopt(self, segment: Segment, offset: int, serial: int) -> None:
         """Make this object the holder of one reference to the block, then bind it."""
+        _ledger.note(segment, offset, serial, 1)
         self._segment, self._header_offset, self._serial = segment, offset, serial
         self._track()
         try:
@@ -588,6 +632,8 @@ def _serial_at(buf: Any, offset: int) -> int:
 
 
 _type_tags: dict[int, str] = {}
+# the class of each tag, for what a reclaim must do with an object nobody holds
+_tag_classes: dict[int, type[SharedObject]] = {}
 
 
 def _type_tag(cls: type) -> int:
@@ -601,6 +647,15 @@ def _type_tag(cls: type) -> int:
     return tag
 
 
+def object_size(segment: Segment, offset: int) -> int:
+    """The bytes after the header of the object at ``offset``: its blocks' in an arena,
+    the rest of the segment in one of its own."""
+    nblocks = int.from_bytes(segment.buffer[offset + 12 : offset + 14], "little")
+    if segment.kind == KIND_ARENA:
+        return nblocks * BLOCK_SIZE - OBJECT_HEADER_SIZE
+    return segment.size - offset - OBJECT_HEADER_SIZE
+
+
 def _tag_at(buf: Any, offset: int) -> int:
     return int.from_bytes(buf[offset + 14 : offset + 16], "little")
 
@@ -610,10 +665,11 @@ def _object_words(serial: int, nblocks: int, tag: int) -> bytes:
     return serial.to_bytes(4, "little") + nblocks.to_bytes(2, "little") + tag.to_bytes(2, "little")
 
 
-def _release_count_only(segment: Segment, offset: int) -> None:
+def _release_count_only(segment: Segment, offset: int) -> int:
     remaining = _core.fetch_add64(segment.buffer, offset, -1) - 1
     if remaining == 0 and segment.kind == KIND_ARENA:
         _Arena.of(segment).free(offset)
+    return remaining
 
 
 def _cancel_flight(segment: Segment, offset: int) -> None:
@@ -798,6 +854,129 @@ def _settle_adoption(segment: Segment) -> None:
         segment._end_flight()
 
 
+# ---- the ledger: the references this process holds, for after it died (#10) ---------
+
+# An entry: u64 count (written last, zeroed first), u64 object header offset, u32
+# serial, the object's segment id (its keeper id), 8 bytes zero.
+_LEDGER_ENTRY = struct.Struct("<QQI20s8x")
+_LEDGER_FIRST_ENTRIES = 128
+
+
+class _Ledger:
+    """This process's references, per object, mirrored in segments of its own.
+
+    The counts live here (``slots``) and in shared memory; the lock orders the
+    threads, and ``shared_section`` keeps a finalizer run by garbage collection from
+    entering half-way (it is deferred to the end).  A ledger that cannot be made
+    (``/dev/shm`` full) records nothing: those references are then reclaimed as before
+    the ledger existed, with their arena.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.pages: list[Segment] = []
+        self.slots: dict[tuple[str, int], tuple[Segment, int, int]] = {}
+        self.free: list[tuple[Segment, int]] = []
+        self.growing = False  # making a page (so leak checks can tell them apart)
+
+    def note(self, segment: Segment, offset: int, serial: int, delta: int) -> None:
+        """This process took (``delta`` 1) or gives back (-1) a reference."""
+        key = (segment.name, offset)
+        with shared_section(), self.lock:
+            if self.pages and self.pages[0].closed:
+                return  # at exit, after the segments went: nothing is recorded any more
+            slot = self.slots.get(key)
+            if slot is None:
+                if delta < 0:
+                    return  # taken while no ledger could be made: never recorded
+                entry = self._free_entry()
+                if entry is None:
+                    return
+                page, at = entry
+                _LEDGER_ENTRY.pack_into(page.buffer, at, 0, offset, serial, keeper_id(key[0]))
+                count = 0
+            else:
+                page, at, count = slot
+            count += delta
+            _core.store64(page.buffer, at, count)
+            if count:
+                self.slots[key] = (page, at, count)
+            else:
+                del self.slots[key]
+                self.free.append((page, at))
+
+    def _free_entry(self) -> tuple[Segment, int] | None:
+        if not self.free:
+            # each page twice the last: a process with one object pays for 128
+            # entries, one with a million for a dozen pages
+            entries = _LEDGER_FIRST_ENTRIES << min(len(self.pages), 16)
+            self.growing = True
+            try:
+                page = Segment.create(entries * _LEDGER_ENTRY.size, KIND_LEDGER)
+            except OSError:  # SharedMemoryError included: no room, try again next time
+                return None
+            finally:
+                self.growing = False
+            self.pages.append(page)
+            size = _LEDGER_ENTRY.size
+            self.free.extend((page, HEADER_SIZE + i * size) for i in reversed(range(entries)))
+        return self.free.pop()
+
+
+_ledger = _Ledger()
+
+
+def _reclaim_ledger(name: str, contents: bytes) -> None:
+    """Give back the references a dead process's ledger records (the sweep calls this
+    once per ledger, see ``_memory.set_ledger_reclaimer``)."""
+    by_segment: dict[bytes, list[tuple[int, int, int]]] = {}
+    size = _LEDGER_ENTRY.size
+    for at in range(HEADER_SIZE, len(contents) - size + 1, size):
+        count, offset, serial, kid = _LEDGER_ENTRY.unpack_from(contents, at)
+        if count and count <= _REFS and not kid.strip(b"0123456789abcdef"):
+            by_segment.setdefault(kid, []).append((offset, serial, count))
+    for kid, entries in by_segment.items():
+        try:
+            segment = Segment.attach("/" + NAME_PREFIX + kid.decode("ascii"))
+        except (OSError, LayoutError):  # gone already (with its objects), or not ours
+            continue
+        try:
+            with shared_section():  # an arena's free() below must not meet a finalizer
+                for offset, serial, count in entries:
+                    _give_back_dead(segment, offset, serial, count)
+        finally:
+            _close_segment(segment)
+
+
+def _give_back_dead(segment: Segment, offset: int, serial: int, count: int) -> None:
+    """Take ``count`` references of a dead process off the object at ``offset``."""
+    if segment.kind not in (KIND_ARENA, KIND_DATA) or not _valid_offset(
+        segment, offset, OBJECT_HEADER_SIZE
+    ):
+        return
+    buf = segment.buffer
+    word = _core.load64(buf, offset)
+    while True:
+        if _serial_at(buf, offset) != serial or word & _REFS < count:
+            return  # freed and reused, or corrupt: never take what is not the dead's
+        swapped, word = _core.cas64(buf, offset, word, word - count)
+        if swapped:
+            break
+    if word - count:
+        return
+    cls = _tag_classes.get(_tag_at(buf, offset))
+    if cls is not None:
+        try:
+            cls._unreferenced(segment, offset)
+        except Exception as exc:  # the memory must be freed all the same
+            report_unraisable(exc)
+    if segment.kind == KIND_ARENA:
+        _Arena.of(segment).free(offset)
+
+
+set_ledger_reclaimer(_reclaim_ledger)
+
+
 # the objects whose child references _before_fork took, held until the fork is over
 # (one dropped meanwhile by another thread must not release its reference before the
 # fork: the child would inherit it gone, with the reference it took for the child)
@@ -822,7 +1001,7 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _allocator
+    global _allocator, _ledger
     # the parent's arenas stay usable: the child holds their segments (each arena's
     # local reference came with the fork, and _memory re-registered the child in
     # them, which has run already); before #2 the child dropped the list and with it
@@ -841,6 +1020,12 @@ def _after_fork_in_child() -> None:
             # references (a later at-fork hook let it run: _memory's waits for a lock):
             # the child takes its own, or its exit would give back one it never had
             _core.fetch_add64(obj._segment.buffer, obj._header_offset, 1)
+    # the child's own ledger (the parent's stays the parent's, see _memory): what it
+    # holds from the fork on is one reference per open object
+    _ledger = _Ledger()
+    for obj in list(_live):
+        if obj._open_here():
+            _ledger.note(obj._segment, obj._header_offset, obj._serial, 1)
     # dropping the last strong reference to an object the parent let go of during the
     # fork runs its finalizer here, which releases the child's reference
     _forking.clear()

@@ -22,6 +22,12 @@ Every segment starts with a one-page header::
                   entry per container: u64 count, 20 ASCII bytes naming the container's
                   segment (the hex digits after "/shoal-"), 4 bytes zero
 
+A ledger (KIND_LEDGER) is one process's record of the object references it holds
+(``shoal._handle``); that process is its only holder, a forked child does not inherit
+it, and the sweep that reaps it once its process died hands its bytes to the
+reclaimer ``shoal._handle`` set (:func:`set_ledger_reclaimer`), which gives the
+references back.
+
 A transit segment (KIND_TRANSIT) has no holder table; in its place it names its
 parent::
 
@@ -122,6 +128,7 @@ __all__ = [
     "KEEPER_ID_SIZE",
     "KIND_ARENA",
     "KIND_DATA",
+    "KIND_LEDGER",
     "KIND_TRANSIT",
     "ExitHook",
     "Segment",
@@ -131,6 +138,7 @@ __all__ = [
     "open_transit",
     "reap",
     "report_unraisable",
+    "set_ledger_reclaimer",
     "shared_section",
     "write_transit",
 ]
@@ -142,6 +150,9 @@ KIND_DATA = 1
 KIND_ARENA = 2
 # a one-reader message: holds no holder table but its parent queue's name (_serialize)
 KIND_TRANSIT = 3
+# one process's record of the object references it holds (shoal._handle's ledger):
+# its only holder is that process, and a sweep that reaps it gives them back
+KIND_LEDGER = 4
 FLAG_UNLINKED = 1
 
 _HEADER = struct.Struct("<QIIQIIQQII")  # magic .. overflow, see the table above
@@ -829,6 +840,12 @@ def _after_fork_in_child() -> None:
     for name, segment in parent.attached.items():
         if segment._mmap is None:
             continue
+        if segment.kind == KIND_LEDGER:
+            # the parent's own record of what it holds: the child keeps its own
+            # (shoal._handle), and holding the parent's would keep it from being
+            # reaped, and its references from being given back, once the parent died
+            segment._release_mapping()
+            continue
         try:
             added = segment._add_holder(token)
         except Exception as exc:  # one stuck table must not cost the child the others
@@ -856,9 +873,21 @@ if hasattr(os, "register_at_fork"):
 
 
 def attached_names() -> set[str]:
-    """Names of the segments this process holds now (for leak checks)."""
+    """Names of the segments this process holds now (for leak checks), its ledger's
+    pages included."""
     with _state.lock:
         return set(_state.attached)
+
+
+def _read_kind(path: str) -> int | None:
+    """The kind in the header of the file at ``path`` (a test's or a report's look at
+    ``/dev/shm``), None if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(32)
+    except OSError:
+        return None
+    return int.from_bytes(header[24:28], "little") if len(header) == 32 else None
 
 
 def reap() -> list[str]:
@@ -986,7 +1015,41 @@ def _judge(name: str, fd: int, st: os.stat_result) -> bool:
             return False
         _unlink_quietly(name)
         return True
-    return _reap_if_unheld(name, fd, prefix)
+    if not _reap_if_unheld(name, fd, prefix):
+        return False
+    if kind == KIND_LEDGER:
+        _reclaim_ledger(name, fd, st.st_size)
+    return True
+
+
+# set by shoal._handle, which owns the ledger's entries (set_ledger_reclaimer)
+_ledger_reclaimer: Callable[[str, bytes], None] | None = None
+
+
+def set_ledger_reclaimer(reclaim: Callable[[str, bytes], None]) -> None:
+    """Have the sweep call ``reclaim(name, contents)`` with the bytes of every ledger
+    it reaps (its process died): the references it records are given back there.
+    ``shoal._handle`` sets it; the segment layer does not read entries."""
+    global _ledger_reclaimer
+    _ledger_reclaimer = reclaim
+
+
+def _reclaim_ledger(name: str, fd: int, size: int) -> None:
+    """Give back what the reaped ledger ``name`` (open as ``fd``) records.
+
+    Its name is gone and its unlinked flag set, both under its table's mutex, so only
+    this sweep reaches it.  Read with ``pread`` (a file that shrank is no SIGBUS); a
+    sweep killed part way leaves the rest unreclaimed, never gives one back twice.
+    """
+    if _ledger_reclaimer is None:
+        return
+    contents = _pread_exact(fd, size, 0)
+    if contents is None:
+        return
+    try:
+        _ledger_reclaimer(name, contents)
+    except Exception as exc:  # a corrupt ledger must not stop the sweep
+        report_unraisable(exc)
 
 
 def _kept(buf: Any, name: str | None = None) -> int:

@@ -75,7 +75,7 @@ from ._errors import (
     WorkerDiedError,
 )
 from ._handle import sent_references
-from ._memory import report_unraisable
+from ._memory import reap, report_unraisable
 from ._process import process_cpu_count
 from ._queues import Queue
 from ._serialize import TRANSIT_MARK, discard, dumps, loads, pack
@@ -1019,6 +1019,13 @@ class _Engine:
                 self._start_worker(slot)
             except Exception as exc:  # out of processes or memory: keep the others going
                 _call_back(_raise, exc)
+        if process.exitcode != 0:
+            # killed, or gone without its exit hooks: the references it held are given
+            # back from its ledger now (shoal._handle), not at some later sweep
+            try:
+                reap()
+            except Exception as exc:
+                report_unraisable(exc)
 
     def _enforce_timeouts(self) -> None:
         now = time.monotonic_ns()

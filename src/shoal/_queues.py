@@ -33,7 +33,7 @@ from typing import Any
 
 from . import _core
 from ._errors import LayoutError, ShutDown
-from ._handle import SharedObject
+from ._handle import OBJECT_HEADER_SIZE, SharedObject, object_size
 from ._memory import Segment, keeper_id, report_unraisable
 from ._serialize import (
     KEPT_PREFIX_SIZE,
@@ -141,6 +141,15 @@ class Queue(_core.Ring, SharedObject):
         if not self._check():
             self.close()
             raise ValueError("the shared memory this handle names does not hold a shoal queue")
+
+    @classmethod
+    def _unreferenced(cls, segment: Segment, offset: int) -> None:
+        # a process that died held its last references: what is still queued goes, as
+        # when a last handle is closed (the ring's geometry is checked in its header;
+        # the object's blocks bound the mapping it may claim)
+        mapping = segment._mmap
+        if mapping is not None:
+            _discard_queued(mapping, offset + OBJECT_HEADER_SIZE, object_size(segment, offset))
 
     def _track(self) -> None:
         super()._track()
@@ -394,17 +403,22 @@ def _release_queue(
     try:
         mapping = segment._mmap
         if mapping is not None and _core.load64(mapping, header_offset) == 1:
-            ring = _core.Ring()
-            ring._bind(mapping, payload_offset, payload_size)
-            try:
-                if ring._check():
-                    _discard_records(ring)
-            finally:
-                ring._unbind()
+            _discard_queued(mapping, payload_offset, payload_size)
     except Exception as exc:  # the release below must happen whatever went wrong
         report_unraisable(exc)
     finally:
         release(*args)
+
+
+def _discard_queued(mapping: Any, payload_offset: int, payload_size: int) -> None:
+    """Empty the ring at ``payload_offset`` (a queue nobody will use any more)."""
+    ring = _core.Ring()
+    ring._bind(mapping, payload_offset, payload_size)
+    try:
+        if ring._check():
+            _discard_records(ring)
+    finally:
+        ring._unbind()
 
 
 class SimpleQueue(Queue):
