@@ -35,7 +35,9 @@ def run_against(planter, body):
         planter.wait(20)
 
 def shoal_files():
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith("shoal-"))
+    # segments, and files named like them (liveness files, shoal-live-*, are not)
+    return sorted(n for n in os.listdir("/dev/shm")
+                  if n.startswith("shoal-") and not n.startswith("shoal-live-"))
 """
 
 
@@ -224,7 +226,8 @@ FORK = mp.get_context("fork")
 BIG = b"x" * 300_000  # travels in a transit segment
 
 def shoal_files():
-    return {"/" + n for n in os.listdir("/dev/shm") if n.startswith("shoal-")}
+    return {"/" + n for n in os.listdir("/dev/shm")
+            if n.startswith("shoal-") and not n.startswith("shoal-live-")}
 
 def wait_for_new(before, timeout=10.0):
     deadline = time.monotonic() + timeout
@@ -317,7 +320,8 @@ import shoal
 from shoal.lowlevel import Segment
 
 def shoal_files():
-    return {n for n in os.listdir("/dev/shm") if n.startswith("shoal-")}
+    return {n for n in os.listdir("/dev/shm")
+            if n.startswith("shoal-") and not n.startswith("shoal-live-")}
 
 q = shoal.Queue()
 d = shoal.SharedDict()
