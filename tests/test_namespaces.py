@@ -6,7 +6,9 @@ not their pids: a pid in a token written in one namespace names another process,
 none, in the other.  Before #10 a process there saw every owner and holder as dead: a
 waiter took a lock its live owner held, and its reaper removed a live process's
 segments.  Now a token carries its PID namespace, and a process never judges a token
-of another namespace by a pid it cannot see: it counts as alive.
+of another namespace by a pid it cannot see: it judges it by the owner's liveness file
+(a file lock the kernel releases when the owner dies), and counts it alive when there
+is none, so a live owner's lock is never taken and a dead one's still is.
 
 Each test runs in a private ``/dev/shm`` (tests/isolation.py), with the second
 namespace made by ``unshare --pid --fork --mount-proc``.
