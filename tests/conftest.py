@@ -158,13 +158,18 @@ def no_leaks(request: pytest.FixtureRequest):
 
     wait_until(lambda: not leaked(), timeout=5.0)
     assert not leaked(), f"test leaked shared-memory segments: {sorted(leaked())}"
+
     # A live process's liveness file (this one's among them) is no leak; a dead one's is
     # until a sweep removes it, which the next shoal process does: so does this check
     # (children the test killed leave theirs).  One the sweep leaves behind is a leak.
-    _memory.reap_liveness()
-    assert not dead_liveness_files(), (
-        f"dead processes' liveness files survived a sweep: {sorted(dead_liveness_files())}"
-    )
+    # (Swept again while waiting: on a shared machine another run's process may die
+    # between a sweep and the look.)
+    def dead_left() -> set[str]:
+        _memory.reap_liveness()
+        return dead_liveness_files()
+
+    wait_until(lambda: not dead_left(), timeout=2.0, interval=0.1)
+    assert not dead_left(), f"dead processes' liveness files survived a sweep: {dead_left()}"
 
     def threads_left() -> list[threading.Thread]:
         # (tqdm's monitor thread starts with the first progress bar and stays)
