@@ -31,19 +31,26 @@ test: test-native $(STAMP)
 	$(MAKE) --no-print-directory check-shm
 
 # Nothing of shoal's may outlive the processes that used it, once the next shoal
-# process swept (a SIGKILLed process's ledger waits for that sweep to be reclaimed).
-# (Processes that are still exiting get a few seconds; the creator of each leftover is
-# named, from the token at offset 32 of its header.)
+# process swept: a SIGKILLed process leaves its ledger and its liveness file for that
+# sweep (`doctor --reap` here, as the next shoal process would).  (Processes that are
+# still exiting get a few seconds; the creator of each leftover is named, from the
+# token at offset 32 of its header, or in a liveness file's name.)
 check-shm:
-	@$(BIN)/python -m shoal doctor --reap >/dev/null  # the next shoal process: it sweeps
 	@for i in 1 2 3 4 5 6 7 8 9 10; do \
+	  if ls /dev/shm 2>/dev/null | grep -q '^shoal-'; then \
+	    $(BIN)/python -m shoal doctor --reap >/dev/null || true; \
+	  fi; \
 	  left=$$(ls /dev/shm 2>/dev/null | grep '^shoal-' || true); \
 	  [ -z "$$left" ] && break; sleep 0.5; \
 	done; \
 	if [ -n "$$left" ]; then \
 	  echo "leaked shared memory in /dev/shm:"; \
 	  for n in $$left; do \
-	    pid=$$(od -An -t u8 -j 32 -N 8 /dev/shm/$$n 2>/dev/null | awk '{print int($$1 / 4294967296) % 4194304}'); \
+	    case $$n in \
+	      shoal-live-*) hex=$$(echo $${n#shoal-live-} | cut -c1-8); \
+	        pid=$$(( 0x$$hex % 4194304 ));; \
+	      *) pid=$$(od -An -t u8 -j 32 -N 8 /dev/shm/$$n 2>/dev/null | awk '{print int($$1 / 4294967296) % 4194304}');; \
+	    esac; \
 	    echo "  $$n (created by pid $$pid$$( [ -n "$$pid" ] && [ -d /proc/$$pid ] && echo ', still running' ))"; \
 	  done; exit 1; \
 	fi; \

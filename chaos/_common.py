@@ -11,8 +11,12 @@ from typing import Any
 
 
 def shoal_segments() -> list[str]:
-    """The shoal segments in this (private) ``/dev/shm``."""
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith("shoal-"))
+    """The shoal segments in this (private) ``/dev/shm``, and the liveness files of
+    dead processes (a live process's, ``shoal-live-*``, is no leftover)."""
+    from shoal import _memory
+
+    live = {n for n, state in _memory.liveness_files().items() if state in ("own", "live")}
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith("shoal-") and n not in live)
 
 
 def sigkill(process: Any) -> None:

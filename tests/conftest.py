@@ -31,10 +31,20 @@ def ctx(request: pytest.FixtureRequest) -> mp.context.BaseContext:
 
 
 def shoal_segments() -> set[str]:
+    """shoal's segments in /dev/shm (liveness files, ``shoal-live-*``, are not)."""
     try:
-        return {"/" + n for n in os.listdir("/dev/shm") if n.startswith("shoal-")}
+        return {
+            "/" + n
+            for n in os.listdir("/dev/shm")
+            if n.startswith("shoal-") and not n.startswith(_memory.LIVENESS_PREFIX)
+        }
     except FileNotFoundError:
         return set()
+
+
+def dead_liveness_files() -> set[str]:
+    """Liveness files of processes that died, left for a sweep to remove."""
+    return {name for name, state in _memory.liveness_files().items() if state == "dead"}
 
 
 def _creator_pid(name: str) -> int | None:
@@ -166,6 +176,18 @@ def no_leaks(request: pytest.FixtureRequest):
     wait_until(lambda: not leaked(), timeout=5.0)
     assert not leaked(), f"test leaked shared-memory segments: {sorted(leaked())}"
 
+    # A live process's liveness file (this one's among them) is no leak; a dead one's is
+    # until a sweep removes it, which the next shoal process does: so does this check
+    # (children the test killed leave theirs).  One the sweep leaves behind is a leak.
+    # (Swept again while waiting: on a shared machine another run's process may die
+    # between a sweep and the look.)
+    def dead_left() -> set[str]:
+        _memory.reap_liveness()
+        return dead_liveness_files()
+
+    wait_until(lambda: not dead_left(), timeout=2.0, interval=0.1)
+    assert not dead_left(), f"dead processes' liveness files survived a sweep: {dead_left()}"
+
     def threads_left() -> list[threading.Thread]:
         # (tqdm's monitor thread starts with the first progress bar and stays)
         return [
@@ -188,6 +210,8 @@ def no_leaks(request: pytest.FixtureRequest):
             # segments this process still holds stay, as does the standard library's
             # heap (multiprocessing.heap, /dev/shm/pym-*)
             held = {"/dev/shm" + name for name in lowlevel.attached_names()}
+            # and this process's liveness file, held open (and locked) for its life
+            held.add("/dev/shm/" + _core.liveness_name(_core.self_token()))
             return {
                 fd: target
                 for fd, target in _open_fds().items()

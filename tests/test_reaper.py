@@ -35,7 +35,9 @@ def run_against(planter, body):
         planter.wait(20)
 
 def shoal_files():
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith("shoal-"))
+    # segments, and files named like them (liveness files, shoal-live-*, are not)
+    return sorted(n for n in os.listdir("/dev/shm")
+                  if n.startswith("shoal-") and not n.startswith("shoal-live-"))
 """
 
 
@@ -223,8 +225,9 @@ from shoal.lowlevel import attached_names
 FORK = mp.get_context("fork")
 BIG = b"x" * 300_000  # travels in a transit segment
 
-def shoal_files():  # (not the processes' ledgers: what they hold is counted elsewhere)
-    return {"/" + n for n in os.listdir("/dev/shm") if n.startswith("shoal-")
+def shoal_files():  # segments (not liveness files, nor the processes' ledgers)
+    return {"/" + n for n in os.listdir("/dev/shm")
+            if n.startswith("shoal-") and not n.startswith("shoal-live-")
             and _memory._read_kind("/dev/shm/" + n) != _memory.KIND_LEDGER}
 
 def wait_for_new(before, timeout=10.0):
@@ -318,7 +321,8 @@ import shoal
 from shoal.lowlevel import Segment
 
 def shoal_files():
-    return {n for n in os.listdir("/dev/shm") if n.startswith("shoal-")}
+    return {n for n in os.listdir("/dev/shm")
+            if n.startswith("shoal-") and not n.startswith("shoal-live-")}
 
 q = shoal.Queue()
 d = shoal.SharedDict()

@@ -13,16 +13,38 @@
  *     bits 54-61  PID namespace tag, high 8 bits
  *     bits 32-53  pid, as the process's own PID namespace numbers it (pid_max <= 2^22)
  *     bits 24-31  PID namespace tag, low 8 bits
- *     bits  0-23  start-time tag: the low 24 bits of the process start time (Linux
+ *     bit  23     SHOAL_TOKEN_LIVENESS: the process published a liveness file (below)
+ *     bits  0-22  start-time tag: the low 23 bits of the process start time (Linux
  *                 /proc/<pid>/stat field 22), so a recycled pid does not pass for the
  *                 dead process that once had it
  *
  * The namespace tag is 0 in the machine's initial PID namespace and a 16-bit digest of
  * the namespace's inode elsewhere (a container), so that a process in another PID
  * namespace -- one that shares /dev/shm (docker --ipc=host) but whose pids mean other
- * processes here -- is never judged by a pid it does not have: shoal_token_alive()
- * calls such a token alive, since it cannot tell (#10).  A token is never 0, which
- * therefore means "nobody".
+ * processes here -- is never judged by a pid it does not have.  A token is never 0,
+ * which therefore means "nobody".
+ *
+ * Liveness files (#10).  What the kernel does tell across PID namespaces is whether a
+ * lock on a file is still held: it is released when its holder dies.  So before its
+ * token is first computed, a process makes /dev/shm/shoal-live-<the token, 16 hex
+ * digits> (mode 0600, empty) and holds an open file description lock (F_OFD_SETLK,
+ * write, whole file) on it for life; the file is locked under a temporary name
+ * (<name>.tmp, O_EXCL) and then renamed into place, so its final name is never seen
+ * unlocked while its process lives.  Only then is SHOAL_TOKEN_LIVENESS set in the
+ * token.  shoal_token_alive() judges a token of another namespace by that file:
+ * without the bit, alive (it cannot tell); with it, alive while the lock is held, dead
+ * once it is free or the file is gone (the file is removed only by its process on
+ * its way out, shoal_liveness_remove(), or by a reaper once its lock is free); any
+ * other answer (not this user's regular file, an error) is alive.  Tokens of its own
+ * namespace are judged by pid and start time as before.  Where the file cannot be
+ * made (no /dev/shm, ENOSPC, EACCES, not Linux) the bit is clear and such a process
+ * is judged from other namespaces as before #10: alive.
+ * An open file description lock, not a POSIX record lock: a POSIX lock is dropped
+ * when its process closes *any* descriptor of the file, so anything in the process
+ * that opened and closed its own liveness file would make it look dead; this lock
+ * goes only with the description.  A forked child closes its inherited descriptor
+ * (pthread_atfork) and makes its own file, so it neither keeps its parent looking
+ * alive nor releases the parent's lock.
  *
  * Layout of each struct below is part of shoal's shared-memory format: changing a
  * field means bumping SHOAL_LAYOUT_VERSION.
@@ -30,6 +52,7 @@
 #ifndef SHOAL_CORE_H
 #define SHOAL_CORE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* 2: shoal_cond counts waiters per generation (see below); was one pool of tickets.
@@ -43,8 +66,14 @@
  *    with a shoal_waitlist, and a Lock's payload has one after its shoal_mutex: the
  *    tokens of blocked waiters, so a waiter killed while blocked is found and no longer
  *    counted (an older shoal would neither fill nor read them, and would size the
- *    objects differently). */
-#define SHOAL_LAYOUT_VERSION 4
+ *    objects differently).
+ * 5: tokens carry SHOAL_TOKEN_LIVENESS in bit 23, which was the top bit of the start
+ *    time (above): an older shoal would compare it as start time and judge such a
+ *    token of its own namespace dead (and another namespace's by pid alone).  And each
+ *    process records the object references it holds in segments of a new kind, its
+ *    ledger (shoal._handle), which a sweep reads once the process died: an older shoal
+ *    would reap one as an ordinary segment and never give those references back. */
+#define SHOAL_LAYOUT_VERSION 5
 
 typedef enum {
     SHOAL_OK = 0,          /* done: acquired, released, woken, set */
@@ -78,6 +107,28 @@ int shoal_token_alive(uint64_t token);    /* 1 alive (or unknown), 0 certainly d
 uint32_t shoal_token_pid(uint64_t token); /* the pid in a token (in its own namespace) */
 uint32_t shoal_token_pid_namespace(uint64_t token); /* its namespace tag (0: initial) */
 int64_t shoal_monotonic_ns(void);
+
+/* ---- liveness files (see "Liveness files" above) ------------------------------------ */
+#define SHOAL_TOKEN_LIVENESS ((uint64_t)1 << 23)
+#define SHOAL_LIVENESS_DIR "/dev/shm"
+#define SHOAL_LIVENESS_PREFIX "shoal-live-"  /* then 16 lowercase hex digits */
+#define SHOAL_LIVENESS_TEMP_SUFFIX ".tmp"    /* while it is being made */
+#define SHOAL_LIVENESS_PATH_MAX 256
+/* What shoal_liveness_probe() finds */
+#define SHOAL_LIVENESS_HELD 1      /* locked: its process lives */
+#define SHOAL_LIVENESS_FREE 0      /* nobody holds it: its process died */
+#define SHOAL_LIVENESS_ABSENT (-1) /* no such file */
+#define SHOAL_LIVENESS_UNKNOWN (-2) /* cannot tell: not this user's regular file, an error */
+/* The file name (no directory) of token's liveness file; its length, or -1. */
+int shoal_liveness_name(uint64_t token, char *buf, size_t size);
+/* Probe the liveness file `name` (a name in SHOAL_LIVENESS_DIR, no '/').  It is opened
+ * read-only and closed again, which releases nothing of anyone's. */
+int shoal_liveness_probe(const char *name);
+/* Remove this process's own liveness file (at exit: from then on, other namespaces
+ * judge it dead).  Its token keeps the bit; nothing is made again. */
+void shoal_liveness_remove(void);
+/* Native tests only, before any token is made: put liveness files in `dir` (kept). */
+void shoal_liveness_set_dir(const char *dir);
 
 /* ---- waiter lists: who is blocked, so that a waiter killed meanwhile is found ---- */
 /* Each blocking primitive counts its waiters in a word that decides whether a release

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "harness.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -138,8 +139,9 @@ uint64_t forged_token(pid_t pid) {
     /* the real tag is the start time; a process started at tick 0x5eed would be older
      * than this machine's boot by the time any test runs */
     uint64_t self = shoal_self_token();
-    uint32_t tag = (self & 0xFFFFFFu) == 0x5eed ? 0x5eee : 0x5eed;
-    /* in this process's own PID namespace (shoal_core.h: bits 54-61 and 24-31) */
+    uint32_t tag = (self & 0x7FFFFFu) == 0x5eed ? 0x5eee : 0x5eed;
+    /* in this process's own PID namespace (shoal_core.h: bits 54-61 and 24-31), without
+     * SHOAL_TOKEN_LIVENESS */
     return (self & 0x3FC00000FF000000ull) | ((uint64_t)(uint32_t)pid << 32) | tag;
 }
 
@@ -214,8 +216,35 @@ static int run_one(int i, double *elapsed) {
     return passed;
 }
 
+/* Liveness files of this run (every test process makes one, and killed helpers leave
+ * theirs) go to a directory of their own, not the machine's /dev/shm. */
+static char liveness_dir[] = "/tmp/shoal-native-live.XXXXXX";
+
+const char *harness_liveness_dir(void) { return liveness_dir; }
+
+static void remove_liveness_dir(void) {
+    DIR *d = opendir(liveness_dir);
+    if (d) {
+        struct dirent *e;
+        char path[SHOAL_LIVENESS_PATH_MAX + 64];
+        while ((e = readdir(d)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            snprintf(path, sizeof path, "%s/%s", liveness_dir, e->d_name);
+            unlink(path);
+        }
+        closedir(d);
+    }
+    rmdir(liveness_dir);
+}
+
 int main(int argc, char **argv) {
     int verbose = 0;
+    if (!mkdtemp(liveness_dir)) {
+        perror("mkdtemp");
+        return 2;
+    }
+    shoal_liveness_set_dir(liveness_dir);
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "-v") == 0)
             verbose = 1;
@@ -237,6 +266,7 @@ int main(int argc, char **argv) {
         if (verbose || !ok)
             printf("%s %-44s %7.1f ms\n", ok ? "ok  " : "FAIL", tests[i].name, ms);
     }
+    remove_liveness_dir();
     printf("%d tests, %d failed, %.2f s\n", ran, failed, (now_ms() - t0) / 1000);
     if (ran == 0) {
         fprintf(stderr, "no test matched\n");

@@ -89,6 +89,8 @@ void kill_and_reap(pid_t pid);
 void await_at_least(const uint32_t *word, uint32_t value, double timeout_ms);
 /* A token for pid whose start-time tag is wrong: what a reused pid looks like. */
 uint64_t forged_token(pid_t pid);
+/* Where this run's liveness files go (shoal_liveness_set_dir): a private directory. */
+const char *harness_liveness_dir(void);
 /* Cheap per-process pseudo-random numbers (xorshift), seeded per process. */
 uint32_t rnd(uint64_t *state);
 

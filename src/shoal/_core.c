@@ -1147,6 +1147,35 @@ static PyObject *core_token_alive(PyObject *m, PyObject *arg) {
     return PyBool_FromLong(alive);
 }
 
+static PyObject *core_liveness_probe(PyObject *m, PyObject *arg) {
+    (void)m;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name)
+        return NULL;
+    int state;
+    Py_BEGIN_ALLOW_THREADS
+    state = shoal_liveness_probe(name);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(state);
+}
+
+static PyObject *core_liveness_name(PyObject *m, PyObject *arg) {
+    (void)m;
+    unsigned long long token = PyLong_AsUnsignedLongLong(arg);
+    if (token == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    char name[SHOAL_LIVENESS_PATH_MAX];
+    if (shoal_liveness_name(token, name, sizeof name) < 0)
+        return PyErr_Format(PyExc_ValueError, "no liveness file name for %llx", token);
+    return PyUnicode_FromString(name);
+}
+
+static PyObject *core_liveness_remove(PyObject *m, PyObject *Py_UNUSED(ignored)) {
+    (void)m;
+    shoal_liveness_remove();
+    Py_RETURN_NONE;
+}
+
 static PyObject *core_token_pid(PyObject *m, PyObject *arg) {
     (void)m;
     unsigned long long token = PyLong_AsUnsignedLongLong(arg);
@@ -1203,6 +1232,13 @@ static PyMethodDef core_functions[] = {
     {"wake32", core_wake32, METH_VARARGS, "wake32(buffer, offset, n=-1) -> woken"},
     {"self_token", core_self_token, METH_NOARGS, "This process's owner token."},
     {"token_alive", core_token_alive, METH_O, "token_alive(token) -> bool"},
+    {"liveness_probe", core_liveness_probe, METH_O,
+     "liveness_probe(name) -> LIVENESS_HELD, _FREE, _ABSENT or _UNKNOWN: the state of the "
+     "liveness file `name` in /dev/shm (opened read-only and closed: it releases nothing)"},
+    {"liveness_name", core_liveness_name, METH_O,
+     "liveness_name(token) -> the file name (in /dev/shm) of the token's liveness file"},
+    {"liveness_remove", core_liveness_remove, METH_NOARGS,
+     "liveness_remove(): remove this process's liveness file (at exit)"},
     {"token_pid", core_token_pid, METH_O,
      "token_pid(token) -> int: the pid a token names, in its own PID namespace"},
     {"shm_open", core_shm_open, METH_VARARGS, "shm_open(name, flags, mode=0o600) -> fd"},
@@ -1253,6 +1289,14 @@ PyMODINIT_FUNC PyInit__core(void) {
         add_type(module, &EventType, "Event") < 0 || add_type(module, &CondType, "Cond") < 0 ||
         add_type(module, &AtomicType, "Atomic") < 0 ||
         PyModule_AddIntConstant(module, "LAYOUT_VERSION", SHOAL_LAYOUT_VERSION) < 0 ||
+        PyModule_AddObject(module, "TOKEN_LIVENESS",
+                           PyLong_FromUnsignedLongLong(SHOAL_TOKEN_LIVENESS)) < 0 ||
+        PyModule_AddStringConstant(module, "LIVENESS_PREFIX", SHOAL_LIVENESS_PREFIX) < 0 ||
+        PyModule_AddStringConstant(module, "LIVENESS_TEMP_SUFFIX", SHOAL_LIVENESS_TEMP_SUFFIX) < 0 ||
+        PyModule_AddIntConstant(module, "LIVENESS_HELD", SHOAL_LIVENESS_HELD) < 0 ||
+        PyModule_AddIntConstant(module, "LIVENESS_FREE", SHOAL_LIVENESS_FREE) < 0 ||
+        PyModule_AddIntConstant(module, "LIVENESS_ABSENT", SHOAL_LIVENESS_ABSENT) < 0 ||
+        PyModule_AddIntConstant(module, "LIVENESS_UNKNOWN", SHOAL_LIVENESS_UNKNOWN) < 0 ||
         PyModule_AddIntConstant(module, "MUTEX_SIZE", sizeof(shoal_mutex)) < 0 ||
         PyModule_AddIntConstant(module, "LOCK_SIZE", sizeof(shoal_mutex) + sizeof(shoal_waitlist)) < 0 ||
         PyModule_AddIntConstant(module, "SEMAPHORE_SIZE", sizeof(shoal_semaphore)) < 0 ||

@@ -7,7 +7,7 @@ import os
 import sys
 
 from . import _core
-from ._memory import NAME_PREFIX, reap
+from ._memory import LIVENESS_PREFIX, NAME_PREFIX, liveness_files, reap, reap_liveness
 from ._process import process_cpu_count
 
 
@@ -24,7 +24,11 @@ def _shm_report() -> str:
 def _count_segments() -> tuple[int, int]:
     """Files named like shoal segments in /dev/shm: (this user's, other users')."""
     try:
-        names = [n for n in os.listdir("/dev/shm") if n.startswith(NAME_PREFIX)]
+        names = [
+            n
+            for n in os.listdir("/dev/shm")
+            if n.startswith(NAME_PREFIX) and not n.startswith(LIVENESS_PREFIX)
+        ]
     except OSError:
         return 0, 0
     uid, ours, others = os.geteuid(), 0, 0
@@ -50,11 +54,21 @@ def doctor(reap_orphans: bool = False) -> int:
     print(f"cpus usable:     {process_cpu_count()} (affinity and cgroup quota)")
     print(f"wait/wake:       {'futex' if sys.platform.startswith('linux') else 'polling fallback'}")
     print(f"/dev/shm:        {_shm_report()}")
-    print(f"process token:   {_core.self_token():#018x} (pid << 32 | start time)")
+    token = _core.self_token()
+    published = "liveness file published" if token & _core.TOKEN_LIVENESS else "no liveness file"
+    print(f"process token:   {token:#018x} (pid << 32 | start time; {published})")
     ours, others = _count_segments()
     note = f" ({others} of other users: never opened or reaped)" if others else ""
     print(f"shoal segments:  {ours} of this user in /dev/shm{note}")
+    states = list(liveness_files().values())
+    print(
+        f"liveness files:  {states.count('own') + states.count('live')} of live processes, "
+        f"{states.count('dead')} of dead ones (removed by --reap)"
+        + (f", {states.count('unknown')} of other users" if states.count("unknown") else "")
+    )
     if reap_orphans:
+        dead = reap_liveness()
         gone = reap()
         print(f"reaped:          {len(gone)} orphaned segment(s) {' '.join(gone)}")
+        print(f"                 {len(dead)} liveness file(s) of dead processes")
     return 0

@@ -58,6 +58,17 @@ without its magic number is unfinished: removed at once if the creator token in 
 header is dead, else after ``_UNFINISHED_GRACE_S``.  A transit segment is removed
 once its parent object is gone (:func:`_parent_gone`).
 
+Liveness files (#10).  Every shoal process holds its own
+``/dev/shm/shoal-live-<token>`` locked for life (``shoal_core.h``), so that processes
+of another PID namespace can tell whether it died.  The sweep removes one once its
+lock is free (its process died without removing it at exit); never one whose lock is
+held, never another user's, and never this process's own (matched by name, never
+opened).  A ``<name>.tmp`` (a process killed while making its file) is removed once
+free and its process is dead, or after ``_UNFINISHED_GRACE_S`` when that cannot be
+told (another namespace's).  A process removes its own at exit, after its segments
+(:data:`LIVENESS_EXIT_PRIORITY`).  They are not segments: the sweep and everything
+that opens segments by name (``_NAME_PATTERN``) never take one for a segment.
+
 References in flight (#4).  A handle that was pickled and not yet unpickled — a
 ``Pool`` worker's return value after the worker exited, a lock sent through a pipe by
 a process that then dropped it — must keep its segment even when no process holds it
@@ -135,8 +146,10 @@ __all__ = [
     "call_outside_sections",
     "discard_transit",
     "keeper_id",
+    "liveness_files",
     "open_transit",
     "reap",
+    "reap_liveness",
     "report_unraisable",
     "set_ledger_reclaimer",
     "shared_section",
@@ -184,6 +197,9 @@ IN_FLIGHT_TIMEOUT_S = 600.0
 # last, after the objects inside them (shoal._handle) and after multiprocessing's
 # own queue feeders (-5), which may still be pickling handles to them.
 SEGMENT_EXIT_PRIORITY = -100
+# this process's liveness file goes after its segments: until they are let go it must
+# not look dead to another PID namespace
+LIVENESS_EXIT_PRIORITY = SEGMENT_EXIT_PRIORITY - 1
 # the largest size mmap and posix_fallocate accept
 _MAX_SIZE = sys.maxsize - HEADER_SIZE
 
@@ -894,15 +910,16 @@ def reap() -> list[str]:
     """Remove shoal segments whose holders all died; return their names.
 
     Sweeps ``/dev/shm`` where the platform has it (Linux); elsewhere it has nothing
-    to list and returns ``[]``.  Only this user's regular files with a shoal name are
+    to list and returns ``[]``.  Dead processes' liveness files go too
+    (:func:`reap_liveness`; not in the list).  Only this user's regular files with a shoal name are
     judged, from headers read with ``pread`` (nothing is mapped to decide); a holder
     table whose mutex is held is skipped until a later sweep, never waited on.
     """
     reaped: list[str] = []
     # what a reaped container kept (#10), and the transit segments of a reaped queue,
     # are judged again: a few passes, until one removes nothing
-    for _ in range(_REAP_PASSES):
-        swept = _sweep()
+    for i in range(_REAP_PASSES):
+        swept = _sweep(liveness=i == 0)
         if not swept:
             break
         reaped += swept
@@ -912,12 +929,123 @@ def reap() -> list[str]:
 _REAP_PASSES = 8
 
 
-def _sweep() -> list[str]:
+def _sweep(liveness: bool = False) -> list[str]:
     try:
         entries = os.listdir(_SHM_DIR)
     except OSError:
         return []
+    if liveness:
+        _reap_liveness(entries)
     return ["/" + e for e in entries if _NAME_PATTERN.fullmatch("/" + e) and _reap_one("/" + e)]
+
+
+# ---- liveness files (shoal_core.h; see the module docstring) -------------------------------
+
+LIVENESS_PREFIX = _core.LIVENESS_PREFIX
+# what shoal_self_token makes: the token in 16 hex digits, .tmp while being made
+_LIVENESS_PATTERN = re.compile(
+    re.escape(LIVENESS_PREFIX) + r"([0-9a-f]{16})(" + re.escape(_core.LIVENESS_TEMP_SUFFIX) + ")?"
+)
+
+
+def _own_liveness_names() -> tuple[str, str]:
+    """The names of this process's liveness file, with and without the bit: never
+    opened here (its token is made first, so it is never being made meanwhile)."""
+    token = _core.self_token()
+    return (
+        _core.liveness_name(token | _core.TOKEN_LIVENESS),
+        _core.liveness_name(token & ~_core.TOKEN_LIVENESS),
+    )
+
+
+def _liveness_garbage(entry: str, match: re.Match[str]) -> bool:
+    """Whether the liveness file ``entry`` (not this process's) belongs to a dead
+    process: its lock is free, and for a temporary name, its maker is dead too (it may
+    be between creating and locking it) or it is older than any making takes."""
+    if _core.liveness_probe(entry) != _core.LIVENESS_FREE:
+        return False  # held (alive), gone, or not this user's regular file
+    if not match.group(2):
+        return True
+    token = int(match.group(1), 16) & ~_core.TOKEN_LIVENESS
+    if not _core.token_alive(token):  # of this namespace: dead; of another: "alive"
+        return True
+    try:
+        return time.time() - os.lstat(_SHM_DIR + "/" + entry).st_mtime > _UNFINISHED_GRACE_S
+    except OSError:
+        return False
+
+
+def _reap_liveness(entries: list[str]) -> list[str]:
+    removed: list[str] = []
+    own = None
+    for entry in entries:
+        match = _LIVENESS_PATTERN.fullmatch(entry)
+        if match is None:
+            continue
+        if own is None:
+            own = _own_liveness_names()
+        if entry.startswith(own):
+            continue  # this process's own (or its temporary name)
+        if _liveness_garbage(entry, match):
+            try:
+                os.unlink(_SHM_DIR + "/" + entry)
+            except OSError:
+                continue
+            removed.append(entry)
+    return removed
+
+
+def reap_liveness() -> list[str]:
+    """Remove the liveness files of processes that died (without removing their own);
+    return their names.  :func:`reap` does this too; this is the part that touches no
+    segment (the test suite's leak check, ``make check-shm``)."""
+    try:
+        entries = os.listdir(_SHM_DIR)
+    except OSError:
+        return []
+    return _reap_liveness(entries)
+
+
+def liveness_files() -> dict[str, str]:
+    """The liveness files in ``/dev/shm`` and what each says: ``"own"`` (this
+    process's), ``"live"`` (held), ``"dead"`` (free: reaped by the next sweep),
+    ``"unknown"`` (another user's, or it cannot be told)."""
+    try:
+        entries = os.listdir(_SHM_DIR)
+    except OSError:
+        return {}
+    found: dict[str, str] = {}
+    own = None
+    for entry in entries:
+        match = _LIVENESS_PATTERN.fullmatch(entry)
+        if match is None:
+            continue
+        if own is None:
+            own = _own_liveness_names()
+        if entry.startswith(own):
+            found[entry] = "own"
+            continue
+        state = _core.liveness_probe(entry)
+        if state == _core.LIVENESS_HELD:
+            found[entry] = "live"
+        elif state == _core.LIVENESS_FREE:
+            found[entry] = "dead"
+        elif state == _core.LIVENESS_UNKNOWN:
+            found[entry] = "unknown"
+    return found
+
+
+def _remove_own_liveness() -> None:
+    _core.liveness_remove()
+
+
+# removes this process's liveness file at exit, in every process that imported shoal
+# (ExitHook: multiprocessing children included); armed below, re-armed in a forked
+# child, which makes a file of its own
+_liveness_exit_hook = ExitHook(_remove_own_liveness, LIVENESS_EXIT_PRIORITY)
+_liveness_exit_hook.arm()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _liveness_exit_hook.rearm_in_child(True))
 
 
 # what _new_name makes: anything else in /dev/shm is not shoal's to judge
