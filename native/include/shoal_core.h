@@ -43,7 +43,8 @@
  *    with a shoal_waitlist, and a Lock's payload has one after its shoal_mutex: the
  *    tokens of blocked waiters, so a waiter killed while blocked is found and no longer
  *    counted (an older shoal would neither fill nor read them, and would size the
- *    objects differently). */
+ *    objects differently); so does a ring for its consumers, producers and joiners
+ *    (shoal_ring.h: its header is 640 bytes). */
 #define SHOAL_LAYOUT_VERSION 4
 
 typedef enum {
