@@ -161,8 +161,10 @@ bench: $(BENCH_STAMP)
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks --quick
 
-# The chaos suite (chaos/): SIGKILLs every ~100 ms, killed parents, objects kept past
-# every expiry, each scenario in a private /dev/shm (needs root); a figure line each.
+# The chaos suite (chaos/): SIGKILLs every ~100 ms, killed parents, dead lock owners
+# and waiters on every primitive, pool workers killed, segfaulting, os._exit-ing and
+# over RLIMIT_AS, objects kept past every expiry, /dev/shm full on every creation path,
+# each scenario in a private /dev/shm (needs root); a figure line each.
 # CHAOS_ARGS: e.g. --seconds 60, --only queue_soak, --json figures.json.  `make test`
 # runs each for a few seconds (tests/test_chaos.py).
 CHAOS_ARGS ?=

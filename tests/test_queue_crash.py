@@ -38,7 +38,7 @@ import pytest
 from conftest import join_all, wait_until
 from test_queue_api import segments_made_by
 
-from shoal import Queue, ShutDown, _core, lowlevel
+from shoal import JoinableQueue, Queue, ShutDown, _core, lowlevel
 
 FORK = mp.get_context("fork")
 TIMEOUT = 30.0
@@ -411,6 +411,61 @@ def test_killed_while_blocked_in_get_and_in_put() -> None:
             q.get(timeout=0.05)  # the killed putter put nothing
         q.put("third", timeout=TIMEOUT)
         assert q.get(timeout=TIMEOUT) == "third"
+    finally:
+        q.close()
+
+
+def blocked_join(q: Any) -> None:
+    q.join(TIMEOUT)
+
+
+def blocked_get_many(q: Any) -> None:
+    q.get_many(10, timeout=TIMEOUT)
+
+
+# kind: (the child's blocking call, what the queue says about its waiters, the raw
+# count a wake-up reads to decide whether to make a system call, one wake-up)
+BLOCKED = {
+    "get": (blocked_get, lambda q: q.statistics().consumers_waiting,
+            lambda q: q._consumers_waiting_raw, lambda q: q.put("item")),
+    "get_many": (blocked_get_many, lambda q: q.statistics().consumers_waiting,
+                 lambda q: q._consumers_waiting_raw, lambda q: q.put("item")),
+    "put": (blocked_put, lambda q: q.statistics().producers_waiting,
+            lambda q: q._producers_waiting_raw, lambda q: q.get(timeout=TIMEOUT)),
+    "join": (blocked_join, lambda q: q._joiners, lambda q: q._joiners_raw,
+             lambda q: q.task_done()),
+}  # fmt: skip
+
+
+def blocking_queue(kind: str) -> Any:
+    """A queue on which ``kind`` blocks."""
+    if kind == "join":
+        q = JoinableQueue()
+        q.put("task")
+        q.get()  # taken, not done
+        return q
+    q = Queue(maxsize=1)
+    if kind == "put":
+        q.put("first")
+    return q
+
+
+@pytest.mark.parametrize("kind", sorted(BLOCKED))
+def test_waiter_killed_while_blocked_is_not_counted(ctx: Any, kind: str) -> None:
+    """#10: a consumer, producer or joiner SIGKILLed while blocked stayed counted in
+    ``statistics()`` for ever, and cost every later put (get; task_done that finished
+    the last task) a futex wake-up."""
+    call, counted, raw, wake = BLOCKED[kind]
+    q = blocking_queue(kind)
+    try:
+        p = ctx.Process(target=call, args=(q,))
+        p.start()
+        assert wait_until(lambda: counted(q) == 1, TIMEOUT), "the child never blocked"
+        kill(p)
+        assert counted(q) == 0, f"a dead waiter is still counted: {q.statistics()}"
+        # the first wake-up after the death prunes it: later ones make no system call
+        wake(q)
+        assert raw(q) == 0, "every wake-up would still pay a system call"
     finally:
         q.close()
 

@@ -66,7 +66,8 @@
  *    with a shoal_waitlist, and a Lock's payload has one after its shoal_mutex: the
  *    tokens of blocked waiters, so a waiter killed while blocked is found and no longer
  *    counted (an older shoal would neither fill nor read them, and would size the
- *    objects differently).
+ *    objects differently); so does a ring for its consumers, producers and joiners
+ *    (shoal_ring.h: its header is 640 bytes).
  * 5: tokens carry SHOAL_TOKEN_LIVENESS in bit 23, which was the top bit of the start
  *    time (above): an older shoal would compare it as start time and judge such a
  *    token of its own namespace dead (and another namespace's by pid alone).  And each

@@ -19,6 +19,11 @@
  * Nobody sleeps holding a lock: a waiter registers (`*_waiting`), reads the futex
  * word, re-checks, unlocks, then sleeps; the other side bumps the word after its
  * store if anyone is registered (the same no-lost-wake-up argument as the mutex).
+ * A registered waiter also puts its token in the side's shoal_waitlist (lines 6-9), so
+ * that one SIGKILLed while blocked is no longer counted: statistics leave it out, and
+ * the first wake-up after the death (at most one every SHOAL_WAITLIST_PRUNE_NS) takes
+ * it off the count, so later puts, gets and task_done()s make no system call for it
+ * (#10; see shoal_waitlist in shoal_core.h).
  *
  * Geometry is fixed at attach (#10).  A process reaches a ring through a
  * shoal_ring_view that shoal_ring_init or shoal_ring_attach filled: capacity, mask and
@@ -76,10 +81,16 @@ typedef struct {
     uint32_t unfinished_seq; /* futex: bumped when unfinished drops to 0 */
     uint32_t joiners;
     uint8_t pad4[64 - 16];
+    /* lines 6-9: the tokens of the waiters counted in consumers_waiting,
+     * producers_waiting and joiners */
+    shoal_waitlist consumer_list;
+    shoal_waitlist producer_list;
+    shoal_waitlist joiner_list;
+    uint8_t pad5[256 - 3 * 72];
     /* the data area follows (capacity bytes) */
 } shoal_ring;
 
-#define SHOAL_RING_HEADER_SIZE 384u
+#define SHOAL_RING_HEADER_SIZE 640u
 _Static_assert(sizeof(shoal_ring) == SHOAL_RING_HEADER_SIZE, "shoal_ring is part of the shared layout");
 _Static_assert(__builtin_offsetof(shoal_ring, tail) % 64 == 0, "tail on its own cache line");
 _Static_assert(__builtin_offsetof(shoal_ring, head) % 64 == 0, "head on its own cache line");
@@ -149,12 +160,14 @@ void shoal_ring_wake_producers(const shoal_ring_view *v, int n);
 
 /* ---- waiting, with no lock held ---------------------------------------------------------
  * register (under the lock) -> re-check -> unlock -> wait -> unregister.  Registering
- * before the re-check is what makes a concurrent publish/consume wake the waiter. */
-uint32_t shoal_ring_register_consumer(const shoal_ring_view *v); /* returns data_seq to wait on */
-void shoal_ring_unregister_consumer(const shoal_ring_view *v);
+ * before the re-check is what makes a concurrent publish/consume wake the waiter.
+ * register stores the waitlist slot it took in *slot (-1: none free, counted but
+ * untracked), which unregister gives back. */
+uint32_t shoal_ring_register_consumer(const shoal_ring_view *v, int *slot); /* returns data_seq */
+void shoal_ring_unregister_consumer(const shoal_ring_view *v, int slot);
 shoal_status shoal_ring_wait_data(const shoal_ring_view *v, uint32_t seq, int64_t timeout_ns);
-uint32_t shoal_ring_register_producer(const shoal_ring_view *v); /* returns space_seq to wait on */
-void shoal_ring_unregister_producer(const shoal_ring_view *v);
+uint32_t shoal_ring_register_producer(const shoal_ring_view *v, int *slot); /* returns space_seq */
+void shoal_ring_unregister_producer(const shoal_ring_view *v, int slot);
 shoal_status shoal_ring_wait_space(const shoal_ring_view *v, uint32_t seq, int64_t timeout_ns);
 /* Busy-wait up to `spins` pauses for a record (space for `need` payload bytes): cheaper
  * than a futex round trip when the other side is running on another core. */
@@ -167,6 +180,10 @@ shoal_status shoal_ring_state(const shoal_ring_view *v, uint32_t *items, uint32_
 /* The same without the check, for statistics: whatever the words say. */
 uint32_t shoal_ring_items(const shoal_ring_view *v);
 uint64_t shoal_ring_bytes_used(const shoal_ring_view *v);
+/* Waiters blocked now, without those found dead (read only, for statistics). */
+uint32_t shoal_ring_consumers_waiting(const shoal_ring_view *v);
+uint32_t shoal_ring_producers_waiting(const shoal_ring_view *v);
+uint32_t shoal_ring_joiners(const shoal_ring_view *v);
 void shoal_ring_shutdown(const shoal_ring_view *v);
 /* Bump every futex word and wake every waiter of every kind; each re-checks and goes
  * back to sleep unless it has reason not to (a handle closing under its own blocked

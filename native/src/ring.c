@@ -131,6 +131,7 @@ void shoal_ring_wake_consumers(const shoal_ring_view *v, int n) {
     if (ld32(&r->consumers_waiting) > 0) {
         add32(&r->data_seq, 1);
         shoal_wake32(&r->data_seq, n);
+        shoal_waitlist_prune_due(&r->consumer_list, &r->consumers_waiting);
     }
 }
 
@@ -180,29 +181,46 @@ void shoal_ring_wake_producers(const shoal_ring_view *v, int n) {
     if (ld32(&r->producers_waiting) > 0) {
         add32(&r->space_seq, 1);
         shoal_wake32(&r->space_seq, n);
+        shoal_waitlist_prune_due(&r->producer_list, &r->producers_waiting);
     }
 }
 
-uint32_t shoal_ring_register_consumer(const shoal_ring_view *v) {
+/* count += 1, then the slot (shoal_waitlist's join order); the slot before the count
+ * on the way out */
+static int join_waiters(uint32_t *count, shoal_waitlist *l) {
+    add32(count, 1);
+    return shoal_waitlist_join(l, shoal_self_token(), NULL, 0);
+}
+
+static void leave_waiters(uint32_t *count, shoal_waitlist *l, int slot) {
+    shoal_waitlist_leave(l, slot, shoal_self_token());
+    sub32(count, 1);
+}
+
+uint32_t shoal_ring_register_consumer(const shoal_ring_view *v, int *slot) {
     shoal_ring *r = v->ring;
-    add32(&r->consumers_waiting, 1);
+    *slot = join_waiters(&r->consumers_waiting, &r->consumer_list);
     return ld32(&r->data_seq);
 }
 
-void shoal_ring_unregister_consumer(const shoal_ring_view *v) { sub32(&v->ring->consumers_waiting, 1); }
+void shoal_ring_unregister_consumer(const shoal_ring_view *v, int slot) {
+    leave_waiters(&v->ring->consumers_waiting, &v->ring->consumer_list, slot);
+}
 
 shoal_status shoal_ring_wait_data(const shoal_ring_view *v, uint32_t seq, int64_t timeout_ns) {
     shoal_ring *r = v->ring;
     return shoal_wait32(&r->data_seq, seq, timeout_ns);
 }
 
-uint32_t shoal_ring_register_producer(const shoal_ring_view *v) {
+uint32_t shoal_ring_register_producer(const shoal_ring_view *v, int *slot) {
     shoal_ring *r = v->ring;
-    add32(&r->producers_waiting, 1);
+    *slot = join_waiters(&r->producers_waiting, &r->producer_list);
     return ld32(&r->space_seq);
 }
 
-void shoal_ring_unregister_producer(const shoal_ring_view *v) { sub32(&v->ring->producers_waiting, 1); }
+void shoal_ring_unregister_producer(const shoal_ring_view *v, int slot) {
+    leave_waiters(&v->ring->producers_waiting, &v->ring->producer_list, slot);
+}
 
 shoal_status shoal_ring_wait_space(const shoal_ring_view *v, uint32_t seq, int64_t timeout_ns) {
     shoal_ring *r = v->ring;
@@ -267,6 +285,21 @@ uint64_t shoal_ring_bytes_used(const shoal_ring_view *v) {
     return (uint32_t)(POS(tail) - POS(head));
 }
 
+uint32_t shoal_ring_consumers_waiting(const shoal_ring_view *v) {
+    shoal_ring *r = v->ring;
+    return shoal_waitlist_live(&r->consumer_list, ld32(&r->consumers_waiting));
+}
+
+uint32_t shoal_ring_producers_waiting(const shoal_ring_view *v) {
+    shoal_ring *r = v->ring;
+    return shoal_waitlist_live(&r->producer_list, ld32(&r->producers_waiting));
+}
+
+uint32_t shoal_ring_joiners(const shoal_ring_view *v) {
+    shoal_ring *r = v->ring;
+    return shoal_waitlist_live(&r->joiner_list, ld32(&r->joiners));
+}
+
 void shoal_ring_shutdown(const shoal_ring_view *v) {
     shoal_ring *r = v->ring;
     st32(&r->shutdown, 1);
@@ -300,6 +333,7 @@ shoal_status shoal_ring_task_done(const shoal_ring_view *v) {
     if (n == 1 && ld32(&r->joiners) > 0) {
         add32(&r->unfinished_seq, 1);
         shoal_wake32(&r->unfinished_seq, -1);
+        shoal_waitlist_prune_due(&r->joiner_list, &r->joiners);
     }
     return SHOAL_OK;
 }
@@ -312,7 +346,7 @@ shoal_status shoal_ring_join(const shoal_ring_view *v, int64_t timeout_ns, const
             return SHOAL_OK;
         if (stop && __atomic_load_n(stop, __ATOMIC_SEQ_CST))
             return SHOAL_AGAIN;
-        add32(&r->joiners, 1);
+        int slot = join_waiters(&r->joiners, &r->joiner_list);
         uint32_t seq = ld32(&r->unfinished_seq);
         shoal_status st = SHOAL_OK;
         if (ld64(&r->unfinished) != 0) {
@@ -320,13 +354,13 @@ shoal_status shoal_ring_join(const shoal_ring_view *v, int64_t timeout_ns, const
             if (deadline >= 0) {
                 left = deadline - shoal_monotonic_ns();
                 if (left <= 0) {
-                    sub32(&r->joiners, 1);
+                    leave_waiters(&r->joiners, &r->joiner_list, slot);
                     return SHOAL_TIMEOUT;
                 }
             }
             st = shoal_wait32(&r->unfinished_seq, seq, left);
         }
-        sub32(&r->joiners, 1);
+        leave_waiters(&r->joiners, &r->joiner_list, slot);
         if (st == SHOAL_INTR)
             return SHOAL_INTR;
         if (st == SHOAL_TIMEOUT && ld64(&r->unfinished) != 0)

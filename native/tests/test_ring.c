@@ -66,10 +66,10 @@ static void put_record(const shoal_ring_view *v, const uint8_t *data, uint32_t l
     for (;;) {
         lock(&r->put_lock);
         shoal_ring_slot slot;
-        int st = shoal_ring_reserve(v, len, &slot), registered = 0;
+        int st = shoal_ring_reserve(v, len, &slot), registered = 0, wslot = -1;
         uint32_t seq = 0;
         if (st == SHOAL_RING_FULL) {
-            seq = shoal_ring_register_producer(v); /* before the last look */
+            seq = shoal_ring_register_producer(v, &wslot); /* before the last look */
             registered = 1;
             st = shoal_ring_reserve(v, len, &slot);
         }
@@ -80,7 +80,7 @@ static void put_record(const shoal_ring_view *v, const uint8_t *data, uint32_t l
         unlock(&r->put_lock);
         if (st == SHOAL_OK) {
             if (registered)
-                shoal_ring_unregister_producer(v);
+                shoal_ring_unregister_producer(v, wslot);
             shoal_ring_wake_consumers(v, 1);
             return;
         }
@@ -89,7 +89,7 @@ static void put_record(const shoal_ring_view *v, const uint8_t *data, uint32_t l
             shoal_status w = shoal_ring_wait_space(v, seq, 5 * SEC);
             CHECK(w == SHOAL_OK || w == SHOAL_AGAIN || w == SHOAL_INTR);
         }
-        shoal_ring_unregister_producer(v);
+        shoal_ring_unregister_producer(v, wslot);
     }
 }
 
@@ -99,10 +99,10 @@ static int get_record(const shoal_ring_view *v, uint8_t *buf, uint32_t size) {
     for (;;) {
         lock(&r->get_lock);
         shoal_ring_record rec;
-        int st = shoal_ring_peek(v, &rec), registered = 0;
+        int st = shoal_ring_peek(v, &rec), registered = 0, wslot = -1;
         uint32_t seq = 0;
         if (st == SHOAL_RING_EMPTY) {
-            seq = shoal_ring_register_consumer(v);
+            seq = shoal_ring_register_consumer(v, &wslot);
             registered = 1;
             st = shoal_ring_peek(v, &rec);
         }
@@ -114,13 +114,13 @@ static int get_record(const shoal_ring_view *v, uint8_t *buf, uint32_t size) {
         unlock(&r->get_lock);
         if (st == SHOAL_OK) {
             if (registered)
-                shoal_ring_unregister_consumer(v);
+                shoal_ring_unregister_consumer(v, wslot);
             shoal_ring_wake_producers(v, 1);
             return (int)rec.len;
         }
         if (st == SHOAL_RING_SHUTDOWN) {
             if (registered)
-                shoal_ring_unregister_consumer(v);
+                shoal_ring_unregister_consumer(v, wslot);
             return -1;
         }
         CHECK_EQ(st, SHOAL_RING_EMPTY);
@@ -128,7 +128,7 @@ static int get_record(const shoal_ring_view *v, uint8_t *buf, uint32_t size) {
             shoal_status w = shoal_ring_wait_data(v, seq, 5 * SEC);
             CHECK(w == SHOAL_OK || w == SHOAL_AGAIN || w == SHOAL_INTR);
         }
-        shoal_ring_unregister_consumer(v);
+        shoal_ring_unregister_consumer(v, wslot);
     }
 }
 

@@ -109,6 +109,10 @@ class Ring:
     _is_shutdown: int
     _consumers_waiting: int
     _producers_waiting: int
+    _joiners: int
+    _consumers_waiting_raw: int
+    _producers_waiting_raw: int
+    _joiners_raw: int
     def _bind(self, buffer: Any, offset: int, size: int, /) -> None: ...
     def _unbind(self) -> None: ...
     def _init(self, capacity: int, max_items: int, /) -> None: ...

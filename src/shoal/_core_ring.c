@@ -427,7 +427,7 @@ static Py_ssize_t put_records(RingObject *self, record_src *recs, Py_ssize_t n,
             return -1;
         }
         Py_ssize_t first = done;
-        int st = SHOAL_OK, registered = 0;
+        int st = SHOAL_OK, registered = 0, wslot = -1;
         uint32_t seq = 0;
         while (done < n) {
             shoal_ring_slot slot;
@@ -435,7 +435,7 @@ static Py_ssize_t put_records(RingObject *self, record_src *recs, Py_ssize_t n,
             st = shoal_ring_reserve(r, size, &slot);
             if (st == SHOAL_RING_FULL && !registered && !nonblocking) {
                 /* register before the last look, so a consumer freeing room now wakes us */
-                seq = shoal_ring_register_producer(r);
+                seq = shoal_ring_register_producer(r, &wslot);
                 registered = 1;
                 st = shoal_ring_reserve(r, size, &slot);
             }
@@ -452,12 +452,12 @@ static Py_ssize_t put_records(RingObject *self, record_src *recs, Py_ssize_t n,
             shoal_ring_wake_consumers(r, (int)(done - first));
         if (st == SHOAL_OK && done == n) {
             if (registered)
-                shoal_ring_unregister_producer(r);
+                shoal_ring_unregister_producer(r, wslot);
             break;
         }
         if (st == SHOAL_RING_SHUTDOWN || st == SHOAL_BAD_LAYOUT) {
             if (registered)
-                shoal_ring_unregister_producer(r);
+                shoal_ring_unregister_producer(r, wslot);
             if (st == SHOAL_BAD_LAYOUT)
                 raise_corrupt();
             else
@@ -468,14 +468,14 @@ static Py_ssize_t put_records(RingObject *self, record_src *recs, Py_ssize_t n,
         int64_t left = ns_left(deadline);
         if (nonblocking || left == 0) {
             if (registered)
-                shoal_ring_unregister_producer(r);
+                shoal_ring_unregister_producer(r, wslot);
             raise_full(done);
             return -1;
         }
         ring_wait_arg a = {r, seq, (uint32_t)record_size(&recs[done]), 0};
         shoal_status wst;
         int failed = run_blocking(call_ring_wait, NULL, &a, self->v.view.obj, left, &wst);
-        shoal_ring_unregister_producer(r);
+        shoal_ring_unregister_producer(r, wslot);
         if (failed < 0)
             return -1;
         if (is_closing(self))
@@ -670,16 +670,16 @@ static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t tim
         }
         shoal_ring_record rec;
         int st = shoal_ring_peek(r, &rec);
-        int registered = 0;
+        int registered = 0, wslot = -1;
         uint32_t seq = 0;
         if (st == SHOAL_RING_EMPTY && !nonblocking) {
-            seq = shoal_ring_register_consumer(r);
+            seq = shoal_ring_register_consumer(r, &wslot);
             registered = 1;
             st = shoal_ring_peek(r, &rec);
         }
         if (st == SHOAL_OK) {
             if (registered)
-                shoal_ring_unregister_consumer(r);
+                shoal_ring_unregister_consumer(r, wslot);
             Py_ssize_t taken = 0;
             while (st == SHOAL_OK && taken < max_items) {
                 PyObject *item;
@@ -718,7 +718,7 @@ static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t tim
             break;
         }
         if (registered && st != SHOAL_RING_EMPTY)
-            shoal_ring_unregister_consumer(r), registered = 0;
+            shoal_ring_unregister_consumer(r, wslot), registered = 0;
         shoal_mutex_unlock(&r->ring->get_lock);
         if (st == SHOAL_RING_SHUTDOWN) {
             Py_DECREF(list);
@@ -731,7 +731,7 @@ static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t tim
         int64_t left = ns_left(deadline);
         if (nonblocking || left == 0) {
             if (registered)
-                shoal_ring_unregister_consumer(r);
+                shoal_ring_unregister_consumer(r, wslot);
             Py_DECREF(list);
             PyErr_SetString(QueueEmpty, "the queue is empty");
             return NULL;
@@ -739,7 +739,7 @@ static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t tim
         ring_wait_arg a = {r, seq, 0, 1};
         shoal_status wst;
         int failed = run_blocking(call_ring_wait, NULL, &a, self->v.view.obj, left, &wst);
-        shoal_ring_unregister_consumer(r);
+        shoal_ring_unregister_consumer(r, wslot);
         if (failed == 0 && is_closing(self))
             failed = raise_closed_while_waiting();
         if (failed < 0) {
@@ -983,8 +983,12 @@ RING_GETTER(ring_get_max_payload, shoal_ring_max_payload(r))
 RING_GETTER(ring_get_bytes_used, shoal_ring_bytes_used(r))
 RING_GETTER(ring_get_unfinished, shoal_load64(&r->ring->unfinished))
 RING_GETTER(ring_get_is_shutdown, shoal_load32(&r->ring->shutdown))
-RING_GETTER(ring_get_consumers_waiting, shoal_load32(&r->ring->consumers_waiting))
-RING_GETTER(ring_get_producers_waiting, shoal_load32(&r->ring->producers_waiting))
+RING_GETTER(ring_get_consumers_waiting, shoal_ring_consumers_waiting(r))
+RING_GETTER(ring_get_producers_waiting, shoal_ring_producers_waiting(r))
+RING_GETTER(ring_get_joiners, shoal_ring_joiners(r))
+RING_GETTER(ring_get_consumers_waiting_raw, shoal_load32(&r->ring->consumers_waiting))
+RING_GETTER(ring_get_producers_waiting_raw, shoal_load32(&r->ring->producers_waiting))
+RING_GETTER(ring_get_joiners_raw, shoal_load32(&r->ring->joiners))
 
 static PyMethodDef ring_methods[] = {
     {"_bind", (PyCFunction)ring_bind, METH_VARARGS, "_bind(buffer, offset, size)"},
@@ -1031,6 +1035,11 @@ static PyGetSetDef ring_getset[] = {
     {"_is_shutdown", (getter)ring_get_is_shutdown, NULL, NULL, NULL},
     {"_consumers_waiting", (getter)ring_get_consumers_waiting, NULL, NULL, NULL},
     {"_producers_waiting", (getter)ring_get_producers_waiting, NULL, NULL, NULL},
+    {"_joiners", (getter)ring_get_joiners, NULL, "calls blocked in join()", NULL},
+    {"_consumers_waiting_raw", (getter)ring_get_consumers_waiting_raw, NULL,
+     "the count a put reads to decide whether to wake anyone (dead waiters included)", NULL},
+    {"_producers_waiting_raw", (getter)ring_get_producers_waiting_raw, NULL, NULL, NULL},
+    {"_joiners_raw", (getter)ring_get_joiners_raw, NULL, NULL, NULL},
     {NULL},
 };
 
