@@ -122,6 +122,7 @@ from typing import Any, ClassVar, Optional
 from . import _core
 from ._errors import ClosedError, LayoutError, SegmentNotFoundError
 from ._memory import (
+    _SECTION,
     HEADER_SIZE,
     KIND_ARENA,
     KIND_DATA,
@@ -882,9 +883,7 @@ class _Ledger:
     def note(self, segment: Segment, offset: int, serial: int, delta: int) -> None:
         """This process took (``delta`` 1) or gives back (-1) a reference."""
         key = (segment.name, offset)
-        with shared_section(), self.lock:
-            if self.pages and self.pages[0].closed:
-                return  # at exit, after the segments went: nothing is recorded any more
+        with _SECTION, self.lock:
             slot = self.slots.get(key)
             if slot is None:
                 if delta < 0:
@@ -893,11 +892,15 @@ class _Ledger:
                 if entry is None:
                     return
                 page, at = entry
+                if page._mmap is None:
+                    return  # at exit, after the segments went: nothing is recorded
                 _LEDGER_ENTRY.pack_into(page.buffer, at, 0, offset, serial, keeper_id(key[0]))
-                count = 0
+                count = delta
             else:
                 page, at, count = slot
-            count += delta
+                count += delta
+                if page._mmap is None:
+                    return
             _core.store64(page.buffer, at, count)
             if count:
                 self.slots[key] = (page, at, count)

@@ -318,17 +318,28 @@ class ExitHook:
 _sections = threading.local()
 
 
-@contextlib.contextmanager
-def shared_section() -> Iterator[None]:
-    """Mark code that holds a process-shared mutex; finalizers wait until it ends."""
-    depth = getattr(_sections, "depth", 0)
-    _sections.depth = depth + 1
-    try:
-        yield
-    finally:
+class _SharedSection:
+    """The context manager :func:`shared_section` returns (a class, not a generator:
+    every reference a process takes or gives back enters one)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _sections.depth = getattr(_sections, "depth", 0) + 1
+
+    def __exit__(self, *exc_info: Any) -> None:
+        depth = _sections.depth - 1
         _sections.depth = depth
         if depth == 0:
             _run_deferred()
+
+
+_SECTION = _SharedSection()
+
+
+def shared_section() -> _SharedSection:
+    """Mark code that holds a process-shared mutex; finalizers wait until it ends."""
+    return _SECTION
 
 
 def call_outside_sections(func: Callable[..., Any], *args: Any) -> None:
