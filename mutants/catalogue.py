@@ -106,4 +106,29 @@ MUTANTS = (
         "    return False\n",
         ("tests/test_kept_references.py",),
     ),
+    Mutant(
+        "ledger-gives-back-without-checking",
+        "the sweep takes a dead process's references off an object without checking "
+        "that it is still the object the ledger named, or that the count has them",
+        "src/shoal/_handle.py",
+        "        if _serial_at(buf, offset) != serial or word & _REFS < count:\n",
+        "        if False:\n",
+        ("tests/test_ledger.py",),
+    ),
+    Mutant(
+        "ledger-never-reclaimed",
+        "a dead process's ledger is reaped without giving its references back",
+        "src/shoal/_memory.py",
+        "        _reclaim_ledger(name, fd, st.st_size)\n",
+        "        pass\n",
+        ("tests/test_ledger.py",),
+    ),
+    Mutant(
+        "liveness-file-held-means-dead",
+        "a foreign namespace's owner whose liveness file is locked is judged dead",
+        "native/src/identity.c",
+        "result = fl.l_type == F_UNLCK ? SHOAL_LIVENESS_FREE : SHOAL_LIVENESS_HELD;",
+        "result = SHOAL_LIVENESS_FREE;",
+        ("tests/test_namespaces.py", "tests/test_liveness.py"),
+    ),
 )

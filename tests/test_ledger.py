@@ -177,3 +177,42 @@ print("ok")
 """
     )
     assert out.strip().endswith("ok")
+
+
+def test_a_ledger_that_does_not_match_its_objects_takes_nothing() -> None:
+    # a ledger is the dead process's word only: an entry naming another tenant of the
+    # block (serial) or more references than the object has (corrupt) is not acted on
+    out = check_isolated(
+        PRELUDE
+        + """
+import struct
+ctx = mp.get_context("fork")
+a, b = shoal.Lock(), shoal.Lock()
+ready = ctx.Event()
+p = ctx.Process(target=hold_then_wait, args=([a, b], ready), daemon=True)
+p.start()
+assert ready.wait(30)
+assert count_of(a) == count_of(b) == 3  # parent, the child's inherited and unpickled
+os.kill(p.pid, signal.SIGKILL); p.join(10)
+entry = struct.Struct("<QQI20s8x")
+forged = 0
+for name in shoal_files(_memory.KIND_LEDGER) - {n.name[1:] for n in _handle._ledger.pages}:
+    with open("/dev/shm/" + name, "r+b") as f:
+        data = bytearray(f.read())
+        for at in range(_memory.HEADER_SIZE, len(data) - entry.size + 1, entry.size):
+            count, offset, serial, kid = entry.unpack_from(data, at)
+            if count and offset == a._header_offset:
+                entry.pack_into(data, at, count, offset, serial + 1, kid)  # another tenant
+                forged += 1
+            elif count and offset == b._header_offset:
+                entry.pack_into(data, at, count + 5, offset, serial, kid)  # more than it has
+                forged += 1
+        f.seek(0); f.write(data)
+assert forged == 2, forged
+reap()
+assert count_of(a) == 3 and count_of(b) == 3, (count_of(a), count_of(b))
+assert a.acquire(timeout=1) and b.acquire(timeout=1)
+print("ok")
+"""
+    )
+    assert out.strip().endswith("ok")
