@@ -291,3 +291,21 @@ class Announces:
 
 def pid_of_call(x: Any) -> int:
     return os.getpid()
+
+
+class ExitsWhenPickled:
+    """Raises SystemExit while the worker pickles it (a result)."""
+
+    def __reduce__(self) -> Any:
+        raise SystemExit("pickled")
+
+
+def return_exiting_at_pickle() -> ExitsWhenPickled:
+    return ExitsWhenPickled()
+
+
+class ExitsWhenUnpickledInTheWorker:
+    """An argument that pickles in the parent and raises SystemExit in the worker."""
+
+    def __reduce__(self) -> Any:
+        return (sys.exit, ("argument unpickled",))

@@ -163,6 +163,28 @@ def test_a_result_that_does_not_unpickle_fails_its_future_as_a_broken_pool(ctx: 
         assert isinstance(exiting, BrokenProcessPool) and isinstance(exiting.__cause__, SystemExit)
 
 
+def test_what_fails_to_travel_in_the_worker_is_reported_as_the_stdlib_does(ctx: Any) -> None:
+    # CPython's ExecutorDeadlockTest: SystemExit while the worker pickles a result is
+    # that call's exception (it killed the worker: WorkerDiedError); an argument that
+    # does not unpickle in the worker is a BrokenProcessPool (was the bare error)
+    with shoal.Executor(1, mp_context=ctx) as executor:
+        pid = executor.submit(t.pid).result(TIMEOUT)
+        error = executor.submit(t.return_exiting_at_pickle).exception(TIMEOUT)
+        assert type(error) is SystemExit and str(error) == "pickled", repr(error)
+        for argument, cause in [
+            (t.ExitsWhenUnpickledInTheWorker(), SystemExit),
+            (t.DoesNotUnpickle(), RuntimeError),
+        ]:
+            error = executor.submit(t.identity, argument).exception(TIMEOUT)
+            assert isinstance(error, BrokenProcessPool), repr(error)
+            assert "could not be unpickled in the worker" in str(error)
+            assert isinstance(error.__cause__, cause), repr(error.__cause__)
+        assert executor.submit(t.pid).result(TIMEOUT) == pid  # the same worker
+    # a Pool task gets the error itself
+    with shoal.Pool(1, context=ctx) as pool, pytest.raises(RuntimeError, match="unpickle"):
+        pool.apply(t.identity, (t.DoesNotUnpickle(),))
+
+
 # ---- the remote traceback ---------------------------------------------------------------
 
 

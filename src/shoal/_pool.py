@@ -96,7 +96,7 @@ __all__ = [
 # task record: (function pickle, kind, timeout seconds or 0.0, *payload)
 _CALL, _CALL_KW, _MAP, _STARMAP = range(4)
 # result record: (ordinal, status, *values); ordinal _MARKER for the monitor's records
-_OK, _OK_PICKLED, _ERROR, _SKIPPED = range(4)
+_OK, _OK_PICKLED, _ERROR, _SKIPPED, _BAD_TASK = range(5)  # _BAD_TASK: did not unpickle
 _MARKER = -1
 _DIED, _WAKE, _SETUP_FAILED = range(3)
 
@@ -190,7 +190,7 @@ def _worker_main(
             claim = _core.load64(buf, claim_at)
             if not claim & _CLAIMED:
                 raise
-            send_error(results, claim & _ORDINAL_MASK, exc)
+            send_error(results, claim & _ORDINAL_MASK, exc, _BAD_TASK)
             _core.store64(buf, claim_at, 0)
             done += 1
             continue
@@ -364,8 +364,9 @@ def _send_values(results: Queue, ordinal: int, values: tuple) -> None:
     except SerializationError as error:
         _send_error(results, ordinal, _unpicklable(values, error))
         return
-    except Exception as error:
-        # no room in /dev/shm for a big result, say: it is that task's error, and the
+    except BaseException as error:
+        # no room in /dev/shm for a big result, say, or a __reduce__ that raised
+        # SystemExit: it is that task's error, as with ProcessPoolExecutor, and the
         # worker carries on (escaping, it killed the worker: a WorkerDiedError)
         _send_error(results, ordinal, error)
         return
@@ -1288,6 +1289,15 @@ class _Engine:
         else:
             self._forget_mark(job, ordinal)  # (its arguments failed before the look)
             error = _remote_error(record[2], record[3], self._traceback_class)
+            if status == _BAD_TASK and type(job) is _FutureJob:
+                # as ProcessPoolExecutor reports it (its worker dies of it); only
+                # this call fails here
+                broken = BrokenProcessPool(
+                    f"the arguments of {job._describe(index)} could not be unpickled "
+                    f"in the worker: {type(error).__name__}: {error}; only this call failed"
+                )
+                broken.__cause__ = error
+                error = broken
             self._finish(job, index, False, error, False)
         return False
 
