@@ -97,23 +97,31 @@ without knowing the child's pid:
 - end of file on the read end (a non-blocking read) means the fork has settled:
   every process that had the write end (the child, or a grandchild it forked before
   its own hook ran) closed it, or died;
-- a segment the parent closes while a fork made since it attached it is unsettled is
-  not left: the parent's own entry in its holder table becomes a *reservation*, the
-  token with bit 63 set (:data:`_RESERVED`; tokens never have it, see
-  ``shoal_core.h``), which takes no other slot.  The parent keeps its mapping, to
-  reach the table later.  A reservation counts as a live holder while the process
-  that made it lives (the token under the mark judges it, for every reaper), and is
-  not listed by :meth:`Segment.holders`; one segment has at most one of each process;
+- a segment the parent closes while forks made since it attached it are unsettled is
+  not left: the parent writes one *reservation* for each such fork, its token with
+  bit 63 set (:data:`_RESERVED`; tokens never have it, see ``shoal_core.h``), the
+  first in place of its own entry.  It keeps its mapping, to reach the table later.
+  A reservation counts as a live holder while the process that made it lives (the
+  token under the mark judges it, for every reaper), and is not listed by
+  :meth:`Segment.holders`;
+- the child's hook takes the reservation in place of its parent's entry over as its
+  own (it inherited where that is: no search, in every segment it inherits), else
+  adds its entry as before: a child that then leaves as usual is the last holder as
+  usual, and unlinks.  Of children of several forks unsettled at once, one takes it
+  over; the parent's other reservations wait until it settles those forks;
 - at every fork, creation, attach, close and sweep, at ``attached_names()`` and at
   exit, the parent polls its unsettled forks (:func:`_settle_forks`); once all the
-  forks a reservation covers have settled, it is removed, and the segment unlinked if
-  nothing else keeps it, as a close would have;
+  forks a segment's reservations were made for have settled, those no child took
+  over (its child died first, or had recorded itself before the close) are removed,
+  and the segment unlinked if nothing else keeps it, as a close would have;
 - a layer above that asks whether another process still uses a segment
   (``Segment._held_elsewhere``: a ``SharedDict``'s last handle, before it frees the
   tables) is told yes while a fork that inherited it is unsettled.
 
 Nothing is written into any segment before a fork; a fork costs one pipe, and a close
-made while a fork is unsettled costs one table update, as any close does.  A child
+made while a fork is unsettled costs one table update, as any close does (the eager
+alternative, reservations written into every segment held before each fork, costs a
+table update per segment on every fork).  A child
 killed before its hook ran pins nothing once its parent next settles.  What remains: a
 parent that exits (or dies) before its child recorded itself leaves reservations that
 count as dead from then on, so a sweep in between can still remove what that child
@@ -463,6 +471,9 @@ class Segment:
         self._table_lock._bind(mapping, _TABLE_LOCK_OFFSET, False, False)
         # the number of the last fork before this attachment: later forks inherited it
         self._attach_seq = _state.fork_seq
+        # where this process's entry is in the holder table (-1: not known).  A forked
+        # child inherits its parent's: where a reservation for it is looked for
+        self._slot = -1
 
     def __repr__(self) -> str:
         state = "attached" if self._mmap is not None else "closed"
@@ -532,6 +543,7 @@ class Segment:
         struct.pack_into("<Q", mapping, _HOLDERS_OFFSET, token)
         _core.store64(mapping, 0, MAGIC)  # last: the segment is now complete
         segment = cls(name, mapping, kind)
+        segment._slot = 0
         with _state.lock:
             segment._attach_seq = _state.fork_seq
             _state.attached[name] = segment
@@ -584,8 +596,13 @@ class Segment:
     def _table_locked(self) -> contextlib.AbstractContextManager[None]:
         return _table_locked(self._table_lock, self.name)
 
-    def _add_holder(self, token: int) -> bool:
+    def _add_holder(self, token: int, reserved_by: int = 0) -> bool:
         """Record ``token`` as a holder; False if the segment was already unlinked.
+
+        A forked child passes its parent's token as ``reserved_by``: a reservation the
+        parent left for its children (see "Forking" above) in place of its own entry
+        becomes the child's (found where the parent's entry was: no search, as the
+        child does this for every segment it inherits).
 
         Raises:
             SharedMemoryError: the table is full of live holders (EUSERS).  A holder
@@ -598,10 +615,22 @@ class Segment:
                 return False
             holders = self._holders_view()
             try:
+                # (none there: the parent had not closed it, or a sibling forked at about
+                # the same time took it; the parent's other reservations for such forks
+                # then wait until it settles them)
+                at = self._slot
+                if (
+                    reserved_by
+                    and 0 <= at < len(holders)
+                    and holders[at] == reserved_by | _RESERVED
+                ):
+                    holders[at] = token
+                    return True
                 for _ in range(2):
                     for i, holder in enumerate(holders):
                         if holder == 0:
                             holders[i] = token
+                            self._slot = i
                             return True
                     # full: forget dead holders (and reservations of dead processes),
                     # then try once more
@@ -621,28 +650,43 @@ class Segment:
         return _leave_table(self.buffer, self._table_lock, self.name, token)
 
     def _leave_reserved(self, forks: set[int]) -> None:
-        """Close for this process, leaving its entry reserved for the children of the
+        """Close for this process, leaving reservations for the children of the
         unsettled ``forks`` (see "Forking" above); settled by :func:`_settle_forks`."""
         token = _core.self_token()
-        record = _state.reserved.get(self.name)
-        spot = None
+        mark = token | _RESERVED
         with self._table_locked():
             holders = self._holders_view()
             try:
-                mine = [i for i, holder in enumerate(holders) if holder == token]
-                if record is None:
-                    # the entry itself becomes the reservation: it takes no other slot
-                    free = (i for i, holder in enumerate(holders) if not holder)
-                    spot = mine.pop(0) if mine else next(free, None)
-                    if spot is not None:
-                        holders[spot] = token | _RESERVED
-                for i in mine:  # (one reservation a segment: attached again, closed again)
-                    holders[i] = 0
+                entries = holders.tolist()
+                # one a fork (the child takes it over).  Those of an earlier close are
+                # for forks made before this attachment: ``forks`` are all newer
+                need = len(forks)
+                placed = 0
+                # this process's own entry first, where its children look: it takes no
+                # other slot
+                mine = [i for i, holder in enumerate(entries) if holder == token]
+                if self._slot in mine:
+                    mine.remove(self._slot)
+                    mine.insert(0, self._slot)
+                for i in mine:
+                    if placed < need:
+                        holders[i] = mark
+                        placed += 1
+                    else:
+                        holders[i] = 0
+                for i, holder in enumerate(entries):
+                    if placed >= need:
+                        break
+                    if holder == 0:
+                        holders[i] = mark
+                        placed += 1
+                reserved = mark in holders.tolist()
             finally:
                 holders.release()
+        record = _state.reserved.get(self.name)
         if record is not None:
             record.forks |= forks
-        elif spot is not None:
+        elif reserved:
             assert self._mmap is not None
             _state.reserved[self.name] = _Reservation(self.name, self._mmap, forks)
         else:  # not in its own table, and no room for a reservation: a plain close
@@ -938,16 +982,18 @@ def _holder_alive(entry: int) -> bool:
     return entry != 0 and _core.token_alive(entry & _TOKEN_BITS)
 
 
-def _leave_table(buf: Any, lock: _core.Mutex, name: str, entry: int) -> bool:
-    """Remove ``entry`` (a token, or a reservation) from the holder table in ``buf``, and
-    unlink segment ``name`` if nothing keeps it any more.  True if unlinked."""
+def _leave_table(buf: Any, lock: _core.Mutex, name: str, entry: int, every: bool = False) -> bool:
+    """Remove ``entry`` (a token; ``every`` one of them, for a reservation) from the
+    holder table in ``buf``, and unlink segment ``name`` if nothing keeps it any more.
+    True if unlinked."""
     with _table_locked(lock, name):
         holders = buf[_HOLDERS_OFFSET:_KEEPERS_OFFSET].cast("Q")
         try:
             for i, holder in enumerate(holders):
                 if holder == entry:
                     holders[i] = 0
-                    break
+                    if not every:
+                        break
             live = any(_holder_alive(h) for h in holders)
         finally:
             holders.release()
@@ -979,9 +1025,10 @@ class _Fork:
     """One fork of a process that held segments: the pipe that tells it, without any
     waiting, when every child the fork made has recorded itself in them (or died)."""
 
-    __slots__ = ("ident", "pid", "read_fd", "seq", "write_fd")
+    __slots__ = ("ident", "pid", "read_fd", "seq", "token", "write_fd")
 
     def __init__(self, seq: int) -> None:
+        self.token = _core.self_token()  # the forking process's: its reservations'
         # non-inheritable (close-on-exec): a program exec'd meanwhile never holds it
         if hasattr(os, "pipe2"):
             self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -1019,7 +1066,8 @@ class _Fork:
             return False
         except OSError:
             pass
-        self.close_read_end()
+        fd, self.read_fd = self.read_fd, -1
+        os.close(fd)
         return True
 
 
@@ -1041,7 +1089,8 @@ class _Reservation:
         lock = _core.Mutex()
         lock._bind(self.mapping, _TABLE_LOCK_OFFSET, False, False)
         try:
-            _leave_table(buf, lock, self.name, _core.self_token() | _RESERVED)
+            # what no child took over: those of children that died before they could
+            _leave_table(buf, lock, self.name, _core.self_token() | _RESERVED, every=True)
         finally:
             lock._unbind()
             buf.release()
@@ -1078,12 +1127,17 @@ def _after_fork_in_child() -> None:
     _state.forks = {n: f for n, f in parent.forks.items() if f.mine()}
     _state.reserved = {n: r for n, r in parent.reserved.items() if r.pid == os.getpid()}
     token = _core.self_token()
+    # the fork that made this process (its parent's; not one of a grandparent's whose
+    # pipe this process inherited, nor one of its own): its reservations are ours
+    ppid = os.getppid()
+    forker = next((f for f in reversed(parent.in_progress) if f.pid == ppid), None)
+    reserved_by = forker.token if forker is not None else 0
     try:
         for name, segment in parent.attached.items():
             if segment._mmap is None:
                 continue
             try:
-                added = segment._add_holder(token)
+                added = segment._add_holder(token, reserved_by)
             except Exception as exc:  # one stuck table must not cost the child the others
                 report_unraisable(exc)
                 continue
