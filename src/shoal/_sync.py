@@ -256,10 +256,11 @@ class Event(_core.Event, SharedObject):
     def __repr__(self) -> str:
         # the standard library's shape (3.11+: "<Event at 0x7f... set>"): programs print
         # their events, and their output should not change; statistics() has the rest
+        status = "unset"
         if not self._bound:
             status = "closed"
-        else:
-            status = "set" if self.statistics().is_set else "unset"
+        elif self.statistics().is_set:
+            status = "set"
         return f"<{type(self).__qualname__} at {id(self):#x} {status}>"
 
 
