@@ -239,3 +239,23 @@ def test_a_script_without_the_main_guard_fails_at_once_with_one_error(
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("shoal.BrokenPoolError: the pool's workers cannot start"), last
     assert 'if __name__ == "__main__":' in last and str(script) in last
+
+
+def test_an_unguarded_script_that_fails_in_each_worker_stops_after_a_few(tmp_path: Any) -> None:
+    # the child's import fails before it reaches the pool (the context is set already):
+    # each worker dies with status 1 before it starts, which would go on for ever
+    script = tmp_path / "unguarded_start_method.py"
+    script.write_text(
+        "import multiprocessing, shoal\n"
+        "multiprocessing.set_start_method('spawn')\n"
+        "def square(x):\n    return x * x\n"
+        "with shoal.Pool(2) as p:\n    print(p.map(square, range(4)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 1, done
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("shoal.BrokenPoolError: the pool's workers cannot start"), last
+    assert 'if __name__ == "__main__":' in last
+    assert done.stderr.count("RuntimeError: context has already been set") <= 4, done.stderr

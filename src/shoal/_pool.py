@@ -38,6 +38,19 @@ mark decides, exactly once: the worker skips the call (it never runs, and the
 future is cancelled); ``cancel()`` popping it back means a worker took the record
 before it could see the mark, so the call runs and the future is running.  A call
 cancelled while it waits in the parent for room in the ring is never pushed.
+
+Starting a worker
+-----------------
+A worker's ``Process`` arguments are the two rings, the slots, the cancel marks, its
+slot, the parent's token, the initializer's record (``(initializer, initargs)``
+pickled by shoal, so lambdas go) and ``maxtasksperchild``.  Initargs that record
+cannot carry (``multiprocessing``'s Queue, Lock, Value: they may only be inherited)
+go as a ``Process`` argument of their own, with the record holding ``None`` in their
+place: inherited under fork, pickled by ``start()`` under spawn and forkserver, as
+in the standard library (#11).  A spawn or forkserver child imports the main module
+before it gets these; one that starts a pool during that import (a script with no
+``__main__`` guard) exits with ``_BOOTSTRAP_EXIT`` before its pid is in its slot,
+and the pool fails instead of replacing it for ever.
 """
 
 from __future__ import annotations
@@ -101,6 +114,9 @@ _DIED, _WAKE, _SETUP_FAILED, _MAIN_REIMPORTED = range(4)
 # the exit status of a process that tried to start a pool while it was still importing
 # the main module, as spawn and forkserver children do (see _refuse_while_bootstrapping)
 _BOOTSTRAP_EXIT = 87
+# workers in a row that fail before they start (and none ever did) before the pool
+# gives up on them (see _Engine._failed_before_start); at least one per slot
+_START_FAILURES = 3
 
 # a worker's slot, one 64-bit word each: what it claimed (CLAIMED | ordinal), its
 # task's deadline (monotonic ns, 0: none), its pid once it unpickled its arguments,
@@ -869,6 +885,8 @@ class _Engine:
         self._initializer = initializer
         self._initargs = tuple(initargs)
         self._initargs_at_start = False  # see _setup_record
+        self._ever_started = False  # see _failed_before_start
+        self._start_failures = 0
         self._maxtasks = maxtasksperchild
         self._context = context if context is not None else multiprocessing.get_context()
         self._uncollected_mode = uncollected_errors
@@ -978,6 +996,24 @@ class _Engine:
                 self._initargs_at_start = True
         return self._tasks._record((self._initializer, None), kept=False), self._initargs
 
+    def _failed_before_start(self, slot: int, exitcode: int | None) -> bool:
+        """Whether workers keep failing before they start: ``_START_FAILURES`` of them
+        (at least one a slot) in a row exited with status 1 before storing their pid,
+        and none ever stored it.  Under spawn and forkserver that is the main script
+        raising as each worker imports it (unguarded code, a ``set_start_method()``
+        without ``force=True``...); replacing them would go on for ever."""
+        if self._ever_started or self._context.get_start_method() == "fork":
+            return False
+        if self._slot_word(slot, _PID) or any(
+            self._slot_word(other, _PID) for other in range(self.processes)
+        ):
+            self._ever_started = True
+            return False
+        if exitcode != 1:
+            return False
+        self._start_failures += 1
+        return self._start_failures >= max(_START_FAILURES, self.processes)
+
     def _death_handles(self) -> dict[int, int]:
         """What becomes readable when each live worker ends: handle -> slot."""
         return {
@@ -1042,9 +1078,10 @@ class _Engine:
             # __main__ guard, it tried to start a pool itself.  Each replacement would
             # do the same, for ever (what the standard library's pool does)
             reimported = process.exitcode == _BOOTSTRAP_EXIT and not self._slot_word(slot, _PID)
-            replace = replace and not reimported
-        if reimported:
-            self._results.put((_MARKER, _MAIN_REIMPORTED))
+            failed_start = not reimported and self._failed_before_start(slot, process.exitcode)
+            replace = replace and not reimported and not failed_start
+        if reimported or failed_start:
+            self._results.put((_MARKER, _MAIN_REIMPORTED, bool(failed_start)))
         # behind anything the worker sent before it died (the same ring, later)
         self._results.put((_MARKER, _DIED, slot, process.pid, process.exitcode, ordinal))
         if replace:
@@ -1267,7 +1304,7 @@ class _Engine:
             if status == _SETUP_FAILED:
                 self._setup_failed(_remote_error(record[2], record[3]))
             elif status == _MAIN_REIMPORTED:
-                self._main_reimported()
+                self._main_reimported(record[2])
             elif status == _WAKE:
                 return self._finished_all()
             else:
@@ -1362,11 +1399,22 @@ class _Engine:
         self._broken = broken
         self._fail_outstanding(broken)
 
-    def _main_reimported(self) -> None:
+    def _main_reimported(self, failed: bool) -> None:
         if self._broken is not None:
             return
         method = self._context.get_start_method()
         main = getattr(sys.modules.get("__main__"), "__file__", None) or "the main module"
+        if failed:
+            self._broken = BrokenPoolError(
+                f"the pool's workers cannot start: {self._start_failures} in a row exited "
+                "with status 1 before they started, and none ever did.  Under the "
+                f"{method!r} start method each worker first imports {main}; that "
+                "import most likely raised (see the tracebacks above), as code outside "
+                "an 'if __name__ == \"__main__\":' block does there.  Put everything but "
+                "imports and definitions under 'if __name__ == \"__main__\":'."
+            )
+            self._fail_outstanding(self._broken)
+            return
         self._broken = BrokenPoolError(
             f"the pool's workers cannot start: under the {method!r} start method each "
             f"worker imports {main}, and that import started a pool (or executor) "
