@@ -1606,12 +1606,34 @@ def _refuse_while_bootstrapping() -> None:
     does the same: a hundred tracebacks and a parent that hangs.  This exit status
     tells the parent's pool instead, which fails with one error naming the fix."""
     if getattr(multiprocessing.process.current_process(), "_inheriting", False):
+        if _in_forkserver_preload():
+            return  # the standard library's error there: this exit would kill the server
         # not SystemExit: a forkserver child turns any exception into exit status 1.
         # shoal's exit hooks first: let go of what this import made
         try:
             multiprocessing.util._run_finalizers()
         finally:
             os._exit(_BOOTSTRAP_EXIT)
+
+
+def _in_forkserver_preload() -> bool:
+    """Whether this is the forkserver itself importing the main module to preload it
+    (where Python passes it the main path), not one of the children it forks."""
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    serve = getattr(getattr(forkserver, "main", None), "__code__", None)
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is serve:
+            return not any(f.f_code.co_name == "_serve_one" for f in _frames_below(frame))
+        frame = frame.f_back
+    return False
+
+
+def _frames_below(top: Any) -> Iterator[Any]:
+    frame = sys._getframe(1)
+    while frame is not None and frame is not top:
+        yield frame
+        frame = frame.f_back
 
 
 def _needs_by_value(function: Any) -> bool:
