@@ -70,10 +70,19 @@ MUTANTS = (
         "reaper-ignores-live-holders",
         "the reaper removes segments whose holders are alive",
         "src/shoal/_memory.py",
-        "if overflow or any(h and _core.token_alive(h) for h in holders):",
+        "if overflow or any(_holder_alive(h) for h in holders):",
         "if overflow:",
         ("tests/test_memory.py", "tests/test_reaper.py", "tests/test_handles.py"),
         occurrences=2,  # the decision from pread, and the final one under the mutex
+    ),
+    Mutant(
+        "fork-close-reserves-nothing",
+        "a parent closing a segment before the child it just forked has recorded itself "
+        "leaves the table at once: the name goes, and the child cannot pass it on",
+        "src/shoal/_memory.py",
+        "                if forks:\n                    self._leave_reserved(forks)\n",
+        "                if False:\n                    self._leave_reserved(forks)\n",
+        ("tests/test_memory.py",),
     ),
     Mutant(
         "pickle-keeps-no-segment",

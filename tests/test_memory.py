@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import re
 import secrets
+import shutil
 import signal
 import stat
 import struct
@@ -38,6 +39,7 @@ from typing import Any
 
 import pytest
 from conftest import join_all, shoal_segments, wait_until
+from isolation import HOSTILE_USER, PYTHON, check_isolated
 
 import shoal
 from shoal import _core, _memory
@@ -666,6 +668,43 @@ def test_a_holder_beyond_a_full_table_is_refused_with_a_clear_error() -> None:
     assert not exists(seg.name)
 
 
+def test_a_reservation_takes_a_slot_and_counts_while_its_process_lives() -> None:
+    # a reservation (a forked child's cover, see shoal._memory) is judged by the token
+    # under its mark: a full table of live reservations refuses the next holder, and
+    # one whose process died is forgotten to make room.  (Spawned children: a forked
+    # one would take its parent's reservations over, as it should.)
+    spawn = mp.get_context("spawn")
+    seg = Segment.create(8)
+    reserved = _core.self_token() | _memory._RESERVED
+    slots = seg.buffer[_memory._HOLDERS_OFFSET : _memory._KEEPERS_OFFSET].cast("Q")
+    try:
+        for i in range(1, _memory._HOLDER_CAPACITY):
+            slots[i] = reserved
+        here, there = spawn.Pipe()
+        p = spawn.Process(target=child_attach_hold, args=(seg.name, there))
+        p.start()
+        assert here.poll(TIMEOUT)
+        code, _ = here.recv()
+        join_all(p)
+        assert code == errno.EUSERS
+        assert seg.holders() == [os.getpid()], "a reservation is listed as a holder"
+        slots[1] = dead_token() | _memory._RESERVED
+        here, there = spawn.Pipe()
+        p = spawn.Process(target=child_attach_hold, args=(seg.name, there))
+        p.start()
+        assert here.poll(TIMEOUT) and here.recv() is True
+        here.send("close")
+        assert here.poll(TIMEOUT) and here.recv() == "closed"
+        join_all(p)
+        assert slots[2] == reserved, "a live reservation was forgotten"
+        for i in range(1, _memory._HOLDER_CAPACITY):
+            slots[i] = 0
+    finally:
+        slots.release()
+        seg.close()
+    assert not exists(seg.name)
+
+
 # ---- threads and forks ----------------------------------------------------------------------
 
 
@@ -744,6 +783,305 @@ def test_segments_a_child_creates_go_when_it_exits(ctx: Any) -> None:
         assert not exists(name), f"{ctx.get_start_method()} child left {name} behind"
     finally:
         keep.close()
+
+
+# ---- a fork racing the parent's close (#10) ---------------------------------------------
+#
+# A forked child records itself in the segments it inherits only in its own at-fork hook.
+# The scripts below run in a fresh interpreter whose first at-fork hook (registered before
+# shoal's, so it runs first in the child) holds the child until the parent sends a byte:
+# the parent closes first, as `p.start(); q.put(x); q.close()` often does.
+FORK_RACE = """
+import os, pickle, signal, subprocess, sys, threading, time
+r, w = os.pipe()
+held = []
+
+def hold():
+    if held:
+        os.close(w)  # only the parent releases it (its exit does too: end of file)
+        os.read(r, 1)
+
+os.register_at_fork(after_in_child=hold)
+import shoal
+from shoal import _core, _memory, lowlevel
+from shoal.lowlevel import Segment
+
+def on_shm(name):
+    return os.path.exists("/dev/shm" + name)
+
+def exit_code(pid):
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+def reservations(name):
+    # marked entries in the segment's holder table, read without attaching
+    with open("/dev/shm" + name, "rb") as f:
+        f.seek(_memory._HOLDERS_OFFSET)
+        table = f.read(_memory._KEEPERS_OFFSET - _memory._HOLDERS_OFFSET)
+    return [h for h in memoryview(table).cast("Q") if h & _memory._RESERVED]
+
+def attach_elsewhere(name):
+    # what a spawned process or a Pool task given the handle does: attach by name
+    code = f"from shoal.lowlevel import Segment; Segment.attach({name!r}).close()"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+"""
+
+
+def run_fork_race(script: str, timeout: float = 40.0, isolated: bool = False) -> str:
+    if isolated:  # (it sweeps: never the machine's /dev/shm)
+        return check_isolated(FORK_RACE + textwrap.dedent(script), timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_RACE + textwrap.dedent(script)],
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-3000:])
+    return done.stdout
+
+
+def test_a_segment_closed_by_the_parent_before_a_forked_child_claims_it_stays() -> None:
+    out = run_fork_race(
+        """
+        seg = Segment.create(8)
+        name = seg.name
+        held.append(1)
+        pid = os.fork()
+        if pid == 0:
+            # the parent closed its last handle before this child's shoal hook ran
+            done = attach_elsewhere(name)
+            sys.exit(0 if done.returncode == 0 else 3)  # (exit hooks: it leaves the table)
+        held.clear()
+        t0 = time.monotonic()
+        seg.close()
+        took = time.monotonic() - t0
+        assert took < 1.0, f"the close waited {took:.2f} s for the child"
+        assert on_shm(name), "unlinked under a child that had not claimed it yet"
+        assert len(reservations(name)) == 1
+        # attached again and closed again while the fork is unsettled: still one
+        again = Segment.attach(name)
+        assert again.holders() == [os.getpid()], "a reservation is not a holder"
+        again.close()
+        assert len(reservations(name)) == 1
+        os.write(w, b"x")
+        assert exit_code(pid) == 0, "the child could not pass the segment on"
+        # the child took the reservation over, and was the last to leave: no settle
+        # point of the parent's was needed
+        assert not on_shm(name), "the reservation outlived the fork"
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+# (make the object, use it in a process it is passed to, check that use in the child)
+PASSED_ON = {
+    "queue": (
+        'obj = shoal.Queue()\nobj.put("kept")',
+        'assert o.get(timeout=10) == "kept"\no.put(2)',
+        "obj.get(timeout=10) == 2",
+    ),
+    "lock": (
+        "obj = shoal.Lock()",
+        "assert o.acquire(timeout=10)\no.release()",
+        "obj.acquire(timeout=1)",
+    ),
+    "dict": (
+        'obj = shoal.SharedDict()\nobj["a"] = 1',
+        'assert o["a"] == 1\no["b"] = 2',
+        'obj["b"] == 2',
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", PASSED_ON)
+def test_an_object_the_parent_closed_before_a_forked_child_claimed_can_be_passed_on(
+    kind: str,
+) -> None:
+    # #10: the parent was the last holder: its close unlinked the names (the dict's
+    # tables too, freed by its last handle), and the child's object worked only in the
+    # child; a Pool task or spawned process given it got SegmentNotFoundError
+    make, use, check = PASSED_ON[kind]
+    use = f"import pickle, sys\no = pickle.loads(sys.stdin.buffer.read())\n{use}\no.close()"
+    run_fork_race(
+        make
+        + f"""
+held.append(1)
+pid = os.fork()
+if pid == 0:
+    done = subprocess.run([sys.executable, "-c", {use!r}], input=pickle.dumps(obj),
+                          capture_output=True, timeout=30)
+    sys.stderr.write(done.stderr.decode()[-2000:])
+    sys.exit(0 if done.returncode == 0 and {check} else 3)  # (exit hooks: it lets go)
+held.clear()
+obj.close()
+os.write(w, b"x")
+assert exit_code(pid) == 0, "the child could not pass it on"
+"""
+    )
+
+
+# where the parent settles its forks: each must release a dead child's reservation at
+# once, waiting on nothing ("close": the child is killed before the parent closes)
+SETTLE_POINTS = {
+    "close": "",
+    "attached_names": "lowlevel.attached_names()",
+    "reap": "lowlevel.reap()",
+    "create": "Segment.create(8).close()",
+    "fork": "other = os.fork()\nif other == 0:\n    os._exit(0)\nassert exit_code(other) == 0",
+    "exit": "",
+}
+
+
+@pytest.mark.parametrize("settle", SETTLE_POINTS)
+def test_a_child_killed_before_it_claims_pins_nothing(settle: str) -> None:
+    # the parent never waits for its child: it learns from a pipe (end of file once the
+    # child claimed or died) and releases what it reserved at its next settle point
+    kill = "os.kill(pid, signal.SIGKILL)\nassert exit_code(pid) == -signal.SIGKILL\n"
+    close = (
+        "t0 = time.monotonic()\nseg.close()\n"
+        "assert time.monotonic() - t0 < 1.0, 'the close waited for the child'\n"
+    )
+    if settle == "close":
+        steps = kill + close + "assert not on_shm(name), 'pinned by a dead child'\n"
+    else:
+        steps = (
+            close
+            + "assert on_shm(name) and len(reservations(name)) == 1, 'not reserved'\n"
+            + kill
+            + "t0 = time.monotonic()\n"
+            + SETTLE_POINTS[settle]
+            + "\nassert time.monotonic() - t0 < 0.5, 'settling waited'\n"
+        )
+        if settle != "exit":
+            steps += "assert not on_shm(name), 'pinned by a child killed before it claimed'\n"
+    start = textwrap.dedent(
+        """
+        seg = Segment.create(8)
+        name = seg.name
+        print(name, flush=True)
+        held.append(1)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)  # not reached: killed while held in the first at-fork hook
+        held.clear()
+        """
+    )
+    out = run_fork_race(start + steps + "print('ok')\n", isolated=settle == "reap").split()
+    assert out[-1] == "ok"
+    assert not exists(out[0]), "left behind once the parent exited"
+
+
+def test_forks_from_two_threads_each_keep_what_they_inherited() -> None:
+    run_fork_race(
+        """
+        q = shoal.Queue()
+        name = q._segment.name
+        pids = []
+
+        def fork():
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    pickle.loads(pickle.dumps(q)).close()
+                except shoal.SegmentNotFoundError:
+                    os._exit(3)
+                os._exit(0 if on_shm(name) else 4)
+            pids.append(pid)
+
+        held.append(1)
+        threads = [threading.Thread(target=fork) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        held.clear()
+        q.close()
+        assert on_shm(name) and len(reservations(name)) == 2, "one a fork"
+        os.write(w, b"x")  # one child claims and exits; the other is still held
+        first, status = os.wait()
+        lowlevel.attached_names()
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert on_shm(name), "released while a fork that inherited it is unsettled"
+        assert len(reservations(name)) == 1, "the first child took over none, or both"
+        os.write(w, b"x")
+        (second,) = set(pids) - {first}
+        assert exit_code(second) == 0
+        lowlevel.attached_names()
+        assert not on_shm(name)
+        """
+    )
+
+
+def test_a_child_that_forks_again_before_the_parent_settled() -> None:
+    # the child claims, then forks a grandchild of its own (held), and both the parent
+    # and the child close before the grandchild claims: the child's reservation covers it
+    run_fork_race(
+        """
+        q = shoal.Queue()
+        name = q._segment.name
+        pid = os.fork()  # (not held: `held` is still empty)
+        if pid == 0:
+            held.append(1)
+            grandchild = os.fork()
+            if grandchild == 0:
+                done = attach_elsewhere(name)
+                sys.exit(0 if done.returncode == 0 else 3)  # (exit hooks: it leaves)
+            held.clear()
+            q.close()
+            code = 0 if on_shm(name) and len(reservations(name)) >= 1 else 5
+            os.write(w, b"x")
+            sys.exit(code or exit_code(grandchild))
+        q.close()  # the parent's fork has settled by now, or not: either way
+        assert exit_code(pid) == 0, "the grandchild could not pass the queue on"
+        lowlevel.attached_names()
+        assert not on_shm(name)
+        """
+    )
+
+
+def test_a_fork_that_fails_reserves_nothing() -> None:
+    # os.fork() raising still runs the at-fork hooks (before, then after_in_parent):
+    # the pipe made for the child is at end of file at once, nothing stays reserved,
+    # and nothing is left open.  A user beyond RLIMIT_NPROC cannot fork (root can).
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv")
+    inner = textwrap.dedent(
+        """
+        import os, resource
+        from shoal import _core
+        from shoal.lowlevel import Segment
+        _core.self_token()  # (its liveness file stays open for the process's life)
+        fds = sorted(os.listdir("/proc/self/fd"))
+        seg = Segment.create(8)
+        name = seg.name
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+        try:
+            os.fork()
+        except BlockingIOError:
+            pass
+        else:
+            raise SystemExit("the fork did not fail")
+        seg.close()
+        assert not os.path.exists("/dev/shm" + name), "reserved for a child never born"
+        left = sorted(os.listdir("/proc/self/fd"))
+        assert left == fds, ("the fork's pipe stayed open", fds, left)
+        Segment.create(8).close()  # the hooks let go of the process lock
+        print("ok")
+        """
+    )
+    out = check_isolated(
+        f"""
+        import subprocess
+        done = subprocess.run(
+            ["setpriv", "--reuid={HOSTILE_USER[0]}", "--regid={HOSTILE_USER[1]}",
+             "--clear-groups", {PYTHON!r}, "-c", {inner!r}],
+            capture_output=True, text=True, timeout=60)
+        print(done.stdout, done.stderr)
+        assert done.returncode == 0
+        """
+    )
+    assert out.split()[0] == "ok", out
 
 
 # ---- references in flight (#4): a pickled handle keeps its segment ------------------------

@@ -362,3 +362,54 @@ print("ok")
         shm_size="4m",
     )
     assert out.strip().endswith("ok")
+
+
+def test_a_reservation_lives_as_long_as_the_process_that_made_it() -> None:
+    # a process that closes a segment before the child it forked has claimed it leaves
+    # its entry reserved (shoal._memory): every reaper must count it while that process
+    # lives, whatever became of the child, and never once the process is gone
+    out = check_isolated(
+        """
+import os, signal, subprocess, sys, textwrap, time
+from shoal.lowlevel import reap
+
+FORKER = textwrap.dedent('''
+    import os, sys
+    r, w = os.pipe()
+    held = []
+
+    def hold():
+        if held:
+            os.close(w)  # released by the forker's end (end of file), if not killed
+            os.read(r, 1)
+
+    os.register_at_fork(after_in_child=hold)
+    from shoal.lowlevel import Segment
+    seg = Segment.create(8)
+    held.append(1)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)  # not reached: held, then killed
+    seg.close()  # before the child claimed: reserved for it
+    print(seg.name, pid, flush=True)
+    sys.stdin.readline()
+''')
+forker = subprocess.Popen([sys.executable, "-c", FORKER], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True)
+try:
+    name, child = forker.stdout.readline().split()
+    path = "/dev/shm" + name
+    assert os.path.exists(path), "unlinked before the child claimed it"
+    os.kill(int(child), signal.SIGKILL)  # the forker does not know yet: no settle point
+    time.sleep(0.1)
+    assert reap() == [] and os.path.exists(path), "a live process's reservation reaped"
+    forker.kill()
+    forker.wait(20)
+    assert reap() == [name], "a dead process's reservation kept its segment"
+finally:
+    forker.kill()
+    forker.wait(20)
+print("ok")
+"""
+    )
+    assert out.strip().endswith("ok")

@@ -107,7 +107,10 @@ def test_same_values_as_the_standard_library(fn: str, args: tuple, kwargs: dict)
         assert list(ours) == list(theirs)
     for name in ("get_lock", "get_obj", "acquire", "release", "raw"):
         assert hasattr(ours, name) == hasattr(theirs, name) or name == "get_obj", name
-    ours.close()
+    if kwargs.get("lock") is False:  # the bare ctypes object (#11): nothing to close
+        assert isinstance(ours, type(theirs))
+    else:
+        ours.close()
 
 
 BAD_CALLS = [
@@ -214,11 +217,11 @@ def test_kinds_and_locks() -> None:
     assert isinstance(v.get_lock(), shoal.RLock)  # as multiprocessing: an RLock
     assert isinstance(shoal.Value("i", lock=None).get_lock(), shoal.RLock)
     raw = shoal.Value("i", 1, lock=False)
-    assert isinstance(raw, shoal.RawValue)
+    assert isinstance(raw, ctypes.c_int)  # the bare ctypes object (#11)
     assert not hasattr(raw, "get_lock") and not hasattr(raw, "acquire")
     assert isinstance(shoal.Array("c", 3), sharedctypes.SynchronizedString)
     assert isinstance(shoal.Array("i", 3), sharedctypes.SynchronizedArray)
-    assert isinstance(shoal.Array("i", 3, lock=False), shoal.RawArray)
+    assert isinstance(shoal.Array("i", 3, lock=False), ctypes.c_int * 3)
     # one lock guarding several objects
     lock = shoal.Lock()
     a, b = shoal.Value("i", lock=lock), shoal.Array("d", 2, lock=lock)
@@ -606,3 +609,58 @@ def test_atomics_across_spawned_processes() -> None:
     counter, array, total = shoal.Value("l"), shoal.Array("I", 2), shoal.Value("f")
     run_children(add_many, (counter, array, total, 500), count=2, ctx=mp.get_context("spawn"))
     assert (counter.value, array[1], total.value) == (1000, 2**32 - 1000, 500.0)
+
+
+# ---- lock=False: the bare ctypes object, as the standard library returns (#11) -----------
+
+
+def _bare_makers() -> list[tuple[str, Any]]:
+    spawn = shoal.get_context("spawn")
+    return [("shoal", shoal), ("context", spawn), ("sharedctypes", sharedctypes)]
+
+
+@pytest.mark.parametrize("where", ["shoal", "context", "sharedctypes"])
+def test_lock_false_returns_the_bare_ctypes_object(where: str) -> None:
+    make = dict(_bare_makers())[where]
+    v, theirs_v = make.Value("i", 5, lock=False), mp.Value("i", 5, lock=False)
+    a, theirs_a = make.Array("d", [1.0, 2.0, 3.0], lock=False), mp.Array("d", 3, lock=False)
+    s = make.Array("c", b"hey", lock=False)
+    for ours, theirs in ((v, theirs_v), (a, theirs_a)):
+        assert isinstance(ours, type(theirs)), (type(ours), type(theirs))
+        assert type(ours).__name__ == type(theirs).__name__
+        for name in ("get_lock", "get_obj", "acquire", "close"):
+            assert not hasattr(ours, name), name
+    assert repr(v) == repr(theirs_v) == "c_int(5)"
+    assert v.value == 5 and a[:] == [1.0, 2.0, 3.0] and len(a) == 3
+    assert (s.value, s.raw) == (b"hey", b"hey")
+    assert ctypes.sizeof(a) == 24 and memoryview(a).nbytes == 24  # a real ctypes object
+    # still in shared memory: a copy by pickle sees the writes, and writes back
+    again = pickle.loads(pickle.dumps(v))
+    again.value = 7
+    assert v.value == 7
+    structure = make.Value(Point, 1, 2, lock=False)
+    assert isinstance(structure, Point) and (structure.x, structure.y) == (1, 2)
+
+
+def bump_bare(v: Any, a: Any) -> int:
+    v.value += 1
+    a[0] += 10
+    return v.value
+
+
+def test_lock_false_objects_go_to_processes_and_pool_tasks(ctx: Any) -> None:
+    v, a = shoal.Value("i", 0, lock=False), shoal.Array("i", 2, lock=False)
+    p = ctx.Process(target=bump_bare, args=(v, a))  # as the standard library allows
+    p.start()
+    p.join(TIMEOUT)
+    assert p.exitcode == 0
+    assert (v.value, a[:]) == (1, [10, 0])
+    # and anywhere else, as shoal's objects go (the standard library raises there)
+    with shoal.Pool(2, context=ctx) as pool:
+        assert pool.apply(bump_bare, (v, a)) == 2
+        q = shoal.Queue()
+        q.put(v)
+        got = q.get(timeout=TIMEOUT)
+        assert pool.apply(bump_bare, (got, a)) == 3
+    assert (v.value, a[0]) == (3, 30)
+    q.close()

@@ -16,6 +16,7 @@ import dataclasses
 import multiprocessing as mp
 import os
 import pickle
+import re
 import signal
 import threading
 import time
@@ -826,15 +827,32 @@ def test_semaphore_repr_and_statistics() -> None:
 
 def test_event_repr_and_statistics() -> None:
     event = shoal.Event()
-    assert repr(event) == "<shoal.Event unset>"
+    assert repr(event) == f"<Event at {id(event):#x} unset>"
     t, out = in_thread(lambda: event.wait(JOIN))
     assert wait_until(lambda: event.statistics().waiters == 1)
     assert event.statistics() == shoal.EventStatistics(is_set=False, waiters=1)
-    assert repr(event) == "<shoal.Event unset, 1 waiting>"
+    assert repr(event) == f"<Event at {id(event):#x} unset>"  # waiters: statistics()
     event.set()
     join(t)
     assert out == [True]
-    assert repr(event) == "<shoal.Event set>"
+    assert repr(event) == f"<Event at {id(event):#x} set>"
+    event.close()
+    assert repr(event) == f"<Event at {id(event):#x} closed>"
+
+
+def test_event_repr_has_the_standard_librarys_shape() -> None:
+    # #11: programs print their events; the output must not change under shoal
+    def shape(e: Any) -> str:
+        return re.sub(r"0x[0-9a-f]+", "ADDRESS", repr(e))
+
+    ours, theirs = shoal.Event(), mp.Event()
+    if "__repr__" not in vars(type(theirs)):
+        pytest.skip("this Python's multiprocessing.Event has no repr of its own")
+    assert shape(ours) == shape(theirs)
+    ours.set()
+    theirs.set()
+    assert shape(ours) == shape(theirs)
+    ours.close()
 
 
 def test_condition_repr() -> None:

@@ -9,7 +9,8 @@
  * Owner identity ("token"): a 64-bit value naming one process::
  *
  *     bits 62-63  0 (shoal_mutex marks an owner word in transition with bit 63, a
- *                 shoal_waitlist its slots with bits 62 and 63)
+ *                 shoal_waitlist its slots with bits 62 and 63, and a segment's holder
+ *                 table, in shoal._memory, a reservation for forked children with 63)
  *     bits 54-61  PID namespace tag, high 8 bits
  *     bits 32-53  pid, as the process's own PID namespace numbers it (pid_max <= 2^22)
  *     bits 24-31  PID namespace tag, low 8 bits

@@ -22,6 +22,7 @@ from ._errors import NotHeldError as NotHeldError
 from ._errors import OwnerDiedWarning as OwnerDiedWarning
 from ._errors import SegmentNotFoundError as SegmentNotFoundError
 from ._errors import SerializationError as SerializationError
+from ._errors import SerializationTypeError as SerializationTypeError
 from ._errors import SharedMemoryError as SharedMemoryError
 from ._errors import ShoalError as ShoalError
 from ._errors import ShoalWarning as ShoalWarning
@@ -114,6 +115,7 @@ __all__ = [
     "Semaphore",
     "SemaphoreStatistics",
     "SerializationError",
+    "SerializationTypeError",
     "SharedArray",
     "SharedDict",
     "SharedList",

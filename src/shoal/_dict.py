@@ -28,7 +28,8 @@ Design (details in docs/design.md, "SharedDict")::
   lists, and a rebuild compacts, so set/delete churn does not grow without bound.
 * Lifetime: table segments have no holders of their own; they live as long as the
   root's segment (the reaper removes them once it is gone), and the last handle to
-  close removes the current one.
+  close removes the current one.  A forked child that has not recorded itself in the
+  root's holder table yet counts as a live user (``Segment._held_elsewhere``, #10).
 * Shoal objects in values (a Queue, a Lock, another SharedDict, ...) live as long as
   they are stored, as the referents of a manager's nested proxies do: such a value is
   stored behind a marker byte with one reference to each object (``shoal._handle``,
@@ -68,8 +69,6 @@ from ._handle import (
     sent_references,
 )
 from ._memory import (
-    _HOLDER_CAPACITY,
-    _HOLDERS_OFFSET,
     _OVERFLOW_OFFSET,
     HEADER_SIZE,
     KEEPER_ID_SIZE,
@@ -234,13 +233,8 @@ def _last_user(segment: Any, header_offset: int, local_handles: int) -> bool:
         return False
     if int.from_bytes(buf[_OVERFLOW_OFFSET : _OVERFLOW_OFFSET + 4], "little"):
         return False
-    me = _core.self_token()
-    for i in range(_HOLDER_CAPACITY):
-        at = _HOLDERS_OFFSET + 8 * i
-        token = int.from_bytes(buf[at : at + 8], "little")
-        if token and token != me and _core.token_alive(token):
-            return False
-    return True
+    # (a child forked since, that has not recorded itself in the table yet, counts: #10)
+    return not segment._held_elsewhere()
 
 
 def _root_name(buf: Any, root: int, slot: int) -> str:

@@ -15,7 +15,9 @@ Each class is also the standard-library class that code written for
     ├── NotHeldError(ShoalError, ValueError, RuntimeError)
     │                                              release of a lock/semaphore you do not hold
     ├── SerializationError(ShoalError, pickle.PicklingError)
-    │                                              an object could not be pickled in put()
+    │   │                                          an object could not be pickled in put()
+    │   └── SerializationTypeError(…, TypeError)   …because its type refuses pickling, as
+    │                                              the standard library's TypeError says
     ├── BrokenError(ShoalError)                    a peer or owner died
     │   ├── BarrierPartyDiedError(BrokenError, threading.BrokenBarrierError)
     │   ├── WorkerDiedError(BrokenError, concurrent.futures.process.BrokenProcessPool,
@@ -57,6 +59,7 @@ __all__ = [
     "OwnerDiedWarning",
     "SegmentNotFoundError",
     "SerializationError",
+    "SerializationTypeError",
     "SharedMemoryError",
     "ShoalError",
     "ShoalWarning",
@@ -133,6 +136,12 @@ class SerializationError(ShoalError, pickle.PicklingError):
     def __init__(self, message: str, *, type_name: str | None = None) -> None:
         super().__init__(message)
         self.type_name = type_name
+
+
+class SerializationTypeError(SerializationError, TypeError):
+    """A :class:`SerializationError` that is also the standard library's ``TypeError``
+    (``cannot pickle '_io.TextIOWrapper' object``): the object is of a type that
+    refuses to be pickled (files, sockets, ``threading`` locks, generators…)."""
 
 
 class BrokenError(ShoalError):

@@ -17,7 +17,8 @@ Every segment starts with a one-page header::
     64      40    shoal_mutex guarding the holder table
     104     8     when the last reference in flight was taken, ns since the epoch
     112     8     references kept by containers that found no free keeper entry
-    128     8*N   holder table: the token of each process attached, 0 = free slot
+    128     8*N   holder table: the token of each process attached, 0 = free slot;
+                  bit 63 set: a reservation for forked children (see "Forking")
     3072    32*K  keeper table: references kept by containers (queues, dicts), one
                   entry per container: u64 count, 20 ASCII bytes naming the container's
                   segment (the hex digits after "/shoal-"), 4 bytes zero
@@ -94,12 +95,62 @@ counted in one overflow word, which cannot name them: the segment is then kept u
 they give their references back, and for ever if one of them dies keeping some (a
 leak, never an early free).
 
-Forking copies a process's mappings, so the child registers itself as a holder of
-every segment it inherits (``os.register_at_fork``), and every process removes
-itself at exit, multiprocessing children included (``multiprocessing.util.Finalize``
-runs in them where ``atexit`` does not).  multiprocessing empties the Finalize
-registry in every child it forks, after ``os.register_at_fork`` hooks ran, so exit
-hooks are re-armed from ``util.register_after_fork`` too (:class:`ExitHook`).
+Forking (#10).  Forking copies a process's mappings, so the child records itself as a
+holder of every segment it inherits, in its at-fork hook (``os.register_at_fork``).
+That hook may run late: hooks registered before shoal's run first in the child, and
+one may wait for the parent; meanwhile the parent may close its last handle
+(``p.start(); q.put(x); q.close()``).  Were the parent then the last holder, the name
+would be unlinked: the child keeps its mapping but could not hand the object on to
+a Pool task or a spawned process.  So a fork is *unsettled* until every child it made
+has recorded itself or died, and the parent learns which without ever waiting, and
+without knowing the child's pid:
+
+- before each fork of a process that holds segments, it makes a pipe
+  (close-on-exec) for that fork; it closes its copy of the write end right after the
+  fork (fork() failing included: the pipe is then at end of file at once);
+- the child's hook, in a ``finally`` once it recorded itself everywhere, closes the
+  write end of every fork under way that it inherited, and the read ends of its
+  parent's unsettled forks;
+- end of file on the read end (a non-blocking read) means the fork has settled:
+  every process that had the write end (the child, or a grandchild it forked before
+  its own hook ran) closed it, or died;
+- a segment the parent closes while forks made since it attached it are unsettled is
+  not left: the parent writes one *reservation* for each such fork, its token with
+  bit 63 set (:data:`_RESERVED`; tokens never have it, see ``shoal_core.h``), the
+  first in place of its own entry.  It keeps its mapping, to reach the table later.
+  A reservation counts as a live holder while the process that made it lives (the
+  token under the mark judges it, for every reaper), and is not listed by
+  :meth:`Segment.holders`;
+- the child's hook takes the reservation in place of its parent's entry over as its
+  own (it inherited where that is: no search, in every segment it inherits), else
+  adds its entry as before: a child that then leaves as usual is the last holder as
+  usual, and unlinks.  Of children of several forks unsettled at once, one takes it
+  over; the parent's other reservations wait until it settles those forks;
+- at every fork, creation, attach, close and sweep, at ``attached_names()`` and at
+  exit, the parent polls its unsettled forks (:func:`_settle_forks`); once all the
+  forks a segment's reservations were made for have settled, those no child took
+  over (its child died first, or had recorded itself before the close) are removed,
+  and the segment unlinked if nothing else keeps it, as a close would have;
+- a layer above that asks whether another process still uses a segment
+  (``Segment._held_elsewhere``: a ``SharedDict``'s last handle, before it frees the
+  tables) is told yes while a fork that inherited it is unsettled.
+
+Nothing is written into any segment before a fork; a fork costs one pipe, and a close
+made while a fork is unsettled costs one table update, as any close does (the eager
+alternative, reservations written into every segment held before each fork, costs a
+table update per segment on every fork).  A child
+killed before its hook ran pins nothing once its parent next settles.  What remains: a
+parent that exits (or dies) before its child recorded itself leaves reservations that
+count as dead from then on, so a sweep in between can still remove what that child
+inherited (the window is the child's first at-fork hooks); a fork made outside
+Python's hooks (a C library's ``fork()`` in another thread, with no exec) that copied
+a write end keeps that fork unsettled, and the parent's reservations, while it lives.
+
+Every process removes itself at exit, multiprocessing children included
+(``multiprocessing.util.Finalize`` runs in them where ``atexit`` does not).
+multiprocessing empties the Finalize registry in every child it forks, after
+``os.register_at_fork`` hooks ran, so exit hooks are re-armed from
+``util.register_after_fork`` too (:class:`ExitHook`).
 
 Re-entrancy.  A garbage-collection pass can run a finalizer at any allocation,
 including while this thread holds a process-shared mutex (a holder table's, an
@@ -183,6 +234,12 @@ _OVERFLOW_OFFSET = 52
 _IN_FLIGHT_OFFSET = 56
 _IN_FLIGHT_TIME_OFFSET = 104
 _TABLE_LOCK_TIMEOUT = 30.0
+# A holder-table entry with this bit is a reservation: the token below it (a process's
+# own) stands in for the children it forked that may not have recorded themselves yet
+# (see "Forking" above).  Tokens never have bits 62-63 (shoal_core.h); in a holder table
+# nothing else uses them (the marks of waitlists and mutexes live in their own words).
+_RESERVED = 1 << 63
+_TOKEN_BITS = _RESERVED - 1
 # A segment with no magic yet is being created; only after this long is its creator
 # presumed dead mid-creation.
 _UNFINISHED_GRACE_S = 60.0
@@ -391,12 +448,22 @@ class _ProcessState:
         self.attached: dict[str, Segment] = {}
         # when this process last swept /dev/shm (time.monotonic()), None: never
         self.swept_at: float | None = None
+        # forks (see "Forking" above): numbered in order; each Segment remembers the
+        # number of the last fork before it was attached
+        self.fork_seq = 0
+        # forks whose child (or children) may still be recording themselves, by number
+        self.forks: dict[int, _Fork] = {}
+        # forks under way: their pipe's write end is still open in this process
+        self.in_progress: list[_Fork] = []
+        # segments this process closed while a fork that inherited them was unsettled
+        self.reserved: dict[str, _Reservation] = {}
 
 
 _state = _ProcessState()
 
 
 def _detach_all() -> None:
+    _settle_forks()
     with _state.lock:
         segments = list(_state.attached.values())
     for segment in segments:
@@ -404,6 +471,8 @@ def _detach_all() -> None:
             segment._detach()
         except Exception as exc:  # one stuck table must not keep the others attached
             report_unraisable(exc)
+    # what is still reserved here is for children that have not recorded themselves yet:
+    # it stays in their tables, and counts as dead once this process is gone
 
 
 # removes this process from every segment it still holds, at exit (see ExitHook)
@@ -438,6 +507,11 @@ class Segment:
         self._detaching = False
         self._table_lock = _core.Mutex()
         self._table_lock._bind(mapping, _TABLE_LOCK_OFFSET, False, False)
+        # the number of the last fork before this attachment: later forks inherited it
+        self._attach_seq = _state.fork_seq
+        # where this process's entry is in the holder table (-1: not known).  A forked
+        # child inherits its parent's: where a reservation for it is looked for
+        self._slot = -1
 
     def __repr__(self) -> str:
         state = "attached" if self._mmap is not None else "closed"
@@ -467,6 +541,7 @@ class Segment:
         if not 0 < kind < 2**32:
             raise ValueError(f"segment kind must be in 1 .. 2**32-1, got {kind}")
         _ensure_exit_hook()
+        _settle_forks()
         now = time.monotonic()
         if _state.swept_at is None or now - _state.swept_at > IN_FLIGHT_TIMEOUT_S:
             # the first creation in a process sweeps, and a long-lived process sweeps
@@ -506,7 +581,9 @@ class Segment:
         struct.pack_into("<Q", mapping, _HOLDERS_OFFSET, token)
         _core.store64(mapping, 0, MAGIC)  # last: the segment is now complete
         segment = cls(name, mapping, kind)
+        segment._slot = 0
         with _state.lock:
+            segment._attach_seq = _state.fork_seq
             _state.attached[name] = segment
         return segment
 
@@ -526,6 +603,7 @@ class Segment:
                 segment._local_refs += 1
                 return segment
             _ensure_exit_hook()
+            _settle_forks()
             mapping = _open_mapping(name)
             kind = _check_header(name, mapping)
             segment = cls(name, mapping, kind)
@@ -546,32 +624,23 @@ class Segment:
 
     # ---- holder table --------------------------------------------------------------------
 
-    # u32 header fields that change; only touched with the table lock held
+    # a u32 header field that changes; only read with the table lock held
     def _field(self, offset: int) -> int:
         return struct.unpack_from("<I", self.buffer, offset)[0]
-
-    def _set_field(self, offset: int, value: int) -> None:
-        struct.pack_into("<I", self.buffer, offset, value)
 
     def _holders_view(self) -> memoryview:
         return self.buffer[_HOLDERS_OFFSET:_KEEPERS_OFFSET].cast("Q")
 
-    @contextlib.contextmanager
-    def _table_locked(self) -> Iterator[None]:
-        with shared_section():
-            if not self._table_lock.acquire(True, _TABLE_LOCK_TIMEOUT):
-                raise SharedMemoryError(
-                    errno.EDEADLK,
-                    f"holder table of {self.name} stayed locked for "
-                    f"{_TABLE_LOCK_TIMEOUT:.0f} s; the segment looks corrupt",
-                )
-            try:
-                yield
-            finally:
-                self._table_lock.release()
+    def _table_locked(self) -> contextlib.AbstractContextManager[None]:
+        return _table_locked(self._table_lock, self.name)
 
-    def _add_holder(self, token: int) -> bool:
+    def _add_holder(self, token: int, reserved_by: int = 0) -> bool:
         """Record ``token`` as a holder; False if the segment was already unlinked.
+
+        A forked child passes its parent's token as ``reserved_by``: a reservation the
+        parent left for its children (see "Forking" above) in place of its own entry
+        becomes the child's (found where the parent's entry was: no search, as the
+        child does this for every segment it inherits).
 
         Raises:
             SharedMemoryError: the table is full of live holders (EUSERS).  A holder
@@ -584,14 +653,27 @@ class Segment:
                 return False
             holders = self._holders_view()
             try:
+                # (none there: the parent had not closed it, or a sibling forked at about
+                # the same time took it; the parent's other reservations for such forks
+                # then wait until it settles them)
+                at = self._slot
+                if (
+                    reserved_by
+                    and 0 <= at < len(holders)
+                    and holders[at] == reserved_by | _RESERVED
+                ):
+                    holders[at] = token
+                    return True
                 for _ in range(2):
                     for i, holder in enumerate(holders):
                         if holder == 0:
                             holders[i] = token
+                            self._slot = i
                             return True
-                    # full: forget dead holders, then try once more
+                    # full: forget dead holders (and reservations of dead processes),
+                    # then try once more
                     for i, holder in enumerate(holders):
-                        if not _core.token_alive(holder):
+                        if not _holder_alive(holder):
                             holders[i] = 0
             finally:
                 holders.release()
@@ -603,27 +685,78 @@ class Segment:
 
     def _remove_holder_and_maybe_unlink(self, token: int) -> bool:
         """Remove ``token``; unlink if no live holder is left.  True if unlinked."""
+        return _leave_table(self.buffer, self._table_lock, self.name, token)
+
+    def _leave_reserved(self, forks: set[int]) -> None:
+        """Close for this process, leaving reservations for the children of the
+        unsettled ``forks`` (see "Forking" above); settled by :func:`_settle_forks`."""
+        token = _core.self_token()
+        mark = token | _RESERVED
         with self._table_locked():
             holders = self._holders_view()
             try:
-                for i, holder in enumerate(holders):
-                    if holder == token:
+                entries = holders.tolist()
+                # one a fork (the child takes it over).  Those of an earlier close are
+                # for forks made before this attachment: ``forks`` are all newer
+                need = len(forks)
+                placed = 0
+                # this process's own entry first, where its children look: it takes no
+                # other slot
+                mine = [i for i, holder in enumerate(entries) if holder == token]
+                if self._slot in mine:
+                    mine.remove(self._slot)
+                    mine.insert(0, self._slot)
+                for i in mine:
+                    if placed < need:
+                        holders[i] = mark
+                        placed += 1
+                    else:
                         holders[i] = 0
+                for i, holder in enumerate(entries):
+                    if placed >= need:
                         break
-                live = any(h and _core.token_alive(h) for h in holders)
+                    if holder == 0:
+                        holders[i] = mark
+                        placed += 1
+                reserved = mark in holders.tolist()
             finally:
                 holders.release()
-            if live or self._field(_OVERFLOW_OFFSET) or _references_pending(self.buffer, self.name):
-                return False
-            self._set_field(_FLAGS_OFFSET, self._field(_FLAGS_OFFSET) | FLAG_UNLINKED)
-            try:
-                _core.shm_unlink(self.name)
-            except FileNotFoundError:
-                pass
-            return True
+        record = _state.reserved.get(self.name)
+        if record is not None:
+            record.forks |= forks
+        elif reserved:
+            assert self._mmap is not None
+            _state.reserved[self.name] = _Reservation(self.name, self._mmap, forks)
+        else:  # not in its own table, and no room for a reservation: a plain close
+            self._remove_holder_and_maybe_unlink(token)
+
+    def _held_elsewhere(self) -> bool:
+        """Whether a live process other than this one holds the segment, or may: a
+        reservation counts (its children may not have recorded themselves yet), and so
+        does a child of this process's own unsettled forks since it attached the
+        segment (it inherited it, and records itself only in its at-fork hook).
+
+        Raises:
+            ClosedError: this process closed the segment.
+        """
+        if self._mmap is None:
+            raise ClosedError(f"segment {self.name} is closed in this process")
+        _settle_forks()
+        with _state.lock:
+            if any(n > self._attach_seq and f.mine() for n, f in _state.forks.items()):
+                return True
+        me = _core.self_token()
+        holders = self._holders_view()
+        try:
+            return any(h != me and _holder_alive(h) for h in holders)
+        finally:
+            holders.release()
 
     def holders(self) -> list[int]:
         """Pids of the processes recorded as holding this segment (dead ones included).
+
+        An entry a process left reserved for its forked children when it closed the
+        segment before they recorded themselves is not a holder, and not listed.
 
         Raises:
             ClosedError: this process closed the segment.
@@ -632,7 +765,7 @@ class Segment:
             raise ClosedError(f"segment {self.name} is closed in this process")
         holders = self._holders_view()
         try:
-            return [_core.token_pid(h) for h in holders if h]
+            return [_core.token_pid(h) for h in holders if h and not h & _RESERVED]
         finally:
             holders.release()
 
@@ -763,7 +896,14 @@ class Segment:
                 del _state.attached[self.name]
             self._local_refs = 0
             try:
-                self._remove_holder_and_maybe_unlink(_core.self_token())
+                _settle_forks()
+                # a child forked since this attachment that has not recorded itself yet
+                # would lose the segment with the name: leave the entry reserved for it
+                forks = {n for n, f in _state.forks.items() if n > self._attach_seq and f.mine()}
+                if forks:
+                    self._leave_reserved(forks)
+                else:
+                    self._remove_holder_and_maybe_unlink(_core.self_token())
             finally:
                 self._release_mapping()
 
@@ -858,37 +998,230 @@ def _check_header(name: str, mapping: mmap.mmap) -> int:
     return kind
 
 
+@contextlib.contextmanager
+def _table_locked(lock: _core.Mutex, name: str) -> Iterator[None]:
+    """Hold the holder table's mutex ``lock`` of segment ``name`` (a shared section)."""
+    with shared_section():
+        if not lock.acquire(True, _TABLE_LOCK_TIMEOUT):
+            raise SharedMemoryError(
+                errno.EDEADLK,
+                f"holder table of {name} stayed locked for "
+                f"{_TABLE_LOCK_TIMEOUT:.0f} s; the segment looks corrupt",
+            )
+        try:
+            yield
+        finally:
+            lock.release()
+
+
+def _holder_alive(entry: int) -> bool:
+    """Whether a holder-table entry counts: a live holder, or a reservation made by a
+    live process (judged by the token under the mark)."""
+    return entry != 0 and _core.token_alive(entry & _TOKEN_BITS)
+
+
+def _leave_table(buf: Any, lock: _core.Mutex, name: str, entry: int, every: bool = False) -> bool:
+    """Remove ``entry`` (a token; ``every`` one of them, for a reservation) from the
+    holder table in ``buf``, and unlink segment ``name`` if nothing keeps it any more.
+    True if unlinked."""
+    with _table_locked(lock, name):
+        holders = buf[_HOLDERS_OFFSET:_KEEPERS_OFFSET].cast("Q")
+        try:
+            for i, holder in enumerate(holders):
+                if holder == entry:
+                    holders[i] = 0
+                    if not every:
+                        break
+            live = any(_holder_alive(h) for h in holders)
+        finally:
+            holders.release()
+        overflow = struct.unpack_from("<I", buf, _OVERFLOW_OFFSET)[0]
+        if live or overflow or _references_pending(buf, name):
+            return False
+        flags = struct.unpack_from("<I", buf, _FLAGS_OFFSET)[0]
+        struct.pack_into("<I", buf, _FLAGS_OFFSET, flags | FLAG_UNLINKED)
+        try:
+            _core.shm_unlink(name)
+        except FileNotFoundError:
+            pass
+        return True
+
+
+# ---- forks: a child's segments are its own from the fork on (#10) ----------------------------
+
+
+def _same_file(fd: int, ident: tuple[int, int]) -> bool:
+    """Whether ``fd`` is still the pipe it was (not closed by someone, and reused)."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == ident
+
+
+class _Fork:
+    """One fork of a process that held segments: the pipe that tells it, without any
+    waiting, when every child the fork made has recorded itself in them (or died)."""
+
+    __slots__ = ("ident", "pid", "read_fd", "seq", "token", "write_fd")
+
+    def __init__(self, seq: int) -> None:
+        self.token = _core.self_token()  # the forking process's: its reservations'
+        # non-inheritable (close-on-exec): a program exec'd meanwhile never holds it
+        if hasattr(os, "pipe2"):
+            self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        else:
+            self.read_fd, self.write_fd = os.pipe()
+            os.set_blocking(self.read_fd, False)
+        st = os.fstat(self.read_fd)
+        self.ident = (st.st_dev, st.st_ino)
+        self.seq = seq
+        self.pid = os.getpid()  # whose fork: a child inherits its parent's records
+
+    def mine(self) -> bool:
+        return self.pid == os.getpid()
+
+    def close_write_end(self) -> None:
+        fd, self.write_fd = self.write_fd, -1
+        if fd >= 0 and _same_file(fd, self.ident):
+            os.close(fd)
+
+    def close_read_end(self) -> None:
+        fd, self.read_fd = self.read_fd, -1
+        if fd >= 0 and _same_file(fd, self.ident):
+            os.close(fd)
+
+    def settled(self) -> bool:
+        """True (and the pipe closed) once no process holds the write end any more:
+        each child closes it once it recorded itself, or dies.  Never blocks."""
+        if self.read_fd < 0 or not _same_file(self.read_fd, self.ident):
+            self.read_fd = -1  # closed under this process: nothing to learn from it
+            return True
+        try:
+            if os.read(self.read_fd, 1):
+                return False  # nobody writes to it; whoever did is not a child
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass
+        fd, self.read_fd = self.read_fd, -1
+        os.close(fd)
+        return True
+
+
+class _Reservation:
+    """A segment this process closed while forks that inherited it were unsettled: its
+    entry stays in the holder table, marked, until they all are."""
+
+    __slots__ = ("forks", "mapping", "name", "pid")
+
+    def __init__(self, name: str, mapping: mmap.mmap, forks: set[int]) -> None:
+        self.name = name
+        self.mapping = mapping  # (this process's mapping, kept to reach the table)
+        self.forks = forks
+        self.pid = os.getpid()
+
+    def release(self) -> None:
+        """Remove the reservation, and the segment if nothing else keeps it."""
+        buf = memoryview(self.mapping)
+        lock = _core.Mutex()
+        lock._bind(self.mapping, _TABLE_LOCK_OFFSET, False, False)
+        try:
+            # what no child took over: those of children that died before they could
+            _leave_table(buf, lock, self.name, _core.self_token() | _RESERVED, every=True)
+        finally:
+            lock._unbind()
+            buf.release()
+
+
+def _settle_forks() -> None:
+    """Release what this process reserved for forks that have all settled.
+
+    Cheap, never waits: a non-blocking read of each unsettled fork's pipe.  Called at
+    every fork, segment creation, attach, close and sweep, and at exit.
+    """
+    if not _state.forks and not _state.reserved:
+        return
+    with _state.lock:
+        for seq, fork in list(_state.forks.items()):
+            if fork.mine() and fork.settled():
+                del _state.forks[seq]
+        for name, record in list(_state.reserved.items()):
+            if record.pid == os.getpid() and record.forks.isdisjoint(_state.forks):
+                del _state.reserved[name]
+                try:
+                    record.release()
+                except Exception as exc:  # one stuck table must not keep the others
+                    report_unraisable(exc)
+
+
 def _after_fork_in_child() -> None:
     global _state
     parent = _state
     _state = _ProcessState()
     _state.swept_at = parent.swept_at if parent.swept_at is not None else time.monotonic()
+    _state.fork_seq = parent.fork_seq
+    # (a fork of this child's own, made by an earlier at-fork hook before this one ran)
+    _state.forks = {n: f for n, f in parent.forks.items() if f.mine()}
+    _state.reserved = {n: r for n, r in parent.reserved.items() if r.pid == os.getpid()}
     token = _core.self_token()
-    for name, segment in parent.attached.items():
-        if segment._mmap is None:
-            continue
-        if segment.kind == KIND_LEDGER:
-            # the parent's own record of what it holds: the child keeps its own
-            # (shoal._handle), and holding the parent's would keep it from being
-            # reaped, and its references from being given back, once the parent died
-            segment._release_mapping()
-            continue
-        try:
-            added = segment._add_holder(token)
-        except Exception as exc:  # one stuck table must not cost the child the others
-            report_unraisable(exc)
-            continue
-        if added:
-            _state.attached[name] = segment
-    _exit_hook.rearm_in_child(bool(_state.attached))
+    # the fork that made this process (its parent's; not one of a grandparent's whose
+    # pipe this process inherited, nor one of its own): its reservations are ours
+    ppid = os.getppid()
+    forker = next((f for f in reversed(parent.in_progress) if f.pid == ppid), None)
+    reserved_by = forker.token if forker is not None else 0
+    try:
+        for name, segment in parent.attached.items():
+            if segment._mmap is None:
+                continue
+            if segment.kind == KIND_LEDGER:
+                # the parent's own record of what it holds: the child keeps its own
+                # (shoal._handle), and holding the parent's would keep it from being
+                # reaped, and its references from being given back, once it died
+                segment._release_mapping()
+                continue
+            try:
+                added = segment._add_holder(token, reserved_by)
+            except Exception as exc:  # one stuck table must not cost the child the others
+                report_unraisable(exc)
+                continue
+            if added:
+                _state.attached[name] = segment
+    finally:
+        # recorded (or failed to be): the fork settles for the parent once every child
+        # it made closed its write end, whatever else the child does from now on
+        for fork in parent.in_progress:
+            fork.close_write_end()
+            fork.close_read_end()
+        for fork in parent.forks.values():
+            if not fork.mine():
+                fork.close_read_end()
+    _exit_hook.rearm_in_child(bool(_state.attached or _state.reserved))
 
 
 def _before_fork() -> None:
     _state.lock.acquire()
+    try:
+        _settle_forks()
+        _state.fork_seq += 1
+        if _state.attached:
+            _state.in_progress.append(_Fork(_state.fork_seq))
+    except Exception as exc:
+        # (no pipe: EMFILE.)  The fork goes on untracked: a segment the parent closes
+        # before the child recorded itself is unlinked under it, as before #10
+        report_unraisable(exc)
 
 
 def _after_fork_in_parent() -> None:
-    _state.lock.release()
+    # (also when fork() failed: the pipe is then at end of file at once)
+    try:
+        progress = _state.in_progress
+        if progress and progress[-1].mine() and progress[-1].seq == _state.fork_seq:
+            fork = progress.pop()
+            fork.close_write_end()
+            _state.forks[fork.seq] = fork
+    finally:
+        _state.lock.release()
 
 
 if hasattr(os, "register_at_fork"):
@@ -901,7 +1234,12 @@ if hasattr(os, "register_at_fork"):
 
 def attached_names() -> set[str]:
     """Names of the segments this process holds now (for leak checks), its ledger's
-    pages included."""
+    pages included.
+
+    First releases what it reserved for forked children that have all recorded
+    themselves since (or died), as every close and creation does.
+    """
+    _settle_forks()
     with _state.lock:
         return set(_state.attached)
 
@@ -926,6 +1264,7 @@ def reap() -> list[str]:
     judged, from headers read with ``pread`` (nothing is mapped to decide); a holder
     table whose mutex is held is skipped until a later sweep, never waited on.
     """
+    _settle_forks()
     reaped: list[str] = []
     # what a reaped container kept (#10), and the transit segments of a reaped queue,
     # are judged again: a few passes, until one removes nothing
@@ -1228,7 +1567,7 @@ def _held_by_a_live_process(name: str, fd: int, prefix: Any) -> bool | None:
     overflow = struct.unpack_from("<I", prefix, _OVERFLOW_OFFSET)[0]
     # (the overflow count is written by no shoal of this version any more, see
     # _add_holder; one of an older build still pins its segment)
-    if overflow or any(h and _core.token_alive(h) for h in holders):
+    if overflow or any(_holder_alive(h) for h in holders):
         return True
     return _references_pending(bytearray(prefix) + table, name)
 
@@ -1259,7 +1598,7 @@ def _reap_if_unheld(name: str, fd: int, prefix: Any) -> bool:
                     return False  # shrank under the mapping: reading it would SIGBUS
                 holders = struct.unpack_from(f"<{_HOLDER_CAPACITY}Q", mapping, _HOLDERS_OFFSET)
                 overflow = struct.unpack_from("<I", mapping, _OVERFLOW_OFFSET)[0]
-                if overflow or any(h and _core.token_alive(h) for h in holders):
+                if overflow or any(_holder_alive(h) for h in holders):
                     return False
                 if _references_pending(mapping, name):
                     return False  # a pickle may still be unpickled (#4, #10)

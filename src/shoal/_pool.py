@@ -38,6 +38,19 @@ mark decides, exactly once: the worker skips the call (it never runs, and the
 future is cancelled); ``cancel()`` popping it back means a worker took the record
 before it could see the mark, so the call runs and the future is running.  A call
 cancelled while it waits in the parent for room in the ring is never pushed.
+
+Starting a worker
+-----------------
+A worker's ``Process`` arguments are the two rings, the slots, the cancel marks, its
+slot, the parent's token, the initializer's record (``(initializer, initargs)``
+pickled by shoal, so lambdas go) and ``maxtasksperchild``.  Initargs that record
+cannot carry (``multiprocessing``'s Queue, Lock, Value: they may only be inherited)
+go as a ``Process`` argument of their own, with the record holding ``None`` in their
+place: inherited under fork, pickled by ``start()`` under spawn and forkserver, as
+in the standard library (#11).  A spawn or forkserver child imports the main module
+before it gets these; one that starts a pool during that import (a script with no
+``__main__`` guard) exits with ``_BOOTSTRAP_EXIT`` before its pid is in its slot,
+and the pool fails instead of replacing it for ever.
 """
 
 from __future__ import annotations
@@ -48,6 +61,7 @@ import concurrent.futures
 import itertools
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.process
 import multiprocessing.util
 import os
 import queue
@@ -98,7 +112,13 @@ _CALL, _CALL_KW, _MAP, _STARMAP = range(4)
 # result record: (ordinal, status, *values); ordinal _MARKER for the monitor's records
 _OK, _OK_PICKLED, _ERROR, _SKIPPED, _BAD_TASK = range(5)  # _BAD_TASK: did not unpickle
 _MARKER = -1
-_DIED, _WAKE, _SETUP_FAILED = range(3)
+_DIED, _WAKE, _SETUP_FAILED, _MAIN_REIMPORTED = range(4)
+# the exit status of a process that tried to start a pool while it was still importing
+# the main module, as spawn and forkserver children do (see _refuse_while_bootstrapping)
+_BOOTSTRAP_EXIT = 87
+# workers in a row that fail before they start (and none ever did) before the pool
+# gives up on them (see _Engine._failed_before_start); at least one per slot
+_START_FAILURES = 3
 
 # a worker's slot, one 64-bit word each: what it claimed (CLAIMED | ordinal), its
 # task's deadline (monotonic ns, 0: none), its pid once it unpickled its arguments,
@@ -150,6 +170,7 @@ def _worker_main(
     parent_token: int,
     setup: bytes | None,
     maxtasks: int | None,
+    start_initargs: tuple | None = None,
 ) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the parent decides what
     # happens to the pool, workers carry on until told
@@ -167,6 +188,8 @@ def _worker_main(
     if setup is not None:
         try:
             initializer, initargs = loads(setup)
+            if initargs is None:  # they came with the process start (_setup_record)
+                initargs = start_initargs
             _core.store64(buf, pid_at, os.getpid())  # all arguments unpickled
             initializer(*initargs)
         except BaseException as exc:
@@ -396,7 +419,7 @@ def _argument_error(
         else:
             values += record[3:]
     culprit = _unpicklable(tuple(values), error)
-    return SerializationError(
+    return type(culprit)(  # a SerializationTypeError stays a TypeError (#11)
         f"cannot send {job._description} to a worker: {culprit}",
         type_name=culprit.type_name,
     )
@@ -858,6 +881,7 @@ class _Engine:
         name: str,
         cancellable: bool = False,
     ) -> None:
+        _refuse_while_bootstrapping()
         if processes is None:
             processes = process_cpu_count()
         if not isinstance(processes, int) or isinstance(processes, bool):
@@ -881,6 +905,9 @@ class _Engine:
         self.processes = processes
         self._initializer = initializer
         self._initargs = tuple(initargs)
+        self._initargs_at_start = False  # see _setup_record
+        self._ever_started = False  # see _failed_before_start
+        self._start_failures = 0
         self._maxtasks = maxtasksperchild
         self._context = context if context is not None else multiprocessing.get_context()
         self._uncollected_mode = uncollected_errors
@@ -953,9 +980,7 @@ class _Engine:
         # would leave behind for ten minutes.  Kept here, they are settled when the
         # worker ends: given back if it never got as far as storing its pid.
         with sent_references() as sent:
-            setup = None
-            if self._initializer is not None:
-                setup = self._tasks._record((self._initializer, self._initargs), kept=False)
+            setup, initargs = self._setup_record()
             process = self._context.Process(
                 target=_worker_main,
                 args=(
@@ -967,6 +992,7 @@ class _Engine:
                     self._token,
                     setup,
                     self._maxtasks,
+                    initargs,
                 ),
                 name=f"{method.capitalize()}{self._name}Worker-{self._started}",
                 daemon=True,
@@ -976,6 +1002,42 @@ class _Engine:
             self._sent[slot] = sent.keep()
         self._pidfds[slot] = _open_pidfd(process.pid)
         self._workers[slot] = process
+
+    def _setup_record(self) -> tuple[bytes | None, tuple | None]:
+        """What a worker gets to run the initializer: (its record, initargs that go as
+        the Process's own arguments, or None where they are in the record).
+
+        The record is pickled by shoal (lambdas and closures go, as tasks do).  Initargs
+        it cannot carry -- a ``multiprocessing.Queue``, ``Lock`` or ``Value``, which may
+        only be inherited -- go with the process start instead, as in the standard
+        library (#11): inherited under fork, pickled by ``start()`` under spawn and
+        forkserver, where multiprocessing allows them.  Decided once per pool."""
+        if self._initializer is None:
+            return None, None
+        if not self._initargs_at_start:
+            try:
+                return self._tasks._record((self._initializer, self._initargs), kept=False), None
+            except SerializationError:
+                self._initargs_at_start = True
+        return self._tasks._record((self._initializer, None), kept=False), self._initargs
+
+    def _failed_before_start(self, slot: int, exitcode: int | None) -> bool:
+        """Whether workers keep failing before they start: ``_START_FAILURES`` of them
+        (at least one a slot) in a row exited with status 1 before storing their pid,
+        and none ever stored it.  Under spawn and forkserver that is the main script
+        raising as each worker imports it (unguarded code, a ``set_start_method()``
+        without ``force=True``...); replacing them would go on for ever."""
+        if self._ever_started or self._context.get_start_method() == "fork":
+            return False
+        if self._slot_word(slot, _PID) or any(
+            self._slot_word(other, _PID) for other in range(self.processes)
+        ):
+            self._ever_started = True
+            return False
+        if exitcode != 1:
+            return False
+        self._start_failures += 1
+        return self._start_failures >= max(_START_FAILURES, self.processes)
 
     def _death_handles(self) -> dict[int, int]:
         """What becomes readable when each live worker ends: handle -> slot."""
@@ -1037,6 +1099,14 @@ class _Engine:
                 return
             replace = self.state == _RUN or self._outstanding > 0
             replace = replace and not self._slot_word(slot, _SETUP_RAISED)
+            # it never got its arguments: re-importing a main module without a
+            # __main__ guard, it tried to start a pool itself.  Each replacement would
+            # do the same, for ever (what the standard library's pool does)
+            reimported = process.exitcode == _BOOTSTRAP_EXIT and not self._slot_word(slot, _PID)
+            failed_start = not reimported and self._failed_before_start(slot, process.exitcode)
+            replace = replace and not reimported and not failed_start
+        if reimported or failed_start:
+            self._results.put((_MARKER, _MAIN_REIMPORTED, bool(failed_start)))
         # behind anything the worker sent before it died (the same ring, later)
         self._results.put((_MARKER, _DIED, slot, process.pid, process.exitcode, ordinal))
         if replace:
@@ -1264,6 +1334,8 @@ class _Engine:
         if ordinal == _MARKER:
             if status == _SETUP_FAILED:
                 self._setup_failed(_remote_error(record[2], record[3], self._traceback_class))
+            elif status == _MAIN_REIMPORTED:
+                self._main_reimported(record[2])
             elif status == _WAKE:
                 return self._finished_all()
             else:
@@ -1384,6 +1456,33 @@ class _Engine:
         broken.__cause__ = exc
         self._broken = broken
         self._fail_outstanding(broken)
+
+    def _main_reimported(self, failed: bool) -> None:
+        if self._broken is not None:
+            return
+        method = self._context.get_start_method()
+        main = getattr(sys.modules.get("__main__"), "__file__", None) or "the main module"
+        if failed:
+            self._broken = BrokenPoolError(
+                f"the pool's workers cannot start: {self._start_failures} in a row exited "
+                "with status 1 before they started, and none ever did.  Under the "
+                f"{method!r} start method each worker first imports {main}; that "
+                "import most likely raised (see the tracebacks above), as code outside "
+                "an 'if __name__ == \"__main__\":' block does there.  Put everything but "
+                "imports and definitions under 'if __name__ == \"__main__\":'."
+            )
+            self._fail_outstanding(self._broken)
+            return
+        self._broken = BrokenPoolError(
+            f"the pool's workers cannot start: under the {method!r} start method each "
+            f"worker imports {main}, and that import started a pool (or executor) "
+            "itself, as it runs the program's code outside an "
+            "'if __name__ == \"__main__\":' block.  Put the code that starts the pool "
+            "(everything but imports and definitions) under "
+            "'if __name__ == \"__main__\":', or use the 'fork' start method.  See "
+            "'Safe importing of main module' in the multiprocessing documentation."
+        )
+        self._fail_outstanding(self._broken)
 
     def _finished_all(self) -> bool:
         with self._cond:
@@ -1556,6 +1655,44 @@ class _Engine:
                 raise errors[0]
             raise group(message, errors)
         warnings.warn(UncollectedTaskErrorWarning(message), stacklevel=_caller_stacklevel())
+
+
+def _refuse_while_bootstrapping() -> None:
+    """Exit at once, silently, from a process that starts a pool while it is still
+    importing the main module: a spawn or forkserver child running a script that has
+    no ``if __name__ == "__main__":`` guard.  The standard library raises here (from
+    ``Process.start``), the pool that started this child replaces it, the replacement
+    does the same: a hundred tracebacks and a parent that hangs.  This exit status
+    tells the parent's pool instead, which fails with one error naming the fix."""
+    if getattr(multiprocessing.process.current_process(), "_inheriting", False):
+        if _in_forkserver_preload():
+            return  # the standard library's error there: this exit would kill the server
+        # not SystemExit: a forkserver child turns any exception into exit status 1.
+        # shoal's exit hooks first: let go of what this import made
+        try:
+            multiprocessing.util._run_finalizers()
+        finally:
+            os._exit(_BOOTSTRAP_EXIT)
+
+
+def _in_forkserver_preload() -> bool:
+    """Whether this is the forkserver itself importing the main module to preload it
+    (where Python passes it the main path), not one of the children it forks."""
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    serve = getattr(getattr(forkserver, "main", None), "__code__", None)
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is serve:
+            return not any(f.f_code.co_name == "_serve_one" for f in _frames_below(frame))
+        frame = frame.f_back
+    return False
+
+
+def _frames_below(top: Any) -> Iterator[Any]:
+    frame = sys._getframe(1)
+    while frame is not None and frame is not top:
+        yield frame
+        frame = frame.f_back
 
 
 def _needs_by_value(function: Any) -> bool:

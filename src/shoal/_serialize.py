@@ -1,8 +1,17 @@
 """Serialization: pickle protocol 5 in the caller, big buffers out of band.
 
 ``dumps(obj)`` runs in the caller (``put()``), so an object that cannot be pickled
-raises :class:`~shoal.SerializationError` right there and nothing is sent.  Functions
-and lambdas that plain pickle refuses go through cloudpickle.
+raises :class:`~shoal.SerializationError` right there and nothing is sent.
+
+cloudpickle is for functions and classes only (#11).  Plain pickle goes first; if it
+fails, the object is pickled again by plain pickle with one hook: a function or class
+that cannot be found by its module and name (a lambda, a closure, a local class, one of
+a notebook's ``__main__``) is pickled by value, by cloudpickle, inside the plain
+pickle.  Everything else is plain pickle's, so data the standard library refuses (an
+open file, a socket, a ``threading`` lock, a generator) raises the standard library's
+``TypeError: cannot pickle '...' object`` (as a SerializationError that is also a
+TypeError) instead of travelling as a copy: cloudpickle's own reducers for files,
+memoryviews and dict views are left out, in the functions it pickles too.
 
 A message is either *inline* — the pickle itself, small enough for a queue's ring —
 or a *transit segment*: a shared-memory segment of its own holding the pickle and
@@ -37,14 +46,19 @@ magic number yet and a dead creator: the reaper removes it at once.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import copyreg
 import errno
+import io
 import mmap
 import pickle
 import struct
+import sys
+import types
 from typing import Any
 
-from ._errors import LayoutError, SerializationError
+from ._errors import LayoutError, SerializationError, SerializationTypeError
 from ._handle import SentReferences, receiving_kept, sent_references
 from ._memory import (
     HEADER_SIZE,
@@ -82,15 +96,82 @@ _dumps = pickle.dumps
 _loads = pickle.loads
 
 
+_function_pickler: Any = None  # the cloudpickle Pickler subclass, made on first need
+
+
 def _cloudpickle_dumps(obj: Any, buffer_callback: Any) -> bytes:
-    # imported on first need: only functions and lambdas plain pickle refuses get here
+    """``obj`` (a function or class) by value, by cloudpickle without its data reducers."""
+    global _function_pickler
+    if _function_pickler is None:
+        _function_pickler = _make_function_pickler()
+    out = io.BytesIO()
+    _function_pickler(out, protocol=5, buffer_callback=buffer_callback).dump(obj)
+    return out.getvalue()
+
+
+def _make_function_pickler() -> Any:
+    # imported on first need: only functions and classes plain pickle refuses get here
     import cloudpickle
 
-    return cloudpickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
+    table = dict(cloudpickle.Pickler._dispatch_table)
+    # what cloudpickle would copy that the standard library refuses: data, not code
+    for data_type in (
+        memoryview,
+        type({}.keys()),
+        type({}.values()),
+        type({}.items()),
+        type(collections.OrderedDict().keys()),
+        type(collections.OrderedDict().values()),
+        type(collections.OrderedDict().items()),
+    ):
+        table.pop(data_type, None)
+    table[io.TextIOWrapper] = _standard_stream_reduce
+
+    class FunctionPickler(cloudpickle.Pickler):
+        dispatch_table = collections.ChainMap(table, copyreg.dispatch_table)
+
+    return FunctionPickler
+
+
+def _standard_stream_reduce(obj: Any) -> Any:
+    # a function may name sys.stdout & co: those go by name, as cloudpickle sends them;
+    # any other open file raises the standard library's TypeError
+    for name in ("stdout", "stderr", "stdin"):
+        if obj is getattr(sys, name, None):
+            return getattr, (sys, name)
+    return obj.__reduce_ex__(5)
 
 
 def _plain_dumps(obj: Any, buffer_callback: Any) -> bytes:
     return _dumps(obj, 5, buffer_callback=buffer_callback)
+
+
+class _ByValueWherePicklerMust(pickle.Pickler):
+    """Plain pickle, but functions and classes it cannot pickle by name go by value."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        # (not called for the exact builtin containers and scalars: plain pickle's speed)
+        if isinstance(obj, (types.FunctionType, type)) and not _found_by_name(obj):
+            return pickle.loads, (_cloudpickle_dumps(obj, None),)
+        return NotImplemented
+
+
+def _found_by_name(obj: Any) -> bool:
+    """Whether plain pickle can pickle ``obj`` by reference: its module (already
+    imported: nothing is imported to find out) holds it under its qualified name."""
+    module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(name, str):
+        return False
+    found = sys.modules.get(module)
+    for part in name.split("."):
+        found = getattr(found, part, None)
+    return found is obj
+
+
+def _fallback_dumps(obj: Any, buffer_callback: Any) -> bytes:
+    out = io.BytesIO()
+    _ByValueWherePicklerMust(out, 5, buffer_callback=buffer_callback).dump(obj)
+    return out.getvalue()
 
 
 def dumps(obj: Any, by_value: bool = False) -> tuple[bytes, list[pickle.PickleBuffer] | None]:
@@ -139,14 +220,18 @@ def _dumps_in(
         try:
             if by_value:
                 raise
-            dump = _cloudpickle_dumps
+            dump = _fallback_dumps
             data = dump(obj, buffers.append)
-        except Exception:
-            raise SerializationError(
+        except Exception as second:
+            # the second attempt's error names what really failed (the file inside the
+            # lambda's closure, say) once the first was about a function
+            error = second if isinstance(second, TypeError) else first
+            cls = SerializationTypeError if isinstance(error, TypeError) else SerializationError
+            raise cls(
                 f"cannot send {type(obj).__module__}.{type(obj).__qualname__} object "
-                f"to another process: {first}; nothing was sent",
+                f"to another process: {error}; nothing was sent",
                 type_name=type(obj).__qualname__,
-            ) from first
+            ) from error
     if buffers and sum(b.raw().nbytes for b in buffers) < ZERO_COPY_THRESHOLD:
         # small buffers are cheaper inline than in a segment of their own
         sent.cancel()

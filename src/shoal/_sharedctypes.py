@@ -17,7 +17,10 @@ library's), the array dimensions, the data's size (checked on arrival, so a type
 defined differently in the receiving process is refused, never misread) and, for
 the synchronized kinds, the lock's own handle.
 
-A bare ctypes object cannot pickle as a handle, so ``RawValue``/``RawArray`` return
+``Value(..., lock=False)`` and ``Array(..., lock=False)`` return the bare ctypes
+object, as the standard library does: an instance of a subclass of the ctypes type,
+made once per type, whose only difference is that it pickles as a handle of the
+RawValue/RawArray it views (and keeps alive).  ``RawValue``/``RawArray`` return
 thin wrappers that behave like the ctypes object for ``.value``, indexing, slicing,
 ``len`` and iteration; ``get_obj()`` returns the ctypes object itself (a view of the
 shared memory) for everything else (``memoryview``, ``numpy.frombuffer``,
@@ -920,6 +923,41 @@ def _synchronized_class(elem: type, length: int | None) -> type[SynchronizedBase
     return _SynchronizedStruct if _struct_like(elem) else Synchronized
 
 
+# ctypes type -> its shared twin (see _bare): one class per type, made on first use
+_BARE_TYPES: dict[type, type] = {}
+
+
+def _bare(raw: RawValue | RawArray) -> Any:
+    """The bare ctypes object ``Value(..., lock=False)`` returns, as the standard
+    library does: an instance of ``raw``'s ctypes type (a subclass made once per type,
+    so that it pickles as a handle of ``raw`` rather than as a copy), viewing the same
+    shared memory and keeping ``raw`` alive."""
+    ctype = raw._ctype
+    twin = _BARE_TYPES.get(ctype)
+    if twin is None:
+        body: dict[str, Any] = {
+            "__reduce__": _bare_reduce,
+            "__module__": ctype.__module__,
+            "__qualname__": ctype.__qualname__,
+        }
+        if issubclass(ctype, _SimpleCData):
+            # ctypes shows "c_int(5)" only for its own types, "<... object at>" else
+            body["__repr__"] = _bare_simple_repr
+        twin = type(ctype.__name__, (ctype,), body)
+        _BARE_TYPES[ctype] = twin
+    view = twin.from_buffer(raw._buffer(), raw._off)
+    setattr(view, _OWNER, raw)
+    return view
+
+
+def _bare_reduce(self: Any) -> tuple[Any, ...]:
+    return (_bare, (getattr(self, _OWNER),))
+
+
+def _bare_simple_repr(self: Any) -> str:
+    return f"{type(self).__name__}({self.value!r})"
+
+
 def Value(typecode_or_type: Any, *args: Any, lock: Any = True, ctx: Any = None) -> Any:
     """A ctypes value in shared memory with a lock, like ``multiprocessing.Value``.
 
@@ -929,15 +967,17 @@ def Value(typecode_or_type: Any, *args: Any, lock: Any = True, ctx: Any = None) 
         *args: what the ctypes type's constructor takes (the initial value).
         lock: True or None (the default: a new shoal :class:`~shoal.RLock`), a
             shoal :class:`~shoal.Lock`/:class:`~shoal.RLock` to use, or False for
-            none (then the result is a :class:`RawValue`).
+            none (then the result is the bare ctypes object, as with the standard
+            library: an instance of the ctypes type, in shared memory).
         ctx: accepted for compatibility and ignored: shoal objects work with every
             start method.
 
     Returns:
         a :class:`Synchronized` (``.value``, ``get_lock()``, ``get_obj()``, lock-free
         ``add``/``fetch_add``/``exchange``/``compare_exchange`` for 4- and 8-byte
-        integers and floats), or a :class:`RawValue` when ``lock=False``.  Either
-        pickles as a handle: pass it to ``Pool`` tasks and processes started later.
+        integers and floats), or, when ``lock=False``, the ctypes object itself (of
+        the ctypes type, or a subclass of it made by shoal).  Either pickles as a
+        handle: pass it to ``Pool`` tasks and processes started later.
 
     Raises:
         TypeError: an unknown typecode, a pointer type, an initial value ctypes
@@ -951,8 +991,8 @@ def Value(typecode_or_type: Any, *args: Any, lock: Any = True, ctx: Any = None) 
         elem, length = elem._type_, elem._length_
     if the_lock is None:
         if length is not None:
-            return RawArray._make(elem, length, args, None)
-        return (_RawStruct if _struct_like(elem) else RawValue)._make(elem, None, args, None)
+            return _bare(RawArray._make(elem, length, args, None))
+        return _bare((_RawStruct if _struct_like(elem) else RawValue)._make(elem, None, args, None))
     return _synchronized_class(elem, length)._make(elem, length, args, the_lock)
 
 
@@ -965,12 +1005,13 @@ def Array(
         typecode_or_type: the element type, as for :func:`Value`.
         size_or_initializer: a length (the array starts zeroed) or a sequence whose
             items are copied in.
-        lock: as for :func:`Value`; False returns a :class:`RawArray`.
+        lock: as for :func:`Value`; False returns the bare ctypes array.
         ctx: accepted for compatibility and ignored.
 
     Returns:
         a :class:`SynchronizedArray` (a :class:`SynchronizedString`, with ``.value``
-        and ``.raw``, for ``'c'``), or a :class:`RawArray` when ``lock=False``.
+        and ``.raw``, for ``'c'``), or the ctypes array itself (``c_int_Array_3``…,
+        in shared memory, pickling as a handle) when ``lock=False``.
 
     Raises:
         TypeError: as for :func:`Value`, or an initializer that is neither an int nor
@@ -982,7 +1023,7 @@ def Array(
     length, init = _length_and_init(size_or_initializer)
     the_lock = _lock_for(lock)
     if the_lock is None:
-        return RawArray._make(elem, length, init, None)
+        return _bare(RawArray._make(elem, length, init, None))
     return _synchronized_class(elem, length)._make(elem, length, init, the_lock)
 
 

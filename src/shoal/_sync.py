@@ -254,11 +254,14 @@ class Event(_core.Event, SharedObject):
         return EventStatistics(self.is_set(), self._waiters)
 
     def __repr__(self) -> str:
+        # the standard library's shape (3.11+: "<Event at 0x7f... set>"): programs print
+        # their events, and their output should not change; statistics() has the rest
+        status = "unset"
         if not self._bound:
-            return "<shoal.Event closed>"
-        st = self.statistics()
-        waiting = f", {st.waiters} waiting" if st.waiters else ""
-        return f"<shoal.Event {'set' if st.is_set else 'unset'}{waiting}>"
+            status = "closed"
+        elif self.statistics().is_set:
+            status = "set"
+        return f"<{type(self).__qualname__} at {id(self):#x} {status}>"
 
 
 class Condition(_core.Cond, SharedObject):
