@@ -272,3 +272,40 @@ def allocate_over_rlimit_as(nbytes: int, margin: int = 256 << 20) -> int:
 def fail_with_message_of(n: int) -> None:
     """Raise an exception whose message is ``n`` characters long."""
     raise ValueError("x" * n)
+
+
+class Announces:
+    """Appends this process's pid to ``path`` when it is collected (in whichever process
+    holds a copy): shows when a worker let go of a task's argument or callable."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __del__(self) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+    def pid(self, _: Any = None) -> int:
+        return os.getpid()
+
+
+def pid_of_call(x: Any) -> int:
+    return os.getpid()
+
+
+class ExitsWhenPickled:
+    """Raises SystemExit while the worker pickles it (a result)."""
+
+    def __reduce__(self) -> Any:
+        raise SystemExit("pickled")
+
+
+def return_exiting_at_pickle() -> ExitsWhenPickled:
+    return ExitsWhenPickled()
+
+
+class ExitsWhenUnpickledInTheWorker:
+    """An argument that pickles in the parent and raises SystemExit in the worker."""
+
+    def __reduce__(self) -> Any:
+        return (sys.exit, ("argument unpickled",))

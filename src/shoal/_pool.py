@@ -70,9 +70,11 @@ import sys
 import threading
 import time
 import traceback
+import types
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from multiprocessing.pool import RemoteTraceback
 from typing import Any
 
@@ -108,7 +110,7 @@ __all__ = [
 # task record: (function pickle, kind, timeout seconds or 0.0, *payload)
 _CALL, _CALL_KW, _MAP, _STARMAP = range(4)
 # result record: (ordinal, status, *values); ordinal _MARKER for the monitor's records
-_OK, _OK_PICKLED, _ERROR, _SKIPPED = range(4)
+_OK, _OK_PICKLED, _ERROR, _SKIPPED, _BAD_TASK = range(5)  # _BAD_TASK: did not unpickle
 _MARKER = -1
 _DIED, _WAKE, _SETUP_FAILED, _MAIN_REIMPORTED = range(4)
 # the exit status of a process that tried to start a pool while it was still importing
@@ -211,7 +213,7 @@ def _worker_main(
             claim = _core.load64(buf, claim_at)
             if not claim & _CLAIMED:
                 raise
-            send_error(results, claim & _ORDINAL_MASK, exc)
+            send_error(results, claim & _ORDINAL_MASK, exc, _BAD_TASK)
             _core.store64(buf, claim_at, 0)
             done += 1
             continue
@@ -227,22 +229,40 @@ def _worker_main(
         ):
             _core.fetch_add64(buf, marked_at, -1)
             results.put((ordinal, _SKIPPED))  # its future was cancelled
+            task = None
             _core.store64(buf, claim_at, 0)
             continue
         try:
             function = functions.get(task[0])
             if function is None:
                 function = loads(task[0])
-                if len(functions) >= _FUNC_CACHE_SIZE:
-                    functions.clear()
-                functions[task[0]] = function
+                if _cacheable(function):
+                    if len(functions) >= _FUNC_CACHE_SIZE:
+                        functions.clear()
+                    functions[task[0]] = function
             values = _run(function, task, buf, deadline_at)
         except BaseException as exc:
             send_error(results, ordinal, exc)
         else:
             send_values(results, ordinal, values)
+            del values
+        # let go of the call's arguments and result now, not when the next task comes
+        # (an open file, shared memory, a big array), as ProcessPoolExecutor's worker
+        task = function = None
         _core.store64(buf, claim_at, 0)
         done += 1
+
+
+def _cacheable(function: Any) -> bool:
+    """Whether a worker may keep ``function`` for the next calls: a function or a
+    class, not an object holding a call's data (a bound method's object, a
+    ``functools.partial``'s arguments), which goes when its call ended."""
+    if isinstance(function, type):
+        return True
+    if not isinstance(function, (types.FunctionType, types.BuiltinFunctionType)):
+        return False
+    owner = getattr(function, "__self__", None)
+    return owner is None or isinstance(owner, types.ModuleType)
 
 
 def _test_hooks(spec: str, tasks: Queue, get_claim: Callable[..., Any]) -> tuple:
@@ -367,8 +387,9 @@ def _send_values(results: Queue, ordinal: int, values: tuple) -> None:
     except SerializationError as error:
         _send_error(results, ordinal, _unpicklable(values, error))
         return
-    except Exception as error:
-        # no room in /dev/shm for a big result, say: it is that task's error, and the
+    except BaseException as error:
+        # no room in /dev/shm for a big result, say, or a __reduce__ that raised
+        # SystemExit: it is that task's error, as with ProcessPoolExecutor, and the
         # worker carries on (escaping, it killed the worker: a WorkerDiedError)
         _send_error(results, ordinal, error)
         return
@@ -903,11 +924,13 @@ class _Engine:
         self._outstanding = 0  # tasks submitted, not finished
         self._finished = 0  # tasks finished, not yet counted out of _outstanding
         self._uncollected: list[AsyncResult] = []
-        self._function_records: dict[int, tuple[Any, bytes]] = {}
+        self._function_records: dict[int, tuple[weakref.ref, bytes]] = {}
         self._timed_out: dict[int, tuple[int, float]] = {}  # slot -> (ordinal, timeout)
         self._timeouts_used = self.task_timeout > 0
         self._broken: BaseException | None = None
         self._released = False  # the rings and slots are closed
+        self._join_lock = threading.Lock()  # one join at a time (see _join_executors)
+        self._pid = os.getpid()  # (a forked child inherits this object, not the pool)
         self._terminated = False  # terminate() was called (not close())
 
         self._tasks = Queue(capacity=_TASK_RING_BYTES)
@@ -916,6 +939,8 @@ class _Engine:
         self._marked_at = self._slots._off + processes * _SLOT_WORDS * 8
         # Executor calls cancelled in the ring (a Pool has no cancel)
         self._marks = SharedDict() if cancellable else None
+        # the class of a task's exception's __cause__, as the standard library's
+        self._traceback_class = _RemoteTraceback if cancellable else RemoteTraceback
         self._workers: list[Any] = [None] * processes
         self._sent: list[Any] = [None] * processes  # see _start_worker
         self._pidfds: list[int | None] = [None] * processes  # see _open_pidfd
@@ -1134,7 +1159,7 @@ class _Engine:
         if not callable(function):
             raise TypeError(f"{type(function).__name__!r} object is not callable")
         cached = self._function_records.get(id(function))
-        if cached is not None and cached[0] is function:
+        if cached is not None and cached[0]() is function:
             return cached[1]
         by_value = _needs_by_value(function)
         with sent_references() as sent:
@@ -1143,9 +1168,15 @@ class _Engine:
         if buffers is not None:
             data = pack(data, buffers, self._tasks._handle)
         if reusable:  # a pickle holding shoal handles may be unpickled only once
+            try:
+                # weakly: a call done must not keep its callable (a bound method's
+                # object, say) alive, as ProcessPoolExecutor's does not
+                ref = weakref.ref(function)
+            except TypeError:
+                return data  # not cached (a weakref-less callable is rare)
             if len(self._function_records) >= _FUNC_CACHE_SIZE:
                 self._function_records.clear()
-            self._function_records[id(function)] = (function, data)
+            self._function_records[id(function)] = (ref, data)
         return data
 
     def was_taken(self, ordinal: int) -> bool:
@@ -1302,7 +1333,7 @@ class _Engine:
         ordinal, status = record[0], record[1]
         if ordinal == _MARKER:
             if status == _SETUP_FAILED:
-                self._setup_failed(_remote_error(record[2], record[3]))
+                self._setup_failed(_remote_error(record[2], record[3], self._traceback_class))
             elif status == _MAIN_REIMPORTED:
                 self._main_reimported(record[2])
             elif status == _WAKE:
@@ -1324,13 +1355,40 @@ class _Engine:
             except BaseException as exc:
                 # what unpickling raised is the task's outcome, SystemExit included:
                 # escaping here, it left the task pending for ever
-                self._finish(job, index, False, exc, False)
+                self._finish(job, index, False, self._unreadable(job, index, exc), False)
             else:
                 self._finish(job, index, True, values, False)
         else:
             self._forget_mark(job, ordinal)  # (its arguments failed before the look)
-            self._finish(job, index, False, _remote_error(record[2], record[3]), False)
+            error = _remote_error(record[2], record[3], self._traceback_class)
+            if status == _BAD_TASK and type(job) is _FutureJob:
+                # as ProcessPoolExecutor reports it (its worker dies of it); only
+                # this call fails here
+                broken = BrokenProcessPool(
+                    f"the arguments of {job._describe(index)} could not be unpickled "
+                    f"in the worker: {type(error).__name__}: {error}; only this call failed"
+                )
+                broken.__cause__ = error
+                error = broken
+            self._finish(job, index, False, error, False)
         return False
+
+    def _unreadable(self, job: _Job, index: int, exc: BaseException) -> BaseException:
+        """The outcome of a result that failed to unpickle here.
+
+        A Pool task gets what unpickling raised.  An Executor call gets a
+        ``BrokenProcessPool``, as ``ProcessPoolExecutor`` reports it, caused by what
+        unpickling raised; ``ProcessPoolExecutor`` also breaks the whole pool and fails
+        every pending call, where here only this call fails (docs/compatibility.md).
+        """
+        if type(job) is not _FutureJob:
+            return exc
+        error = BrokenProcessPool(
+            f"the result of {job._describe(index)} could not be unpickled in the parent: "
+            f"{type(exc).__name__}: {exc}; only this call failed"
+        )
+        error.__cause__ = exc
+        return error
 
     def _finish(self, job: _Job, index: int, ok: bool, value: Any, notify: bool = True) -> None:
         try:
@@ -1455,15 +1513,16 @@ class _Engine:
         done = self._wait_for(lambda: self._outstanding == 0 or self.state == _TERMINATE, timeout)
         if not done:
             return False
-        if self._released:
-            return True
-        if self.state == _CLOSE:
-            self._stop_workers()
-        self._shut_threads()
-        try:
-            self._report_uncollected()
-        finally:
-            self._release()
+        with self._join_lock:
+            if self._released:
+                return True
+            if self.state == _CLOSE:
+                self._stop_workers()
+            self._shut_threads()
+            try:
+                self._report_uncollected()
+            finally:
+                self._release()
         return True
 
     def _stop_workers(self) -> None:
@@ -1584,7 +1643,7 @@ class _Engine:
         errors = [r._value for r in failed]
         first = failed[0]
         cause = errors[0].__cause__
-        detail = f"\n{cause}" if isinstance(cause, RemoteTraceback) else ""
+        detail = str(cause) if isinstance(cause, RemoteTraceback) else ""
         message = (
             f"{len(failed)} pool task(s) failed and nobody collected the error (no get(), "
             f"successful() or error_callback); the first, {first._description}, raised "
@@ -1659,15 +1718,21 @@ def _caller_stacklevel() -> int:
     return level
 
 
-def _remote_error(record: bytes, text: str) -> BaseException:
+def _remote_error(
+    record: bytes, text: str, traceback_class: type[Exception] = RemoteTraceback
+) -> BaseException:
+    """The task's exception, its ``__cause__`` the worker's traceback as the standard
+    library gives it: ``multiprocessing.pool.RemoteTraceback`` for a Pool,
+    ``concurrent.futures.process._RemoteTraceback`` for an Executor, both holding the
+    formatted traceback between triple quotes (their ``tb``, and their ``str``)."""
     try:
         exc = loads(record)
     except BaseException as error:  # (SystemExit too: the task must still fail)
         exc = ShoalError(f"a task failed and its exception could not be unpickled: {error}")
-    if isinstance(exc, BaseException):
-        exc.__cause__ = RemoteTraceback(text)
-        return exc
-    return ShoalError(f"a task failed with {exc!r}")
+    if not isinstance(exc, BaseException):
+        exc = ShoalError(f"a task failed with {exc!r}")
+    exc.__cause__ = traceback_class(f'\n"""\n{text}"""')
+    return exc
 
 
 def _how_it_ended(exitcode: int | None) -> str:
@@ -1700,6 +1765,43 @@ def _finalize_engine(engine: _Engine) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             engine.terminate()
+
+
+# The engines of live Executors.  Like ProcessPoolExecutor, which joins its executors
+# from threading._register_atexit, every call submitted runs before the interpreter
+# exits, also when nobody called shutdown(): the hook runs as the main thread ends,
+# before atexit (where shoal's shared memory goes) and before threading joins the
+# other non-daemon threads.
+_executor_engines: weakref.WeakSet[_Engine] = weakref.WeakSet()
+_exiting = False
+
+
+def _join_executors() -> None:
+    global _exiting
+    _exiting = True
+    for engine in list(_executor_engines):
+        if engine._pid != os.getpid() or engine._released:
+            continue  # a forked child's copy of its parent's executor, or done
+        try:
+            engine.close()
+            engine.join()
+        except BaseException as exc:
+            report_unraisable(exc)
+
+
+threading._register_atexit(_join_executors)  # type: ignore[attr-defined]
+
+
+def _executor_dropped(engine: _Engine) -> None:
+    """An Executor was collected without shutdown(): as ProcessPoolExecutor, its calls
+    still run (and their futures complete), then the workers go."""
+    if engine._released or engine._pid != os.getpid():
+        return
+    if _exiting:  # after the exit hook (it failed?): nobody will wait any more
+        _finalize_engine(engine)
+        return
+    engine.close()
+    threading.Thread(target=engine.join, name="Executor-dropped", daemon=True).start()
 
 
 def _make_bar(progress: Any, total: int | None, description: str) -> Any:
@@ -2088,7 +2190,8 @@ class Executor(concurrent.futures.Executor):
             cancellable=True,
         )
         self._shutdown_lock = threading.Lock()
-        self._finalizer = weakref.finalize(self, _finalize_engine, self._engine)
+        _executor_engines.add(self._engine)
+        self._finalizer = weakref.finalize(self, _executor_dropped, self._engine)
 
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
