@@ -16,7 +16,10 @@ Design (details in docs/design.md, "SharedDict")::
   (a dict makes them one), and a pickled key matches only an equal pickle.
 * Reads take no lock: the table's version word is a seqlock; a reader copies what it
   found and retries if a writer changed the table meanwhile (each offset it follows is
-  bounds-checked, so a torn read cannot crash it).
+  bounds-checked, so a torn read cannot crash it).  Each handle reads the table's
+  geometry once, when it binds the table (``_core.Dict._bind_table``), and checks every
+  offset readers and writers find against it: memory written to outside shoal makes
+  calls fail, never read or write outside the table (#10).
 * Writers serialise on the root's robust mutex.  Every change leaves the table's slots
   consistent at each step; a writer SIGKILLed mid-change leaves the version odd, and
   the next one to take the mutex rebuilds the table from its slots.
