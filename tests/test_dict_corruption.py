@@ -114,8 +114,11 @@ _HEADER_CASES = {
     "free-head-beyond": (128 + 8, 1 << 40, 8),
     "free-head-at-the-end": (128 + 8 * 3, "end", 8),
     "count-huge": (48, (1 << 64) - 1, 8),
+    "count-big": (48, 1 << 59, 8),
+    "count-zero": (48, 0, 8),
     "tombstones-huge": (56, (1 << 63) + 5, 8),
     "bytes-live-huge": (72, (1 << 64) - 16, 8),
+    "bytes-live-big": (72, 1 << 40, 8),
     "version-odd": (16, 12345, 8),
 }
 
@@ -173,3 +176,107 @@ finish(d)
         timeout=120,
     )
     assert "ok" in out, out
+
+
+def test_a_root_with_no_table_raises_layout_error() -> None:
+    # before: RuntimeError; a stray write of 0 over the generation looks like a creator
+    # that died before publishing the first table
+    out = check_isolated(
+        _SETUP
+        + """
+d = shoal.SharedDict({1: 2})
+buf = d._segment.buffer
+poke(buf, d._payload_offset + _core.DICT_ROOT_GENERATION, 0)
+try:
+    d[1]
+except shoal.LayoutError as exc:
+    assert "no table" in str(exc), exc
+else:
+    raise AssertionError("a root with no table was read")
+poke(buf, d._payload_offset + _core.DICT_ROOT_GENERATION, 1)
+finish(d)
+"""
+    )
+    assert "[]" in out, out
+
+
+def test_corrupt_root_names_remove_nothing_but_the_dicts_own_tables() -> None:
+    # before: the last handle removed whatever the root named (a name with a NUL in it
+    # raised ValueError from its finalizer; a live segment's name removed it)
+    out = check_isolated(
+        _SETUP
+        + """
+from shoal.lowlevel import Segment
+live = Segment.create(64)  # this user's, live, named by the corrupt root
+d = shoal.SharedDict({1: 2})
+buf, root = d._segment.buffer, d._payload_offset
+gen = _core.load64(buf, root + _core.DICT_ROOT_GENERATION)
+current = bytes(buf[root + _core.DICT_ROOT_NAMES + 64 * (gen & 1):][:64]).rstrip(b"\\0")
+stale = root + _core.DICT_ROOT_NAMES + 64 * ((gen + 1) & 1)
+buf[stale : stale + 64] = live.name.encode().ljust(64, b"\\0")
+d[2] = "x" * 100_000  # grows: a new table in the stale slot (the live name is kept)
+assert os.path.exists("/dev/shm" + live.name)
+gen = _core.load64(buf, root + _core.DICT_ROOT_GENERATION)
+stale = root + _core.DICT_ROOT_NAMES + 64 * ((gen + 1) & 1)
+buf[stale : stale + 64] = (b"/shoal-\\0\\0" + b"1" * 18).ljust(64, b"\\0")
+d.close()
+assert os.path.exists("/dev/shm" + live.name), "a corrupt root removed a live segment"
+assert not os.path.exists("/dev/shm" + current.decode())
+live.close()
+bad = [e for e in unraisable if not isinstance(e, shoal.ShoalError)]
+assert not bad, bad
+print("ok")
+"""
+    )
+    assert "ok" in out, out
+
+
+def test_an_entry_no_writer_could_make_raises_layout_error() -> None:
+    # before: RuntimeError
+    out = check_isolated(
+        _SETUP
+        + """
+d = shoal.SharedDict({i: i for i in range(10)})
+table = table_of(d)
+nslots = struct.unpack_from("<Q", table, T + 32)[0]
+for slot in range(nslots):
+    at = T + 512 + 16 * slot + 8
+    if struct.unpack_from("<Q", table, at)[0] > 1:
+        poke(table, at, len(table) + 4096)  # past the table's end
+for call in (lambda: [d[i] for i in range(10)], d.items, d.keys, d.popitem,
+             lambda: d.__setitem__(3, 4), lambda: d.pop(5)):
+    try:
+        call()
+    except shoal.LayoutError as exc:
+        assert "corrupt" in str(exc), exc
+    else:
+        raise AssertionError("a corrupt entry was read")
+poke(table, T + 16, 7)  # a writer "died" mid-change: the rebuild meets the entries too
+try:
+    d[3] = 4
+except shoal.LayoutError:
+    pass
+else:
+    raise AssertionError("a corrupt table was rebuilt")
+finish(d)
+"""
+    )
+    assert "[]" in out, out
+
+
+def test_a_rebuild_sized_by_wrong_counts_tries_bigger_tables() -> None:
+    # before: RuntimeError("cannot rebuild the SharedDict's table"), on every write
+    out = check_isolated(
+        _SETUP
+        + """
+d = shoal.SharedDict({i: "x" * 30 for i in range(500)})
+table = table_of(d)
+poke(table, T + 48, 0)  # count
+poke(table, T + 72, 0)  # bytes_live
+poke(table, T + 16, 7)  # and a writer "died" mid-change: the next one rebuilds
+d[1000] = "y"
+assert len(d) == 501 and all(d[i] == "x" * 30 for i in range(500))
+finish(d)
+"""
+    )
+    assert "[]" in out, out

@@ -126,13 +126,14 @@ int shoal_dict_next(const shoal_dict_view *v, uint64_t *pos, const char **key, u
 /* ---- writers (holding the caller's lock) --------------------------------------------- */
 void shoal_dict_write_begin(shoal_dict *d);
 void shoal_dict_write_end(shoal_dict *d);
-/* Insert or overwrite: SHOAL_OK, or SHOAL_DICT_FULL (nothing changed). */
+/* Insert or overwrite: SHOAL_OK, SHOAL_DICT_FULL, or SHOAL_BAD_LAYOUT when a slot of the
+ * key's hash names no entry (corrupt); nothing changed but SHOAL_OK. */
 int shoal_dict_set(const shoal_dict_view *v, uint64_t hash, const void *key, uint32_t key_len,
                    const void *value, uint32_t value_len);
 /* Same, with the value given as two pieces (a tag byte and the payload). */
 int shoal_dict_set2(const shoal_dict_view *v, uint64_t hash, const void *key, uint32_t key_len,
                     const void *v1, uint32_t len1, const void *v2, uint32_t len2);
-/* Remove key: 1 removed, 0 absent. */
+/* Remove key: 1 removed, 0 absent, -1 a slot of its hash names no entry (corrupt). */
 int shoal_dict_delete(const shoal_dict_view *v, uint64_t hash, const void *key, uint32_t key_len);
 /* Copy every live entry of src into dst (freshly initialised): SHOAL_OK, FULL, or
  * SHOAL_BAD_LAYOUT when src reads as corrupt. */

@@ -207,9 +207,10 @@ static void block_free(const shoal_dict_view *v, uint64_t off) {
     st64(&d->bytes_live, ld64(&d->bytes_live) - block_size((int)c));
 }
 
-/* Find key's slot (writer side).  *slot: its index if found, else the slot to insert
- * into (the first tombstone on the way, or the empty slot that ended the search), or
- * n when neither exists. */
+/* Find key's slot (writer side): 1 found, 0 not, -1 a slot of its hash names no entry
+ * (corrupt: the key may be there, and a second copy must not be made).  *slot: its
+ * index if found, else the slot to insert into (the first tombstone on the way, or the
+ * empty slot that ended the search), or n when neither exists. */
 static int find_slot(const shoal_dict_view *v, uint64_t hash, const void *key, uint32_t key_len,
                      uint64_t *slot) {
     shoal_dict_slot *slots = slots_of(v);
@@ -229,7 +230,9 @@ static int find_slot(const shoal_dict_view *v, uint64_t hash, const void *key, u
             continue;
         const char *k, *val;
         uint32_t kl, vl;
-        if (entry_at(v, off, &k, &kl, &val, &vl) && kl == key_len && memcmp(k, key, key_len) == 0) {
+        if (!entry_at(v, off, &k, &kl, &val, &vl))
+            return -1;
+        if (kl == key_len && memcmp(k, key, key_len) == 0) {
             *slot = i;
             return 1;
         }
@@ -247,6 +250,8 @@ int shoal_dict_set2(const shoal_dict_view *v, uint64_t hash, const void *key, ui
         return SHOAL_DICT_FULL;
     uint64_t slot;
     int found = find_slot(v, hash, key, key_len, &slot);
+    if (found < 0)
+        return SHOAL_BAD_LAYOUT;
     shoal_dict_slot *slots = slots_of(v);
     uint64_t n = v->nslots;
     if (!found) {
@@ -294,8 +299,9 @@ int shoal_dict_set(const shoal_dict_view *v, uint64_t hash, const void *key, uin
 int shoal_dict_delete(const shoal_dict_view *v, uint64_t hash, const void *key, uint32_t key_len) {
     shoal_dict *d = v->d;
     uint64_t slot;
-    if (!find_slot(v, hash, key, key_len, &slot))
-        return 0;
+    int found = find_slot(v, hash, key, key_len, &slot);
+    if (found <= 0)
+        return found;
     shoal_dict_slot *slots = slots_of(v);
     uint64_t old = ld64(&slots[slot].entry);
     st64(&slots[slot].entry, SHOAL_DICT_TOMBSTONE); /* the change */

@@ -200,6 +200,19 @@ TEST(dict_block_freed_with_a_class_that_does_not_fit_is_leaked) {
     CHECK_EQ(del(&t, "a"), 1);
 }
 
+TEST(dict_writers_refuse_a_slot_of_the_key_that_names_no_entry) {
+    shoal_dict_view t;
+    shoal_dict *d = new_table(64, 8192, &t);
+    CHECK_EQ(put(&t, "a", "one"), SHOAL_OK);
+    shoal_dict_slot *slots = (shoal_dict_slot *)((char *)d + SHOAL_DICT_HEADER_SIZE);
+    uint64_t h = shoal_dict_hash("a", 1);
+    slots[h & 63].entry = t.size + 4096;
+    /* the key may be there: no second copy, no delete of what cannot be read */
+    CHECK_EQ(put(&t, "a", "two"), SHOAL_BAD_LAYOUT);
+    CHECK_EQ(del(&t, "a"), -1);
+    CHECK_EQ(d->count, 1);
+}
+
 TEST(dict_heap_top_outside_the_heap_makes_the_table_full) {
     shoal_dict_view t;
     shoal_dict *d = new_table(64, 8192, &t);

@@ -143,8 +143,9 @@ static PyObject *dict_bind_table(DictObject *self, PyObject *args) {
     shoal_dict_view tv;
     if (shoal_dict_check(&tv, d, (uint64_t)size) != SHOAL_OK) {
         PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_RuntimeError,
-                        "the SharedDict's table segment does not hold a table this shoal wrote");
+        PyErr_SetString(LayoutError,
+                        "the SharedDict's table segment does not hold a table this shoal wrote: "
+                        "it is corrupt (was it written to outside shoal?)");
         return NULL;
     }
     dict_release_table(self);
@@ -295,7 +296,7 @@ static void set_key_error(PyObject *key) {
 }
 
 static PyObject *raise_dict_corrupt(void) {
-    PyErr_SetString(PyExc_RuntimeError,
+    PyErr_SetString(LayoutError,
                     "the SharedDict's shared memory holds an entry no writer could make: it is "
                     "corrupt (was it written to outside shoal?)");
     return NULL;
@@ -454,6 +455,11 @@ static int locked_set(DictObject *self, dict_key *k, const char *a, uint32_t ale
             else
                 Py_XDECREF(prev); /* (no caller replaces such a value without asking) */
             return 0;
+        }
+        if (st == SHOAL_BAD_LAYOUT) {
+            raise_dict_corrupt();
+            Py_XDECREF(prev);
+            return -1;
         }
         if (tries >= 3 || shoal_dict_class(k->n, (uint64_t)alen + blen) < 0) {
             PyErr_SetString(PyExc_MemoryError, "the SharedDict cannot hold an entry this big");
@@ -619,6 +625,9 @@ static int dict_ass_subscript(DictObject *self, PyObject *key, PyObject *value) 
             }
             dict_unlock(self);
             if (err) {
+                rc = -1;
+            } else if (removed < 0) {
+                raise_dict_corrupt();
                 rc = -1;
             } else if (!removed) {
                 set_key_error(key);
@@ -1087,7 +1096,9 @@ static PyObject *dict_release_stored(DictObject *self, PyObject *Py_UNUSED(ignor
 }
 
 /* _copy_to(buffer, offset, size, nslots, copy): make a table there (and copy this one's
- * live entries into it when copy is true).  Called by _rebuild, with the lock held. */
+ * live entries into it when copy is true): True, or False when they do not fit (the
+ * counts it was sized by were wrong: _rebuild tries a bigger one).  Called by _rebuild,
+ * with the lock held. */
 static PyObject *dict_copy_to(DictObject *self, PyObject *args) {
     PyObject *buffer;
     Py_ssize_t offset, size;
@@ -1110,11 +1121,15 @@ static PyObject *dict_copy_to(DictObject *self, PyObject *args) {
     PyBuffer_Release(&view);
     if (!dst)
         return NULL;
+    if (st == SHOAL_DICT_FULL)
+        Py_RETURN_FALSE;
+    if (st == SHOAL_BAD_LAYOUT)
+        return raise_dict_corrupt();
     if (st != SHOAL_OK) {
         PyErr_Format(PyExc_RuntimeError, "cannot rebuild the SharedDict's table (status %d)", st);
         return NULL;
     }
-    Py_RETURN_NONE;
+    Py_RETURN_TRUE;
 }
 
 static PyObject *dict_table_stats(DictObject *self, PyObject *Py_UNUSED(ignored)) {
