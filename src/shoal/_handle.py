@@ -265,9 +265,10 @@ class _Arena:
         with self._locked():
             nblocks = int.from_bytes(buf[offset + 12 : offset + 14], "little")
             if misaligned or index < 0 or not 0 < nblocks <= _BLOCK_COUNT - index:
-                raise RuntimeError(
+                raise LayoutError(
+                    22,
                     f"freeing offset {offset} of arena {self.segment.name}, which holds "
-                    f"no allocation there ({nblocks} blocks): the arena is corrupt"
+                    f"no allocation there ({nblocks} blocks): the arena is corrupt",
                 )
             bitmap = buf[_ARENA_BITMAP : _ARENA_BITMAP + _BITMAP_BYTES]
             bits = int.from_bytes(bitmap, "little")
