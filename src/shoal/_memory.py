@@ -56,7 +56,9 @@ that shrank gives a short read, not a SIGBUS), maps a header page only to take t
 final decision on one that looks unheld, and only tries its table's mutex: one locked
 by a live process is left for a later sweep.  No file costs any waiting.  A file
 without its magic number is unfinished: removed at once if the creator token in its
-header is dead, else after ``_UNFINISHED_GRACE_S``.  A transit segment is removed
+header is dead, else after ``_UNFINISHED_GRACE_S`` (a creator writes its header page
+before it reserves the rest, so only one killed between creating the file and that
+write leaves a file that names nobody).  A transit segment is removed
 once its parent object is gone (:func:`_parent_gone`).
 
 Liveness files (#10).  Every shoal process holds its own
@@ -323,6 +325,16 @@ def _reserve(fd: int, size: int) -> None:
     os.ftruncate(fd, size)
 
 
+def _write_header(fd: int, header: bytes, total: int) -> None:
+    """Write a new segment's header page (all but its magic) with ``pwrite``."""
+    try:
+        os.pwrite(fd, header, 0)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            raise _no_room_error(total, exc) from None
+        raise
+
+
 class ExitHook:
     """A ``multiprocessing.util.Finalize`` exit callback that survives every kind of fork.
 
@@ -551,23 +563,12 @@ class Segment:
         total = HEADER_SIZE + size
         name = _new_name()
         flags = os.O_CREAT | os.O_EXCL | os.O_RDWR
-        try:
-            fd = _core.shm_open(name, flags, 0o600)
-        except OSError as exc:
-            raise SharedMemoryError(exc.errno, f"cannot create segment {name}: {exc}") from exc
-        try:
-            _reserve(fd, total)
-            mapping = mmap.mmap(fd, total)
-        except BaseException:
-            os.close(fd)
-            _core.shm_unlink(name)
-            raise
-        os.close(fd)
         token = _core.self_token()
+        header = bytearray(HEADER_SIZE)
         _HEADER.pack_into(
-            mapping,
+            header,
             0,
-            0,
+            0,  # the magic: stored last, below
             _core.LAYOUT_VERSION,
             HEADER_SIZE,
             total,
@@ -578,6 +579,23 @@ class Segment:
             _HOLDER_CAPACITY,
             0,
         )
+        try:
+            fd = _core.shm_open(name, flags, 0o600)
+        except OSError as exc:
+            raise SharedMemoryError(exc.errno, f"cannot create segment {name}: {exc}") from exc
+        try:
+            # the creator token goes in before the pages are reserved, which takes a
+            # while for a big segment: a creator killed meanwhile leaves a file whose
+            # dead creator tells the reaper it is garbage (#10: it was still empty, and
+            # kept for _UNFINISHED_GRACE_S)
+            _write_header(fd, header, total)
+            _reserve(fd, total)
+            mapping = mmap.mmap(fd, total)
+        except BaseException:
+            os.close(fd)
+            _core.shm_unlink(name)
+            raise
+        os.close(fd)
         struct.pack_into("<Q", mapping, _HOLDERS_OFFSET, token)
         _core.store64(mapping, 0, MAGIC)  # last: the segment is now complete
         segment = cls(name, mapping, kind)
