@@ -80,3 +80,34 @@ print("ok")
 """
     )
     assert out.strip().endswith("ok")
+
+
+def test_a_writer_killed_before_a_messages_data_leaves_nothing_a_sweep_keeps() -> None:
+    # the same for a transit segment (a queue's big item, a dict's new table): its
+    # header page is written on its own, before the data
+    out = check_isolated(
+        """
+import multiprocessing as mp, os, signal
+from shoal import Queue, _memory
+from shoal.lowlevel import reap
+
+def die_before_the_data(q):
+    def write_then_die(fd, chunks, total, *rest):
+        os.kill(os.getpid(), signal.SIGKILL)  # SIGKILL in pwritev, before a page
+    _memory._write_all = write_then_die
+    q.put(bytearray(300_000))
+
+q = Queue(capacity=65536)  # (an item over half of it travels in a transit segment)
+before = set(os.listdir("/dev/shm"))
+p = mp.get_context("fork").Process(target=die_before_the_data, args=(q,))
+p.start()
+p.join(30)
+assert p.exitcode == -signal.SIGKILL, p.exitcode
+left = sorted(set(os.listdir("/dev/shm")) - before)
+assert len(left) == 1, left
+assert "/" + left[0] in reap(), "the dead writer's message was kept"
+q.close()
+print("ok")
+"""
+    )
+    assert out.strip().endswith("ok")

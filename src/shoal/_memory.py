@@ -1658,11 +1658,11 @@ def write_transit(parent: str | tuple[str, int, int], chunks: list[Any], size: i
     ``parent`` is a queue's handle ``(segment name, header offset, serial)``, or just
     a segment's name when the segment as a whole is the parent.  ``chunks``
     (bytes-like, in order) fill the ``size`` bytes after the header.  They are
-    written with one ``pwritev``: the kernel allocates the pages as it copies, so
-    there is no zero-filling and no page fault on this side, and a full ``/dev/shm``
-    fails here with ENOSPC instead of a SIGBUS later.  The magic number is written
-    last: a writer killed half way leaves a segment without it, whose dead creator
-    token tells the reaper it is garbage.
+    written with ``pwritev``, after the header page: the kernel allocates the pages as
+    it copies, so there is no zero-filling and no page fault on this side, and a full
+    ``/dev/shm`` fails here with ENOSPC instead of a SIGBUS later.  The magic number is
+    written last: a writer killed half way (or before the data's first page) leaves a
+    segment without it, whose dead creator token tells the reaper it is garbage.
 
     The segment has no holders: the sender lets go at once, the one receiver maps it
     and removes its name (:func:`open_transit`).  Until then it lives as long as its
@@ -1701,7 +1701,10 @@ def write_transit(parent: str | tuple[str, int, int], chunks: list[Any], size: i
     except OSError as exc:
         raise SharedMemoryError(exc.errno, f"cannot create segment {name}: {exc}") from exc
     try:
-        _write_all(fd, [header, *chunks], total)
+        # the header page on its own first: a writer killed before its data's first
+        # page leaves a file naming its dead creator, not an empty one (#10)
+        _write_header(fd, header, total)
+        _write_all(fd, chunks, total, HEADER_SIZE)
         os.pwrite(fd, _MAGIC_BYTES, 0)
     except OSError as exc:
         _unlink_quietly(name)
@@ -1719,9 +1722,10 @@ def write_transit(parent: str | tuple[str, int, int], chunks: list[Any], size: i
 _MAGIC_BYTES = MAGIC.to_bytes(8, "little")
 
 
-def _write_all(fd: int, chunks: list[Any], total: int) -> None:
+def _write_all(fd: int, chunks: list[Any], total: int, offset: int = 0) -> None:
+    """Write ``chunks`` from ``offset`` on with ``pwritev``: the file is then ``total``
+    bytes (else OSError)."""
     views = [memoryview(c).cast("B") for c in chunks]
-    offset = 0
     try:
         while views:
             batch = views[:512]  # within IOV_MAX
