@@ -1,9 +1,11 @@
-"""An arena whose block headers were scribbled on (issue #10, 5b; found by the chaos
-suite's ``corrupt_memory`` fuzz).
+"""Arenas and segments whose headers were scribbled on (issue #10, 5b; found by the
+chaos suite's ``corrupt_memory`` fuzz).
 
 Freeing a block reads its run length from the block's header; a header that names no
 allocation there (a stray write) is refused with :class:`shoal.LayoutError`, the error
-every other check of memory written to outside shoal raises, and nothing is freed.
+every other check of memory written to outside shoal raises, and nothing is freed.  A
+handle to an object in a segment whose header's kind holds no objects is refused with
+it too (a forged offset stays a ``ValueError``: that is the handle's fault).
 Each case runs in a child process with a private ``/dev/shm`` (tests/isolation.py):
 the arenas it damages are not the test runner's.
 """
@@ -33,6 +35,33 @@ else:
     raise AssertionError("a block with a corrupt header was freed")
 assert other.acquire(timeout=1)  # its neighbour is untouched
 other.release()
+print("ok")
+"""
+    )
+    assert out.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("kind", [0, 3, 77])
+def test_a_handle_to_a_segment_whose_kind_was_written_over_raises_layout_error(
+    kind: int,
+) -> None:
+    # before: ValueError, as for a forged handle (the handle is fine: the memory is not)
+    out = check_isolated(
+        f"""
+import pickle, struct, subprocess, sys
+import shoal
+q = shoal.Queue(capacity=1 << 16)  # a segment of its own
+lock = shoal.Lock()  # in an arena
+for obj in (q, lock):
+    struct.pack_into("<I", obj._segment.buffer, 24, {kind})  # the header's kind
+    # a process that has not attached it yet (an attached segment's kind is known)
+    done = subprocess.run(
+        [sys.executable, "-c", "import pickle, sys, shoal; pickle.loads(sys.stdin.buffer.read())"],
+        input=pickle.dumps(obj), capture_output=True, timeout=60,
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 1 and "LayoutError" in err, err
+    assert "holds no shoal objects" in err, err
 print("ok")
 """
     )

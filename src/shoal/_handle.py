@@ -432,9 +432,14 @@ class SharedObject:
         self._restore_state(state)  # may set the payload size the check below needs
         segment = Segment.attach(name)
         try:
-            if segment.kind not in (KIND_ARENA, KIND_DATA) or not _valid_offset(
-                segment, offset, OBJECT_HEADER_SIZE + self._PAYLOAD_SIZE
-            ):
+            if segment.kind not in (KIND_ARENA, KIND_DATA):
+                # (a transit segment, or a header whose kind was written over)
+                raise LayoutError(
+                    22,
+                    f"segment {name} holds no shoal objects (kind {segment.kind}): a "
+                    "handle to a shared object cannot name it",
+                )
+            if not _valid_offset(segment, offset, OBJECT_HEADER_SIZE + self._PAYLOAD_SIZE):
                 raise ValueError(
                     f"handle offset {offset} does not name an object in segment {name}"
                 )
