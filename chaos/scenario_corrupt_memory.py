@@ -67,10 +67,12 @@ _KEYS = 24
 _OP_SLOT = 96  # bytes of the shared array naming each process's current call
 
 # ring header words worth breaking (offset, size), relative to the ring
-# (native/include/shoal_ring.h); its two mutexes (32..72, 256..296) are left alone
+# (native/include/shoal_ring.h): its two mutexes (32..72, 256..296) are left alone; the
+# waiters' lists (384..600) hold tokens, judged when they are pruned
 _RING_WORDS = [(0, 8), (8, 8), (8, 4), (16, 8), (24, 4), (28, 4), (128, 8), (128, 4),
                (132, 4), (136, 4), (140, 4), (192, 8), (192, 4), (196, 4), (200, 4),
-               (204, 4), (320, 8), (328, 4), (332, 4)]  # fmt: skip
+               (204, 4), (320, 8), (328, 4), (332, 4), (384, 8), (392, 8), (448, 8),
+               (456, 8), (464, 8), (520, 8), (528, 8), (592, 8)]  # fmt: skip
 # the dict table's header words (native/include/shoal_dict.h), relative to the table
 _DICT_WORDS = [(0, 8), (8, 4), (16, 8), (24, 8), (32, 8), (40, 8), (48, 8), (56, 8),
                (64, 8), (72, 8), (80, 8)] + [(128 + 8 * c, 8) for c in range(12)]  # fmt: skip

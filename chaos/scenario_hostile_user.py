@@ -27,6 +27,7 @@ not counted).
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import json
 import multiprocessing as mp
@@ -149,7 +150,10 @@ def _make_templates(directory: str) -> None:
     q.put(bytearray(200 * 1024))  # its transit segment stays while it waits
     d = shoal.SharedDict({i: "x" * i for i in range(100)})
     lock, event = shoal.Lock(), shoal.Event()
-    for i, name in enumerate(sorted(set(os.listdir(_SHM)) - before)):
+    from shoal._memory import _NAME_PATTERN
+
+    made = sorted(n for n in set(os.listdir(_SHM)) - before if _NAME_PATTERN.fullmatch("/" + n))
+    for i, name in enumerate(made):  # (segments: not this process's liveness file)
         data = Path(_SHM, name).read_bytes()
         target = Path(directory, f"template-{i}")
         target.write_bytes(data)
@@ -180,7 +184,13 @@ def _planter_main() -> None:
     digests: dict[str, str] = {}  # stable regular files -> sha256 of their content
     counts = {"rewrites": 0}
 
-    def new_name() -> str:
+    def new_name(kind: str) -> str:
+        if kind.startswith("live"):  # named like a process's liveness file
+            return (
+                _core.LIVENESS_PREFIX
+                + rng.randbytes(8).hex()
+                + (_core.LIVENESS_TEMP_SUFFIX if rng.random() < 0.3 else "")
+            )
         return "shoal-" + rng.randbytes(10).hex()
 
     def orphaned(data: bytes) -> bytes:
@@ -203,16 +213,18 @@ def _planter_main() -> None:
             out = bytearray(orphaned(t))
             struct.pack_into("<Q", out, 16, len(out) * 2)
             return bytes(out)
+        if kind == "live":
+            return b""  # as a liveness file is
         return rng.randbytes(rng.choice([0, 7, 4096, 9000, 70_000]))  # garbage
 
     def plant(kind: str) -> str:
-        name = new_name()
+        name = new_name(kind)
         path = os.path.join(_SHM, name)
-        if kind == "fifo":
+        if kind in ("fifo", "live-fifo"):
             os.mkfifo(path, 0o600)
         elif kind == "dir":
             os.mkdir(path, 0o700)
-        elif kind == "symlink":
+        elif kind in ("symlink", "live-symlink"):
             others = [n for n in os.listdir(_SHM) if n.startswith("shoal-") and n not in kinds]
             os.symlink(os.path.join(_SHM, rng.choice(others)) if others and rng.random() < 0.7
                        else target, path)  # fmt: skip
@@ -227,10 +239,18 @@ def _planter_main() -> None:
 
     # nobody's own segments: tables locked, or every holder dead
     own: list[Any] = []
+    locked: list[Any] = []
+
+    def unlock() -> None:  # (at exit too, before shoal's own hooks: they would wait)
+        while locked:
+            locked.pop()._table_lock.release()
+
+    atexit.register(unlock)
     for i in range(6):
         seg = Segment.create(64)
         if i % 2:
             seg._table_lock.acquire()
+            locked.append(seg)
         else:
             view = seg._holders_view()
             view[0] = dead
@@ -238,7 +258,8 @@ def _planter_main() -> None:
         own.append(seg)
         kinds[seg.name[1:]] = "own"
     stable = [plant(k) for k in ("copy", "unfinished", "truncated", "size-lie", "garbage",
-                                 "fifo", "dir", "symlink") for _ in range(3)]  # fmt: skip
+                                 "fifo", "dir", "symlink", "live", "live-fifo",
+                                 "live-symlink") for _ in range(3)]  # fmt: skip
     stable += [s.name[1:] for s in own]
     churn = [plant(k) for k in ("copy", "truncated", "garbage") for _ in range(4)]
     for name in stable:
@@ -323,9 +344,8 @@ def _planter_main() -> None:
                 report["opened_for_writing"] += 1
                 first.setdefault("opened_for_writing", f"{kind} {name} (content changed)")
     print(json.dumps(report), flush=True)
-    for i, seg in enumerate(own):
-        if i % 2:
-            seg._table_lock.release()
+    unlock()
+    for seg in own:
         seg.close()
 
 
