@@ -11,9 +11,9 @@ go: a lock taken from a live owner shows), put and get on the queue, write and r
 the dict, take the semaphore (checking its count), make objects of their own and check
 that they still work and that their segments are still there, and reap; each side
 SIGKILLs one of its workers every ~150 ms and starts another.  Then each side takes
-the internal locks its dead workers may hold (only it can tell they are dead), and
-dead-owner probes follow: a lock whose owner was SIGKILLed in one namespace is tried
-from the other.
+the internal locks its dead workers may hold (it can always tell they are dead; the
+other side only through their liveness files), and dead-owner probes follow: a lock
+whose owner was SIGKILLed in one namespace is tried from the other.
 
 Figures: ``lock_rounds``, ``ops``, ``kills`` (A/B), ``exclusion_broken`` (a lock or
 the semaphore held by more than it allows, with the live owner's pid in
@@ -22,13 +22,14 @@ whose segment went), ``wrong`` (a queue item or dict value that does not match),
 ``hangs`` (a worker in one call for more than 10 s, or a side that did not finish),
 ``crashes`` (a worker that died of anything but our SIGKILL), ``timeouts`` (lock waits
 and queue puts that ran out: owners that died in the other namespace, which this side
-cannot judge), and the probes, ``dead_recovered`` and ``dead_timed_out`` (not held to
-0: a lock whose owner died in another namespace is not recovered from this one yet,
-see docs/locks.md).  ``leftovers``: segments left once every process of both
-namespaces is gone and each reaped from fresh processes, beyond ``leftovers_mixed``:
-those every holder of which died, some in each namespace (or that only such segments
-keep): no process of either can judge the other's dead, so nobody can reap them
-(docs/locks.md).  Not held to 0 either, for the same reason.
+could not judge), and the probes, ``dead_recovered`` and ``dead_timed_out``.
+``leftovers``: segments left once every process of both namespaces is gone and each
+reaped from fresh processes, beyond ``leftovers_mixed``: those every holder of which
+died, some in each namespace (or that only such segments keep).  A dead owner or
+holder of another namespace is told dead by its liveness file (docs/locks.md): with
+those, ``dead_timed_out`` and ``leftovers_mixed`` are 0; a process that could make
+none (``/dev/shm`` full, no inode left) counts as alive from the other namespace, so
+they are reported, not held to 0.
 """
 
 from __future__ import annotations
@@ -283,8 +284,9 @@ def _b_main() -> None:
 def _heal(objects: Any) -> None:
     """Once this namespace's workers are all dead: take every shoal-internal lock one of
     them may have died holding (a holder table, an arena, the dict's writers', the
-    ring's), so that it is recovered here, where its owner can be told dead.  A process
-    of the other namespace could not (docs/locks.md), and would wait for it."""
+    ring's), so that it is recovered here, where its owner can always be told dead.  A
+    process of the other namespace can only through the owner's liveness file
+    (docs/locks.md), and would wait for it where there is none."""
     from shoal import _handle, _memory
 
     with _memory._state.lock:
