@@ -588,6 +588,10 @@ def _settle(kind: str, p: Any, conn: Any, end: float, ops: Any, log: list[str],
 
 
 def run(seconds: float) -> dict[str, Any]:
+    # imported once here, not in every process of every round (this process makes no
+    # shoal object: its allocator stays empty, and the rounds' children inherit nothing)
+    import shoal  # noqa: F401
+
     seed = int.from_bytes(os.urandom(4), "little")
     rng = random.Random(seed)
     totals: dict[str, Any] = {"rounds": 0, "writes": 0, "calls": 0, "errors_raised": 0,

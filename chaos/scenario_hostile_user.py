@@ -376,6 +376,10 @@ def _root_files() -> list[str]:
 
 
 def run(seconds: float) -> dict[str, Any]:
+    # imported once here, not by every victim it forks (this process makes no shoal
+    # object: its victims inherit nothing)
+    import shoal  # noqa: F401
+
     seed = int.from_bytes(os.urandom(4), "little")
     rng = random.Random(seed)
     work = tempfile.mkdtemp(prefix="shoal-chaos-hostile-")
