@@ -280,3 +280,27 @@ finish(d)
 """
     )
     assert "[]" in out, out
+
+
+@pytest.mark.parametrize("count", [(1 << 64) - 1, (1 << 63) + 5, 1 << 41])
+def test_a_count_no_table_can_hold_raises_layout_error_from_len(count: int) -> None:
+    # before: SystemError ("error return without exception set") or ValueError from
+    # len(), the count read from shared memory as a negative size
+    out = check_isolated(
+        _SETUP
+        + f"""
+d = shoal.SharedDict({{i: i for i in range(5)}})
+table = table_of(d)
+poke(table, T + 48, {count})
+try:
+    len(d)
+except shoal.LayoutError as exc:
+    assert "corrupt" in str(exc), exc
+else:
+    raise AssertionError("len() of a corrupt count")
+poke(table, T + 48, 5)
+assert len(d) == 5
+finish(d)
+"""
+    )
+    assert "[]" in out, out

@@ -584,7 +584,12 @@ static PyObject *dict_get(DictObject *self, PyObject *const *args, Py_ssize_t na
 static Py_ssize_t dict_length(DictObject *self) {
     if (dict_sync(self) < 0)
         return -1;
-    return (Py_ssize_t)shoal_load64(&self->table->count);
+    uint64_t count = shoal_load64(&self->table->count);
+    if (count > self->tv.nslots) { /* shared memory: no table holds more than its slots */
+        raise_dict_corrupt();
+        return -1;
+    }
+    return (Py_ssize_t)count;
 }
 
 /* ---- writes ------------------------------------------------------------------------------ */
