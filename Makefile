@@ -164,7 +164,9 @@ bench-quick: $(BENCH_STAMP)
 # The chaos suite (chaos/): SIGKILLs every ~100 ms, killed parents, dead lock owners
 # and waiters on every primitive, pool workers killed, segfaulting, os._exit-ing and
 # over RLIMIT_AS, objects kept past every expiry, /dev/shm full on every creation path,
-# each scenario in a private /dev/shm (needs root); a figure line each.
+# a second PID namespace, a hostile second user (nobody) planting files, a fuzz of
+# shared memory under live use; each scenario in a private /dev/shm (needs root); a
+# figure line each.
 # CHAOS_ARGS: e.g. --seconds 60, --only queue_soak, --json figures.json.  `make test`
 # runs each for a few seconds (tests/test_chaos.py).
 CHAOS_ARGS ?=

@@ -263,7 +263,8 @@ p = FORK.Process(target=die_while_writing, args=(pinned,))
 p.start(); p.join(10)
 assert p.exitcode == -signal.SIGKILL
 half_written = shoal_files() - before
-assert len(half_written) == 1, half_written
+# (on Linux a segment is named only once complete: then there is none to see)
+assert len(half_written) <= 1, half_written
 
 q = Queue(maxsize=1, capacity=1024)  # small: it lives in that arena too
 assert q._segment is keep._segment

@@ -137,7 +137,7 @@ for round in range(ROUNDS):
     def attach():
         try:
             pickle.loads(pickle.dumps(q)).close()
-        except ValueError as exc:  # a handle to memory that holds no queue (any more)
+        except shoal.LayoutError as exc:  # a handle to memory that holds no queue (any more)
             if "does not hold a shoal queue" not in str(exc):
                 raise
             return "refused"
@@ -250,3 +250,33 @@ def test_unchecked_ring_refuses_every_call() -> None:
     finally:
         ring._unbind()
         mapping.close()
+
+
+def test_attaching_a_corrupt_ring_raises_layout_error() -> None:
+    # before: ValueError, which no caller catching shoal's errors expects
+    import pickle
+
+    import shoal
+
+    q = shoal.Queue(capacity=256)
+    try:
+        struct.pack_into("<Q", q._mapping, q._payload_offset + 8, 1 << 31)  # the capacity
+        with pytest.raises(LayoutError, match="does not hold a shoal queue"):
+            pickle.loads(pickle.dumps(q))
+    finally:
+        struct.pack_into("<Q", q._mapping, q._payload_offset + 8, 256)
+        q.close()
+
+
+def test_an_empty_record_raises_layout_error() -> None:
+    # before: IndexError from the loads hook (no producer writes an empty record)
+    import shoal
+
+    q = shoal.Queue()
+    try:
+        q._put_bytes(b"", False)
+        with pytest.raises(LayoutError, match="corrupt"):
+            q.get(timeout=1)
+        q._put_bytes(b"", False)  # and the last handle discards one without a word
+    finally:
+        q.close()

@@ -11,6 +11,18 @@
  *     heap:  entries, each 16-byte header {u32 key_len, u32 value_len, u32 class,
  *            u32 reserved} + key + value, in blocks of (32 << class) bytes
  *
+ * Geometry (#10): a process reads a table's size, slot count and heap offset once,
+ * when shoal_dict_check (or shoal_dict_init) accepts the table, into a shoal_dict_view
+ * of its own, and never from shared memory again.  Every offset found in the table
+ * afterwards -- a slot's entry, a free list's head and links, the heap's top, a block's
+ * size class -- is checked against that view before anything is read or written there,
+ * so a stray write into the table can make a call fail (readers see -1, writers
+ * SHOAL_DICT_FULL, which makes the caller rebuild the table from what its slots still
+ * hold), never read or write outside the table.  A free list whose head does not name
+ * a whole block of its class inside the heap is dropped (its blocks leak until the
+ * next rebuild), and a block freed with a class that does not fit is leaked rather
+ * than listed.
+ *
  * Writers serialise on a lock the caller owns (shoal.SharedDict keeps it in the
  * dict's root) and bracket every change with shoal_dict_write_begin/end, which make
  * `version` odd and then even again (a seqlock).  Readers take no lock: they read
@@ -77,41 +89,54 @@ typedef struct {
 } shoal_dict;
 _Static_assert(sizeof(shoal_dict) == SHOAL_DICT_HEADER_SIZE, "shoal_dict is part of the shared layout");
 
+/* A process's view of one table: the geometry it checked, never re-read (see above). */
+typedef struct {
+    shoal_dict *d;
+    uint64_t size;   /* bytes of the table (header, slots and heap) */
+    uint64_t nslots; /* a power of two */
+    uint64_t heap;   /* where the heap starts: SHOAL_DICT_HEADER_SIZE + 16 * nslots */
+} shoal_dict_view;
+
 /* A deterministic 64-bit hash (the same in every process, unlike Python's hash()). */
 uint64_t shoal_dict_hash(const void *data, size_t len);
 /* The block class an entry of this key and value length needs, -1 if too big. */
 int shoal_dict_class(uint64_t key_len, uint64_t value_len);
 /* Table bytes for nslots (a power of two) and a heap of heap_bytes. */
 uint64_t shoal_dict_size_for(uint64_t nslots, uint64_t heap_bytes);
-/* Initialise zeroed memory of `size` bytes: the heap gets what the slots leave. */
-shoal_status shoal_dict_init(shoal_dict *d, uint64_t size, uint64_t nslots);
-/* SHOAL_OK if d looks like a table this version wrote, fitting in `mapped` bytes. */
-shoal_status shoal_dict_check(const shoal_dict *d, uint64_t mapped);
+/* Initialise zeroed memory of `size` bytes: the heap gets what the slots leave.  *v is
+ * filled on SHOAL_OK (v may be NULL). */
+shoal_status shoal_dict_init(shoal_dict_view *v, shoal_dict *d, uint64_t size, uint64_t nslots);
+/* SHOAL_OK if d looks like a table this version wrote, fitting in `mapped` bytes; *v is
+ * then its geometry, for every call below. */
+shoal_status shoal_dict_check(shoal_dict_view *v, shoal_dict *d, uint64_t mapped);
 
 /* ---- readers (no lock): bracket with the version ------------------------------------- */
 uint64_t shoal_dict_read_begin(const shoal_dict *d); /* the version (odd: a writer is busy) */
 int shoal_dict_read_retry(const shoal_dict *d, uint64_t version); /* 1: it changed, retry */
 /* Find key: 1 found (*value, *value_len point into the table), 0 absent, -1 the table
- * reads as corrupt (only a torn read: retry).  `size` bounds every offset. */
-int shoal_dict_lookup(const shoal_dict *d, uint64_t size, uint64_t hash, const void *key,
-                      uint32_t key_len, const char **value, uint32_t *value_len);
+ * reads as corrupt (a torn read: retry; if the version did not move, it is corrupt).
+ * The view bounds every offset. */
+int shoal_dict_lookup(const shoal_dict_view *v, uint64_t hash, const void *key, uint32_t key_len,
+                      const char **value, uint32_t *value_len);
 /* Iterate: the next live entry at slot index >= *pos (then *pos = its index + 1).
  * 1 found, 0 end, -1 corrupt. */
-int shoal_dict_next(const shoal_dict *d, uint64_t size, uint64_t *pos, const char **key,
-                    uint32_t *key_len, const char **value, uint32_t *value_len);
+int shoal_dict_next(const shoal_dict_view *v, uint64_t *pos, const char **key, uint32_t *key_len,
+                    const char **value, uint32_t *value_len);
 
 /* ---- writers (holding the caller's lock) --------------------------------------------- */
 void shoal_dict_write_begin(shoal_dict *d);
 void shoal_dict_write_end(shoal_dict *d);
-/* Insert or overwrite: SHOAL_OK, or SHOAL_DICT_FULL (nothing changed). */
-int shoal_dict_set(shoal_dict *d, uint64_t hash, const void *key, uint32_t key_len,
+/* Insert or overwrite: SHOAL_OK, SHOAL_DICT_FULL, or SHOAL_BAD_LAYOUT when a slot of the
+ * key's hash names no entry (corrupt); nothing changed but SHOAL_OK. */
+int shoal_dict_set(const shoal_dict_view *v, uint64_t hash, const void *key, uint32_t key_len,
                    const void *value, uint32_t value_len);
 /* Same, with the value given as two pieces (a tag byte and the payload). */
-int shoal_dict_set2(shoal_dict *d, uint64_t hash, const void *key, uint32_t key_len,
+int shoal_dict_set2(const shoal_dict_view *v, uint64_t hash, const void *key, uint32_t key_len,
                     const void *v1, uint32_t len1, const void *v2, uint32_t len2);
-/* Remove key: 1 removed, 0 absent. */
-int shoal_dict_delete(shoal_dict *d, uint64_t hash, const void *key, uint32_t key_len);
-/* Copy every live entry of src into dst (freshly initialised): SHOAL_OK or FULL. */
-int shoal_dict_copy(const shoal_dict *src, uint64_t src_size, shoal_dict *dst);
+/* Remove key: 1 removed, 0 absent, -1 a slot of its hash names no entry (corrupt). */
+int shoal_dict_delete(const shoal_dict_view *v, uint64_t hash, const void *key, uint32_t key_len);
+/* Copy every live entry of src into dst (freshly initialised): SHOAL_OK, FULL, or
+ * SHOAL_BAD_LAYOUT when src reads as corrupt. */
+int shoal_dict_copy(const shoal_dict_view *src, const shoal_dict_view *dst);
 
 #endif

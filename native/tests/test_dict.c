@@ -6,35 +6,37 @@
 #include <stdio.h>
 #include <string.h>
 
-static shoal_dict *new_table(uint64_t nslots, uint64_t heap, uint64_t *size) {
-    *size = shoal_dict_size_for(nslots, heap);
-    shoal_dict *d = shared_map(*size);
-    CHECK_ST(shoal_dict_init(d, *size, nslots), SHOAL_OK);
-    CHECK_ST(shoal_dict_check(d, *size), SHOAL_OK);
+/* a table in a shared mapping, and the view of it that shoal_dict_check fills */
+static shoal_dict *new_table(uint64_t nslots, uint64_t heap, shoal_dict_view *view) {
+    uint64_t size = shoal_dict_size_for(nslots, heap);
+    shoal_dict *d = shared_map(size);
+    CHECK_ST(shoal_dict_init(NULL, d, size, nslots), SHOAL_OK);
+    CHECK_ST(shoal_dict_check(view, d, size), SHOAL_OK);
+    CHECK(view->d == d && view->size == size && view->nslots == nslots);
     return d;
 }
 
-static int put(shoal_dict *d, const char *key, const char *value) {
-    shoal_dict_write_begin(d);
-    int st = shoal_dict_set(d, shoal_dict_hash(key, strlen(key)), key, (uint32_t)strlen(key),
+static int put(const shoal_dict_view *t, const char *key, const char *value) {
+    shoal_dict_write_begin(t->d);
+    int st = shoal_dict_set(t, shoal_dict_hash(key, strlen(key)), key, (uint32_t)strlen(key),
                             value, (uint32_t)strlen(value));
-    shoal_dict_write_end(d);
+    shoal_dict_write_end(t->d);
     return st;
 }
 
-static int del(shoal_dict *d, const char *key) {
-    shoal_dict_write_begin(d);
-    int r = shoal_dict_delete(d, shoal_dict_hash(key, strlen(key)), key, (uint32_t)strlen(key));
-    shoal_dict_write_end(d);
+static int del(const shoal_dict_view *t, const char *key) {
+    shoal_dict_write_begin(t->d);
+    int r = shoal_dict_delete(t, shoal_dict_hash(key, strlen(key)), key, (uint32_t)strlen(key));
+    shoal_dict_write_end(t->d);
     return r;
 }
 
 /* 1 and the value in buf if found */
-static int get(const shoal_dict *d, uint64_t size, const char *key, char *buf, size_t cap) {
+static int get(const shoal_dict_view *t, const char *key, char *buf, size_t cap) {
     const char *v;
     uint32_t vl;
-    int r = shoal_dict_lookup(d, size, shoal_dict_hash(key, strlen(key)), key,
-                              (uint32_t)strlen(key), &v, &vl);
+    int r = shoal_dict_lookup(t, shoal_dict_hash(key, strlen(key)), key, (uint32_t)strlen(key), &v,
+                              &vl);
     if (r == 1) {
         CHECK(vl < cap);
         memcpy(buf, v, vl);
@@ -44,87 +46,182 @@ static int get(const shoal_dict *d, uint64_t size, const char *key, char *buf, s
 }
 
 TEST(dict_set_get_overwrite_delete) {
-    uint64_t size;
-    shoal_dict *d = new_table(64, 8192, &size);
+    shoal_dict_view t;
+    shoal_dict *d = new_table(64, 8192, &t);
     char buf[256];
     CHECK_EQ(shoal_dict_hash("abc", 3), shoal_dict_hash("abc", 3));
     CHECK(shoal_dict_hash("abc", 3) != shoal_dict_hash("abd", 3));
-    CHECK_EQ(get(d, size, "a", buf, sizeof buf), 0);
-    CHECK_EQ(put(d, "a", "one"), SHOAL_OK);
-    CHECK_EQ(put(d, "b", "two"), SHOAL_OK);
-    CHECK_EQ(get(d, size, "a", buf, sizeof buf), 1);
+    CHECK_EQ(get(&t, "a", buf, sizeof buf), 0);
+    CHECK_EQ(put(&t, "a", "one"), SHOAL_OK);
+    CHECK_EQ(put(&t, "b", "two"), SHOAL_OK);
+    CHECK_EQ(get(&t, "a", buf, sizeof buf), 1);
     CHECK(strcmp(buf, "one") == 0);
-    CHECK_EQ(put(d, "a", "uno, longer than before"), SHOAL_OK);
-    CHECK_EQ(get(d, size, "a", buf, sizeof buf), 1);
+    CHECK_EQ(put(&t, "a", "uno, longer than before"), SHOAL_OK);
+    CHECK_EQ(get(&t, "a", buf, sizeof buf), 1);
     CHECK(strcmp(buf, "uno, longer than before") == 0);
     CHECK_EQ(d->count, 2);
-    CHECK_EQ(del(d, "a"), 1);
-    CHECK_EQ(del(d, "a"), 0);
-    CHECK_EQ(get(d, size, "a", buf, sizeof buf), 0);
+    CHECK_EQ(del(&t, "a"), 1);
+    CHECK_EQ(del(&t, "a"), 0);
+    CHECK_EQ(get(&t, "a", buf, sizeof buf), 0);
     CHECK_EQ(d->count, 1);
     CHECK_EQ(d->tombstones, 1);
-    CHECK_EQ(put(d, "a", "back"), SHOAL_OK); /* reuses the tombstone */
+    CHECK_EQ(put(&t, "a", "back"), SHOAL_OK); /* reuses the tombstone */
     CHECK_EQ(d->tombstones, 0);
     CHECK_EQ(d->version % 2, 0);
 }
 
 TEST(dict_full_then_copy_into_bigger) {
-    uint64_t size, big_size;
-    shoal_dict *d = new_table(64, 4096, &size);
+    shoal_dict_view t, bt;
+    shoal_dict *d = new_table(64, 4096, &t);
     char key[32], value[32], buf[64];
     int n = 0;
     for (;; n++) {
         snprintf(key, sizeof key, "key%d", n);
         snprintf(value, sizeof value, "value%d", n);
-        if (put(d, key, value) != SHOAL_OK)
+        if (put(&t, key, value) != SHOAL_OK)
             break;
     }
     CHECK(n > 10 && n <= 44); /* slots (11/16 of 64) or heap ran out */
     CHECK_EQ(d->count, (uint64_t)n);
-    shoal_dict *big = new_table(256, 65536, &big_size);
-    CHECK_EQ(shoal_dict_copy(d, size, big), SHOAL_OK);
+    shoal_dict *big = new_table(256, 65536, &bt);
+    CHECK_EQ(shoal_dict_copy(&t, &bt), SHOAL_OK);
     CHECK_EQ(big->count, (uint64_t)n);
     for (int i = 0; i < n; i++) {
         snprintf(key, sizeof key, "key%d", i);
         snprintf(value, sizeof value, "value%d", i);
-        CHECK_EQ(get(big, big_size, key, buf, sizeof buf), 1);
+        CHECK_EQ(get(&bt, key, buf, sizeof buf), 1);
         CHECK(strcmp(buf, value) == 0);
     }
 }
 
 TEST(dict_churn_reuses_blocks) {
-    uint64_t size;
-    shoal_dict *d = new_table(1024, 65536, &size);
+    shoal_dict_view t;
+    shoal_dict *d = new_table(1024, 65536, &t);
     char key[32];
     for (int i = 0; i < 200000; i++) {
         snprintf(key, sizeof key, "k%d", i % 100);
-        CHECK_EQ(put(d, key, (i & 1) ? "short" : "a somewhat longer value"), SHOAL_OK);
+        CHECK_EQ(put(&t, key, (i & 1) ? "short" : "a somewhat longer value"), SHOAL_OK);
         if (i % 3 == 0)
-            CHECK_EQ(del(d, key), 1);
+            CHECK_EQ(del(&t, key), 1);
     }
     /* 100 keys in at most two classes: the heap top never passed a few hundred blocks */
     CHECK(d->heap_top - d->heap_offset <= 2 * 100 * 64 + 64 * 4);
 }
 
 TEST(dict_lookup_survives_garbage) {
-    uint64_t size;
-    shoal_dict *d = new_table(64, 4096, &size);
-    CHECK_EQ(put(d, "a", "x"), SHOAL_OK);
+    shoal_dict_view t;
+    shoal_dict *d = new_table(64, 4096, &t);
+    CHECK_EQ(put(&t, "a", "x"), SHOAL_OK);
     shoal_dict_slot *slots = (shoal_dict_slot *)((char *)d + SHOAL_DICT_HEADER_SIZE);
     uint64_t h = shoal_dict_hash("a", 1);
-    slots[h & 63].entry = size + 4096; /* what a torn read might see */
+    slots[h & 63].entry = t.size + 4096; /* what a torn read might see */
     const char *v;
     uint32_t vl;
-    CHECK_EQ(shoal_dict_lookup(d, size, h, "a", 1, &v, &vl), -1);
+    CHECK_EQ(shoal_dict_lookup(&t, h, "a", 1, &v, &vl), -1);
     slots[h & 63].entry = d->heap_offset + 16 * 3; /* inside the heap, lengths garbage */
     memset((char *)d + d->heap_offset + 48, 0xff, 16);
-    CHECK_EQ(shoal_dict_lookup(d, size, h, "a", 1, &v, &vl), -1);
-    d->nslots = 63; /* header garbage too */
-    CHECK_EQ(shoal_dict_lookup(d, size, h, "a", 1, &v, &vl), -1);
+    CHECK_EQ(shoal_dict_lookup(&t, h, "a", 1, &v, &vl), -1);
     uint64_t pos = 0;
     const char *k;
     uint32_t kl;
-    CHECK_EQ(shoal_dict_next(d, size, &pos, &k, &kl, &v, &vl), -1);
+    CHECK_EQ(shoal_dict_next(&t, &pos, &k, &kl, &v, &vl), -1);
+}
+
+/* ---- memory written to outside shoal (#10): the view's geometry, checked offsets --- */
+
+TEST(dict_geometry_written_after_the_check_is_never_used) {
+    shoal_dict_view t, again;
+    shoal_dict *d = new_table(64, 8192, &t);
+    char buf[64];
+    CHECK_EQ(put(&t, "a", "one"), SHOAL_OK);
+    /* stray writes make the table "huge": this view keeps the geometry it checked */
+    d->nslots = (uint64_t)1 << 40;
+    d->total_size = (uint64_t)1 << 62;
+    d->heap_offset = 12345;
+    CHECK_EQ(put(&t, "b", "two"), SHOAL_OK);
+    CHECK_EQ(get(&t, "a", buf, sizeof buf), 1);
+    CHECK_EQ(get(&t, "b", buf, sizeof buf), 1);
+    CHECK(strcmp(buf, "two") == 0);
+    CHECK_EQ(del(&t, "a"), 1);
+    /* and a process checking it now refuses it */
+    CHECK_ST(shoal_dict_check(&again, d, t.size), SHOAL_BAD_LAYOUT);
+    d->nslots = 64;
+    d->heap_offset = t.heap;
+    CHECK_ST(shoal_dict_check(&again, d, t.size), SHOAL_BAD_LAYOUT); /* the size still */
+    d->total_size = t.size;
+    CHECK_ST(shoal_dict_check(&again, d, t.size), SHOAL_OK);
+    d->nslots = 63; /* not a power of two */
+    d->heap_offset = SHOAL_DICT_HEADER_SIZE + 63 * sizeof(shoal_dict_slot);
+    CHECK_ST(shoal_dict_check(&again, d, t.size), SHOAL_BAD_LAYOUT);
+}
+
+TEST(dict_corrupt_free_list_heads_are_dropped_not_followed) {
+    shoal_dict_view t;
+    shoal_dict *d = new_table(64, 8192, &t);
+    char buf[64];
+    uint64_t bad[] = {7, 16, t.heap - 16, t.heap + 8, t.size, t.size - 16, (uint64_t)1 << 44};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        /* "x": a 32-byte block, class 0 */
+        d->free_head[0] = bad[i];
+        uint64_t top = d->heap_top;
+        CHECK_EQ(put(&t, "k", "x"), SHOAL_OK);
+        CHECK_EQ(d->free_head[0], 0);     /* dropped */
+        CHECK_EQ(d->heap_top, top + 32); /* the block came from the heap's top */
+        CHECK_EQ(get(&t, "k", buf, sizeof buf), 1);
+        CHECK(strcmp(buf, "x") == 0);
+        CHECK_EQ(del(&t, "k"), 1); /* and goes on the list, which is sound again */
+        CHECK_EQ(d->free_head[0], top);
+    }
+    /* a free block's link, followed when the block is taken, is checked in its turn */
+    CHECK_EQ(put(&t, "k", "x"), SHOAL_OK);
+    CHECK_EQ(put(&t, "j", "x"), SHOAL_OK);
+    CHECK_EQ(del(&t, "k"), 1);
+    uint64_t head = d->free_head[0];
+    memcpy((char *)d + head + 16, &(uint64_t){(uint64_t)1 << 44}, 8);
+    CHECK_EQ(put(&t, "k", "x"), SHOAL_OK); /* takes head, the link becomes the head */
+    CHECK_EQ(put(&t, "i", "x"), SHOAL_OK); /* which is dropped */
+    CHECK_EQ(d->free_head[0], 0);
+}
+
+TEST(dict_block_freed_with_a_class_that_does_not_fit_is_leaked) {
+    shoal_dict_view t;
+    shoal_dict *d = new_table(64, 8192, &t);
+    CHECK_EQ(put(&t, "a", "one"), SHOAL_OK);
+    shoal_dict_slot *slots = (shoal_dict_slot *)((char *)d + SHOAL_DICT_HEADER_SIZE);
+    uint64_t h = shoal_dict_hash("a", 1), entry = slots[h & 63].entry;
+    uint32_t cls = 12; /* 128 KiB: more than the table */
+    memcpy((char *)d + entry + 8, &cls, 4);
+    CHECK_EQ(del(&t, "a"), 1);
+    CHECK_EQ(d->free_head[12], 0); /* a 128 KiB entry would have been written there */
+    cls = SHOAL_DICT_CLASSES + 3;
+    CHECK_EQ(put(&t, "a", "one"), SHOAL_OK);
+    entry = slots[h & 63].entry;
+    memcpy((char *)d + entry + 8, &cls, 4);
+    CHECK_EQ(del(&t, "a"), 1);
+}
+
+TEST(dict_writers_refuse_a_slot_of_the_key_that_names_no_entry) {
+    shoal_dict_view t;
+    shoal_dict *d = new_table(64, 8192, &t);
+    CHECK_EQ(put(&t, "a", "one"), SHOAL_OK);
+    shoal_dict_slot *slots = (shoal_dict_slot *)((char *)d + SHOAL_DICT_HEADER_SIZE);
+    uint64_t h = shoal_dict_hash("a", 1);
+    slots[h & 63].entry = t.size + 4096;
+    /* the key may be there: no second copy, no delete of what cannot be read */
+    CHECK_EQ(put(&t, "a", "two"), SHOAL_BAD_LAYOUT);
+    CHECK_EQ(del(&t, "a"), -1);
+    CHECK_EQ(d->count, 1);
+}
+
+TEST(dict_heap_top_outside_the_heap_makes_the_table_full) {
+    shoal_dict_view t;
+    shoal_dict *d = new_table(64, 8192, &t);
+    uint64_t bad[] = {0, 8, t.heap - 16, t.heap + 8, t.size - 16, t.size + 4096, UINT64_MAX - 8};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        d->heap_top = bad[i];
+        CHECK_EQ(put(&t, "k", "x"), SHOAL_DICT_FULL); /* the caller rebuilds the table */
+        CHECK_EQ(d->heap_top, bad[i]);
+    }
 }
 
 /* ---- a writer and a lock-free reader in two processes ------------------------------ */
@@ -141,9 +238,16 @@ struct rw {
 
 static shoal_dict *rw_table(struct rw *s) { return (shoal_dict *)((char *)s + 4096); }
 
+/* each process checks the table, as a SharedDict handle does when it binds it */
+static shoal_dict_view rw_view(struct rw *s) {
+    shoal_dict_view t;
+    CHECK_ST(shoal_dict_check(&t, rw_table(s), s->size), SHOAL_OK);
+    return t;
+}
+
 static void rw_writer(void *arg) {
     struct rw *s = arg;
-    shoal_dict *d = rw_table(s);
+    shoal_dict_view t = rw_view(s);
     uint64_t seed = 7;
     char key[16], value[128];
     for (int i = 0; i < 100000; i++) {
@@ -153,9 +257,9 @@ static void rw_writer(void *arg) {
         value[n] = 0;
         CHECK_ST(shoal_mutex_lock(&s->lock, shoal_self_token(), 10 * SEC), SHOAL_OK);
         if (rnd(&seed) % 8 == 0)
-            del(d, key);
+            del(&t, key);
         else
-            CHECK_EQ(put(d, key, value), SHOAL_OK);
+            CHECK_EQ(put(&t, key, value), SHOAL_OK);
         shoal_mutex_unlock(&s->lock);
     }
     __atomic_store_n(&s->stop, 1, __ATOMIC_SEQ_CST);
@@ -163,7 +267,8 @@ static void rw_writer(void *arg) {
 
 static void rw_reader(void *arg) {
     struct rw *s = arg;
-    shoal_dict *d = rw_table(s);
+    shoal_dict_view t = rw_view(s);
+    shoal_dict *d = t.d;
     uint64_t seed = 11;
     char key[16], buf[256];
     while (!__atomic_load_n(&s->stop, __ATOMIC_SEQ_CST)) {
@@ -173,8 +278,8 @@ static void rw_reader(void *arg) {
             continue;
         const char *val;
         uint32_t vl;
-        int r = shoal_dict_lookup(d, s->size, shoal_dict_hash(key, strlen(key)), key,
-                                  (uint32_t)strlen(key), &val, &vl);
+        int r = shoal_dict_lookup(&t, shoal_dict_hash(key, strlen(key)), key, (uint32_t)strlen(key),
+                                  &val, &vl);
         if (r == 1 && vl < sizeof buf)
             memcpy(buf, val, vl);
         if (shoal_dict_read_retry(d, v))
@@ -194,7 +299,7 @@ TEST(dict_lock_free_reader_sees_no_torn_value) {
     uint64_t size = shoal_dict_size_for(RW_NSLOTS, RW_HEAP);
     struct rw *s = shared_map(4096 + size);
     s->size = size;
-    CHECK_ST(shoal_dict_init(rw_table(s), size, RW_NSLOTS), SHOAL_OK);
+    CHECK_ST(shoal_dict_init(NULL, rw_table(s), size, RW_NSLOTS), SHOAL_OK);
     pid_t reader = spawn(rw_reader, s), writer = spawn(rw_writer, s);
     join(writer, 30000);
     join(reader, 30000);

@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdio.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1211,6 +1212,31 @@ static PyObject *core_shm_unlink(PyObject *m, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* link_fd(fd, path): give the unnamed file open as fd (O_TMPFILE) the name path.
+ * linkat(AT_EMPTY_PATH) where the kernel lets this caller (Linux 6.10 on, or with
+ * CAP_DAC_READ_SEARCH), else through /proc/self/fd; OSError when neither works. */
+static PyObject *core_link_fd(PyObject *m, PyObject *args) {
+    (void)m;
+    int fd;
+    const char *path;
+    if (!PyArg_ParseTuple(args, "is:link_fd", &fd, &path))
+        return NULL;
+#if defined(__linux__) && defined(AT_EMPTY_PATH)
+    if (linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH) == 0)
+        Py_RETURN_NONE;
+    if (errno == EEXIST)
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    if (linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0)
+        Py_RETURN_NONE;
+#else
+    (void)fd;
+    errno = ENOSYS;
+#endif
+    return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+}
+
 static PyMethodDef core_functions[] = {
     {"load64", core_load64, METH_VARARGS, "load64(buffer, offset) -> int"},
     {"store64", core_store64, METH_VARARGS, "store64(buffer, offset, value)"},
@@ -1243,6 +1269,8 @@ static PyMethodDef core_functions[] = {
      "token_pid(token) -> int: the pid a token names, in its own PID namespace"},
     {"shm_open", core_shm_open, METH_VARARGS, "shm_open(name, flags, mode=0o600) -> fd"},
     {"shm_unlink", core_shm_unlink, METH_VARARGS, "shm_unlink(name)"},
+    {"link_fd", core_link_fd, METH_VARARGS,
+     "link_fd(fd, path): name the unnamed file open as fd (Linux, O_TMPFILE)"},
     {NULL},
 };
 

@@ -8,8 +8,9 @@
  * A Dict object is bound to two pieces of shared memory:
  *   - the root (_bind): the writers' robust mutex and which table is current (its
  *     segment name, double-buffered by the generation's parity; see dict_root);
- *   - the current table (_bind_table), a segment of its own that is replaced, never
- *     resized: shoal.SharedDict._rebuild makes a bigger (or, after a crash, a clean)
+ *   - the current table (_bind_table), whose geometry is checked then, once, into the
+ *     object's shoal_dict_view (never re-read from shared memory), a segment of its own
+ *     that is replaced, never resized: shoal.SharedDict._rebuild makes a bigger (or, after a crash, a clean)
  *     one, copies the live entries with _copy_to and publishes it in the root.
  * Every operation first compares the root's generation with the bound table's and
  * calls self._refresh() when they differ.  Reads take no lock (the table's seqlock);
@@ -93,7 +94,7 @@ typedef struct {
     ViewObject v; /* the root */
     Py_buffer table_view;
     shoal_dict *table; /* NULL until the first operation binds the current table */
-    uint64_t table_size;
+    shoal_dict_view tv; /* its geometry, checked when it was bound (shoal_dict.h) */
     uint64_t generation; /* of the bound table */
     uint64_t pop_hint;
 } DictObject;
@@ -139,16 +140,18 @@ static PyObject *dict_bind_table(DictObject *self, PyObject *args) {
         PyBuffer_Release(&view);
         return NULL;
     }
-    if (shoal_dict_check(d, (uint64_t)size) != SHOAL_OK) {
+    shoal_dict_view tv;
+    if (shoal_dict_check(&tv, d, (uint64_t)size) != SHOAL_OK) {
         PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_RuntimeError,
-                        "the SharedDict's table segment does not hold a table this shoal wrote");
+        PyErr_SetString(LayoutError,
+                        "the SharedDict's table segment does not hold a table this shoal wrote: "
+                        "it is corrupt (was it written to outside shoal?)");
         return NULL;
     }
     dict_release_table(self);
     self->table_view = view;
     self->table = d;
-    self->table_size = (uint64_t)size;
+    self->tv = tv;
     self->generation = generation;
     self->pop_hint = 0;
     Py_RETURN_NONE;
@@ -293,7 +296,7 @@ static void set_key_error(PyObject *key) {
 }
 
 static PyObject *raise_dict_corrupt(void) {
-    PyErr_SetString(PyExc_RuntimeError,
+    PyErr_SetString(LayoutError,
                     "the SharedDict's shared memory holds an entry no writer could make: it is "
                     "corrupt (was it written to outside shoal?)");
     return NULL;
@@ -422,7 +425,7 @@ static PyObject *locked_stored(DictObject *self, dict_key *k, int *err) {
         return NULL;
     const char *val;
     uint32_t vl;
-    int r = shoal_dict_lookup(self->table, self->table_size, k->hash, k->p, k->n, &val, &vl);
+    int r = shoal_dict_lookup(&self->tv, k->hash, k->p, k->n, &val, &vl);
     if (r != 1 || !is_stored(val, vl))
         return NULL;
     PyObject *raw = PyBytes_FromStringAndSize(val, vl);
@@ -444,7 +447,7 @@ static int locked_set(DictObject *self, dict_key *k, const char *a, uint32_t ale
     for (int tries = 0;; tries++) {
         shoal_dict *d = self->table;
         shoal_dict_write_begin(d);
-        int st = shoal_dict_set2(d, k->hash, k->p, k->n, a, alen, b, blen);
+        int st = shoal_dict_set2(&self->tv, k->hash, k->p, k->n, a, alen, b, blen);
         shoal_dict_write_end(d);
         if (st == SHOAL_OK) {
             if (old)
@@ -452,6 +455,11 @@ static int locked_set(DictObject *self, dict_key *k, const char *a, uint32_t ale
             else
                 Py_XDECREF(prev); /* (no caller replaces such a value without asking) */
             return 0;
+        }
+        if (st == SHOAL_BAD_LAYOUT) {
+            raise_dict_corrupt();
+            Py_XDECREF(prev);
+            return -1;
         }
         if (tries >= 3 || shoal_dict_class(k->n, (uint64_t)alen + blen) < 0) {
             PyErr_SetString(PyExc_MemoryError, "the SharedDict cannot hold an entry this big");
@@ -491,8 +499,8 @@ static PyObject *dict_read(DictObject *self, dict_key *k, int want_value, int *f
         }
         const char *val;
         uint32_t vl;
-        uint64_t size = self->table_size, gen = self->generation;
-        int r = shoal_dict_lookup(d, size, k->hash, k->p, k->n, &val, &vl);
+        uint64_t gen = self->generation;
+        int r = shoal_dict_lookup(&self->tv, k->hash, k->p, k->n, &val, &vl);
         PyObject *obj = NULL;
         int pending = 0;
         if (r == 1) {
@@ -576,7 +584,12 @@ static PyObject *dict_get(DictObject *self, PyObject *const *args, Py_ssize_t na
 static Py_ssize_t dict_length(DictObject *self) {
     if (dict_sync(self) < 0)
         return -1;
-    return (Py_ssize_t)shoal_load64(&self->table->count);
+    uint64_t count = shoal_load64(&self->table->count);
+    if (count > self->tv.nslots) { /* shared memory: no table holds more than its slots */
+        raise_dict_corrupt();
+        return -1;
+    }
+    return (Py_ssize_t)count;
 }
 
 /* ---- writes ------------------------------------------------------------------------------ */
@@ -612,11 +625,14 @@ static int dict_ass_subscript(DictObject *self, PyObject *key, PyObject *value) 
             if (!err) {
                 shoal_dict *d = self->table;
                 shoal_dict_write_begin(d);
-                removed = shoal_dict_delete(d, k.hash, k.p, k.n);
+                removed = shoal_dict_delete(&self->tv, k.hash, k.p, k.n);
                 shoal_dict_write_end(d);
             }
             dict_unlock(self);
             if (err) {
+                rc = -1;
+            } else if (removed < 0) {
+                raise_dict_corrupt();
                 rc = -1;
             } else if (!removed) {
                 set_key_error(key);
@@ -635,7 +651,7 @@ static int dict_ass_subscript(DictObject *self, PyObject *key, PyObject *value) 
 static PyObject *locked_value(DictObject *self, dict_key *k, int *found) {
     const char *val;
     uint32_t vl;
-    int r = shoal_dict_lookup(self->table, self->table_size, k->hash, k->p, k->n, &val, &vl);
+    int r = shoal_dict_lookup(&self->tv, k->hash, k->p, k->n, &val, &vl);
     *found = r == 1;
     if (r < 0)
         return raise_dict_corrupt();
@@ -675,7 +691,7 @@ static PyObject *dict_incr(DictObject *self, PyObject *const *args, Py_ssize_t n
     PyObject *result = NULL, *old = NULL;
     const char *val;
     uint32_t vl;
-    int r = shoal_dict_lookup(self->table, self->table_size, k.hash, k.p, k.n, &val, &vl);
+    int r = shoal_dict_lookup(&self->tv, k.hash, k.p, k.n, &val, &vl);
     if (r == 1 && vl == 9 && val[0] == TAG_INT && (!delta || PyLong_CheckExact(delta))) {
         /* the fast case: an int64 plus an int64, in place of pickle and Python */
         int64_t cur, add = 1, sum;
@@ -777,13 +793,13 @@ static PyObject *dict_pop(DictObject *self, PyObject *const *args, Py_ssize_t na
     uint32_t vl;
     PyObject *obj = NULL;
     int pending = 0;
-    int r = shoal_dict_lookup(self->table, self->table_size, k.hash, k.p, k.n, &val, &vl);
+    int r = shoal_dict_lookup(&self->tv, k.hash, k.p, k.n, &val, &vl);
     if (r == 1) {
         obj = dec_raw(val, vl, &pending);
         if (obj) {
             shoal_dict *d = self->table;
             shoal_dict_write_begin(d);
-            shoal_dict_delete(d, k.hash, k.p, k.n);
+            shoal_dict_delete(&self->tv, k.hash, k.p, k.n);
             shoal_dict_write_end(d);
         }
     } else if (r < 0) {
@@ -807,11 +823,11 @@ static PyObject *dict_popitem(DictObject *self, PyObject *Py_UNUSED(ignored)) {
     shoal_dict *d = self->table;
     const char *kp, *vp;
     uint32_t kl, vl;
-    uint64_t pos = self->pop_hint < d->nslots ? self->pop_hint : 0;
-    int r = shoal_dict_next(d, self->table_size, &pos, &kp, &kl, &vp, &vl);
+    uint64_t pos = self->pop_hint < self->tv.nslots ? self->pop_hint : 0;
+    int r = shoal_dict_next(&self->tv, &pos, &kp, &kl, &vp, &vl);
     if (r == 0 && self->pop_hint) {
         pos = 0;
-        r = shoal_dict_next(d, self->table_size, &pos, &kp, &kl, &vp, &vl);
+        r = shoal_dict_next(&self->tv, &pos, &kp, &kl, &vp, &vl);
     }
     PyObject *key = NULL, *value = NULL;
     int kpend = 0, vpend = 0;
@@ -821,7 +837,7 @@ static PyObject *dict_popitem(DictObject *self, PyObject *Py_UNUSED(ignored)) {
         if (value) {
             self->pop_hint = pos - 1;
             shoal_dict_write_begin(d);
-            shoal_dict_delete(d, shoal_dict_hash(kp, kl), kp, kl);
+            shoal_dict_delete(&self->tv, shoal_dict_hash(kp, kl), kp, kl);
             shoal_dict_write_end(d);
         }
     }
@@ -858,12 +874,11 @@ static PyObject *snapshot_pass(DictObject *self, int which, PyObject **pending) 
     PyObject *list = PyList_New(0), *todo = PyList_New(0);
     if (!list || !todo)
         goto fail;
-    shoal_dict *d = self->table;
-    uint64_t pos = 0, size = self->table_size;
+    uint64_t pos = 0;
     const char *kp, *vp;
     uint32_t kl, vl;
     int r;
-    while ((r = shoal_dict_next(d, size, &pos, &kp, &kl, &vp, &vl)) == 1) {
+    while ((r = shoal_dict_next(&self->tv, &pos, &kp, &kl, &vp, &vl)) == 1) {
         PyObject *parts[2] = {NULL, NULL};
         int pend[2] = {0, 0}, n = 0;
         if (which != 1)
@@ -1004,7 +1019,7 @@ static PyObject *locked_stored_values(DictObject *self, int take) {
     const char *kp, *vp;
     uint32_t kl, vl;
     int r;
-    while ((r = shoal_dict_next(d, self->table_size, &pos, &kp, &kl, &vp, &vl)) == 1) {
+    while ((r = shoal_dict_next(&self->tv, &pos, &kp, &kl, &vp, &vl)) == 1) {
         if (!is_stored(vp, vl))
             continue;
         PyObject *v = PyBytes_FromStringAndSize(vp, vl);
@@ -1032,7 +1047,7 @@ static PyObject *locked_stored_values(DictObject *self, int take) {
             PyObject *kb = PyList_GET_ITEM(keys, i);
             const char *p = PyBytes_AS_STRING(kb);
             uint32_t n = (uint32_t)PyBytes_GET_SIZE(kb);
-            shoal_dict_delete(d, shoal_dict_hash(p, n), p, n);
+            shoal_dict_delete(&self->tv, shoal_dict_hash(p, n), p, n);
         }
         shoal_dict_write_end(d);
         shoal_store64(&ROOT(self)->stored, 0);
@@ -1086,7 +1101,9 @@ static PyObject *dict_release_stored(DictObject *self, PyObject *Py_UNUSED(ignor
 }
 
 /* _copy_to(buffer, offset, size, nslots, copy): make a table there (and copy this one's
- * live entries into it when copy is true).  Called by _rebuild, with the lock held. */
+ * live entries into it when copy is true): True, or False when they do not fit (the
+ * counts it was sized by were wrong: _rebuild tries a bigger one).  Called by _rebuild,
+ * with the lock held. */
 static PyObject *dict_copy_to(DictObject *self, PyObject *args) {
     PyObject *buffer;
     Py_ssize_t offset, size;
@@ -1101,30 +1118,37 @@ static PyObject *dict_copy_to(DictObject *self, PyObject *args) {
     shoal_dict *dst = get_addr(&view, offset, size);
     int st = SHOAL_OK;
     if (dst) {
-        st = shoal_dict_init(dst, (uint64_t)size, nslots);
+        shoal_dict_view dv;
+        st = shoal_dict_init(&dv, dst, (uint64_t)size, nslots);
         if (st == SHOAL_OK && copy && self->table)
-            st = shoal_dict_copy(self->table, self->table_size, dst);
+            st = shoal_dict_copy(&self->tv, &dv);
     }
     PyBuffer_Release(&view);
     if (!dst)
         return NULL;
+    if (st == SHOAL_DICT_FULL)
+        Py_RETURN_FALSE;
+    if (st == SHOAL_BAD_LAYOUT)
+        return raise_dict_corrupt();
     if (st != SHOAL_OK) {
         PyErr_Format(PyExc_RuntimeError, "cannot rebuild the SharedDict's table (status %d)", st);
         return NULL;
     }
-    Py_RETURN_NONE;
+    Py_RETURN_TRUE;
 }
 
 static PyObject *dict_table_stats(DictObject *self, PyObject *Py_UNUSED(ignored)) {
     if (dict_sync(self) < 0)
         return NULL;
     shoal_dict *d = self->table;
+    const shoal_dict_view *v = &self->tv;
+    /* the geometry as checked; the counts as found (a stray write shows here) */
     return Py_BuildValue(
         "{sKsKsKsKsKsKsKsK}", "count", (unsigned long long)shoal_load64(&d->count), "tombstones",
-        (unsigned long long)shoal_load64(&d->tombstones), "nslots", (unsigned long long)d->nslots,
-        "table_bytes", (unsigned long long)d->total_size, "heap_bytes",
-        (unsigned long long)(d->total_size - d->heap_offset), "heap_used",
-        (unsigned long long)(shoal_load64(&d->heap_top) - d->heap_offset), "bytes_live",
+        (unsigned long long)shoal_load64(&d->tombstones), "nslots", (unsigned long long)v->nslots,
+        "table_bytes", (unsigned long long)v->size, "heap_bytes",
+        (unsigned long long)(v->size - v->heap), "heap_used",
+        (unsigned long long)(shoal_load64(&d->heap_top) - v->heap), "bytes_live",
         (unsigned long long)shoal_load64(&d->bytes_live), "writes",
         (unsigned long long)shoal_load64(&d->writes));
 }

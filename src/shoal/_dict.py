@@ -16,7 +16,10 @@ Design (details in docs/design.md, "SharedDict")::
   (a dict makes them one), and a pickled key matches only an equal pickle.
 * Reads take no lock: the table's version word is a seqlock; a reader copies what it
   found and retries if a writer changed the table meanwhile (each offset it follows is
-  bounds-checked, so a torn read cannot crash it).
+  bounds-checked, so a torn read cannot crash it).  Each handle reads the table's
+  geometry once, when it binds the table (``_core.Dict._bind_table``), and checks every
+  offset readers and writers find against it: memory written to outside shoal makes
+  calls fail, never read or write outside the table (#10).
 * Writers serialise on the root's robust mutex.  Every change leaves the table's slots
   consistent at each step; a writer SIGKILLed mid-change leaves the version odd, and
   the next one to take the mutex rebuilds the table from its slots.
@@ -69,13 +72,17 @@ from ._handle import (
     sent_references,
 )
 from ._memory import (
+    _NAME_PATTERN,
     _OVERFLOW_OFFSET,
     HEADER_SIZE,
     KEEPER_ID_SIZE,
     KIND_TRANSIT,
     _check_header,
     _open_mapping,
+    _open_own,
+    _read_transit_parent,
     _references_pending,
+    _transit_problem,
     _unlink_quietly,
     call_outside_sections,
     keeper_id,
@@ -99,6 +106,9 @@ _NAMES = _core.DICT_ROOT_NAMES
 _NAME_BYTES = 64
 _MIN_SLOTS = 64
 _MIN_HEAP = 64 * 1024
+# tables tried, each four times bigger, when the live entries do not fit the first
+# (sized by counts that were wrong)
+_REBUILD_TRIES = 4
 _ZEROS = bytes(1 << 20)
 
 
@@ -242,6 +252,28 @@ def _root_name(buf: Any, root: int, slot: int) -> str:
     return bytes(buf[at : at + _NAME_BYTES]).rstrip(b"\0").decode("ascii", "replace")
 
 
+def _remove_table(root_segment: str, name: str) -> None:
+    """Remove ``name`` if it is a table of the dict whose root is in ``root_segment``.
+
+    The root's table names are shared memory: one that a stray write changed must not
+    remove whatever segment or file it happens to name (#10).  A table is a transit
+    segment of this user's whose parent is the root's segment.
+    """
+    if not _NAME_PATTERN.fullmatch(name):
+        return
+    opened = _open_own(name)  # (None: gone already, or not this user's regular file)
+    if opened is None:
+        return
+    fd, _ = opened
+    try:
+        problem, _ = _transit_problem(fd)
+        parent = None if problem else _read_transit_parent(fd)
+    finally:
+        os.close(fd)
+    if parent is not None and parent[0] == root_segment:
+        _unlink_quietly(name)
+
+
 def _release_dict(segment: Any, header_offset: int) -> None:
     """Finalizer: the last handle gives back what the values hold and removes the table
     segments, then the usual release.
@@ -265,9 +297,7 @@ def _release_dict_now(segment: Any, header_offset: int, local: int) -> None:
             finally:
                 root = header_offset + OBJECT_HEADER_SIZE
                 for slot in (0, 1):
-                    name = _root_name(segment.buffer, root, slot)
-                    if name:
-                        _unlink_quietly(name)
+                    _remove_table(segment.name, _root_name(segment.buffer, root, slot))
     except Exception as exc:  # the segment must still be let go
         report_unraisable(exc)
     _close_segment(segment)
@@ -333,7 +363,11 @@ class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc
         for _ in range(1000):
             gen = _core.load64(buf, root + _GEN)
             if gen == 0:
-                raise RuntimeError("this SharedDict has no table: its creator died making it")
+                raise LayoutError(
+                    errno.EINVAL,
+                    "this SharedDict has no table: its creator died making it, or its memory "
+                    "was written to outside shoal",
+                )
             slot = gen & 1
             name = _root_name(buf, root, slot)
             size = _core.load64(buf, root + _SIZES + 8 * slot)
@@ -359,40 +393,53 @@ class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc
         """
         count = live = 0
         if copy:
+            # the counts are shared memory: past what the bound table's geometry can
+            # hold they are garbage (#10), and a table too small for what the slots
+            # really hold is retried bigger below
             stats = self._table_stats()
-            count, live = stats["count"], stats["bytes_live"]
+            count = min(stats["count"], stats["nslots"])
+            live = min(stats["bytes_live"], stats["heap_bytes"])
         nslots = _MIN_SLOTS
         # leave the table at most about a third full: growth stays amortised O(1)
         while nslots * _core.DICT_LOAD16 < (count + 1) * 16 * 2:
             nslots *= 2
         heap = max(_MIN_HEAP, 2 * (live + extra))
-        heap = -(-heap // 4096) * 4096
-        size = _core.dict_table_size(nslots, heap)
         buf = self._segment.buffer
         root = self._payload_offset
         gen = _core.load64(buf, root + _GEN)
         slot = (gen + 1) & 1
         # the slot names the table before the current one (removed when it was
         # replaced) or one a writer died making: remove it, then claim the slot
-        stale = _root_name(buf, root, slot)
-        if stale:
-            _unlink_quietly(stale)
-        name = write_transit(self._segment.name, _zero_chunks(size), size)
-        try:
-            encoded = name.encode("ascii").ljust(_NAME_BYTES, b"\0")
-            at = root + _NAMES + _NAME_BYTES * slot
-            buf[at : at + _NAME_BYTES] = encoded
-            _core.store64(buf, root + _SIZES + 8 * slot, size)
-            mapping = _open_mapping(name)
-            self._copy_to(mapping, HEADER_SIZE, size, nslots, copy)
-        except BaseException:
+        _remove_table(self._segment.name, _root_name(buf, root, slot))
+        for _ in range(_REBUILD_TRIES):
+            heap = -(-heap // 4096) * 4096
+            size = _core.dict_table_size(nslots, heap)
+            name = write_transit(self._segment.name, _zero_chunks(size), size)
+            try:
+                encoded = name.encode("ascii").ljust(_NAME_BYTES, b"\0")
+                at = root + _NAMES + _NAME_BYTES * slot
+                buf[at : at + _NAME_BYTES] = encoded
+                _core.store64(buf, root + _SIZES + 8 * slot, size)
+                mapping = _open_mapping(name)
+                fits = self._copy_to(mapping, HEADER_SIZE, size, nslots, copy)
+            except BaseException:
+                _unlink_quietly(name)
+                raise
+            if fits:
+                break
             _unlink_quietly(name)
-            raise
+            nslots, heap = nslots * 4, heap * 4
+        else:
+            raise LayoutError(
+                errno.EINVAL,
+                f"the SharedDict's table kept growing past {size} bytes while its entries "
+                "were copied: its counts are corrupt (was it written to outside shoal?)",
+            )
         _core.fetch_add64(buf, root + _REBUILDS, 1)
         _core.store64(buf, root + _GEN, gen + 1)  # the publish
         self._bind_table(mapping, HEADER_SIZE, size, gen + 1)
         if gen:
-            _unlink_quietly(_root_name(buf, root, gen & 1))
+            _remove_table(self._segment.name, _root_name(buf, root, gen & 1))
 
     # ---- the mapping API (the hot paths are C: _core.Dict) ------------------------------
 
@@ -486,6 +533,3 @@ class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc
         for key in iterable:
             new[key] = value
         return new
-
-
-del os

@@ -90,8 +90,9 @@ class LayoutError(SharedMemoryError):
 
     Raised on attach when the magic number, layout version or sizes differ: the
     segment was made by an incompatible shoal, or it is not a shoal segment at all;
-    and by a queue call that finds positions or records in the queue's memory that
-    no producer writes (it was written to outside shoal).
+    by a queue call that finds positions or records in the queue's memory that no
+    producer writes, and by a ``SharedDict`` call that finds entries or a table no
+    writer makes (the memory was written to outside shoal).
     """
 
 

@@ -24,9 +24,10 @@ Every allocation starts with a 16-byte object header::
     +16   the object's own struct
 
 A handle is ``(segment name, header offset, serial)``.  Unpickling one attaches the
-segment, checks the serial (a handle to a freed block is refused, never aliased to
-its new tenant) and takes a reference; closing or collecting the object drops it,
-and the last one frees the blocks.
+segment, checks that it holds objects (its kind; an arena's size and block geometry:
+else ``LayoutError``, #10) and the serial (a handle to a freed block is refused, never
+aliased to its new tenant) and takes a reference; closing or collecting the object
+drops it, and the last one frees the blocks.
 
 The ledger (#10).  A process that dies holding handles (SIGKILL, ``os._exit``) never
 drops them, and before the ledger its blocks stayed allocated until the arena itself
@@ -265,9 +266,10 @@ class _Arena:
         with self._locked():
             nblocks = int.from_bytes(buf[offset + 12 : offset + 14], "little")
             if misaligned or index < 0 or not 0 < nblocks <= _BLOCK_COUNT - index:
-                raise RuntimeError(
+                raise LayoutError(
+                    22,
                     f"freeing offset {offset} of arena {self.segment.name}, which holds "
-                    f"no allocation there ({nblocks} blocks): the arena is corrupt"
+                    f"no allocation there ({nblocks} blocks): the arena is corrupt",
                 )
             bitmap = buf[_ARENA_BITMAP : _ARENA_BITMAP + _BITMAP_BYTES]
             bits = int.from_bytes(bitmap, "little")
@@ -431,9 +433,20 @@ class SharedObject:
         self._restore_state(state)  # may set the payload size the check below needs
         segment = Segment.attach(name)
         try:
-            if segment.kind not in (KIND_ARENA, KIND_DATA) or not _valid_offset(
-                segment, offset, OBJECT_HEADER_SIZE + self._PAYLOAD_SIZE
-            ):
+            if segment.kind not in (KIND_ARENA, KIND_DATA):
+                # (a transit segment, or a header whose kind was written over)
+                raise LayoutError(
+                    22,
+                    f"segment {name} holds no shoal objects (kind {segment.kind}): a "
+                    "handle to a shared object cannot name it",
+                )
+            if segment.kind == KIND_ARENA and not _is_arena(segment):
+                raise LayoutError(
+                    22,
+                    f"segment {name} is not an arena, whatever its header's kind says: "
+                    "its size or block geometry are not an arena's (it is corrupt)",
+                )
+            if not _valid_offset(segment, offset, OBJECT_HEADER_SIZE + self._PAYLOAD_SIZE):
                 raise ValueError(
                     f"handle offset {offset} does not name an object in segment {name}"
                 )
@@ -613,6 +626,15 @@ class SharedObject:
             self._unbind_payload()
             _finalize_now(finalizer)
         _live.discard(self)
+
+
+def _is_arena(segment: Segment) -> bool:
+    """Whether an arena segment has an arena's size and block geometry (what
+    :meth:`_Arena.create` writes): the offsets of its objects depend on them."""
+    geometry = bytes(segment.buffer[_ARENA_GEOMETRY : _ARENA_GEOMETRY + 8])
+    return segment.size == ARENA_SIZE and geometry == BLOCK_SIZE.to_bytes(
+        4, "little"
+    ) + _BLOCK_COUNT.to_bytes(4, "little")
 
 
 def _valid_offset(segment: Segment, offset: int, size: int) -> bool:

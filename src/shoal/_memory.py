@@ -56,8 +56,11 @@ that shrank gives a short read, not a SIGBUS), maps a header page only to take t
 final decision on one that looks unheld, and only tries its table's mutex: one locked
 by a live process is left for a later sweep.  No file costs any waiting.  A file
 without its magic number is unfinished: removed at once if the creator token in its
-header is dead, else after ``_UNFINISHED_GRACE_S``.  A transit segment is removed
-once its parent object is gone (:func:`_parent_gone`).
+header is dead, else after ``_UNFINISHED_GRACE_S``.  (On Linux none is ever seen: a
+segment is named only once complete, see "Names" below.  Elsewhere a creator writes
+its header page before it reserves the rest or writes any data, so only one killed
+between creating the file and that write leaves a file that names nobody.)  A
+transit segment is removed once its parent object is gone (:func:`_parent_gone`).
 
 Liveness files (#10).  Every shoal process holds its own
 ``/dev/shm/shoal-live-<token>`` locked for life (``shoal_core.h``), so that processes
@@ -161,7 +164,10 @@ the outermost section.
 
 Names are ``/shoal-`` plus 20 random hex digits (27 characters: within macOS's 31),
 created with O_EXCL and mode 0600, so they are neither guessable nor readable by
-other users.
+other users.  On Linux a segment is built in an unnamed file of ``/dev/shm``
+(``O_TMPFILE``) and linked under its name (which fails if taken, as O_EXCL does) only
+once complete, magic included: no process ever sees a half-made one, and a creator
+killed half way leaves nothing behind (#10).
 """
 
 from __future__ import annotations
@@ -321,6 +327,76 @@ def _reserve(fd: int, size: int) -> None:
             if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
     os.ftruncate(fd, size)
+
+
+# Where it can (Linux), a new segment is built in an unnamed file of /dev/shm
+# (O_TMPFILE) and linked under its name only once complete, so that a creator killed
+# half way leaves nothing any process could see, let alone has to reap (#10: one killed
+# between creating the file and writing its header left an empty file, which named no
+# creator and was kept for _UNFINISHED_GRACE_S).  Elsewhere, or where the kernel refuses
+# to create or to link such a file (found out once, at the first segment), the file is
+# made under its name (O_CREAT | O_EXCL) and its header page, with the creator's token,
+# is written at once.
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0)
+_unnamed_files = bool(_O_TMPFILE) and sys.platform.startswith("linux")
+# errors that mean this system does not do it, not that this segment failed
+_NOT_HERE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT, errno.EXDEV,
+             errno.EPERM, errno.EACCES, errno.ENOSYS}  # fmt: skip
+
+
+class _NamedFromNowOn(Exception):
+    """This system cannot name an unnamed file: build the segment again, named."""
+
+
+def _create_file(name: str, header: bytes, total: int) -> tuple[int, bool]:
+    """Open a new file for the segment ``name``, its header page (all but the magic)
+    written: (fd, unnamed).  An unnamed one gets its name from :func:`_publish`."""
+    global _unnamed_files
+    fd = None
+    if _unnamed_files:
+        try:
+            fd = os.open(_SHM_DIR, _O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.ENOMEM):
+                raise _no_room_error(total, exc) from None
+            if exc.errno not in _NOT_HERE:
+                raise SharedMemoryError(exc.errno, f"cannot create segment {name}: {exc}") from exc
+            _unnamed_files = False
+    unnamed = fd is not None
+    if fd is None:
+        try:
+            fd = _core.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise SharedMemoryError(exc.errno, f"cannot create segment {name}: {exc}") from exc
+    try:
+        # (before anything that takes a while: a named file has its creator's token
+        # before its pages are reserved or its data written)
+        os.pwrite(fd, header, 0)
+    except BaseException as exc:
+        os.close(fd)
+        if not unnamed:
+            _unlink_quietly(name)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            raise _no_room_error(total, exc) from None
+        raise
+    return fd, unnamed
+
+
+def _publish(fd: int, name: str) -> None:
+    """Give the complete unnamed file open as ``fd`` the name ``name``.
+
+    Raises:
+        _NamedFromNowOn: this system cannot (the caller builds the segment again,
+            named; every later one is named from the start).
+    """
+    global _unnamed_files
+    try:
+        _core.link_fd(fd, _SHM_DIR + name)
+    except OSError as exc:
+        if exc.errno in _NOT_HERE:
+            _unnamed_files = False
+            raise _NamedFromNowOn() from None
+        raise SharedMemoryError(exc.errno, f"cannot create segment {name}: {exc}") from exc
 
 
 class ExitHook:
@@ -550,24 +626,12 @@ class Segment:
             reap()
         total = HEADER_SIZE + size
         name = _new_name()
-        flags = os.O_CREAT | os.O_EXCL | os.O_RDWR
-        try:
-            fd = _core.shm_open(name, flags, 0o600)
-        except OSError as exc:
-            raise SharedMemoryError(exc.errno, f"cannot create segment {name}: {exc}") from exc
-        try:
-            _reserve(fd, total)
-            mapping = mmap.mmap(fd, total)
-        except BaseException:
-            os.close(fd)
-            _core.shm_unlink(name)
-            raise
-        os.close(fd)
         token = _core.self_token()
+        header = bytearray(HEADER_SIZE)
         _HEADER.pack_into(
-            mapping,
+            header,
             0,
-            0,
+            0,  # the magic: stored last, below
             _core.LAYOUT_VERSION,
             HEADER_SIZE,
             total,
@@ -578,8 +642,35 @@ class Segment:
             _HOLDER_CAPACITY,
             0,
         )
-        struct.pack_into("<Q", mapping, _HOLDERS_OFFSET, token)
-        _core.store64(mapping, 0, MAGIC)  # last: the segment is now complete
+        struct.pack_into("<Q", header, _HOLDERS_OFFSET, token)
+        while True:
+            fd, unnamed = _create_file(name, header, total)
+            named = not unnamed
+            try:
+                _reserve(fd, total)
+                if named:
+                    mapping = mmap.mmap(fd, total)
+                    _core.store64(mapping, 0, MAGIC)  # last: the segment is now complete
+                    break
+                os.pwrite(fd, _MAGIC_BYTES, 0)  # complete: it may have its name now
+                _publish(fd, name)
+                named = True
+                # mapped by its name, as every other process maps it (an unnamed file's
+                # mapping shows in /proc/<pid>/maps as "/dev/shm/#... (deleted)")
+                by_name = _core.shm_open(name, os.O_RDWR, 0o600)
+                try:
+                    mapping = mmap.mmap(by_name, total)
+                finally:
+                    os.close(by_name)
+                break
+            except _NamedFromNowOn:
+                continue
+            except BaseException:
+                if named:
+                    _unlink_quietly(name)
+                raise
+            finally:
+                os.close(fd)
         segment = cls(name, mapping, kind)
         segment._slot = 0
         with _state.lock:
@@ -1640,11 +1731,11 @@ def write_transit(parent: str | tuple[str, int, int], chunks: list[Any], size: i
     ``parent`` is a queue's handle ``(segment name, header offset, serial)``, or just
     a segment's name when the segment as a whole is the parent.  ``chunks``
     (bytes-like, in order) fill the ``size`` bytes after the header.  They are
-    written with one ``pwritev``: the kernel allocates the pages as it copies, so
-    there is no zero-filling and no page fault on this side, and a full ``/dev/shm``
-    fails here with ENOSPC instead of a SIGBUS later.  The magic number is written
-    last: a writer killed half way leaves a segment without it, whose dead creator
-    token tells the reaper it is garbage.
+    written with ``pwritev``, after the header page: the kernel allocates the pages as
+    it copies, so there is no zero-filling and no page fault on this side, and a full
+    ``/dev/shm`` fails here with ENOSPC instead of a SIGBUS later.  The magic number is
+    written last: a writer killed half way (or before the data's first page) leaves a
+    segment without it, whose dead creator token tells the reaper it is garbage.
 
     The segment has no holders: the sender lets go at once, the one receiver maps it
     and removes its name (:func:`open_transit`).  Until then it lives as long as its
@@ -1678,20 +1769,23 @@ def write_transit(parent: str | tuple[str, int, int], chunks: list[Any], size: i
     )
     header[_HOLDERS_OFFSET : _HOLDERS_OFFSET + len(encoded)] = encoded
     _PARENT_OBJECT.pack_into(header, _PARENT_OBJECT_OFFSET, parent_offset, parent_serial)
+    fd, unnamed = _create_file(name, header, total)
     try:
-        fd = _core.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-    except OSError as exc:
-        raise SharedMemoryError(exc.errno, f"cannot create segment {name}: {exc}") from exc
-    try:
-        _write_all(fd, [header, *chunks], total)
+        _write_all(fd, chunks, total, HEADER_SIZE)
         os.pwrite(fd, _MAGIC_BYTES, 0)
+        if unnamed:
+            _publish(fd, name)
+    except _NamedFromNowOn:
+        return write_transit(parent, chunks, size)  # (once a process, named now)
     except OSError as exc:
-        _unlink_quietly(name)
+        if not unnamed:
+            _unlink_quietly(name)
         if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
             raise _no_room_error(total, exc) from None
         raise
     except BaseException:
-        _unlink_quietly(name)
+        if not unnamed:
+            _unlink_quietly(name)
         raise
     finally:
         os.close(fd)
@@ -1701,9 +1795,10 @@ def write_transit(parent: str | tuple[str, int, int], chunks: list[Any], size: i
 _MAGIC_BYTES = MAGIC.to_bytes(8, "little")
 
 
-def _write_all(fd: int, chunks: list[Any], total: int) -> None:
+def _write_all(fd: int, chunks: list[Any], total: int, offset: int = 0) -> None:
+    """Write ``chunks`` from ``offset`` on with ``pwritev``: the file is then ``total``
+    bytes (else OSError)."""
     views = [memoryview(c).cast("B") for c in chunks]
-    offset = 0
     try:
         while views:
             batch = views[:512]  # within IOV_MAX

@@ -140,7 +140,11 @@ class Queue(_core.Ring, SharedObject):
         super()._attach(handle, state)
         if not self._check():
             self.close()
-            raise ValueError("the shared memory this handle names does not hold a shoal queue")
+            raise LayoutError(
+                errno.EINVAL,
+                "the shared memory this handle names does not hold a shoal queue: it is "
+                "corrupt (was it written to outside shoal?)",
+            )
 
     @classmethod
     def _unreferenced(cls, segment: Segment, offset: int) -> None:

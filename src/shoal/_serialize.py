@@ -284,6 +284,8 @@ def _aligned(n: int) -> int:
 
 def loads(record: bytes) -> Any:  # also _core's hook for records it cannot decode itself
     """Rebuild the object a record carries (mapping its transit segment if it has one)."""
+    if not record:  # no producer writes one
+        raise LayoutError(errno.EINVAL, "corrupt shoal message record: it is empty")
     mark = record[0]
     if mark == KEPT_MARK:
         with receiving_kept(bytes(record[1:KEPT_PREFIX_SIZE])):
