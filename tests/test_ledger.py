@@ -216,3 +216,37 @@ print("ok")
 """
     )
     assert out.strip().endswith("ok")
+
+
+def test_two_sweeps_that_opened_one_dead_ledger_give_its_references_back_once() -> None:
+    # each sweep opens a file, then judges it: a second sweep holding the same ledger
+    # open once the first reaped it must not give its references back again (seen in
+    # the pid_namespace chaos scenario as a double free, then a lock taken twice)
+    out = check_isolated(
+        PRELUDE
+        + """
+ctx = mp.get_context("fork")
+keep = shoal.Lock()
+lock = shoal.Lock()
+ready = ctx.Event()
+p = ctx.Process(target=hold_then_wait, args=([lock], ready), daemon=True)
+p.start()
+assert ready.wait(30)
+assert count_of(lock) == 3
+os.kill(p.pid, signal.SIGKILL); p.join(10)
+dead = shoal_files(_memory.KIND_LEDGER) - {n.name[1:] for n in _handle._ledger.pages}
+assert len(dead) == 1, dead
+name = "/" + dead.pop()
+first, second = _memory._open_own(name), _memory._open_own(name)
+try:
+    assert _memory._judge(name, *first) is True
+    assert count_of(lock) == 1
+    assert _memory._judge(name, *second) is False
+    assert count_of(lock) == 1, count_of(lock)
+finally:
+    os.close(first[0]); os.close(second[0])
+assert lock.acquire(timeout=1)
+print("ok")
+"""
+    )
+    assert out.strip().endswith("ok")

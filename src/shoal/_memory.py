@@ -1687,6 +1687,10 @@ def _reap_if_unheld(name: str, fd: int, prefix: Any) -> bool:
             try:
                 if os.fstat(fd).st_size < HEADER_SIZE:
                     return False  # shrank under the mapping: reading it would SIGBUS
+                if struct.unpack_from("<I", mapping, _FLAGS_OFFSET)[0] & FLAG_UNLINKED:
+                    # another sweep, which opened it too, reaped it first: only one may
+                    # act on a reaped segment (a ledger's references are given back once)
+                    return False
                 holders = struct.unpack_from(f"<{_HOLDER_CAPACITY}Q", mapping, _HOLDERS_OFFSET)
                 overflow = struct.unpack_from("<I", mapping, _OVERFLOW_OFFSET)[0]
                 if overflow or any(_holder_alive(h) for h in holders):
