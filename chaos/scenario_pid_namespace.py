@@ -27,9 +27,9 @@ could not judge), and the probes, ``dead_recovered`` and ``dead_timed_out``.
 reaped from fresh processes, beyond ``leftovers_mixed``: those every holder of which
 died, some in each namespace (or that only such segments keep).  A dead owner or
 holder of another namespace is told dead by its liveness file (docs/locks.md): with
-those, ``dead_timed_out`` and ``leftovers_mixed`` are 0; a process that could make
-none (``/dev/shm`` full, no inode left) counts as alive from the other namespace, so
-they are reported, not held to 0.
+those, ``dead_timed_out`` and ``leftovers_mixed`` must be 0 here (this scenario's
+``/dev/shm`` has room: every process makes one).  A process that could make none
+(``/dev/shm`` full, no inode left) counts as alive from the other namespace.
 """
 
 from __future__ import annotations
@@ -50,7 +50,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-HOLDS = ("exclusion_broken", "lost", "wrong", "hangs", "crashes", "leftovers")
+HOLDS = (
+    "exclusion_broken",
+    "lost",
+    "wrong",
+    "hangs",
+    "crashes",
+    "leftovers",
+    "dead_timed_out",
+    "leftovers_mixed",
+)
 
 _FORK = mp.get_context("fork")
 _ROOT = Path(__file__).resolve().parent.parent
