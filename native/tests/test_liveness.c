@@ -221,18 +221,21 @@ static void fork_a_sleeper_then_wait(void *arg) {
     shoal_store64(&o->token, shoal_self_token());
     pid_t pid = fork();
     if (pid == 0) {
+        /* fork() returned: the at-fork handler closed the inherited descriptor (the
+         * parent must not say ready before that: under TSan the child runs late) */
+        __atomic_add_fetch(&o->ready, 1, __ATOMIC_SEQ_CST);
         pause();
         _exit(0);
     }
     __atomic_store_n(&o->pid, (uint32_t)pid, __ATOMIC_SEQ_CST);
-    __atomic_store_n(&o->ready, 1, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&o->ready, 1, __ATOMIC_SEQ_CST);
     pause();
 }
 
 TEST(liveness_a_parent_is_seen_dead_while_its_forked_child_lives) {
     struct owner *o = shared_map(4096);
     pid_t pid = spawn(fork_a_sleeper_then_wait, o);
-    await_at_least(&o->ready, 1, 5000);
+    await_at_least(&o->ready, 2, 5000); /* the parent, and its child past the fork */
     uint64_t parent = shoal_load64(&o->token);
     CHECK_EQ(probe(parent), SHOAL_LIVENESS_HELD);
     kill_and_reap(pid);
