@@ -114,6 +114,7 @@ test-sanitize-native: $(NATIVE_BIN)/shoal-tests-asan $(NATIVE_BIN)/shoal-tests-t
 test-sanitize-python:
 	@set -e; \
 	snap=$$(mktemp -d "$${TMPDIR:-/tmp}/shoal-sanitize.XXXXXX"); \
+	chmod 755 "$$snap"; \
 	trap 'rm -rf "$$snap"' EXIT; \
 	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
 	    git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C "$$snap"; \
