@@ -587,6 +587,38 @@ def test_barrier_party_killed_breaks_it() -> None:
     assert not barrier.broken and barrier.n_waiting == 0
 
 
+def party_killed_on_its_way_in(barrier: Any, entering: Any) -> None:
+    """Stop inside ``wait()`` with the barrier's lock held, before it is a party."""
+
+    def register(token: int) -> None:
+        entering.set()
+        time.sleep(TIMEOUT * 2)
+
+    barrier._register = register
+    barrier.wait(TIMEOUT * 2)
+
+
+def test_a_process_killed_on_its_way_into_wait_is_not_counted_as_a_party() -> None:
+    # seen in the dead_owners chaos scenario: a kill between counting the newcomer
+    # and recording who it is left a phantom party that no death check could find,
+    # so the next live party was released alone (and the one after it hung)
+    barrier = shoal.Barrier(2)
+    entering = shoal.Event()
+    victim = FORK.Process(target=party_killed_on_its_way_in, args=(barrier, entering))
+    victim.start()
+    assert entering.wait(TIMEOUT)
+    os.kill(victim.pid, signal.SIGKILL)
+    join_all(victim)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OwnerDiedWarning)  # it held the barrier's lock
+        assert barrier.n_waiting == 0
+        other, theirs = in_thread(lambda: barrier.wait(10))
+        mine = barrier.wait(10)
+        reap_threads(other)
+    assert sorted([mine, *theirs]) == [0, 1], "a live party was released alone"
+    assert not barrier.broken and barrier.n_waiting == 0
+
+
 def wait_for_event(event: Any, conn: Connection) -> None:
     conn.send((event.wait(TIMEOUT), time.monotonic()))
 

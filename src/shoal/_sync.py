@@ -437,7 +437,9 @@ class Barrier(SharedObject):
     :class:`~shoal.BarrierPartyDiedError` (a BrokenBarrierError) instead of hanging.
     """
 
-    # state, count, then one token slot per party
+    # the state, then one token slot per party inside wait(): the filled slots are the
+    # count, so a party killed anywhere in wait() is either recorded (and its death
+    # found) or not there at all -- never counted without a name
     _buf: Any = None  # the segment's buffer while bound; None once closed
 
     def __init__(
@@ -453,7 +455,7 @@ class Barrier(SharedObject):
         self._action = action
         self._timeout = timeout
         self._cond = Condition(Lock._internal())
-        self._PAYLOAD_SIZE = 16 + 8 * parties
+        self._PAYLOAD_SIZE = 8 + 8 * parties
         self._create()
         self._set(0, _FILLING)
 
@@ -473,7 +475,7 @@ class Barrier(SharedObject):
     def _restore_state(self, state: Any) -> None:
         parties, action, self._timeout, self._cond = state
         self._parties = parties
-        self._PAYLOAD_SIZE = 16 + 8 * parties
+        self._PAYLOAD_SIZE = 8 + 8 * parties
         self._action = pickle.loads(action)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -510,14 +512,10 @@ class Barrier(SharedObject):
 
     @property
     def _count(self) -> int:
-        return self._get(1)
-
-    @_count.setter
-    def _count(self, value: int) -> None:
-        self._set(1, value)
+        return sum(1 for i in self._slots() if self._get(i))
 
     def _slots(self) -> range:
-        return range(2, 2 + self._parties)
+        return range(1, 1 + self._parties)
 
     def _register(self, token: int) -> None:
         for i in self._slots():
@@ -538,8 +536,7 @@ class Barrier(SharedObject):
         for i in self._slots():
             token = self._get(i)
             if token and not _core.token_alive(token):
-                self._set(i, 0)
-                self._count = self._count - 1  # it will never leave by itself
+                self._set(i, 0)  # it will never leave by itself
                 dead = _core.token_pid(token)
         return dead
 
@@ -557,7 +554,6 @@ class Barrier(SharedObject):
         with self._cond:
             self._enter()
             index = self._count
-            self._count = index + 1
             self._register(token)
             try:
                 if index + 1 == self._parties:
@@ -567,7 +563,6 @@ class Barrier(SharedObject):
                 return index
             finally:
                 self._unregister(token)
-                self._count = self._count - 1
                 self._exit()
 
     def _enter(self) -> None:
