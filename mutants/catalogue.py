@@ -128,7 +128,7 @@ MUTANTS = (
         "ledger-never-reclaimed",
         "a dead process's ledger is reaped without giving its references back",
         "src/shoal/_memory.py",
-        "        _reclaim_ledger(name, fd, st.st_size)\n",
+        "        _hand_dead_ledger_over(name, fd, st.st_size)\n",
         "        pass\n",
         ("tests/test_ledger.py",),
     ),

@@ -28,6 +28,17 @@ def serial_at(segment, offset):
 from shoal.lowlevel import reap
 from test_ledger import hold_then_wait
 
+def holding(ctx, objs):
+    # a child of ctx that holds a handle of each of objs until it is killed
+    ready = ctx.Event()
+    p = ctx.Process(target=hold_then_wait, args=(objs, ready), daemon=True)
+    p.start()
+    assert ready.wait(30)
+    return p
+
+def kill(p):
+    os.kill(p.pid, signal.SIGKILL); p.join(10)
+
 def shoal_files(kind=None):
     return {n for n in os.listdir("/dev/shm") if n.startswith("shoal-")
             and (kind is None or _memory._read_kind("/dev/shm/" + n) == kind)}
@@ -58,11 +69,8 @@ keep = shoal.Lock()   # keeps the arena
 lock, event = shoal.Lock(), shoal.Event()
 assert lock._segment is keep._segment
 segment, offset, serial = lock._segment, lock._header_offset, lock._serial
-ready = ctx.Event()
-p = ctx.Process(target=hold_then_wait, args=([lock, event], ready), daemon=True)
-p.start()
-assert ready.wait(30)
-os.kill(p.pid, signal.SIGKILL); p.join(10)
+p = holding(ctx, [lock, event])
+kill(p)
 lock.close(); event.close()
 assert serial_at(segment, offset) == serial  # still allocated: the child's references
 reap()
@@ -83,21 +91,15 @@ def test_exactly_the_dead_processs_references_are_given_back() -> None:
 ctx = mp.get_context("fork")
 lock = shoal.Lock()
 in_flight = pickle.dumps(lock)     # a pickle not yet unpickled
-ready = ctx.Event()
-p = ctx.Process(target=hold_then_wait, args=([lock, lock], ready), daemon=True)
-p.start()
-assert ready.wait(30)
+p = holding(ctx, [lock, lock])
 # parent 1 + child: inherited 1, unpickled 2 + in flight 1
 assert count_of(lock) == 5, count_of(lock)
-live = ctx.Event()
-q = ctx.Process(target=hold_then_wait, args=([lock], live), daemon=True)
-q.start()
-assert live.wait(30)
+q = holding(ctx, [lock])
 assert count_of(lock) == 7, count_of(lock)
-os.kill(p.pid, signal.SIGKILL); p.join(10)
+kill(p)
 reap()
 assert count_of(lock) == 4, count_of(lock)  # parent, q's two, the pickle's
-os.kill(q.pid, signal.SIGKILL); q.join(10)
+kill(q)
 reap()
 assert count_of(lock) == 2, count_of(lock)
 again = pickle.loads(in_flight)  # adopts the reference in flight
@@ -132,7 +134,7 @@ ready = ctx.SimpleQueue()
 p = ctx.Process(target=fill_then_wait, args=(ready,), daemon=True)
 p.start()
 _, offset, serial = ready.get()
-os.kill(p.pid, signal.SIGKILL); p.join(10)
+kill(p)
 made = shoal_files() - before
 assert len(made) >= 3, made  # transit, dict root and table, the child's ledger
 reap()
@@ -169,7 +171,7 @@ assert mine and not mine & parent_pages, (mine, parent_pages)
 assert not inherited, inherited
 assert count == 1, count
 assert count_of(lock) == 2
-os.kill(p.pid, signal.SIGKILL); p.join(10)
+kill(p)
 reap()
 assert count_of(lock) == 1
 assert {n for n in shoal_files(_memory.KIND_LEDGER)} == {n[1:] for n in parent_pages}
@@ -188,12 +190,9 @@ def test_a_ledger_that_does_not_match_its_objects_takes_nothing() -> None:
 import struct
 ctx = mp.get_context("fork")
 a, b = shoal.Lock(), shoal.Lock()
-ready = ctx.Event()
-p = ctx.Process(target=hold_then_wait, args=([a, b], ready), daemon=True)
-p.start()
-assert ready.wait(30)
+p = holding(ctx, [a, b])
 assert count_of(a) == count_of(b) == 3  # parent, the child's inherited and unpickled
-os.kill(p.pid, signal.SIGKILL); p.join(10)
+kill(p)
 entry = struct.Struct("<QQI20s8x")
 forged = 0
 for name in shoal_files(_memory.KIND_LEDGER) - {n.name[1:] for n in _handle._ledger.pages}:
@@ -228,12 +227,9 @@ def test_two_sweeps_that_opened_one_dead_ledger_give_its_references_back_once() 
 ctx = mp.get_context("fork")
 keep = shoal.Lock()
 lock = shoal.Lock()
-ready = ctx.Event()
-p = ctx.Process(target=hold_then_wait, args=([lock], ready), daemon=True)
-p.start()
-assert ready.wait(30)
+p = holding(ctx, [lock])
 assert count_of(lock) == 3
-os.kill(p.pid, signal.SIGKILL); p.join(10)
+kill(p)
 dead = shoal_files(_memory.KIND_LEDGER) - {n.name[1:] for n in _handle._ledger.pages}
 assert len(dead) == 1, dead
 name = "/" + dead.pop()

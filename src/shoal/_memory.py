@@ -1416,8 +1416,9 @@ def _liveness_garbage(entry: str, match: re.Match[str]) -> bool:
         return False
 
 
-def _reap_liveness(entries: list[str]) -> list[str]:
-    removed: list[str] = []
+def _liveness_entries(entries: list[str]) -> Iterator[tuple[str, re.Match[str] | None]]:
+    """The liveness files among the ``/dev/shm`` names ``entries``, each with its
+    name's match, or None for this process's own (or its temporary name)."""
     own = None
     for entry in entries:
         match = _LIVENESS_PATTERN.fullmatch(entry)
@@ -1425,9 +1426,13 @@ def _reap_liveness(entries: list[str]) -> list[str]:
             continue
         if own is None:
             own = _own_liveness_names()
-        if entry.startswith(own):
-            continue  # this process's own (or its temporary name)
-        if _liveness_garbage(entry, match):
+        yield entry, None if entry.startswith(own) else match
+
+
+def _reap_liveness(entries: list[str]) -> list[str]:
+    removed: list[str] = []
+    for entry, match in _liveness_entries(entries):
+        if match is not None and _liveness_garbage(entry, match):
             try:
                 os.unlink(_SHM_DIR + "/" + entry)
             except OSError:
@@ -1455,24 +1460,13 @@ def liveness_files() -> dict[str, str]:
         entries = os.listdir(_SHM_DIR)
     except OSError:
         return {}
+    states = {_core.LIVENESS_HELD: "live", _core.LIVENESS_FREE: "dead",
+              _core.LIVENESS_UNKNOWN: "unknown"}  # fmt: skip
     found: dict[str, str] = {}
-    own = None
-    for entry in entries:
-        match = _LIVENESS_PATTERN.fullmatch(entry)
-        if match is None:
-            continue
-        if own is None:
-            own = _own_liveness_names()
-        if entry.startswith(own):
-            found[entry] = "own"
-            continue
-        state = _core.liveness_probe(entry)
-        if state == _core.LIVENESS_HELD:
-            found[entry] = "live"
-        elif state == _core.LIVENESS_FREE:
-            found[entry] = "dead"
-        elif state == _core.LIVENESS_UNKNOWN:
-            found[entry] = "unknown"
+    for entry, match in _liveness_entries(entries):
+        state = "own" if match is None else states.get(_core.liveness_probe(entry))
+        if state is not None:  # (None: it went meanwhile)
+            found[entry] = state
     return found
 
 
@@ -1587,7 +1581,7 @@ def _judge(name: str, fd: int, st: os.stat_result) -> bool:
     if not _reap_if_unheld(name, fd, prefix):
         return False
     if kind == KIND_LEDGER:
-        _reclaim_ledger(name, fd, st.st_size)
+        _hand_dead_ledger_over(name, fd, st.st_size)
     return True
 
 
@@ -1603,8 +1597,9 @@ def set_ledger_reclaimer(reclaim: Callable[[str, bytes], None]) -> None:
     _ledger_reclaimer = reclaim
 
 
-def _reclaim_ledger(name: str, fd: int, size: int) -> None:
-    """Give back what the reaped ledger ``name`` (open as ``fd``) records.
+def _hand_dead_ledger_over(name: str, fd: int, size: int) -> None:
+    """Hand the reaped ledger ``name`` (open as ``fd``) to the reclaimer, which gives
+    back what it records.
 
     Its name is gone and its unlinked flag set, both under its table's mutex, so only
     this sweep reaches it.  Read with ``pread`` (a file that shrank is no SIGBUS); a
