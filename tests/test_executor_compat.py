@@ -288,7 +288,8 @@ def test_an_argument_that_does_not_pickle_fails_its_future_not_submit(
         assert futures[0].result(TIMEOUT) == 1 and futures[2].result(TIMEOUT) == 3
         error = futures[1].exception(TIMEOUT)
         assert isinstance(error, pickle.PicklingError), repr(error)
-        assert "does not pickle" in "".join(traceback.format_exception(type(error), error, error.__traceback__)), repr(error)
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        assert "does not pickle" in text, text
         # map's calls go through submit(): the failure is the iteration's
         results = executor.map(t.identity, [1, t.DoesNotPickle()])
         assert next(results) == 1
