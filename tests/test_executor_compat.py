@@ -276,9 +276,7 @@ def test_the_exceptions_are_concurrent_futures_classes() -> None:
 
 
 @pytest.mark.parametrize("kind", ["stdlib", "shoal"])
-def test_an_argument_that_does_not_pickle_fails_its_future_not_submit(
-    ctx: Any, kind: str
-) -> None:
+def test_an_argument_that_does_not_pickle_fails_its_future_not_submit(ctx: Any, kind: str) -> None:
     # CPython's ExecutorDeadlockTest.test_error_at_task_pickle: submit() returns, the
     # future fails.  shoal raised in submit(), which broke `[ex.submit(f, x) for x in
     # xs]` loops and hung the stdlib's test (it waited on an executor it never made)
