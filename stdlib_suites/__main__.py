@@ -31,16 +31,17 @@ import unittest
 from pathlib import Path
 from typing import Any
 
+from stdlib_suites.exclusions import EXCLUDED, PENDING
+
 SUITES = {"mp": "stdlib_suites.mp_suite", "cf": "stdlib_suites.cf_suite"}
 METHODS = ("fork", "spawn", "forkserver")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def excluded_reason(suite: str, method: str, test_id: str) -> str | None:
-    from stdlib_suites.exclusions import EXCLUDED
-
-    key = f"{suite}[{method}]:{test_id}"
-    for pattern, reason in EXCLUDED.items():
+def listed(table: dict[str, str], suite: str, method: str, test_id: str) -> str | None:
+    """The reason ``table`` (exclusions.EXCLUDED or PENDING) gives for a test, if any."""
+    key = f"{suite}/{method}:{test_id}"
+    for pattern, reason in table.items():
         if fnmatch.fnmatchcase(key, pattern):
             return reason
     return None
@@ -179,7 +180,7 @@ def run_job(suite: str, method: str, args: argparse.Namespace, logdir: Path) -> 
     outcomes: dict[str, tuple[str, str]] = {}
     todo = []
     for t in ids:
-        reason = excluded_reason(suite, method, t)
+        reason = listed(EXCLUDED, suite, method, t)
         if reason:
             outcomes[t] = ("excluded", reason)
         else:
@@ -243,6 +244,11 @@ def run_job(suite: str, method: str, args: argparse.Namespace, logdir: Path) -> 
                 for t in todo:
                     outcomes[t] = ("error", f"not run (child rc {rc})")
                 todo = []
+    for t, (outcome, detail) in outcomes.items():
+        if outcome not in ("pass", "skip", "excluded"):
+            reason = listed(PENDING, suite, method, t)
+            if reason:
+                outcomes[t] = ("pending", f"{reason}\n{detail}")
     return {"suite": suite, "method": method, "outcomes": outcomes,
             "wall": time.monotonic() - started, "log": str(log)}  # fmt: skip
 
@@ -254,35 +260,43 @@ def flavour(suite: str, test: str) -> str:
 
 
 def report(jobs: list[dict[str, Any]], verbose: bool) -> bool:
+    """Print the failures and the score table; True if nothing applicable failed
+    (pending tests aside)."""
     ok = True
     rows = []
     for job in jobs:
+        suite, method = job["suite"], job["method"]
         groups: dict[str, dict[str, int]] = {}
         for test, (outcome, _) in job["outcomes"].items():
-            g = groups.setdefault(flavour(job["suite"], test), {})
+            g = groups.setdefault(flavour(suite, test), {})
             g[outcome] = g.get(outcome, 0) + 1
         for fl, g in sorted(groups.items()):
             passed = g.get("pass", 0)
-            bad = sum(v for k, v in g.items() if k not in ("pass", "skip", "excluded"))
-            applicable = passed + bad
-            rows.append((job["suite"], job["method"], fl, passed, applicable,
+            pending = g.get("pending", 0)
+            bad = sum(v for k, v in g.items() if k not in ("pass", "skip", "excluded", "pending"))
+            rows.append((suite, method, fl, passed, passed + bad + pending, pending,
                          g.get("excluded", 0), g.get("skip", 0), job["wall"]))  # fmt: skip
             ok = ok and bad == 0
         failed = [(t, o, d) for t, (o, d) in sorted(job["outcomes"].items())
                   if o not in ("pass", "skip", "excluded")]  # fmt: skip
         if failed:
-            print(f"\n{job['suite']} under {job['method']}: {len(failed)} not passed "
-                  f"(log: {job['log']})")  # fmt: skip
+            print(f"\n{suite} under {method}: {len(failed)} not passed (log: {job['log']})")
             for t, o, d in failed:
                 print(f"  {o:8} {t}")
                 if verbose and d:
                     print("    " + "\n    ".join(d.strip().splitlines()[-12:]))
-    print("\nsuite  method      flavour       passed/applicable    excluded  skipped   wall")
+        done = [t for t, (o, _) in sorted(job["outcomes"].items())
+                if o == "pass" and listed(PENDING, suite, method, t)]  # fmt: skip
+        for t in done:
+            print(f"  {suite} under {method}: {t} passes: remove it from exclusions.PENDING")
+    print(
+        "\nsuite  method      flavour       passed/applicable  (pending)  excluded  skipped   wall"
+    )
     names = {"mp": "test._test_multiprocessing", "cf": "test_concurrent_futures"}
-    for suite, method, fl, passed, applicable, excl, skip, wall in rows:
+    for suite, method, fl, passed, applicable, pending, excl, skip, wall in rows:
         pct = 100.0 * passed / applicable if applicable else 100.0
         print(f"{suite:6} {method:11} {fl:13} {passed:4}/{applicable:<4} ({pct:5.1f}%)  "
-              f"{excl:8}  {skip:7}  {wall:5.0f}s   {names[suite]}")  # fmt: skip
+              f"{pending:5}    {excl:8}  {skip:7}  {wall:5.0f}s   {names[suite]}")  # fmt: skip
     return ok
 
 
