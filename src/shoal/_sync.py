@@ -492,7 +492,7 @@ class Barrier(SharedObject):
     def __reduce__(self) -> tuple[Any, ...]:
         try:
             return super().__reduce__()
-        except (pickle.PicklingError, AttributeError, TypeError, RuntimeError) as exc:
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
             raise pickle.PicklingError(
                 f"cannot send this Barrier to another process: its action {self._action!r} "
                 f"does not pickle ({exc})"
