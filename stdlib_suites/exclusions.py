@@ -113,6 +113,8 @@ PENDING: dict[str, str] = {
     ),
     "mp/*:WithManagerTestContainers.test_dict_iter": (
         "SharedDict iterates in insertion order (branch dictlist); its last check, "
-        "RuntimeError when the dict changes size during iteration, may then remain"
+        "RuntimeError when the dict changes size during iteration, still fails there: "
+        "dictlist's compatibility.md documents iteration over a snapshot that never "
+        "raises, so once it is merged this entry moves to EXCLUDED with that reason"
     ),
 }
