@@ -8,7 +8,7 @@ SOURCES := pyproject.toml setup.py $(shell find src native -name '*.py' -o -name
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint bench bench-quick test-native test-sanitize clean check-shm chaos mutants
-.PHONY: test-sanitize-python test-sanitize-native
+.PHONY: test-sanitize-python test-sanitize-native test-stdlib
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,21 @@ check-shm:
 	  done; exit 1; \
 	fi; \
 	echo "no shoal segments left in /dev/shm"
+
+# ---- the standard library's own test suites, against shoal (issue #11) ------------------
+# test-stdlib: CPython's test._test_multiprocessing (processes and manager flavours) and
+# test_concurrent_futures (process-pool classes) with shoal's objects bound in, under
+# fork, spawn and forkserver; prints passed/applicable per suite, method and flavour.
+# Not part of `make test` (it takes minutes).  The interpreter's test package may lack
+# test_concurrent_futures: stdlib_suites/install.py fetches its release's file.
+# STDLIB_ARGS is passed to `python -m stdlib_suites` (`--method spawn -k Pool -v`).
+STDLIB_TESTS = build/stdlib-tests
+STDLIB_ARGS ?=
+
+test-stdlib: $(STAMP)
+	$(BIN)/python -m stdlib_suites.install $(STDLIB_TESTS)
+	SHOAL_STDLIB_TESTS=$(abspath $(STDLIB_TESTS)) $(BIN)/python -m stdlib_suites $(STDLIB_ARGS)
+	$(MAKE) --no-print-directory check-shm
 
 # ---- the native core on its own, and under sanitizers (issue #2) ------------------------
 # test-native: native/tests (a small C runner, one forked process group per test)
@@ -144,8 +159,8 @@ test-sanitize-python:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks chaos mutants
-	$(BIN)/ruff format --check src tests benchmarks chaos mutants
+	$(BIN)/ruff check src tests benchmarks chaos mutants stdlib_suites
+	$(BIN)/ruff format --check src tests benchmarks chaos mutants stdlib_suites
 
 # The benchmarks also measure the peers of the `bench` extra (faster-fifo, numpy): one
 # pip run installs them with everything `make test` has, so shoal is built once here.

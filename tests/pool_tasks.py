@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import sys
 import threading
 import time
@@ -309,3 +310,10 @@ class ExitsWhenUnpickledInTheWorker:
 
     def __reduce__(self) -> Any:
         return (sys.exit, ("argument unpickled",))
+
+
+class DoesNotPickle:
+    """An argument whose pickling fails with PicklingError (CPython's ErrorAtPickle)."""
+
+    def __reduce__(self) -> Any:
+        raise pickle.PicklingError("this object does not pickle")

@@ -139,6 +139,39 @@ def test_pool_and_executor_refuse_files_as_arguments_and_results(ctx: Any, tmp_p
         assert ex.submit(identity, 6).result(TIMEOUT) == 6
 
 
+class RefusesWithRuntimeError:
+    """An object whose ``__reduce__`` raises (CPython's _TestPool.test_map_unplicklable)."""
+
+    def __reduce__(self) -> Any:
+        raise RuntimeError("cannot pickle this one")
+
+
+def test_an_error_raised_while_pickling_keeps_its_class(ctx: Any) -> None:
+    # multiprocessing.Pool.map lets the RuntimeError through; shoal's SerializationError
+    # was not one, so `except RuntimeError` missed it
+    obj = RefusesWithRuntimeError()
+    stdlib = mp.get_context(ctx.get_start_method())
+    with stdlib.Pool(1) as pool, pytest.raises(RuntimeError, match="cannot pickle this one"):
+        pool.map(identity, [obj])
+    with shoal.Pool(1, context=ctx) as pool:
+        with pytest.raises(RuntimeError, match="cannot pickle this one") as info:
+            pool.map(identity, [obj] * 3)
+        assert isinstance(info.value, shoal.SerializationError)
+        assert isinstance(info.value, pickle.PicklingError)
+        assert pool.apply(identity, (5,)) == 5
+    q = shoal.Queue()
+    try:
+        with pytest.raises(shoal.SerializationError) as info:
+            q.put(obj)
+        assert isinstance(info.value, RuntimeError) and q.empty()
+        # the error itself travels (a worker's result error goes to the parent)
+        again = pickle.loads(pickle.dumps(info.value))
+        assert type(again) is type(info.value) and str(again) == str(info.value)
+        assert again.type_name == info.value.type_name == "RefusesWithRuntimeError"
+    finally:
+        q.close()
+
+
 # ---- standard-library objects in initargs travel with the process start ----------------
 
 

@@ -91,9 +91,9 @@ def test_exceptions_carry_the_remote_traceback() -> None:
             executor.submit(t.raise_exception_holding_a_lock).result(TIMEOUT)
         with pytest.raises(shoal.SerializationError):
             executor.submit(t.return_a_lock).result(TIMEOUT)
-        # an argument that does not pickle raises in submit()
+        # an argument that does not pickle fails its future (as ProcessPoolExecutor's)
         with pytest.raises(shoal.SerializationError):
-            executor.submit(t.identity, threading.Lock())
+            executor.submit(t.identity, threading.Lock()).result(TIMEOUT)
         assert executor.submit(t.square, 4).result(TIMEOUT) == 16
 
 

@@ -12,6 +12,7 @@ import functools
 import gc
 import multiprocessing.pool
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -33,6 +34,7 @@ TIMEOUT = 30.0
 
 AT_EXIT = """
 import os
+import pickle
 import sys
 import time
 
@@ -268,3 +270,26 @@ def test_the_exceptions_are_concurrent_futures_classes() -> None:
         assert isinstance(info.value, concurrent.futures.BrokenExecutor)
     finally:
         broken.shutdown()
+
+
+# ---- an argument that does not pickle ---------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["stdlib", "shoal"])
+def test_an_argument_that_does_not_pickle_fails_its_future_not_submit(ctx: Any, kind: str) -> None:
+    # CPython's ExecutorDeadlockTest.test_error_at_task_pickle: submit() returns, the
+    # future fails.  shoal raised in submit(), which broke `[ex.submit(f, x) for x in
+    # xs]` loops and hung the stdlib's test (it waited on an executor it never made)
+    make = concurrent.futures.ProcessPoolExecutor if kind == "stdlib" else shoal.Executor
+    with make(1, mp_context=multiprocessing.get_context(ctx.get_start_method())) as executor:
+        futures = [executor.submit(t.identity, x) for x in (1, t.DoesNotPickle(), 3)]
+        assert futures[0].result(TIMEOUT) == 1 and futures[2].result(TIMEOUT) == 3
+        error = futures[1].exception(TIMEOUT)
+        assert isinstance(error, pickle.PicklingError), repr(error)
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        assert "does not pickle" in text, text
+        # map's calls go through submit(): the failure is the iteration's
+        results = executor.map(t.identity, [1, t.DoesNotPickle()])
+        assert next(results) == 1
+        with pytest.raises(pickle.PicklingError):
+            next(results)

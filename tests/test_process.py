@@ -134,6 +134,17 @@ def test_pipe_and_connection_are_the_standard_library_s() -> None:
         assert getattr(connection, name) is getattr(multiprocessing.connection, name)
 
 
+def test_the_connection_shim_has_the_address_families_a_listener_takes() -> None:
+    # CPython's _TestListener loops over `connection.families` (#11)
+    assert connection.families is multiprocessing.connection.families
+    for family in connection.families:
+        with connection.Listener(family=family) as listener:
+            client = connection.Client(listener.address, family=family)
+            with listener.accept() as served, client:
+                client.send("ping")
+                assert served.recv() == "ping"
+
+
 def test_process_shim() -> None:
     from shoal import process
 

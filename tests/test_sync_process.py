@@ -560,6 +560,41 @@ def test_barrier_across_processes(ctx: Any) -> None:
     assert not barrier.broken and barrier.n_waiting == 0
 
 
+class CountsUnderAStdlibLock:
+    """A barrier action holding what may only be inherited (CPython's _DummyList)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.lock = mp.get_context(ctx.get_start_method()).Lock()
+        self.count = mp.get_context(ctx.get_start_method()).RawValue("i", 0)
+
+    def __call__(self) -> None:
+        with self.lock:
+            self.count.value += 1
+
+
+def test_a_barrier_action_that_may_only_be_inherited_goes_with_the_process_start(
+    ctx: Any,
+) -> None:
+    # CPython's _TestBarrier.test_action under spawn and forkserver: the action went
+    # through plain pickle, which refuses a multiprocessing.Lock outside a process start
+    action = CountsUnderAStdlibLock(ctx)
+    barrier = shoal.Barrier(2, action=action)
+    receiver, sender = ctx.Pipe(duplex=False)
+    party = ctx.Process(target=wait_at_barrier, args=(barrier, sender))
+    party.start()
+    mine = barrier.wait(TIMEOUT)
+    assert receiver.poll(TIMEOUT), "the other party did not pass the barrier"
+    what, theirs = receiver.recv()
+    join_all(party)
+    receiver.close()
+    sender.close()
+    assert what == "index" and sorted([mine, theirs]) == [0, 1]
+    assert action.count.value == 1, "the action did not run exactly once"
+    # elsewhere than a process start it still refuses, as the standard library's does
+    with pytest.raises(RuntimeError, match="through inheritance"):
+        pickle.dumps(barrier)
+
+
 def barrier_party_that_gets_killed(barrier: Any) -> None:
     barrier.wait(TIMEOUT * 2)
 

@@ -48,6 +48,7 @@ import queue
 import signal
 import threading
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 __all__ = [
     "BarrierPartyDiedError",
@@ -143,6 +144,56 @@ class SerializationTypeError(SerializationError, TypeError):
     """A :class:`SerializationError` that is also the standard library's ``TypeError``
     (``cannot pickle '_io.TextIOWrapper' object``): the object is of a type that
     refuses to be pickled (files, sockets, ``threading`` locks, generators…)."""
+
+
+# SerializationError classes that are also a builtin exception class, one per class
+_ALSO: dict[type, type[SerializationError]] = {}
+
+
+def _rebuild_serialization_error(
+    also: type[BaseException], message: str, type_name: str | None
+) -> SerializationError:
+    return serialization_error_class(also())(message, type_name=type_name)
+
+
+def _reduce_serialization_error(self: SerializationError) -> tuple[Any, ...]:
+    # the class is made at run time: it travels as the builtin class it also is
+    also = next(c for c in type(self).__mro__ if c.__module__ == "builtins" and c in _ALSO)
+    return (_rebuild_serialization_error, (also, str(self), self.type_name))
+
+
+def serialization_error_class(error: BaseException) -> type[SerializationError]:
+    """The :class:`SerializationError` class to raise for what pickling raised.
+
+    Also the class of ``error`` where the standard library would have let ``error``
+    itself through: a ``__reduce__`` raising ``RuntimeError`` makes
+    ``multiprocessing.Pool.map`` raise that ``RuntimeError``, so shoal's error is a
+    ``RuntimeError`` too (``except RuntimeError`` keeps working).  ``TypeError`` is
+    :class:`SerializationTypeError`; errors of other than builtin classes, pickle's
+    own and those no class can also be stay plain :class:`SerializationError`.
+    """
+    if isinstance(error, TypeError):
+        return SerializationTypeError
+    also = type(error)
+    if (
+        isinstance(error, pickle.PickleError)
+        or not isinstance(error, Exception)
+        or also.__module__ != "builtins"
+    ):
+        return SerializationError
+    cls = _ALSO.get(also)
+    if cls is None:
+        try:
+            cls = type(
+                "SerializationError",
+                (SerializationError, also),
+                {"__module__": __name__, "__reduce__": _reduce_serialization_error},
+            )
+            cls("probe")  # (a class whose constructor takes other arguments)
+        except TypeError:
+            cls = SerializationError
+        _ALSO[also] = cls
+    return cls
 
 
 class BrokenError(ShoalError):

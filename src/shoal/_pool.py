@@ -2210,9 +2210,14 @@ class Executor(concurrent.futures.Executor):
                 raise engine._broken
             if engine.state != _RUN:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            record = (engine.function_record(fn), kind, engine.task_timeout, *payload)
             job = _FutureJob(engine, description, chunk=kind in (_MAP, _STARMAP))
-            engine._submit(job, [0], [record])
+            try:
+                record = (engine.function_record(fn), kind, engine.task_timeout, *payload)
+                engine._submit(job, [0], [record])
+            except SerializationError as error:
+                # as ProcessPoolExecutor: the call fails in its future, not in submit(),
+                # so that `[ex.submit(f, x) for x in xs]` gets every other future
+                job._fail(0, error)
             return job._future
 
     def map(

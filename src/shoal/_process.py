@@ -47,6 +47,7 @@ __all__ = [
     "allow_connection_pickling",
     "cpu_count",
     "current_process",
+    "families",
     "freeze_support",
     "get_all_start_methods",
     "get_logger",
@@ -92,6 +93,8 @@ Connection = multiprocessing.connection.Connection
 Listener = multiprocessing.connection.Listener
 Client = multiprocessing.connection.Client
 wait = multiprocessing.connection.wait
+# the address families this platform's Listener and Client take ("AF_UNIX", "AF_INET")
+families = multiprocessing.connection.families
 
 
 # ---- process_cpu_count ----------------------------------------------------------------------

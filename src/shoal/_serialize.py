@@ -58,7 +58,7 @@ import sys
 import types
 from typing import Any
 
-from ._errors import LayoutError, SerializationError, SerializationTypeError
+from ._errors import LayoutError, serialization_error_class
 from ._handle import SentReferences, receiving_kept, sent_references
 from ._memory import (
     HEADER_SIZE,
@@ -226,7 +226,7 @@ def _dumps_in(
             # the second attempt's error names what really failed (the file inside the
             # lambda's closure, say) once the first was about a function
             error = second if isinstance(second, TypeError) else first
-            cls = SerializationTypeError if isinstance(error, TypeError) else SerializationError
+            cls = serialization_error_class(error)
             raise cls(
                 f"cannot send {type(obj).__module__}.{type(obj).__qualname__} object "
                 f"to another process: {error}; nothing was sent",

@@ -18,6 +18,7 @@ breaks (:class:`~shoal.BarrierPartyDiedError`) instead of hanging.
 
 from __future__ import annotations
 
+import multiprocessing.context
 import pickle
 import time
 from dataclasses import dataclass
@@ -470,13 +471,23 @@ class Barrier(SharedObject):
         self._buf = None
 
     def _handle_state(self) -> Any:
-        return (self._parties, pickle.dumps(self._action), self._timeout, self._cond)
+        try:
+            action: Any = pickle.dumps(self._action)
+        except Exception:  # (inheritance-only objects raise RuntimeError)
+            if multiprocessing.context.get_spawning_popen() is None:
+                raise
+            # a Process argument: an action that may only be inherited (holding a
+            # multiprocessing.Lock, say) goes with the process start, pickled by the
+            # start's own pickler, as the standard library's Barrier's does (#11).
+            # (Not tried here first: that pickler's file descriptors are the start's.)
+            action = (self._action,)
+        return (self._parties, action, self._timeout, self._cond)
 
     def _restore_state(self, state: Any) -> None:
         parties, action, self._timeout, self._cond = state
         self._parties = parties
         self._PAYLOAD_SIZE = 8 + 8 * parties
-        self._action = pickle.loads(action)
+        self._action = action[0] if isinstance(action, tuple) else pickle.loads(action)
 
     def __reduce__(self) -> tuple[Any, ...]:
         try:

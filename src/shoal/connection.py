@@ -6,6 +6,7 @@ from ._process import Client as Client
 from ._process import Connection as Connection
 from ._process import Listener as Listener
 from ._process import Pipe as Pipe
+from ._process import families as families
 from ._process import wait as wait
 
-__all__ = ["Client", "Connection", "Listener", "Pipe", "wait"]
+__all__ = ["Client", "Connection", "Listener", "Pipe", "families", "wait"]
