@@ -213,6 +213,49 @@ TEST(dict_stale_positions_are_skipped_and_copy_keeps_every_entry) {
     CHECK(strcmp(order(&t, buf, sizeof buf), "a,c,d") == 0);
 }
 
+/* the slot holding key (which must be there) */
+static uint32_t slot_of(const shoal_dict_view *t, const char *key) {
+    shoal_dict_slot *slots = (shoal_dict_slot *)((char *)t->d + SHOAL_DICT_HEADER_SIZE);
+    uint64_t mask = t->nslots - 1, i = shoal_dict_hash(key, strlen(key)) & mask;
+    for (;; i = (i + 1) & mask) {
+        uint64_t off = slots[i].entry;
+        if (off > SHOAL_DICT_TOMBSTONE && !memcmp((char *)t->d + off + 16, key, strlen(key)))
+            return (uint32_t)i;
+        CHECK(off != SHOAL_DICT_EMPTY);
+    }
+}
+
+TEST(dict_compaction_killed_midway_leaves_every_entry_once) {
+    shoal_dict_view t;
+    shoal_dict *d = new_table(64, 8192, &t);
+    char buf[512];
+    CHECK_EQ(put(&t, "a", "1"), SHOAL_OK);
+    CHECK_EQ(put(&t, "b", "2"), SHOAL_OK);
+    CHECK_EQ(put(&t, "c", "3"), SHOAL_OK);
+    CHECK_EQ(put(&t, "d", "4"), SHOAL_OK);
+    CHECK_EQ(del(&t, "b"), 1); /* a hole at position 1 */
+    uint32_t *ord = (uint32_t *)((char *)d + SHOAL_DICT_HEADER_SIZE + 64 * sizeof(shoal_dict_slot));
+    shoal_dict_slot *slots = (shoal_dict_slot *)((char *)d + SHOAL_DICT_HEADER_SIZE);
+    uint32_t c = slot_of(&t, "c");
+    uint32_t *c_pos = (uint32_t *)((char *)d + slots[c].entry + 12);
+    CHECK_EQ(*c_pos, 2);
+    /* the compaction's first step for "c": its slot at the new position */
+    ord[1] = c;
+    CHECK(strcmp(order(&t, buf, sizeof buf), "a,c,d") == 0);
+    /* its second: the entry names the new position (the old one is stale now) */
+    *c_pos = 1;
+    CHECK(strcmp(order(&t, buf, sizeof buf), "a,c,d") == 0);
+    /* a rebuild from there, and the next writer's compaction, keep the order */
+    shoal_dict_view fresh;
+    new_table(64, 8192, &fresh);
+    CHECK_ST(shoal_dict_copy(&t, &fresh), SHOAL_OK);
+    CHECK(strcmp(order(&fresh, buf, sizeof buf), "a,c,d") == 0);
+    d->order_top = 64; /* out of positions: the next insert compacts */
+    CHECK_EQ(put(&t, "e", "5"), SHOAL_OK);
+    CHECK(strcmp(order(&t, buf, sizeof buf), "a,c,d,e") == 0);
+    CHECK_EQ(d->order_top, 4);
+}
+
 TEST(dict_lookup_survives_garbage) {
     shoal_dict_view t;
     shoal_dict *d = new_table(64, 4096, &t);
