@@ -266,10 +266,11 @@ class SharedList(MutableSequence[Any]):
         self._acquire()
         try:
             n = self._items[_LEN]
-            try:
-                i = self._snapshot().index(value)
-            except ValueError:
-                raise ValueError("list.remove(x): x not in list") from None
+            for i, item in enumerate(self._snapshot()):
+                if item is value or item == value:  # (as list.remove compares)
+                    break
+            else:
+                raise ValueError("list.remove(x): x not in list")
             self._remove_at(i, n)
         finally:
             self._lock.release()
