@@ -266,12 +266,14 @@ class SharedList(MutableSequence[Any]):
         self._acquire()
         try:
             n = self._items[_LEN]
-            for i, item in enumerate(self._snapshot()):
-                if item is value or item == value:  # (as list.remove compares)
-                    break
-            else:
+            # (as list.remove compares: identity first, and what == raises propagates)
+            at = next(
+                (i for i, item in enumerate(self._snapshot()) if item is value or item == value),
+                None,
+            )
+            if at is None:
                 raise ValueError("list.remove(x): x not in list")
-            self._remove_at(i, n)
+            self._remove_at(at, n)
         finally:
             self._lock.release()
 
