@@ -188,10 +188,21 @@ static int entry_in_order(const shoal_dict_view *v, uint64_t p, uint64_t *slot, 
     return 1;
 }
 
+/* How far ahead a walk in order fetches the slots: positions are read in sequence, but
+ * the slots they name are all over the table (its hash order). */
+#define ORDER_PREFETCH 16
+
 int shoal_dict_next(const shoal_dict_view *v, uint64_t *pos, const char **key, uint32_t *key_len,
                     const char **value, uint32_t *value_len) {
     uint64_t top = order_top(v), slot;
+    const uint32_t *order = order_of(v);
+    const shoal_dict_slot *slots = slots_of(v);
     for (uint64_t p = *pos; p < top; p++) {
+        if (p + ORDER_PREFETCH < top) {
+            uint32_t ahead = ldo(&order[p + ORDER_PREFETCH]);
+            if (ahead < v->nslots)
+                __builtin_prefetch(&slots[ahead]);
+        }
         int r = entry_in_order(v, p, &slot, key, key_len, value, value_len);
         if (r == 0)
             continue;
@@ -344,10 +355,11 @@ int shoal_dict_set2(const shoal_dict_view *v, uint64_t hash, const void *key, ui
     uint32_t *order = order_of(v);
     uint64_t n = v->nslots, pos = n;
     if (found) {
-        /* an overwrite keeps its position (one that names another slot was never
-         * this entry's: a stray write; the entry takes a new one) */
+        /* an overwrite keeps its position (one past the slots is a stray write's: the
+         * entry takes a new one; the order is not read here, to keep sets to the lines
+         * they touched before) */
         uint64_t p = entry_position(v, ld64(&slots[slot].entry));
-        if (p < order_top(v) && ldo(&order[p]) == slot)
+        if (p < n)
             pos = p;
     } else {
         if (slot >= n)
