@@ -75,7 +75,8 @@ _RING_WORDS = [(0, 8), (8, 8), (8, 4), (16, 8), (24, 4), (28, 4), (128, 8), (128
                (456, 8), (464, 8), (520, 8), (528, 8), (592, 8)]  # fmt: skip
 # the dict table's header words (native/include/shoal_dict.h), relative to the table
 _DICT_WORDS = [(0, 8), (8, 4), (16, 8), (24, 8), (32, 8), (40, 8), (48, 8), (56, 8),
-               (64, 8), (72, 8), (80, 8)] + [(128 + 8 * c, 8) for c in range(12)]  # fmt: skip
+               (64, 8), (72, 8), (80, 8), (88, 8)]  # fmt: skip
+_DICT_WORDS += [(128 + 8 * c, 8) for c in range(12)]
 # the segment header's fixed fields (shoal._memory), its mutex (64..104) left alone
 _HEADER_WORDS = [(0, 8), (8, 4), (12, 4), (16, 8), (24, 4), (28, 4), (32, 8), (40, 8),
                  (48, 4), (52, 4), (56, 8), (104, 8), (112, 8)]  # fmt: skip

@@ -70,7 +70,7 @@ def test_list_api_matches_list(shared: SharedList) -> None:
         assert numbers.copy() == [1, 2, 3]
         numbers.sort(reverse=True, key=lambda v: -v)
         assert numbers.copy() == [1, 2, 3]
-        assert repr(numbers) == "SharedList([1, 2, 3])"
+        assert repr(numbers) == str(numbers) == "[1, 2, 3]"
     finally:
         numbers.close()
     assert shoal.SharedList is SharedList

@@ -473,3 +473,40 @@ def test_manager(tmp_path: Path, method: str) -> None:
         "[(0, 0), (1, 1), (2, 4)] [0, 1, 2] 3 3",
         "5 hi",
     ]
+
+
+MANAGER_PRINTS = """
+import sys
+
+def fill(d, l):
+    for word in ["pear", "fig", "apple", "fig", "kiwi"]:
+        d[word] = d.get(word, 0) + 1
+        l.append(word)
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[1])
+    with multiprocessing.Manager() as manager:
+        d, l = manager.dict(), manager.list()
+        p = multiprocessing.Process(target=fill, args=(d, l))
+        p.start()
+        p.join(30)
+        print(d)
+        print(l, list(d), d.keys(), d.items())
+        del d["pear"]
+        d["pear"] = 0
+        l *= 2
+        print(d, d.popitem(), str(d))
+        print(l[::3], l * 1 == l[:], [w for w in l][-2:], l.index("fig", 2))
+"""
+
+
+def test_manager_dict_and_list_print_as_the_standard_librarys(tmp_path: Path, method: str) -> None:
+    """Insertion order, repr, ``*=`` (#11)."""
+    assert same_output(tmp_path, MANAGER_PRINTS, method) == [
+        "{'pear': 1, 'fig': 2, 'apple': 1, 'kiwi': 1}",
+        "['pear', 'fig', 'apple', 'fig', 'kiwi'] ['pear', 'fig', 'apple', 'kiwi']"
+        " ['pear', 'fig', 'apple', 'kiwi'] [('pear', 1), ('fig', 2), ('apple', 1), ('kiwi', 1)]",
+        # (print() formats its arguments after popitem() ran)
+        "{'fig': 2, 'apple': 1, 'kiwi': 1} ('pear', 0) {'fig': 2, 'apple': 1, 'kiwi': 1}",
+        "['pear', 'fig', 'fig', 'kiwi'] True ['fig', 'kiwi'] 3",
+    ]

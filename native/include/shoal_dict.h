@@ -8,8 +8,18 @@
  *     shoal_dict header (512 bytes)
  *     slots: nslots x {u64 hash, u64 entry}   entry 0 = empty, 1 = tombstone,
  *                                             else the offset of an entry
+ *     order: nslots x u32                     the slot of each insertion position,
+ *                                             0xffffffff = a hole (deleted)
  *     heap:  entries, each 16-byte header {u32 key_len, u32 value_len, u32 class,
- *            u32 reserved} + key + value, in blocks of (32 << class) bytes
+ *            u32 position} + key + value, in blocks of (32 << class) bytes
+ *
+ * Insertion order (#11): an insert takes the next position (`order_top`), records its
+ * slot there and its position in the entry; an overwrite keeps the position, a delete
+ * leaves a hole.  Iteration walks the positions and takes an entry only where the
+ * slot it names is live and that entry names the position back, so a stale position
+ * (a writer died between its steps) is skipped, never followed.  The slots stay the
+ * truth of what the table holds; the order only ranks it.  When the positions run
+ * out the writer gets SHOAL_DICT_FULL and the rebuild compacts them.
  *
  * Geometry (#10): a process reads a table's size, slot count and heap offset once,
  * when shoal_dict_check (or shoal_dict_init) accepts the table, into a shoal_dict_view
@@ -30,12 +40,13 @@
  * them read outside the table), copy what they found, and retry if the version moved.
  *
  * Crash safety: each change is a sequence of steps that leaves the slots consistent
- * at every instant: an entry is written completely before one store publishes its
- * offset in a slot, a delete is one store of a tombstone, an overwrite publishes the
- * new entry and then frees the old one.  A writer killed mid-change leaves `version`
+ * at every instant: an entry is written completely (with its position, recorded in
+ * the order first) before one store publishes its offset in a slot, a delete is one
+ * store of a tombstone (then the hole), an overwrite publishes the new entry (same
+ * position) and then frees the old one.  A writer killed mid-change leaves `version`
  * odd, possibly a counter off by one and a heap block leaked; whoever takes the lock
  * next (the mutex reports the dead owner) rebuilds the table from its slots
- * (shoal_dict_copy) into a fresh one, which drops both.
+ * (shoal_dict_copy, in insertion order) into a fresh one, which drops both.
  *
  * Memory reuse: freed blocks go on a free list per size class and are reused first,
  * so overwrites and set/delete churn stay in place.  When the slots are too full
@@ -51,13 +62,16 @@
 #include "shoal_core.h"
 
 #define SHOAL_DICT_MAGIC 0x5443494444414f48ULL /* "HOADDICT" */
-#define SHOAL_DICT_LAYOUT 1u
+#define SHOAL_DICT_LAYOUT 2u /* 2: the insertion order (#11) */
 #define SHOAL_DICT_HEADER_SIZE 512u
 #define SHOAL_DICT_CLASSES 40
 #define SHOAL_DICT_ENTRY_HEADER 16u
 #define SHOAL_DICT_MIN_BLOCK 32u
 #define SHOAL_DICT_EMPTY 0u
 #define SHOAL_DICT_TOMBSTONE 1u
+#define SHOAL_DICT_HOLE 0xffffffffu /* an order position of no entry */
+/* at most this many slots: a slot index (and a position) fits an order word */
+#define SHOAL_DICT_MAX_SLOTS ((uint64_t)1 << 31)
 /* slots used (live + tombstones) may reach this many 1/16ths of the slots */
 #define SHOAL_DICT_MAX_LOAD16 11u
 
@@ -83,7 +97,8 @@ typedef struct {
     uint64_t heap_top;    /* first never-allocated heap byte (table offset) */
     uint64_t bytes_live;  /* bytes of the blocks live entries occupy */
     uint64_t writes;      /* changes made to this table (statistics) */
-    uint64_t reserved[5];
+    uint64_t order_top;   /* insertion positions handed out: the next insert's */
+    uint64_t reserved[4];
     uint64_t free_head[SHOAL_DICT_CLASSES]; /* per class: first free block, 0 none */
     uint8_t pad[SHOAL_DICT_HEADER_SIZE - 128 - 8 * SHOAL_DICT_CLASSES];
 } shoal_dict;
@@ -94,7 +109,7 @@ typedef struct {
     shoal_dict *d;
     uint64_t size;   /* bytes of the table (header, slots and heap) */
     uint64_t nslots; /* a power of two */
-    uint64_t heap;   /* where the heap starts: SHOAL_DICT_HEADER_SIZE + 16 * nslots */
+    uint64_t heap;   /* where the heap starts: SHOAL_DICT_HEADER_SIZE + 20 * nslots */
 } shoal_dict_view;
 
 /* A deterministic 64-bit hash (the same in every process, unlike Python's hash()). */
@@ -118,9 +133,12 @@ int shoal_dict_read_retry(const shoal_dict *d, uint64_t version); /* 1: it chang
  * The view bounds every offset. */
 int shoal_dict_lookup(const shoal_dict_view *v, uint64_t hash, const void *key, uint32_t key_len,
                       const char **value, uint32_t *value_len);
-/* Iterate: the next live entry at slot index >= *pos (then *pos = its index + 1).
- * 1 found, 0 end, -1 corrupt. */
+/* Iterate in insertion order: the next live entry at position >= *pos (then *pos = its
+ * position + 1; start at 0).  1 found, 0 end, -1 corrupt. */
 int shoal_dict_next(const shoal_dict_view *v, uint64_t *pos, const char **key, uint32_t *key_len,
+                    const char **value, uint32_t *value_len);
+/* The live entry inserted last (*pos: its position): 1 found, 0 empty, -1 corrupt. */
+int shoal_dict_last(const shoal_dict_view *v, uint64_t *pos, const char **key, uint32_t *key_len,
                     const char **value, uint32_t *value_len);
 
 /* ---- writers (holding the caller's lock) --------------------------------------------- */
@@ -135,8 +153,8 @@ int shoal_dict_set2(const shoal_dict_view *v, uint64_t hash, const void *key, ui
                     const void *v1, uint32_t len1, const void *v2, uint32_t len2);
 /* Remove key: 1 removed, 0 absent, -1 a slot of its hash names no entry (corrupt). */
 int shoal_dict_delete(const shoal_dict_view *v, uint64_t hash, const void *key, uint32_t key_len);
-/* Copy every live entry of src into dst (freshly initialised): SHOAL_OK, FULL, or
- * SHOAL_BAD_LAYOUT when src reads as corrupt. */
+/* Copy every live entry of src into dst (freshly initialised), in insertion order (dst's
+ * positions compacted): SHOAL_OK, FULL, or SHOAL_BAD_LAYOUT when src reads as corrupt. */
 int shoal_dict_copy(const shoal_dict_view *src, const shoal_dict_view *dst);
 
 #endif

@@ -45,31 +45,55 @@ int shoal_dict_class(uint64_t key_len, uint64_t value_len) {
 
 static uint64_t block_size(int c) { return (uint64_t)SHOAL_DICT_MIN_BLOCK << c; }
 
+/* where the heap starts: after the header, the slots and the order */
+static uint64_t heap_start(uint64_t nslots) {
+    return SHOAL_DICT_HEADER_SIZE + nslots * (sizeof(shoal_dict_slot) + sizeof(uint32_t));
+}
+
 uint64_t shoal_dict_size_for(uint64_t nslots, uint64_t heap_bytes) {
-    return SHOAL_DICT_HEADER_SIZE + nslots * sizeof(shoal_dict_slot) + heap_bytes;
+    return heap_start(nslots) + heap_bytes;
 }
 
 static shoal_dict_slot *slots_of(const shoal_dict_view *v) {
     return (shoal_dict_slot *)((char *)v->d + SHOAL_DICT_HEADER_SIZE);
 }
 
+/* the order: the slot of each insertion position (a u32 each, after the slots) */
+static uint32_t *order_of(const shoal_dict_view *v) {
+    return (uint32_t *)((char *)v->d + SHOAL_DICT_HEADER_SIZE + v->nslots * sizeof(shoal_dict_slot));
+}
+
+/* the order words: relaxed, as the seqlock orders them for readers, and each writer's
+ * step that makes them count (a slot's publish) is a seq_cst store after them */
+static inline uint32_t ldo(const uint32_t *p) { return __atomic_load_n(p, RLX); }
+static inline void sto(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, RLX); }
+
+/* the position an entry (bounds-checked by entry_at: its 16-byte header is inside)
+ * records */
+static uint32_t entry_position(const shoal_dict_view *v, uint64_t off) {
+    uint32_t p;
+    memcpy(&p, (const char *)v->d + off + 12, 4);
+    return p;
+}
+
 static int geometry_ok(uint64_t size, uint64_t nslots) {
-    if (nslots < 8 || (nslots & (nslots - 1)) || nslots > ((uint64_t)1 << 40))
+    if (nslots < 8 || (nslots & (nslots - 1)) || nslots > SHOAL_DICT_MAX_SLOTS)
         return 0;
-    return size >= SHOAL_DICT_HEADER_SIZE + nslots * sizeof(shoal_dict_slot) + SHOAL_DICT_MIN_BLOCK;
+    return size >= heap_start(nslots) + SHOAL_DICT_MIN_BLOCK;
 }
 
 static void fill_view(shoal_dict_view *v, shoal_dict *d, uint64_t size, uint64_t nslots) {
     v->d = d;
     v->size = size;
     v->nslots = nslots;
-    v->heap = SHOAL_DICT_HEADER_SIZE + nslots * sizeof(shoal_dict_slot);
+    v->heap = heap_start(nslots);
 }
 
 shoal_status shoal_dict_init(shoal_dict_view *v, shoal_dict *d, uint64_t size, uint64_t nslots) {
     if (!geometry_ok(size, nslots))
         return SHOAL_BAD_LAYOUT;
-    uint64_t heap = SHOAL_DICT_HEADER_SIZE + nslots * sizeof(shoal_dict_slot);
+    uint64_t heap = heap_start(nslots);
+    /* (the order's words need no initialising: positions past order_top are unused) */
     d->layout_version = SHOAL_DICT_LAYOUT;
     d->total_size = size;
     d->nslots = nslots;
@@ -88,7 +112,7 @@ shoal_status shoal_dict_check(shoal_dict_view *v, shoal_dict *d, uint64_t mapped
     /* each geometry word read once: the checks and the view see the same values */
     uint64_t size = ldr(&d->total_size), n = ldr(&d->nslots), heap = ldr(&d->heap_offset);
     if (d->layout_version != SHOAL_DICT_LAYOUT || size > mapped || !geometry_ok(size, n) ||
-        heap != SHOAL_DICT_HEADER_SIZE + n * sizeof(shoal_dict_slot))
+        heap != heap_start(n))
         return SHOAL_BAD_LAYOUT;
     fill_view(v, d, size, n);
     return SHOAL_OK;
@@ -139,20 +163,95 @@ int shoal_dict_lookup(const shoal_dict_view *v, uint64_t hash, const void *key, 
     return 0;
 }
 
+/* The positions in use: order_top, bounded by the view (a stray write past it only
+ * makes iteration look at positions that name nothing). */
+static uint64_t order_top(const shoal_dict_view *v) {
+    uint64_t top = ldr(&v->d->order_top);
+    return top < v->nslots ? top : v->nslots;
+}
+
+/* The entry at position p, if one is there: 1 (filled in), 0 a hole or a stale
+ * position, -1 the slot it names holds no entry (corrupt, or a torn read). */
+static int entry_in_order(const shoal_dict_view *v, uint64_t p, uint64_t *slot, const char **key,
+                          uint32_t *key_len, const char **value, uint32_t *value_len) {
+    uint32_t s = ldo(&order_of(v)[p]);
+    if (s >= v->nslots) /* a hole (or a stray write: nothing to follow) */
+        return 0;
+    uint64_t off = __atomic_load_n(&slots_of(v)[s].entry, ACQ);
+    if (off == SHOAL_DICT_EMPTY || off == SHOAL_DICT_TOMBSTONE)
+        return 0; /* deleted, or a writer died before it published the slot */
+    if (!entry_at(v, off, key, key_len, value, value_len))
+        return -1;
+    if (entry_position(v, off) != p)
+        return 0; /* the slot holds another entry now */
+    *slot = s;
+    return 1;
+}
+
+/* How far ahead a walk in order fetches the slots: positions are read in sequence, but
+ * the slots they name are all over the table (its hash order). */
+#define ORDER_PREFETCH 16
+
 int shoal_dict_next(const shoal_dict_view *v, uint64_t *pos, const char **key, uint32_t *key_len,
                     const char **value, uint32_t *value_len) {
-    shoal_dict_slot *slots = slots_of(v);
-    for (uint64_t i = *pos; i < v->nslots; i++) {
-        uint64_t off = __atomic_load_n(&slots[i].entry, ACQ);
-        if (off == SHOAL_DICT_EMPTY || off == SHOAL_DICT_TOMBSTONE)
+    uint64_t top = order_top(v), slot;
+    const uint32_t *order = order_of(v);
+    const shoal_dict_slot *slots = slots_of(v);
+    for (uint64_t p = *pos; p < top; p++) {
+        if (p + ORDER_PREFETCH < top) {
+            uint32_t ahead = ldo(&order[p + ORDER_PREFETCH]);
+            if (ahead < v->nslots)
+                __builtin_prefetch(&slots[ahead]);
+        }
+        int r = entry_in_order(v, p, &slot, key, key_len, value, value_len);
+        if (r == 0)
             continue;
-        if (!entry_at(v, off, key, key_len, value, value_len))
+        if (r < 0)
             return -1;
-        *pos = i + 1;
+        *pos = p + 1;
         return 1;
     }
-    *pos = v->nslots;
+    *pos = top > *pos ? top : *pos;
     return 0;
+}
+
+int shoal_dict_last(const shoal_dict_view *v, uint64_t *pos, const char **key, uint32_t *key_len,
+                    const char **value, uint32_t *value_len) {
+    uint64_t slot;
+    for (uint64_t p = order_top(v); p-- > 0;) {
+        int r = entry_in_order(v, p, &slot, key, key_len, value, value_len);
+        if (r == 0)
+            continue;
+        if (r < 0)
+            return -1;
+        *pos = p;
+        return 1;
+    }
+    return 0;
+}
+
+/* Writer side, inside the write bracket: move the live entries' positions down over
+ * the holes, keeping their order; the positions in use afterwards.  Each move records
+ * the slot at the new position before the entry names it, so a writer killed midway
+ * leaves every entry at exactly one position that names it back (the new or the old),
+ * and what lies past the new top is stale. */
+static uint64_t order_compact(const shoal_dict_view *v) {
+    uint32_t *order = order_of(v);
+    uint64_t top = order_top(v), to = 0, slot;
+    for (uint64_t p = 0; p < top; p++) {
+        const char *k, *val;
+        uint32_t kl, vl;
+        if (entry_in_order(v, p, &slot, &k, &kl, &val, &vl) != 1)
+            continue;
+        if (to != p) {
+            sto(&order[to], (uint32_t)slot);
+            uint64_t off = ld64(&slots_of(v)[slot].entry);
+            __atomic_store_n((uint32_t *)((char *)v->d + off + 12), (uint32_t)to, __ATOMIC_RELEASE);
+        }
+        to++;
+    }
+    st64(&v->d->order_top, to);
+    return to;
 }
 
 void shoal_dict_write_begin(shoal_dict *d) {
@@ -253,29 +352,50 @@ int shoal_dict_set2(const shoal_dict_view *v, uint64_t hash, const void *key, ui
     if (found < 0)
         return SHOAL_BAD_LAYOUT;
     shoal_dict_slot *slots = slots_of(v);
-    uint64_t n = v->nslots;
-    if (!found) {
+    uint32_t *order = order_of(v);
+    uint64_t n = v->nslots, pos = n;
+    if (found) {
+        /* an overwrite keeps its position (one past the slots is a stray write's: the
+         * entry takes a new one; the order is not read here, to keep sets to the lines
+         * they touched before) */
+        uint64_t p = entry_position(v, ld64(&slots[slot].entry));
+        if (p < n)
+            pos = p;
+    } else {
         if (slot >= n)
             return SHOAL_DICT_FULL;
         int reuse = ld64(&slots[slot].entry) == SHOAL_DICT_TOMBSTONE;
         if (!reuse && (d->count + d->tombstones + 1) * 16 > n * SHOAL_DICT_MAX_LOAD16)
             return SHOAL_DICT_FULL;
     }
+    int fresh = pos == n;
+    if (fresh) {
+        pos = ldr(&d->order_top);
+        if (pos >= n)
+            pos = order_compact(v); /* the positions ran out: close the holes */
+        if (pos >= n)
+            return SHOAL_DICT_FULL;
+    }
     uint64_t off = block_alloc(v, c);
     if (!off)
         return SHOAL_DICT_FULL;
     char *e = (char *)d + off;
-    uint32_t kl = key_len, vl = (uint32_t)value_len, cls = (uint32_t)c, zero = 0;
+    uint32_t kl = key_len, vl = (uint32_t)value_len, cls = (uint32_t)c, p32 = (uint32_t)pos;
     memcpy(e, &kl, 4);
     memcpy(e + 4, &vl, 4);
     memcpy(e + 8, &cls, 4);
-    memcpy(e + 12, &zero, 4);
+    memcpy(e + 12, &p32, 4);
     memcpy(e + SHOAL_DICT_ENTRY_HEADER, key, key_len);
     if (len1)
         memcpy(e + SHOAL_DICT_ENTRY_HEADER + key_len, v1, len1);
     if (len2)
         memcpy(e + SHOAL_DICT_ENTRY_HEADER + key_len + len1, v2, len2);
     st64(&d->bytes_live, ld64(&d->bytes_live) + block_size(c));
+    if (fresh) {
+        /* the position first: until the slot is published it names nothing live */
+        sto(&order[pos], (uint32_t)slot);
+        __atomic_store_n(&d->order_top, pos + 1, RLX);
+    }
     if (found) {
         uint64_t old = ld64(&slots[slot].entry);
         st64(&slots[slot].entry, off); /* the publish */
@@ -303,25 +423,63 @@ int shoal_dict_delete(const shoal_dict_view *v, uint64_t hash, const void *key, 
     if (found <= 0)
         return found;
     shoal_dict_slot *slots = slots_of(v);
-    uint64_t old = ld64(&slots[slot].entry);
+    uint32_t *order = order_of(v);
+    uint64_t old = ld64(&slots[slot].entry), p = entry_position(v, old), top = order_top(v);
     st64(&slots[slot].entry, SHOAL_DICT_TOMBSTONE); /* the change */
     st64(&d->tombstones, ld64(&d->tombstones) + 1);
     st64(&d->count, ld64(&d->count) - 1);
+    if (p < top && ldo(&order[p]) == slot) {
+        sto(&order[p], SHOAL_DICT_HOLE);
+        if (p + 1 == top) {
+            /* the last position: hand it (and the holes before it) out again, so
+             * that popitem() and set/delete churn at the end use no positions up */
+            while (p > 0 && ldo(&order[p - 1]) == SHOAL_DICT_HOLE)
+                p--;
+            __atomic_store_n(&d->order_top, p, RLX);
+        }
+    }
     block_free(v, old);
     return 1;
 }
 
 int shoal_dict_copy(const shoal_dict_view *src, const shoal_dict_view *dst) {
-    uint64_t pos = 0;
+    uint64_t pos = 0, copied = 0;
     const char *k, *val;
     uint32_t kl, vl;
     int r;
     while ((r = shoal_dict_next(src, &pos, &k, &kl, &val, &vl)) == 1) {
         /* a dead writer may have left two slots naming one key (never: a key is
-         * published in one slot only), so a plain set is right */
+         * published in one slot only), and the order names each live slot once at
+         * most, so a plain set is right */
         int st = shoal_dict_set(dst, shoal_dict_hash(k, kl), k, kl, val, vl);
         if (st != SHOAL_OK)
             return st;
+        copied++;
     }
-    return r == 0 ? SHOAL_OK : SHOAL_BAD_LAYOUT;
+    if (r != 0)
+        return SHOAL_BAD_LAYOUT;
+    /* The slots are the truth: a live entry that the order does not name (only a
+     * stray write into the order leaves one) is kept, last. */
+    shoal_dict_slot *slots = slots_of(src);
+    uint64_t live = 0;
+    for (uint64_t i = 0; i < src->nslots; i++)
+        live += ld64(&slots[i].entry) > SHOAL_DICT_TOMBSTONE;
+    if (live == copied)
+        return SHOAL_OK;
+    for (uint64_t i = 0; i < src->nslots; i++) {
+        uint64_t off = ld64(&slots[i].entry);
+        if (off <= SHOAL_DICT_TOMBSTONE)
+            continue;
+        if (!entry_at(src, off, &k, &kl, &val, &vl))
+            return SHOAL_BAD_LAYOUT;
+        uint64_t h = shoal_dict_hash(k, kl);
+        const char *there;
+        uint32_t there_len;
+        if (shoal_dict_lookup(dst, h, k, kl, &there, &there_len) == 1)
+            continue;
+        int st = shoal_dict_set(dst, h, k, kl, val, vl);
+        if (st != SHOAL_OK)
+            return st;
+    }
+    return SHOAL_OK;
 }

@@ -108,6 +108,154 @@ TEST(dict_churn_reuses_blocks) {
     CHECK(d->heap_top - d->heap_offset <= 2 * 100 * 64 + 64 * 4);
 }
 
+/* the keys in iteration order, joined by ',' into buf */
+static const char *order(const shoal_dict_view *t, char *buf, size_t cap) {
+    uint64_t pos = 0;
+    const char *k, *v;
+    uint32_t kl, vl;
+    size_t used = 0;
+    buf[0] = 0;
+    int r;
+    while ((r = shoal_dict_next(t, &pos, &k, &kl, &v, &vl)) == 1) {
+        CHECK(used + kl + 2 < cap);
+        if (used)
+            buf[used++] = ',';
+        memcpy(buf + used, k, kl);
+        used += kl;
+        buf[used] = 0;
+    }
+    CHECK_EQ(r, 0);
+    return buf;
+}
+
+TEST(dict_iterates_in_insertion_order) {
+    shoal_dict_view t;
+    shoal_dict *d = new_table(64, 8192, &t);
+    char buf[512];
+    const char *keys[] = {"zebra", "apple", "m", "b", "kiwi"};
+    for (int i = 0; i < 5; i++)
+        CHECK_EQ(put(&t, keys[i], "v"), SHOAL_OK);
+    CHECK(strcmp(order(&t, buf, sizeof buf), "zebra,apple,m,b,kiwi") == 0);
+    CHECK_EQ(put(&t, "apple", "an overwrite keeps its place, in a bigger block"), SHOAL_OK);
+    CHECK_EQ(del(&t, "m"), 1);
+    CHECK_EQ(put(&t, "zebra", "z"), SHOAL_OK);
+    CHECK_EQ(put(&t, "m", "back, last"), SHOAL_OK);
+    CHECK(strcmp(order(&t, buf, sizeof buf), "zebra,apple,b,kiwi,m") == 0);
+    /* the last one, and deleting at the end hands its position out again */
+    uint64_t pos, top = d->order_top;
+    const char *k, *v;
+    uint32_t kl, vl;
+    CHECK_EQ(shoal_dict_last(&t, &pos, &k, &kl, &v, &vl), 1);
+    CHECK(kl == 1 && k[0] == 'm' && pos == top - 1);
+    CHECK_EQ(del(&t, "m"), 1);
+    CHECK_EQ(del(&t, "kiwi"), 1);
+    CHECK_EQ(d->order_top, top - 2); /* (the hole m left before b stays) */
+    CHECK_EQ(shoal_dict_last(&t, &pos, &k, &kl, &v, &vl), 1);
+    CHECK(kl == 1 && k[0] == 'b');
+    /* copied in order, positions compacted */
+    shoal_dict_view big;
+    new_table(256, 1 << 16, &big);
+    CHECK_ST(shoal_dict_copy(&t, &big), SHOAL_OK);
+    CHECK(strcmp(order(&big, buf, sizeof buf), "zebra,apple,b") == 0);
+    CHECK_EQ(big.d->order_top, 3);
+}
+
+TEST(dict_positions_are_compacted_when_they_run_out) {
+    shoal_dict_view t;
+    shoal_dict *d = new_table(64, 1 << 16, &t);
+    char buf[512], key[16], want[512];
+    CHECK_EQ(put(&t, "first", "v"), SHOAL_OK);
+    CHECK_EQ(put(&t, "second", "v"), SHOAL_OK);
+    /* a queue's churn over 20 keys: each insert goes last (and reuses its key's
+     * tombstone), each delete leaves a hole at the front: positions run out many times */
+    for (int i = 0; i < 2000; i++) {
+        snprintf(key, sizeof key, "q%d", i % 20);
+        CHECK_EQ(put(&t, key, "v"), SHOAL_OK);
+        if (i >= 10) {
+            snprintf(key, sizeof key, "q%d", (i - 10) % 20);
+            CHECK_EQ(del(&t, key), 1);
+        }
+        CHECK(d->order_top <= 64);
+    }
+    CHECK_EQ(put(&t, "second", "overwritten"), SHOAL_OK);
+    strcpy(want, "first,second");
+    for (int i = 1990; i < 2000; i++)
+        sprintf(want + strlen(want), ",q%d", i % 20);
+    CHECK(strcmp(order(&t, buf, sizeof buf), want) == 0);
+}
+
+TEST(dict_stale_positions_are_skipped_and_copy_keeps_every_entry) {
+    shoal_dict_view t;
+    shoal_dict *d = new_table(64, 8192, &t);
+    char buf[512];
+    CHECK_EQ(put(&t, "a", "1"), SHOAL_OK);
+    CHECK_EQ(put(&t, "b", "2"), SHOAL_OK);
+    CHECK_EQ(put(&t, "c", "3"), SHOAL_OK);
+    uint32_t *ord = (uint32_t *)((char *)d + SHOAL_DICT_HEADER_SIZE + 64 * sizeof(shoal_dict_slot));
+    /* a writer that died after recording a position, before publishing its slot: the
+     * position names a slot that is empty, or holds another entry */
+    ord[3] = 0;
+    ord[4] = ord[0];
+    ord[5] = 1u << 30;
+    d->order_top = 6;
+    CHECK(strcmp(order(&t, buf, sizeof buf), "a,b,c") == 0);
+    /* a stray write into the order: "b" is named nowhere, yet a rebuild keeps it */
+    ord[1] = SHOAL_DICT_HOLE;
+    CHECK(strcmp(order(&t, buf, sizeof buf), "a,c") == 0);
+    shoal_dict_view big;
+    new_table(64, 8192, &big);
+    CHECK_ST(shoal_dict_copy(&t, &big), SHOAL_OK);
+    CHECK(strcmp(order(&big, buf, sizeof buf), "a,c,b") == 0);
+    /* an order top past the slots is bounded by the view */
+    d->order_top = (uint64_t)1 << 60;
+    CHECK(strcmp(order(&t, buf, sizeof buf), "a,c") == 0);
+    CHECK_EQ(put(&t, "d", "4"), SHOAL_OK); /* the positions "ran out": compacted */
+    CHECK(strcmp(order(&t, buf, sizeof buf), "a,c,d") == 0);
+}
+
+/* the slot holding key (which must be there) */
+static uint32_t slot_of(const shoal_dict_view *t, const char *key) {
+    shoal_dict_slot *slots = (shoal_dict_slot *)((char *)t->d + SHOAL_DICT_HEADER_SIZE);
+    uint64_t mask = t->nslots - 1, i = shoal_dict_hash(key, strlen(key)) & mask;
+    for (;; i = (i + 1) & mask) {
+        uint64_t off = slots[i].entry;
+        if (off > SHOAL_DICT_TOMBSTONE && !memcmp((char *)t->d + off + 16, key, strlen(key)))
+            return (uint32_t)i;
+        CHECK(off != SHOAL_DICT_EMPTY);
+    }
+}
+
+TEST(dict_compaction_killed_midway_leaves_every_entry_once) {
+    shoal_dict_view t;
+    shoal_dict *d = new_table(64, 8192, &t);
+    char buf[512];
+    CHECK_EQ(put(&t, "a", "1"), SHOAL_OK);
+    CHECK_EQ(put(&t, "b", "2"), SHOAL_OK);
+    CHECK_EQ(put(&t, "c", "3"), SHOAL_OK);
+    CHECK_EQ(put(&t, "d", "4"), SHOAL_OK);
+    CHECK_EQ(del(&t, "b"), 1); /* a hole at position 1 */
+    uint32_t *ord = (uint32_t *)((char *)d + SHOAL_DICT_HEADER_SIZE + 64 * sizeof(shoal_dict_slot));
+    shoal_dict_slot *slots = (shoal_dict_slot *)((char *)d + SHOAL_DICT_HEADER_SIZE);
+    uint32_t c = slot_of(&t, "c");
+    uint32_t *c_pos = (uint32_t *)((char *)d + slots[c].entry + 12);
+    CHECK_EQ(*c_pos, 2);
+    /* the compaction's first step for "c": its slot at the new position */
+    ord[1] = c;
+    CHECK(strcmp(order(&t, buf, sizeof buf), "a,c,d") == 0);
+    /* its second: the entry names the new position (the old one is stale now) */
+    *c_pos = 1;
+    CHECK(strcmp(order(&t, buf, sizeof buf), "a,c,d") == 0);
+    /* a rebuild from there, and the next writer's compaction, keep the order */
+    shoal_dict_view fresh;
+    new_table(64, 8192, &fresh);
+    CHECK_ST(shoal_dict_copy(&t, &fresh), SHOAL_OK);
+    CHECK(strcmp(order(&fresh, buf, sizeof buf), "a,c,d") == 0);
+    d->order_top = 64; /* out of positions: the next insert compacts */
+    CHECK_EQ(put(&t, "e", "5"), SHOAL_OK);
+    CHECK(strcmp(order(&t, buf, sizeof buf), "a,c,d,e") == 0);
+    CHECK_EQ(d->order_top, 4);
+}
+
 TEST(dict_lookup_survives_garbage) {
     shoal_dict_view t;
     shoal_dict *d = new_table(64, 4096, &t);

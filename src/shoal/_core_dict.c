@@ -96,7 +96,6 @@ typedef struct {
     shoal_dict *table; /* NULL until the first operation binds the current table */
     shoal_dict_view tv; /* its geometry, checked when it was bound (shoal_dict.h) */
     uint64_t generation; /* of the bound table */
-    uint64_t pop_hint;
 } DictObject;
 
 #define ROOT(self) ((dict_root *)((ViewObject *)(self))->addr)
@@ -153,7 +152,6 @@ static PyObject *dict_bind_table(DictObject *self, PyObject *args) {
     self->table = d;
     self->tv = tv;
     self->generation = generation;
-    self->pop_hint = 0;
     Py_RETURN_NONE;
 }
 
@@ -823,19 +821,14 @@ static PyObject *dict_popitem(DictObject *self, PyObject *Py_UNUSED(ignored)) {
     shoal_dict *d = self->table;
     const char *kp, *vp;
     uint32_t kl, vl;
-    uint64_t pos = self->pop_hint < self->tv.nslots ? self->pop_hint : 0;
-    int r = shoal_dict_next(&self->tv, &pos, &kp, &kl, &vp, &vl);
-    if (r == 0 && self->pop_hint) {
-        pos = 0;
-        r = shoal_dict_next(&self->tv, &pos, &kp, &kl, &vp, &vl);
-    }
+    uint64_t pos;
+    int r = shoal_dict_last(&self->tv, &pos, &kp, &kl, &vp, &vl); /* LIFO, as dict's */
     PyObject *key = NULL, *value = NULL;
     int kpend = 0, vpend = 0;
     if (r == 1) {
         key = dec_raw(kp, kl, &kpend);
         value = key ? dec_raw(vp, vl, &vpend) : NULL;
         if (value) {
-            self->pop_hint = pos - 1;
             shoal_dict_write_begin(d);
             shoal_dict_delete(&self->tv, shoal_dict_hash(kp, kl), kp, kl);
             shoal_dict_write_end(d);
@@ -1242,7 +1235,8 @@ static PyMethodDef dict_methods[] = {
     {"pop", (PyCFunction)(void (*)(void))dict_pop, METH_FASTCALL,
      "pop(key[, default]): remove key and return its value (atomically)."},
     {"popitem", (PyCFunction)dict_popitem, METH_NOARGS,
-     "popitem() -> (key, value): remove and return some item (KeyError when empty)."},
+     "popitem() -> (key, value): remove and return the item inserted last (KeyError when "
+     "empty)."},
     {NULL},
 };
 

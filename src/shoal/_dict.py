@@ -10,6 +10,9 @@ Design (details in docs/design.md, "SharedDict")::
     +--------------------------------------------+       | heap: entries, size classes |
                                                          +-----------------------------+
 
+* Order: entries keep the order of insertion, as a dict's (#11): the table ranks them
+  by position (native/include/shoal_dict.h, "Insertion order"); an overwrite keeps its
+  place, a key deleted and set again goes last, ``popitem()`` takes the last.
 * Keys and values are stored as bytes: exact None/bool/int (64-bit)/float/str/bytes, and
   tuples of them, by a small C codec; everything else is pickled (protocol 5).  Keys
   compare by those bytes, so ``1``, ``1.0`` and ``True`` are three different keys here
@@ -48,7 +51,9 @@ Consistency: each single operation (get, set, delete, ``in``, ``pop``, ``popitem
 ``incr``, ``get_or_set``/``setdefault``) is atomic.  ``keys()``, ``values()``,
 ``items()``, iteration and ``copy()`` return a consistent snapshot (a list, as
 ``Manager().dict()`` does), taken without the lock unless writers keep interrupting
-it.  ``update()`` is a series of atomic sets, not one atomic step.
+it.  ``update()`` is a series of atomic sets, not one atomic step.  Iteration goes over
+the snapshot taken when it starts, so it never raises ``RuntimeError`` for a change
+made meanwhile (a dict does; here any process may write at any time).
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ from __future__ import annotations
 import errno
 import os
 import pickle
-from collections.abc import Iterable, Iterator, MutableMapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,6 +212,24 @@ class DictStatistics:
     tables_made: int
 
 
+# the shared objects whose repr this thread is making: one stored in itself is read back
+# as a new handle, so the identity check that a dict's repr makes cannot see the loop
+_reprs = threading.local()
+
+
+def _recursive_repr(key: Any, fill: str, make: Callable[[], str]) -> str:
+    """``make()``, or ``fill`` when the repr of the object named ``key`` is already
+    being made in this thread (``{...}``/``[...]``, as a dict or list prints itself)."""
+    running = _reprs.__dict__.setdefault("keys", set())
+    if key in running:
+        return fill
+    running.add(key)
+    try:
+        return make()
+    finally:
+        running.discard(key)
+
+
 def _zero_chunks(size: int) -> list[bytes]:
     full, rest = divmod(size, len(_ZEROS))
     return [_ZEROS] * full + ([bytes(rest)] if rest else [])
@@ -328,7 +352,8 @@ class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc
     Single operations are atomic; ``keys()``/``values()``/``items()`` and iteration
     return consistent snapshots (lists).  It grows by itself and reuses the memory of
     deleted entries.  Atomic helpers: :meth:`incr` and :meth:`get_or_set`.
-    Iteration order is the table's, not the order of insertion.
+    It keeps insertion order, as a dict does (in every process), and prints as a dict:
+    ``repr()`` and ``str()`` are those of a dict with its items.
     """
 
     _PAYLOAD_SIZE = _ROOT_PAYLOAD
@@ -444,8 +469,16 @@ class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc
     # ---- the mapping API (the hot paths are C: _core.Dict) ------------------------------
 
     def __iter__(self) -> Iterator[Any]:
-        """Iterate over a snapshot of the keys."""
+        """Iterate over a snapshot of the keys, in insertion order.
+
+        The snapshot is taken now: changes made meanwhile (by any process) are not seen
+        and never make the iteration fail, unlike a dict's ``RuntimeError``.
+        """
         return iter(self._snapshot(0))
+
+    def __reversed__(self) -> Iterator[Any]:
+        """Iterate over a snapshot of the keys, the last inserted first."""
+        return reversed(self._snapshot(0))
 
     def keys(self) -> list[Any]:  # type: ignore[override]
         """A consistent snapshot of the keys (a list, as ``Manager().dict()`` returns)."""
@@ -504,12 +537,14 @@ class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc
     __hash__ = object.__hash__
 
     def __repr__(self) -> str:
+        """The repr of a dict with these items (as ``str(Manager().dict())`` prints)."""
         if self.closed:
             return "<shoal.SharedDict closed>"
-        items = self._snapshot(2)
-        shown = ", ".join(f"{k!r}: {v!r}" for k, v in items[:20])
-        more = f", ... ({len(items)} items)" if len(items) > 20 else ""
-        return f"SharedDict({{{shown}{more}}})"
+
+        def make() -> str:
+            return "{" + ", ".join(f"{k!r}: {v!r}" for k, v in self._snapshot(2)) + "}"
+
+        return _recursive_repr(("dict", self._segment.name, self._header_offset), "{...}", make)
 
     def statistics(self) -> DictStatistics:
         """A snapshot of the table's occupancy (items, slots, heap bytes, tables made)."""

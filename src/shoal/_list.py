@@ -3,9 +3,16 @@
 Built on :class:`~shoal.SharedDict`: item ``i`` is stored under the int key ``i`` and
 the length under the key ``None``, and every operation runs under one recursive shoal
 lock (so an ``append`` from one process and an ``insert`` from another never
-interleave, and reads never see a half-shifted list).  That makes each operation,
-slicing and iteration (a snapshot) atomic, at the cost of reads taking the lock too:
-still a memory operation, not a round trip to a server process.
+interleave, and reads never see a half-shifted list).  That makes each operation and
+slicing atomic, at the cost of reads taking the lock too: still a memory operation, not
+a round trip to a server process.  Iteration is a list's (#11): index-based and live,
+each step one atomic read of the item at the next index (so it sees later items change,
+and stops once the index passes the current length), as ``Manager().list()``'s, which
+iterates by ``__getitem__``.
+
+The API is ``list``'s, results and exceptions included (``tests/test_list_compat.py``
+runs every operation on both); ``+``/``*`` return plain lists, ``+=``/``*=`` change the
+shared list in place.
 
 Crashes: ``append``, ``extend``, ``x[i] = v`` and ``pop()`` from the end store the
 items first and the new length last, so a process killed in the middle leaves the
@@ -17,10 +24,11 @@ owner silently).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Iterator, MutableSequence
 from typing import Any, SupportsIndex
 
-from ._dict import SharedDict
+from ._dict import SharedDict, _recursive_repr
 from ._errors import ClosedError
 from ._sync import RLock
 
@@ -40,12 +48,14 @@ class SharedList(MutableSequence[Any]):
     """A ``list`` in shared memory, used by many processes at once with no server.
 
     ``SharedList(iterable=(), /)``.  Items are any picklable objects (None, bool, int,
-    float, str, bytes and tuples of them skip pickle).  Supports indexing and slicing
-    (reading, assigning, deleting), ``len``, ``append``, ``extend``, ``insert``,
-    ``pop``, ``remove``, ``index``, ``count``, ``in``, iteration (over a snapshot),
-    ``reverse``, ``sort``, ``clear``, ``copy()`` (a plain list), ``+=``, ``==`` with
-    lists.  Each operation is atomic.  It pickles as a handle (``Pool`` tasks, queues,
-    later processes); :meth:`close` releases this process's handle.
+    float, str, bytes and tuples of them skip pickle).  Everything a ``list`` has, with
+    its results and errors: indexing and slicing (reading, assigning, deleting, steps,
+    negative indices), ``len``, ``append``, ``extend``, ``insert``, ``pop``,
+    ``remove``, ``index``, ``count``, ``in``, iteration and ``reversed()`` (live, as a
+    list's), ``reverse``, ``sort``, ``clear``, ``copy()`` (a plain list), ``+`` and
+    ``*`` (plain lists), ``+=`` and ``*=`` (in place), comparisons with lists.  It prints
+    as a list.  Each operation is atomic.  It pickles as a handle (``Pool`` tasks,
+    queues, later processes); :meth:`close` releases this process's handle.
     """
 
     _items: SharedDict
@@ -112,7 +122,7 @@ class SharedList(MutableSequence[Any]):
             n = self._items[_LEN]
             if isinstance(index, slice):
                 return [self._items[i] for i in range(n)[index]]
-            i = _position(index, n)
+            i = _position(index, n, "list index out of range")
             return self._items[i]
         finally:
             self._lock.release()
@@ -126,7 +136,7 @@ class SharedList(MutableSequence[Any]):
                 new[index] = value  # list semantics, errors included
                 self._rewrite(new, n)
                 return
-            self._items[_position(index, n)] = value
+            self._items[_position(index, n, _ASSIGNMENT_RANGE)] = value
         finally:
             self._lock.release()
 
@@ -139,7 +149,7 @@ class SharedList(MutableSequence[Any]):
                 del new[index]
                 self._rewrite(new, n)
                 return
-            self._remove_at(_position(index, n), n)
+            self._remove_at(_position(index, n, _ASSIGNMENT_RANGE), n)
         finally:
             self._lock.release()
 
@@ -156,7 +166,7 @@ class SharedList(MutableSequence[Any]):
         try:
             items = self._items
             n = items[_LEN]
-            i = index.__index__()
+            i = operator.index(index)
             i = min(max(i + n if i < 0 else i, 0), n)  # clamped, as list.insert
             for j in range(n, i, -1):
                 items[j] = items[j - 1]
@@ -191,12 +201,13 @@ class SharedList(MutableSequence[Any]):
 
     def pop(self, index: SupportsIndex = -1) -> Any:
         """Remove and return the item at ``index`` (the last by default)."""
+        index = operator.index(index)
         self._acquire()
         try:
             n = self._items[_LEN]
             if n == 0:
-                raise IndexError("pop from empty SharedList")
-            i = _position(index, n)
+                raise IndexError("pop from empty list")
+            i = _position(index, n, "pop index out of range")
             value = self._items[i]
             self._remove_at(i, n)
             return value
@@ -221,11 +232,22 @@ class SharedList(MutableSequence[Any]):
             self._lock.release()
 
     def __iter__(self) -> Iterator[Any]:
-        """Iterate over a snapshot."""
-        return iter(self.copy())
+        """Iterate as a list does: by index, reading each item when it is reached."""
+        return _Iterator(self, 0, 1)
 
     def __reversed__(self) -> Iterator[Any]:
-        return reversed(self.copy())
+        """Iterate from the last item to the first, by index (as ``reversed(list)``)."""
+        return _Iterator(self, len(self) - 1, -1)
+
+    def _item_at(self, i: int) -> tuple[bool, Any]:
+        """(True, item i) if the list has an item ``i`` now, else (False, None)."""
+        self._acquire()
+        try:
+            if 0 <= i < self._items[_LEN]:
+                return True, self._items[i]
+            return False, None
+        finally:
+            self._lock.release()
 
     def __contains__(self, value: object) -> bool:
         return value in self.copy()
@@ -244,7 +266,14 @@ class SharedList(MutableSequence[Any]):
         self._acquire()
         try:
             n = self._items[_LEN]
-            self._remove_at(self._snapshot().index(value), n)
+            # (as list.remove compares: identity first, and what == raises propagates)
+            at = next(
+                (i for i, item in enumerate(self._snapshot()) if item is value or item == value),
+                None,
+            )
+            if at is None:
+                raise ValueError("list.remove(x): x not in list")
+            self._remove_at(at, n)
         finally:
             self._lock.release()
 
@@ -252,16 +281,21 @@ class SharedList(MutableSequence[Any]):
         """Reverse the items in place."""
         self._reorder(lambda items: items.reverse())
 
-    def sort(self, *, key: Any = None, reverse: bool = False) -> None:
-        """Sort the items in place, as ``list.sort``."""
+    def sort(self, *args: Any, key: Any = None, reverse: bool = False) -> None:
+        """Sort the items in place, as ``list.sort`` (stable; keyword arguments only)."""
+        if args:
+            raise TypeError("sort() takes no positional arguments")
         self._reorder(lambda items: items.sort(key=key, reverse=reverse))
 
     def _reorder(self, how: Any) -> None:
         self._acquire()
         try:
             items = self._snapshot()
-            how(items)
-            self._rewrite(items, len(items))
+            try:
+                how(items)
+            finally:
+                # a sort that raised leaves the items as list.sort leaves them
+                self._rewrite(items, len(items))
         finally:
             self._lock.release()
 
@@ -269,8 +303,37 @@ class SharedList(MutableSequence[Any]):
         self.extend(values)
         return self
 
+    def __imul__(self, times: Any) -> SharedList:
+        """Repeat the items in place ``times`` times (0 or less: empty), atomically."""
+        count = _repeat_count(times)
+        self._acquire()
+        try:
+            items = self._snapshot()
+            n = len(items)
+            if count <= 0:
+                self._rewrite([], n)
+            elif count > 1 and n:
+                for i, value in enumerate(items * (count - 1), n):
+                    self._items[i] = value
+                self._items[_LEN] = n * count  # last, as extend
+        finally:
+            self._lock.release()
+        return self
+
+    def __mul__(self, times: Any) -> list[Any]:
+        return self.copy() * _repeat_count(times)
+
+    __rmul__ = __mul__
+
     def __add__(self, other: Any) -> list[Any]:
-        return self.copy() + list(other)
+        if isinstance(other, SharedList):
+            other = other.copy()
+        return self.copy() + other  # (a list's error for what is not a list)
+
+    def __radd__(self, other: Any) -> list[Any]:
+        if not isinstance(other, list):
+            return NotImplemented
+        return other + self.copy()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, SharedList):
@@ -279,19 +342,89 @@ class SharedList(MutableSequence[Any]):
             return self.copy() == other
         return NotImplemented
 
+    def _compared(self, other: object) -> list[Any] | None:
+        if isinstance(other, SharedList):
+            return other.copy()
+        return other if isinstance(other, list) else None
+
+    def __lt__(self, other: object) -> bool:
+        theirs = self._compared(other)
+        return NotImplemented if theirs is None else self.copy() < theirs
+
+    def __le__(self, other: object) -> bool:
+        theirs = self._compared(other)
+        return NotImplemented if theirs is None else self.copy() <= theirs
+
+    def __gt__(self, other: object) -> bool:
+        theirs = self._compared(other)
+        return NotImplemented if theirs is None else self.copy() > theirs
+
+    def __ge__(self, other: object) -> bool:
+        theirs = self._compared(other)
+        return NotImplemented if theirs is None else self.copy() >= theirs
+
     __hash__ = object.__hash__  # by identity, like Manager proxies
 
     def __repr__(self) -> str:
+        """The repr of a list with these items (as ``str(Manager().list())`` prints)."""
         if self.closed:
             return "<shoal.SharedList closed>"
-        return f"SharedList({self.copy()!r})"
+        key = ("list", self._items._segment.name, self._items._header_offset)
+        return _recursive_repr(key, "[...]", lambda: repr(self.copy()))
 
 
-def _position(index: Any, n: int) -> int:
-    """A list index (int-like, negative from the end) as a position, or IndexError."""
-    i = index.__index__() if not isinstance(index, int) else index
+class _Iterator(Iterator[Any]):
+    """A list iterator over a SharedList: the item at the next index, read when asked."""
+
+    __slots__ = ("_list", "_next", "_step")
+
+    def __init__(self, shared: SharedList, start: int, step: int) -> None:
+        self._list: SharedList | None = shared
+        self._next = start
+        self._step = step
+
+    def __iter__(self) -> _Iterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self._list is not None:
+            there, value = self._list._item_at(self._next)
+            if there:
+                self._next += self._step
+                return value
+            self._list = None  # exhausted stays exhausted, as a list iterator
+        raise StopIteration
+
+    def __length_hint__(self) -> int:
+        if self._list is None:
+            return 0
+        if self._step < 0:
+            return max(self._next + 1, 0)
+        return max(len(self._list) - self._next, 0)
+
+
+_ASSIGNMENT_RANGE = "list assignment index out of range"
+
+
+def _position(index: Any, n: int, out_of_range: str) -> int:
+    """A list index (int-like, negative from the end) as a position, or list's error."""
+    try:
+        i = operator.index(index)
+    except TypeError:
+        raise TypeError(
+            f"list indices must be integers or slices, not {type(index).__name__}"
+        ) from None
     if i < 0:
         i += n
     if not 0 <= i < n:
-        raise IndexError("SharedList index out of range")
+        raise IndexError(out_of_range)
     return i
+
+
+def _repeat_count(times: Any) -> int:
+    try:
+        return operator.index(times)
+    except TypeError:
+        raise TypeError(
+            f"can't multiply sequence by non-int of type '{type(times).__name__}'"
+        ) from None
