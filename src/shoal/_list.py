@@ -18,13 +18,15 @@ owner silently).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, MutableSequence
-from typing import Any, SupportsIndex
+from typing import Any, SupportsIndex, TypeVar, overload
 
 from ._dict import SharedDict
 from ._errors import ClosedError
 from ._sync import RLock
 
 __all__ = ["SharedList"]
+
+_T = TypeVar("_T")
 
 _LEN = None  # the key of the length (items are under int keys)
 _LOCK_TIMEOUT = 30.0
@@ -36,7 +38,7 @@ def _rebuild_list(items: SharedDict, lock: RLock) -> SharedList:
     return obj
 
 
-class SharedList(MutableSequence[Any]):
+class SharedList(MutableSequence[_T]):
     """A ``list`` in shared memory, used by many processes at once with no server.
 
     ``SharedList(iterable=(), /)``.  Items are any picklable objects (None, bool, int,
@@ -51,7 +53,7 @@ class SharedList(MutableSequence[Any]):
     _items: SharedDict
     _lock: RLock
 
-    def __init__(self, iterable: Iterable[Any] = (), /) -> None:
+    def __init__(self, iterable: Iterable[_T] = (), /) -> None:
         self._items = SharedDict()
         try:
             self._lock = RLock._internal()
@@ -106,6 +108,10 @@ class SharedList(MutableSequence[Any]):
     def __len__(self) -> int:
         return self._items[_LEN]
 
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> _T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[_T]: ...
     def __getitem__(self, index: Any) -> Any:
         self._acquire()
         try:
@@ -117,6 +123,10 @@ class SharedList(MutableSequence[Any]):
         finally:
             self._lock.release()
 
+    @overload
+    def __setitem__(self, index: SupportsIndex, value: _T) -> None: ...
+    @overload
+    def __setitem__(self, index: slice, value: Iterable[_T]) -> None: ...
     def __setitem__(self, index: Any, value: Any) -> None:
         self._acquire()
         try:
@@ -150,7 +160,7 @@ class SharedList(MutableSequence[Any]):
         items[_LEN] = n - 1
         items.pop(n - 1, None)
 
-    def insert(self, index: SupportsIndex, value: Any) -> None:
+    def insert(self, index: SupportsIndex, value: _T) -> None:
         """Insert ``value`` before position ``index`` (clamped, as ``list.insert``)."""
         self._acquire()
         try:
@@ -165,7 +175,7 @@ class SharedList(MutableSequence[Any]):
         finally:
             self._lock.release()
 
-    def append(self, value: Any) -> None:
+    def append(self, value: _T) -> None:
         """Append ``value`` (atomically: concurrent appends all land, in some order)."""
         self._acquire()
         try:
@@ -175,7 +185,7 @@ class SharedList(MutableSequence[Any]):
         finally:
             self._lock.release()
 
-    def extend(self, values: Iterable[Any]) -> None:
+    def extend(self, values: Iterable[_T]) -> None:
         """Append every item of ``values``, as one atomic step."""
         if values is self:
             values = self.copy()
@@ -189,7 +199,7 @@ class SharedList(MutableSequence[Any]):
         finally:
             self._lock.release()
 
-    def pop(self, index: SupportsIndex = -1) -> Any:
+    def pop(self, index: SupportsIndex = -1) -> _T:
         """Remove and return the item at ``index`` (the last by default)."""
         self._acquire()
         try:
@@ -212,7 +222,7 @@ class SharedList(MutableSequence[Any]):
         finally:
             self._lock.release()
 
-    def copy(self) -> list[Any]:
+    def copy(self) -> list[_T]:
         """A plain ``list`` with a consistent snapshot of the items."""
         self._acquire()
         try:
@@ -220,11 +230,11 @@ class SharedList(MutableSequence[Any]):
         finally:
             self._lock.release()
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[_T]:
         """Iterate over a snapshot."""
         return iter(self.copy())
 
-    def __reversed__(self) -> Iterator[Any]:
+    def __reversed__(self) -> Iterator[_T]:
         return reversed(self.copy())
 
     def __contains__(self, value: object) -> bool:
@@ -265,11 +275,11 @@ class SharedList(MutableSequence[Any]):
         finally:
             self._lock.release()
 
-    def __iadd__(self, values: Iterable[Any]) -> SharedList:
+    def __iadd__(self, values: Iterable[_T]) -> SharedList[_T]:  # type: ignore[override,misc]
         self.extend(values)
         return self
 
-    def __add__(self, other: Any) -> list[Any]:
+    def __add__(self, other: Iterable[_T]) -> list[_T]:
         return self.copy() + list(other)
 
     def __eq__(self, other: object) -> bool:
