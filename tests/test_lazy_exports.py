@@ -16,6 +16,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import shoal
 
 INIT = Path(shoal.__file__)
@@ -112,3 +114,34 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
         assert "no_such_name" in str(exc)
     else:
         raise AssertionError("shoal.no_such_name did not raise")
+
+
+# every module that defines a class of objects in shared memory (SharedObject's
+# subclasses, _array's aside: numpy is optional, and it was loaded on first use before)
+OBJECT_MODULES = ["shoal._dict", "shoal._queues", "shoal._sharedctypes", "shoal._sync"]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import shoal; shoal.Lock",
+        "import shoal; shoal.Event",
+        "from shoal import Value",
+        "import shoal.lowlevel",
+        "import shoal; shoal.get_context",
+    ],
+)
+def test_whatever_reaches_shared_memory_knows_every_class_in_it(code: str) -> None:
+    """A sweep frees what dead processes held last, calling its class's hook first
+    (a queue discards its records, whose transit segments would stay otherwise): it
+    must know every class of shoal's, whichever of them this process used (#11)."""
+    loaded = fresh(
+        f"""
+        import json, sys
+        {code}
+        print(json.dumps(sorted(m for m in sys.modules if m.startswith("shoal."))))
+        """
+    )
+    assert isinstance(loaded, list)
+    assert "shoal._memory" in loaded
+    assert set(OBJECT_MODULES) <= set(loaded), sorted(set(OBJECT_MODULES) - set(loaded))

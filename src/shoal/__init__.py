@@ -224,6 +224,13 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+# A sweep frees what dead processes held last after calling its class's hook (a queue
+# discards its records, whose transit segments would stay otherwise), so a process
+# that can reach shared memory must know every class in it, whichever it used: any
+# name but the exceptions and the standard library's process names loads them all
+# (_array's aside: numpy is optional).  shoal.lowlevel imports them too.
+_OBJECTS = ("_sync", "_queues", "_dict", "_sharedctypes")
+_NO_MEMORY = ("_errors", "_process")
 
 # (hidden from type checkers, which would type every unknown attribute as its result)
 if not TYPE_CHECKING:
@@ -232,6 +239,9 @@ if not TYPE_CHECKING:
         module = _HOME.get(name)
         if module is None:
             raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+        if module not in _NO_MEMORY:
+            for objects in _OBJECTS:
+                __import__(f"shoal.{objects}")
         # (an ImportError naming `pip install shoal[numpy]` if numpy is missing)
         __import__(f"shoal.{module}")
         _bind_loaded()
