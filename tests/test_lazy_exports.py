@@ -129,6 +129,11 @@ OBJECT_MODULES = ["shoal._dict", "shoal._queues", "shoal._sharedctypes", "shoal.
         "from shoal import Value",
         "import shoal.lowlevel",
         "import shoal; shoal.get_context",
+        "from shoal.synchronize import Lock",
+        "from shoal.queues import Queue",
+        "from shoal.sharedctypes import Value",
+        "from shoal.pool import Pool",
+        "from shoal.managers import SyncManager",
     ],
 )
 def test_whatever_reaches_shared_memory_knows_every_class_in_it(code: str) -> None:

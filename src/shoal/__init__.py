@@ -228,7 +228,7 @@ _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 # discards its records, whose transit segments would stay otherwise), so a process
 # that can reach shared memory must know every class in it, whichever it used: any
 # name but the exceptions and the standard library's process names loads them all
-# (_array's aside: numpy is optional).  shoal.lowlevel imports them too.
+# (_array's aside: numpy is optional); shoal.lowlevel and the shims import them too.
 _OBJECTS = ("_sync", "_queues", "_dict", "_sharedctypes")
 _NO_MEMORY = ("_errors", "_process")
 
