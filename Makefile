@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.shoal-installed
-SOURCES := pyproject.toml setup.py $(shell find src native -name '*.py' -o -name '*.c' -o -name '*.h' 2>/dev/null)
+SOURCES := pyproject.toml setup.py $(shell find src native -name '*.py' -o -name '*.pyi' -o -name '*.c' -o -name '*.h' 2>/dev/null)
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint bench bench-quick test-native test-sanitize clean check-shm chaos mutants
@@ -158,9 +158,16 @@ test-sanitize-python:
 	    sh "$$snap/.run-sanitized.sh"; \
 	fi
 
+# The type checks (#11): user-style snippets (tests/typing/) under mypy --strict and
+# basedpyright (strict, [tool.basedpyright]), against the installed shoal, as a user's
+# checker sees it; and the _core stub against the compiled module (mypy.stubtest).
+# tests/test_typing.py shows that each of them rejects a wrong snippet or stub.
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks chaos mutants stdlib_suites
 	$(BIN)/ruff format --check src tests benchmarks chaos mutants stdlib_suites
+	$(BIN)/mypy --strict tests/typing
+	$(BIN)/basedpyright --pythonpath $(BIN)/python
+	$(BIN)/python -m mypy.stubtest shoal._core
 
 # The benchmarks also measure the peers of the `bench` extra (faster-fifo, numpy): one
 # pip run installs them with everything `make test` has, so shoal is built once here.

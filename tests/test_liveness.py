@@ -81,7 +81,9 @@ def test_a_clean_exit_removes_the_liveness_file() -> None:
         [
             sys.executable,
             "-c",
-            "from shoal import _core; t = _core.self_token(); "
+            # (the exit hook that removes it is _memory's, which every public name
+            # that reaches shared memory loads)
+            "from shoal import _core, _memory; t = _core.self_token(); "
             "print(_core.liveness_name(t), _core.liveness_probe(_core.liveness_name(t)))",
         ],
         capture_output=True,

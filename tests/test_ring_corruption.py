@@ -35,7 +35,7 @@ HEADER = _core.RING_HEADER_SIZE
 FUZZ = r"""
 import pickle, queue, random, struct, sys
 import shoal
-from shoal import _core
+from shoal import _core, _queues  # _queues sets its own hook as it loads
 
 SEED, ROUNDS = {seed}, {rounds}
 _core._set_loads_hook(bytes)  # payloads are data: see the module docstring

@@ -8,73 +8,81 @@ locks survive a dead owner; segments are reference counted and reaped after cras
     lock = shoal.Lock()          # pass it anywhere: Pool tasks, queues, later processes
 """
 
-import importlib
+import sys
 
-from ._context import get_context as get_context
-from ._dict import DictStatistics as DictStatistics
-from ._dict import SharedDict as SharedDict
-from ._errors import BarrierPartyDiedError as BarrierPartyDiedError
-from ._errors import BrokenError as BrokenError
-from ._errors import BrokenPoolError as BrokenPoolError
-from ._errors import ClosedError as ClosedError
-from ._errors import LayoutError as LayoutError
-from ._errors import NotHeldError as NotHeldError
-from ._errors import OwnerDiedWarning as OwnerDiedWarning
-from ._errors import SegmentNotFoundError as SegmentNotFoundError
-from ._errors import SerializationError as SerializationError
-from ._errors import SerializationTypeError as SerializationTypeError
-from ._errors import SharedMemoryError as SharedMemoryError
-from ._errors import ShoalError as ShoalError
-from ._errors import ShoalWarning as ShoalWarning
-from ._errors import ShutDown as ShutDown
-from ._errors import TaskTimeoutError as TaskTimeoutError
-from ._errors import UncollectedTaskErrorWarning as UncollectedTaskErrorWarning
-from ._errors import WorkerDiedError as WorkerDiedError
-from ._list import SharedList as SharedList
-from ._managers import Manager as Manager
-from ._pool import Executor as Executor
-from ._pool import Pool as Pool
-from ._pool import worker_state as worker_state
-from ._process import AuthenticationError as AuthenticationError
-from ._process import BufferTooShort as BufferTooShort
-from ._process import Pipe as Pipe
-from ._process import Process as Process
-from ._process import ProcessError as ProcessError
-from ._process import TimeoutError as TimeoutError
-from ._process import active_children as active_children
-from ._process import allow_connection_pickling as allow_connection_pickling
-from ._process import cpu_count as cpu_count
-from ._process import current_process as current_process
-from ._process import freeze_support as freeze_support
-from ._process import get_all_start_methods as get_all_start_methods
-from ._process import get_logger as get_logger
-from ._process import get_start_method as get_start_method
-from ._process import log_to_stderr as log_to_stderr
-from ._process import parent_process as parent_process
-from ._process import process_cpu_count as process_cpu_count
-from ._process import set_executable as set_executable
-from ._process import set_forkserver_preload as set_forkserver_preload
-from ._process import set_start_method as set_start_method
-from ._queues import JoinableQueue as JoinableQueue
-from ._queues import Queue as Queue
-from ._queues import QueueStatistics as QueueStatistics
-from ._queues import SimpleQueue as SimpleQueue
-from ._sharedctypes import Array as Array
-from ._sharedctypes import RawArray as RawArray
-from ._sharedctypes import RawValue as RawValue
-from ._sharedctypes import Value as Value
-from ._sync import Barrier as Barrier
-from ._sync import BarrierStatistics as BarrierStatistics
-from ._sync import BoundedSemaphore as BoundedSemaphore
-from ._sync import BrokenBarrierError as BrokenBarrierError
-from ._sync import Condition as Condition
-from ._sync import Event as Event
-from ._sync import EventStatistics as EventStatistics
-from ._sync import Lock as Lock
-from ._sync import LockStatistics as LockStatistics
-from ._sync import RLock as RLock
-from ._sync import Semaphore as Semaphore
-from ._sync import SemaphoreStatistics as SemaphoreStatistics
+# Nothing is imported until it is used (#11): ``import shoal`` costs less than ``import
+# multiprocessing, concurrent.futures``, and a program that only needs a Lock never
+# loads the pool, the managers or numpy.  Type checkers read the imports below; at run
+# time each name is looked up in _EXPORTS on first access (PEP 562) and then bound here.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (checkers know it)
+if TYPE_CHECKING:
+    from ._array import SharedArray as SharedArray
+    from ._array import share as share
+    from ._context import get_context as get_context
+    from ._dict import DictStatistics as DictStatistics
+    from ._dict import SharedDict as SharedDict
+    from ._errors import BarrierPartyDiedError as BarrierPartyDiedError
+    from ._errors import BrokenError as BrokenError
+    from ._errors import BrokenPoolError as BrokenPoolError
+    from ._errors import ClosedError as ClosedError
+    from ._errors import LayoutError as LayoutError
+    from ._errors import NotHeldError as NotHeldError
+    from ._errors import OwnerDiedWarning as OwnerDiedWarning
+    from ._errors import SegmentNotFoundError as SegmentNotFoundError
+    from ._errors import SerializationError as SerializationError
+    from ._errors import SerializationTypeError as SerializationTypeError
+    from ._errors import SharedMemoryError as SharedMemoryError
+    from ._errors import ShoalError as ShoalError
+    from ._errors import ShoalWarning as ShoalWarning
+    from ._errors import ShutDown as ShutDown
+    from ._errors import TaskTimeoutError as TaskTimeoutError
+    from ._errors import UncollectedTaskErrorWarning as UncollectedTaskErrorWarning
+    from ._errors import WorkerDiedError as WorkerDiedError
+    from ._list import SharedList as SharedList
+    from ._managers import Manager as Manager
+    from ._pool import Executor as Executor
+    from ._pool import Pool as Pool
+    from ._pool import worker_state as worker_state
+    from ._process import AuthenticationError as AuthenticationError
+    from ._process import BufferTooShort as BufferTooShort
+    from ._process import Pipe as Pipe
+    from ._process import Process as Process
+    from ._process import ProcessError as ProcessError
+    from ._process import TimeoutError as TimeoutError
+    from ._process import active_children as active_children
+    from ._process import allow_connection_pickling as allow_connection_pickling
+    from ._process import cpu_count as cpu_count
+    from ._process import current_process as current_process
+    from ._process import freeze_support as freeze_support
+    from ._process import get_all_start_methods as get_all_start_methods
+    from ._process import get_logger as get_logger
+    from ._process import get_start_method as get_start_method
+    from ._process import log_to_stderr as log_to_stderr
+    from ._process import parent_process as parent_process
+    from ._process import process_cpu_count as process_cpu_count
+    from ._process import set_executable as set_executable
+    from ._process import set_forkserver_preload as set_forkserver_preload
+    from ._process import set_start_method as set_start_method
+    from ._queues import JoinableQueue as JoinableQueue
+    from ._queues import Queue as Queue
+    from ._queues import QueueStatistics as QueueStatistics
+    from ._queues import SimpleQueue as SimpleQueue
+    from ._sharedctypes import Array as Array
+    from ._sharedctypes import RawArray as RawArray
+    from ._sharedctypes import RawValue as RawValue
+    from ._sharedctypes import Value as Value
+    from ._sync import Barrier as Barrier
+    from ._sync import BarrierStatistics as BarrierStatistics
+    from ._sync import BoundedSemaphore as BoundedSemaphore
+    from ._sync import BrokenBarrierError as BrokenBarrierError
+    from ._sync import Condition as Condition
+    from ._sync import Event as Event
+    from ._sync import EventStatistics as EventStatistics
+    from ._sync import Lock as Lock
+    from ._sync import LockStatistics as LockStatistics
+    from ._sync import RLock as RLock
+    from ._sync import Semaphore as Semaphore
+    from ._sync import SemaphoreStatistics as SemaphoreStatistics
 
 __version__ = "0.1.0.dev0"
 
@@ -148,30 +156,118 @@ __all__ = [
     "worker_state",
 ]
 
-# numpy is optional, and importing it starts threads: SharedArray and share() load
-# shoal._array (and numpy) on first use, so `import shoal` stays free of both (#4)
-_LAZY = {"SharedArray": "shoal._array", "share": "shoal._array"}
+# the module that defines each public name; numpy is optional (shoal[numpy]) and starts
+# threads when imported, so SharedArray and share() load it on first use only (#4)
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "_array": ("SharedArray", "share"),
+    "_context": ("get_context",),
+    "_dict": ("DictStatistics", "SharedDict"),
+    "_errors": (
+        "BarrierPartyDiedError",
+        "BrokenError",
+        "BrokenPoolError",
+        "ClosedError",
+        "LayoutError",
+        "NotHeldError",
+        "OwnerDiedWarning",
+        "SegmentNotFoundError",
+        "SerializationError",
+        "SerializationTypeError",
+        "SharedMemoryError",
+        "ShoalError",
+        "ShoalWarning",
+        "ShutDown",
+        "TaskTimeoutError",
+        "UncollectedTaskErrorWarning",
+        "WorkerDiedError",
+    ),
+    "_list": ("SharedList",),
+    "_managers": ("Manager",),
+    "_pool": ("Executor", "Pool", "worker_state"),
+    "_process": (
+        "AuthenticationError",
+        "BufferTooShort",
+        "Pipe",
+        "Process",
+        "ProcessError",
+        "TimeoutError",
+        "active_children",
+        "allow_connection_pickling",
+        "cpu_count",
+        "current_process",
+        "freeze_support",
+        "get_all_start_methods",
+        "get_logger",
+        "get_start_method",
+        "log_to_stderr",
+        "parent_process",
+        "process_cpu_count",
+        "set_executable",
+        "set_forkserver_preload",
+        "set_start_method",
+    ),
+    "_queues": ("JoinableQueue", "Queue", "QueueStatistics", "SimpleQueue"),
+    "_sharedctypes": ("Array", "RawArray", "RawValue", "Value"),
+    "_sync": (
+        "Barrier",
+        "BarrierStatistics",
+        "BoundedSemaphore",
+        "BrokenBarrierError",
+        "Condition",
+        "Event",
+        "EventStatistics",
+        "Lock",
+        "LockStatistics",
+        "RLock",
+        "Semaphore",
+        "SemaphoreStatistics",
+    ),
+}
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+# A sweep frees what dead processes held last after calling its class's hook (a queue
+# discards its records, whose transit segments would stay otherwise), so a process
+# that can reach shared memory must know every class in it, whichever it used: any
+# name but the exceptions and the standard library's process names loads them all
+# (_array's aside: numpy is optional); shoal.lowlevel and the shims import them too.
+_OBJECTS = ("_sync", "_queues", "_dict", "_sharedctypes")
+_NO_MEMORY = ("_errors", "_process")
 
+# (hidden from type checkers, which would type every unknown attribute as its result)
+if not TYPE_CHECKING:
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
-    # ImportError naming `pip install shoal[numpy]` if numpy is missing
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # found directly from now on
-    return value
+    def __getattr__(name: str) -> object:
+        module = _HOME.get(name)
+        if module is None:
+            raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+        if module not in _NO_MEMORY:
+            for objects in _OBJECTS:
+                __import__(f"shoal.{objects}")
+        # (an ImportError naming `pip install shoal[numpy]` if numpy is missing)
+        __import__(f"shoal.{module}")
+        _bind_loaded()
+        return globals().get(name) or getattr(sys.modules[f"shoal.{module}"], name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_HOME))
 
 
-# Public classes say they are shoal's, not a private module's (trio's habit).
-for _name in __all__:
-    if _name in _LAZY:
-        continue  # says so itself (shoal._array)
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("shoal._"):
-        _obj.__module__ = "shoal"
-del _name, _obj
+def _bind_loaded() -> None:
+    """Bind the public names of every shoal module imported so far (one imports
+    others), so that they are found directly from now on, and have its classes and
+    functions say they are shoal's, not a private module's (trio's habit)."""
+    modules = sys.modules
+    for module, names in _EXPORTS.items():
+        loaded = modules.get(f"shoal.{module}")
+        if loaded is None or names[0] in globals():
+            continue
+        if getattr(loaded.__spec__, "_initializing", False):
+            continue  # still running its own imports: bound once it is done
+        for name in names:
+            value = getattr(loaded, name)
+            if getattr(value, "__module__", "").startswith("shoal._"):
+                value.__module__ = "shoal"
+            globals()[name] = value
+
+
+del TYPE_CHECKING

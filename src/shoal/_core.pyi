@@ -2,7 +2,10 @@
 
 from typing import Any
 
-from typing_extensions import Buffer
+from typing_extensions import Buffer, disjoint_base
+
+# (each class is a C type with a layout of its own: a class may have only one of them
+# among its bases, PEP 800)
 
 LAYOUT_VERSION: int
 MUTEX_SIZE: int
@@ -18,6 +21,7 @@ LIVENESS_FREE: int
 LIVENESS_ABSENT: int
 LIVENESS_UNKNOWN: int
 
+@disjoint_base
 class Mutex:
     owner_died: bool
     _bound: bool
@@ -43,6 +47,7 @@ class Mutex:
     def _release_save(self) -> int: ...
     def _acquire_restore(self, depth: int, /) -> None: ...
 
+@disjoint_base
 class Semaphore:
     _bound: bool
     _waiters: int
@@ -56,6 +61,7 @@ class Semaphore:
     def __exit__(self, *exc_info: object) -> None: ...
     def get_value(self) -> int: ...
 
+@disjoint_base
 class Event:
     _bound: bool
     _waiters: int
@@ -66,6 +72,7 @@ class Event:
     def clear(self) -> None: ...
     def is_set(self) -> bool: ...
 
+@disjoint_base
 class Cond:
     _bound: bool
     _waiting: int
@@ -98,6 +105,7 @@ def link_fd(fd: int, path: str, /) -> None: ...
 
 RING_HEADER_SIZE: int
 
+@disjoint_base
 class Ring:
     _bound: bool
     _busy: int
@@ -170,6 +178,7 @@ def _set_dict_codec(
 def dict_table_size(nslots: int, heap_bytes: int, /) -> int: ...
 def dict_hash(data: Buffer, /) -> int: ...
 
+@disjoint_base
 class Dict:
     _bound: bool
     _generation: int
@@ -192,6 +201,7 @@ class Dict:
     def pop(self, key: Any, default: Any = ..., /) -> Any: ...
     def popitem(self) -> tuple[Any, Any]: ...
 
+@disjoint_base
 class Atomic:
     _bound: bool
     def _bind(self, buffer: Any, offset: int, width: int, signed: bool, /) -> None: ...

@@ -62,9 +62,9 @@ import errno
 import os
 import pickle
 import threading
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, Union, overload
 
 from . import _core
 from ._errors import LayoutError, SegmentNotFoundError
@@ -98,6 +98,10 @@ from ._memory import (
 from ._serialize import dumps, loads
 
 __all__ = ["DictStatistics", "SharedDict"]
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+_D = TypeVar("_D")
 
 # The root gets a segment of its own (bigger than any arena object): its holders are
 # then exactly the processes using this dict, which is what tells the last one to go
@@ -340,7 +344,7 @@ def _release_values(segment: Any, header_offset: int) -> None:
         view._unbind()
 
 
-class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc]
+class SharedDict(_core.Dict, SharedObject, MutableMapping[_K, _V]):  # type: ignore[misc]
     """A ``dict`` in shared memory, used by many processes at once with no server.
 
     ``SharedDict(initial=None, /, **kwargs)`` takes what ``dict()`` takes.  Any
@@ -358,7 +362,31 @@ class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc
 
     _PAYLOAD_SIZE = _ROOT_PAYLOAD
 
-    def __init__(self, initial: Any = None, /, **kwargs: Any) -> None:
+    if TYPE_CHECKING:  # what _core.Dict's C methods take and give, for type checkers
+
+        def __getitem__(self, key: _K, /) -> _V: ...
+        def __setitem__(self, key: _K, value: _V, /) -> None: ...
+        def __delitem__(self, key: _K, /) -> None: ...
+        @overload
+        def get(self, key: _K, /) -> _V | None: ...
+        @overload
+        def get(self, key: _K, default: _V | _D, /) -> _V | _D: ...
+        def get(self, key: _K, default: Any = None, /) -> Any: ...
+        def incr(self, key: _K, delta: Any = 1, default: Any = 0, /) -> _V: ...
+        def get_or_set(self, key: _K, default: _V, /) -> _V: ...
+        @overload
+        def pop(self, key: _K, /) -> _V: ...
+        @overload
+        def pop(self, key: _K, default: _V | _D, /) -> _V | _D: ...
+        def pop(self, key: _K, default: Any = ..., /) -> Any: ...
+        def popitem(self) -> tuple[_K, _V]: ...
+
+    def __init__(
+        self,
+        initial: Union[Mapping[_K, _V], Iterable[tuple[_K, _V]], None] = None,
+        /,
+        **kwargs: _V,
+    ) -> None:
         self._create()
         self._rebuild(0, False)  # nobody else can see it yet: no lock needed
         if initial is not None:
@@ -468,7 +496,7 @@ class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc
 
     # ---- the mapping API (the hot paths are C: _core.Dict) ------------------------------
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[_K]:
         """Iterate over a snapshot of the keys, in insertion order.
 
         The snapshot is taken now: changes made meanwhile (by any process) are not seen
@@ -476,23 +504,23 @@ class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc
         """
         return iter(self._snapshot(0))
 
-    def __reversed__(self) -> Iterator[Any]:
+    def __reversed__(self) -> Iterator[_K]:
         """Iterate over a snapshot of the keys, the last inserted first."""
         return reversed(self._snapshot(0))
 
-    def keys(self) -> list[Any]:  # type: ignore[override]
+    def keys(self) -> list[_K]:  # type: ignore[override]
         """A consistent snapshot of the keys (a list, as ``Manager().dict()`` returns)."""
         return self._snapshot(0)
 
-    def values(self) -> list[Any]:  # type: ignore[override]
+    def values(self) -> list[_V]:  # type: ignore[override]
         """A consistent snapshot of the values (a list)."""
         return self._snapshot(1)
 
-    def items(self) -> list[tuple[Any, Any]]:  # type: ignore[override]
+    def items(self) -> list[tuple[_K, _V]]:  # type: ignore[override]
         """A consistent snapshot of the (key, value) pairs (a list)."""
         return self._snapshot(2)
 
-    def copy(self) -> dict[Any, Any]:
+    def copy(self) -> dict[_K, _V]:
         """A plain ``dict`` with a consistent snapshot of the contents."""
         return dict(self._snapshot(2))
 
@@ -500,7 +528,7 @@ class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc
         """Remove every item (one atomic step: the table is replaced by an empty one)."""
         self._clear()
 
-    def setdefault(self, key: Any, default: Any = None) -> Any:
+    def setdefault(self, key: _K, default: _V = None) -> _V:  # type: ignore[assignment,override]
         """``get_or_set(key, default)``: atomic, unlike ``MutableMapping.setdefault``."""
         return self.get_or_set(key, default)
 
@@ -522,11 +550,11 @@ class SharedDict(_core.Dict, SharedObject, MutableMapping):  # type: ignore[misc
             return self.copy() == other
         return NotImplemented
 
-    def __ior__(self, other: Any) -> SharedDict:
+    def __ior__(self, other: Any) -> SharedDict[_K, _V]:
         self.update(other)
         return self
 
-    def __or__(self, other: Any) -> dict[Any, Any]:
+    def __or__(self, other: Any) -> dict[_K, _V]:
         if not isinstance(other, (dict, SharedDict)):
             return NotImplemented
         merged = self.copy()

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Iterator, MutableSequence
-from typing import Any, SupportsIndex
+from typing import Any, SupportsIndex, TypeVar, overload
 
 from ._dict import SharedDict, _recursive_repr
 from ._errors import ClosedError
 from ._sync import RLock
 
 __all__ = ["SharedList"]
+
+_T = TypeVar("_T")
 
 _LEN = None  # the key of the length (items are under int keys)
 _LOCK_TIMEOUT = 30.0
@@ -44,7 +46,7 @@ def _rebuild_list(items: SharedDict, lock: RLock) -> SharedList:
     return obj
 
 
-class SharedList(MutableSequence[Any]):
+class SharedList(MutableSequence[_T]):
     """A ``list`` in shared memory, used by many processes at once with no server.
 
     ``SharedList(iterable=(), /)``.  Items are any picklable objects (None, bool, int,
@@ -61,7 +63,7 @@ class SharedList(MutableSequence[Any]):
     _items: SharedDict
     _lock: RLock
 
-    def __init__(self, iterable: Iterable[Any] = (), /) -> None:
+    def __init__(self, iterable: Iterable[_T] = (), /) -> None:
         self._items = SharedDict()
         try:
             self._lock = RLock._internal()
@@ -116,6 +118,10 @@ class SharedList(MutableSequence[Any]):
     def __len__(self) -> int:
         return self._items[_LEN]
 
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> _T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[_T]: ...
     def __getitem__(self, index: Any) -> Any:
         self._acquire()
         try:
@@ -127,6 +133,10 @@ class SharedList(MutableSequence[Any]):
         finally:
             self._lock.release()
 
+    @overload
+    def __setitem__(self, index: SupportsIndex, value: _T) -> None: ...
+    @overload
+    def __setitem__(self, index: slice, value: Iterable[_T]) -> None: ...
     def __setitem__(self, index: Any, value: Any) -> None:
         self._acquire()
         try:
@@ -160,7 +170,7 @@ class SharedList(MutableSequence[Any]):
         items[_LEN] = n - 1
         items.pop(n - 1, None)
 
-    def insert(self, index: SupportsIndex, value: Any) -> None:
+    def insert(self, index: SupportsIndex, value: _T) -> None:
         """Insert ``value`` before position ``index`` (clamped, as ``list.insert``)."""
         self._acquire()
         try:
@@ -175,7 +185,7 @@ class SharedList(MutableSequence[Any]):
         finally:
             self._lock.release()
 
-    def append(self, value: Any) -> None:
+    def append(self, value: _T) -> None:
         """Append ``value`` (atomically: concurrent appends all land, in some order)."""
         self._acquire()
         try:
@@ -185,7 +195,7 @@ class SharedList(MutableSequence[Any]):
         finally:
             self._lock.release()
 
-    def extend(self, values: Iterable[Any]) -> None:
+    def extend(self, values: Iterable[_T]) -> None:
         """Append every item of ``values``, as one atomic step."""
         if values is self:
             values = self.copy()
@@ -199,7 +209,7 @@ class SharedList(MutableSequence[Any]):
         finally:
             self._lock.release()
 
-    def pop(self, index: SupportsIndex = -1) -> Any:
+    def pop(self, index: SupportsIndex = -1) -> _T:
         """Remove and return the item at ``index`` (the last by default)."""
         index = operator.index(index)
         self._acquire()
@@ -223,7 +233,7 @@ class SharedList(MutableSequence[Any]):
         finally:
             self._lock.release()
 
-    def copy(self) -> list[Any]:
+    def copy(self) -> list[_T]:
         """A plain ``list`` with a consistent snapshot of the items."""
         self._acquire()
         try:
@@ -231,11 +241,11 @@ class SharedList(MutableSequence[Any]):
         finally:
             self._lock.release()
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[_T]:
         """Iterate as a list does: by index, reading each item when it is reached."""
         return _Iterator(self, 0, 1)
 
-    def __reversed__(self) -> Iterator[Any]:
+    def __reversed__(self) -> Iterator[_T]:
         """Iterate from the last item to the first, by index (as ``reversed(list)``)."""
         return _Iterator(self, len(self) - 1, -1)
 
@@ -299,11 +309,11 @@ class SharedList(MutableSequence[Any]):
         finally:
             self._lock.release()
 
-    def __iadd__(self, values: Iterable[Any]) -> SharedList:
+    def __iadd__(self, values: Iterable[_T]) -> SharedList[_T]:  # type: ignore[override,misc]
         self.extend(values)
         return self
 
-    def __imul__(self, times: Any) -> SharedList:
+    def __imul__(self, times: Any) -> SharedList[_T]:
         """Repeat the items in place ``times`` times (0 or less: empty), atomically."""
         count = _repeat_count(times)
         self._acquire()
@@ -320,7 +330,7 @@ class SharedList(MutableSequence[Any]):
             self._lock.release()
         return self
 
-    def __mul__(self, times: Any) -> list[Any]:
+    def __mul__(self, times: Any) -> list[_T]:
         return self.copy() * _repeat_count(times)
 
     __rmul__ = __mul__

@@ -76,7 +76,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from multiprocessing.pool import RemoteTraceback
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _core
 from ._dict import SharedDict
@@ -106,6 +106,13 @@ __all__ = [
     "Pool",
     "worker_state",
 ]
+
+_S = TypeVar("_S")
+_T = TypeVar("_T")
+if TYPE_CHECKING:  # (typing has ParamSpec from 3.10 on; only checkers need it)
+    from typing_extensions import ParamSpec
+
+    _P = ParamSpec("_P")
 
 # task record: (function pickle, kind, timeout seconds or 0.0, *payload)
 _CALL, _CALL_KW, _MAP, _STARMAP = range(4)
@@ -498,7 +505,7 @@ def _short_repr(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-class AsyncResult(_Job):
+class AsyncResult(_Job, Generic[_T]):
     """The result of ``Pool.apply_async`` (and the base of ``map_async``'s).
 
     Like :class:`multiprocessing.pool.AsyncResult`: ``get``, ``wait``, ``ready``,
@@ -509,7 +516,7 @@ class AsyncResult(_Job):
     def __init__(
         self,
         engine: _Engine,
-        callback: Callable[[Any], object] | None,
+        callback: Callable[[_T], object] | None,
         error_callback: Callable[[BaseException], object] | None,
     ) -> None:
         self._engine = engine
@@ -547,7 +554,7 @@ class AsyncResult(_Job):
         if not self._done:
             self._engine._wait_for(lambda: self._done, timeout)
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None) -> _T:
         """Return the result, waiting up to ``timeout`` seconds; re-raise its exception.
 
         Raises:
@@ -594,7 +601,7 @@ class AsyncResult(_Job):
 ApplyResult = AsyncResult
 
 
-class MapResult(AsyncResult):
+class MapResult(AsyncResult[list[_T]]):
     """The result of ``Pool.map_async``/``starmap_async``: a list, in input order."""
 
     def __init__(
@@ -602,7 +609,7 @@ class MapResult(AsyncResult):
         engine: _Engine,
         length: int,
         chunksize: int,
-        callback: Callable[[Any], object] | None,
+        callback: Callable[[list[_T]], object] | None,
         error_callback: Callable[[BaseException], object] | None,
         bar: Any,
     ) -> None:
@@ -639,7 +646,7 @@ class MapResult(AsyncResult):
         return _describe_items(self._name, first, min(self._chunksize, self._length - first))
 
 
-class IMapIterator(_Job):
+class IMapIterator(_Job, Generic[_T]):
     """What ``Pool.imap``/``imap_unordered`` return: results as they become ready.
 
     The input is read lazily, a few chunks ahead of the workers, so an endless
@@ -726,7 +733,7 @@ class IMapIterator(_Job):
         first = index * self._chunksize
         return _describe_items(self._description, first, self._sizes.get(index, 0))
 
-    def __iter__(self) -> IMapIterator:
+    def __iter__(self) -> IMapIterator[_T]:
         return self
 
     def _take(self) -> tuple[bool, Any] | None:
@@ -737,7 +744,7 @@ class IMapIterator(_Job):
     def _all_taken(self) -> bool:
         return self._exhausted and self._next_chunk >= self._submitted
 
-    def next(self, timeout: float | None = None) -> Any:
+    def next(self, timeout: float | None = None) -> _T:
         """The next result, waiting up to ``timeout`` seconds for it."""
         while not self._buffer:
             self._engine._wait_for(self._arrived, timeout)
@@ -1883,25 +1890,25 @@ class Pool:
 
     def apply(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., _T],
         args: Iterable[Any] = (),
         kwds: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
-    ) -> Any:
+    ) -> _T:
         """Call ``func(*args, **kwds)`` in a worker and return its result."""
         return self.apply_async(func, args, kwds, timeout=timeout).get()
 
     def apply_async(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., _T],
         args: Iterable[Any] = (),
         kwds: dict[str, Any] | None = None,
-        callback: Callable[[Any], object] | None = None,
+        callback: Callable[[_T], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         timeout: float | None = None,
-    ) -> AsyncResult:
+    ) -> AsyncResult[_T]:
         """Call ``func(*args, **kwds)`` in a worker; return an :class:`AsyncResult`.
 
         The arguments are pickled here: one that cannot be raises
@@ -1918,7 +1925,7 @@ class Pool:
             record: tuple = (function, _CALL_KW, limit, args, dict(kwds))
         else:
             record = (function, _CALL, limit, *args)
-        result = AsyncResult(engine, callback, error_callback)
+        result: AsyncResult[_T] = AsyncResult(engine, callback, error_callback)
         result._what = (func, args, kwds)
         if limit:
             engine.use_timeouts()
@@ -1929,13 +1936,13 @@ class Pool:
 
     def map(
         self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        func: Callable[[_S], _T],
+        iterable: Iterable[_S],
         chunksize: int | None = None,
         *,
         progress: Any = False,
         timeout: float | None = None,
-    ) -> list[Any]:
+    ) -> list[_T]:
         """``[func(x) for x in iterable]`` across the workers, in order.
 
         ``progress=True`` shows a tqdm bar (a string: its description; a dict: tqdm
@@ -1945,15 +1952,15 @@ class Pool:
 
     def map_async(
         self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        func: Callable[[_S], _T],
+        iterable: Iterable[_S],
         chunksize: int | None = None,
-        callback: Callable[[Any], object] | None = None,
+        callback: Callable[[list[_T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         progress: Any = False,
         timeout: float | None = None,
-    ) -> MapResult:
+    ) -> MapResult[_T]:
         """Like :meth:`map`, returning a :class:`MapResult` at once."""
         return self._map_async(
             func, iterable, chunksize, _MAP, callback, error_callback, progress, timeout
@@ -1961,13 +1968,13 @@ class Pool:
 
     def starmap(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., _T],
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
         *,
         progress: Any = False,
         timeout: float | None = None,
-    ) -> list[Any]:
+    ) -> list[_T]:
         """``[func(*args) for args in iterable]`` across the workers, in order."""
         return self._map_async(
             func, iterable, chunksize, _STARMAP, None, None, progress, timeout
@@ -1975,15 +1982,15 @@ class Pool:
 
     def starmap_async(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., _T],
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
-        callback: Callable[[Any], object] | None = None,
+        callback: Callable[[list[_T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         progress: Any = False,
         timeout: float | None = None,
-    ) -> MapResult:
+    ) -> MapResult[_T]:
         """Like :meth:`starmap`, returning a :class:`MapResult` at once."""
         return self._map_async(
             func, iterable, chunksize, _STARMAP, callback, error_callback, progress, timeout
@@ -1991,15 +1998,15 @@ class Pool:
 
     def _map_async(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., _T],
         iterable: Iterable[Any],
         chunksize: int | None,
         kind: int,
-        callback: Callable[[Any], object] | None,
+        callback: Callable[[list[_T]], object] | None,
         error_callback: Callable[[BaseException], object] | None,
         progress: Any,
         timeout: float | None,
-    ) -> MapResult:
+    ) -> MapResult[_T]:
         engine = self._engine
         engine.check_running()
         items = list(iterable)
@@ -2011,7 +2018,7 @@ class Pool:
         starts = range(0, len(items), size)
         name = getattr(func, "__qualname__", None) or repr(func)
         bar = _make_bar(progress, len(items), name)
-        result = MapResult(engine, len(items), size, callback, error_callback, bar)
+        result: MapResult[_T] = MapResult(engine, len(items), size, callback, error_callback, bar)
         result._name = name
         result._what = f"{name} over {len(items)} items"
         if items:
@@ -2027,13 +2034,13 @@ class Pool:
 
     def imap(
         self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        func: Callable[[_S], _T],
+        iterable: Iterable[_S],
         chunksize: int | None = 1,
         *,
         progress: Any = False,
         timeout: float | None = None,
-    ) -> IMapIterator:
+    ) -> IMapIterator[_T]:
         """Yield ``func(x)`` for each ``x`` of ``iterable``, in order, as results come.
 
         The input is consumed lazily (an endless generator is fine).  ``chunksize``
@@ -2043,38 +2050,38 @@ class Pool:
 
     def imap_unordered(
         self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        func: Callable[[_S], _T],
+        iterable: Iterable[_S],
         chunksize: int | None = 1,
         *,
         progress: Any = False,
         timeout: float | None = None,
-    ) -> IMapIterator:
+    ) -> IMapIterator[_T]:
         """Like :meth:`imap`, yielding results in the order they finish."""
         return self._imap(func, iterable, chunksize, _MAP, False, progress, timeout)
 
     def istarmap(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., _T],
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = 1,
         *,
         progress: Any = False,
         timeout: float | None = None,
-    ) -> IMapIterator:
+    ) -> IMapIterator[_T]:
         """Like :meth:`imap`, calling ``func(*args)``."""
         return self._imap(func, iterable, chunksize, _STARMAP, True, progress, timeout)
 
     def _imap(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., _T],
         iterable: Iterable[Any],
         chunksize: int | None,
         kind: int,
         ordered: bool,
         progress: Any,
         timeout: float | None,
-    ) -> IMapIterator:
+    ) -> IMapIterator[_T]:
         engine = self._engine
         engine.check_running()
         total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
@@ -2089,7 +2096,7 @@ class Pool:
         if limit:
             engine.use_timeouts()
         name = getattr(func, "__qualname__", repr(func))
-        iterator = IMapIterator(
+        iterator: IMapIterator[_T] = IMapIterator(
             engine,
             engine.function_record(func),
             kind,
@@ -2194,8 +2201,8 @@ class Executor(concurrent.futures.Executor):
         self._finalizer = weakref.finalize(self, _executor_dropped, self._engine)
 
     def submit(
-        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> concurrent.futures.Future:
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> concurrent.futures.Future[_T]:
         """Schedule ``fn(*args, **kwargs)``; return a Future."""
         if kwargs:
             return self._submit(fn, _CALL_KW, (args, kwargs), _describe_call(fn, args, kwargs))
@@ -2222,11 +2229,11 @@ class Executor(concurrent.futures.Executor):
 
     def map(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., _T],
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
-    ) -> Iterator[Any]:
+    ) -> Iterator[_T]:
         """Like ``ProcessPoolExecutor.map``: results in order, ``chunksize`` calls a task."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
@@ -2242,7 +2249,7 @@ class Executor(concurrent.futures.Executor):
         while chunk := tuple(itertools.islice(calls, chunksize)):
             futures.append(self._submit(fn, kind, chunk, f"{name} (chunk of {len(chunk)})"))
 
-        def results() -> Iterator[Any]:
+        def results() -> Iterator[_T]:
             try:
                 futures.reverse()
                 while futures:

@@ -29,7 +29,7 @@ import queue
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from . import _core
 from ._errors import LayoutError, ShutDown
@@ -47,6 +47,8 @@ from ._serialize import (
 )
 
 __all__ = ["JoinableQueue", "Queue", "QueueStatistics", "SimpleQueue"]
+
+_T = TypeVar("_T")
 
 DEFAULT_CAPACITY = 1 << 20
 # the smallest ring whose largest inline record (half the ring, less a record header)
@@ -88,7 +90,7 @@ class QueueStatistics:
     unfinished_tasks: int
 
 
-class Queue(_core.Ring, SharedObject):
+class Queue(_core.Ring, SharedObject, Generic[_T]):
     """A process-shared FIFO queue, like :class:`multiprocessing.Queue`.
 
     Args:
@@ -188,7 +190,7 @@ class Queue(_core.Ring, SharedObject):
             record = pack(data, buffers, self._handle)
         return kept_record(record, keeper) if kept else record
 
-    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None:
         """Put ``obj`` on the queue, waiting up to ``timeout`` seconds for room.
 
         ``obj`` is pickled here, before anything is enqueued (None, bool, int, float,
@@ -209,12 +211,12 @@ class Queue(_core.Ring, SharedObject):
             discard(record)
             raise
 
-    def put_nowait(self, obj: Any) -> None:
+    def put_nowait(self, obj: _T) -> None:
         """``put(obj, block=False)``."""
         self.put(obj, False)
 
     def put_many(
-        self, items: Iterable[Any], block: bool = True, timeout: float | None = None
+        self, items: Iterable[_T], block: bool = True, timeout: float | None = None
     ) -> int:
         """Put every item of ``items``, in order, in as few operations as possible.
 
@@ -238,7 +240,7 @@ class Queue(_core.Ring, SharedObject):
 
     # ---- getting -------------------------------------------------------------------------
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+    def get(self, block: bool = True, timeout: float | None = None) -> _T:
         """Remove and return the next item, waiting up to ``timeout`` seconds for one.
 
         Raises:
@@ -248,13 +250,13 @@ class Queue(_core.Ring, SharedObject):
         """
         return self._get(block, timeout)
 
-    def get_nowait(self) -> Any:
+    def get_nowait(self) -> _T:
         """``get(block=False)``."""
         return self._get(False)
 
     def get_many(
         self, max_items: int = 1024, block: bool = True, timeout: float | None = None
-    ) -> list[Any]:
+    ) -> list[_T]:
         """Remove and return up to ``max_items`` items in one operation.
 
         Waits (up to ``timeout``) for the first item only, then takes whatever else
@@ -267,7 +269,7 @@ class Queue(_core.Ring, SharedObject):
         """
         return self._get_many(max_items, block, timeout)
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[_T]:
         """Yield items until the queue is shut down and drained."""
         while True:
             try:
@@ -425,7 +427,7 @@ def _discard_queued(mapping: Any, payload_offset: int, payload_size: int) -> Non
         ring._unbind()
 
 
-class SimpleQueue(Queue):
+class SimpleQueue(Queue[_T]):
     """An unbounded queue, like :class:`multiprocessing.SimpleQueue`.
 
     Has ``get``, ``put``, ``empty`` and ``close`` (and everything :class:`Queue` has).
@@ -435,7 +437,7 @@ class SimpleQueue(Queue):
         super().__init__(0, capacity=capacity)
 
 
-class JoinableQueue(Queue):
+class JoinableQueue(Queue[_T]):
     """A queue whose consumers say when each item is done, like
     :class:`multiprocessing.JoinableQueue`.
 
@@ -443,7 +445,7 @@ class JoinableQueue(Queue):
     ``join()`` waits until none is left.
     """
 
-    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None:
         """Put ``obj`` and count one more unfinished task (see :meth:`Queue.put`)."""
         # counted before it is visible, so a fast consumer's task_done never finds
         # the count at zero
@@ -455,7 +457,7 @@ class JoinableQueue(Queue):
             raise
 
     def put_many(
-        self, items: Iterable[Any], block: bool = True, timeout: float | None = None
+        self, items: Iterable[_T], block: bool = True, timeout: float | None = None
     ) -> int:
         """Put every item and count each as an unfinished task (see :meth:`Queue.put_many`)."""
         items = list(items)

@@ -41,12 +41,25 @@ import math
 import operator
 import struct
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, Union, overload
 
 from . import _core
 from ._errors import ClosedError
 from ._handle import SharedObject
 from ._sync import Lock, RLock
+
+if TYPE_CHECKING:
+    from _ctypes import _CData
+    from _ctypes import _SimpleCData as _ScalarCData  # (the name below is the class)
+    from collections.abc import Iterable
+    from ctypes import c_char
+
+_T = TypeVar("_T")
+_CT = TypeVar("_CT", bound="_CData")
+# what a type checker can tell from a typecode: the Python type of the value
+_IntCode = Literal["b", "B", "h", "H", "i", "I", "l", "L", "q", "Q"]
+_FloatCode = Literal["f", "d"]
+_LockArg = Union[Literal[True], None, Lock, RLock]
 
 __all__ = [
     "Array",
@@ -805,7 +818,7 @@ class SynchronizedBase(_SharedCData):
         return f"<shoal.{self._PUBLIC} wrapper for {self._show()}>"
 
 
-class Synchronized(_ValueAtomics, SynchronizedBase):
+class Synchronized(_ValueAtomics, SynchronizedBase, Generic[_T]):
     """What ``Value()`` returns: a shared value whose ``.value`` takes the lock.
 
     Like ``multiprocessing.sharedctypes.Synchronized``: reading or writing
@@ -819,13 +832,13 @@ class Synchronized(_ValueAtomics, SynchronizedBase):
     _PUBLIC = "Synchronized"
 
     @property
-    def value(self) -> Any:
+    def value(self) -> _T:
         """The value, read or written with the lock held."""
         with self._lock:  # type: ignore[union-attr]
             return self._obj.value
 
     @value.setter
-    def value(self, value: Any) -> None:
+    def value(self, value: _T) -> None:
         with self._lock:  # type: ignore[union-attr]
             self._obj.value = value
 
@@ -844,7 +857,7 @@ class _SynchronizedStruct(_StructFields, SynchronizedBase):
             setattr(self._obj, name, value)
 
 
-class SynchronizedArray(_ArrayAtomics, SynchronizedBase):
+class SynchronizedArray(_ArrayAtomics, SynchronizedBase, Generic[_T]):
     """What ``Array()`` returns: a shared array whose items are read and written under
     the lock, like ``multiprocessing.sharedctypes.SynchronizedArray``.
 
@@ -859,17 +872,25 @@ class SynchronizedArray(_ArrayAtomics, SynchronizedBase):
     def __len__(self) -> int:
         return len(self._obj)
 
+    @overload
+    def __getitem__(self, index: int) -> _T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[_T]: ...
     def __getitem__(self, index: Any) -> Any:
         with self._lock:  # type: ignore[union-attr]
             item = self._obj[index]
         return self._anchor(item) if self._views else item
 
+    @overload
+    def __setitem__(self, index: int, value: _T) -> None: ...
+    @overload
+    def __setitem__(self, index: slice, value: Iterable[_T]) -> None: ...
     def __setitem__(self, index: Any, value: Any) -> None:
         with self._lock:  # type: ignore[union-attr]
             self._obj[index] = value
 
 
-class SynchronizedString(SynchronizedArray):
+class SynchronizedString(SynchronizedArray[bytes]):
     """What ``Array('c', ...)`` returns: a synchronized ``c_char`` array with
     ``.value`` (bytes up to the first NUL) and ``.raw`` (all bytes), both under the lock.
     """
@@ -958,6 +979,28 @@ def _bare_simple_repr(self: Any) -> str:
     return f"{type(self).__name__}({self.value!r})"
 
 
+@overload
+def Value(
+    typecode_or_type: type[_CT], *args: Any, lock: Literal[False], ctx: Any = None
+) -> _CT: ...
+@overload
+def Value(
+    typecode_or_type: type[_ScalarCData[_T]], *args: Any, lock: _LockArg = True, ctx: Any = None
+) -> Synchronized[_T]: ...
+@overload
+def Value(
+    typecode_or_type: _IntCode, *args: Any, lock: _LockArg = True, ctx: Any = None
+) -> Synchronized[int]: ...
+@overload
+def Value(
+    typecode_or_type: _FloatCode, *args: Any, lock: _LockArg = True, ctx: Any = None
+) -> Synchronized[float]: ...
+@overload
+def Value(
+    typecode_or_type: Literal["c"], *args: Any, lock: _LockArg = True, ctx: Any = None
+) -> Synchronized[bytes]: ...
+@overload
+def Value(typecode_or_type: Any, *args: Any, lock: Any = True, ctx: Any = None) -> Any: ...
 def Value(typecode_or_type: Any, *args: Any, lock: Any = True, ctx: Any = None) -> Any:
     """A ctypes value in shared memory with a lock, like ``multiprocessing.Value``.
 
@@ -996,6 +1039,42 @@ def Value(typecode_or_type: Any, *args: Any, lock: Any = True, ctx: Any = None) 
     return _synchronized_class(elem, length)._make(elem, length, args, the_lock)
 
 
+@overload
+def Array(
+    typecode_or_type: Literal["c"] | type[c_char],
+    size_or_initializer: int | Iterable[Any],
+    *,
+    lock: _LockArg = True,
+    ctx: Any = None,
+) -> SynchronizedString: ...
+@overload
+def Array(
+    typecode_or_type: type[_ScalarCData[_T]],
+    size_or_initializer: int | Iterable[Any],
+    *,
+    lock: _LockArg = True,
+    ctx: Any = None,
+) -> SynchronizedArray[_T]: ...
+@overload
+def Array(
+    typecode_or_type: _IntCode,
+    size_or_initializer: int | Iterable[Any],
+    *,
+    lock: _LockArg = True,
+    ctx: Any = None,
+) -> SynchronizedArray[int]: ...
+@overload
+def Array(
+    typecode_or_type: _FloatCode,
+    size_or_initializer: int | Iterable[Any],
+    *,
+    lock: _LockArg = True,
+    ctx: Any = None,
+) -> SynchronizedArray[float]: ...
+@overload
+def Array(
+    typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True, ctx: Any = None
+) -> Any: ...
 def Array(
     typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True, ctx: Any = None
 ) -> Any:

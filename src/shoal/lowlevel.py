@@ -14,6 +14,9 @@ API: you manage offsets and lifetimes yourself.
 * ``self_token()`` / ``token_alive(token)`` — the process identity used for owners.
 """
 
+# (not re-exported: a sweep, reap() included, must know every class in shared memory;
+# see shoal/__init__.py)
+from . import _dict, _queues, _sharedctypes, _sync  # noqa: F401
 from ._core import cas32 as cas32
 from ._core import cas64 as cas64
 from ._core import fetch_add32 as fetch_add32

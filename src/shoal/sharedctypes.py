@@ -1,6 +1,8 @@
 """Stdlib-shaped shim: ``from shoal.sharedctypes import Value``, as from
 ``multiprocessing.sharedctypes`` (every object here pickles as a handle)."""
 
+# (a sweep must know every class in shared memory: see shoal/__init__.py)
+from . import _dict, _queues, _sharedctypes, _sync  # noqa: F401
 from ._sharedctypes import Array as Array
 from ._sharedctypes import RawArray as RawArray
 from ._sharedctypes import RawValue as RawValue

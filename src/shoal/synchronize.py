@@ -1,5 +1,7 @@
 """Stdlib-shaped shim: ``from shoal.synchronize import Lock``, as from multiprocessing."""
 
+# (a sweep must know every class in shared memory: see shoal/__init__.py)
+from . import _dict, _queues, _sharedctypes, _sync  # noqa: F401
 from ._sync import Barrier as Barrier
 from ._sync import BoundedSemaphore as BoundedSemaphore
 from ._sync import Condition as Condition
