@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import pickle
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from threading import BrokenBarrierError
-from typing import Any, Callable, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from . import _core
 from ._errors import BarrierPartyDiedError, ClosedError, NotHeldError, ShoalError
