@@ -31,6 +31,24 @@
 /* Exception classes, looked up once from shoal._errors (pure Python, lowest layer). */
 static PyObject *ClosedError, *NotHeldError, *OwnerDiedWarning;
 
+/* Set a module-wide hook (shoal's Python half sets each once, at import).  Without the
+ * GIL another thread may be calling the one replaced, so that one is kept alive. */
+#ifdef Py_GIL_DISABLED
+#define SET_HOOK(var, value)                                                               \
+    do {                                                                                   \
+        PyObject *hook_ = (value);                                                         \
+        Py_XINCREF(hook_);                                                                 \
+        __atomic_store_n(&(var), hook_, __ATOMIC_RELEASE);                                 \
+    } while (0)
+#else
+#define SET_HOOK(var, value)                                                               \
+    do {                                                                                   \
+        PyObject *hook_ = (value);                                                         \
+        Py_XINCREF(hook_);                                                                 \
+        Py_XSETREF(var, hook_);                                                            \
+    } while (0)
+#endif
+
 /* ---- helpers ------------------------------------------------------------------------ */
 
 /* timeout (seconds, None = forever) -> relative ns, -1 forever, 0 don't block. */
