@@ -190,12 +190,7 @@ def no_leaks(request: pytest.FixtureRequest):
     assert not dead_left(), f"dead processes' liveness files survived a sweep: {dead_left()}"
 
     def threads_left() -> list[threading.Thread]:
-        # (tqdm's monitor thread starts with the first progress bar and stays)
-        return [
-            t
-            for t in threading.enumerate()
-            if t not in threads_before and t.is_alive() and t.name != "tqdm_monitor"
-        ]
+        return [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
 
     wait_until(lambda: not threads_left(), timeout=5.0)
     assert not threads_left(), f"test left threads running: {threads_left()}"
