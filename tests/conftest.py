@@ -2,20 +2,22 @@
 
 Three hang guards bound every test: explicit ``timeout=`` on blocking calls in the
 tests themselves, pytest-timeout per test (pyproject.toml), and faulthandler dumping
-every thread's stack shortly before that.
+every thread's stack from C when that timeout's SIGALRM arrives (stacks_on_timeout).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import multiprocessing as mp
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
+import signal
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -152,6 +154,24 @@ def _open_fds() -> dict[int, str]:
         except OSError:
             pass  # closed meanwhile (the listing's own descriptor among them)
     return fds
+
+
+@pytest.fixture(autouse=True)
+def stacks_on_timeout() -> Iterator[None]:
+    """When pytest-timeout's SIGALRM comes, faulthandler dumps every thread's stack from
+    its C handler first (then pytest-timeout's runs): it shows where a test hangs even
+    in C code that never returns to Python.  (Not faulthandler_timeout: its watchdog is
+    a thread, so every fork in every test forked a multi-threaded process, which warns
+    from 3.12 and is an error under filterwarnings = error from 3.15.)"""
+    handler = signal.getsignal(signal.SIGALRM)
+    if handler in (signal.SIG_DFL, signal.SIG_IGN, None):  # pytest-timeout not in use
+        yield
+        return
+    faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
+    try:
+        yield
+    finally:
+        faulthandler.unregister(signal.SIGALRM)
 
 
 @pytest.fixture(autouse=True)
