@@ -1360,16 +1360,6 @@ static int add_type(PyObject *module, PyTypeObject *type, const char *name) {
     X(ARG1, dict_subscript) X(SETITEM, dict_ass_subscript) X(CONTAINS, dict_contains)
 
 typedef void (*shoal_fn)(void);
-/* the signature each kind is called with (METH_NOARGS, METH_O and METH_VARARGS: ARG1) */
-typedef PyObject *(*cs_ARG1_t)(PyObject *, PyObject *);
-typedef PyObject *(*cs_FAST_t)(PyObject *, PyObject *const *, Py_ssize_t);
-typedef PyObject *(*cs_FASTKW_t)(PyObject *, PyObject *const *, Py_ssize_t, PyObject *);
-typedef PyObject *(*cs_VARKW_t)(PyObject *, PyObject *, PyObject *);
-typedef PyObject *(*cs_GET_t)(PyObject *, void *);
-typedef Py_ssize_t (*cs_LEN_t)(PyObject *);
-typedef int (*cs_SETITEM_t)(PyObject *, PyObject *, PyObject *);
-typedef int (*cs_CONTAINS_t)(PyObject *, PyObject *);
-
 #define CS_PARAMS_ARG1 PyObject *a
 #define CS_ARGS_ARG1 a
 #define CS_PARAMS_FAST PyObject *const *a, Py_ssize_t n
@@ -1396,7 +1386,7 @@ typedef int (*cs_CONTAINS_t)(PyObject *, PyObject *);
     static CS_RET_##KIND cs_##FN(PyObject *self, CS_PARAMS_##KIND) {                     \
         CS_RET_##KIND r;                                                                 \
         Py_BEGIN_CRITICAL_SECTION(self);                                                 \
-        r = ((cs_##KIND##_t)(shoal_fn)FN)(self, CS_ARGS_##KIND);                         \
+        r = FN((void *)self, CS_ARGS_##KIND); /* (self: the method's own type) */       \
         Py_END_CRITICAL_SECTION();                                                       \
         return r;                                                                        \
     }
@@ -1405,7 +1395,7 @@ typedef int (*cs_CONTAINS_t)(PyObject *, PyObject *);
     static Py_ssize_t cs_##FN(PyObject *self) {                                          \
         Py_ssize_t r;                                                                    \
         Py_BEGIN_CRITICAL_SECTION(self);                                                 \
-        r = ((cs_LEN_t)(shoal_fn)FN)(self);                                              \
+        r = FN((void *)self);                                                            \
         Py_END_CRITICAL_SECTION();                                                       \
         return r;                                                                        \
     }
