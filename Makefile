@@ -8,7 +8,7 @@ SOURCES := pyproject.toml setup.py $(shell find src native -name '*.py' -o -name
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint bench bench-quick test-native test-sanitize clean check-shm chaos mutants
-.PHONY: test-sanitize-python test-sanitize-native test-stdlib
+.PHONY: test-sanitize-python test-sanitize-native test-stdlib test-pythons
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,20 @@ test-stdlib: $(STAMP)
 	$(BIN)/python -m stdlib_suites.install $(STDLIB_TESTS)
 	SHOAL_STDLIB_TESTS=$(abspath $(STDLIB_TESTS)) $(BIN)/python -m stdlib_suites $(STDLIB_ARGS)
 	$(MAKE) --no-print-directory check-shm
+
+# ---- the other Python versions (issue #11) ----------------------------------------------
+# The whole suite on each Python version that requires-python claims and on the
+# free-threaded build, one line each: 3.10 (a manylinux CPython from the package index),
+# 3.13 (a Debian trixie chroot), 3.14 and 3.15 (a Debian sid chroot), 3.13t (built from
+# source in the trixie chroot).  Each interpreter is made once and kept under
+# $(PYTHONS_CACHE); each suite runs in a private /dev/shm.  Needs root.
+# PYTHONS picks some (`make test-pythons PYTHONS="3.14 3.10"`); PYTEST_ARGS goes to
+# pytest.  Details and costs: tools/pythons/test-pythons, docs/compatibility.md.
+PYTHONS ?=
+PYTHONS_CACHE ?= /var/cache/shoal-pythons
+test-pythons:
+	PYTHONS="$(PYTHONS)" SHOAL_PYTHONS_CACHE="$(PYTHONS_CACHE)" PYTEST_ARGS="$(PYTEST_ARGS)" \
+		tools/pythons/test-pythons
 
 # ---- the native core on its own, and under sanitizers (issue #2) ------------------------
 # test-native: native/tests (a small C runner, one forked process group per test)

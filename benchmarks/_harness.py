@@ -45,14 +45,14 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from importlib import util as importlib_util
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 __all__ = [
     "Benchmark",

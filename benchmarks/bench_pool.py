@@ -48,8 +48,9 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from time import perf_counter
-from typing import Any, Callable
+from typing import Any
 
 import shoal
 

@@ -46,7 +46,8 @@ import random
 import subprocess
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -2,20 +2,23 @@
 
 Three hang guards bound every test: explicit ``timeout=`` on blocking calls in the
 tests themselves, pytest-timeout per test (pyproject.toml), and faulthandler dumping
-every thread's stack shortly before that.
+every thread's stack from C when that timeout's SIGALRM arrives (stacks_on_timeout).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import multiprocessing as mp
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
+import signal
 import struct
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -154,6 +157,24 @@ def _open_fds() -> dict[int, str]:
 
 
 @pytest.fixture(autouse=True)
+def stacks_on_timeout() -> Iterator[None]:
+    """When pytest-timeout's SIGALRM comes, faulthandler dumps every thread's stack from
+    its C handler first (then pytest-timeout's runs): it shows where a test hangs even
+    in C code that never returns to Python.  (Not faulthandler_timeout: its watchdog is
+    a thread, so every fork in every test forked a multi-threaded process, which warns
+    from 3.12 and is an error under filterwarnings = error from 3.15.)"""
+    handler = signal.getsignal(signal.SIGALRM)
+    if handler in (signal.SIG_DFL, signal.SIG_IGN, None):  # pytest-timeout not in use
+        yield
+        return
+    faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
+    try:
+        yield
+    finally:
+        faulthandler.unregister(signal.SIGALRM)
+
+
+@pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest):
     """After each test: no child process left, no new shoal segment that this process
     does not still hold (children that exit must have released theirs), no thread
@@ -189,12 +210,7 @@ def no_leaks(request: pytest.FixtureRequest):
     assert not dead_left(), f"dead processes' liveness files survived a sweep: {dead_left()}"
 
     def threads_left() -> list[threading.Thread]:
-        # (tqdm's monitor thread starts with the first progress bar and stays)
-        return [
-            t
-            for t in threading.enumerate()
-            if t not in threads_before and t.is_alive() and t.name != "tqdm_monitor"
-        ]
+        return [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
 
     wait_until(lambda: not threads_left(), timeout=5.0)
     assert not threads_left(), f"test left threads running: {threads_left()}"

@@ -25,7 +25,8 @@ their context makes; give them ``multiprocessing.get_context(ctx.get_start_metho
 from __future__ import annotations
 
 import multiprocessing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import _managers, _pool, _queues, _sharedctypes, _sync
 from ._process import (

@@ -31,6 +31,24 @@
 /* Exception classes, looked up once from shoal._errors (pure Python, lowest layer). */
 static PyObject *ClosedError, *NotHeldError, *OwnerDiedWarning;
 
+/* Set a module-wide hook (shoal's Python half sets each once, at import).  Without the
+ * GIL another thread may be calling the one replaced, so that one is kept alive. */
+#ifdef Py_GIL_DISABLED
+#define SET_HOOK(var, value)                                                               \
+    do {                                                                                   \
+        PyObject *hook_ = (value);                                                         \
+        Py_XINCREF(hook_);                                                                 \
+        __atomic_store_n(&(var), hook_, __ATOMIC_RELEASE);                                 \
+    } while (0)
+#else
+#define SET_HOOK(var, value)                                                               \
+    do {                                                                                   \
+        PyObject *hook_ = (value);                                                         \
+        Py_XINCREF(hook_);                                                                 \
+        Py_XSETREF(var, hook_);                                                            \
+    } while (0)
+#endif
+
 /* ---- helpers ------------------------------------------------------------------------ */
 
 /* timeout (seconds, None = forever) -> relative ns, -1 forever, 0 don't block. */
@@ -1294,6 +1312,173 @@ static int add_type(PyObject *module, PyTypeObject *type, const char *name) {
 #include "_core_ring.c"
 #include "_core_dict.c"
 
+/* ---- free-threaded builds (3.13t and later): one call at a time per object ------------
+ *
+ * With the GIL, a call of a method of these types runs alone until it releases the GIL
+ * (to wait); the code relies on that for the object's own fields: the bound view
+ * (`addr`, which _unbind clears and releases), a ring's geometry, a dict's bound table
+ * (which _refresh and _bind_table replace, releasing the old one).  Shared memory needs
+ * nothing more: its words are atomics and its locks are process-shared, made for
+ * other processes (hence threads) at any instant.  Without the GIL the same guarantee
+ * is had per object from a critical section on it around every method, getter and
+ * slot: like the GIL it is let go while the call waits (Py_BEGIN_ALLOW_THREADS) or
+ * runs Python code that blocks, so close() from another thread still reaches a call
+ * blocked in get() (the ring's busy/closing protocol), and no lock order can deadlock.
+ * (On builds with the GIL none of this is compiled.)  Every method of every type must
+ * be listed here: one that is not leaves the GIL on (PyInit__core checks), so a method
+ * added later without it is seen (tests/test_threads.py, on a free-threaded build). */
+#ifdef Py_GIL_DISABLED
+#define SHOAL_LOCKED_CALLS(X)                                                               \
+    X(ARG1, mutex_bind) X(ARG1, view_unbind) X(FASTKW, mutex_acquire)                        \
+    X(ARG1, mutex_release) X(ARG1, mutex_enter) X(FAST, mutex_exit)                          \
+    X(ARG1, mutex_is_owned) X(ARG1, mutex_release_save) X(ARG1, mutex_acquire_restore)       \
+    X(GET, view_is_bound) X(GET, mutex_get_owner) X(GET, mutex_get_dead_owner)               \
+    X(GET, mutex_get_waiters) X(GET, mutex_get_depth) X(GET, mutex_get_owner_died)           \
+    X(ARG1, sem_bind) X(ARG1, sem_init) X(FASTKW, sem_acquire) X(ARG1, sem_release)          \
+    X(ARG1, sem_enter) X(FAST, sem_exit) X(ARG1, sem_get_value) X(GET, sem_waiters)          \
+    X(GET, sem_max_value) X(ARG1, event_bind) X(VARKW, event_wait) X(ARG1, event_set)        \
+    X(ARG1, event_clear) X(ARG1, event_is_set) X(GET, event_waiters) X(ARG1, cond_bind)      \
+    X(ARG1, cond_enter) X(ARG1, cond_wait) X(ARG1, cond_leave) X(ARG1, cond_notify)          \
+    X(GET, cond_waiting) X(ARG1, atomic_bind) X(FAST, atomic_add)                            \
+    X(FAST, atomic_fetch_add) X(FAST, atomic_compare_exchange) X(ARG1, atomic_load)          \
+    X(ARG1, atomic_store) X(ARG1, ring_bind) X(ARG1, ring_init) X(ARG1, ring_check)          \
+    X(FASTKW, ring_put) X(FASTKW, ring_put_fast) X(FASTKW, ring_put_many)                    \
+    X(FASTKW, ring_get) X(FASTKW, ring_get_many) X(FASTKW, ring_get_obj)                     \
+    X(FASTKW, ring_get_many_obj) X(FASTKW, ring_get_claim) X(ARG1, ring_qsize)               \
+    X(ARG1, ring_shutdown) X(ARG1, ring_add_unfinished) X(ARG1, ring_task_done)              \
+    X(ARG1, ring_join) X(ARG1, ring_begin_close) X(GET, ring_get_busy)                       \
+    X(GET, ring_get_capacity) X(GET, ring_get_taken) X(GET, ring_get_max_items)              \
+    X(GET, ring_get_max_payload) X(GET, ring_get_bytes_used) X(GET, ring_get_unfinished)     \
+    X(GET, ring_get_is_shutdown) X(GET, ring_get_consumers_waiting)                          \
+    X(GET, ring_get_producers_waiting) X(GET, ring_get_joiners)                              \
+    X(GET, ring_get_consumers_waiting_raw) X(GET, ring_get_producers_waiting_raw)            \
+    X(GET, ring_get_joiners_raw) X(ARG1, dict_bind) X(ARG1, dict_unbind)                     \
+    X(ARG1, dict_bind_table) X(ARG1, dict_copy_to) X(ARG1, dict_table_stats)                 \
+    X(ARG1, dict_snapshot) X(ARG1, dict_clear) X(ARG1, dict_release_stored)                  \
+    X(FAST, dict_get) X(FAST, dict_incr) X(FAST, dict_get_or_set) X(FAST, dict_pop)          \
+    X(ARG1, dict_popitem) X(GET, dict_get_generation) X(LEN, dict_length)                    \
+    X(ARG1, dict_subscript) X(SETITEM, dict_ass_subscript) X(CONTAINS, dict_contains)
+
+typedef void (*shoal_fn)(void);
+#define CS_PARAMS_ARG1 PyObject *a
+#define CS_ARGS_ARG1 a
+#define CS_PARAMS_FAST PyObject *const *a, Py_ssize_t n
+#define CS_ARGS_FAST a, n
+#define CS_PARAMS_FASTKW PyObject *const *a, Py_ssize_t n, PyObject *k
+#define CS_ARGS_FASTKW a, n, k
+#define CS_PARAMS_VARKW PyObject *a, PyObject *k
+#define CS_ARGS_VARKW a, k
+#define CS_PARAMS_GET void *a
+#define CS_ARGS_GET a
+#define CS_RET_ARG1 PyObject *
+#define CS_RET_FAST PyObject *
+#define CS_RET_FASTKW PyObject *
+#define CS_RET_VARKW PyObject *
+#define CS_RET_GET PyObject *
+#define CS_RET_SETITEM int
+#define CS_PARAMS_SETITEM PyObject *a, PyObject *v
+#define CS_ARGS_SETITEM a, v
+#define CS_RET_CONTAINS int
+#define CS_PARAMS_CONTAINS PyObject *a
+#define CS_ARGS_CONTAINS a
+
+#define CS_DEFINE(KIND, FN)                                                              \
+    static CS_RET_##KIND cs_##FN(PyObject *self, CS_PARAMS_##KIND) {                     \
+        CS_RET_##KIND r;                                                                 \
+        Py_BEGIN_CRITICAL_SECTION(self);                                                 \
+        r = FN((void *)self, CS_ARGS_##KIND); /* (self: the method's own type) */       \
+        Py_END_CRITICAL_SECTION();                                                       \
+        return r;                                                                        \
+    }
+/* (lenfunc takes no argument past self) */
+#define CS_DEFINE_LEN(FN)                                                                \
+    static Py_ssize_t cs_##FN(PyObject *self) {                                          \
+        Py_ssize_t r;                                                                    \
+        Py_BEGIN_CRITICAL_SECTION(self);                                                 \
+        r = FN((void *)self);                                                            \
+        Py_END_CRITICAL_SECTION();                                                       \
+        return r;                                                                        \
+    }
+#define CS_DEFINE_ONE(KIND, FN) CS_DEFINE_##KIND(FN)
+#define CS_DEFINE_ARG1(FN) CS_DEFINE(ARG1, FN)
+#define CS_DEFINE_FAST(FN) CS_DEFINE(FAST, FN)
+#define CS_DEFINE_FASTKW(FN) CS_DEFINE(FASTKW, FN)
+#define CS_DEFINE_VARKW(FN) CS_DEFINE(VARKW, FN)
+#define CS_DEFINE_GET(FN) CS_DEFINE(GET, FN)
+#define CS_DEFINE_SETITEM(FN) CS_DEFINE(SETITEM, FN)
+#define CS_DEFINE_CONTAINS(FN) CS_DEFINE(CONTAINS, FN)
+SHOAL_LOCKED_CALLS(CS_DEFINE_ONE)
+
+static const struct {
+    shoal_fn plain, locked;
+} cs_calls[] = {
+#define CS_ENTRY(KIND, FN) {(shoal_fn)FN, (shoal_fn)cs_##FN},
+    SHOAL_LOCKED_CALLS(CS_ENTRY)
+#undef CS_ENTRY
+};
+
+/* The locked version of fn; NULL if it has none (it is not listed above). */
+static shoal_fn cs_locked(shoal_fn fn) {
+    for (size_t i = 0; i < sizeof cs_calls / sizeof cs_calls[0]; i++)
+        if (cs_calls[i].plain == fn || cs_calls[i].locked == fn)
+            return cs_calls[i].locked;
+    return NULL;
+}
+
+/* Point every method, getter and slot of the types at its locked version (before
+ * PyType_Ready copies them); 0 if one has none. */
+static int cs_lock_types(void) {
+    PyTypeObject *types[] = {&MutexType, &SemaphoreType, &EventType, &CondType,
+                             &AtomicType, &RingType,     &DictType};
+    int complete = 1;
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        PyTypeObject *type = types[t];
+        for (PyMethodDef *m = type->tp_methods; m && m->ml_name; m++) {
+            shoal_fn locked = cs_locked((shoal_fn)m->ml_meth);
+            if (locked)
+                m->ml_meth = (PyCFunction)locked;
+            else
+                complete = 0;
+        }
+        for (PyGetSetDef *g = type->tp_getset; g && g->name; g++) {
+            shoal_fn locked = g->get ? cs_locked((shoal_fn)g->get) : NULL;
+            if (locked && !g->set)
+                g->get = (getter)locked;
+            else
+                complete = 0;
+        }
+        PyMappingMethods *mp = type->tp_as_mapping;
+        PySequenceMethods *sq = type->tp_as_sequence;
+        if (mp) {
+            shoal_fn len = cs_locked((shoal_fn)mp->mp_length);
+            shoal_fn sub = cs_locked((shoal_fn)mp->mp_subscript);
+            shoal_fn ass = cs_locked((shoal_fn)mp->mp_ass_subscript);
+            if (len && sub && ass) {
+                mp->mp_length = (lenfunc)len;
+                mp->mp_subscript = (binaryfunc)sub;
+                mp->mp_ass_subscript = (objobjargproc)ass;
+            } else {
+                complete = 0;
+            }
+        }
+        if (sq) {
+            shoal_fn contains = cs_locked((shoal_fn)sq->sq_contains);
+            /* only sq_contains is set: any other slot would be unlocked */
+            if (contains && !sq->sq_length && !sq->sq_item && !sq->sq_ass_item &&
+                !sq->sq_concat && !sq->sq_repeat)
+                sq->sq_contains = (objobjproc)contains;
+            else
+                complete = 0;
+        }
+        if (type->tp_iter || type->tp_iternext || type->tp_call || type->tp_repr ||
+            type->tp_str || type->tp_richcompare || type->tp_hash || type->tp_as_number ||
+            type->tp_as_buffer || type->tp_init || type->tp_members)
+            complete = 0; /* a slot this list does not cover */
+    }
+    return complete;
+}
+#endif
+
 PyMODINIT_FUNC PyInit__core(void) {
     PyObject *errors = PyImport_ImportModule("shoal._errors");
     if (!errors)
@@ -1305,6 +1490,9 @@ PyMODINIT_FUNC PyInit__core(void) {
         Py_DECREF(errors);
         return NULL;
     }
+#ifdef Py_GIL_DISABLED
+    int gil_free = cs_lock_types();
+#endif
     PyObject *module = PyModule_Create(&core_module);
     if (!module || ring_module_init(module, errors) < 0 || dict_module_init(module) < 0) {
         Py_DECREF(errors);
@@ -1333,5 +1521,12 @@ PyMODINIT_FUNC PyInit__core(void) {
         Py_DECREF(module);
         return NULL;
     }
+#ifdef Py_GIL_DISABLED
+    /* (single-phase initialisation: no Py_mod_gil slot; this is its equivalent) */
+    if (gil_free && PyUnstable_Module_SetGIL(module, Py_MOD_GIL_NOT_USED) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+#endif
     return module;
 }

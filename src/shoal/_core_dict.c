@@ -1176,18 +1176,12 @@ static PyObject *dict_set_codec(PyObject *module, PyObject *args) {
                         "the dict codec takes callables (and an exception class last)");
         return NULL;
     }
-    Py_INCREF(encode);
-    Py_XSETREF(DictEncode, encode);
-    Py_INCREF(loads);
-    Py_XSETREF(DictLoads, loads);
-    Py_XINCREF(encode_key);
-    Py_XSETREF(DictEncodeKey, encode_key);
-    Py_XINCREF(loads_stored);
-    Py_XSETREF(DictLoadsStored, loads_stored);
-    Py_XINCREF(release);
-    Py_XSETREF(DictRelease, release);
-    Py_XINCREF(gone);
-    Py_XSETREF(DictGone, gone);
+    SET_HOOK(DictEncode, encode);
+    SET_HOOK(DictLoads, loads);
+    SET_HOOK(DictEncodeKey, encode_key);
+    SET_HOOK(DictLoadsStored, loads_stored);
+    SET_HOOK(DictRelease, release);
+    SET_HOOK(DictGone, gone);
     Py_RETURN_NONE;
 }
 

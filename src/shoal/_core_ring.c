@@ -888,8 +888,7 @@ static PyObject *ring_set_loads(PyObject *module, PyObject *hook) {
         PyErr_SetString(PyExc_TypeError, "the loads hook must be callable");
         return NULL;
     }
-    Py_INCREF(hook);
-    Py_XSETREF(LoadsHook, hook);
+    SET_HOOK(LoadsHook, hook);
     Py_RETURN_NONE;
 }
 

@@ -183,9 +183,9 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing import util
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from . import _core
 from ._errors import ClosedError, LayoutError, SegmentNotFoundError, SharedMemoryError

@@ -1811,17 +1811,29 @@ def _executor_dropped(engine: _Engine) -> None:
     threading.Thread(target=engine.join, name="Executor-dropped", daemon=True).start()
 
 
+_bar_class: Any = None
+
+
 def _make_bar(progress: Any, total: int | None, description: str) -> Any:
+    global _bar_class
     if not progress:
         return None
-    from tqdm.auto import tqdm  # only when asked: tqdm imports a good deal
+    if _bar_class is None:
+        from tqdm.auto import tqdm  # only when asked: tqdm imports a good deal
 
+        class _Bar(tqdm):  # type: ignore[misc, valid-type]
+            # no monitor thread: it stayed for the life of the process, and every fork
+            # after it (the standard library's too) warned that the process is
+            # multi-threaded (3.12+; an error under -W error from 3.15)
+            monitor_interval = 0
+
+        _bar_class = _Bar
     options = {"total": total, "desc": description}
     if isinstance(progress, dict):
         options.update(progress)
     elif isinstance(progress, str):
         options["desc"] = progress
-    return tqdm(**options)
+    return _bar_class(**options)
 
 
 # ---- Pool -------------------------------------------------------------------------------

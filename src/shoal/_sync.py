@@ -21,9 +21,10 @@ from __future__ import annotations
 import multiprocessing.context
 import pickle
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from threading import BrokenBarrierError
-from typing import Any, Callable, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from . import _core
 from ._errors import BarrierPartyDiedError, ClosedError, NotHeldError, ShoalError
