@@ -20,7 +20,7 @@ from __future__ import annotations
 import statistics
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from ._harness import Benchmark, Case, Config, Floor, Group, Sample
 
