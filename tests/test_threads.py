@@ -199,46 +199,55 @@ def test_closing_a_queue_under_busy_threads_raises_closed_error_and_never_crashe
     assert sorted(set(hammer(work, THREADS + 1))) == ["closed", "refused"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug: the child segfaults (-11) with the GIL too (3.11, seen 2026-12-02); "
-    "on 3.13t without the critical sections 3 of 3 runs crashed, with them 4 of 4 passed",
-)
 def test_readers_of_one_shared_dict_survive_another_thread_replacing_its_table() -> None:
     # a write that outgrows the table (or a clear) binds the handle to a new table and
-    # lets go of the old one while the other threads read through the same handle: on
-    # a free-threaded build without the per-object critical sections this segfaulted
-    # in a few seconds (in a child here, so that a crash fails this test only)
+    # lets go of the old one while the other threads read through the same handle (in a
+    # child here, so that a crash fails this test only).  It segfaulted, with the GIL
+    # too: a reader that had mapped a table bound it after the writer had bound a newer
+    # one (or the same one through another mapping, unmapping the writer's), and the
+    # binding left the handle with no table while mmap's dealloc let the GIL go; the
+    # writes made to a stale table were lost
     code = """
-        import threading, shoal
-        d = shoal.SharedDict()
-        d[0] = 0
-        stop = threading.Event()
+        import sys, threading, shoal
+        sys.setswitchinterval(1e-6)  # (as the fixture does here)
 
-        def read():
-            n = 0
-            while not stop.is_set():
-                d.get(0)
-                d.get(n % 5000)
-                n += 1
-                if n % 97 == 0:
-                    len(d)
+        def round():
+            d = shoal.SharedDict()
+            d[0] = 0
+            stop = threading.Event()
 
-        readers = [threading.Thread(target=read) for _ in range(6)]
-        for t in readers:
-            t.start()
-        try:
-            for i in range(1, 30000):
-                d[i] = i
-                if i % 3000 == 0:
-                    d.clear()
-                    d[0] = 0
-        finally:
-            stop.set()
+            def read():
+                n = 0
+                while not stop.is_set():
+                    d.get(0)
+                    d.get(n % 5000)
+                    n += 1
+                    if n % 97 == 0:
+                        len(d)
+                    if n % 1001 == 0:
+                        d.items()  # a pass over the table while it is replaced
+
+            readers = [threading.Thread(target=read) for _ in range(6)]
             for t in readers:
-                t.join(60)
-        assert d.statistics().tables_made > 10
-        d.close()
+                t.start()
+            try:
+                for i in range(1, 30000):
+                    d[i] = i
+                    if i % 3000 == 0:
+                        d.clear()
+                        d[0] = 0
+            finally:
+                stop.set()
+                for t in readers:
+                    t.join(60)
+            assert d.statistics().tables_made > 10
+            # all that was written since the last clear (nothing went to a stale table)
+            assert len(d) == 3000, len(d)
+            assert all(d[i] == i for i in range(27001, 30000)) and d[0] == 0
+            d.close()
+
+        for _ in range(4):  # (one round crashed the old code about one time in four)
+            round()
         print("ok")
     """
     done = subprocess.run(

@@ -147,11 +147,24 @@ static PyObject *dict_bind_table(DictObject *self, PyObject *args) {
                         "it is corrupt (was it written to outside shoal?)");
         return NULL;
     }
-    dict_release_table(self);
+    if (self->table && generation <= self->generation) {
+        /* Another thread of this process bound this table, or a newer one, while this
+         * one was mapping it: keep that binding.  Binding an older table would undo a
+         * newer one (the writes made to it would be lost), and even the same table
+         * through a second mapping would unmap the first under whoever still uses it. */
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    /* the new table is in place before the old mapping goes: releasing it may unmap it
+     * with the GIL let go (mmap's dealloc), and the other threads must find a table */
+    Py_buffer old = self->table_view;
+    int had = self->table != NULL;
     self->table_view = view;
     self->table = d;
     self->tv = tv;
     self->generation = generation;
+    if (had)
+        PyBuffer_Release(&old);
     Py_RETURN_NONE;
 }
 
@@ -867,11 +880,15 @@ static PyObject *snapshot_pass(DictObject *self, int which, PyObject **pending) 
     PyObject *list = PyList_New(0), *todo = PyList_New(0);
     if (!list || !todo)
         goto fail;
+    /* a copy: decoding allocates, a collection may run code that binds this handle to
+     * a newer table meanwhile, and the pass must go on over the table it began on (the
+     * caller keeps that one mapped) */
+    shoal_dict_view tv = self->tv;
     uint64_t pos = 0;
     const char *kp, *vp;
     uint32_t kl, vl;
     int r;
-    while ((r = shoal_dict_next(&self->tv, &pos, &kp, &kl, &vp, &vl)) == 1) {
+    while ((r = shoal_dict_next(&tv, &pos, &kp, &kl, &vp, &vl)) == 1) {
         PyObject *parts[2] = {NULL, NULL};
         int pend[2] = {0, 0}, n = 0;
         if (which != 1)
