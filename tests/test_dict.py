@@ -369,11 +369,14 @@ def test_reader_repairs_after_writer_died_mid_change() -> None:
                 lock = _core.Mutex()
                 lock._bind(shared._mapping, root, False, False)
                 lock.acquire(True, 5.0)
-                _core.store64(table, lowlevel.Segment.HEADER_SIZE + 8, 7)
+                # (the table's seqlock version: the third word of its header)
+                _core.store64(table, lowlevel.Segment.HEADER_SIZE + 16, 7)
             finally:
                 os._exit(0)
         os.waitpid(pid, 0)
+        made = shared.statistics().tables_made
         assert shared["a"] == 1
+        assert shared.statistics().tables_made == made + 1  # the reader rebuilt it
         shared["b"] = 2
         assert shared.copy() == {"a": 1, "b": 2}
     finally:
