@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 import threading
 
@@ -112,5 +113,25 @@ def test_pool_appends(ctx: mp.context.BaseContext) -> None:
         assert items[0] == "start" and len(items) == 601
         for tag in "ab":
             assert [i for t, i in items[1:] if t == tag] == list(range(300))
+    finally:
+        lst.close()
+
+
+def test_a_process_killed_inside_clear_leaves_an_empty_list_that_works() -> None:
+    # clear() empties the table in one step, then stores the length: a process killed
+    # between the two left a list whose every use raised KeyError (and len() met the
+    # same gap while another process cleared it)
+    lst = SharedList([1, 2, 3])
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                lst._items.clear()  # clear()'s first step, then dies
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert len(lst) == 0 and list(lst) == [] and lst.copy() == []
+        lst.append(4)
+        assert list(lst) == [4]
     finally:
         lst.close()

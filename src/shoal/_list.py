@@ -100,9 +100,14 @@ class SharedList(MutableSequence[_T]):
                 "(is a process holding it stopped?)"
             )
 
+    def _length(self) -> int:
+        # (no length stored: the table is empty, as clear() leaves it between its two
+        # steps, or a process killed there)
+        return self._items.get(_LEN, 0)
+
     def _snapshot(self) -> list[Any]:
         items = self._items
-        return [items[i] for i in range(items[_LEN])]
+        return [items[i] for i in range(self._length())]
 
     def _rewrite(self, new: list[Any], old_len: int) -> None:
         """Replace the contents with ``new`` (lock held): items first, length last."""
@@ -116,7 +121,7 @@ class SharedList(MutableSequence[_T]):
     # ---- the sequence API ------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return self._items[_LEN]
+        return self._length()
 
     @overload
     def __getitem__(self, index: SupportsIndex) -> _T: ...
@@ -125,7 +130,7 @@ class SharedList(MutableSequence[_T]):
     def __getitem__(self, index: Any) -> Any:
         self._acquire()
         try:
-            n = self._items[_LEN]
+            n = self._length()
             if isinstance(index, slice):
                 return [self._items[i] for i in range(n)[index]]
             i = _position(index, n, "list index out of range")
@@ -140,7 +145,7 @@ class SharedList(MutableSequence[_T]):
     def __setitem__(self, index: Any, value: Any) -> None:
         self._acquire()
         try:
-            n = self._items[_LEN]
+            n = self._length()
             if isinstance(index, slice):
                 new = self._snapshot()
                 new[index] = value  # list semantics, errors included
@@ -153,7 +158,7 @@ class SharedList(MutableSequence[_T]):
     def __delitem__(self, index: Any) -> None:
         self._acquire()
         try:
-            n = self._items[_LEN]
+            n = self._length()
             if isinstance(index, slice):
                 new = self._snapshot()
                 del new[index]
@@ -175,7 +180,7 @@ class SharedList(MutableSequence[_T]):
         self._acquire()
         try:
             items = self._items
-            n = items[_LEN]
+            n = self._length()
             i = operator.index(index)
             i = min(max(i + n if i < 0 else i, 0), n)  # clamped, as list.insert
             for j in range(n, i, -1):
@@ -189,7 +194,7 @@ class SharedList(MutableSequence[_T]):
         """Append ``value`` (atomically: concurrent appends all land, in some order)."""
         self._acquire()
         try:
-            n = self._items[_LEN]
+            n = self._length()
             self._items[n] = value
             self._items[_LEN] = n + 1
         finally:
@@ -202,7 +207,7 @@ class SharedList(MutableSequence[_T]):
         values = list(values)
         self._acquire()
         try:
-            n = self._items[_LEN]
+            n = self._length()
             for i, value in enumerate(values, n):
                 self._items[i] = value
             self._items[_LEN] = n + len(values)  # last: an error above changes nothing
@@ -214,7 +219,7 @@ class SharedList(MutableSequence[_T]):
         index = operator.index(index)
         self._acquire()
         try:
-            n = self._items[_LEN]
+            n = self._length()
             if n == 0:
                 raise IndexError("pop from empty list")
             i = _position(index, n, "pop index out of range")
@@ -253,7 +258,7 @@ class SharedList(MutableSequence[_T]):
         """(True, item i) if the list has an item ``i`` now, else (False, None)."""
         self._acquire()
         try:
-            if 0 <= i < self._items[_LEN]:
+            if 0 <= i < self._length():
                 return True, self._items[i]
             return False, None
         finally:
@@ -275,7 +280,7 @@ class SharedList(MutableSequence[_T]):
         """Remove the first item equal to ``value`` (ValueError if none), atomically."""
         self._acquire()
         try:
-            n = self._items[_LEN]
+            n = self._length()
             # (as list.remove compares: identity first, and what == raises propagates)
             at = next(
                 (i for i, item in enumerate(self._snapshot()) if item is value or item == value),
