@@ -42,6 +42,7 @@ RANKS: dict[str, int] = {
     "_context": 95,  # get_context(): factories of every layer below, Pool and Manager included
     "_demo": 100,  # what `python -m shoal demo` runs
     "_doctor": 100,
+    "_testing": 105,  # shoal.testing: start methods, the leak check, faults
     # public facades: __init__ and the stdlib-shaped shims (any module without "_")
     "__init__": 110,
     "__main__": 120,
