@@ -36,9 +36,10 @@ setup(
     ext_modules=[
         Extension(
             "shoal._core",
-            sources=["src/shoal/_core.c", *native],
-            include_dirs=["native/include"],
-            depends=[*glob("native/*/*.h"), *glob("src/shoal/_core_*.c")],
+            # the glue's parts, each its own translation unit (src/shoal/_core_glue.h)
+            sources=[*sorted(glob("src/shoal/_core*.c")), *native],
+            include_dirs=["native/include", "src/shoal"],
+            depends=[*glob("native/*/*.h"), *glob("src/shoal/_core*.h")],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
         )

@@ -14,7 +14,6 @@ import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
 import signal
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,8 +22,10 @@ from typing import Any
 import pytest
 
 from shoal import _core, _memory, lowlevel
+from shoal.testing import START_METHODS, leaked_segments
+from shoal.testing import segments as shoal_segments
 
-START_METHODS = [m for m in ("fork", "spawn", "forkserver") if m in mp.get_all_start_methods()]
+__all__ = ["START_METHODS", "in_thread", "join_all", "shoal_segments", "wait_until"]
 
 
 @pytest.fixture(params=START_METHODS)
@@ -33,76 +34,9 @@ def ctx(request: pytest.FixtureRequest) -> mp.context.BaseContext:
     return mp.get_context(request.param)
 
 
-def shoal_segments() -> set[str]:
-    """shoal's segments in /dev/shm (liveness files, ``shoal-live-*``, are not)."""
-    try:
-        return {
-            "/" + n
-            for n in os.listdir("/dev/shm")
-            if n.startswith("shoal-") and not n.startswith(_memory.LIVENESS_PREFIX)
-        }
-    except FileNotFoundError:
-        return set()
-
-
 def dead_liveness_files() -> set[str]:
     """Liveness files of processes that died, left for a sweep to remove."""
     return {name for name, state in _memory.liveness_files().items() if state == "dead"}
-
-
-def _creator_pid(name: str) -> int | None:
-    """The pid in a segment header's creator token (offset 32), if it can be read."""
-    try:
-        with open("/dev/shm" + name, "rb") as f:
-            header = f.read(40)
-    except OSError:
-        return None
-    if len(header) != 40:
-        return None
-    return _core.token_pid(struct.unpack_from("<Q", header, 32)[0])
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def awaiting_reclaim(name: str) -> bool:
-    """Whether segment ``name`` is the ledger of a process that died (SIGKILLed by the
-    test): the next sweep gives back what it records and removes it (shoal._handle,
-    "The ledger"; tests/test_ledger.py checks that it does), so it is no leak."""
-    try:
-        with open("/dev/shm" + name, "rb") as f:
-            header = f.read(_memory.HEADER_SIZE)
-    except OSError:
-        return False
-    if len(header) != _memory.HEADER_SIZE or header[:8] != b"SHOALSEG":
-        return False
-    if int.from_bytes(header[24:28], "little") != _memory.KIND_LEDGER:
-        return False
-    holders = struct.unpack_from(f"<{_memory._HOLDER_CAPACITY}Q", header, _memory._HOLDERS_OFFSET)
-    return not any(h and _core.token_alive(h) for h in holders)
-
-
-def ours(name: str) -> bool:
-    """Whether this test run can have made the segment: by this process, one of its
-    descendants, or a process that is gone (other programs on a shared machine —
-    another test run — are not this test's leaks)."""
-    pid = _creator_pid(name)
-    if pid is None or pid == 0:
-        return True
-    seen = 0
-    while pid and seen < 64:
-        if pid == os.getpid():
-            return True
-        parent = _ppid(pid)
-        if parent is None:
-            return True  # the creator is gone
-        pid, seen = parent, seen + 1
-    return False
 
 
 def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01) -> bool:
@@ -190,12 +124,9 @@ def no_leaks(request: pytest.FixtureRequest):
     assert not children, f"test left child processes running: {children}"
     gc.collect()
 
-    def leaked() -> set[str]:
-        new = shoal_segments() - before - lowlevel.attached_names()
-        return {name for name in new if ours(name) and not awaiting_reclaim(name)}
-
-    wait_until(lambda: not leaked(), timeout=5.0)
-    assert not leaked(), f"test leaked shared-memory segments: {sorted(leaked())}"
+    wait_until(lambda: not leaked_segments(before), timeout=5.0)
+    leaked = leaked_segments(before)
+    assert not leaked, f"test leaked shared-memory segments: {sorted(leaked)}"
 
     # A live process's liveness file (this one's among them) is no leak; a dead one's is
     # until a sweep removes it, which the next shoal process does: so does this check

@@ -27,10 +27,11 @@ RANKS: dict[str, int] = {
     "_core": 10,  # C; imports shoal._errors only (checked below)
     "_memory": 20,
     "_handle": 21,
+    "_record": 22,  # the record format's tags and limits, from _core
     "_serialize": 30,
+    "_codec": 31,  # the upcalls _core makes (registered with _core._set_codec)
     "_sync": 40,
     "_queues": 50,
-    "_shared": 60,
     "_array": 60,  # SharedArray, share()
     "_sharedctypes": 60,  # Value, Array, RawValue, RawArray
     "_dict": 61,  # SharedDict
@@ -38,10 +39,10 @@ RANKS: dict[str, int] = {
     "_process": 70,
     "_pool": 71,
     "_managers": 80,
-    "_cluster": 90,
     "_context": 95,  # get_context(): factories of every layer below, Pool and Manager included
     "_demo": 100,  # what `python -m shoal demo` runs
     "_doctor": 100,
+    "_testing": 105,  # shoal.testing: start methods, the leak check, faults
     # public facades: __init__ and the stdlib-shaped shims (any module without "_")
     "__init__": 110,
     "__main__": 120,
@@ -127,16 +128,53 @@ def test_shoal_imports_at_module_top(module: str) -> None:
         )
 
 
-@pytest.mark.parametrize("path", c_modules(), ids=lambda p: p.name)
-def test_native_glue_imports_only_errors(path: Path) -> None:
-    """The C glue may look up shoal's exception classes, nothing above itself."""
+# The C glue's imports of shoal's own modules: its exception classes at init, and the
+# one module whose functions it calls up into (core_upcall in _core.c).
+GLUE_IMPORTS = {"shoal._errors", "shoal._codec"}
+
+
+def glue_sources() -> list[Path]:
+    return sorted([*SRC.glob("*.c"), *SRC.glob("*.h")])
+
+
+@pytest.mark.parametrize("path", glue_sources(), ids=lambda p: p.name)
+def test_native_glue_imports_only_errors_and_its_upcalls(path: Path) -> None:
+    """The C glue looks up shoal's exception classes (below it) and imports the module of
+    its upcalls, shoal._codec; nothing else of shoal's."""
     for name in re.findall(r'PyImport_ImportModule\("([\w.]+)"\)', path.read_text()):
-        parts = name.split(".")
-        if parts[0] != "shoal":
-            continue
-        assert len(parts) > 1 and rank(parts[1]) < RANKS["_core"], (
-            f"{path.name} imports {name}, above the native core"
-        )
+        if name.split(".")[0] == "shoal":
+            assert name in GLUE_IMPORTS, f"{path.name} imports {name}"
+
+
+def test_the_glue_imports_what_it_names() -> None:
+    found = {
+        name
+        for path in glue_sources()
+        for name in re.findall(r'PyImport_ImportModule\("([\w.]+)"\)', path.read_text())
+    }
+    assert found >= GLUE_IMPORTS
+
+
+@pytest.mark.parametrize("module", python_modules())
+def test_only_codec_registers_upcalls(module: str) -> None:
+    """The upcalls have one owner: no other module calls _core's setters (_set_*)."""
+    text = (SRC / f"{module}.py").read_text()
+    setters = re.findall(r"_core\._set_\w+(?=\()", text)
+    if module == "_codec":
+        assert setters == ["_core._set_codec"]
+    else:
+        assert not setters, f"{module}.py calls {setters}: only shoal._codec registers upcalls"
+
+
+def test_every_c_upcall_is_registered_by_codec() -> None:
+    """Each upcall slot the C side reads (core_upcall(&core.X)) is one _codec sets."""
+    glue = "".join(p.read_text() for p in glue_sources())
+    calls = re.findall(r"core_upcall\(([^;]*)\);", glue)
+    used = {slot for call in calls for slot in re.findall(r"&core\.(\w+)", call)}
+    codec = (SRC / "_codec.py").read_text()
+    registered = set(re.findall(r"^    (\w+)=", codec, re.M))
+    assert {"loads", "encode", "encode_key", "loads_stored", "release"} <= used
+    assert used <= registered, f"upcalls _codec never sets: {used - registered}"
 
 
 def test_every_module_has_a_rank() -> None:

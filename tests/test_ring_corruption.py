@@ -35,10 +35,10 @@ HEADER = _core.RING_HEADER_SIZE
 FUZZ = r"""
 import pickle, queue, random, struct, sys
 import shoal
-from shoal import _core, _queues  # _queues sets its own hook as it loads
+from shoal import _codec, _core  # _codec registers the upcalls as it loads
 
 SEED, ROUNDS = {seed}, {rounds}
-_core._set_loads_hook(bytes)  # payloads are data: see the module docstring
+_core._set_codec(loads=bytes)  # payloads are data: see the module docstring
 unraisable = []
 sys.unraisablehook = lambda u: unraisable.append(u.exc_value)
 

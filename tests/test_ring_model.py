@@ -22,6 +22,9 @@ from __future__ import annotations
 import mmap
 import queue
 import struct
+import subprocess
+import sys
+import textwrap
 from collections import deque
 
 import pytest
@@ -285,3 +288,26 @@ def test_unbound_ring_raises() -> None:
         ring._put_bytes(b"x", False)
     with pytest.raises(ValueError):
         ring._get_bytes(False)
+
+
+def test_a_ring_used_before_any_other_shoal_module_decodes_pickles() -> None:
+    # the upcalls used to be registered as a side effect of importing shoal._queues
+    # (and shoal._dict): a Ring used first had no decoder.  _core registers them
+    # itself, on first need, by importing shoal._codec
+    code = textwrap.dedent(
+        """
+        import mmap, pickle, sys
+        from shoal import _core
+        assert "shoal._queues" not in sys.modules and "shoal._codec" not in sys.modules
+        mapping = mmap.mmap(-1, _core.RING_HEADER_SIZE + 4096)
+        ring = _core.Ring()
+        ring._bind(mapping, 0, len(mapping))
+        ring._init(4096, 0)
+        ring._put_bytes(pickle.dumps({"a": [1, 2]}, protocol=5), False)
+        print(ring._get(False), "shoal._codec" in sys.modules)
+        ring._unbind()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["{'a':", "[1,", "2]}", "True"]

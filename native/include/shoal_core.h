@@ -88,6 +88,15 @@ typedef enum {
     SHOAL_BAD_LAYOUT = 7,  /* a struct's fields hold values no shoal version writes */
 } shoal_status;
 
+/* A spin-wait hint to the CPU (a busy loop's body). */
+static inline void shoal_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 /* ---- atomics on (aligned) shared words: sequentially consistent ---------------- */
 uint64_t shoal_load64(const uint64_t *addr);
 void shoal_store64(uint64_t *addr, uint64_t value);

@@ -157,4 +157,32 @@ int shoal_dict_delete(const shoal_dict_view *v, uint64_t hash, const void *key, 
  * positions compacted): SHOAL_OK, FULL, or SHOAL_BAD_LAYOUT when src reads as corrupt. */
 int shoal_dict_copy(const shoal_dict_view *src, const shoal_dict_view *dst);
 
+/* ---- the root: which table is current ----------------------------------------------------
+ * A SharedDict's root block lives in a segment of its own and never moves; its table is
+ * a segment that is replaced, never resized (shoal._dict: _rebuild publishes a new one).
+ * Writers serialise on the root's robust mutex; readers compare the root's generation
+ * with the table they have bound.  (The SharedDict's C half, shoal/_core_dict.c, and its
+ * Python half, which reads these words by offset: _core exports the offsets.) */
+#define SHOAL_DICT_ROOT_NAME_BYTES 64
+typedef struct {
+    shoal_mutex lock;     /* writers serialise here */
+    uint64_t generation;  /* the current table's number: names[generation & 1] */
+    uint64_t sizes[2];    /* its table's size in bytes (after the segment header) */
+    uint64_t rebuilds;    /* tables made so far (statistics) */
+    uint64_t stored;      /* nonzero: values holding references may be in the table */
+    uint64_t reserved[6];
+    char names[2][SHOAL_DICT_ROOT_NAME_BYTES]; /* segment names, NUL padded */
+} shoal_dict_root;
+_Static_assert(sizeof(shoal_dict_root) == 256, "shoal_dict_root is part of the shared layout");
+#define SHOAL_DICT_ROOT_GENERATION 40
+#define SHOAL_DICT_ROOT_SIZES 48
+#define SHOAL_DICT_ROOT_REBUILDS 64
+#define SHOAL_DICT_ROOT_STORED 72
+#define SHOAL_DICT_ROOT_NAMES 128
+_Static_assert(offsetof(shoal_dict_root, generation) == SHOAL_DICT_ROOT_GENERATION, "layout");
+_Static_assert(offsetof(shoal_dict_root, sizes) == SHOAL_DICT_ROOT_SIZES, "layout");
+_Static_assert(offsetof(shoal_dict_root, rebuilds) == SHOAL_DICT_ROOT_REBUILDS, "layout");
+_Static_assert(offsetof(shoal_dict_root, stored) == SHOAL_DICT_ROOT_STORED, "layout");
+_Static_assert(offsetof(shoal_dict_root, names) == SHOAL_DICT_ROOT_NAMES, "layout");
+
 #endif

@@ -5,6 +5,8 @@
 #define SHOAL_ATOMIC_INTERNAL_H
 #include <stdint.h>
 
+#include "shoal_core.h"
+
 #define SC __ATOMIC_SEQ_CST
 static inline uint32_t ld32(const uint32_t *p) { return __atomic_load_n(p, SC); }
 static inline void st32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, SC); }
@@ -18,11 +20,5 @@ static inline void st64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, SC); }
 static inline int cas64(uint64_t *p, uint64_t *e, uint64_t d) {
     return __atomic_compare_exchange_n(p, e, d, 0, SC, SC);
 }
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
+static inline void cpu_relax(void) { shoal_cpu_relax(); }
 #endif

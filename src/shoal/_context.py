@@ -20,13 +20,21 @@ context or a standard-library one: they need only ``.Process`` and
 context is not a :class:`multiprocessing.context.BaseContext`, since the standard
 library's ``Pool`` and ``ProcessPoolExecutor`` reach into the internals of the queues
 their context makes; give them ``multiprocessing.get_context(ctx.get_start_method())``.
+
+Backends.  The context is where a backend is chosen: a start method names a context of
+this machine's shared memory (the one implementation today); any other name is looked
+up among the backends registered with :func:`register_backend`, whose factory makes a
+context with the same factories (``Queue``, ``Lock``, ``Pool`` … ``Manager``: the
+:class:`BackendContext` protocol) on another engine, from the options given to
+``get_context(name, **options)``.  A backend is added there, without touching the local
+primitives.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, Protocol, overload, runtime_checkable
 
 from . import _managers, _pool, _queues, _sharedctypes, _sync
 from ._process import (
@@ -45,7 +53,43 @@ __all__ = ["Context", "get_context"]
 _contexts: dict[str, Context] = {}
 
 
-def get_context(method: str | None = None) -> Context:
+@runtime_checkable
+class BackendContext(Protocol):
+    """What a backend's context offers: the factories of a :class:`Context`.
+
+    (The local :class:`Context` is one; a cluster engine's is another.)
+    """
+
+    def Queue(self, maxsize: int = 0, **kwargs: Any) -> Any: ...
+    def Lock(self) -> Any: ...
+    def Pool(self, processes: int | None = None, *args: Any, **kwargs: Any) -> Any: ...
+    def Manager(self) -> Any: ...
+    def get_start_method(self, allow_none: bool = False) -> str | None: ...
+
+
+# name -> factory(**options) -> a context (register_backend)
+_backends: dict[str, Callable[..., BackendContext]] = {}
+
+
+def register_backend(name: str, factory: Callable[..., BackendContext]) -> None:
+    """Make ``get_context(name, **options)`` return ``factory(**options)``.
+
+    For the modules that put shoal on another engine; the names of the start methods
+    are the local backend's and cannot be taken.
+
+    Raises:
+        ValueError: ``name`` is a start method's, or another backend's.
+    """
+    if name in ("fork", "spawn", "forkserver") or name in _backends:
+        raise ValueError(f"a context named {name!r} exists already")
+    _backends[name] = factory
+
+
+@overload
+def get_context(method: Literal["fork", "spawn", "forkserver"] | None = None) -> Context: ...
+@overload
+def get_context(method: str, **options: Any) -> Any: ...
+def get_context(method: str | None = None, **options: Any) -> Any:
     """Return the shoal context of a start method, like :func:`multiprocessing.get_context`.
 
     Args:
@@ -53,15 +97,26 @@ def get_context(method: str | None = None) -> Context:
             :func:`~shoal.get_all_start_methods`), or None for the default one.
             As in the standard library, asking for the default fixes it: a later
             ``set_start_method()`` without ``force=True`` raises ``RuntimeError``.
+            Or the name of a registered backend (see the module docstring).
+        options: the backend's options (none for a start method).
 
     Returns:
         A :class:`Context` whose processes use that method and whose factories make
-        shoal's objects.  The same object for the same method.
+        shoal's objects (the same object for the same method); or the backend's
+        context.
 
     Raises:
-        ValueError: an unknown start method (the standard library's message).
+        ValueError: an unknown start method or backend (the standard library's message).
+        TypeError: options given with a start method.
     """
-    stdlib = multiprocessing.get_context(method)
+    if method in _backends:
+        return _backends[method](**options)
+    stdlib = multiprocessing.get_context(method)  # (ValueError: no such method)
+    if options:
+        raise TypeError(
+            f"get_context({method!r}) takes no options: {', '.join(sorted(options))} "
+            "(a start method's context has none)"
+        )
     name = stdlib.get_start_method()
     ctx = _contexts.get(name)
     if ctx is None:

@@ -1,58 +1,28 @@
 /*
- * shoal._core: the CPython glue over native/ (the only file that includes Python.h).
+ * shoal._core: the CPython glue over native/ (the files named in _core_glue.h are the
+ * only ones that include Python.h).  This part: module init, the module state, the
+ * status -> exception table, and the helpers every part shares.
  *
- * Its jobs, and nothing else:
+ * The glue's jobs, and nothing else:
  *   - turn (buffer, offset) into a checked, aligned pointer (ValueError otherwise);
  *   - keep the exporting object (an mmap) alive while a pointer into it is in use;
  *   - take the fast path with the GIL held, release the GIL only to block;
  *   - on EINTR run PyErr_CheckSignals() (Ctrl-C raises KeyboardInterrupt) and retry
  *     with the time left on a monotonic deadline;
  *   - map native statuses to Python results and exceptions.
- *
- * The synchronisation types (Mutex, Semaphore, Event, Cond) are bound to a block of a
- * shared buffer with _bind(); the Python classes in shoal._sync subclass them, so the
- * hot calls (acquire/release) are C calls with no Python frame in between.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <structmember.h>
-#include <pythread.h>
+#include "_core_glue.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <stdio.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include "shoal_core.h"
+#include "shoal_dict.h"
+#include "shoal_ring.h"
 
-/* Exception classes, looked up once from shoal._errors (pure Python, lowest layer). */
-static PyObject *ClosedError, *NotHeldError, *OwnerDiedWarning;
-
-/* Set a module-wide hook (shoal's Python half sets each once, at import).  Without the
- * GIL another thread may be calling the one replaced, so that one is kept alive. */
-#ifdef Py_GIL_DISABLED
-#define SET_HOOK(var, value)                                                               \
-    do {                                                                                   \
-        PyObject *hook_ = (value);                                                         \
-        Py_XINCREF(hook_);                                                                 \
-        __atomic_store_n(&(var), hook_, __ATOMIC_RELEASE);                                 \
-    } while (0)
-#else
-#define SET_HOOK(var, value)                                                               \
-    do {                                                                                   \
-        PyObject *hook_ = (value);                                                         \
-        Py_XINCREF(hook_);                                                                 \
-        Py_XSETREF(var, hook_);                                                            \
-    } while (0)
-#endif
+core_state core;
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
-/* timeout (seconds, None = forever) -> relative ns, -1 forever, 0 don't block. */
-static int parse_timeout(PyObject *timeout, int64_t *ns) {
+int parse_timeout(PyObject *timeout, int64_t *ns) {
     if (timeout == NULL || timeout == Py_None) {
         *ns = -1;
         return 0;
@@ -72,9 +42,6 @@ static int parse_timeout(PyObject *timeout, int64_t *ns) {
         *ns = (int64_t)(t * 1e9);
     return 0;
 }
-
-/* A native call that may block, retried after signals until it gives an answer. */
-typedef shoal_status (*blocking_call)(void *target, void *arg, int64_t timeout_ns);
 
 /* How long a synchronisation wait may sleep in native code before it comes back here to
  * run PyErr_CheckSignals.  EINTR alone is not enough: the native waits sleep in slices
@@ -119,19 +86,18 @@ static int run_blocking_sliced(blocking_call call, void *target, void *arg, PyOb
     }
 }
 
-static int run_blocking(blocking_call call, void *target, void *arg, PyObject *keepalive,
+int run_blocking(blocking_call call, void *target, void *arg, PyObject *keepalive,
                         int64_t timeout_ns, shoal_status *out) {
     return run_blocking_sliced(call, target, arg, keepalive, timeout_ns, -1, out);
 }
 
 /* The synchronisation primitives' waits: signals checked at least every SIGNAL_CHECK_NS. */
-static int run_sync_wait(blocking_call call, void *target, void *arg, PyObject *keepalive,
+int run_sync_wait(blocking_call call, void *target, void *arg, PyObject *keepalive,
                          int64_t timeout_ns, shoal_status *out) {
     return run_blocking_sliced(call, target, arg, keepalive, timeout_ns, SIGNAL_CHECK_NS, out);
 }
 
-/* Parse (block=True, timeout=None) from a vectorcall. */
-static int parse_block_timeout(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+int parse_block_timeout(const char *fname, PyObject *const *args, Py_ssize_t nargs,
                                PyObject *kwnames,
                                int64_t *timeout_ns) {
     PyObject *block = NULL, *timeout = NULL;
@@ -176,13 +142,7 @@ twice:
 
 /* ---- the bound-view base ------------------------------------------------------------- */
 
-typedef struct {
-    PyObject_HEAD
-    Py_buffer view;
-    char *addr; /* NULL when unbound (closed) */
-} ViewObject;
-
-static void *get_addr(Py_buffer *view, Py_ssize_t offset, Py_ssize_t size) {
+void *get_addr(Py_buffer *view, Py_ssize_t offset, Py_ssize_t size) {
     if (offset < 0 || size < 0 || offset > view->len - size) {
         PyErr_Format(PyExc_ValueError,
                      "offset %zd + size %zd is outside the buffer of %zd bytes", offset, size,
@@ -200,7 +160,7 @@ static void *get_addr(Py_buffer *view, Py_ssize_t offset, Py_ssize_t size) {
     return addr;
 }
 
-static int view_bind(ViewObject *self, PyObject *args, Py_ssize_t size) {
+int view_bind(ViewObject *self, PyObject *args, Py_ssize_t size) {
     PyObject *buffer;
     Py_ssize_t offset;
     if (!PyArg_ParseTuple(args, "On", &buffer, &offset))
@@ -220,7 +180,7 @@ static int view_bind(ViewObject *self, PyObject *args, Py_ssize_t size) {
     return 0;
 }
 
-static PyObject *view_unbind(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
+PyObject *view_unbind(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
     if (self->addr) {
         self->addr = NULL;
         PyBuffer_Release(&self->view);
@@ -228,11 +188,11 @@ static PyObject *view_unbind(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
     Py_RETURN_NONE;
 }
 
-static PyObject *view_is_bound(ViewObject *self, void *Py_UNUSED(closure)) {
+PyObject *view_is_bound(ViewObject *self, void *Py_UNUSED(closure)) {
     return PyBool_FromLong(self->addr != NULL);
 }
 
-static void view_dealloc(ViewObject *self) {
+void view_dealloc(ViewObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
     if (self->addr) {
         self->addr = NULL;
@@ -241,1076 +201,110 @@ static void view_dealloc(ViewObject *self) {
     tp->tp_free((PyObject *)self);
 }
 
-static int check_bound(ViewObject *self) {
+int check_bound(ViewObject *self) {
     if (self->addr)
         return 0;
-    PyErr_Format(ClosedError, "this %.100s is closed and cannot be used any more",
+    PyErr_Format(core.ClosedError, "this %.100s is closed and cannot be used any more",
                  Py_TYPE(self)->tp_name);
     return -1;
 }
 
-#define BIND_METHOD(NAME, CTYPE)                                                  \
-    static PyObject *NAME(ViewObject *self, PyObject *args) {                     \
-        if (view_bind(self, args, (Py_ssize_t)sizeof(CTYPE)) < 0)                 \
-            return NULL;                                                           \
-        Py_RETURN_NONE;                                                            \
-    }
-
-/* ---- Mutex (Lock and RLock) ------------------------------------------------------------ */
-
-typedef struct {
-    ViewObject v;
-    int recursive;
-    int report; /* warn the new holder about a dead owner (internal locks do not) */
-    shoal_waitlist *list; /* its waiters' tokens, right after the mutex; NULL: none (a
-                             mutex embedded in another structure) */
-} MutexObject;
-
-#define MUTEX(self) ((shoal_mutex *)((MutexObject *)(self))->v.addr)
-
-static PyObject *mutex_bind(MutexObject *self, PyObject *args) {
-    PyObject *buffer;
-    Py_ssize_t offset;
-    int recursive = 0, report = 1, listed = 0;
-    if (!PyArg_ParseTuple(args, "On|ppp", &buffer, &offset, &recursive, &report, &listed))
-        return NULL;
-    PyObject *pair = Py_BuildValue("(On)", buffer, offset);
-    if (!pair)
-        return NULL;
-    Py_ssize_t size = (Py_ssize_t)(sizeof(shoal_mutex) + (listed ? sizeof(shoal_waitlist) : 0));
-    int r = view_bind(&self->v, pair, size);
-    Py_DECREF(pair);
-    if (r < 0)
-        return NULL;
-    self->list = listed ? (shoal_waitlist *)(self->v.addr + sizeof(shoal_mutex)) : NULL;
-    self->recursive = recursive;
-    self->report = report;
-    Py_RETURN_NONE;
-}
-
-static uint64_t thread_ident(void) { return (uint64_t)PyThread_get_thread_ident(); }
-
-typedef struct {
-    int recursive;
-    uint64_t token, thread;
-    shoal_waitlist *list;
-} lock_arg;
-
-static shoal_status call_lock(void *target, void *arg, int64_t timeout_ns) {
-    lock_arg *a = arg;
-    return a->recursive ? shoal_rmutex_lock_listed(target, a->list, a->token, a->thread, timeout_ns)
-                        : shoal_mutex_lock_listed(target, a->list, a->token, timeout_ns);
-}
-
-/* After a release: waiters still counted may be dead ones (each would cost every
- * release a wake-up, and show in statistics, for ever).  Rate-limited in native code. */
-static void prune_lock_waiters(MutexObject *self) {
-    shoal_mutex *m = MUTEX(self);
-    if (self->list && shoal_load32(&m->waiters))
-        shoal_waitlist_prune_due(self->list, &m->waiters);
-}
-
-/* After a successful acquire: tell the new holder if the lock's last owner died.  If a
- * warnings filter makes that an error, hand the lock (and the news) to the next holder. */
-static int report_dead_owner(MutexObject *self) {
-    shoal_mutex *m = MUTEX(self);
-    if (!self->report || !shoal_load32(&m->owner_died))
-        return 0;
-    uint64_t dead = shoal_load64(&m->dead_owner);
-    if (PyErr_WarnFormat(OwnerDiedWarning, 1,
-                         "%.100s acquired after its owner, process %d, died holding it; the "
-                         "data it guards may be inconsistent (owner_died is True until "
-                         "release)",
-                         Py_TYPE(self)->tp_name, (int)shoal_token_pid(dead & ~SHOAL_MUTEX_HANDOVER)) < 0) {
-        shoal_mutex_unlock_keep_died(m);
-        return -1;
-    }
-    return 0;
-}
-
-/* acquire with an already parsed timeout; returns 1 acquired, 0 not, -1 error. */
-static int mutex_acquire_ns(MutexObject *self, int64_t timeout_ns) {
-    if (check_bound(&self->v) < 0)
-        return -1;
-    shoal_mutex *m = MUTEX(self);
-    lock_arg a = {self->recursive, shoal_self_token(), self->recursive ? thread_ident() : 0,
-                  self->list};
-    shoal_status st = a.recursive ? shoal_rmutex_trylock(m, a.token, a.thread)
-                                  : shoal_mutex_trylock(m, a.token);
-    if (st == SHOAL_AGAIN) {
-        if (timeout_ns == 0)
-            st = call_lock(m, &a, 0); /* no wait, but do take it from a dead holder */
-        else if (run_sync_wait(call_lock, m, &a, self->v.view.obj, timeout_ns, &st) < 0)
-            return -1;
-    }
-    switch (st) {
-    case SHOAL_OK:
-    case SHOAL_OWNER_DIED:
-        return report_dead_owner(self) < 0 ? -1 : 1;
-    case SHOAL_OVERFLOW:
-        PyErr_SetString(PyExc_OverflowError, "RLock acquired too many times recursively");
-        return -1;
-    default:
-        return 0;
-    }
-}
-
-static PyObject *mutex_acquire(MutexObject *self, PyObject *const *args, Py_ssize_t nargs,
-                               PyObject *kwnames) {
-    int64_t timeout_ns;
-    if (parse_block_timeout("acquire", args, nargs, kwnames, &timeout_ns) < 0)
-        return NULL;
-    int r = mutex_acquire_ns(self, timeout_ns);
-    if (r < 0)
-        return NULL;
-    return PyBool_FromLong(r);
-}
-
-static PyObject *mutex_enter(MutexObject *self, PyObject *Py_UNUSED(ignored)) {
-    int r = mutex_acquire_ns(self, -1);
-    if (r < 0)
-        return NULL;
-    return PyBool_FromLong(r);
-}
-
-static PyObject *mutex_release(MutexObject *self, PyObject *Py_UNUSED(ignored)) {
-    if (check_bound(&self->v) < 0)
-        return NULL;
-    shoal_mutex *m = MUTEX(self);
-    shoal_status st = self->recursive
-                          ? shoal_rmutex_unlock(m, shoal_self_token(), thread_ident())
-                          : shoal_mutex_unlock(m);
-    if (st == SHOAL_NOT_OWNER) {
-        PyErr_SetString(NotHeldError, self->recursive
-                                          ? "cannot release an RLock this thread does not hold"
-                                          : "release of an unlocked Lock");
-        return NULL;
-    }
-    prune_lock_waiters(self);
-    Py_RETURN_NONE;
-}
-
-static PyObject *mutex_exit(MutexObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)args;
-    (void)nargs;
-    return mutex_release(self, NULL);
-}
-
-static int mutex_held_here(MutexObject *self) {
-    shoal_mutex *m = MUTEX(self);
-    if (shoal_load64(&m->owner) != shoal_self_token())
-        return 0;
-    return !self->recursive || shoal_load64(&m->owner_thread) == thread_ident();
-}
-
-static PyObject *mutex_is_owned(MutexObject *self, PyObject *Py_UNUSED(ignored)) {
-    if (check_bound(&self->v) < 0)
-        return NULL;
-    return PyBool_FromLong(mutex_held_here(self));
-}
-
-/* Condition support: release completely, returning the recursion depth to restore. */
-static PyObject *mutex_release_save(MutexObject *self, PyObject *Py_UNUSED(ignored)) {
-    if (check_bound(&self->v) < 0)
-        return NULL;
-    shoal_mutex *m = MUTEX(self);
-    uint32_t depth = 1;
-    shoal_status st = self->recursive
-                          ? shoal_rmutex_release_all(m, shoal_self_token(), thread_ident(), &depth)
-                          : (mutex_held_here(self) ? shoal_mutex_unlock(m) : SHOAL_NOT_OWNER);
-    if (st == SHOAL_NOT_OWNER) {
-        PyErr_SetString(NotHeldError, "cannot wait on an un-acquired lock");
-        return NULL;
-    }
-    prune_lock_waiters(self);
-    return PyLong_FromUnsignedLong(depth);
-}
-
-static PyObject *mutex_acquire_restore(MutexObject *self, PyObject *arg) {
-    unsigned long depth = PyLong_AsUnsignedLong(arg);
-    if (depth == (unsigned long)-1 && PyErr_Occurred())
-        return NULL;
-    int r = mutex_acquire_ns(self, -1);
-    if (r < 0)
-        return NULL;
-    if (self->recursive && depth > 0)
-        MUTEX(self)->depth = (uint32_t)depth;
-    Py_RETURN_NONE;
-}
-
-#define BOUND_OR_NULL(self) \
-    if (check_bound((ViewObject *)(self)) < 0) return NULL
-
-static PyObject *mutex_get_owner(MutexObject *self, void *c) {
-    (void)c;
-    BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLongLong(shoal_load64(&MUTEX(self)->owner));
-}
-static PyObject *mutex_get_dead_owner(MutexObject *self, void *c) {
-    (void)c;
-    BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLongLong(shoal_load64(&MUTEX(self)->dead_owner));
-}
-static PyObject *mutex_get_waiters(MutexObject *self, void *c) {
-    (void)c;
-    BOUND_OR_NULL(self);
-    uint32_t n = shoal_load32(&MUTEX(self)->waiters);
-    return PyLong_FromUnsignedLong(self->list ? shoal_waitlist_live(self->list, n) : n);
-}
-static PyObject *mutex_get_depth(MutexObject *self, void *c) {
-    (void)c;
-    BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLong(shoal_load64(&MUTEX(self)->owner) ? MUTEX(self)->depth : 0);
-}
-static PyObject *mutex_get_owner_died(MutexObject *self, void *c) {
-    (void)c;
-    BOUND_OR_NULL(self);
-    return PyBool_FromLong(shoal_load32(&MUTEX(self)->owner_died) && mutex_held_here(self));
-}
-
-static PyMethodDef mutex_methods[] = {
-    {"_bind", (PyCFunction)mutex_bind, METH_VARARGS,
-     "_bind(buffer, offset, recursive=False, report=True, listed=False): attach to a "
-     "shoal_mutex (listed: a shoal_waitlist follows it, as in a Lock's payload)."},
-    {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, "Detach from shared memory."},
-    {"acquire", (PyCFunction)(void (*)(void))mutex_acquire, METH_FASTCALL | METH_KEYWORDS,
-     "acquire(block=True, timeout=None) -> bool"},
-    {"release", (PyCFunction)mutex_release, METH_NOARGS, "release()"},
-    {"__enter__", (PyCFunction)mutex_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))mutex_exit, METH_FASTCALL, NULL},
-    {"_is_owned", (PyCFunction)mutex_is_owned, METH_NOARGS,
-     "True if held by this process (and, for an RLock, this thread)."},
-    {"_release_save", (PyCFunction)mutex_release_save, METH_NOARGS, NULL},
-    {"_acquire_restore", (PyCFunction)mutex_acquire_restore, METH_O, NULL},
-    {NULL},
-};
-
-static PyGetSetDef mutex_getset[] = {
-    {"_bound", (getter)view_is_bound, NULL, NULL, NULL},
-    {"_owner_token", (getter)mutex_get_owner, NULL, "token of the holder, 0 if free", NULL},
-    {"_dead_owner_token", (getter)mutex_get_dead_owner, NULL, NULL, NULL},
-    {"_waiters", (getter)mutex_get_waiters, NULL, NULL, NULL},
-    {"_depth", (getter)mutex_get_depth, NULL, NULL, NULL},
-    {"owner_died", (getter)mutex_get_owner_died, NULL,
-     "True while the caller holds this lock and got it from an owner that died "
-     "holding it. Cleared by release().",
-     NULL},
-    {NULL},
-};
-
-static PyTypeObject MutexType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shoal._core.Mutex",
-    .tp_basicsize = sizeof(MutexObject),
-    .tp_dealloc = (destructor)view_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "A process-shared mutex with dead-owner recovery, bound with _bind().",
-    .tp_methods = mutex_methods,
-    .tp_getset = mutex_getset,
-    .tp_new = PyType_GenericNew,
-};
-
-/* ---- Semaphore ---------------------------------------------------------------------- */
-
-#define SEM(self) ((shoal_semaphore *)((ViewObject *)(self))->addr)
-BIND_METHOD(sem_bind, shoal_semaphore)
-
-static shoal_status call_sem(void *target, void *arg, int64_t timeout_ns) {
-    (void)arg;
-    return shoal_sem_acquire(target, timeout_ns);
-}
-
-static PyObject *sem_init(ViewObject *self, PyObject *args) {
-    unsigned int value, maxvalue;
-    int bounded;
-    if (!PyArg_ParseTuple(args, "IIp", &value, &maxvalue, &bounded))
-        return NULL;
-    BOUND_OR_NULL(self);
-    SEM(self)->maxvalue = maxvalue;
-    SEM(self)->bounded = (uint32_t)bounded;
-    SEM(self)->value = value;
-    Py_RETURN_NONE;
-}
-
-static PyObject *sem_acquire(ViewObject *self, PyObject *const *args, Py_ssize_t nargs,
-                             PyObject *kwnames) {
-    int64_t timeout_ns;
-    if (parse_block_timeout("acquire", args, nargs, kwnames, &timeout_ns) < 0)
-        return NULL;
-    BOUND_OR_NULL(self);
-    shoal_status st = shoal_sem_acquire(SEM(self), 0);
-    if (st == SHOAL_AGAIN && timeout_ns != 0 &&
-        run_sync_wait(call_sem, SEM(self), NULL, self->view.obj, timeout_ns, &st) < 0)
-        return NULL;
-    return PyBool_FromLong(st == SHOAL_OK);
-}
-
-static PyObject *sem_enter(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
-    return sem_acquire(self, NULL, 0, NULL);
-}
-
-static PyObject *sem_release(ViewObject *self, PyObject *args) {
-    /* "n" (checked) rather than "I", which wraps: release(-1) would add 2**32 - 1 */
-    Py_ssize_t n = 1;
-    if (!PyArg_ParseTuple(args, "|n:release", &n))
-        return NULL;
-    if (n < 1) {
-        PyErr_SetString(PyExc_ValueError, "n must be one or more"); /* as threading's */
-        return NULL;
-    }
-    BOUND_OR_NULL(self);
-    if ((uint64_t)n > UINT32_MAX || shoal_sem_release(SEM(self), (uint32_t)n) == SHOAL_OVERFLOW) {
-        if (SEM(self)->bounded)
-            PyErr_SetString(NotHeldError, "semaphore or lock released too many times");
-        else
-            PyErr_SetString(PyExc_OverflowError, "semaphore value would pass 2**32 - 1");
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *sem_exit(ViewObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)args;
-    (void)nargs;
-    PyObject *no_args = PyTuple_New(0);
-    if (!no_args)
-        return NULL;
-    PyObject *r = sem_release(self, no_args);
-    Py_DECREF(no_args);
-    return r;
-}
-
-static PyObject *sem_max_value(ViewObject *self, void *c) {
-    (void)c;
-    BOUND_OR_NULL(self);
-    if (!SEM(self)->bounded)
-        Py_RETURN_NONE;
-    return PyLong_FromUnsignedLong(SEM(self)->maxvalue);
-}
-
-static PyObject *sem_get_value(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
-    BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLong(shoal_load32(&SEM(self)->value));
-}
-
-static PyObject *sem_waiters(ViewObject *self, void *c) {
-    (void)c;
-    BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLong(
-        shoal_waitlist_live(&SEM(self)->list, shoal_load32(&SEM(self)->waiters)));
-}
-
-static PyMethodDef sem_methods[] = {
-    {"_bind", (PyCFunction)sem_bind, METH_VARARGS, "_bind(buffer, offset)"},
-    {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, NULL},
-    {"_init", (PyCFunction)sem_init, METH_VARARGS, "_init(value, maxvalue, bounded)"},
-    {"acquire", (PyCFunction)(void (*)(void))sem_acquire, METH_FASTCALL | METH_KEYWORDS,
-     "acquire(block=True, timeout=None) -> bool"},
-    {"release", (PyCFunction)sem_release, METH_VARARGS, "release(n=1)"},
-    {"__enter__", (PyCFunction)sem_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))sem_exit, METH_FASTCALL, NULL},
-    {"get_value", (PyCFunction)sem_get_value, METH_NOARGS, "The current count."},
-    {NULL},
-};
-
-static PyGetSetDef sem_getset[] = {
-    {"_bound", (getter)view_is_bound, NULL, NULL, NULL},
-    {"_waiters", (getter)sem_waiters, NULL, NULL, NULL},
-    {"_max_value", (getter)sem_max_value, NULL, "the bound, or None", NULL},
-    {NULL},
-};
-
-static PyTypeObject SemaphoreType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shoal._core.Semaphore",
-    .tp_basicsize = sizeof(ViewObject),
-    .tp_dealloc = (destructor)view_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "A process-shared counting semaphore, bound with _bind().",
-    .tp_methods = sem_methods,
-    .tp_getset = sem_getset,
-    .tp_new = PyType_GenericNew,
-};
-
-/* ---- Event --------------------------------------------------------------------------- */
-
-#define EVENT(self) ((shoal_event *)((ViewObject *)(self))->addr)
-BIND_METHOD(event_bind, shoal_event)
-
-static shoal_status call_event(void *target, void *arg, int64_t timeout_ns) {
-    (void)arg;
-    return shoal_event_wait(target, timeout_ns);
-}
-
-static PyObject *event_wait(ViewObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"timeout", NULL};
-    PyObject *timeout = Py_None;
-    int64_t timeout_ns;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:wait", kwlist, &timeout) ||
-        parse_timeout(timeout, &timeout_ns) < 0)
-        return NULL;
-    BOUND_OR_NULL(self);
-    shoal_status st = shoal_event_wait(EVENT(self), 0);
-    if (st != SHOAL_OK && timeout_ns != 0 &&
-        run_sync_wait(call_event, EVENT(self), NULL, self->view.obj, timeout_ns, &st) < 0)
-        return NULL;
-    return PyBool_FromLong(st == SHOAL_OK);
-}
-
-static PyObject *event_set(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
-    BOUND_OR_NULL(self);
-    shoal_event_set(EVENT(self));
-    Py_RETURN_NONE;
-}
-
-static PyObject *event_clear(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
-    BOUND_OR_NULL(self);
-    shoal_event_clear(EVENT(self));
-    Py_RETURN_NONE;
-}
-
-static PyObject *event_is_set(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
-    BOUND_OR_NULL(self);
-    return PyBool_FromLong(shoal_load32(&EVENT(self)->flag) != 0);
-}
-
-static PyObject *event_waiters(ViewObject *self, void *c) {
-    (void)c;
-    BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLong(
-        shoal_waitlist_live(&EVENT(self)->list, shoal_load32(&EVENT(self)->waiters)));
-}
-
-static PyMethodDef event_methods[] = {
-    {"_bind", (PyCFunction)event_bind, METH_VARARGS, "_bind(buffer, offset)"},
-    {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, NULL},
-    {"wait", (PyCFunction)(void (*)(void))event_wait, METH_VARARGS | METH_KEYWORDS,
-     "wait(timeout=None) -> bool: True once the flag is set, False on timeout."},
-    {"set", (PyCFunction)event_set, METH_NOARGS, "Set the flag and wake every waiter."},
-    {"clear", (PyCFunction)event_clear, METH_NOARGS, "Reset the flag."},
-    {"is_set", (PyCFunction)event_is_set, METH_NOARGS, "True if the flag is set."},
-    {NULL},
-};
-
-static PyGetSetDef event_getset[] = {
-    {"_bound", (getter)view_is_bound, NULL, NULL, NULL},
-    {"_waiters", (getter)event_waiters, NULL, NULL, NULL},
-    {NULL},
-};
-
-static PyTypeObject EventType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shoal._core.Event",
-    .tp_basicsize = sizeof(ViewObject),
-    .tp_dealloc = (destructor)view_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "A process-shared event flag, bound with _bind().",
-    .tp_methods = event_methods,
-    .tp_getset = event_getset,
-    .tp_new = PyType_GenericNew,
-};
-
-/* ---- Cond ---------------------------------------------------------------------------- */
-
-#define COND(self) ((shoal_cond *)((ViewObject *)(self))->addr)
-BIND_METHOD(cond_bind, shoal_cond)
-
-static shoal_status call_cond(void *target, void *arg, int64_t timeout_ns) {
-    (void)arg;
-    return shoal_cond_wait(target, timeout_ns);
-}
-
-static PyObject *cond_enter(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
-    BOUND_OR_NULL(self);
-    shoal_cond_enter(COND(self));
-    Py_RETURN_NONE;
-}
-
-static PyObject *cond_wait(ViewObject *self, PyObject *arg) {
-    int64_t timeout_ns;
-    if (parse_timeout(arg, &timeout_ns) < 0)
-        return NULL;
-    BOUND_OR_NULL(self);
-    shoal_status st;
-    if (run_sync_wait(call_cond, COND(self), NULL, self->view.obj, timeout_ns, &st) < 0)
-        return NULL;
-    return PyBool_FromLong(st == SHOAL_OK);
-}
-
-static PyObject *cond_leave(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
-    BOUND_OR_NULL(self);
-    return PyBool_FromLong(shoal_cond_leave(COND(self)) == SHOAL_OK);
-}
-
-static PyObject *cond_notify(ViewObject *self, PyObject *arg) {
-    long long n = PyLong_AsLongLong(arg);
-    if (n == -1 && PyErr_Occurred())
-        return NULL;
-    BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLong(shoal_cond_notify(COND(self), n));
-}
-
-static PyObject *cond_waiting(ViewObject *self, void *c) {
-    (void)c;
-    BOUND_OR_NULL(self);
-    return PyLong_FromUnsignedLong(shoal_cond_waiting_live(COND(self)));
-}
-
-static PyMethodDef cond_methods[] = {
-    {"_bind", (PyCFunction)cond_bind, METH_VARARGS, "_bind(buffer, offset)"},
-    {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, NULL},
-    {"_enter", (PyCFunction)cond_enter, METH_NOARGS, "Register as a waiter (lock held)."},
-    {"_wait", (PyCFunction)cond_wait, METH_O, "_wait(timeout) -> bool: True if notified."},
-    {"_leave", (PyCFunction)cond_leave, METH_NOARGS,
-     "After a timed-out _wait, lock held: True if a notify arrived meanwhile."},
-    {"_notify", (PyCFunction)cond_notify, METH_O, "_notify(n) -> int; n < 0 wakes all."},
-    {NULL},
-};
-
-static PyGetSetDef cond_getset[] = {
-    {"_bound", (getter)view_is_bound, NULL, NULL, NULL},
-    {"_waiting", (getter)cond_waiting, NULL, "waiters not yet notified", NULL},
-    {NULL},
-};
-
-static PyTypeObject CondType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shoal._core.Cond",
-    .tp_basicsize = sizeof(ViewObject),
-    .tp_dealloc = (destructor)view_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "A process-shared condition variable (the lock is separate), bound with _bind().",
-    .tp_methods = cond_methods,
-    .tp_getset = cond_getset,
-    .tp_new = PyType_GenericNew,
-};
-
-/* ---- Atomic: one 4- or 8-byte integer, bound once (Value.add and friends) ---------------
- * Value/Array's atomics as C methods on a bound pointer: no buffer lookup and no
- * Python frame per call, which is most of the cost of an uncontended atomic add. */
-
-typedef struct {
-    ViewObject v;
-    int width;     /* 4 or 8 bytes */
-    int is_signed; /* the typecode's signedness: how results convert back to int */
-} AtomicObject;
-
-static PyObject *atomic_bind(AtomicObject *self, PyObject *args) {
-    PyObject *buffer;
-    Py_ssize_t offset;
-    int width, is_signed;
-    if (!PyArg_ParseTuple(args, "Onip", &buffer, &offset, &width, &is_signed))
-        return NULL;
-    if (width != 4 && width != 8) {
-        PyErr_Format(PyExc_ValueError, "atomics need a 4- or 8-byte integer, not %d bytes", width);
-        return NULL;
-    }
-    PyObject *pair = Py_BuildValue("(On)", buffer, offset);
-    if (!pair)
-        return NULL;
-    int r = view_bind(&self->v, pair, width);
-    Py_DECREF(pair);
-    if (r < 0)
-        return NULL;
-    if (((uintptr_t)self->v.addr) % (uintptr_t)width) {
-        view_unbind(&self->v, NULL);
-        PyErr_SetString(PyExc_ValueError, "an atomic integer must be aligned to its size");
-        return NULL;
-    }
-    self->width = width;
-    self->is_signed = is_signed;
-    Py_RETURN_NONE;
-}
-
-/* Any Python int, wrapped to the integer's width (as C arithmetic and ctypes do). */
-static int atomic_arg(PyObject *obj, uint64_t *out) {
-    PyObject *index = PyNumber_Index(obj); /* int, numpy integers, anything with __index__ */
-    if (!index)
-        return -1;
-    *out = PyLong_AsUnsignedLongLongMask(index);
-    Py_DECREF(index);
-    return (*out == (uint64_t)-1 && PyErr_Occurred()) ? -1 : 0;
-}
-
-static PyObject *atomic_result(AtomicObject *self, uint64_t raw) {
-    if (self->width == 4)
-        return self->is_signed ? PyLong_FromLong((int32_t)(uint32_t)raw)
-                               : PyLong_FromUnsignedLong((uint32_t)raw);
-    return self->is_signed ? PyLong_FromLongLong((int64_t)raw) : PyLong_FromUnsignedLongLong(raw);
-}
-
-/* fetch_add on the bound integer; returns the old value (raw bits). */
-static uint64_t atomic_fetch_add_raw(AtomicObject *self, uint64_t delta) {
-    if (self->width == 4)
-        return __atomic_fetch_add((uint32_t *)self->v.addr, (uint32_t)delta, __ATOMIC_SEQ_CST);
-    return __atomic_fetch_add((uint64_t *)self->v.addr, delta, __ATOMIC_SEQ_CST);
-}
-
-static PyObject *atomic_add_common(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs,
-                                   int return_new) {
-    uint64_t delta = 1;
-    if (nargs > 1) {
-        PyErr_Format(PyExc_TypeError, "takes at most 1 argument (%zd given)", nargs);
-        return NULL;
-    }
-    if (nargs == 1 && atomic_arg(args[0], &delta) < 0)
-        return NULL;
-    BOUND_OR_NULL(self);
-    uint64_t old = atomic_fetch_add_raw(self, delta);
-    return atomic_result(self, return_new ? old + delta : old);
-}
-
-static PyObject *atomic_add(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return atomic_add_common(self, args, nargs, 1);
-}
-
-static PyObject *atomic_fetch_add(AtomicObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return atomic_add_common(self, args, nargs, 0);
-}
-
-static PyObject *atomic_compare_exchange(AtomicObject *self, PyObject *const *args,
-                                         Py_ssize_t nargs) {
-    uint64_t expected, desired;
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "compare_exchange() takes 2 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    if (atomic_arg(args[0], &expected) < 0 || atomic_arg(args[1], &desired) < 0)
-        return NULL;
-    BOUND_OR_NULL(self);
-    int swapped;
-    if (self->width == 4) {
-        uint32_t e = (uint32_t)expected;
-        swapped = __atomic_compare_exchange_n((uint32_t *)self->v.addr, &e, (uint32_t)desired, 0,
-                                              __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-    } else {
-        swapped = __atomic_compare_exchange_n((uint64_t *)self->v.addr, &expected, desired, 0,
-                                              __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-    }
-    return PyBool_FromLong(swapped);
-}
-
-static PyObject *atomic_load(AtomicObject *self, PyObject *Py_UNUSED(ignored)) {
-    BOUND_OR_NULL(self);
-    uint64_t raw = self->width == 4
-                       ? __atomic_load_n((uint32_t *)self->v.addr, __ATOMIC_SEQ_CST)
-                       : __atomic_load_n((uint64_t *)self->v.addr, __ATOMIC_SEQ_CST);
-    return atomic_result(self, raw);
-}
-
-static PyObject *atomic_store(AtomicObject *self, PyObject *arg) {
-    uint64_t value;
-    if (atomic_arg(arg, &value) < 0)
-        return NULL;
-    BOUND_OR_NULL(self);
-    if (self->width == 4)
-        __atomic_store_n((uint32_t *)self->v.addr, (uint32_t)value, __ATOMIC_SEQ_CST);
-    else
-        __atomic_store_n((uint64_t *)self->v.addr, value, __ATOMIC_SEQ_CST);
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef atomic_methods[] = {
-    {"_bind", (PyCFunction)atomic_bind, METH_VARARGS,
-     "_bind(buffer, offset, width, signed): attach to a 4- or 8-byte integer."},
-    {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, NULL},
-    {"add", (PyCFunction)(void (*)(void))atomic_add, METH_FASTCALL,
-     "add(delta=1) -> the new value, atomically (wraps at the integer's width)."},
-    {"fetch_add", (PyCFunction)(void (*)(void))atomic_fetch_add, METH_FASTCALL,
-     "fetch_add(delta=1) -> the old value, atomically."},
-    {"compare_exchange", (PyCFunction)(void (*)(void))atomic_compare_exchange, METH_FASTCALL,
-     "compare_exchange(expected, desired) -> bool: store desired if the value is expected."},
-    {"load", (PyCFunction)atomic_load, METH_NOARGS, "The value, read atomically."},
-    {"store", (PyCFunction)atomic_store, METH_O, "store(value): write atomically."},
-    {NULL},
-};
-
-static PyGetSetDef atomic_getset[] = {
-    {"_bound", (getter)view_is_bound, NULL, NULL, NULL},
-    {NULL},
-};
-
-static PyTypeObject AtomicType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shoal._core.Atomic",
-    .tp_basicsize = sizeof(AtomicObject),
-    .tp_dealloc = (destructor)view_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "One shared 4- or 8-byte integer with atomic operations, bound with _bind().",
-    .tp_methods = atomic_methods,
-    .tp_getset = atomic_getset,
-    .tp_new = PyType_GenericNew,
-};
-
-/* ---- module functions: atomics and wait/wake at (buffer, offset) ------------------------ */
-
-/* Borrow a pointer for the duration of one call. */
-static void *borrow(PyObject *buffer, Py_ssize_t offset, Py_ssize_t size, Py_buffer *view) {
-    if (PyObject_GetBuffer(buffer, view, PyBUF_WRITABLE) < 0)
-        return NULL;
-    void *addr = get_addr(view, offset, size);
-    if (!addr)
-        PyBuffer_Release(view);
-    return addr;
-}
-
-static PyObject *core_load64(PyObject *m, PyObject *args) {
-    (void)m;
-    PyObject *buffer;
-    Py_ssize_t off;
-    Py_buffer view;
-    if (!PyArg_ParseTuple(args, "On:load64", &buffer, &off))
-        return NULL;
-    uint64_t *p = borrow(buffer, off, 8, &view);
-    if (!p)
-        return NULL;
-    uint64_t v = shoal_load64(p);
-    PyBuffer_Release(&view);
-    return PyLong_FromUnsignedLongLong(v);
-}
-
-static PyObject *core_store64(PyObject *m, PyObject *args) {
-    (void)m;
-    PyObject *buffer;
-    Py_ssize_t off;
-    unsigned long long value;
-    Py_buffer view;
-    if (!PyArg_ParseTuple(args, "OnK:store64", &buffer, &off, &value))
-        return NULL;
-    uint64_t *p = borrow(buffer, off, 8, &view);
-    if (!p)
-        return NULL;
-    shoal_store64(p, value);
-    PyBuffer_Release(&view);
-    Py_RETURN_NONE;
-}
-
-static PyObject *core_fetch_add64(PyObject *m, PyObject *args) {
-    (void)m;
-    PyObject *buffer;
-    Py_ssize_t off;
-    long long delta;
-    Py_buffer view;
-    if (!PyArg_ParseTuple(args, "OnL:fetch_add64", &buffer, &off, &delta))
-        return NULL;
-    uint64_t *p = borrow(buffer, off, 8, &view);
-    if (!p)
-        return NULL;
-    uint64_t old = shoal_fetch_add64(p, (uint64_t)delta);
-    PyBuffer_Release(&view);
-    return PyLong_FromUnsignedLongLong(old);
-}
-
-static PyObject *core_cas64(PyObject *m, PyObject *args) {
-    (void)m;
-    PyObject *buffer;
-    Py_ssize_t off;
-    unsigned long long expected, desired;
-    Py_buffer view;
-    if (!PyArg_ParseTuple(args, "OnKK:cas64", &buffer, &off, &expected, &desired))
-        return NULL;
-    uint64_t *p = borrow(buffer, off, 8, &view);
-    if (!p)
-        return NULL;
-    uint64_t seen = expected;
-    int ok = shoal_cas64(p, &seen, desired);
-    PyBuffer_Release(&view);
-    return Py_BuildValue("(OK)", ok ? Py_True : Py_False, (unsigned long long)seen);
-}
-
-static PyObject *core_load32(PyObject *m, PyObject *args) {
-    (void)m;
-    PyObject *buffer;
-    Py_ssize_t off;
-    Py_buffer view;
-    if (!PyArg_ParseTuple(args, "On:load32", &buffer, &off))
-        return NULL;
-    uint32_t *p = borrow(buffer, off, 4, &view);
-    if (!p)
-        return NULL;
-    uint32_t v = shoal_load32(p);
-    PyBuffer_Release(&view);
-    return PyLong_FromUnsignedLong(v);
-}
-
-/* 32-bit atomics for Value/Array elements (#4).  An int32 or float32 array's elements
- * are 4-byte aligned only, so these check 4-byte alignment where borrow() checks 8.  The
- * native API has no 32-bit add or store yet, hence the __atomic builtins here (the same
- * sequentially consistent builtins native/src/atomic_internal.h wraps; lock-free on
- * every platform shoal builds for, so safe on memory shared between processes). */
-static uint32_t *borrow32(PyObject *buffer, Py_ssize_t offset, Py_buffer *view) {
-    if (PyObject_GetBuffer(buffer, view, PyBUF_WRITABLE) < 0)
-        return NULL;
-    if (offset < 0 || view->len < 4 || offset > view->len - 4) {
-        PyErr_Format(PyExc_ValueError, "offset %zd + size 4 is outside the buffer of %zd bytes",
-                     offset, view->len);
-        PyBuffer_Release(view);
-        return NULL;
-    }
-    char *addr = (char *)view->buf + offset;
-    if (((uintptr_t)addr) % 4 != 0) {
-        PyErr_Format(PyExc_ValueError, "offset %zd is not 4-byte aligned in the mapping", offset);
-        PyBuffer_Release(view);
-        return NULL;
-    }
-    return (uint32_t *)addr;
-}
-
-static PyObject *core_store32(PyObject *m, PyObject *args) {
-    (void)m;
-    PyObject *buffer;
-    Py_ssize_t off;
-    unsigned int value; /* "I": masked to 32 bits, like store64's "K" */
-    Py_buffer view;
-    if (!PyArg_ParseTuple(args, "OnI:store32", &buffer, &off, &value))
-        return NULL;
-    uint32_t *p = borrow32(buffer, off, &view);
-    if (!p)
-        return NULL;
-    __atomic_store_n(p, (uint32_t)value, __ATOMIC_SEQ_CST);
-    PyBuffer_Release(&view);
-    Py_RETURN_NONE;
-}
-
-static PyObject *core_fetch_add32(PyObject *m, PyObject *args) {
-    (void)m;
-    PyObject *buffer;
-    Py_ssize_t off;
-    int delta; /* checked signed, like fetch_add64's "L"; wraps modulo 2**32 */
-    Py_buffer view;
-    if (!PyArg_ParseTuple(args, "Oni:fetch_add32", &buffer, &off, &delta))
-        return NULL;
-    uint32_t *p = borrow32(buffer, off, &view);
-    if (!p)
-        return NULL;
-    uint32_t old = __atomic_fetch_add(p, (uint32_t)delta, __ATOMIC_SEQ_CST);
-    PyBuffer_Release(&view);
-    return PyLong_FromUnsignedLong(old);
-}
-
-static PyObject *core_cas32(PyObject *m, PyObject *args) {
-    (void)m;
-    PyObject *buffer;
-    Py_ssize_t off;
-    unsigned int expected, desired; /* masked to 32 bits, like cas64's "K" */
-    Py_buffer view;
-    if (!PyArg_ParseTuple(args, "OnII:cas32", &buffer, &off, &expected, &desired))
-        return NULL;
-    uint32_t *p = borrow32(buffer, off, &view);
-    if (!p)
-        return NULL;
-    uint32_t seen = expected;
-    int ok = __atomic_compare_exchange_n(p, &seen, (uint32_t)desired, 0, __ATOMIC_SEQ_CST,
-                                         __ATOMIC_SEQ_CST);
-    PyBuffer_Release(&view);
-    return Py_BuildValue("(Ok)", ok ? Py_True : Py_False, (unsigned long)seen);
+shoal_status call_plain_lock(void *target, void *arg, int64_t timeout_ns) {
+    return shoal_mutex_lock(target, *(uint64_t *)arg, timeout_ns);
 }
 
-static shoal_status call_wait32(void *target, void *arg, int64_t timeout_ns) {
-    return shoal_wait32(target, *(uint32_t *)arg, timeout_ns);
-}
-
-static PyObject *core_wait32(PyObject *m, PyObject *args, PyObject *kwargs) {
-    (void)m;
-    static char *kwlist[] = {"buffer", "offset", "expected", "timeout", NULL};
-    PyObject *buffer, *timeout = Py_None;
-    Py_ssize_t off;
-    unsigned int expected;
-    int64_t timeout_ns;
-    Py_buffer view;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OnI|O:wait32", kwlist, &buffer, &off,
-                                     &expected, &timeout) ||
-        parse_timeout(timeout, &timeout_ns) < 0)
-        return NULL;
-    uint32_t *p = borrow(buffer, off, 4, &view);
-    if (!p)
-        return NULL;
-    shoal_status st;
-    int r = run_blocking(call_wait32, p, &expected, NULL, timeout_ns, &st);
-    PyBuffer_Release(&view);
-    if (r < 0)
-        return NULL;
-    return PyBool_FromLong(st == SHOAL_OK);
-}
-
-static PyObject *core_wake32(PyObject *m, PyObject *args) {
-    (void)m;
-    PyObject *buffer;
-    Py_ssize_t off;
-    int n = -1;
-    Py_buffer view;
-    if (!PyArg_ParseTuple(args, "On|i:wake32", &buffer, &off, &n))
-        return NULL;
-    uint32_t *p = borrow(buffer, off, 4, &view);
-    if (!p)
-        return NULL;
-    int woken = shoal_wake32(p, n);
-    PyBuffer_Release(&view);
-    return PyLong_FromLong(woken);
-}
-
-static PyObject *core_self_token(PyObject *m, PyObject *Py_UNUSED(ignored)) {
-    (void)m;
-    return PyLong_FromUnsignedLongLong(shoal_self_token());
-}
-
-static PyObject *core_token_alive(PyObject *m, PyObject *arg) {
-    (void)m;
-    unsigned long long token = PyLong_AsUnsignedLongLong(arg);
-    if (token == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    int alive;
-    Py_BEGIN_ALLOW_THREADS
-    alive = shoal_token_alive(token);
-    Py_END_ALLOW_THREADS
-    return PyBool_FromLong(alive);
-}
-
-static PyObject *core_liveness_probe(PyObject *m, PyObject *arg) {
-    (void)m;
-    const char *name = PyUnicode_AsUTF8(arg);
-    if (!name)
-        return NULL;
-    int state;
-    Py_BEGIN_ALLOW_THREADS
-    state = shoal_liveness_probe(name);
-    Py_END_ALLOW_THREADS
-    return PyLong_FromLong(state);
-}
-
-static PyObject *core_liveness_name(PyObject *m, PyObject *arg) {
-    (void)m;
-    unsigned long long token = PyLong_AsUnsignedLongLong(arg);
-    if (token == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    char name[SHOAL_LIVENESS_PATH_MAX];
-    if (shoal_liveness_name(token, name, sizeof name) < 0)
-        return PyErr_Format(PyExc_ValueError, "no liveness file name for %llx", token);
-    return PyUnicode_FromString(name);
-}
-
-static PyObject *core_liveness_remove(PyObject *m, PyObject *Py_UNUSED(ignored)) {
-    (void)m;
-    shoal_liveness_remove();
-    Py_RETURN_NONE;
-}
-
-static PyObject *core_token_pid(PyObject *m, PyObject *arg) {
-    (void)m;
-    unsigned long long token = PyLong_AsUnsignedLongLong(arg);
-    if (token == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    return PyLong_FromUnsignedLong(shoal_token_pid(token));
-}
-
-static PyObject *core_shm_open(PyObject *m, PyObject *args) {
-    (void)m;
-    const char *name;
-    int flags, mode = 0600;
-    if (!PyArg_ParseTuple(args, "si|i:shm_open", &name, &flags, &mode))
-        return NULL;
-    int fd;
-    do {
-        Py_BEGIN_ALLOW_THREADS
-        fd = shm_open(name, flags | O_CLOEXEC, (mode_t)mode);
-        Py_END_ALLOW_THREADS
-    } while (fd < 0 && errno == EINTR && PyErr_CheckSignals() == 0);
-    if (fd < 0)
-        return PyErr_Occurred() ? NULL : PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
-    return PyLong_FromLong(fd);
-}
-
-static PyObject *core_shm_unlink(PyObject *m, PyObject *args) {
-    (void)m;
-    const char *name;
-    if (!PyArg_ParseTuple(args, "s:shm_unlink", &name))
-        return NULL;
-    if (shm_unlink(name) < 0)
-        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
-    Py_RETURN_NONE;
-}
+/* ---- the module state's upcalls ---------------------------------------------------------- */
 
-/* link_fd(fd, path): give the unnamed file open as fd (O_TMPFILE) the name path.
- * linkat(AT_EMPTY_PATH) where the kernel lets this caller (Linux 6.10 on, or with
- * CAP_DAC_READ_SEARCH), else through /proc/self/fd; OSError when neither works. */
-static PyObject *core_link_fd(PyObject *m, PyObject *args) {
-    (void)m;
-    int fd;
-    const char *path;
-    if (!PyArg_ParseTuple(args, "is:link_fd", &fd, &path))
-        return NULL;
-#if defined(__linux__) && defined(AT_EMPTY_PATH)
-    if (linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH) == 0)
-        Py_RETURN_NONE;
-    if (errno == EEXIST)
-        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
-    char proc[64];
-    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-    if (linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0)
-        Py_RETURN_NONE;
+/* Set by _set_codec.  Without the GIL another thread may be calling the one replaced, so
+ * that one is kept alive (a test may replace a hook; shoal._codec sets each once). */
+static void set_upcall(PyObject **slot, PyObject *value) {
+    Py_INCREF(value);
+#ifdef Py_GIL_DISABLED
+    __atomic_store_n(slot, value, __ATOMIC_RELEASE);
 #else
-    (void)fd;
-    errno = ENOSYS;
+    Py_XSETREF(*slot, value);
 #endif
-    return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
 }
 
-static PyMethodDef core_functions[] = {
-    {"load64", core_load64, METH_VARARGS, "load64(buffer, offset) -> int"},
-    {"store64", core_store64, METH_VARARGS, "store64(buffer, offset, value)"},
-    {"fetch_add64", core_fetch_add64, METH_VARARGS,
-     "fetch_add64(buffer, offset, delta) -> old value (delta may be negative)"},
-    {"cas64", core_cas64, METH_VARARGS,
-     "cas64(buffer, offset, expected, desired) -> (swapped, value seen)"},
-    {"load32", core_load32, METH_VARARGS, "load32(buffer, offset) -> int"},
-    {"store32", core_store32, METH_VARARGS,
-     "store32(buffer, offset, value): 4-byte aligned; value masked to 32 bits"},
-    {"fetch_add32", core_fetch_add32, METH_VARARGS,
-     "fetch_add32(buffer, offset, delta) -> old value as unsigned (4-byte aligned; delta is "
-     "a signed 32-bit int, the sum wraps)"},
-    {"cas32", core_cas32, METH_VARARGS,
-     "cas32(buffer, offset, expected, desired) -> (swapped, value seen) (4-byte aligned)"},
-    {"wait32", (PyCFunction)(void (*)(void))core_wait32, METH_VARARGS | METH_KEYWORDS,
-     "wait32(buffer, offset, expected, timeout=None) -> bool: sleep while the 32-bit "
-     "word equals expected; False on timeout."},
-    {"wake32", core_wake32, METH_VARARGS, "wake32(buffer, offset, n=-1) -> woken"},
-    {"self_token", core_self_token, METH_NOARGS, "This process's owner token."},
-    {"token_alive", core_token_alive, METH_O, "token_alive(token) -> bool"},
-    {"liveness_probe", core_liveness_probe, METH_O,
-     "liveness_probe(name) -> LIVENESS_HELD, _FREE, _ABSENT or _UNKNOWN: the state of the "
-     "liveness file `name` in /dev/shm (opened read-only and closed: it releases nothing)"},
-    {"liveness_name", core_liveness_name, METH_O,
-     "liveness_name(token) -> the file name (in /dev/shm) of the token's liveness file"},
-    {"liveness_remove", core_liveness_remove, METH_NOARGS,
-     "liveness_remove(): remove this process's liveness file (at exit)"},
-    {"token_pid", core_token_pid, METH_O,
-     "token_pid(token) -> int: the pid a token names, in its own PID namespace"},
-    {"shm_open", core_shm_open, METH_VARARGS, "shm_open(name, flags, mode=0o600) -> fd"},
-    {"shm_unlink", core_shm_unlink, METH_VARARGS, "shm_unlink(name)"},
-    {"link_fd", core_link_fd, METH_VARARGS,
-     "link_fd(fd, path): name the unnamed file open as fd (Linux, O_TMPFILE)"},
-    {NULL},
-};
+static PyObject *load_upcall(PyObject *const *slot) {
+#ifdef Py_GIL_DISABLED
+    return __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+#else
+    return *slot;
+#endif
+}
 
-static struct PyModuleDef core_module = {
-    PyModuleDef_HEAD_INIT, "shoal._core",
-    "shoal's native core: atomics, wait/wake and robust synchronisation on shared buffers.",
-    -1, core_functions,
-};
+PyObject *core_upcall(PyObject *const *slot) {
+    PyObject *hook = load_upcall(slot);
+    if (hook)
+        return hook;
+    PyObject *codec = PyImport_ImportModule("shoal._codec"); /* it sets them all */
+    if (!codec)
+        return NULL;
+    Py_DECREF(codec);
+    hook = load_upcall(slot);
+    if (!hook)
+        PyErr_SetString(PyExc_RuntimeError, "shoal._codec registered no codec upcall");
+    return hook;
+}
 
-static int add_type(PyObject *module, PyTypeObject *type, const char *name) {
-    if (PyType_Ready(type) < 0)
-        return -1;
-    Py_INCREF(type);
-    if (PyModule_AddObject(module, name, (PyObject *)type) < 0) {
-        Py_DECREF(type);
-        return -1;
+static PyObject *core_set_codec(PyObject *module, PyObject *args, PyObject *kwargs) {
+    (void)module;
+    static char *names[] = {"loads", "encode", "encode_key", "loads_stored", "release", NULL};
+    PyObject *given[5] = {NULL, NULL, NULL, NULL, NULL};
+    PyObject **slots[5] = {&core.loads, &core.encode, &core.encode_key, &core.loads_stored,
+                           &core.release};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOOO", names, &given[0], &given[1],
+                                     &given[2], &given[3], &given[4]))
+        return NULL;
+    for (int i = 0; i < 5; i++) {
+        if (given[i] && !PyCallable_Check(given[i])) {
+            PyErr_Format(PyExc_TypeError, "the %s upcall must be callable", names[i]);
+            return NULL;
+        }
     }
-    return 0;
+    for (int i = 0; i < 5; i++)
+        if (given[i])
+            set_upcall(slots[i], given[i]);
+    Py_RETURN_NONE;
 }
 
-#include "_core_ring.c"
-#include "_core_dict.c"
+/* ---- the status -> exception table --------------------------------------------------------- */
+
+PyObject *core_raise(int status, const char *message) {
+    static const struct {
+        int status;
+        size_t state_offset; /* of the class in core_state, or (size_t)-1: a builtin below */
+        PyObject **builtin;
+    } table[] = {
+        {SHOAL_TIMEOUT, (size_t)-1, &PyExc_TimeoutError},
+        {SHOAL_NOT_OWNER, offsetof(core_state, NotHeldError), NULL},
+        {SHOAL_OVERFLOW, (size_t)-1, &PyExc_OverflowError},
+        {SHOAL_BAD_LAYOUT, offsetof(core_state, LayoutError), NULL},
+        {SHOAL_RING_FULL, offsetof(core_state, QueueFull), NULL},
+        {SHOAL_RING_EMPTY, offsetof(core_state, QueueEmpty), NULL},
+        {SHOAL_RING_SHUTDOWN, offsetof(core_state, ShutDownError), NULL},
+        {SHOAL_DICT_FULL, (size_t)-1, &PyExc_MemoryError},
+    };
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
+        if (table[i].status != status)
+            continue;
+        PyObject *type = table[i].builtin
+                             ? *table[i].builtin
+                             : *(PyObject **)((char *)&core + table[i].state_offset);
+        PyErr_SetString(type, message);
+        return NULL;
+    }
+    PyErr_Format(PyExc_SystemError, "shoal._core: status %d is not an error (%s)", (int)status,
+                 message);
+    return NULL;
+}
+
+/* ---- types and module parts ------------------------------------------------------------------ */
+
+#ifdef Py_GIL_DISABLED
+/* Set once a type could not be locked whole (a call missing from its part's table). */
+static int types_incomplete;
 
 /* ---- free-threaded builds (3.13t and later): one call at a time per object ------------
  *
@@ -1325,205 +319,140 @@ static int add_type(PyObject *module, PyTypeObject *type, const char *name) {
  * runs Python code that blocks, so close() from another thread still reaches a call
  * blocked in get() (the ring's busy/closing protocol), and no lock order can deadlock.
  * (On builds with the GIL none of this is compiled.)  Every method of every type must
- * be listed here: one that is not leaves the GIL on (PyInit__core checks), so a method
- * added later without it is seen (tests/test_threads.py, on a free-threaded build). */
-#ifdef Py_GIL_DISABLED
-#define SHOAL_LOCKED_CALLS(X)                                                               \
-    X(ARG1, mutex_bind) X(ARG1, view_unbind) X(FASTKW, mutex_acquire)                        \
-    X(ARG1, mutex_release) X(ARG1, mutex_enter) X(FAST, mutex_exit)                          \
-    X(ARG1, mutex_is_owned) X(ARG1, mutex_release_save) X(ARG1, mutex_acquire_restore)       \
-    X(GET, view_is_bound) X(GET, mutex_get_owner) X(GET, mutex_get_dead_owner)               \
-    X(GET, mutex_get_waiters) X(GET, mutex_get_depth) X(GET, mutex_get_owner_died)           \
-    X(ARG1, sem_bind) X(ARG1, sem_init) X(FASTKW, sem_acquire) X(ARG1, sem_release)          \
-    X(ARG1, sem_enter) X(FAST, sem_exit) X(ARG1, sem_get_value) X(GET, sem_waiters)          \
-    X(GET, sem_max_value) X(ARG1, event_bind) X(VARKW, event_wait) X(ARG1, event_set)        \
-    X(ARG1, event_clear) X(ARG1, event_is_set) X(GET, event_waiters) X(ARG1, cond_bind)      \
-    X(ARG1, cond_enter) X(ARG1, cond_wait) X(ARG1, cond_leave) X(ARG1, cond_notify)          \
-    X(GET, cond_waiting) X(ARG1, atomic_bind) X(FAST, atomic_add)                            \
-    X(FAST, atomic_fetch_add) X(FAST, atomic_compare_exchange) X(ARG1, atomic_load)          \
-    X(ARG1, atomic_store) X(ARG1, ring_bind) X(ARG1, ring_init) X(ARG1, ring_check)          \
-    X(FASTKW, ring_put) X(FASTKW, ring_put_fast) X(FASTKW, ring_put_many)                    \
-    X(FASTKW, ring_get) X(FASTKW, ring_get_many) X(FASTKW, ring_get_obj)                     \
-    X(FASTKW, ring_get_many_obj) X(FASTKW, ring_get_claim) X(ARG1, ring_qsize)               \
-    X(ARG1, ring_shutdown) X(ARG1, ring_add_unfinished) X(ARG1, ring_task_done)              \
-    X(ARG1, ring_join) X(ARG1, ring_begin_close) X(GET, ring_get_busy)                       \
-    X(GET, ring_get_capacity) X(GET, ring_get_taken) X(GET, ring_get_max_items)              \
-    X(GET, ring_get_max_payload) X(GET, ring_get_bytes_used) X(GET, ring_get_unfinished)     \
-    X(GET, ring_get_is_shutdown) X(GET, ring_get_consumers_waiting)                          \
-    X(GET, ring_get_producers_waiting) X(GET, ring_get_joiners)                              \
-    X(GET, ring_get_consumers_waiting_raw) X(GET, ring_get_producers_waiting_raw)            \
-    X(GET, ring_get_joiners_raw) X(ARG1, dict_bind) X(ARG1, dict_unbind)                     \
-    X(ARG1, dict_bind_table) X(ARG1, dict_copy_to) X(ARG1, dict_table_stats)                 \
-    X(ARG1, dict_snapshot) X(ARG1, dict_clear) X(ARG1, dict_release_stored)                  \
-    X(FAST, dict_get) X(FAST, dict_incr) X(FAST, dict_get_or_set) X(FAST, dict_pop)          \
-    X(ARG1, dict_popitem) X(GET, dict_get_generation) X(LEN, dict_length)                    \
-    X(ARG1, dict_subscript) X(SETITEM, dict_ass_subscript) X(CONTAINS, dict_contains)
+ * be in its part's SHOAL_LOCKED_TABLE: one that is not leaves the GIL on (PyInit__core
+ * checks), so a method added later without it is seen (tests/test_threads.py, on a
+ * free-threaded build). */
 
-typedef void (*shoal_fn)(void);
-#define CS_PARAMS_ARG1 PyObject *a
-#define CS_ARGS_ARG1 a
-#define CS_PARAMS_FAST PyObject *const *a, Py_ssize_t n
-#define CS_ARGS_FAST a, n
-#define CS_PARAMS_FASTKW PyObject *const *a, Py_ssize_t n, PyObject *k
-#define CS_ARGS_FASTKW a, n, k
-#define CS_PARAMS_VARKW PyObject *a, PyObject *k
-#define CS_ARGS_VARKW a, k
-#define CS_PARAMS_GET void *a
-#define CS_ARGS_GET a
-#define CS_RET_ARG1 PyObject *
-#define CS_RET_FAST PyObject *
-#define CS_RET_FASTKW PyObject *
-#define CS_RET_VARKW PyObject *
-#define CS_RET_GET PyObject *
-#define CS_RET_SETITEM int
-#define CS_PARAMS_SETITEM PyObject *a, PyObject *v
-#define CS_ARGS_SETITEM a, v
-#define CS_RET_CONTAINS int
-#define CS_PARAMS_CONTAINS PyObject *a
-#define CS_ARGS_CONTAINS a
-
-#define CS_DEFINE(KIND, FN)                                                              \
-    static CS_RET_##KIND cs_##FN(PyObject *self, CS_PARAMS_##KIND) {                     \
-        CS_RET_##KIND r;                                                                 \
-        Py_BEGIN_CRITICAL_SECTION(self);                                                 \
-        r = FN((void *)self, CS_ARGS_##KIND); /* (self: the method's own type) */       \
-        Py_END_CRITICAL_SECTION();                                                       \
-        return r;                                                                        \
-    }
-/* (lenfunc takes no argument past self) */
-#define CS_DEFINE_LEN(FN)                                                                \
-    static Py_ssize_t cs_##FN(PyObject *self) {                                          \
-        Py_ssize_t r;                                                                    \
-        Py_BEGIN_CRITICAL_SECTION(self);                                                 \
-        r = FN((void *)self);                                                            \
-        Py_END_CRITICAL_SECTION();                                                       \
-        return r;                                                                        \
-    }
-#define CS_DEFINE_ONE(KIND, FN) CS_DEFINE_##KIND(FN)
-#define CS_DEFINE_ARG1(FN) CS_DEFINE(ARG1, FN)
-#define CS_DEFINE_FAST(FN) CS_DEFINE(FAST, FN)
-#define CS_DEFINE_FASTKW(FN) CS_DEFINE(FASTKW, FN)
-#define CS_DEFINE_VARKW(FN) CS_DEFINE(VARKW, FN)
-#define CS_DEFINE_GET(FN) CS_DEFINE(GET, FN)
-#define CS_DEFINE_SETITEM(FN) CS_DEFINE(SETITEM, FN)
-#define CS_DEFINE_CONTAINS(FN) CS_DEFINE(CONTAINS, FN)
-SHOAL_LOCKED_CALLS(CS_DEFINE_ONE)
-
-static const struct {
-    shoal_fn plain, locked;
-} cs_calls[] = {
-#define CS_ENTRY(KIND, FN) {(shoal_fn)FN, (shoal_fn)cs_##FN},
-    SHOAL_LOCKED_CALLS(CS_ENTRY)
-#undef CS_ENTRY
-};
-
-/* The locked version of fn; NULL if it has none (it is not listed above). */
-static shoal_fn cs_locked(shoal_fn fn) {
-    for (size_t i = 0; i < sizeof cs_calls / sizeof cs_calls[0]; i++)
-        if (cs_calls[i].plain == fn || cs_calls[i].locked == fn)
-            return cs_calls[i].locked;
+/* The locked version of fn; NULL if it has none. */
+static core_fn locked_version(core_fn fn, const core_locked_call *table, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (table[i].plain == fn || table[i].locked == fn)
+            return table[i].locked;
     return NULL;
 }
 
-/* Point every method, getter and slot of the types at its locked version (before
+/* Point every method, getter and slot of type at its locked version (before
  * PyType_Ready copies them); 0 if one has none. */
-static int cs_lock_types(void) {
-    PyTypeObject *types[] = {&MutexType, &SemaphoreType, &EventType, &CondType,
-                             &AtomicType, &RingType,     &DictType};
+static int lock_type(PyTypeObject *type, const core_locked_call *table, size_t n) {
     int complete = 1;
-    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
-        PyTypeObject *type = types[t];
-        for (PyMethodDef *m = type->tp_methods; m && m->ml_name; m++) {
-            shoal_fn locked = cs_locked((shoal_fn)m->ml_meth);
-            if (locked)
-                m->ml_meth = (PyCFunction)locked;
-            else
-                complete = 0;
-        }
-        for (PyGetSetDef *g = type->tp_getset; g && g->name; g++) {
-            shoal_fn locked = g->get ? cs_locked((shoal_fn)g->get) : NULL;
-            if (locked && !g->set)
-                g->get = (getter)locked;
-            else
-                complete = 0;
-        }
-        PyMappingMethods *mp = type->tp_as_mapping;
-        PySequenceMethods *sq = type->tp_as_sequence;
-        if (mp) {
-            shoal_fn len = cs_locked((shoal_fn)mp->mp_length);
-            shoal_fn sub = cs_locked((shoal_fn)mp->mp_subscript);
-            shoal_fn ass = cs_locked((shoal_fn)mp->mp_ass_subscript);
-            if (len && sub && ass) {
-                mp->mp_length = (lenfunc)len;
-                mp->mp_subscript = (binaryfunc)sub;
-                mp->mp_ass_subscript = (objobjargproc)ass;
-            } else {
-                complete = 0;
-            }
-        }
-        if (sq) {
-            shoal_fn contains = cs_locked((shoal_fn)sq->sq_contains);
-            /* only sq_contains is set: any other slot would be unlocked */
-            if (contains && !sq->sq_length && !sq->sq_item && !sq->sq_ass_item &&
-                !sq->sq_concat && !sq->sq_repeat)
-                sq->sq_contains = (objobjproc)contains;
-            else
-                complete = 0;
-        }
-        if (type->tp_iter || type->tp_iternext || type->tp_call || type->tp_repr ||
-            type->tp_str || type->tp_richcompare || type->tp_hash || type->tp_as_number ||
-            type->tp_as_buffer || type->tp_init || type->tp_members)
-            complete = 0; /* a slot this list does not cover */
+    for (PyMethodDef *m = type->tp_methods; m && m->ml_name; m++) {
+        core_fn locked = locked_version((core_fn)m->ml_meth, table, n);
+        if (locked)
+            m->ml_meth = (PyCFunction)locked;
+        else
+            complete = 0;
     }
+    for (PyGetSetDef *g = type->tp_getset; g && g->name; g++) {
+        core_fn locked = g->get ? locked_version((core_fn)g->get, table, n) : NULL;
+        if (locked && !g->set)
+            g->get = (getter)locked;
+        else
+            complete = 0;
+    }
+    PyMappingMethods *mp = type->tp_as_mapping;
+    PySequenceMethods *sq = type->tp_as_sequence;
+    if (mp) {
+        core_fn len = locked_version((core_fn)mp->mp_length, table, n);
+        core_fn sub = locked_version((core_fn)mp->mp_subscript, table, n);
+        core_fn ass = locked_version((core_fn)mp->mp_ass_subscript, table, n);
+        if (len && sub && ass) {
+            mp->mp_length = (lenfunc)len;
+            mp->mp_subscript = (binaryfunc)sub;
+            mp->mp_ass_subscript = (objobjargproc)ass;
+        } else {
+            complete = 0;
+        }
+    }
+    if (sq) {
+        core_fn contains = locked_version((core_fn)sq->sq_contains, table, n);
+        /* only sq_contains is set: any other slot would be unlocked */
+        if (contains && !sq->sq_length && !sq->sq_item && !sq->sq_ass_item &&
+            !sq->sq_concat && !sq->sq_repeat)
+            sq->sq_contains = (objobjproc)contains;
+        else
+            complete = 0;
+    }
+    if (type->tp_iter || type->tp_iternext || type->tp_call || type->tp_repr ||
+        type->tp_str || type->tp_richcompare || type->tp_hash || type->tp_as_number ||
+        type->tp_as_buffer || type->tp_init || type->tp_members)
+        complete = 0; /* a slot this does not cover */
     return complete;
 }
 #endif
+
+int add_type(PyObject *module, PyTypeObject *type, const char *name,
+             const core_locked_call *locked, size_t nlocked) {
+#ifdef Py_GIL_DISABLED
+    if (!lock_type(type, locked, nlocked))
+        types_incomplete = 1;
+#else
+    (void)locked;
+    (void)nlocked;
+#endif
+    if (PyType_Ready(type) < 0)
+        return -1;
+    Py_INCREF(type);
+    if (PyModule_AddObject(module, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
+
+int add_functions(PyObject *module, PyMethodDef *functions) {
+    return PyModule_AddFunctions(module, functions);
+}
+
+/* ---- the module ------------------------------------------------------------------------------ */
+
+static PyMethodDef core_functions[] = {
+    {"_set_codec", (PyCFunction)(void (*)(void))core_set_codec, METH_VARARGS | METH_KEYWORDS,
+     "_set_codec(*, loads, encode, encode_key, loads_stored, release): the upcalls for what "
+     "the C codec does not encode (shoal._codec sets them; see _core_glue.h)."},
+    {NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT, "shoal._core",
+    "shoal's native core: atomics, wait/wake and robust synchronisation on shared buffers.",
+    -1, core_functions,
+};
+
+static int get_class(PyObject *from, const char *name, PyObject **out) {
+    *out = PyObject_GetAttrString(from, name);
+    return *out ? 0 : -1;
+}
 
 PyMODINIT_FUNC PyInit__core(void) {
     PyObject *errors = PyImport_ImportModule("shoal._errors");
     if (!errors)
         return NULL;
-    ClosedError = PyObject_GetAttrString(errors, "ClosedError");
-    NotHeldError = PyObject_GetAttrString(errors, "NotHeldError");
-    OwnerDiedWarning = PyObject_GetAttrString(errors, "OwnerDiedWarning");
-    if (!ClosedError || !NotHeldError || !OwnerDiedWarning) {
+    PyObject *queue = PyImport_ImportModule("queue");
+    if (!queue) {
         Py_DECREF(errors);
         return NULL;
     }
-#ifdef Py_GIL_DISABLED
-    int gil_free = cs_lock_types();
-#endif
-    PyObject *module = PyModule_Create(&core_module);
-    if (!module || ring_module_init(module, errors) < 0 || dict_module_init(module) < 0) {
-        Py_DECREF(errors);
-        Py_XDECREF(module);
-        return NULL;
-    }
+    int failed = get_class(errors, "ClosedError", &core.ClosedError) < 0 ||
+                 get_class(errors, "NotHeldError", &core.NotHeldError) < 0 ||
+                 get_class(errors, "OwnerDiedWarning", &core.OwnerDiedWarning) < 0 ||
+                 get_class(errors, "LayoutError", &core.LayoutError) < 0 ||
+                 get_class(errors, "ShutDown", &core.ShutDownError) < 0 ||
+                 get_class(errors, "SegmentNotFoundError", &core.SegmentNotFoundError) < 0 ||
+                 get_class(queue, "Full", &core.QueueFull) < 0 ||
+                 get_class(queue, "Empty", &core.QueueEmpty) < 0;
     Py_DECREF(errors);
-    if (add_type(module, &MutexType, "Mutex") < 0 ||
-        add_type(module, &SemaphoreType, "Semaphore") < 0 ||
-        add_type(module, &EventType, "Event") < 0 || add_type(module, &CondType, "Cond") < 0 ||
-        add_type(module, &AtomicType, "Atomic") < 0 ||
-        PyModule_AddIntConstant(module, "LAYOUT_VERSION", SHOAL_LAYOUT_VERSION) < 0 ||
-        PyModule_AddObject(module, "TOKEN_LIVENESS",
-                           PyLong_FromUnsignedLongLong(SHOAL_TOKEN_LIVENESS)) < 0 ||
-        PyModule_AddStringConstant(module, "LIVENESS_PREFIX", SHOAL_LIVENESS_PREFIX) < 0 ||
-        PyModule_AddStringConstant(module, "LIVENESS_TEMP_SUFFIX", SHOAL_LIVENESS_TEMP_SUFFIX) < 0 ||
-        PyModule_AddIntConstant(module, "LIVENESS_HELD", SHOAL_LIVENESS_HELD) < 0 ||
-        PyModule_AddIntConstant(module, "LIVENESS_FREE", SHOAL_LIVENESS_FREE) < 0 ||
-        PyModule_AddIntConstant(module, "LIVENESS_ABSENT", SHOAL_LIVENESS_ABSENT) < 0 ||
-        PyModule_AddIntConstant(module, "LIVENESS_UNKNOWN", SHOAL_LIVENESS_UNKNOWN) < 0 ||
-        PyModule_AddIntConstant(module, "MUTEX_SIZE", sizeof(shoal_mutex)) < 0 ||
-        PyModule_AddIntConstant(module, "LOCK_SIZE", sizeof(shoal_mutex) + sizeof(shoal_waitlist)) < 0 ||
-        PyModule_AddIntConstant(module, "SEMAPHORE_SIZE", sizeof(shoal_semaphore)) < 0 ||
-        PyModule_AddIntConstant(module, "EVENT_SIZE", sizeof(shoal_event)) < 0 ||
-        PyModule_AddIntConstant(module, "COND_SIZE", sizeof(shoal_cond)) < 0) {
-        Py_DECREF(module);
+    Py_DECREF(queue);
+    if (failed)
+        return NULL;
+    PyObject *module = PyModule_Create(&core_module);
+    if (!module || sync_module_init(module) < 0 || codec_module_init(module) < 0 ||
+        ring_module_init(module) < 0 || dict_module_init(module) < 0) {
+        Py_XDECREF(module);
         return NULL;
     }
 #ifdef Py_GIL_DISABLED
     /* (single-phase initialisation: no Py_mod_gil slot; this is its equivalent) */
-    if (gil_free && PyUnstable_Module_SetGIL(module, Py_MOD_GIL_NOT_USED) < 0) {
+    if (!types_incomplete && PyUnstable_Module_SetGIL(module, Py_MOD_GIL_NOT_USED) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -155,7 +155,30 @@ class Ring:
     def _join(self, timeout: float | None, /) -> bool: ...
     def _begin_close(self) -> None: ...
 
-def _set_loads_hook(hook: Any, /) -> None: ...
+# ---- the record format (_core_codec.h) and the upcalls (_core_glue.h; shoal._codec) ------
+
+TAG_NONE: int
+TAG_TRUE: int
+TAG_FALSE: int
+TAG_INT: int
+TAG_FLOAT: int
+TAG_STR: int
+TAG_BYTES: int
+TAG_TUPLE: int
+TAG_PICKLE: int
+TAG_TRANSIT: int
+TAG_KEPT: int
+TAG_STORED: int
+FAST_TUPLE_MAX: int
+
+def _set_codec(
+    *,
+    loads: Any = ...,
+    encode: Any = ...,
+    encode_key: Any = ...,
+    loads_stored: Any = ...,
+    release: Any = ...,
+) -> None: ...
 
 # ---- SharedDict's table (_core_dict.c) ----------------------------------------------------
 
@@ -163,18 +186,11 @@ DICT_ROOT_SIZE: int
 DICT_ROOT_GENERATION: int
 DICT_ROOT_SIZES: int
 DICT_ROOT_REBUILDS: int
+DICT_ROOT_STORED: int
 DICT_ROOT_NAMES: int
+DICT_ROOT_NAME_BYTES: int
 DICT_LOAD16: int
 
-def _set_dict_codec(
-    encode: Any,
-    loads: Any,
-    encode_key: Any = ...,
-    loads_stored: Any = ...,
-    release: Any = ...,
-    gone: Any = ...,
-    /,
-) -> None: ...
 def dict_table_size(nslots: int, heap_bytes: int, /) -> int: ...
 def dict_hash(data: Buffer, /) -> int: ...
 

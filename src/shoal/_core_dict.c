@@ -1,13 +1,12 @@
 /*
- * shoal._core, part three: the glue for SharedDict's table (native/include/shoal_dict.h).
- * Included by _core.c right after _core_ring.c, whose fast codec (fast_encode /
- * fast_decode: exact None/bool/int64/float/str/bytes and tuples of them, no pickle)
- * encodes keys and values here too; anything else is pickled by a Python callable
- * and unpickled by another (_set_dict_codec).
+ * shoal._core, the glue for SharedDict's table (native/include/shoal_dict.h), over the
+ * common layer (_core_glue.h).  Keys and values are encoded by the record format's
+ * fast codec (_core_codec.h: exact None/bool/int64/float/str/bytes and tuples of them,
+ * no pickle); anything else is pickled and unpickled by shoal._codec's upcalls.
  *
  * A Dict object is bound to two pieces of shared memory:
  *   - the root (_bind): the writers' robust mutex and which table is current (its
- *     segment name, double-buffered by the generation's parity; see dict_root);
+ *     segment name, double-buffered by the generation's parity; see shoal_dict_root);
  *   - the current table (_bind_table), whose geometry is checked then, once, into the
  *     object's shoal_dict_view (never re-read from shared memory), a segment of its own
  *     that is replaced, never resized: shoal.SharedDict._rebuild makes a bigger (or, after a crash, a clean)
@@ -25,53 +24,17 @@
  * go back exactly once.  The root's `stored` word says whether any such value was
  * stored since the last clear, so that writes to other dicts skip the extra lookup.
  */
+#include "_core_codec.h"
 #include "shoal_dict.h"
+
 #include <sched.h>
-
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-typedef struct {
-    shoal_mutex lock;     /* writers serialise here */
-    uint64_t generation;  /* the current table's number: names[generation & 1] */
-    uint64_t sizes[2];    /* its table's size in bytes (after the segment header) */
-    uint64_t rebuilds;    /* tables made so far (statistics) */
-    uint64_t stored;      /* nonzero: values holding references may be in the table */
-    uint64_t reserved[6];
-    char names[2][64];    /* segment names, NUL padded */
-} dict_root;
-_Static_assert(sizeof(dict_root) == 256, "dict_root is part of the shared layout");
-#define DICT_ROOT_GENERATION 40
-#define DICT_ROOT_SIZES 48
-#define DICT_ROOT_REBUILDS 64
-#define DICT_ROOT_STORED 72
-#define DICT_ROOT_NAMES 128
-_Static_assert(__builtin_offsetof(dict_root, generation) == DICT_ROOT_GENERATION, "layout");
-_Static_assert(__builtin_offsetof(dict_root, sizes) == DICT_ROOT_SIZES, "layout");
-_Static_assert(__builtin_offsetof(dict_root, rebuilds) == DICT_ROOT_REBUILDS, "layout");
-_Static_assert(__builtin_offsetof(dict_root, names) == DICT_ROOT_NAMES, "layout");
-_Static_assert(__builtin_offsetof(dict_root, stored) == DICT_ROOT_STORED, "layout");
-
-/* the first byte of a value that holds references to shoal objects (not a fast tag,
- * and no pickle starts with it) */
-#define DICT_STORED_MARK 'H'
 
 /* how long a writer waits for the lock before it calls the dict stuck */
 #define DICT_LOCK_TIMEOUT_NS (30LL * 1000000000LL)
 /* optimistic snapshot attempts before iteration takes the writers' lock */
 #define DICT_SNAPSHOT_TRIES 8
 
-static PyObject *DictEncode, *DictLoads;
-/* optional hooks (shoal._dict): keys, values holding references, their release, and the
- * exception a read of a value removed meanwhile may meet */
-static PyObject *DictEncodeKey, *DictLoadsStored, *DictRelease, *DictGone;
-
-static int is_stored(const char *p, uint32_t n) { return n > 0 && p[0] == DICT_STORED_MARK; }
+static int is_stored(const char *p, uint32_t n) { return n > 0 && p[0] == TAG_STORED; }
 
 /* Give back the references a removed (or never stored) value holds: exactly once per
  * value.  Errors are reported, never raised: the write they follow has happened. */
@@ -80,13 +43,12 @@ static void release_stored(PyObject *raw) {
         return;
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    if (DictRelease) {
-        PyObject *r = PyObject_CallOneArg(DictRelease, raw);
-        if (r)
-            Py_DECREF(r);
-        else
-            PyErr_WriteUnraisable(DictRelease);
-    }
+    PyObject *release = core_upcall(&core.release);
+    PyObject *r = release ? PyObject_CallOneArg(release, raw) : NULL;
+    if (r)
+        Py_DECREF(r);
+    else
+        PyErr_WriteUnraisable(release);
     PyErr_Restore(type, value, tb);
 }
 
@@ -98,7 +60,7 @@ typedef struct {
     uint64_t generation; /* of the bound table */
 } DictObject;
 
-#define ROOT(self) ((dict_root *)((ViewObject *)(self))->addr)
+#define ROOT(self) ((shoal_dict_root *)((ViewObject *)(self))->addr)
 
 static void dict_release_table(DictObject *self) {
     if (self->table) {
@@ -118,7 +80,7 @@ static void dict_dealloc(DictObject *self) {
 }
 
 static PyObject *dict_bind(DictObject *self, PyObject *args) {
-    if (view_bind(&self->v, args, sizeof(dict_root)) < 0)
+    if (view_bind(&self->v, args, sizeof(shoal_dict_root)) < 0)
         return NULL;
     self->generation = 0;
     Py_RETURN_NONE;
@@ -142,7 +104,7 @@ static PyObject *dict_bind_table(DictObject *self, PyObject *args) {
     shoal_dict_view tv;
     if (shoal_dict_check(&tv, d, (uint64_t)size) != SHOAL_OK) {
         PyBuffer_Release(&view);
-        PyErr_SetString(LayoutError,
+        PyErr_SetString(core.LayoutError,
                         "the SharedDict's table segment does not hold a table this shoal wrote: "
                         "it is corrupt (was it written to outside shoal?)");
         return NULL;
@@ -223,14 +185,13 @@ static int enc_any(PyObject *obj, dict_enc *e, PyObject *owner) {
         e->blen = (uint32_t)e->rec.len;
         return 0;
     }
-    if (!DictEncode) {
-        PyErr_SetString(PyExc_RuntimeError, "shoal._dict did not set the dict codec");
+    PyObject *encode = core_upcall(owner ? &core.encode : &core.encode_key);
+    if (!encode)
         return -1;
-    }
     if (!owner)
-        e->pickled = PyObject_CallOneArg(DictEncodeKey ? DictEncodeKey : DictEncode, obj);
+        e->pickled = PyObject_CallOneArg(encode, obj);
     else
-        e->pickled = PyObject_CallFunctionObjArgs(DictEncode, obj, owner, NULL);
+        e->pickled = PyObject_CallFunctionObjArgs(encode, obj, owner, NULL);
     if (!e->pickled)
         return -1;
     if (!PyBytes_Check(e->pickled) || PyBytes_GET_SIZE(e->pickled) < 1 ||
@@ -306,12 +267,11 @@ static void set_key_error(PyObject *key) {
     }
 }
 
-static PyObject *raise_dict_corrupt(void) {
-    PyErr_SetString(LayoutError,
-                    "the SharedDict's shared memory holds an entry no writer could make: it is "
-                    "corrupt (was it written to outside shoal?)");
-    return NULL;
-}
+#define DICT_CORRUPT                                                                        \
+    "the SharedDict's shared memory holds an entry no writer could make: it is corrupt "     \
+    "(was it written to outside shoal?)"
+
+static PyObject *raise_dict_corrupt(void) { return core_raise(SHOAL_BAD_LAYOUT, DICT_CORRUPT); }
 
 /* Decode a stored encoding: an object, or (pickled) a bytes copy with *pending = 1
  * (2: a value holding references). */
@@ -320,18 +280,16 @@ static PyObject *dec_raw(const char *p, uint32_t n, int *pending) {
     if (n == 0)
         return raise_dict_corrupt();
     if (is_fast_tag(p[0]))
-        return fast_decode(p, n);
+        return fast_decode(p, n, DICT_CORRUPT);
     *pending = is_stored(p, n) ? 2 : 1;
     return PyBytes_FromStringAndSize(p, n);
 }
 
 static PyObject *dec_loads(PyObject *raw) {
     int stored = is_stored(PyBytes_AS_STRING(raw), (uint32_t)PyBytes_GET_SIZE(raw));
-    PyObject *hook = stored ? DictLoadsStored : DictLoads;
-    if (!hook) {
-        PyErr_SetString(PyExc_RuntimeError, "shoal._dict did not set the dict codec");
+    PyObject *hook = core_upcall(stored ? &core.loads_stored : &core.loads);
+    if (!hook)
         return NULL;
-    }
     return PyObject_CallOneArg(hook, raw);
 }
 
@@ -356,7 +314,7 @@ static PyObject *dec_removed(PyObject *obj, int pending) {
 
 /* Whether a failed decode met a value removed (and released) after it was copied. */
 static int dec_gone(int pending) {
-    return pending == 2 && DictGone && PyErr_ExceptionMatches(DictGone);
+    return pending == 2 && PyErr_ExceptionMatches(core.SegmentNotFoundError);
 }
 
 /* ---- the writers' lock ------------------------------------------------------------------ */
@@ -385,9 +343,8 @@ static int dict_lock(DictObject *self) {
             0)
             return -1;
         if (st != SHOAL_OK && st != SHOAL_OWNER_DIED) {
-            PyErr_SetString(PyExc_TimeoutError,
-                            "the SharedDict's writer lock stayed held for 30 s (is a writer "
-                            "process stopped?)");
+            core_raise(SHOAL_TIMEOUT, "the SharedDict's writer lock stayed held for 30 s (is a "
+                                      "writer process stopped?)");
             return -1;
         }
     }
@@ -408,7 +365,7 @@ static int dict_lock(DictObject *self) {
 /* A reader found the version odd: wait for the writer, and if it is dead repair. */
 static int dict_wait_writer(DictObject *self, unsigned attempt) {
     if (attempt < 64) {
-        cpu_relax();
+        shoal_cpu_relax();
         return 0;
     }
     if (attempt % 256 == 0) {
@@ -1177,31 +1134,6 @@ static PyObject *dict_table_size_for(PyObject *module, PyObject *args) {
     return PyLong_FromUnsignedLongLong(shoal_dict_size_for(nslots, heap));
 }
 
-static PyObject *dict_set_codec(PyObject *module, PyObject *args) {
-    (void)module;
-    PyObject *encode, *loads, *encode_key = NULL, *loads_stored = NULL, *release = NULL,
-                                *gone = NULL;
-    if (!PyArg_ParseTuple(args, "OO|OOOO", &encode, &loads, &encode_key, &loads_stored, &release,
-                          &gone))
-        return NULL;
-    if (!PyCallable_Check(encode) || !PyCallable_Check(loads) ||
-        (encode_key && !PyCallable_Check(encode_key)) ||
-        (loads_stored && !PyCallable_Check(loads_stored)) ||
-        (release && !PyCallable_Check(release)) ||
-        (gone && !PyExceptionClass_Check(gone))) {
-        PyErr_SetString(PyExc_TypeError,
-                        "the dict codec takes callables (and an exception class last)");
-        return NULL;
-    }
-    SET_HOOK(DictEncode, encode);
-    SET_HOOK(DictLoads, loads);
-    SET_HOOK(DictEncodeKey, encode_key);
-    SET_HOOK(DictLoadsStored, loads_stored);
-    SET_HOOK(DictRelease, release);
-    SET_HOOK(DictGone, gone);
-    Py_RETURN_NONE;
-}
-
 static PyObject *dict_hash_bytes(PyObject *module, PyObject *arg) {
     (void)module;
     Py_buffer view;
@@ -1271,31 +1203,34 @@ static PyTypeObject DictType = {
     .tp_new = PyType_GenericNew,
 };
 
-/* Called from PyInit__core. */
-static int dict_module_init(PyObject *module) {
-    static PyMethodDef funcs[] = {
-        {"_set_dict_codec", (PyCFunction)dict_set_codec, METH_VARARGS,
-         "_set_dict_codec(encode, loads[, encode_key, loads_stored, release, gone]): how "
-         "keys and values that are not scalars are pickled and unpickled, and how values "
-         "holding references (first byte 'H') are read and released."},
+#ifdef Py_GIL_DISABLED
+#define DICT_LOCKED_CALLS(X)                                                                \
+    X(ARG1, dict_bind) X(ARG1, dict_unbind) X(GET, view_is_bound)                            \
+    X(ARG1, dict_bind_table) X(ARG1, dict_copy_to) X(ARG1, dict_table_stats)                 \
+    X(ARG1, dict_snapshot) X(ARG1, dict_clear) X(ARG1, dict_release_stored)                  \
+    X(FAST, dict_get) X(FAST, dict_incr) X(FAST, dict_get_or_set) X(FAST, dict_pop)          \
+    X(ARG1, dict_popitem) X(GET, dict_get_generation) X(LEN, dict_length)                    \
+    X(ARG1, dict_subscript) X(SETITEM, dict_ass_subscript) X(CONTAINS, dict_contains)
+#endif
+SHOAL_LOCKED_TABLE(dict_locked, DICT_LOCKED_CALLS)
+
+int dict_module_init(PyObject *module) {
+    static PyMethodDef functions[] = {
         {"dict_table_size", (PyCFunction)dict_table_size_for, METH_VARARGS,
          "dict_table_size(nslots, heap_bytes) -> bytes of a table"},
         {"dict_hash", (PyCFunction)dict_hash_bytes, METH_O,
          "dict_hash(data) -> the table's 64-bit hash of some bytes"},
+        {NULL},
     };
-    for (size_t i = 0; i < sizeof(funcs) / sizeof(funcs[0]); i++) {
-        PyObject *func = PyCFunction_NewEx(&funcs[i], NULL, NULL);
-        if (!func || PyModule_AddObject(module, funcs[i].ml_name, func) < 0) {
-            Py_XDECREF(func);
-            return -1;
-        }
-    }
-    if (add_type(module, &DictType, "Dict") < 0 ||
-        PyModule_AddIntConstant(module, "DICT_ROOT_SIZE", sizeof(dict_root)) < 0 ||
-        PyModule_AddIntConstant(module, "DICT_ROOT_GENERATION", DICT_ROOT_GENERATION) < 0 ||
-        PyModule_AddIntConstant(module, "DICT_ROOT_SIZES", DICT_ROOT_SIZES) < 0 ||
-        PyModule_AddIntConstant(module, "DICT_ROOT_REBUILDS", DICT_ROOT_REBUILDS) < 0 ||
-        PyModule_AddIntConstant(module, "DICT_ROOT_NAMES", DICT_ROOT_NAMES) < 0 ||
+    if (add_functions(module, functions) < 0 ||
+        add_type(module, &DictType, "Dict", SHOAL_LOCKED(dict_locked)) < 0 ||
+        PyModule_AddIntConstant(module, "DICT_ROOT_SIZE", sizeof(shoal_dict_root)) < 0 ||
+        PyModule_AddIntConstant(module, "DICT_ROOT_GENERATION", SHOAL_DICT_ROOT_GENERATION) < 0 ||
+        PyModule_AddIntConstant(module, "DICT_ROOT_SIZES", SHOAL_DICT_ROOT_SIZES) < 0 ||
+        PyModule_AddIntConstant(module, "DICT_ROOT_REBUILDS", SHOAL_DICT_ROOT_REBUILDS) < 0 ||
+        PyModule_AddIntConstant(module, "DICT_ROOT_STORED", SHOAL_DICT_ROOT_STORED) < 0 ||
+        PyModule_AddIntConstant(module, "DICT_ROOT_NAMES", SHOAL_DICT_ROOT_NAMES) < 0 ||
+        PyModule_AddIntConstant(module, "DICT_ROOT_NAME_BYTES", SHOAL_DICT_ROOT_NAME_BYTES) < 0 ||
         PyModule_AddIntConstant(module, "DICT_LOAD16", SHOAL_DICT_MAX_LOAD16) < 0)
         return -1;
     return 0;

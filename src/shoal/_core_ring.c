@@ -1,7 +1,6 @@
 /*
- * shoal._core, part two: the glue for the record ring (native/include/shoal_ring.h).
- * Included at the end of _core.c (one translation unit, one glue), so it shares that
- * file's helpers: ViewObject, check_bound, parse_timeout, parse_block_timeout, run_blocking.
+ * shoal._core, the glue for the record ring (native/include/shoal_ring.h), over the
+ * common layer (_core_glue.h) and the record format (_core_codec.h).
  *
  * Ring.put/get move bytes only; pickling, out-of-band buffers and the Queue API are
  * Python (shoal._queues).  Each handle keeps the ring's geometry from _init/_check
@@ -9,9 +8,8 @@
  * becomes LayoutError.  Locks are held only while copying a record, never while
  * sleeping: see the waiting protocol in shoal_ring.h.
  */
+#include "_core_codec.h"
 #include "shoal_ring.h"
-
-static PyObject *QueueFull, *QueueEmpty, *ShutDownError, *LayoutError;
 
 /* How long a blocked side busy-waits (GIL released) before it sleeps on the futex:
  * a futex round trip costs microseconds, more than the other side usually needs. */
@@ -38,7 +36,7 @@ typedef struct {
 static int is_closing(RingObject *self) { return __atomic_load_n(&self->closing, __ATOMIC_SEQ_CST); }
 
 static int raise_closed_while_waiting(void) {
-    PyErr_SetString(ClosedError, "this queue was closed while the call was waiting");
+    PyErr_SetString(core.ClosedError, "this queue was closed while the call was waiting");
     return -1;
 }
 
@@ -52,7 +50,7 @@ static int check_ready(RingObject *self) {
         return -1;
     if (self->ready)
         return 0;
-    PyErr_SetString(LayoutError, "this memory holds no ring that _init made or _check accepted");
+    PyErr_SetString(core.LayoutError, "this memory holds no ring that _init made or _check accepted");
     return -1;
 }
 
@@ -114,9 +112,6 @@ static int64_t ns_left(int64_t deadline) {
     return left > 0 ? left : 0;
 }
 
-static shoal_status call_plain_lock(void *target, void *arg, int64_t timeout_ns) {
-    return shoal_mutex_lock(target, *(uint64_t *)arg, timeout_ns);
-}
 
 /* How long any call, a nonblocking one included, may wait for a side's lock.  The lock
  * is held only while records are copied, so "nonblocking" means not waiting for room
@@ -171,8 +166,9 @@ static shoal_status call_ring_wait(void *target, void *arg, int64_t timeout_ns) 
     return shoal_ring_wait_space(a->ring, a->seq, timeout_ns);
 }
 
+/* queue.Full with the number of records put before it (put_many) as .items_put */
 static PyObject *raise_full(Py_ssize_t items_put) {
-    PyObject *exc = PyObject_CallFunction(QueueFull, "s", "the queue is full");
+    PyObject *exc = PyObject_CallFunction(core.QueueFull, "s", "the queue is full");
     if (!exc)
         return NULL;
     PyObject *count = PyLong_FromSsize_t(items_put);
@@ -182,222 +178,20 @@ static PyObject *raise_full(Py_ssize_t items_put) {
         return NULL;
     }
     Py_DECREF(count);
-    PyErr_SetObject(QueueFull, exc);
+    PyErr_SetObject(core.QueueFull, exc);
     Py_DECREF(exc);
     return NULL;
 }
 
 static PyObject *raise_shutdown(void) {
-    PyErr_SetString(ShutDownError, "the queue was shut down");
-    return NULL;
+    return core_raise(SHOAL_RING_SHUTDOWN, "the queue was shut down");
 }
 
-static PyObject *raise_corrupt(void) {
-    PyErr_SetString(LayoutError,
-                    "the queue's shared memory holds a position or record no producer could "
-                    "write: it is corrupt (was it written to outside shoal?)");
-    return NULL;
-}
+#define RING_CORRUPT                                                                        \
+    "the queue's shared memory holds a position or record no producer could write: it is "  \
+    "corrupt (was it written to outside shoal?)"
 
-/* One record to put: `tag_len` bytes of tag (0 or 1) followed by `len` bytes. */
-typedef struct {
-    char tag[1];
-    Py_ssize_t tag_len;
-    const char *data;
-    Py_ssize_t len;
-    char scratch[8];
-    Py_buffer view; /* owned when view.obj != NULL */
-    char *owned;    /* PyMem buffer holding an encoded tuple, freed with the record */
-} record_src;
-
-static Py_ssize_t record_size(const record_src *rec) { return rec->tag_len + rec->len; }
-
-/* ---- the fast codec: common scalars go into the ring without pickle ---------------------
- * A record's first byte says what it is: a pickle starts with PROTO (0x80), a transit
- * record with 'T' (shoal._serialize), and these tags are scalars encoded here.  Only
- * exact types qualify, so subclasses keep their type through pickle. */
-enum {
-    TAG_NONE = 'N',
-    TAG_TRUE = 't',
-    TAG_FALSE = 'f',
-    TAG_INT = 'I',   /* int64, native byte order (both ends are on this machine) */
-    TAG_FLOAT = 'F', /* IEEE double */
-    TAG_STR = 'S',   /* UTF-8 */
-    TAG_BYTES = 'Y',
-    TAG_TUPLE = 'U', /* u32 count, then per item: u8 tag, u32 length, payload */
-};
-
-/* Longest tuple the codec encodes itself; longer ones are pickled. */
-#define FAST_TUPLE_MAX 64
-
-static PyObject *LoadsHook; /* shoal._serialize.loads, for everything else */
-
-/* A scalar: 1 if encoded into rec, 0 if obj needs pickle, -1 on error. */
-static int fast_encode_scalar(PyObject *obj, record_src *rec) {
-    rec->tag_len = 1;
-    rec->data = rec->scratch;
-    rec->len = 0;
-    rec->view.obj = NULL;
-    rec->owned = NULL;
-    if (obj == Py_None) {
-        rec->tag[0] = TAG_NONE;
-    } else if (obj == Py_True || obj == Py_False) {
-        rec->tag[0] = obj == Py_True ? TAG_TRUE : TAG_FALSE;
-    } else if (PyLong_CheckExact(obj)) {
-        int overflow;
-        long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
-        if (overflow)
-            return 0;
-        if (v == -1 && PyErr_Occurred())
-            return -1;
-        int64_t v64 = v;
-        memcpy(rec->scratch, &v64, 8);
-        rec->tag[0] = TAG_INT;
-        rec->len = 8;
-    } else if (PyFloat_CheckExact(obj)) {
-        double d = PyFloat_AS_DOUBLE(obj);
-        memcpy(rec->scratch, &d, 8);
-        rec->tag[0] = TAG_FLOAT;
-        rec->len = 8;
-    } else if (PyUnicode_CheckExact(obj)) {
-        Py_ssize_t n;
-        const char *utf8 = PyUnicode_AsUTF8AndSize(obj, &n);
-        if (!utf8) { /* lone surrogates: pickle knows how */
-            PyErr_Clear();
-            return 0;
-        }
-        rec->tag[0] = TAG_STR;
-        rec->data = utf8;
-        rec->len = n;
-    } else if (PyBytes_CheckExact(obj)) {
-        rec->tag[0] = TAG_BYTES;
-        rec->data = PyBytes_AS_STRING(obj);
-        rec->len = PyBytes_GET_SIZE(obj);
-    } else {
-        return 0;
-    }
-    return 1;
-}
-
-/* A scalar or a tuple of scalars (the usual message shape): 1, 0 or -1 as above. */
-static int fast_encode(PyObject *obj, record_src *rec) {
-    if (!PyTuple_CheckExact(obj))
-        return fast_encode_scalar(obj, rec);
-    Py_ssize_t n = PyTuple_GET_SIZE(obj), size = 4;
-    if (n > FAST_TUPLE_MAX)
-        return 0;
-    record_src item;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        int r = fast_encode_scalar(PyTuple_GET_ITEM(obj, i), &item);
-        if (r <= 0)
-            return r;
-        if (item.len > 0x7fffffff - size - 5)
-            return 0;
-        size += 5 + item.len;
-    }
-    char *buf = PyMem_Malloc((size_t)size), *p = buf;
-    if (!buf) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    uint32_t count = (uint32_t)n;
-    memcpy(p, &count, 4);
-    p += 4;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        fast_encode_scalar(PyTuple_GET_ITEM(obj, i), &item); /* succeeded above */
-        uint32_t len = (uint32_t)item.len;
-        *p++ = item.tag[0];
-        memcpy(p, &len, 4);
-        memcpy(p + 4, item.data, (size_t)len);
-        p += 4 + len;
-    }
-    rec->tag[0] = TAG_TUPLE;
-    rec->tag_len = 1;
-    rec->data = rec->owned = buf;
-    rec->len = size;
-    rec->view.obj = NULL;
-    return 1;
-}
-
-static int is_fast_tag(char tag) {
-    switch (tag) {
-    case TAG_NONE: case TAG_TRUE: case TAG_FALSE: case TAG_INT: case TAG_FLOAT: case TAG_STR:
-    case TAG_BYTES: case TAG_TUPLE:
-        return 1;
-    default:
-        return 0;
-    }
-}
-
-static PyObject *decode_scalar(char tag, const char *p, uint32_t n) {
-    switch (tag) {
-    case TAG_NONE: Py_RETURN_NONE;
-    case TAG_TRUE: Py_RETURN_TRUE;
-    case TAG_FALSE: Py_RETURN_FALSE;
-    case TAG_INT: {
-        int64_t v;
-        if (n != 8) break;
-        memcpy(&v, p, 8);
-        return PyLong_FromLongLong(v);
-    }
-    case TAG_FLOAT: {
-        double d;
-        if (n != 8) break;
-        memcpy(&d, p, 8);
-        return PyFloat_FromDouble(d);
-    }
-    case TAG_STR: {
-        /* the encoder wrote valid UTF-8 (lone surrogates go to pickle): anything else
-         * was written by someone else */
-        PyObject *s = PyUnicode_DecodeUTF8(p, n, "strict");
-        if (!s && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
-            PyErr_Clear();
-            return raise_corrupt();
-        }
-        return s;
-    }
-    case TAG_BYTES: return PyBytes_FromStringAndSize(p, n);
-    }
-    return raise_corrupt();
-}
-
-/* Decode a fast record (is_fast_tag(src[0])). */
-static PyObject *fast_decode(const char *src, uint32_t len) {
-    if (src[0] != TAG_TUPLE)
-        return decode_scalar(src[0], src + 1, len - 1);
-    const char *p = src + 1, *end = src + len;
-    uint32_t count;
-    if (end - p < 4)
-        return raise_corrupt();
-    memcpy(&count, p, 4);
-    p += 4;
-    if (count > FAST_TUPLE_MAX)
-        return raise_corrupt();
-    PyObject *tuple = PyTuple_New(count);
-    if (!tuple)
-        return NULL;
-    for (uint32_t i = 0; i < count; i++) {
-        uint32_t n;
-        if (end - p < 5)
-            goto corrupt;
-        char tag = p[0];
-        memcpy(&n, p + 1, 4);
-        p += 5;
-        if ((uint64_t)(end - p) < n || tag == TAG_TUPLE || !is_fast_tag(tag))
-            goto corrupt;
-        PyObject *item = decode_scalar(tag, p, n);
-        if (!item) {
-            Py_DECREF(tuple);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(tuple, i, item);
-        p += n;
-    }
-    return tuple;
-corrupt:
-    Py_DECREF(tuple);
-    return raise_corrupt();
-}
+static PyObject *raise_corrupt(void) { return core_raise(SHOAL_BAD_LAYOUT, RING_CORRUPT); }
 
 /* Put recs[0..n) in order.  Returns how many were put, or -1 with an exception set
  * (Full carries .items_put). */
@@ -644,7 +438,7 @@ out:
 }
 
 /* Take up to max_items records (waiting for the first one only).  With `decode`, fast
- * records become objects right away and the others are unpickled by LoadsHook after
+ * records become objects right away and the others are unpickled by the loads upcall after
  * the lock is released (unpickling may run arbitrary code); without it, bytes. */
 static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t timeout_ns,
                              int as_list, int decode, uint64_t *claim, int *busy) {
@@ -658,14 +452,14 @@ static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t tim
     PyObject *list = PyList_New(0);
     if (!list)
         return NULL;
-    /* indices in list of records LoadsHook still has to turn into objects */
+    /* indices in list of records the loads upcall still has to turn into objects */
     Py_ssize_t *pending = NULL, npending = 0;
     for (;;) {
         int locked = lock_side(self, &r->ring->get_lock, deadline);
         if (locked <= 0) {
             Py_DECREF(list);
             if (locked == 0)
-                PyErr_SetString(QueueEmpty, "the queue is empty");
+                core_raise(SHOAL_RING_EMPTY, "the queue is empty");
             return NULL;
         }
         shoal_ring_record rec;
@@ -687,7 +481,7 @@ static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t tim
                 uint32_t len = rec.len;
                 int fast = decode && len > 0 && is_fast_tag(src[0]);
                 if (fast)
-                    item = fast_decode(src, len);
+                    item = fast_decode(src, len, RING_CORRUPT);
                 else
                     item = PyBytes_FromStringAndSize(src, (Py_ssize_t)len);
                 if (!item || PyList_Append(list, item) < 0) {
@@ -733,7 +527,7 @@ static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t tim
             if (registered)
                 shoal_ring_unregister_consumer(r, wslot);
             Py_DECREF(list);
-            PyErr_SetString(QueueEmpty, "the queue is empty");
+            core_raise(SHOAL_RING_EMPTY, "the queue is empty");
             return NULL;
         }
         ring_wait_arg a = {r, seq, 0, 1};
@@ -760,7 +554,8 @@ static PyObject *get_records(RingObject *self, Py_ssize_t max_items, int64_t tim
     for (Py_ssize_t i = 0; i < npending; i++) {
         Py_ssize_t at = pending[i] - removed;
         PyObject *record = PyList_GET_ITEM(list, at);
-        PyObject *obj = PyObject_CallOneArg(LoadsHook, record);
+        PyObject *loads = core_upcall(&core.loads);
+        PyObject *obj = loads ? PyObject_CallOneArg(loads, record) : NULL;
         if (obj) {
             PyList_SetItem(list, at, obj);
             continue;
@@ -880,16 +675,6 @@ static PyObject *ring_get_claim(RingObject *self, PyObject *const *args, Py_ssiz
         result = ring_get_records(self, 1, timeout_ns, 0, 1, claim);
     PyBuffer_Release(&view);
     return result;
-}
-
-static PyObject *ring_set_loads(PyObject *module, PyObject *hook) {
-    (void)module;
-    if (!PyCallable_Check(hook)) {
-        PyErr_SetString(PyExc_TypeError, "the loads hook must be callable");
-        return NULL;
-    }
-    SET_HOOK(LoadsHook, hook);
-    Py_RETURN_NONE;
 }
 
 static PyObject *ring_qsize(RingObject *self, PyObject *Py_UNUSED(ignored)) {
@@ -1055,25 +840,26 @@ static PyTypeObject RingType = {
 };
 
 /* Called from PyInit__core. */
-static int ring_module_init(PyObject *module, PyObject *errors) {
-    PyObject *queue = PyImport_ImportModule("queue");
-    if (!queue)
-        return -1;
-    QueueFull = PyObject_GetAttrString(queue, "Full");
-    QueueEmpty = PyObject_GetAttrString(queue, "Empty");
-    Py_DECREF(queue);
-    ShutDownError = PyObject_GetAttrString(errors, "ShutDown");
-    LayoutError = PyObject_GetAttrString(errors, "LayoutError");
-    if (!QueueFull || !QueueEmpty || !ShutDownError || !LayoutError)
-        return -1;
-    static PyMethodDef set_loads = {"_set_loads_hook", (PyCFunction)ring_set_loads, METH_O,
-                                    "Set the function that unpickles non-scalar records."};
-    PyObject *func = PyCFunction_NewEx(&set_loads, NULL, NULL);
-    if (!func || PyModule_AddObject(module, "_set_loads_hook", func) < 0) {
-        Py_XDECREF(func);
-        return -1;
-    }
-    if (add_type(module, &RingType, "Ring") < 0 ||
+
+#ifdef Py_GIL_DISABLED
+#define RING_LOCKED_CALLS(X)                                                                \
+    SHOAL_VIEW_CALLS(X) X(ARG1, ring_bind) X(ARG1, ring_init) X(ARG1, ring_check)            \
+    X(FASTKW, ring_put) X(FASTKW, ring_put_fast) X(FASTKW, ring_put_many)                    \
+    X(FASTKW, ring_get) X(FASTKW, ring_get_many) X(FASTKW, ring_get_obj)                     \
+    X(FASTKW, ring_get_many_obj) X(FASTKW, ring_get_claim) X(ARG1, ring_qsize)               \
+    X(ARG1, ring_shutdown) X(ARG1, ring_add_unfinished) X(ARG1, ring_task_done)              \
+    X(ARG1, ring_join) X(ARG1, ring_begin_close) X(GET, ring_get_busy)                       \
+    X(GET, ring_get_capacity) X(GET, ring_get_taken) X(GET, ring_get_max_items)              \
+    X(GET, ring_get_max_payload) X(GET, ring_get_bytes_used) X(GET, ring_get_unfinished)     \
+    X(GET, ring_get_is_shutdown) X(GET, ring_get_consumers_waiting)                          \
+    X(GET, ring_get_producers_waiting) X(GET, ring_get_joiners)                              \
+    X(GET, ring_get_consumers_waiting_raw) X(GET, ring_get_producers_waiting_raw)            \
+    X(GET, ring_get_joiners_raw)
+#endif
+SHOAL_LOCKED_TABLE(ring_locked, RING_LOCKED_CALLS)
+
+int ring_module_init(PyObject *module) {
+    if (add_type(module, &RingType, "Ring", SHOAL_LOCKED(ring_locked)) < 0 ||
         PyModule_AddIntConstant(module, "RING_HEADER_SIZE", SHOAL_RING_HEADER_SIZE) < 0)
         return -1;
     return 0;

@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -74,14 +73,11 @@ from ._handle import (
     SharedObject,
     _close_segment,
     give_back_reference,
-    releasing_stored,
-    sent_references,
 )
 from ._memory import (
     _NAME_PATTERN,
     _OVERFLOW_OFFSET,
     HEADER_SIZE,
-    KEEPER_ID_SIZE,
     KIND_TRANSIT,
     _check_header,
     _open_mapping,
@@ -91,11 +87,9 @@ from ._memory import (
     _transit_problem,
     _unlink_quietly,
     call_outside_sections,
-    keeper_id,
     report_unraisable,
     write_transit,
 )
-from ._serialize import dumps, loads
 
 __all__ = ["DictStatistics", "SharedDict"]
 
@@ -110,83 +104,16 @@ _ROOT_PAYLOAD = max(_core.DICT_ROOT_SIZE, MAX_ARENA_OBJECT + 64)
 _GEN = _core.DICT_ROOT_GENERATION
 _SIZES = _core.DICT_ROOT_SIZES
 _REBUILDS = _core.DICT_ROOT_REBUILDS
-# nonzero while values holding shoal objects may be stored (_core_dict.c: dict_root)
-_STORED_FLAG = 72
+# nonzero while values holding shoal objects may be stored (shoal_dict.h: shoal_dict_root)
+_STORED_FLAG = _core.DICT_ROOT_STORED
 _NAMES = _core.DICT_ROOT_NAMES
-_NAME_BYTES = 64
+_NAME_BYTES = _core.DICT_ROOT_NAME_BYTES
 _MIN_SLOTS = 64
 _MIN_HEAP = 64 * 1024
 # tables tried, each four times bigger, when the live entries do not fit the first
 # (sized by counts that were wrong)
 _REBUILD_TRIES = 4
 _ZEROS = bytes(1 << 20)
-
-
-# the first byte of a value that holds references to shoal objects (_core_dict.c),
-# followed by the keeper id of the dict that keeps them
-_STORED = b"H"
-_STORED_PREFIX = 1 + KEEPER_ID_SIZE
-
-
-def _pickle(obj: Any, sent: Any) -> bytes:
-    """Pickle with in-band buffers only, inside ``sent``'s block."""
-    data, buffers = dumps(obj)
-    if buffers is not None:
-        sent.cancel()  # that pickle is thrown away
-        data = pickle.dumps(obj, protocol=5)
-    return data
-
-
-def _encode(obj: Any, owner: Any = None) -> bytes:
-    """Pickle a value that the C codec does not handle, for the dict ``owner``.
-
-    One holding shoal objects gets the marker byte and the dict's keeper id, and the
-    references its pickle took become the dict's (stored references: read without
-    being adopted, released by the writer that removes the value, kept under the
-    dict's name in their segments, so that they never expire and go with the dict).
-    """
-    with sent_references() as sent:
-        data = _pickle(obj, sent)
-        if not len(sent):
-            return data
-        if owner is None:  # a key (no key encoder set): it names objects, keeps none
-            sent.cancel()
-            return data
-        keeper = keeper_id(owner._segment.name)
-        data = _STORED + keeper + data
-        sent.store(keeper)
-    return data
-
-
-def _encode_key(obj: Any) -> bytes:
-    """Pickle a key: it names shoal objects, it does not keep them (every lookup pickles)."""
-    with sent_references() as sent:
-        data = _pickle(obj, sent)
-        if len(sent):
-            sent.cancel()
-    return data
-
-
-def _loads_stored(raw: bytes) -> Any:
-    """Read a value holding references: its objects take references of their own."""
-    return loads(raw[_STORED_PREFIX:])
-
-
-def _release_stored(raw: bytes) -> None:
-    """Give back the references of a value removed from a dict (or never stored)."""
-    try:
-        with releasing_stored(raw[1:_STORED_PREFIX]):
-            loads(raw[_STORED_PREFIX:])
-    except Exception as exc:  # the write is done; what could not be given back leaks
-        report_unraisable(exc)
-
-
-# non-scalar keys and values go through these (shoal._serialize: cloudpickle fallback,
-# SerializationError); a read that meets a value removed after it copied it (its
-# objects gone: SegmentNotFoundError) reads again
-_core._set_dict_codec(
-    _encode, loads, _encode_key, _loads_stored, _release_stored, SegmentNotFoundError
-)
 
 
 @dataclass(frozen=True)

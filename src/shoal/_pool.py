@@ -94,7 +94,8 @@ from ._handle import sent_references
 from ._memory import reap, report_unraisable
 from ._process import process_cpu_count
 from ._queues import Queue
-from ._serialize import TRANSIT_MARK, discard, dumps, loads, pack
+from ._record import FAST_TUPLE_MAX, TAG_TRANSIT
+from ._serialize import discard, dumps, loads, pack
 from ._sharedctypes import RawArray
 
 __all__ = [
@@ -149,7 +150,7 @@ _CHUNKS_PER_WORKER = 16
 # the file TOKEN SIGKILL itself at POINT of the protocol above (see _test_hooks);
 # unset, the worker's loop calls the plain functions.
 _TEST_HOOK_ENV = "SHOAL_TEST_POOL_HOOK"
-_FAST_VALUES = 60  # the C codec takes tuples of up to 64 scalars, two of them ours
+_FAST_VALUES = FAST_TUPLE_MAX - 2  # (the fast codec's tuples: two of the items are ours)
 
 _worker_state: dict[str, Any] = {}
 
@@ -436,7 +437,7 @@ def _send_error(results: Queue, ordinal: int, exc: BaseException, status: int = 
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         record = results._record(exc)
-        if record[0] != TRANSIT_MARK:  # (that would use the transit segment up)
+        if record[0] != TAG_TRANSIT:  # (that would use the transit segment up)
             loads(record)  # an exception that does not unpickle would be lost on the way
     except BaseException:  # (a __reduce__ may raise SystemExit)
         record = None

@@ -35,14 +35,12 @@ from . import _core
 from ._errors import LayoutError, ShutDown
 from ._handle import OBJECT_HEADER_SIZE, SharedObject, object_size
 from ._memory import Segment, keeper_id, report_unraisable
+from ._record import KEPT_PREFIX_SIZE, TRANSIT_RECORD_SIZE
 from ._serialize import (
-    KEPT_PREFIX_SIZE,
-    TRANSIT_RECORD_SIZE,
     discard,
     dumps,
     dumps_kept,
     kept_record,
-    loads,
     pack,
 )
 
@@ -59,9 +57,6 @@ assert MIN_RING_BYTES // 2 - 8 >= KEPT_PREFIX_SIZE + TRANSIT_RECORD_SIZE
 # once, so only one stuck on a lock whose holder is frozen can take longer
 _CLOSE_WAIT_S = 5.0
 _MAX_ITEMS = 2**32 - 1
-
-# records the C codec does not decode itself (pickles, transit records) come back here
-_core._set_loads_hook(loads)
 
 
 @dataclass(frozen=True)

@@ -62,15 +62,15 @@ from ._errors import LayoutError, serialization_error_class
 from ._handle import SentReferences, receiving_kept, sent_references
 from ._memory import (
     HEADER_SIZE,
-    KEEPER_ID_SIZE,
     discard_transit,
     open_transit,
     write_transit,
 )
+from ._record import KEPT_PREFIX_SIZE, TRANSIT_RECORD_SIZE
+from ._record import TAG_KEPT as KEPT_MARK
+from ._record import TAG_TRANSIT as TRANSIT_MARK
 
 __all__ = [
-    "KEPT_PREFIX_SIZE",
-    "TRANSIT_RECORD_SIZE",
     "ZERO_COPY_THRESHOLD",
     "discard",
     "dumps",
@@ -82,15 +82,11 @@ __all__ = [
 ]
 
 ZERO_COPY_THRESHOLD = 128 * 1024
-TRANSIT_MARK = 0x54  # b"T": a pickle always starts with PROTO (0x80)
-# b"K", then the keeper id of the queue that keeps the references of the record that
-# follows (inline or transit; shoal._memory, "References kept by containers")
-KEPT_MARK = 0x4B
-KEPT_PREFIX_SIZE = 1 + KEEPER_ID_SIZE
+# (a kept record: its keeper holds the references of the record that follows, inline or
+# transit; shoal._memory, "References kept by containers")
 _ALIGN = 64
 _META = struct.Struct("<QQ")  # where the meta pickle is, right after the shoal header
 _DATA_START = HEADER_SIZE + _ALIGN
-TRANSIT_RECORD_SIZE = 1 + len("/shoal-") + 20  # mark + name (shoal._memory._new_name)
 
 _dumps = pickle.dumps
 _loads = pickle.loads
