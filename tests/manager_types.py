@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from shoal.managers import BaseManager, SyncManager
+from shoal.managers import BaseManager, DictProxy, SyncManager
 
 
 class Maths:
@@ -51,7 +51,7 @@ class QueueManager(BaseManager):
     ``get_server().serve_forever()`` and reached with ``connect()``."""
 
 
-QueueManager.register("get_dict", callable=shared_dict)
+QueueManager.register("get_dict", callable=shared_dict, proxytype=DictProxy)
 
 
 def serve(address: tuple[str, int], authkey: bytes, ready: Any) -> None:

@@ -185,7 +185,38 @@ class SharedSet(MutableSet[_T]):
         """Whether no element of ``other`` (any iterable) is in this set."""
         return set(self._items).isdisjoint(other)
 
-    # ---- operators: as a set's, which take only sets ---------------------------------------
+    # ---- operators: as a set's, which take only sets (the Set mixins take any iterable) ---
+
+    def __or__(self, other: AbstractSet[Any]) -> set[Any]:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return set(self._items) | set(other)
+
+    __ror__ = __or__
+
+    def __and__(self, other: AbstractSet[Any]) -> set[_T]:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return set(self._items) & set(other)
+
+    __rand__ = __and__
+
+    def __sub__(self, other: AbstractSet[Any]) -> set[_T]:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return set(self._items) - set(other)
+
+    def __rsub__(self, other: AbstractSet[Any]) -> set[Any]:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return set(other) - set(self._items)
+
+    def __xor__(self, other: AbstractSet[Any]) -> set[Any]:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return set(self._items) ^ set(other)
+
+    __rxor__ = __xor__
 
     def __ior__(self, other: AbstractSet[Any]) -> SharedSet[_T]:  # type: ignore[override]
         if not isinstance(other, AbstractSet):
