@@ -200,7 +200,7 @@ def test_sync_manager_listens_where_asked_and_connects():
 
 
 def test_connect_without_an_address_raises_clearly():
-    with pytest.raises(ValueError, match="connect.. needs the address"):
+    with pytest.raises(ValueError, match=r"connect\(\) needs the address"):
         SyncManager().connect()
     with pytest.raises(ValueError, match="serializer"):
         SyncManager(serializer="json")
@@ -213,4 +213,3 @@ def test_get_server_serves_the_registered_types():
         assert server.address[0] == "127.0.0.1" and server.address[1] > 0
     finally:
         server.listener.close()
-

@@ -67,10 +67,12 @@ from multiprocessing.managers import (
     listener_client,
     public_methods,
 )
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _dict, _list, _pool, _queues, _set, _sharedctypes, _sync
 from ._errors import ClosedError
+
+_T = TypeVar("_T")
 
 __all__ = [
     "AcquirerProxy",
@@ -654,11 +656,11 @@ class SyncManager(BaseManager):
         self._check_open()
         return _list.SharedList(builtins.list(*args))
 
-    def set(self, *args: Any) -> _set.SharedSet:
-        """A :class:`~shoal.SharedSet` holding what ``set(*args)`` holds (the standard
+    def set(self, iterable: Iterable[_T] = (), /) -> _set.SharedSet[_T]:
+        """A :class:`~shoal.SharedSet` holding what ``set(iterable)`` holds (the standard
         library's ``SyncManager.set()``, new in Python 3.14, here on every version)."""
         self._check_open()
-        return _set.SharedSet(builtins.set(*args))
+        return _set.SharedSet(builtins.set(iterable))
 
     def Namespace(self, **kwds: Any) -> _Namespace:
         """A :class:`Namespace` whose attributes every holding process shares."""
