@@ -23,6 +23,7 @@ import pytest
 from conftest import join_all
 
 import shoal
+import shoal.managers
 from shoal import SharedSet
 
 TIMEOUT = 30.0
@@ -174,6 +175,13 @@ def test_pop_from_empty_and_remove_missing_raise_key_error():
     with pytest.raises(KeyError) as info:
         s.remove("x")
     assert info.value.args == ("x",)
+
+
+def test_has_every_method_of_the_standard_library_s_set_proxy():
+    """What Python 3.14's SetProxy offers (and its test_set_contain_all_method asks)."""
+    proxy_methods = set(shoal.managers.SetProxy._exposed_) | {"__class_getitem__"}
+    missing = proxy_methods - set(dir(SharedSet()))
+    assert not missing, f"SharedSet lacks {sorted(missing)}"
 
 
 def test_repr_is_a_set_s():
