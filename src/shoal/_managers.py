@@ -13,6 +13,15 @@ handles, so the manager here only makes them::
     m.list()        -> SharedList        m.Lock(), m.RLock(), ...      -> shoal's primitives
     m.Value('i', 0) -> Synchronized      m.Namespace()                 -> Namespace (here)
     m.Array('d', x) -> SynchronizedArray m.Pool()                      -> shoal.Pool
+    m.set()         -> SharedSet
+
+A server only for what needs one: ``SyncManager`` is the standard library's
+``BaseManager`` underneath, so types a subclass registers (``MyManager.register("Maths",
+Maths)``), or an ``address``, make ``start()`` run the standard library's server process
+for them, with their proxies, ``connect()``, ``get_server()`` and the authkey as ever;
+the built-in factories above still return shared-memory objects.  ``BaseManager``, the
+proxies and ``Token`` are re-exported as they are (shoal.managers), and ``SetProxy``
+(Python 3.14's) is defined here for the versions before it.
 
 Lifetime: the objects belong to their holders, not to the manager.  Each one lives
 while any process holds a handle to it (shoal._handle's reference counts), so it
