@@ -72,6 +72,7 @@ class ShoalManagerMixin(mpt.BaseMixin):
     Array = property(operator.attrgetter("manager.Array"))
     list = property(operator.attrgetter("manager.list"))
     dict = property(operator.attrgetter("manager.dict"))
+    set = property(operator.attrgetter("manager.set"))  # (3.14's test_set*)
     Namespace = property(operator.attrgetter("manager.Namespace"))
     manager: Any = None
 

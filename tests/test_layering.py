@@ -36,6 +36,7 @@ RANKS: dict[str, int] = {
     "_sharedctypes": 60,  # Value, Array, RawValue, RawArray
     "_dict": 61,  # SharedDict
     "_list": 62,  # SharedList
+    "_set": 63,  # SharedSet
     "_process": 70,
     "_pool": 71,
     "_managers": 80,

@@ -8,8 +8,8 @@ returning shoal's shared-memory objects, with no server process.
   fixture): one child and one pool worker per method, each exercising every object;
 * ``Namespace`` across processes; ``with Manager() as m:``, ``start``/``shutdown``/
   ``join`` and what shutdown does (the objects live on, the pools end);
-* the server-only calls (``connect``, ``get_server``, ``register``, an ``address``)
-  refuse clearly;
+* with nothing registered and no address, ``connect`` and ``get_server`` refuse
+  clearly (servers for registered types: test_managers_custom.py);
 * the tutorial's manager program (a Queue and a Lock passed to ``apply_async``).
 
 Child functions live at module level so spawn and forkserver children can import them.
@@ -600,17 +600,16 @@ def test_pool_is_shoal_s_and_ends_with_the_manager(ctx: mp.context.BaseContext):
 # ---- no server -----------------------------------------------------------------------------------
 
 
-def test_server_calls_refuse_clearly(m: SyncManager):
-    with pytest.raises(NotImplementedError, match=r"no server process.*connect"):
+def test_server_calls_without_a_server(m: SyncManager):
+    """Nothing registered, no address: nothing to connect to or to serve again (the
+    server-backed cases are in test_managers_custom.py)."""
+    with pytest.raises(ValueError, match=r"connect\(\) needs the address"):
         m.connect()
-    with pytest.raises(NotImplementedError, match="no server process"):
+    with pytest.raises(mp.ProcessError, match="Already started"):
         m.get_server()
-    with pytest.raises(NotImplementedError, match="'get_queue'"):
-        SyncManager.register("get_queue", callable=lambda: None)
-    with pytest.raises(NotImplementedError, match=r"address \('127.0.0.1', 50000\)"):
-        SyncManager(address=("127.0.0.1", 50000), authkey=b"secret")
     with pytest.raises(ValueError, match="serializer"):
         SyncManager(serializer="json")
+    assert m.address is None
     SyncManager(authkey=b"unused", serializer="xmlrpclib", shutdown_timeout=5).shutdown()
 
 

@@ -89,7 +89,10 @@ def body():
     done = subprocess.run([sys.executable, "-m", "shoal", "doctor", "--reap"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "(17 of other users: never opened or reaped)" in done.stdout, done.stdout
+    # (the victim's own, live: its ledger and what the Lock left pending)
+    import re
+    assert re.search(r": [0-9]+ live, 0 leftover, 17 unknown", done.stdout), done.stdout
+    assert done.stdout.count("another user's") == 17, done.stdout
     assert "reaped:          0 " in done.stdout, done.stdout
     assert set(planted) <= set(shoal_files())
 

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from ._queues import Queue as Queue
     from ._queues import QueueStatistics as QueueStatistics
     from ._queues import SimpleQueue as SimpleQueue
+    from ._set import SharedSet as SharedSet
     from ._sharedctypes import Array as Array
     from ._sharedctypes import RawArray as RawArray
     from ._sharedctypes import RawValue as RawValue
@@ -128,6 +129,7 @@ __all__ = [
     "SharedDict",
     "SharedList",
     "SharedMemoryError",
+    "SharedSet",
     "ShoalError",
     "ShoalWarning",
     "ShutDown",
@@ -207,6 +209,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "set_start_method",
     ),
     "_queues": ("JoinableQueue", "Queue", "QueueStatistics", "SimpleQueue"),
+    "_set": ("SharedSet",),
     "_sharedctypes": ("Array", "RawArray", "RawValue", "Value"),
     "_sync": (
         "Barrier",

@@ -1,4 +1,4 @@
-"""``python -m shoal doctor``: what this machine offers shoal, and what is left over."""
+"""python -m shoal doctor: what this machine offers shoal, and what is left over."""
 
 from __future__ import annotations
 
@@ -7,8 +7,25 @@ import os
 import sys
 
 from . import _core
-from ._memory import LIVENESS_PREFIX, NAME_PREFIX, liveness_files, reap, reap_liveness
+from ._memory import (
+    SEGMENT_LEFTOVER,
+    SEGMENT_LIVE,
+    SEGMENT_UNKNOWN,
+    SegmentReport,
+    liveness_files,
+    reap,
+    reap_liveness,
+    segment_report,
+)
 from ._process import process_cpu_count
+
+# how many segments of each state are named one by one (the rest are counted)
+_LISTED = 20
+_WHAT = {
+    SEGMENT_LIVE: "live (a holder is alive)",
+    SEGMENT_LEFTOVER: "leftover (every holder died: --reap removes them)",
+    SEGMENT_UNKNOWN: "cannot tell (other users', or not shoal's layout: never touched)",
+}
 
 
 def _shm_report() -> str:
@@ -21,31 +38,48 @@ def _shm_report() -> str:
     return f"{free / 2**20:,.0f} MiB free of {total / 2**20:,.0f} MiB{note}"
 
 
-def _count_segments() -> tuple[int, int]:
-    """Files named like shoal segments in /dev/shm: (this user's, other users')."""
-    try:
-        names = [
-            n
-            for n in os.listdir("/dev/shm")
-            if n.startswith(NAME_PREFIX) and not n.startswith(LIVENESS_PREFIX)
-        ]
-    except OSError:
-        return 0, 0
-    uid, ours, others = os.geteuid(), 0, 0
-    for name in names:
-        try:
-            st = os.lstat("/dev/shm/" + name)
-        except OSError:
-            continue  # gone meanwhile
-        if st.st_uid == uid:
-            ours += 1
-        else:
-            others += 1
-    return ours, others
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} GiB"
+
+
+def _describe(report: SegmentReport) -> str:
+    parts = [_size(report.size)]
+    if report.kind:
+        parts.append(report.kind)
+    if report.creator_pid:
+        alive = os.path.isdir(f"/proc/{report.creator_pid}")
+        parts.append(f"made by pid {report.creator_pid}" + (" (running)" if alive else ""))
+    parts.append(report.reason)
+    return f"{report.name}  {', '.join(parts)}"
+
+
+def _print_segments(reports: list[SegmentReport]) -> None:
+    by_state = {state: [r for r in reports if r.state == state] for state in _WHAT}
+    counts = ", ".join(f"{len(by_state[s])} {s}" for s in (SEGMENT_LIVE, SEGMENT_LEFTOVER,
+                                                          SEGMENT_UNKNOWN))  # fmt: skip
+    print(f"shoal segments:  {len(reports)} in /dev/shm: {counts}")
+    for state, what in _WHAT.items():
+        found = by_state[state]
+        if not found:
+            continue
+        print(f"  {len(found)} {what}:")
+        for report in found[:_LISTED]:
+            print(f"    {_describe(report)}")
+        if len(found) > _LISTED:
+            print(f"    ... and {len(found) - _LISTED} more")
 
 
 def doctor(reap_orphans: bool = False) -> int:
-    """Print what shoal finds on this machine; optionally reap orphaned segments."""
+    """Print what shoal finds on this machine: the platform, ``/dev/shm``, and each
+    shoal segment there, live, leftover or of unknown state; with ``reap_orphans``,
+    remove the leftovers (and dead processes' liveness files) and say what went."""
     print(f"python:          {sys.version.split()[0]} on {sys.platform}")
     print(
         f"start methods:   {', '.join(mp.get_all_start_methods())} "
@@ -57,9 +91,7 @@ def doctor(reap_orphans: bool = False) -> int:
     token = _core.self_token()
     published = "liveness file published" if token & _core.TOKEN_LIVENESS else "no liveness file"
     print(f"process token:   {token:#018x} (pid << 32 | start time; {published})")
-    ours, others = _count_segments()
-    note = f" ({others} of other users: never opened or reaped)" if others else ""
-    print(f"shoal segments:  {ours} of this user in /dev/shm{note}")
+    _print_segments(segment_report())
     states = list(liveness_files().values())
     print(
         f"liveness files:  {states.count('own') + states.count('live')} of live processes, "
@@ -69,6 +101,6 @@ def doctor(reap_orphans: bool = False) -> int:
     if reap_orphans:
         dead = reap_liveness()
         gone = reap()
-        print(f"reaped:          {len(gone)} orphaned segment(s) {' '.join(gone)}")
+        print(f"reaped:          {len(gone)} leftover segment(s) {' '.join(gone)}")
         print(f"                 {len(dead)} liveness file(s) of dead processes")
     return 0

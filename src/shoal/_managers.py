@@ -13,6 +13,15 @@ handles, so the manager here only makes them::
     m.list()        -> SharedList        m.Lock(), m.RLock(), ...      -> shoal's primitives
     m.Value('i', 0) -> Synchronized      m.Namespace()                 -> Namespace (here)
     m.Array('d', x) -> SynchronizedArray m.Pool()                      -> shoal.Pool
+    m.set()         -> SharedSet
+
+A server only for what needs one: ``SyncManager`` is the standard library's
+``BaseManager`` underneath, so types a subclass registers (``MyManager.register("Maths",
+Maths)``), or an ``address``, make ``start()`` run the standard library's server process
+for them, with their proxies, ``connect()``, ``get_server()`` and the authkey as ever;
+the built-in factories above still return shared-memory objects.  ``BaseManager``, the
+proxies and ``Token`` are re-exported as they are (shoal.managers), and ``SetProxy``
+(Python 3.14's) is defined here for the versions before it.
 
 Lifetime: the objects belong to their holders, not to the manager.  Each one lives
 while any process holds a handle to it (shoal._handle's reference counts), so it
@@ -25,25 +34,91 @@ which shutdown ends).  docs/managers.md lists every difference from the proxies.
 from __future__ import annotations
 
 import builtins
+import collections.abc
 import ctypes
+import multiprocessing.context
+import multiprocessing.managers
+import types
 import weakref
 from collections.abc import Callable, Iterable, Sized
 from multiprocessing import ProcessError
-from typing import Any, NoReturn
 
-from . import _dict, _list, _pool, _queues, _sharedctypes, _sync
+# the standard library's manager machinery, as programs import it from
+# multiprocessing.managers: servers, proxies, tokens (shoal.managers re-exports them)
+from multiprocessing.managers import (
+    AcquirerProxy,
+    ArrayProxy,
+    AutoProxy,
+    BarrierProxy,
+    BaseListProxy,
+    BaseManager,
+    BasePoolProxy,
+    BaseProxy,
+    ConditionProxy,
+    DictProxy,
+    EventProxy,
+    IteratorProxy,
+    ListProxy,
+    MakeProxyType,
+    NamespaceProxy,
+    PoolProxy,
+    RebuildProxy,
+    RemoteError,
+    Server,
+    SharedMemoryManager,
+    SharedMemoryServer,
+    State,
+    Token,
+    ValueProxy,
+    all_methods,
+    convert_to_error,
+    dispatch,
+    listener_client,
+    public_methods,
+)
+from typing import Any, TypeVar
+
+from . import _dict, _list, _pool, _queues, _set, _sharedctypes, _sync
 from ._errors import ClosedError
 
-__all__ = ["Manager", "Namespace", "SyncManager"]
+_T = TypeVar("_T")
+
+__all__ = [
+    "AcquirerProxy",
+    "ArrayProxy",
+    "AutoProxy",
+    "BarrierProxy",
+    "BaseListProxy",
+    "BaseManager",
+    "BasePoolProxy",
+    "BaseProxy",
+    "ConditionProxy",
+    "DictProxy",
+    "EventProxy",
+    "IteratorProxy",
+    "ListProxy",
+    "MakeProxyType",
+    "Manager",
+    "Namespace",
+    "NamespaceProxy",
+    "PoolProxy",
+    "RebuildProxy",
+    "RemoteError",
+    "Server",
+    "SetProxy",
+    "SharedMemoryManager",
+    "SharedMemoryServer",
+    "State",
+    "SyncManager",
+    "Token",
+    "ValueProxy",
+    "all_methods",
+    "convert_to_error",
+    "dispatch",
+    "public_methods",
+]
 
 _INITIAL, _STARTED, _SHUTDOWN = "initial", "started", "shut down"
-
-_NO_SERVER = (
-    "shoal's SyncManager has no server process, so it cannot {what}; its objects live "
-    "in shared memory and reach other processes on this machine by being passed to "
-    "them (arguments, queues, Pool tasks: they pickle as handles).  For a manager "
-    "shared over a network, use multiprocessing.managers"
-)
 
 # ctypes types whose standard-library idiom is "hold any object" (the manager's Value
 # never looked at its typecode): Value(c_char_p, "text") is the usual way to share a
@@ -51,6 +126,48 @@ _NO_SERVER = (
 _SimpleCData: type = ctypes.c_int.__mro__[1]
 _CData: type = ctypes.c_int.__mro__[2]
 _ADDRESS_CODES = frozenset("zZPO")  # c_char_p, c_wchar_p, c_void_p, py_object
+
+
+# ---- SetProxy: the standard library's from 3.14, the same here before it -------------------
+
+_SET_METHODS = (
+    "__and__", "__contains__", "__ge__", "__gt__", "__iand__", "__ior__", "__isub__",
+    "__iter__", "__ixor__", "__le__", "__len__", "__lt__", "__or__", "__rand__",
+    "__ror__", "__rsub__", "__rxor__", "__sub__", "__xor__", "add", "clear", "copy",
+    "difference", "difference_update", "discard", "intersection",
+    "intersection_update", "isdisjoint", "issubset", "issuperset", "pop", "remove",
+    "symmetric_difference", "symmetric_difference_update", "union", "update",
+)  # fmt: skip
+
+if hasattr(multiprocessing.managers, "SetProxy"):
+    SetProxy = multiprocessing.managers.SetProxy
+else:
+
+    class SetProxy(MakeProxyType("_BaseSetProxy", _SET_METHODS)):  # type: ignore[misc]
+        """A proxy of a ``set`` in a manager's server, as Python 3.14's
+        ``multiprocessing.managers.SetProxy`` (for ``MyManager.register("set", set,
+        SetProxy)``; shoal's ``SyncManager.set()`` needs no server and returns a
+        :class:`~shoal.SharedSet`).  The in-place operators return the proxy."""
+
+        def __ior__(self, value: Any) -> SetProxy:
+            self._callmethod("__ior__", (value,))
+            return self
+
+        def __iand__(self, value: Any) -> SetProxy:
+            self._callmethod("__iand__", (value,))
+            return self
+
+        def __ixor__(self, value: Any) -> SetProxy:
+            self._callmethod("__ixor__", (value,))
+            return self
+
+        def __isub__(self, value: Any) -> SetProxy:
+            self._callmethod("__isub__", (value,))
+            return self
+
+        __class_getitem__ = classmethod(types.GenericAlias)
+
+    collections.abc.MutableSet.register(SetProxy)
 
 
 # ---- Value: get() and set() as on the standard library's ValueProxy -------------------------
@@ -231,38 +348,48 @@ _Namespace = Namespace
 
 # ---- the manager ----------------------------------------------------------------------------
 
+_STATE_NAMES = {State.INITIAL: _INITIAL, State.STARTED: _STARTED, State.SHUTDOWN: _SHUTDOWN}
+_STATE_VALUES = {name: value for value, name in _STATE_NAMES.items()}
+# (the standard library's BaseManager takes shutdown_timeout from 3.11)
+_HAS_SHUTDOWN_TIMEOUT = BaseManager.__init__.__code__.co_kwonlyargcount > 0
 
-def _unsupported(what: str) -> NoReturn:
-    raise NotImplementedError(_NO_SERVER.format(what=what))
 
-
-class SyncManager:
-    """``multiprocessing.managers.SyncManager``'s API, with no server process.
+class SyncManager(BaseManager):
+    """``multiprocessing.managers.SyncManager``'s API; its objects live in shared memory.
 
     Its factories (``Queue``, ``JoinableQueue``, ``Lock``, ``RLock``, ``Semaphore``,
     ``BoundedSemaphore``, ``Condition``, ``Event``, ``Barrier``, ``Value``,
-    ``Array``, ``dict``, ``list``, ``Namespace``, ``Pool``) take the standard
-    library's arguments and return shoal's shared-memory objects, which pickle as
-    handles: pass them to ``Pool`` tasks, ``Process`` arguments and queues, under
-    every start method.  Calls on them are memory operations, not round trips to a
-    server.
+    ``Array``, ``dict``, ``list``, ``set``, ``Namespace``, ``Pool``) take the
+    standard library's arguments and return shoal's shared-memory objects, which
+    pickle as handles: pass them to ``Pool`` tasks, ``Process`` arguments and queues,
+    under every start method.  Calls on them are memory operations, not round trips
+    to a server.
 
-    ``start()``, ``join()``, ``shutdown()`` and ``with SyncManager() as m:`` work as
-    in the standard library; there is no process to start or join.  ``shutdown()``
-    makes the manager refuse new objects (:class:`~shoal.ClosedError`) and
-    terminates the pools it made; every other object it made keeps working for
-    whoever holds it.  Listening on or connecting to an ``address``
-    (``connect()``, ``get_server()``, ``register()``) needs a server and raises
-    :class:`NotImplementedError`.
+    A server process is started only for what needs one: types registered with
+    :meth:`register` (``class MyManager(SyncManager): ...``;
+    ``MyManager.register("Maths", Maths)``), or an ``address`` to listen on.  Then
+    ``start()`` runs the standard library's manager server (``BaseManager``'s
+    machinery: authkey, ``connect()``, ``get_server().serve_forever()``) for those
+    types, whose proxies work as in the standard library; the built-in factories
+    still return shared-memory objects.  With nothing registered and no address,
+    ``start()``, ``join()`` and ``shutdown()`` have no process to act on.
+
+    ``shutdown()`` makes the manager refuse new objects (:class:`~shoal.ClosedError`),
+    terminates the pools it made and stops its server if it has one; every
+    shared-memory object it made keeps working for whoever holds it.
 
     Args:
-        address: must be None (nothing listens).
-        authkey: accepted and unused (no connection to authenticate).
-        serializer: ``'pickle'`` or ``'xmlrpclib'``, accepted and unused.
-        ctx: a multiprocessing (or shoal) context: the default start method of the
-            pools ``Pool()`` makes; shoal's objects work with every start method.
-        shutdown_timeout: accepted and unused (no server to wait for).
+        address: where the server listens (or, for ``connect()``, the server to
+            connect to); None: no server unless types are registered, which then
+            listen on a fresh local address.
+        authkey: the server's authentication key (default: the current process's).
+        serializer: ``'pickle'`` or ``'xmlrpclib'``, for the server's connections.
+        ctx: a multiprocessing (or shoal) context: the start method of the server
+            process, and the default context of the pools ``Pool()`` makes.
+        shutdown_timeout: how long ``shutdown()`` waits for the server to exit.
     """
+
+    _registry: builtins.dict[str, Any] = {}  # its own: BaseManager.register() stays apart
 
     def __init__(
         self,
@@ -273,83 +400,114 @@ class SyncManager:
         *,
         shutdown_timeout: float = 1.0,
     ) -> None:
-        if address is not None:
-            _unsupported(f"listen on or connect to the address {address!r}")
-        if serializer not in ("pickle", "xmlrpclib"):
+        if serializer not in listener_client:
             raise ValueError(
-                f"unknown serializer {serializer!r}: the standard library takes 'pickle' "
-                "or 'xmlrpclib' (shoal uses neither: there is no server to talk to)"
+                f"unknown serializer {serializer!r}: the standard library takes "
+                f"{' or '.join(map(repr, listener_client))}"
             )
-        self._state = _INITIAL
-        self._ctx = ctx
+        # (the default context object, not get_context(): that would fix the default
+        # start method, which a manager with no server has no business doing)
+        server_ctx = ctx if ctx is not None else multiprocessing.context._default_context
+        if _HAS_SHUTDOWN_TIMEOUT:
+            super().__init__(address, authkey, serializer, server_ctx,
+                             shutdown_timeout=shutdown_timeout)  # fmt: skip
+        else:  # pragma: no cover (3.10)
+            super().__init__(address, authkey, serializer, server_ctx)
+        self._pool_ctx = ctx
         self._pools: weakref.WeakSet[_pool.Pool] = weakref.WeakSet()
+        self._process: Any = None
+        self._stop_server: Callable[[], object] | None = None
+
+    def _serves(self) -> bool:
+        """Whether this manager needs a server: registered types, or an address."""
+        return bool(type(self)._registry) or self._address is not None
+
+    @property
+    def _status(self) -> str:
+        return _STATE_NAMES.get(self._state.value, "unknown")
 
     # ---- the standard library's life cycle ---------------------------------------------
 
     def start(
         self, initializer: Callable[..., object] | None = None, initargs: Iterable[Any] = ()
     ) -> None:
-        """Mark the manager started (there is no server process to start).
+        """Start the server for the registered types, if there are any (or an address).
+
+        Without registered types or an address there is nothing to start: the
+        manager is marked started and ``initializer`` (which the standard library
+        runs in the server process) is checked for being callable, never called.
 
         Args:
-            initializer: the standard library runs it in the server process; with no
-                server, it is checked for being callable and never called.
-            initargs: its arguments (unused).
+            initializer: run in the server process first (when there is one).
+            initargs: its arguments.
 
         Raises:
             multiprocessing.ProcessError: already started, or shut down (as the
                 standard library does).
             TypeError: ``initializer`` is not callable.
         """
-        if self._state == _STARTED:
+        if self._serves():
+            super().start(initializer, initargs)
+            # BaseManager.start() puts the server's finalizer on the instance as
+            # `shutdown`; shutdown() below calls it, after what it does itself
+            self._stop_server = self.__dict__.pop("shutdown")
+            return
+        if self._state.value == State.STARTED:
             raise ProcessError("Already started server")
-        if self._state == _SHUTDOWN:
+        if self._state.value == State.SHUTDOWN:
             raise ProcessError("Manager has shut down")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        self._state = _STARTED
+        self._state.value = State.STARTED
+
+    def connect(self) -> None:
+        """Connect to the server at ``address`` (a manager's ``get_server()`` or
+        ``start()``): the registered types' factories then make their objects
+        there.  The built-in factories still return shared-memory objects.
+
+        Raises:
+            ValueError: there is no ``address`` to connect to.
+        """
+        if self._address is None:
+            raise ValueError(
+                "connect() needs the address of a running manager's server: "
+                "SyncManager(address=(host, port), authkey=...)"
+            )
+        super().connect()
+
+    def get_server(self) -> Server:
+        """The server for the registered types, to run with ``serve_forever()`` in
+        this process (the standard library's ``Server``), listening on ``address``."""
+        return super().get_server()
 
     def shutdown(self) -> None:
-        """Stop making objects; terminate the pools :meth:`Pool` made.
+        """Stop making objects; terminate the pools :meth:`Pool` made; stop the server.
 
-        Objects the manager made stay usable by whoever holds them: each lives in
-        shared memory while any process has a handle to it.  Calling it again does
-        nothing.
+        Shared-memory objects the manager made stay usable by whoever holds them:
+        each lives while any process has a handle to it.  (Proxies of registered
+        types stop working with their server, as in the standard library.)  Calling
+        it again does nothing.
         """
-        if self._state == _SHUTDOWN:
-            return
-        self._state = _SHUTDOWN
-        for pool in list(self._pools):
+        pools, self._pools = list(self._pools), weakref.WeakSet()
+        for pool in pools:
             pool.terminate()
-        self._pools.clear()
+        stop, self._stop_server = self._stop_server, None
+        if stop is not None:
+            stop()  # the standard library's finalizer: asks the server to exit, joins
+        self._state.value = State.SHUTDOWN
 
     def join(self, timeout: float | None = None) -> None:
-        """Return at once: there is no manager process to wait for."""
-
-    def connect(self) -> NoReturn:
-        """Raise :class:`NotImplementedError`: there is no server to connect to."""
-        _unsupported("connect to a manager's server")
-
-    def get_server(self) -> NoReturn:
-        """Raise :class:`NotImplementedError`: there is no server to run."""
-        _unsupported("run a server")
-
-    @classmethod
-    def register(cls, typeid: str, *args: Any, **kwargs: Any) -> NoReturn:
-        """Raise :class:`NotImplementedError`: custom types are served by a server
-        process; pass shoal objects to processes instead, or use
-        ``multiprocessing.managers.BaseManager`` for objects that must stay in one."""
-        _unsupported(f"serve the custom type {typeid!r}")
-
-    @property
-    def address(self) -> None:
-        """None: nothing listens."""
-        return None
+        """Wait for the server process to exit (at once if there is none)."""
+        process = self._process
+        if process is not None:
+            process.join(timeout)
+            if not process.is_alive():
+                self._process = None
 
     def __enter__(self) -> SyncManager:
-        if self._state == _INITIAL:
+        if self._state.value == State.INITIAL:
             self.start()
-        if self._state == _SHUTDOWN:
+        if self._state.value == State.SHUTDOWN:
             raise ProcessError("Manager has shut down")
         return self
 
@@ -357,14 +515,24 @@ class SyncManager:
         self.shutdown()
 
     def __repr__(self) -> str:
-        return f"<shoal.managers.SyncManager {self._state}, no server process>"
+        if self._serves() and self._state.value == State.STARTED:
+            where = f"server at {self._address!r}"
+        else:
+            where = "no server process"
+        return f"<shoal.managers.{type(self).__qualname__} {self._status}, {where}>"
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if self._serves():
+            raise TypeError(
+                f"a {type(self).__name__} with a server does not pickle (its authkey "
+                "must not travel): pass its proxies, which pickle, or its address to "
+                "connect() to"
+            )
         # a copy for another process: same state and context; pools stay with this one
-        return (_rebuild_manager, (self._state, self._ctx))
+        return (_rebuild_manager, (type(self), self._status, self._pool_ctx))
 
     def _check_open(self) -> None:
-        if self._state == _SHUTDOWN:
+        if self._state.value == State.SHUTDOWN:
             raise ClosedError(
                 "this manager was shut down and makes no new objects (the ones it made "
                 "still work); use a new Manager()"
@@ -497,6 +665,12 @@ class SyncManager:
         self._check_open()
         return _list.SharedList(builtins.list(*args))
 
+    def set(self, iterable: Iterable[_T] = (), /) -> _set.SharedSet[_T]:
+        """A :class:`~shoal.SharedSet` holding what ``set(iterable)`` holds (the standard
+        library's ``SyncManager.set()``, new in Python 3.14, here on every version)."""
+        self._check_open()
+        return _set.SharedSet(builtins.set(iterable))
+
     def Namespace(self, **kwds: Any) -> _Namespace:
         """A :class:`Namespace` whose attributes every holding process shares."""
         self._check_open()
@@ -523,15 +697,15 @@ class SyncManager:
         """
         self._check_open()
         if context is None:
-            context = self._ctx
+            context = self._pool_ctx
         pool = _pool.Pool(processes, initializer, initargs, maxtasksperchild, context, **kwargs)
         self._pools.add(pool)
         return pool
 
 
-def _rebuild_manager(state: str, ctx: Any) -> SyncManager:
-    manager = SyncManager(ctx=ctx)
-    manager._state = state
+def _rebuild_manager(cls: type[SyncManager], state: str, ctx: Any) -> SyncManager:
+    manager = cls(ctx=ctx)
+    manager._state.value = _STATE_VALUES[state]
     return manager
 
 

@@ -185,7 +185,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing import util
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from . import _core
 from ._errors import ClosedError, LayoutError, SegmentNotFoundError, SharedMemoryError
@@ -198,8 +198,12 @@ __all__ = [
     "KIND_DATA",
     "KIND_LEDGER",
     "KIND_TRANSIT",
+    "SEGMENT_LEFTOVER",
+    "SEGMENT_LIVE",
+    "SEGMENT_UNKNOWN",
     "ExitHook",
     "Segment",
+    "SegmentReport",
     "call_outside_sections",
     "discard_transit",
     "keeper_id",
@@ -208,6 +212,7 @@ __all__ = [
     "reap",
     "reap_liveness",
     "report_unraisable",
+    "segment_report",
     "set_ledger_reclaimer",
     "shared_section",
     "write_transit",
@@ -1955,3 +1960,115 @@ def _parent_gone(name: str, offset: int, serial: int) -> bool:
         return _held_by_a_live_process(name, fd, prefix) is False
     finally:
         os.close(fd)
+
+
+# ---- what a sweep would decide, without acting (``python -m shoal doctor``) ------------------
+
+SEGMENT_LIVE, SEGMENT_LEFTOVER, SEGMENT_UNKNOWN = "live", "leftover", "unknown"
+_KIND_NAMES = {KIND_DATA: "data", KIND_ARENA: "arena", KIND_TRANSIT: "transit",
+               KIND_LEDGER: "ledger"}  # fmt: skip
+
+
+class SegmentReport(NamedTuple):
+    """One file named like a shoal segment in ``/dev/shm``, as :func:`segment_report`
+    judges it."""
+
+    name: str
+    state: str  # SEGMENT_LIVE, SEGMENT_LEFTOVER or SEGMENT_UNKNOWN
+    reason: str  # why, in a few words
+    size: int  # bytes (0 if it could not be read)
+    kind: str  # "data", "arena", "transit", "ledger", or "" if unknown
+    creator_pid: int  # 0 if unknown
+
+
+def segment_report() -> list[SegmentReport]:
+    """Every file named like a shoal segment in ``/dev/shm`` (liveness files aside),
+    judged as :func:`reap` would judge it, changing nothing.
+
+    * live: a live process holds it (this one included), a reference to it is in
+      flight or kept by a container that exists, or it is being made;
+    * leftover: every holder died and nothing refers to it (or its creator died
+      while making it): the next sweep, ``doctor --reap``, removes it;
+    * unknown: shoal cannot tell and never touches it: another user's file, one
+      that is not shoal's layout (or another version's), or a holder table that
+      cannot be read.
+
+    A holder in another PID namespace counts as alive (it cannot be seen there).
+    Sorted by state, then name; ``[]`` where there is no ``/dev/shm`` to list.
+    """
+    try:
+        entries = os.listdir(_SHM_DIR)
+    except OSError:
+        return []
+    order = {SEGMENT_LEFTOVER: 0, SEGMENT_UNKNOWN: 1, SEGMENT_LIVE: 2}
+    found = []
+    for entry in entries:
+        if entry.startswith(NAME_PREFIX) and not entry.startswith(LIVENESS_PREFIX):
+            report = _report_one("/" + entry)
+            if report is not None:  # (None: gone meanwhile)
+                found.append(report)
+    return sorted(found, key=lambda r: (order[r.state], r.name))
+
+
+def _report_one(name: str) -> SegmentReport | None:
+    try:
+        st = os.lstat(_SHM_DIR + name)
+    except OSError:
+        return None
+    if not _NAME_PATTERN.fullmatch(name):
+        return SegmentReport(name, SEGMENT_UNKNOWN, "not a name shoal makes", st.st_size, "", 0)
+    if not _is_own_file(st):
+        why = "another user's" if st.st_uid != os.geteuid() else "not a regular file"
+        return SegmentReport(name, SEGMENT_UNKNOWN, why, st.st_size, "", 0)
+    with _state.lock:
+        mine = name in _state.attached
+    opened = _open_own(name)
+    if opened is None:
+        return (
+            None
+            if not os.path.lexists(_SHM_DIR + name)
+            else SegmentReport(name, SEGMENT_UNKNOWN, "cannot be opened", st.st_size, "", 0)
+        )
+    fd, st = opened
+    try:
+        state, reason, kind, creator = _assess(name, fd, st)
+    finally:
+        os.close(fd)
+    if mine:
+        state, reason = SEGMENT_LIVE, "held by this process"
+    pid = (creator >> 32) % (1 << 22) if creator else 0
+    return SegmentReport(name, state, reason, st.st_size, kind, pid)
+
+
+def _assess(name: str, fd: int, st: os.stat_result) -> tuple[str, str, str, int]:
+    """(state, reason, kind, creator token) of this user's segment ``name``, open as
+    ``fd``: :func:`_judge`'s decision, without its actions."""
+    abandoned = time.time() - st.st_mtime > _UNFINISHED_GRACE_S
+    prefix = _read_prefix(fd) if st.st_size >= HEADER_SIZE else None
+    if prefix is None:
+        if abandoned and st.st_size < HEADER_SIZE:
+            return SEGMENT_LEFTOVER, "never sized: its creator died making it", "", 0
+        return SEGMENT_LIVE, "being made", "", 0
+    magic, version, header_size, total, kind, _, creator, *_ = _HEADER.unpack_from(prefix)
+    kind_name = _KIND_NAMES.get(kind, "")
+    if magic != MAGIC:
+        if magic == 0 and (abandoned or (creator and not _core.token_alive(creator))):
+            return SEGMENT_LEFTOVER, "unfinished: its creator died making it", "", creator
+        if magic == 0:
+            return SEGMENT_LIVE, "being made", "", creator
+        return SEGMENT_UNKNOWN, "not a shoal segment (bad magic)", "", 0
+    if version != _core.LAYOUT_VERSION:
+        return SEGMENT_UNKNOWN, f"layout version {version}: another shoal's", kind_name, creator
+    if header_size != HEADER_SIZE or total != st.st_size:
+        return SEGMENT_UNKNOWN, "corrupt header", kind_name, creator
+    if kind == KIND_TRANSIT:
+        parent = _read_transit_parent(fd)
+        if parent is not None and _parent_gone(*parent):
+            return SEGMENT_LEFTOVER, "its queue is gone", kind_name, creator
+        return SEGMENT_LIVE, "in flight on a live queue", kind_name, creator
+    held = _held_by_a_live_process(name, fd, prefix)
+    if held is None:
+        return SEGMENT_UNKNOWN, "holder table unreadable", kind_name, creator
+    if held:
+        return SEGMENT_LIVE, "a holder is alive (or a reference pending)", kind_name, creator
+    return SEGMENT_LEFTOVER, "every holder died", kind_name, creator

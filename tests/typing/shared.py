@@ -56,6 +56,27 @@ def containers() -> None:
     assert_type(items.copy(), list[float])
     assert_type(sorted(items), list[float])
 
+    tags = shoal.SharedSet(["a", "b"])
+    assert_type(tags, shoal.SharedSet[str])
+    tags.add("c")
+    assert_type(tags.pop(), str)
+    assert_type(tags.copy(), set[str])
+    assert_type(tags & {"a"}, set[str])
+    assert_type("a" in tags, bool)
+    for tag in tags:
+        assert_type(tag, str)
+
+
+def managers() -> None:
+    from shoal.managers import BaseManager, DictProxy
+
+    class MyManager(BaseManager):
+        pass
+
+    MyManager.register("get_dict", dict, DictProxy)
+    with shoal.Manager() as m:
+        assert_type(m.set([1]), shoal.SharedSet[int])
+
 
 def sharedctypes() -> None:
     assert_type(shoal.Value("i", 0), Synchronized[int])

@@ -1,0 +1,272 @@
+"""``SharedSet`` and ``Manager().set()`` (issue #11; ``SyncManager.set`` is new in Python
+3.14): a set in shared memory with the whole ``set`` API, on every Python version.
+
+* every operation gives what the same operation gives on a ``set``: results, the
+  contents afterwards, and the exception class and message (a table of operations
+  run on both);
+* operators with plain sets on either side, comparisons, in-place operators that
+  keep the object (and refuse non-sets, as a set's do);
+* ``repr`` like a set's; unhashable elements refused; pickles as a handle;
+* it works across processes under each start method (the ``ctx`` fixture) and in
+  ``Pool`` tasks; concurrent ``add`` from several processes loses nothing;
+* ``Manager().set(...)`` returns one, taking what ``set(...)`` takes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+from collections.abc import Callable, MutableSet
+from typing import Any
+
+import pytest
+from conftest import join_all
+
+import shoal
+import shoal.managers
+from shoal import SharedSet
+
+TIMEOUT = 30.0
+
+
+def outcome(fn: Callable[[Any], Any], s: Any) -> tuple[Any, ...]:
+    """What ``fn(s)`` gave (value, or exception class and message) and ``s`` after."""
+    try:
+        result = fn(s)
+    except Exception as exc:  # the comparison is the point
+        message = str(exc).replace("'SharedSet'", "'set'")  # the only difference
+        return ("raised", type(exc), message, sorted(s, key=repr))
+    if result is s:
+        result = "self"
+    elif isinstance(result, (set, frozenset, SharedSet)):
+        result = ("set", type(result) is frozenset, sorted(result, key=repr))
+    return ("returned", result, sorted(s, key=repr))
+
+
+OPERATIONS: dict[str, Callable[[Any], Any]] = {
+    "add new": lambda s: s.add(9),
+    "add existing": lambda s: s.add(1),
+    "add unhashable": lambda s: s.add([1]),
+    "discard present": lambda s: s.discard(2),
+    "discard missing": lambda s: s.discard(99),
+    "remove present": lambda s: s.remove(2),
+    "remove missing": lambda s: s.remove(99),
+    "pop": lambda s: sorted([s.pop(), s.pop(), s.pop()]),
+    "clear": lambda s: s.clear(),
+    "update": lambda s: s.update([4, 5], (6,)),
+    "update no args": lambda s: s.update(),
+    "intersection_update": lambda s: s.intersection_update([1, 2, 7], {2, 1}),
+    "difference_update": lambda s: s.difference_update([1], {3}),
+    "symmetric_difference_update": lambda s: s.symmetric_difference_update([3, 4]),
+    "union": lambda s: s.union([7], {8}),
+    "intersection": lambda s: s.intersection([1, 3, 5]),
+    "difference": lambda s: s.difference({1}),
+    "symmetric_difference": lambda s: s.symmetric_difference([3, 4]),
+    "issubset": lambda s: (s.issubset([1, 2, 3, 4]), s.issubset([1])),
+    "issuperset": lambda s: (s.issuperset([1, 2]), s.issuperset([5])),
+    "isdisjoint": lambda s: (s.isdisjoint([7, 8]), s.isdisjoint([3])),
+    "copy": lambda s: s.copy(),
+    "len": len,
+    "in": lambda s: (1 in s, 5 in s, "1" in s),
+    "in unhashable": lambda s: [1] in s,
+    "iter": lambda s: sorted(s),
+    "or": lambda s: s | {4},
+    "ror": lambda s: {4} | s,
+    "and": lambda s: s & {1, 4},
+    "rand": lambda s: {1, 4} & s,
+    "sub": lambda s: s - {1},
+    "rsub": lambda s: {1, 2, 7} - s,
+    "xor": lambda s: s ^ {3, 4},
+    "rxor": lambda s: {3, 4} ^ s,
+    "or a list": lambda s: s | [4],
+    "sub a list": lambda s: s - [4],
+    "rsub a list": lambda s: [4] - s,
+    "xor a tuple": lambda s: s ^ (4,),
+    "and a list": lambda s: [1] & s,
+    "eq": lambda s: (s == {1, 2, 3}, {1, 2, 3} == s, s == {1}, s == [1, 2, 3], s != {1}),
+    "eq frozenset": lambda s: s == frozenset({1, 2, 3}),
+    "lt le gt ge": lambda s: (s < {1, 2, 3, 4}, s <= {1, 2, 3}, s > {1}, s >= {1, 2, 3, 4}),
+    "reflected compare": lambda s: ({1} < s, {1, 2, 3} >= s, {5} <= s),
+    "compare a list": lambda s: s < [1],
+}
+
+
+def _ior(s: Any) -> Any:
+    s |= {4, 5}
+    return s
+
+
+def _iand(s: Any) -> Any:
+    s &= {1, 2, 9}
+    return s
+
+
+def _isub(s: Any) -> Any:
+    s -= {1}
+    return s
+
+
+def _ixor(s: Any) -> Any:
+    s ^= {1, 7}
+    return s
+
+
+def _isub_self(s: Any) -> Any:
+    s -= s
+    return s
+
+
+def _ixor_self(s: Any) -> Any:
+    s ^= s
+    return s
+
+
+def _ior_list(s: Any) -> Any:
+    s |= [4]
+    return s
+
+
+def _iand_list(s: Any) -> Any:
+    s &= [1]
+    return s
+
+
+OPERATIONS.update(
+    {
+        "|=": _ior,
+        "&=": _iand,
+        "-=": _isub,
+        "^=": _ixor,
+        "-= itself": _isub_self,
+        "^= itself": _ixor_self,
+        "|= a list": _ior_list,
+        "&= a list": _iand_list,
+    }
+)
+
+
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_operation_matches_set(name: str):
+    fn = OPERATIONS[name]
+    shared = SharedSet([1, 2, 3])
+    try:
+        expected = outcome(fn, {1, 2, 3})
+        got = outcome(fn, shared)
+        assert got == expected
+    finally:
+        shared.close()
+
+
+def test_in_place_operators_keep_the_shared_set():
+    s = SharedSet([1, 2])
+    same = s
+    s |= {3}
+    s -= {1}
+    s ^= {4}
+    s &= {2, 3, 4}
+    assert s is same and type(s) is SharedSet and s == {2, 3, 4}
+    assert type(s | {9}) is set and type(s.copy()) is set
+
+
+def test_pop_from_empty_and_remove_missing_raise_key_error():
+    s = SharedSet()
+    with pytest.raises(KeyError, match="pop from an empty set"):
+        s.pop()
+    with pytest.raises(KeyError) as info:
+        s.remove("x")
+    assert info.value.args == ("x",)
+
+
+def test_has_every_method_of_the_standard_library_s_set_proxy():
+    """What Python 3.14's SetProxy offers (and its test_set_contain_all_method asks)."""
+    proxy_methods = set(shoal.managers.SetProxy._exposed_) | {"__class_getitem__"}
+    missing = proxy_methods - set(dir(SharedSet()))
+    assert not missing, f"SharedSet lacks {sorted(missing)}"
+
+
+def test_repr_is_a_set_s():
+    assert repr(SharedSet()) == "set()" == str(SharedSet())
+    assert repr(SharedSet(["a"])) == "{'a'}"
+    s = SharedSet([1, 2])
+    assert eval(repr(s)) == {1, 2}
+    s.close()
+    assert "closed" in repr(s)
+
+
+def test_is_a_mutable_set_and_generic():
+    assert isinstance(SharedSet(), MutableSet)
+    assert SharedSet[int] is not None
+    s: SharedSet[int] = SharedSet[int]([1])
+    assert 1 in s
+
+
+def test_elements_compare_by_stored_bytes():
+    """As SharedDict keys (docs/compatibility.md): 1 and 1.0 are two elements."""
+    s = SharedSet([1])
+    s.add(1.0)
+    assert len(s) == 2
+    assert len({1, 1.0}) == 1  # noqa: B033 (the point: a set holds one of them)
+
+
+def test_pickles_as_a_handle_to_the_same_set():
+    s = SharedSet([1])
+    copy = pickle.loads(pickle.dumps(s))
+    copy.add(2)
+    assert s == {1, 2}
+    copy.close()
+    assert s == {1, 2}
+    s.close()
+    with pytest.raises(shoal.ClosedError):
+        pickle.dumps(s)
+    with pytest.raises(shoal.ClosedError):
+        s.add(3)
+
+
+def test_manager_set_takes_what_set_takes():
+    with shoal.Manager() as m:
+        assert type(m.set()) is SharedSet and m.set() == set()
+        assert m.set([1, 1, 2]) == {1, 2}
+        assert m.set("ab") == {"a", "b"}
+        with pytest.raises(TypeError):
+            m.set(1)
+        with pytest.raises(TypeError):
+            m.set([[1]])
+        with pytest.raises(TypeError):
+            m.set([1], [2])
+
+
+# ---- across processes ----------------------------------------------------------------------------
+
+
+def add_range(s: SharedSet[int], start: int, stop: int) -> None:
+    for i in range(start, stop):
+        s.add(i)
+    s.discard(-1)
+
+
+def test_works_in_a_child_process(ctx: mp.context.BaseContext):
+    s = SharedSet([-1])
+    children = [ctx.Process(target=add_range, args=(s, i * 100, i * 100 + 100)) for i in range(3)]
+    for child in children:
+        child.start()
+    join_all(*children, timeout=TIMEOUT)
+    assert [c.exitcode for c in children] == [0, 0, 0]
+    assert s == set(range(300)), "every add from every process is there, -1 discarded"
+
+
+def pop_all(s: SharedSet[int]) -> list[int]:
+    out = []
+    while True:
+        try:
+            out.append(s.pop())
+        except KeyError:
+            return out
+
+
+def test_pool_tasks_pop_each_element_once(ctx: mp.context.BaseContext):
+    s = SharedSet(range(200))
+    with shoal.Pool(2, context=ctx) as pool:
+        results = pool.map(pop_all, [s, s, s], chunksize=1)
+    popped = [x for r in results for x in r]
+    assert sorted(popped) == list(range(200)), "each element popped exactly once"
+    assert len(s) == 0
