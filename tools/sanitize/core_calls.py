@@ -1,26 +1,31 @@
-"""Which tests call into ``shoal._core``: the measurement behind ``SAN_CORE_TESTS``.
+"""Which tests call into ``shoal._core``: the measurement behind ``make test-sanitize``'s
+subset (``--sanitize-subset``, tests/conftest.py).
 
-``make test-sanitize`` runs the Python suite against an ASan+UBSan build of the C
-core.  ASan only watches C code that runs, so only tests that make the core run are
-worth their time there.  This plugin finds them: with it loaded, a profile hook
-(``sys.setprofile`` and ``threading.setprofile``, so the pool's threads too) notes
-each test that calls a builtin of ``shoal._core`` (a function of the module or a
-method of one of its types) while the test runs, its fixtures' set-up included, the
-suite's own leak check (an autouse fixture of tests/conftest.py) excluded.  Child
-processes count too: ``sitecustomize.py`` beside this file installs the same hook in
-every Python process started with this directory on ``PYTHONPATH`` (spawn and
-forkserver children, scripts a test runs), and a forked child inherits the parent's.
+``make test-sanitize`` runs the Python tests against an ASan+UBSan build of the C core.
+ASan only watches C code that runs, so only tests that make the core run are worth
+their time there.  This finds them: with the plugin loaded (core_calls_plugin.py), a
+profile hook (``sys.setprofile`` and ``threading.setprofile``, so the pool's threads
+too) notes each test that calls a builtin of ``shoal._core`` (a function of the module
+or a method of one of its types) while the test runs, its fixtures' set-up included,
+the suite's own leak check (``no_leaks``, an autouse fixture of tests/conftest.py)
+excluded.  Child processes count too: the plugin puts a ``.pth`` file in the venv's
+site-packages for the run, which installs the same hook in every Python process of
+that venv (spawn and forkserver children, scripts a test runs, whatever their
+``PYTHONPATH``), and a forked child inherits its parent's.
 
-    PYTHONPATH=$PWD/tools/sanitize SHOAL_CORE_CALLS=$PWD/calls.txt \\
-        .venv/bin/python -m pytest -p core_calls_plugin -p no:cacheprovider
-    .venv/bin/python tools/sanitize/core_calls.py calls.txt   # the report
+    SHOAL_CORE_CALLS=$PWD/calls.txt .venv/bin/python -m pytest \\
+        -p core_calls_plugin -p no:cacheprovider   # with tools/sanitize on PYTHONPATH
+    .venv/bin/python -m pytest --co -q | grep :: > collected.txt
+    python tools/sanitize/core_calls.py calls.txt collected.txt   # the report
+    python tools/sanitize/core_calls.py calls.txt collected.txt --not-core \\
+        > tools/sanitize/not-core.txt
 
 Each process appends ``<test id>`` lines to the file named by ``SHOAL_CORE_CALLS``
-(the test running is passed down in ``SHOAL_CORE_CALLS_TEST``); the report lists
-each test file with how many of its tests called the core.  (A forkserver started by
-an earlier test keeps that test's id for the children it forks: those calls may be
-booked under the wrong test, of the same run; the fork variant of a parametrized
-test is measured in the parent itself.)
+(the test running is passed down in ``SHOAL_CORE_CALLS_TEST``).  (A forkserver
+started by an earlier test keeps that test's id for the children it forks: their
+calls may be booked under that test; the fork variant of a test parametrized by
+start method is measured in the test's own process.)  A test that a run did not
+reach stays out of not-core.txt: nothing is left out of the sanitized run unmeasured.
 """
 
 from __future__ import annotations
@@ -48,7 +53,10 @@ def _record() -> None:
     if not test or not path or _hit.get(test):
         return
     _hit[test] = True
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError:
+        return  # a process of another user (tests run one as nobody)
     try:
         os.write(fd, (test + "\n").encode())
     finally:
@@ -79,24 +87,41 @@ def install() -> None:
     threading.setprofile(_profile)
 
 
+def install_if_asked() -> None:
+    """What the ``.pth`` file runs in every process of the venv."""
+    if os.environ.get(ENV_LOG):
+        install()
+
+
 # ---- the report ------------------------------------------------------------------------
 
 
-def report(path: str, collected: str | None = None) -> None:
-    calling = {line.strip() for line in open(path) if line.strip()}
-    by_file: dict[str, set[str]] = {}
-    for test in calling:
-        by_file.setdefault(test.split("::", 1)[0], set()).add(test)
-    every: dict[str, set[str]] = {}
-    if collected:
-        for line in open(collected):
-            line = line.strip()
-            if "::" in line:
-                every.setdefault(line.split("::", 1)[0], set()).add(line)
-    for name in sorted(set(by_file) | set(every)):
-        total = len(every.get(name, ())) or "?"
-        print(f"{name}: {len(by_file.get(name, ()))} of {total} tests call _core")
+def _params(test: str) -> list[str]:
+    return test.partition("[")[2].rstrip("]").split("-")
+
+
+def report(path: str, collected: str, not_core: bool) -> None:
+    with open(path) as f:
+        calling = {line.strip() for line in f if line.strip()}
+    with open(collected) as f:
+        every = [line.strip() for line in f if "::" in line]
+    if not_core:
+        print("# tests that call nothing of shoal._core (tools/sanitize/core_calls.py),")
+        print("# left out of `make test-sanitize`'s run against the ASan build (--sanitize-subset)")
+        for test in every:
+            # (a forkserver variant's children may be booked under another test:
+            # never listed, the fork-variant rule of --sanitize-subset decides)
+            if test not in calling and "forkserver" not in _params(test):
+                print(test)
+        return
+    by_file: dict[str, list[int]] = {}
+    for test in every:
+        counts = by_file.setdefault(test.split("::", 1)[0], [0, 0])
+        counts[0] += test in calling
+        counts[1] += 1
+    for name, (hits, total) in sorted(by_file.items()):
+        print(f"{name}: {hits} of {total} tests call _core")
 
 
 if __name__ == "__main__":
-    report(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
+    report(sys.argv[1], sys.argv[2], "--not-core" in sys.argv[3:])
