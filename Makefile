@@ -93,6 +93,11 @@ test-pythons:
 # the working tree in a temporary directory, never in ./build, which `make test` uses,
 # and is installed into its own venv ($(SAN_VENV)).  NATIVE_ARGS picks tests by name
 # (`make test-native NATIVE_ARGS="-v cond_"`); SAN_PYTEST_ARGS is passed to pytest.
+# SAN_TESTS is which tests run against the ASan build: by default every test that
+# reaches the C core, once (--sanitize-subset, tests/conftest.py: not the tests
+# tools/sanitize/not-core.txt lists, which call nothing of shoal._core, nor the spawn
+# and forkserver variants of a test whose fork variant runs; about half the suite and
+# half its time).  `make test-sanitize SAN_TESTS=` runs the whole suite there.
 NATIVE_SRC = $(wildcard native/src/*.c)
 NATIVE_TESTS = $(wildcard native/tests/*.c)
 NATIVE_DEPS = $(NATIVE_SRC) $(NATIVE_TESTS) $(wildcard native/include/*.h native/src/*.h native/tests/*.h)
@@ -106,6 +111,7 @@ ASAN_CFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize
 TSAN_CFLAGS = -fsanitize=thread -Wno-tsan
 SAN_VENV ?= .venv-sanitize
 SAN_PYTEST_ARGS ?=
+SAN_TESTS ?= --sanitize-subset
 
 $(NATIVE_BIN)/shoal-tests: $(NATIVE_DEPS)
 	@mkdir -p $(NATIVE_BIN)
@@ -161,7 +167,7 @@ test-sanitize-python:
 	{ echo 'set -e'; echo "cd '$$snap'"; \
 	  echo "LD_PRELOAD='$$($(CC) -print-file-name=libasan.so)' \\"; \
 	  echo 'ASAN_OPTIONS=detect_leaks=0:handle_segv=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \\'; \
-	  echo "  '$$san_python' -m pytest -p no:cacheprovider $(SAN_PYTEST_ARGS)"; \
+	  echo "  '$$san_python' -m pytest -p no:cacheprovider $(SAN_TESTS) $(SAN_PYTEST_ARGS)"; \
 	  echo "$(MAKE) --no-print-directory -C '$(CURDIR)' check-shm"; } > "$$snap/.run-sanitized.sh"; \
 	if [ "$$(id -u)" = 0 ] && unshare -m --propagation private true 2>/dev/null; then \
 	    echo "in a private /dev/shm (other test runs on this machine neither seen nor touched)"; \
@@ -177,8 +183,8 @@ test-sanitize-python:
 # checker sees it; and the _core stub against the compiled module (mypy.stubtest).
 # tests/test_typing.py shows that each of them rejects a wrong snippet or stub.
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks chaos mutants stdlib_suites
-	$(BIN)/ruff format --check src tests benchmarks chaos mutants stdlib_suites
+	$(BIN)/ruff check src tests benchmarks chaos mutants stdlib_suites tools
+	$(BIN)/ruff format --check src tests benchmarks chaos mutants stdlib_suites tools
 	$(BIN)/mypy --strict tests/typing
 	$(BIN)/basedpyright --pythonpath $(BIN)/python
 	$(BIN)/python -m mypy.stubtest shoal._core

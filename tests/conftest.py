@@ -27,6 +27,55 @@ from shoal.testing import segments as shoal_segments
 
 __all__ = ["START_METHODS", "in_thread", "join_all", "shoal_segments", "wait_until"]
 
+# ---- the sanitized run's subset (make test-sanitize: --sanitize-subset) ----------------
+# The Python suite against an ASan+UBSan build of the C core is worth its time only
+# where the core runs.  --sanitize-subset keeps every test that calls into shoal._core,
+# once: it leaves out (1) the tests listed in tools/sanitize/not-core.txt, which call
+# nothing of shoal._core in any of their processes (measured by
+# tools/sanitize/core_calls.py: the export, layering, typing and import checks, the
+# standard library's own objects beside shoal's, arguments refused before any memory
+# is made), and (2) the spawn and forkserver variants of a test whose fork variant
+# runs: a child calls the same C code with the same arguments however it was started
+# (what differs, the start method's handover of handles, is Python's, which `make
+# test` runs under every method).  A test not in the list runs: a new one is
+# sanitized until measured otherwise.
+NOT_CORE_LIST = os.path.join(os.path.dirname(__file__), "..", "tools", "sanitize", "not-core.txt")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--sanitize-subset",
+        action="store_true",
+        help="only the tests that reach shoal._core, once (make test-sanitize; tests/conftest.py)",
+    )
+
+
+def sanitize_subset(items: list[pytest.Item], not_core: set[str]) -> list[pytest.Item]:
+    """The items --sanitize-subset keeps (see above)."""
+    reaching = [item for item in items if item.nodeid not in not_core]
+    ids = {item.nodeid for item in reaching}
+
+    def fork_variant(nodeid: str) -> str | None:
+        base, bracket, params = nodeid.partition("[")
+        tokens = params.rstrip("]").split("-") if bracket else []
+        if not any(t in ("spawn", "forkserver") for t in tokens):
+            return None
+        tokens = ["fork" if t in ("spawn", "forkserver") else t for t in tokens]
+        return f"{base}[{'-'.join(tokens)}]"
+
+    return [item for item in reaching if fork_variant(item.nodeid) not in ids]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--sanitize-subset"):
+        return
+    with open(NOT_CORE_LIST) as f:
+        not_core = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+    kept = sanitize_subset(items, not_core)
+    chosen = set(map(id, kept))
+    config.hook.pytest_deselected(items=[item for item in items if id(item) not in chosen])
+    items[:] = kept
+
 
 @pytest.fixture(params=START_METHODS)
 def ctx(request: pytest.FixtureRequest) -> mp.context.BaseContext:

@@ -1006,7 +1006,15 @@ class _Engine:
                 daemon=True,
             )
             with _START_LOCK:
-                process.start()
+                try:
+                    process.start()
+                except (OSError, EOFError):
+                    # 3.14's forkserver imports the main module itself before it
+                    # serves (its preload): one that left at once, refusing a pool
+                    # started by that import, fails the pool with the one error
+                    if method == "forkserver" and _forkserver_status() == _BOOTSTRAP_EXIT:
+                        raise BrokenPoolError(_main_guard_message(method)) from None
+                    raise
             self._sent[slot] = sent.keep()
         self._pidfds[slot] = _open_pidfd(process.pid)
         self._workers[slot] = process
@@ -1481,15 +1489,7 @@ class _Engine:
             )
             self._fail_outstanding(self._broken)
             return
-        self._broken = BrokenPoolError(
-            f"the pool's workers cannot start: under the {method!r} start method each "
-            f"worker imports {main}, and that import started a pool (or executor) "
-            "itself, as it runs the program's code outside an "
-            "'if __name__ == \"__main__\":' block.  Put the code that starts the pool "
-            "(everything but imports and definitions) under "
-            "'if __name__ == \"__main__\":', or use the 'fork' start method.  See "
-            "'Safe importing of main module' in the multiprocessing documentation."
-        )
+        self._broken = BrokenPoolError(_main_guard_message(method))
         self._fail_outstanding(self._broken)
 
     def _finished_all(self) -> bool:
@@ -1671,11 +1671,16 @@ def _refuse_while_bootstrapping() -> None:
     no ``if __name__ == "__main__":`` guard.  The standard library raises here (from
     ``Process.start``), the pool that started this child replaces it, the replacement
     does the same: a hundred tracebacks and a parent that hangs.  This exit status
-    tells the parent's pool instead, which fails with one error naming the fix."""
+    tells the parent's pool instead, which fails with one error naming the fix.
+    (The forkserver importing the main module to preload it, from 3.14 on, leaves
+    with it too: see _forkserver_status.)"""
     if getattr(multiprocessing.process.current_process(), "_inheriting", False):
-        if _in_forkserver_preload():
-            return  # the standard library's error there: this exit would kill the server
-        # not SystemExit: a forkserver child turns any exception into exit status 1.
+        # The forkserver itself imports the main module too, from 3.14 on, before it
+        # serves (its preload; 3.13's never passed it the main path).  There the
+        # standard library's error (a pool's first start) would end the server with
+        # its traceback and leave the parent a ConnectionResetError: it leaves the
+        # same way, quietly, and the parent's pool finds this status (_start_worker).
+        # Not SystemExit: a forkserver child turns any exception into exit status 1.
         # shoal's exit hooks first: let go of what this import made
         try:
             multiprocessing.util._run_finalizers()
@@ -1683,24 +1688,40 @@ def _refuse_while_bootstrapping() -> None:
             os._exit(_BOOTSTRAP_EXIT)
 
 
-def _in_forkserver_preload() -> bool:
-    """Whether this is the forkserver itself importing the main module to preload it
-    (where Python passes it the main path), not one of the children it forks."""
+def _main_guard_message(method: str) -> str:
+    """Why a pool whose workers import an unguarded main script cannot start."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None) or "the main module"
+    return (
+        f"the pool's workers cannot start: under the {method!r} start method each "
+        f"worker imports {main}, and that import started a pool (or executor) "
+        "itself, as it runs the program's code outside an "
+        "'if __name__ == \"__main__\":' block.  Put the code that starts the pool "
+        "(everything but imports and definitions) under "
+        "'if __name__ == \"__main__\":', or use the 'fork' start method.  See "
+        "'Safe importing of main module' in the multiprocessing documentation."
+    )
+
+
+def _forkserver_status(wait_s: float = 2.0) -> int | None:
+    """The exit status of this process's forkserver if it has exited (waiting up to
+    ``wait_s`` for a server whose connection just closed to finish exiting), else
+    None.  The server stays a zombie for the standard library to reap (WNOWAIT): its
+    next start sees it gone and starts another."""
     forkserver = sys.modules.get("multiprocessing.forkserver")
-    serve = getattr(getattr(forkserver, "main", None), "__code__", None)
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is serve:
-            return not any(f.f_code.co_name == "_serve_one" for f in _frames_below(frame))
-        frame = frame.f_back
-    return False
-
-
-def _frames_below(top: Any) -> Iterator[Any]:
-    frame = sys._getframe(1)
-    while frame is not None and frame is not top:
-        yield frame
-        frame = frame.f_back
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    if not isinstance(pid, int) or not hasattr(os, "waitid"):
+        return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return None  # reaped already, or not this process's child
+        if info is not None and info.si_pid == pid:
+            return info.si_status if info.si_code == os.CLD_EXITED else None
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
 
 
 def _needs_by_value(function: Any) -> bool:
