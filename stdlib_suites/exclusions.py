@@ -33,6 +33,11 @@ EXCLUDED: dict[str, str] = {
         "pickle raises SerializationError in the caller (the test expects the feeder "
         "thread to print it and carry on)"
     ),
+    "mp/*:WithManagerTestContainers.test_dict_iter": (
+        "compatibility.md, SharedDict: iteration goes over a snapshot and never raises "
+        "RuntimeError for a change made meanwhile (any process may write at any time); "
+        "the test's last check expects that RuntimeError"
+    ),
     "mp/*:WithProcessesTestValue.test_getobj_getlock": (
         "compatibility.md, Value/Array: lock='navalue' raises TypeError (the standard "
         "library's AttributeError comes from calling .acquire on it), and RawValue's "
@@ -104,17 +109,4 @@ EXCLUDED: dict[str, str] = {
     ),
 }
 
-PENDING: dict[str, str] = {
-    "mp/*:WithManagerTestContainers.test_list": (
-        "SharedList *= (branch dictlist: in-place operators)"
-    ),
-    "mp/*:WithManagerTestContainers.test_list_iter": (
-        "SharedList's iterator reads live (branch dictlist)"
-    ),
-    "mp/*:WithManagerTestContainers.test_dict_iter": (
-        "SharedDict iterates in insertion order (branch dictlist); its last check, "
-        "RuntimeError when the dict changes size during iteration, still fails there: "
-        "dictlist's compatibility.md documents iteration over a snapshot that never "
-        "raises, so once it is merged this entry moves to EXCLUDED with that reason"
-    ),
-}
+PENDING: dict[str, str] = {}
