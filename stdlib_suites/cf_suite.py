@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 import sys
 import unittest
 from typing import Any
@@ -46,11 +47,29 @@ def _load() -> Any:
 cft = _load()
 
 
+def _namespaces() -> tuple[Any, list[dict[str, Any]], Any]:
+    """Where the suite's mixins, test classes and module set-up are.
+
+    Up to 3.11 the suite is one file; from 3.12 it is a package whose ``util`` holds the
+    mixins and ``setup_module``, and whose ``test_*`` modules each make their classes.
+    """
+    if not hasattr(cft, "__path__"):
+        return cft, [vars(cft)], cft.setUpModule
+    util = importlib.import_module(cft.__name__ + ".util")
+    modules = [
+        importlib.import_module(f"{cft.__name__}.{info.name}")
+        for info in pkgutil.iter_modules(cft.__path__)
+        if info.name.startswith("test_")
+    ]
+    return util, [vars(m) for m in modules], util.setup_module
+
+
 def install(globs: dict[str, Any], method: str) -> None:
     """Make this start method's process-pool test classes in ``globs``, bound to shoal."""
     prefix = _MIXIN_PREFIX[method]
-    mixin = getattr(cft, prefix + "Mixin")
-    for name, base in list(vars(cft).items()):
+    mixins, namespaces, set_up = _namespaces()
+    mixin = getattr(mixins, prefix + "Mixin")
+    for name, base in [item for ns in namespaces for item in ns.items()]:
         if not (isinstance(base, type) and issubclass(base, unittest.TestCase)):
             continue
         if not (issubclass(base, mixin) and name.startswith(prefix)):
@@ -67,7 +86,7 @@ def install(globs: dict[str, Any], method: str) -> None:
         cls.__qualname__ = name
         cls.__module__ = globs["__name__"]
         globs[name] = cls
-    globs["setUpModule"] = cft.setUpModule
+    globs["setUpModule"] = set_up
 
 
 install(globals(), METHOD)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stdlib_suites import __main__ as harness  # noqa: E402
-from stdlib_suites.exclusions import EXCLUDED, PENDING  # noqa: E402
+from stdlib_suites.exclusions import EXCLUDED, PENDING, SINCE  # noqa: E402
 
 STDLIB_TESTS = ROOT / "build" / "stdlib-tests"
 
@@ -53,5 +53,11 @@ def test_every_exclusion_names_tests_that_exist_and_gives_a_reason(
             assert "[" not in pattern, f"{pattern}: fnmatch reads [...] as a set"
             if pattern.split("/")[1].startswith("forkserver"):
                 continue
+            if sys.version_info < SINCE.get(pattern, (0, 0)):
+                continue  # (a test this interpreter's suite does not have yet)
             assert fnmatch.filter(keys, pattern), f"{pattern} matches no test: stale?"
     assert not set(EXCLUDED) & set(PENDING)
+
+
+def test_since_names_listed_entries() -> None:
+    assert set(SINCE) <= set(EXCLUDED) | set(PENDING)
