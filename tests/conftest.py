@@ -48,30 +48,57 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="only the tests that reach shoal._core, once (make test-sanitize; tests/conftest.py)",
     )
+    parser.addoption(
+        "--start-methods",
+        default=None,
+        help="comma-separated start methods: a test's variants under the others run only "
+        "where it has none under these (CI's run on a second Python; tests/conftest.py)",
+    )
+
+
+_METHOD_TOKENS = ("fork", "spawn", "forkserver")
+
+
+def under_methods(items: list[pytest.Item], methods: list[str]) -> list[pytest.Item]:
+    """Each test's start-method variants under ``methods`` only, where it has one: a
+    variant under another method goes when the same test has one under ``methods``."""
+    ids = {item.nodeid for item in items}
+
+    def variant(nodeid: str, method: str) -> str | None:
+        base, bracket, params = nodeid.partition("[")
+        tokens = params.rstrip("]").split("-") if bracket else []
+        if not any(t in _METHOD_TOKENS for t in tokens):
+            return None
+        tokens = [method if t in _METHOD_TOKENS else t for t in tokens]
+        return f"{base}[{'-'.join(tokens)}]"
+
+    def keep(nodeid: str) -> bool:
+        own = variant(nodeid, "fork")
+        if own is None:
+            return True  # no start-method variants
+        if any(variant(nodeid, m) == nodeid for m in methods):
+            return True
+        return not any(variant(nodeid, m) in ids for m in methods)
+
+    return [item for item in items if keep(item.nodeid)]
 
 
 def sanitize_subset(items: list[pytest.Item], not_core: set[str]) -> list[pytest.Item]:
     """The items --sanitize-subset keeps (see above)."""
-    reaching = [item for item in items if item.nodeid not in not_core]
-    ids = {item.nodeid for item in reaching}
-
-    def fork_variant(nodeid: str) -> str | None:
-        base, bracket, params = nodeid.partition("[")
-        tokens = params.rstrip("]").split("-") if bracket else []
-        if not any(t in ("spawn", "forkserver") for t in tokens):
-            return None
-        tokens = ["fork" if t in ("spawn", "forkserver") else t for t in tokens]
-        return f"{base}[{'-'.join(tokens)}]"
-
-    return [item for item in reaching if fork_variant(item.nodeid) not in ids]
+    return under_methods([item for item in items if item.nodeid not in not_core], ["fork"])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.getoption("--sanitize-subset"):
+    kept = items
+    if config.getoption("--sanitize-subset"):
+        with open(NOT_CORE_LIST) as f:
+            not_core = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+        kept = sanitize_subset(kept, not_core)
+    methods = config.getoption("--start-methods")
+    if methods:
+        kept = under_methods(kept, [m.strip() for m in methods.split(",") if m.strip()])
+    if kept is items:
         return
-    with open(NOT_CORE_LIST) as f:
-        not_core = {line.strip() for line in f if line.strip() and not line.startswith("#")}
-    kept = sanitize_subset(items, not_core)
     chosen = set(map(id, kept))
     config.hook.pytest_deselected(items=[item for item in items if id(item) not in chosen])
     items[:] = kept

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
-from conftest import NOT_CORE_LIST, sanitize_subset
+from conftest import NOT_CORE_LIST, sanitize_subset, under_methods
 
 
 def ids(*nodeids: str) -> list[SimpleNamespace]:
@@ -59,3 +59,20 @@ def test_the_list_names_tests_of_files_that_exist_and_no_forkserver_variant() ->
         assert os.path.isfile(os.path.join(root, path)), entry
         # (a forkserver child may be booked under another test: never listed)
         assert "forkserver" not in entry.partition("[")[2].rstrip("]").split("-"), entry
+
+
+def test_start_methods_keep_each_tests_variants_under_them_where_it_has_one() -> None:
+    items = ids(
+        "tests/a.py::test_x[fork]",
+        "tests/a.py::test_x[spawn]",
+        "tests/a.py::test_x[forkserver]",
+        "tests/a.py::test_y[Pool-spawn-3]",  # no variant under the chosen methods
+        "tests/a.py::test_z",
+    )
+    kept = [i.nodeid for i in under_methods(items, ["fork", "forkserver"])]  # type: ignore[arg-type]
+    assert kept == [
+        "tests/a.py::test_x[fork]",
+        "tests/a.py::test_x[forkserver]",
+        "tests/a.py::test_y[Pool-spawn-3]",
+        "tests/a.py::test_z",
+    ]
