@@ -55,9 +55,11 @@ and the pool fails instead of replacing it for ever.
 
 from __future__ import annotations
 
+import _thread
 import builtins
 import collections
 import concurrent.futures
+import functools
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -183,9 +185,11 @@ def _worker_main(
     # happens to the pool, workers carry on until told
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_state.clear()
-    threading.Thread(
-        target=_exit_with_parent, args=(parent_token,), name="parent-watch", daemon=True
-    ).start()
+    # the bare thread, not threading.Thread: its start() waits until the new thread
+    # has run, a round trip through the scheduler that delayed a worker's first task
+    # by up to 20 ms on a busy machine (#11).  Nothing ever joins this thread: it
+    # ends with the process (as a daemon thread does).
+    _thread.start_new_thread(_exit_with_parent, (parent_token,))
     buf = slots._buf
     claim_at, deadline_at, pid_at, raised_at = (
         slots._off + (slot * _SLOT_WORDS + word) * 8
@@ -1535,15 +1539,19 @@ class _Engine:
     def _stop_workers(self) -> None:
         with self._cond:
             self.state = _TERMINATE  # no replacements from here on
+        # one "exit" record a slot, sent first: the workers exit while the monitor
+        # stops, instead of after (#11).  No more workers than slots are ever alive (a
+        # replacement the monitor may still be starting takes the record of the worker
+        # it replaces), so each one takes a record; what is left goes with the ring
+        try:
+            self._tasks.put_many([None] * self.processes, timeout=5)
+        except Exception:
+            pass
         # the monitor may be starting a replacement it decided on before: let it finish
         # and stop, or the list below would miss that worker
         self._poke()
         self._monitor_thread.join(10)
         handles = list(self._death_handles())
-        try:
-            self._tasks.put_many([None] * len(handles), timeout=5)
-        except Exception:
-            pass
         deadline = time.monotonic() + 5  # then they are killed
         while handles and time.monotonic() < deadline:
             ended = multiprocessing.connection.wait(handles, deadline - time.monotonic())
@@ -1714,7 +1722,15 @@ def _needs_by_value(function: Any) -> bool:
     script = getattr(sys.modules.get("__main__"), "__file__", None)
     if code is None or script is None:
         return True
-    return os.path.realpath(code.co_filename) != os.path.realpath(script)
+    return _realpath(code.co_filename) != _realpath(script)
+
+
+@functools.lru_cache(maxsize=64)
+def _realpath(path: str) -> str:
+    """``os.path.realpath``, once per path: it costs a few system calls, and every pool
+    or executor asks it of its first function (#11).  (Scripts are not moved while
+    they run.)"""
+    return os.path.realpath(path)
 
 
 def _caller_stacklevel() -> int:
