@@ -875,8 +875,10 @@ class _Future(concurrent.futures.Future):
                         return super().cancel()
             # mark first, then look: a worker that takes it from now on pops the mark
             if not engine.mark_cancelled(job):
-                # a worker took it while this waited for the mark's word: it runs
-                self.set_running_or_notify_cancel()
+                # no word for the mark (see "Cancelled calls"): the call runs; running
+                # already if a worker took it meanwhile
+                if job._taken():
+                    self.set_running_or_notify_cancel()
                 return False
             if job._taken() and engine.unmark_cancelled(job._ordinal):
                 # a worker took it before the mark was there: it runs
