@@ -90,7 +90,10 @@ from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from multiprocessing.pool import RemoteTraceback
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from . import _core
+from . import (
+    _core,
+    _dict,  # noqa: F401  (a sweep here must know every class in shared memory)
+)
 from ._errors import (
     BrokenPoolError,
     ClosedError,
