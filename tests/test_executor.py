@@ -252,6 +252,98 @@ def test_any_number_of_queued_cancelled_calls_never_run() -> None:
     gate.close()
 
 
+def test_every_call_of_a_full_ring_of_small_calls_can_be_cancelled() -> None:
+    # the marks are words of a table beside the slots (#11), one for every record the
+    # ring can hold: a ring full of the smallest calls, all cancelled, none runs
+    n = 40_000
+    runs = shoal.RawArray("q", n + 1)
+    gate = shoal.Event()
+    with fork_executor(1, initializer=t.set_state, initargs=("runs", runs)) as executor:
+        engine = executor._engine
+        blocker = executor.submit(t.wait_for, gate, "done")
+        queued = []
+        while not engine._overflow and len(queued) < n:
+            queued.append(executor.submit(t.count_run, len(queued)))
+        assert engine._overflow  # the ring is full: the last one waits in the parent
+        in_ring = len(queued) - 1
+        assert in_ring > 2000
+        assert all(f.cancel() for f in queued)
+        gate.set()
+        assert blocker.result(TIMEOUT) == "done"
+        assert executor.submit(t.count_run, n).result(TIMEOUT) == n  # behind them all
+        assert all(f.cancelled() for f in queued)
+    assert sum(runs[:n]) == 0 and runs[n] == 1
+    runs.close()
+    gate.close()
+
+
+def _plant_earlier_mark(engine: Any, ordinal: int) -> tuple[Any, int, int]:
+    """Hold the table word of ``ordinal`` with the mark of an earlier record (one that
+    a worker took and has not popped yet), counted as a real mark is."""
+    from shoal import _core
+    from shoal._pool import _CLAIMED, _MARK_WORDS, _ORDINAL_MASK
+
+    buf, at = engine._slots._buf, engine._mark_at(ordinal)
+    earlier = _CLAIMED | ((ordinal - _MARK_WORDS) & _ORDINAL_MASK)
+    _core.fetch_add64(buf, engine._marked_at, 1)
+    assert _core.cas64(buf, at, 0, earlier)[0]
+    return buf, at, earlier
+
+
+def _pop_earlier_mark(engine: Any, buf: Any, at: int, earlier: int) -> None:
+    from shoal import _core
+
+    if _core.cas64(buf, at, earlier, 0)[0]:
+        _core.fetch_add64(buf, engine._marked_at, -1)
+
+
+def test_cancel_waits_for_a_word_an_earlier_mark_still_holds() -> None:
+    runs = shoal.RawArray("q", 2)
+    gate = shoal.Event()
+    with fork_executor(1, initializer=t.set_state, initargs=("runs", runs)) as executor:
+        engine = executor._engine
+        blocker = executor.submit(t.wait_for, gate, "done")
+        queued = executor.submit(t.count_run, 0)
+        held = _plant_earlier_mark(engine, queued._job._ordinal)
+        timer = threading.Timer(0.2, _pop_earlier_mark, (engine, *held))
+        timer.start()
+        start = time.monotonic()
+        assert queued.cancel()  # once the word was free
+        assert time.monotonic() - start >= 0.15
+        timer.join()
+        gate.set()
+        assert blocker.result(TIMEOUT) == "done"
+        assert executor.submit(t.count_run, 1).result(TIMEOUT) == 1
+        assert queued.cancelled()
+    assert list(runs) == [0, 1]
+    runs.close()
+    gate.close()
+
+
+def test_a_cancel_that_cannot_have_its_word_leaves_the_call_to_run(monkeypatch: Any) -> None:
+    # the word stays held (it never is for long): cancel() gives up, says so, and the
+    # call runs, its result delivered as any other's
+    monkeypatch.setattr("shoal._pool._MARK_WAIT_S", 0.2)
+    runs = shoal.RawArray("q", 1)
+    gate = shoal.Event()
+    with fork_executor(1, initializer=t.set_state, initargs=("runs", runs)) as executor:
+        engine = executor._engine
+        blocker = executor.submit(t.wait_for, gate, "done")
+        queued = executor.submit(t.count_run, 0)
+        held = _plant_earlier_mark(engine, queued._job._ordinal)
+        try:
+            assert not queued.cancel()
+            assert not queued.cancelled() and not queued.running()  # still queued
+        finally:
+            _pop_earlier_mark(engine, *held)
+        gate.set()
+        assert blocker.result(TIMEOUT) == "done"
+        assert queued.result(TIMEOUT) == 0
+    assert list(runs) == [1]
+    runs.close()
+    gate.close()
+
+
 def test_cancelled_calls_waiting_in_the_parent_never_run() -> None:
     # calls of 100 KB: the ring takes two, the rest wait in the parent for room, and
     # those were pushed (and ran) once room came, cancelled or not

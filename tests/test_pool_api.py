@@ -417,6 +417,27 @@ def test_join_leaves_no_worker_behind() -> None:
     assert not left
 
 
+def test_join_ends_every_worker_on_its_exit_record_replacements_included(ctx: Any) -> None:
+    # join() sends the workers' exit records before it waits for the monitor to stop
+    # (#11): a replacement the monitor is starting at that moment (maxtasksperchild=1:
+    # every worker is replaced after its task) still takes one and exits by itself,
+    # with status 0 -- none is left to the kill after 5 s, none survives join()
+    tasks = 6 if ctx.get_start_method() == "fork" else 3
+    pool = Pool(2, context=ctx, maxtasksperchild=1)
+    pids = {pool.apply_async(t.pid).get(TIMEOUT) for _ in range(tasks)}
+    pool.close()
+    start = time.monotonic()
+    pool.join()
+    took = time.monotonic() - start
+    workers = [w for w in pool._engine._workers if w is not None]
+    assert workers and all(w.exitcode == 0 for w in workers), [w.exitcode for w in workers]
+    assert took < 4.0  # (the kill comes after 5 s)
+    assert not mp.active_children()
+    assert len(pids) == tasks
+    for pid in pids:  # every worker that ran a task is gone too
+        assert wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}"), TIMEOUT)
+
+
 def test_a_pool_nobody_closes_is_cleaned_up_when_collected() -> None:
     pool = fork_pool()
     assert pool.apply(t.square, (2,)) == 4

@@ -112,6 +112,7 @@ until it lets go (``shared_section``), since that mutex is not recursive.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import struct
 import threading
@@ -944,7 +945,10 @@ class _Ledger:
                 self.growing = False
             self.pages.append(page)
             size = _LEDGER_ENTRY.size
-            self.free.extend((page, HEADER_SIZE + i * size) for i in reversed(range(entries)))
+            # (the lowest offset popped first; built without a Python-level loop: a
+            # forked pool worker makes its first page at start, #11)
+            last = HEADER_SIZE + (entries - 1) * size
+            self.free.extend(zip(itertools.repeat(page), range(last, HEADER_SIZE - 1, -size)))
         return self.free.pop()
 
 

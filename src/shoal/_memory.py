@@ -177,7 +177,6 @@ import errno
 import mmap
 import os
 import re
-import secrets
 import stat
 import struct
 import sys
@@ -273,7 +272,9 @@ _MAX_SIZE = sys.maxsize - HEADER_SIZE
 
 
 def _new_name() -> str:
-    return "/" + NAME_PREFIX + secrets.token_hex(KEEPER_ID_SIZE // 2)
+    # os.urandom is what secrets.token_hex reads; importing secrets would load hashlib
+    # and OpenSSL (4 MB more in every process, copied at every fork: #11)
+    return "/" + NAME_PREFIX + os.urandom(KEEPER_ID_SIZE // 2).hex()
 
 
 def keeper_id(name: str) -> bytes:
@@ -844,7 +845,7 @@ class Segment:
         me = _core.self_token()
         holders = self._holders_view()
         try:
-            return any(h != me and _holder_alive(h) for h in holders)
+            return any(h != me and _holder_alive(h) for h in filter(None, holders))
         finally:
             holders.release()
 
@@ -1128,7 +1129,7 @@ def _leave_table(buf: Any, lock: _core.Mutex, name: str, entry: int, every: bool
                     holders[i] = 0
                     if not every:
                         break
-            live = any(_holder_alive(h) for h in holders)
+            live = any(map(_holder_alive, filter(None, holders)))
         finally:
             holders.release()
         overflow = struct.unpack_from("<I", buf, _OVERFLOW_OFFSET)[0]
@@ -1658,7 +1659,7 @@ def _held_by_a_live_process(name: str, fd: int, prefix: Any) -> bool | None:
     overflow = struct.unpack_from("<I", prefix, _OVERFLOW_OFFSET)[0]
     # (the overflow count is written by no shoal of this version any more, see
     # _add_holder; one of an older build still pins its segment)
-    if overflow or any(_holder_alive(h) for h in holders):
+    if overflow or any(map(_holder_alive, filter(None, holders))):
         return True
     return _references_pending(bytearray(prefix) + table, name)
 
@@ -1693,7 +1694,7 @@ def _reap_if_unheld(name: str, fd: int, prefix: Any) -> bool:
                     return False
                 holders = struct.unpack_from(f"<{_HOLDER_CAPACITY}Q", mapping, _HOLDERS_OFFSET)
                 overflow = struct.unpack_from("<I", mapping, _OVERFLOW_OFFSET)[0]
-                if overflow or any(_holder_alive(h) for h in holders):
+                if overflow or any(map(_holder_alive, filter(None, holders))):
                     return False
                 if _references_pending(mapping, name):
                     return False  # a pickle may still be unpickled (#4, #10)

@@ -29,21 +29,31 @@ before dying, so a result that made it out is never reported as lost.
 
 Cancelled calls
 ---------------
-An Executor call cancelled while its record is still in the task ring is marked: its
-ordinal is a key of a SharedDict (any number of them, each exact), and a word after
-the workers' slots counts the marks, so that a worker looks in the dict only while
-there are any.  ``cancel()`` counts and marks first, then looks whether the record
-was taken; a worker takes the record first, then pops the mark.  Whoever pops the
-mark decides, exactly once: the worker skips the call (it never runs, and the
-future is cancelled); ``cancel()`` popping it back means a worker took the record
-before it could see the mark, so the call runs and the future is running.  A call
-cancelled while it waits in the parent for room in the ring is never pushed.
+An Executor call cancelled while its record is still in the task ring is marked: the
+word ``ordinal % _MARK_WORDS`` of a table after the workers' slots holds
+``_CLAIMED | ordinal`` (set by compare-and-swap from 0, popped by compare-and-swap
+back to 0: each mark exact, whatever else the table holds), and a word before the
+table counts the marks, so that a worker looks only while there are any.  The table
+has a word for every record the ring can hold at once (``_MARK_WORDS``: a record
+takes at least 16 bytes), so the records in the ring, consecutive ordinals, never
+share a word; a word still taken by a mark of an earlier record (taken, its mark
+not yet popped: a moment) makes ``cancel()`` wait for it.  (Before #11 the marks
+were keys of a SharedDict: a segment more for every Executor and every worker to
+make, map and let go of, for the rare call that is cancelled.)
+
+``cancel()`` counts and marks first, then looks whether the record was taken; a
+worker takes the record first, then pops the mark.  Whoever pops the mark decides,
+exactly once: the worker skips the call (it never runs, and the future is
+cancelled); ``cancel()`` popping it back means a worker took the record before it
+could see the mark, so the call runs and the future is running.  A call cancelled
+while it waits in the parent for room in the ring is never pushed.
 
 Starting a worker
 -----------------
-A worker's ``Process`` arguments are the two rings, the slots, the cancel marks, its
-slot, the parent's token, the initializer's record (``(initializer, initargs)``
-pickled by shoal, so lambdas go) and ``maxtasksperchild``.  Initargs that record
+A worker's ``Process`` arguments are the two rings, the slots, the size of the table
+of cancel marks (0 for a Pool), its slot, the parent's token, the initializer's
+record (``(initializer, initargs)`` pickled by shoal, so lambdas go) and
+``maxtasksperchild``.  Initargs that record
 cannot carry (``multiprocessing``'s Queue, Lock, Value: they may only be inherited)
 go as a ``Process`` argument of their own, with the record holding ``None`` in their
 place: inherited under fork, pickled by ``start()`` under spawn and forkserver, as
@@ -55,9 +65,11 @@ and the pool fails instead of replacing it for ever.
 
 from __future__ import annotations
 
+import _thread
 import builtins
 import collections
 import concurrent.futures
+import functools
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -78,8 +90,10 @@ from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from multiprocessing.pool import RemoteTraceback
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from . import _core
-from ._dict import SharedDict
+from . import (
+    _core,
+    _dict,  # noqa: F401  (a sweep here must know every class in shared memory)
+)
 from ._errors import (
     BrokenPoolError,
     ClosedError,
@@ -131,13 +145,20 @@ _START_FAILURES = 3
 # a worker's slot, one 64-bit word each: what it claimed (CLAIMED | ordinal), its
 # task's deadline (monotonic ns, 0: none), its pid once it unpickled its arguments,
 # 1 if its initializer raised.  After the last slot, one word: how many cancel marks
-# are set (see "Cancelled calls" above).
+# are set, then (an Executor's) the table of marks (see "Cancelled calls" above).
 _CLAIM, _DEADLINE, _PID, _SETUP_RAISED = range(4)
 _SLOT_WORDS = 4
 _CLAIMED = 1 << 63
 _ORDINAL_MASK = 0xFFFFFFFF
 
 _TASK_RING_BYTES = 256 << 10
+# a word for every record the task ring can hold at once (each takes 16 bytes or more:
+# an 8-byte header and a payload padded to 8), a power of two dividing 2**32 (ordinals
+# wrap there)
+_MARK_WORDS = _TASK_RING_BYTES // 16
+# how long cancel() waits for a word of the table that a mark of an earlier record
+# still holds (popped a moment after that record was taken) before it gives up
+_MARK_WAIT_S = 1.0
 _RESULT_RING_BYTES = 256 << 10
 _RESULT_BATCH = 512
 # a worker looks for its parent this often, and exits if it is gone
@@ -173,7 +194,7 @@ def _worker_main(
     tasks: Queue,
     results: Queue,
     slots: RawArray,
-    marks: SharedDict | None,
+    marks: int,
     slot: int,
     parent_token: int,
     setup: bytes | None,
@@ -184,15 +205,19 @@ def _worker_main(
     # happens to the pool, workers carry on until told
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_state.clear()
-    threading.Thread(
-        target=_exit_with_parent, args=(parent_token,), name="parent-watch", daemon=True
-    ).start()
+    # the bare thread, not threading.Thread: its start() waits until the new thread
+    # has run, a round trip through the scheduler that delayed a worker's first task
+    # by up to 20 ms on a busy machine (#11).  Nothing ever joins this thread: it
+    # ends with the process (as a daemon thread does).
+    _thread.start_new_thread(_exit_with_parent, (parent_token,))
     buf = slots._buf
     claim_at, deadline_at, pid_at, raised_at = (
         slots._off + (slot * _SLOT_WORDS + word) * 8
         for word in (_CLAIM, _DEADLINE, _PID, _SETUP_RAISED)
     )
-    marked_at = slots._off + (len(slots) - 1) * 8  # the count of cancel marks
+    # the count of cancel marks, then the table of marks (``marks`` words, 0: none)
+    marked_at = slots._off + (len(slots) - 1 - marks) * 8
+    table_at = marked_at + 8
     if setup is not None:
         try:
             initializer, initargs = loads(setup)
@@ -231,9 +256,9 @@ def _worker_main(
         claim = _core.load64(buf, claim_at)
         ordinal = claim & _ORDINAL_MASK
         if (
-            marks is not None
+            marks
             and _core.load64(buf, marked_at)
-            and marks.pop(ordinal, None) is not None
+            and _core.cas64(buf, table_at + (ordinal % marks) * 8, _CLAIMED | ordinal, 0)[0]
         ):
             _core.fetch_add64(buf, marked_at, -1)
             results.put((ordinal, _SKIPPED))  # its future was cancelled
@@ -853,7 +878,12 @@ class _Future(concurrent.futures.Future):
                     if job._ordinal is None:  # still in the parent: it is never pushed
                         return super().cancel()
             # mark first, then look: a worker that takes it from now on pops the mark
-            engine.mark_cancelled(job._ordinal)
+            if not engine.mark_cancelled(job):
+                # no word for the mark (see "Cancelled calls"): the call runs; running
+                # already if a worker took it meanwhile
+                if job._taken():
+                    self.set_running_or_notify_cancel()
+                return False
             if job._taken() and engine.unmark_cancelled(job._ordinal):
                 # a worker took it before the mark was there: it runs
                 self.set_running_or_notify_cancel()
@@ -943,10 +973,10 @@ class _Engine:
 
         self._tasks = Queue(capacity=_TASK_RING_BYTES)
         self._results = Queue(capacity=_RESULT_RING_BYTES)
-        self._slots = RawArray("q", processes * _SLOT_WORDS + 1)
+        # Executor calls cancelled in the ring have a table of marks (a Pool has no cancel)
+        self._mark_words = _MARK_WORDS if cancellable else 0
+        self._slots = RawArray("q", processes * _SLOT_WORDS + 1 + self._mark_words)
         self._marked_at = self._slots._off + processes * _SLOT_WORDS * 8
-        # Executor calls cancelled in the ring (a Pool has no cancel)
-        self._marks = SharedDict() if cancellable else None
         # the class of a task's exception's __cause__, as the standard library's
         self._traceback_class = _RemoteTraceback if cancellable else RemoteTraceback
         self._workers: list[Any] = [None] * processes
@@ -995,7 +1025,7 @@ class _Engine:
                     self._tasks,
                     self._results,
                     self._slots,
-                    self._marks,
+                    self._mark_words,
                     slot,
                     self._token,
                     setup,
@@ -1199,28 +1229,44 @@ class _Engine:
         """Whether the task ring's record ``ordinal`` has left it (wrapping at 2**32)."""
         return 0 < (self._tasks._taken - ordinal) & _ORDINAL_MASK < (1 << 31)
 
-    def mark_cancelled(self, ordinal: int) -> None:
+    def _mark_at(self, ordinal: int) -> int:
+        return self._marked_at + 8 + (ordinal % self._mark_words) * 8
+
+    def mark_cancelled(self, job: _FutureJob) -> bool:
         """Tell the worker that takes this task to skip it (counted before it is set:
-        a worker that finds the count zero took its task before the mark)."""
-        assert self._marks is not None
-        _core.fetch_add64(self._slots._buf, self._marked_at, 1)
-        self._marks[ordinal] = True
+        a worker that finds the count zero took its task before the mark).  False if
+        a worker took the task while its word of the table was still held by the mark
+        of an earlier record (see "Cancelled calls"): nothing is marked."""
+        assert self._mark_words and job._ordinal is not None
+        ordinal = job._ordinal
+        buf, at = self._slots._buf, self._mark_at(ordinal)
+        _core.fetch_add64(buf, self._marked_at, 1)
+        deadline = None
+        while not _core.cas64(buf, at, 0, _CLAIMED | ordinal)[0]:
+            if deadline is None:
+                deadline = time.monotonic() + _MARK_WAIT_S
+            if job._taken() or time.monotonic() > deadline:
+                _core.fetch_add64(buf, self._marked_at, -1)
+                return False
+            time.sleep(0.0005)
+        return True
 
     def unmark_cancelled(self, ordinal: int) -> bool:
         """Take the mark back; False if it is gone (the worker that took the task
         popped it: it skips the task)."""
-        if self._marks is None or not _core.load64(self._slots._buf, self._marked_at):
+        buf = self._slots._buf
+        if not self._mark_words or not _core.load64(buf, self._marked_at):
             return False
-        if self._marks.pop(ordinal, None) is None:
+        if not _core.cas64(buf, self._mark_at(ordinal), _CLAIMED | ordinal, 0)[0]:
             return False
-        _core.fetch_add64(self._slots._buf, self._marked_at, -1)
+        _core.fetch_add64(buf, self._marked_at, -1)
         return True
 
     def _forget_mark(self, job: _Job, ordinal: int) -> None:
         """Drop the mark of a cancelled call that no worker will pop (taken back, or its
         worker failed or died before it looked), so that workers stop looking.  Only
         once its future is cancelled: a cancel() still deciding pops its own."""
-        if self._marks is not None and type(job) is _FutureJob and job._future.cancelled():
+        if self._mark_words and type(job) is _FutureJob and job._future.cancelled():
             self.unmark_cancelled(ordinal)
 
     def use_timeouts(self) -> None:
@@ -1536,15 +1582,19 @@ class _Engine:
     def _stop_workers(self) -> None:
         with self._cond:
             self.state = _TERMINATE  # no replacements from here on
+        # one "exit" record a slot, sent first: the workers exit while the monitor
+        # stops, instead of after (#11).  No more workers than slots are ever alive (a
+        # replacement the monitor may still be starting takes the record of the worker
+        # it replaces), so each one takes a record; what is left goes with the ring
+        try:
+            self._tasks.put_many([None] * self.processes, timeout=5)
+        except Exception:
+            pass
         # the monitor may be starting a replacement it decided on before: let it finish
         # and stop, or the list below would miss that worker
         self._poke()
         self._monitor_thread.join(10)
         handles = list(self._death_handles())
-        try:
-            self._tasks.put_many([None] * len(handles), timeout=5)
-        except Exception:
-            pass
         deadline = time.monotonic() + 5  # then they are killed
         while handles and time.monotonic() < deadline:
             ended = multiprocessing.connection.wait(handles, deadline - time.monotonic())
@@ -1639,9 +1689,8 @@ class _Engine:
             except OSError:
                 pass
         self._wake_r = self._wake_w = -1
-        for obj in (self._tasks, self._results, self._slots, self._marks):
-            if obj is not None:
-                obj.close()
+        for obj in (self._tasks, self._results, self._slots):
+            obj.close()
 
     def _report_uncollected(self) -> None:
         failed = [r for r in self._uncollected if not r._collected]
@@ -1736,7 +1785,15 @@ def _needs_by_value(function: Any) -> bool:
     script = getattr(sys.modules.get("__main__"), "__file__", None)
     if code is None or script is None:
         return True
-    return os.path.realpath(code.co_filename) != os.path.realpath(script)
+    return _realpath(code.co_filename) != _realpath(script)
+
+
+@functools.lru_cache(maxsize=64)
+def _realpath(path: str) -> str:
+    """``os.path.realpath``, once per path: it costs a few system calls, and every pool
+    or executor asks it of its first function (#11).  (Scripts are not moved while
+    they run.)"""
+    return os.path.realpath(path)
 
 
 def _caller_stacklevel() -> int:

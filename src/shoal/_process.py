@@ -30,7 +30,10 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (imported where used: pathlib costs every worker's start, #11)
+    from pathlib import Path
 
 __all__ = [
     "AuthenticationError",
@@ -145,6 +148,8 @@ def _cgroup_cpu_quota(proc: str | os.PathLike[str] = "/proc/self") -> int | None
     children.  Both cgroup v2 and v1 are read (hybrid systems mount both); the
     smallest quota found wins.  ``proc`` is a parameter for the tests.
     """
+    from pathlib import Path
+
     proc = Path(proc)
     try:
         groups = _read_cgroups(proc / "cgroup")
@@ -221,6 +226,8 @@ def _group_dirs(root: str, mount_point: str, group: str) -> list[Path]:
     root_parts = [p for p in root.split("/") if p]
     parts = [p for p in group.split("/") if p]
     parts = parts[len(root_parts) :] if parts[: len(root_parts)] == root_parts else []
+    from pathlib import Path
+
     base = Path(mount_point)
     return [base.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
 
