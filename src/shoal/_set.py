@@ -37,9 +37,14 @@ def _rebuild_set(items: SharedDict) -> SharedSet:
 
 
 def _hashable(element: Any) -> Any:
-    """``element``, after checking it could be in a ``set`` (``TypeError`` if not)."""
-    hash(element)
+    """``element``, after checking it could be in a ``set``: if not, the ``TypeError`` a
+    set raises, in this Python's words (3.14 names the set: "cannot use 'list' as a set
+    element (unhashable type: 'list')")."""
+    element in _NO_ELEMENTS  # noqa: B015 (the set's own hashing, for its error)
     return element
+
+
+_NO_ELEMENTS: frozenset[Any] = frozenset()
 
 
 class SharedSet(MutableSet[_T]):
