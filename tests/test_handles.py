@@ -25,6 +25,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -904,3 +905,42 @@ def test_every_shoal_class_has_its_own_type_tag() -> None:
         pass
 
     assert MyLock._TYPE_TAG == shoal.Lock._TYPE_TAG  # the struct of its base
+
+
+class _ChangingWeakSet(weakref.WeakSet):  # type: ignore[type-arg]
+    """Iterating raises once as a set that another thread changed (a free-threaded
+    build's WeakSet does that while a thread makes an object)."""
+
+    def __init__(self, data: Any) -> None:
+        super().__init__(data)
+        self.failures = 1
+
+    def __iter__(self) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("Set changed size during iteration")
+        return super().__iter__()
+
+
+def test_a_fork_while_another_thread_makes_an_object_still_gives_the_child_its_references(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # on 3.13t the before-fork hook's list(_live) met another thread's add: it raised,
+    # released the allocator lock, and the after-fork hook released it again
+    # ("release unlocked lock"); the child got no references of its own
+    lock = shoal.Lock()
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: unraisable.append(u.exc_value))
+    monkeypatch.setattr(_handle, "_live", _ChangingWeakSet(_handle._live))
+    here, there = FORK.Pipe()
+    p = FORK.Process(target=fork_child_allocates, args=(lock, there))
+    p.start()
+    assert here.poll(TIMEOUT) and here.recv() is True
+    join_all(p)
+    assert p.exitcode == 0 and not unraisable, unraisable
+    assert _handle._allocator.lock.acquire(timeout=1)  # (not left held, nor broken)
+    _handle._allocator.lock.release()
+    here.close()
+    there.close()
+    assert count_of(lock) == 1
+    lock.close()

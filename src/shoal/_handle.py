@@ -372,7 +372,7 @@ def _finalize_now(finalizer: weakref.finalize) -> None:
 
 def _release_all() -> None:
     """At exit: release every handle this process still holds."""
-    for obj in list(_live):
+    for obj in _live_objects():
         finalizer = obj._finalizer
         if finalizer is not None:
             try:
@@ -1012,16 +1012,24 @@ set_ledger_reclaimer(_reclaim_ledger)
 _forking: list[SharedObject] = []
 
 
+def _live_objects() -> list[SharedObject]:
+    """The open objects, listed while other threads may be making some: iterating the
+    WeakSet raises RuntimeError when another thread adds to it meanwhile (on a
+    free-threaded build, often), so the listing is tried again."""
+    while True:
+        try:
+            return list(_live)
+        except RuntimeError:
+            continue
+
+
 def _before_fork() -> None:
     # the child copies the arena list: take it in a consistent state.  (Registered
     # after _memory's hooks, so this runs before _memory takes its lock: the same
-    # order as allocate(), which creates segments with this lock held.)
+    # order as allocate(), which creates segments with this lock held.)  Held until
+    # the after-fork hooks, which run even when this one raises: they let it go.
     _allocator.lock.acquire()
-    try:
-        _forking[:] = [obj for obj in list(_live) if obj._take_fork_reference()]
-    except BaseException:
-        _allocator.lock.release()
-        raise
+    _forking[:] = [obj for obj in _live_objects() if obj._take_fork_reference()]
 
 
 def _after_fork_in_parent() -> None:
