@@ -183,6 +183,8 @@ def test_every_public_name_has_a_docstring(name: str, obj: Any) -> None:
 
 
 def error_classes() -> list[type[BaseException]]:
+    for name in _errors.__all__:
+        getattr(_errors, name)  # (the pool's two are made on first use)
     return [
         value
         for value in vars(_errors).values()

@@ -130,3 +130,38 @@ def test_probe_sees_side_effects() -> None:
     assert "mmap.__new__" in report["events"]
     assert report["after"]["segments"], "the probe did not see the segment shoal created"
     assert report["after"]["attached"]
+
+
+# what the first use of a primitive must not import: dataclasses (with inspect and ast)
+# and concurrent.futures.process (with multiprocessing.connection, tempfile...) cost
+# about 20 ms of every program's start before #11 made them lazy
+HEAVY = ("dataclasses", "inspect", "ast", "concurrent.futures.process", "tempfile")
+
+
+@pytest.mark.parametrize(
+    "use",
+    ["shoal.Lock()", "shoal.Queue()", "shoal.SharedDict()", "shoal.Value('i', 1)",
+     "shoal.Lock().statistics()"],
+)  # fmt: skip
+def test_first_use_of_a_primitive_leaves_the_heavy_modules_alone(use: str) -> None:
+    code = f"import sys, shoal; {use}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [], f"{use} imported {out.stdout.split()}"
+
+
+def test_the_pool_errors_made_on_first_use_are_the_standard_library_s_too() -> None:
+    code = (
+        "import shoal, pickle, concurrent.futures.process as p, multiprocessing as mp\n"
+        "e = pickle.loads(pickle.dumps(shoal.WorkerDiedError('w', pid=1, exitcode=-9)))\n"
+        "assert type(e) is shoal.WorkerDiedError and e.signal.name == 'SIGKILL', e\n"
+        "W = shoal.WorkerDiedError\n"
+        "assert issubclass(W, p.BrokenProcessPool) and issubclass(W, mp.ProcessError)\n"
+        "assert issubclass(shoal.BrokenPoolError, p.BrokenProcessPool)\n"
+        "from shoal._errors import WorkerDiedError\n"
+        "assert WorkerDiedError is shoal.WorkerDiedError\n"
+        "print(shoal.WorkerDiedError.__module__)\n"
+    )
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "shoal"

@@ -24,6 +24,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "shoal"
 
 RANKS: dict[str, int] = {
     "_errors": 0,  # pure Python, imports nothing of shoal
+    "_snapshot": 0,  # the statistics() records; imports nothing of shoal
     "_core": 10,  # C; imports shoal._errors only (checked below)
     "_memory": 20,
     "_handle": 21,

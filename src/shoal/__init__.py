@@ -248,7 +248,9 @@ if not TYPE_CHECKING:
         # (an ImportError naming `pip install shoal[numpy]` if numpy is missing)
         __import__(f"shoal.{module}")
         _bind_loaded()
-        return globals().get(name) or getattr(sys.modules[f"shoal.{module}"], name)
+        if name not in globals():  # one its module makes on first use (_errors')
+            _bind(name, getattr(sys.modules[f"shoal.{module}"], name))
+        return globals()[name]
 
 
 def __dir__() -> list[str]:
@@ -267,10 +269,15 @@ def _bind_loaded() -> None:
         if getattr(loaded.__spec__, "_initializing", False):
             continue  # still running its own imports: bound once it is done
         for name in names:
-            value = getattr(loaded, name)
-            if getattr(value, "__module__", "").startswith("shoal._"):
-                value.__module__ = "shoal"
-            globals()[name] = value
+            value = vars(loaded).get(name)
+            if value is not None:  # (else made on first use: bound when asked for)
+                _bind(name, value)
+
+
+def _bind(name: str, value: object) -> None:
+    if getattr(value, "__module__", "").startswith("shoal._"):
+        value.__module__ = "shoal"  # type: ignore[attr-defined]
+    globals()[name] = value
 
 
 del TYPE_CHECKING

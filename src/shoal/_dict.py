@@ -62,7 +62,6 @@ import errno
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, Union, overload
 
 from . import _core
@@ -90,6 +89,7 @@ from ._memory import (
     report_unraisable,
     write_transit,
 )
+from ._snapshot import snapshot
 
 __all__ = ["DictStatistics", "SharedDict"]
 
@@ -116,7 +116,7 @@ _REBUILD_TRIES = 4
 _ZEROS = bytes(1 << 20)
 
 
-@dataclass(frozen=True)
+@snapshot
 class DictStatistics:
     """A snapshot of a SharedDict's table (from ``statistics()``).
 

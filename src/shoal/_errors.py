@@ -47,8 +47,7 @@ import pickle
 import queue
 import signal
 import threading
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "BarrierPartyDiedError",
@@ -212,55 +211,6 @@ class BarrierPartyDiedError(BrokenError, threading.BrokenBarrierError):
         self.pid = pid
 
 
-class WorkerDiedError(BrokenError, BrokenProcessPool, multiprocessing.ProcessError):
-    """The pool worker running a task died (killed, crashed, ``os._exit``) before it
-    returned a result.  Only that task fails: the pool replaces the worker.
-
-    Also :class:`concurrent.futures.process.BrokenProcessPool` and
-    :class:`multiprocessing.ProcessError`, what pool code already catches.
-
-    Attributes:
-        pid: the worker's process id.
-        exitcode: its exit status as ``multiprocessing.Process.exitcode`` gives it:
-            negative for a signal.
-        signal: the :class:`signal.Signals` that killed it, or None.
-        task: a short description of the task (function and arguments), or None.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        pid: int | None = None,
-        exitcode: int | None = None,
-        task: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.pid = pid
-        self.exitcode = exitcode
-        self.task = task
-
-    @property
-    def signal(self) -> signal.Signals | None:
-        """The signal that killed the worker (from a negative ``exitcode``), or None."""
-        if self.exitcode is None or self.exitcode >= 0:
-            return None
-        try:
-            return signal.Signals(-self.exitcode)
-        except ValueError:
-            return None
-
-
-class BrokenPoolError(BrokenError, BrokenProcessPool):
-    """A pool (or Executor) cannot run tasks any more: its ``initializer`` raised in a
-    worker, so every replacement would fail the same way.
-
-    Also :class:`concurrent.futures.process.BrokenProcessPool`, what
-    ``ProcessPoolExecutor`` raises in this case.  The initializer's exception, with its
-    remote traceback, is the ``__cause__``.
-    """
-
-
 class TaskTimeoutError(ShoalError, TimeoutError):
     """A pool task ran longer than its ``timeout``: its worker was killed and replaced.
 
@@ -312,3 +262,100 @@ class UncollectedTaskErrorWarning(ShoalWarning):
     fire-and-forget tasks would otherwise lose the error.  Pool's
     ``uncollected_errors`` argument chooses "warn" (default), "raise" or "ignore".
     """
+
+
+# WorkerDiedError and BrokenPoolError are also concurrent.futures' BrokenProcessPool,
+# whose module imports multiprocessing.connection, its queues, tempfile and subprocess
+# (about 10 ms): they are made when first asked for (by the pool, or by a program's
+# ``except shoal.WorkerDiedError``), so that ``shoal.Lock`` does not pay for them (#11).
+# A type checker reads them from the stub below; the classes it describes are these.
+_MADE_ON_FIRST_USE = ("WorkerDiedError", "BrokenPoolError")
+
+
+_MAKING = threading.Lock()  # (two threads asking at once must get the same classes)
+
+
+def _make_pool_errors() -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    class WorkerDiedError(BrokenError, BrokenProcessPool, multiprocessing.ProcessError):
+        """The pool worker running a task died (killed, crashed, ``os._exit``) before it
+        returned a result.  Only that task fails: the pool replaces the worker.
+
+        Also :class:`concurrent.futures.process.BrokenProcessPool` and
+        :class:`multiprocessing.ProcessError`, what pool code already catches.
+
+        Attributes:
+            pid: the worker's process id.
+            exitcode: its exit status as ``multiprocessing.Process.exitcode`` gives it:
+                negative for a signal.
+            signal: the :class:`signal.Signals` that killed it, or None.
+            task: a short description of the task (function and arguments), or None.
+        """
+
+        def __init__(
+            self,
+            message: str,
+            *,
+            pid: int | None = None,
+            exitcode: int | None = None,
+            task: str | None = None,
+        ) -> None:
+            super().__init__(message)
+            self.pid = pid
+            self.exitcode = exitcode
+            self.task = task
+
+        @property
+        def signal(self) -> signal.Signals | None:
+            """The signal that killed the worker (from a negative ``exitcode``), or None."""
+            if self.exitcode is None or self.exitcode >= 0:
+                return None
+            try:
+                return signal.Signals(-self.exitcode)
+            except ValueError:
+                return None
+
+    class BrokenPoolError(BrokenError, BrokenProcessPool):
+        """A pool (or Executor) cannot run tasks any more: its ``initializer`` raised in a
+        worker, so every replacement would fail the same way.
+
+        Also :class:`concurrent.futures.process.BrokenProcessPool`, what
+        ``ProcessPoolExecutor`` raises in this case.  The initializer's exception, with its
+        remote traceback, is the ``__cause__``.
+        """
+
+    for cls in (WorkerDiedError, BrokenPoolError):
+        cls.__qualname__ = cls.__name__
+        globals()[cls.__name__] = cls
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MADE_ON_FIRST_USE:
+        with _MAKING:
+            if name not in globals():
+                _make_pool_errors()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from concurrent.futures.process import BrokenProcessPool
+
+    class WorkerDiedError(BrokenError, BrokenProcessPool, multiprocessing.ProcessError):
+        pid: int | None
+        exitcode: int | None
+        task: str | None
+
+        def __init__(
+            self,
+            message: str,
+            *,
+            pid: int | None = None,
+            exitcode: int | None = None,
+            task: str | None = None,
+        ) -> None: ...
+        @property
+        def signal(self) -> signal.Signals | None: ...
+
+    class BrokenPoolError(BrokenError, BrokenProcessPool): ...

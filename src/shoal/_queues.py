@@ -28,7 +28,6 @@ import errno
 import queue
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from . import _core
@@ -43,6 +42,7 @@ from ._serialize import (
     kept_record,
     pack,
 )
+from ._snapshot import snapshot
 
 __all__ = ["JoinableQueue", "Queue", "QueueStatistics", "SimpleQueue"]
 
@@ -59,7 +59,7 @@ _CLOSE_WAIT_S = 5.0
 _MAX_ITEMS = 2**32 - 1
 
 
-@dataclass(frozen=True)
+@snapshot
 class QueueStatistics:
     """A snapshot of a queue (from ``statistics()``).
 

@@ -22,13 +22,13 @@ import multiprocessing.context
 import pickle
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from threading import BrokenBarrierError
 from typing import Any, NoReturn, TypeVar
 
 from . import _core
 from ._errors import BarrierPartyDiedError, ClosedError, NotHeldError, ShoalError
 from ._handle import SharedObject
+from ._snapshot import snapshot
 
 __all__ = [
     "Barrier",
@@ -58,7 +58,7 @@ def _closed_error(obj: object) -> ClosedError:
     return ClosedError(f"this {type(obj).__name__} is closed and cannot be used any more")
 
 
-@dataclass(frozen=True)
+@snapshot
 class LockStatistics:
     """A snapshot of a :class:`Lock` or :class:`RLock` (from ``statistics()``).
 
@@ -161,7 +161,7 @@ class RLock(Lock):
     _RECURSIVE = True
 
 
-@dataclass(frozen=True)
+@snapshot
 class SemaphoreStatistics:
     """A snapshot of a :class:`Semaphore` (from ``statistics()``).
 
@@ -227,7 +227,7 @@ class BoundedSemaphore(Semaphore):
     _BOUNDED = True
 
 
-@dataclass(frozen=True)
+@snapshot
 class EventStatistics:
     """A snapshot of an :class:`Event`: whether it is set, and how many wait."""
 
@@ -401,7 +401,7 @@ class Condition(_core.Cond, SharedObject):
         return f"<shoal.Condition({self._lock!r}), {self._waiting} waiting>"
 
 
-@dataclass(frozen=True)
+@snapshot
 class BarrierStatistics:
     """A snapshot of a :class:`Barrier`.
 
