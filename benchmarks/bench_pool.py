@@ -706,6 +706,12 @@ BENCHMARK = Benchmark(
             1,
             "shoal.Pool vs multiprocessing.Pool: start, one task, close + join",
         ),
+        Floor(
+            "startup-executor/shoal",
+            "startup-executor/ppe",
+            1,
+            "shoal.Executor vs ProcessPoolExecutor: with-block, one task (issue #11)",
+        ),
         Floor.within("worker-death/shoal", 1.0, "shoal.Pool: worker SIGKILLed to WorkerDiedError"),
         Floor.within(
             "worker-death/shoal-executor",
