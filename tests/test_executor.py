@@ -281,7 +281,7 @@ def _plant_earlier_mark(engine: Any, ordinal: int) -> tuple[Any, int, int]:
     """Hold the table word of ``ordinal`` with the mark of an earlier record (one that
     a worker took and has not popped yet), counted as a real mark is."""
     from shoal import _core
-    from shoal._pool import _CLAIMED, _MARK_WORDS, _ORDINAL_MASK
+    from shoal._pool._protocol import _CLAIMED, _MARK_WORDS, _ORDINAL_MASK
 
     buf, at = engine._slots._buf, engine._mark_at(ordinal)
     earlier = _CLAIMED | ((ordinal - _MARK_WORDS) & _ORDINAL_MASK)
@@ -323,7 +323,7 @@ def test_cancel_waits_for_a_word_an_earlier_mark_still_holds() -> None:
 def test_a_cancel_that_cannot_have_its_word_leaves_the_call_to_run(monkeypatch: Any) -> None:
     # the word stays held (it never is for long): cancel() gives up, says so, and the
     # call runs, its result delivered as any other's
-    monkeypatch.setattr("shoal._pool._MARK_WAIT_S", 0.2)
+    monkeypatch.setattr("shoal._pool._engine._MARK_WAIT_S", 0.2)
     runs = shoal.RawArray("q", 1)
     gate = shoal.Event()
     with fork_executor(1, initializer=t.set_state, initargs=("runs", runs)) as executor:

@@ -1,7 +1,7 @@
 """The workers' claim protocol, with a death at each of its points (#10).
 
 A worker stores the ordinal of the task it takes in its slot before the record leaves
-the task ring, and clears the slot after the result is sent (src/shoal/_pool.py,
+the task ring, and clears the slot after the result is sent (src/shoal/_pool/_protocol.py,
 "Knowing which task a dead worker had").  Whatever the moment a worker dies, every
 task has exactly one outcome: its result, or ``WorkerDiedError`` when its worker died
 before the result got out; none is lost, none runs twice, none fails that did not
@@ -32,7 +32,7 @@ from conftest import wait_until
 
 import shoal
 from shoal import Executor, Pool, WorkerDiedError
-from shoal._pool import _PID
+from shoal._pool._protocol import _PID
 
 HOOK = "SHOAL_TEST_POOL_HOOK"
 TIMEOUT = 20.0
