@@ -268,3 +268,35 @@ def test_the_checker_sees_imports() -> None:
     jobs = SRC / "_pool" / "_jobs.py"
     late = type_checking_imports(ast.parse(jobs.read_text()))
     assert any(t == "_pool._engine" and n.lineno in late for t, n, _ in shoal_imports(jobs))
+
+
+# The pool's rings (shoal Queues) and slots (a RawArray), by the names the pool gives
+# them: it may use their public methods and the transport _queues and _sharedctypes
+# declare for it ("the pool's transport"), never their private members.
+POOL_RINGS_AND_SLOTS = {"tasks", "results", "slots", "_tasks", "_results", "_slots"}
+
+
+def private_reaches(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(node, ast.Attribute) and node.attr.startswith("_")):
+            continue
+        owner = node.value
+        name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", None)
+        if name in POOL_RINGS_AND_SLOTS and not node.attr.startswith("__"):
+            found.append(f"{path.name}:{node.lineno}: {name}.{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("module", POOL_ORDER)
+def test_the_pool_reaches_no_private_member_of_its_rings_or_slots(module: str) -> None:
+    assert not private_reaches(SRC / "_pool" / f"{module}.py")
+
+
+def test_the_private_reach_check_sees_them(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("tasks._get_claim(b, 0)\nself._slots._buf\nresults.put(1)\n")
+    assert sorted(private_reaches(probe)) == [
+        "probe.py:1: tasks._get_claim",
+        "probe.py:2: _slots._buf",
+    ]

@@ -77,9 +77,9 @@ from .._errors import (
 from .._handle import sent_references
 from .._memory import reap, report_unraisable
 from .._process import process_cpu_count
-from .._queues import Queue
-from .._serialize import dumps, loads, pack
-from .._sharedctypes import RawArray
+from .._queues import Queue, batch_getter, claimer, encode, pack_for, put_fast, records_taken
+from .._serialize import dumps, loads
+from .._sharedctypes import RawArray, words
 from ._jobs import _CANCELLED_STATES, AsyncResult, _call_back, _FutureJob, _Job
 from ._protocol import (
     _BAD_TASK,
@@ -236,7 +236,7 @@ class _Engine:
         # Executor calls cancelled in the ring have a table of marks (a Pool has no cancel)
         self._mark_words = _MARK_WORDS if cancellable else 0
         self._slots = RawArray("q", processes * _SLOT_WORDS + 1 + self._mark_words)
-        self._marked_at = self._slots._off + processes * _SLOT_WORDS * 8
+        self._marked_at = words(self._slots)[1] + processes * _SLOT_WORDS * 8
         # the class of a task's exception's __cause__, as the standard library's
         self._traceback_class = _RemoteTraceback if cancellable else RemoteTraceback
         self._workers: list[Any] = [None] * processes
@@ -264,8 +264,8 @@ class _Engine:
     # ---- workers ----------------------------------------------------------------------
 
     def _slot_word(self, slot: int, word: int) -> int:
-        slots = self._slots
-        return _core.load64(slots._buf, slots._off + (slot * _SLOT_WORDS + word) * 8)
+        buf, base = words(self._slots)
+        return _core.load64(buf, base + (slot * _SLOT_WORDS + word) * 8)
 
     def _start_worker(self, slot: int) -> None:
         base = slot * _SLOT_WORDS
@@ -322,10 +322,10 @@ class _Engine:
             return None, None
         if not self._initargs_at_start:
             try:
-                return self._tasks._record((self._initializer, self._initargs), kept=False), None
+                return encode(self._tasks, (self._initializer, self._initargs), kept=False), None
             except SerializationError:
                 self._initargs_at_start = True
-        return self._tasks._record((self._initializer, None), kept=False), self._initargs
+        return encode(self._tasks, (self._initializer, None), kept=False), self._initargs
 
     def _failed_before_start(self, slot: int, exitcode: int | None) -> bool:
         """Whether workers keep failing before they start: ``_START_FAILURES`` of them
@@ -472,7 +472,7 @@ class _Engine:
             data, buffers = dumps(function, by_value)
             reusable = len(sent) == 0 and buffers is None
         if buffers is not None:
-            data = pack(data, buffers, self._tasks._handle)
+            data = pack_for(self._tasks, data, buffers)
         if reusable:  # a pickle holding shoal handles may be unpickled only once
             try:
                 # weakly: a call done must not keep its callable (a bound method's
@@ -487,7 +487,7 @@ class _Engine:
 
     def was_taken(self, ordinal: int) -> bool:
         """Whether the task ring's record ``ordinal`` has left it (wrapping at 2**32)."""
-        return 0 < (self._tasks._taken - ordinal) & _ORDINAL_MASK < (1 << 31)
+        return 0 < (records_taken(self._tasks) - ordinal) & _ORDINAL_MASK < (1 << 31)
 
     def _mark_at(self, ordinal: int) -> int:
         return self._marked_at + 8 + (ordinal % self._mark_words) * 8
@@ -499,7 +499,7 @@ class _Engine:
         of an earlier record (see "Cancelled calls"): nothing is marked."""
         assert self._mark_words and job._ordinal is not None
         ordinal = job._ordinal
-        buf, at = self._slots._buf, self._mark_at(ordinal)
+        buf, at = words(self._slots)[0], self._mark_at(ordinal)
         _core.fetch_add64(buf, self._marked_at, 1)
         deadline = None
         while not _core.cas64(buf, at, 0, _CLAIMED | ordinal)[0]:
@@ -514,7 +514,7 @@ class _Engine:
     def unmark_cancelled(self, ordinal: int) -> bool:
         """Take the mark back; False if it is gone (the worker that took the task
         popped it: it skips the task)."""
-        buf = self._slots._buf
+        buf = words(self._slots)[0]
         if not self._mark_words or not _core.load64(buf, self._marked_at):
             return False
         if not _core.cas64(buf, self._mark_at(ordinal), _CLAIMED | ordinal, 0)[0]:
@@ -570,7 +570,7 @@ class _Engine:
                 # filled the ring may all have finished already, and the result thread
                 # gone back to waiting: wake it so that it looks at the overflow
                 try:
-                    self._results._put_fast((_MARKER, _WAKE), False)
+                    put_fast(self._results, (_MARKER, _WAKE), False)
                 except queue.Full:
                     pass  # results to handle: it will look anyway
 
@@ -631,10 +631,10 @@ class _Engine:
     # ---- results ----------------------------------------------------------------------
 
     def _handle_results(self) -> None:
-        results = self._results
+        get_batch = batch_getter(self._results)
         while True:
             try:
-                records = results._get_many(_RESULT_BATCH)
+                records = get_batch(_RESULT_BATCH)
             except ClosedError:
                 return
             except BaseException as exc:  # cannot happen (results are pickled twice),
@@ -895,13 +895,14 @@ class _Engine:
         jobs = []
         scratch = bytearray(8)
         marked: list[tuple[_Job, int]] = []
+        claim = claimer(self._tasks)
         with self._push_lock:
             jobs += [job for job, _, _ in self._overflow]
             taken = len(self._overflow)
             self._overflow.clear()
             while True:
                 try:
-                    self._tasks._get_claim(scratch, 0, False)
+                    claim(scratch, 0, False)
                 except queue.Empty:
                     break
                 except Exception:

@@ -1,7 +1,7 @@
 """What runs in the child: a pool worker's whole life.
 
 Everything a worker process runs, and only that: ``_worker_main`` (the ``Process``
-target the engine starts) claims a task from the task ring (``Queue._get_claim``,
+target the engine starts) claims a task from the task ring (``_queues.claimer``,
 which writes the slot's claim word first), runs it, sends its result or error on the
 result ring, clears the claim; it skips calls whose cancel mark it pops, exits after
 ``maxtasksperchild`` tasks or on the pool's "exit" record, and exits with its parent
@@ -34,10 +34,10 @@ from .._errors import (
     ShutDown,
 )
 from .._handle import sent_references
-from .._queues import Queue
+from .._queues import Queue, claimer, encode, put_fast, records_taken
 from .._record import TAG_TRANSIT
 from .._serialize import discard, dumps, loads
-from .._sharedctypes import RawArray
+from .._sharedctypes import RawArray, words
 from ._protocol import (
     _BAD_TASK,
     _CALL,
@@ -106,13 +106,12 @@ def _worker_main(
     # by up to 20 ms on a busy machine (#11).  Nothing ever joins this thread: it
     # ends with the process (as a daemon thread does).
     _thread.start_new_thread(_exit_with_parent, (parent_token,))
-    buf = slots._buf
+    buf, base = words(slots)
     claim_at, deadline_at, pid_at, raised_at = (
-        slots._off + (slot * _SLOT_WORDS + word) * 8
-        for word in (_CLAIM, _DEADLINE, _PID, _SETUP_RAISED)
+        base + (slot * _SLOT_WORDS + word) * 8 for word in (_CLAIM, _DEADLINE, _PID, _SETUP_RAISED)
     )
     # the count of cancel marks, then the table of marks (``marks`` words, 0: none)
-    marked_at = slots._off + (len(slots) - 1 - marks) * 8
+    marked_at = base + (len(slots) - 1 - marks) * 8
     table_at = marked_at + 8
     if setup is not None:
         try:
@@ -127,7 +126,7 @@ def _worker_main(
             _send_error(results, _MARKER, exc, _SETUP_FAILED)
             raise SystemExit(1) from None
     _core.store64(buf, pid_at, os.getpid())
-    get_claim, send_values, send_error = tasks._get_claim, _send_values, _send_error
+    get_claim, send_values, send_error = claimer(tasks), _send_values, _send_error
     hook = os.environ.get(_TEST_HOOK_ENV)
     if hook:
         get_claim, send_values, send_error = _test_hooks(hook, tasks, get_claim)
@@ -223,9 +222,9 @@ def _test_hooks(spec: str, tasks: Queue, get_claim: Callable[..., Any]) -> tuple
     def claim_then_die(buf: Any, at: int, *args: Any) -> Any:
         if won():
             deadline = time.monotonic() + 10
-            while not tasks._qsize() and time.monotonic() < deadline:
+            while not tasks.qsize() and time.monotonic() < deadline:
                 time.sleep(0.001)
-            _core.store64(buf, at, _CLAIMED | tasks._taken)
+            _core.store64(buf, at, _CLAIMED | records_taken(tasks))
             os.kill(os.getpid(), signal.SIGKILL)
         return get_claim(buf, at, *args)
 
@@ -287,10 +286,10 @@ def _deadline_each(items: Iterator[Any], buf: Any, at: int, limit_ns: int) -> It
 
 def _send_values(results: Queue, ordinal: int, values: tuple) -> None:
     # a few scalars go as they are (the queue's C codec); a chunk's results are pickled
-    if len(values) <= _FAST_VALUES and results._put_fast((ordinal, _OK, *values)):
+    if len(values) <= _FAST_VALUES and put_fast(results, (ordinal, _OK, *values)):
         return
     try:
-        record = results._record(values)
+        record = encode(results, values)
     except SerializationError as error:
         _send_error(results, ordinal, _unpicklable(values, error))
         return
@@ -318,14 +317,14 @@ def _unpicklable(values: tuple, error: SerializationError) -> SerializationError
 def _send_error(results: Queue, ordinal: int, exc: BaseException, status: int = _ERROR) -> None:
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        record = results._record(exc)
+        record = encode(results, exc)
         if record[0] != TAG_TRANSIT:  # (that would use the transit segment up)
             loads(record)  # an exception that does not unpickle would be lost on the way
     except BaseException:  # (a __reduce__ may raise SystemExit)
         record = None
     try:
         if record is None:
-            record = results._record(ShoalError(f"{type(exc).__qualname__}: {exc}"))
+            record = encode(results, ShoalError(f"{type(exc).__qualname__}: {exc}"))
         results.put((ordinal, status, record, text))
     except (ClosedError, ShutDown):
         raise
@@ -339,4 +338,4 @@ def _send_error(results: Queue, ordinal: int, exc: BaseException, status: int = 
             f"{type(exc).__qualname__}: {message[:200]}{'...' * (len(message) > 200)} "
             f"(too big to send whole: {type(error).__name__}: {why[:300]})"
         )
-        results.put((ordinal, status, results._record(short), text[-4000:]))
+        results.put((ordinal, status, encode(results, short), text[-4000:]))
