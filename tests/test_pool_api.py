@@ -887,3 +887,25 @@ def test_system_exit_while_unpickling_a_result_fails_that_task(ctx: Any) -> None
         # unpickle (#11), caused by the SystemExit
         assert isinstance(future.exception(10).__cause__, SystemExit)
         assert executor.submit(t.square, 3).result(10) == 9
+
+
+def test_the_doorbell_wakes_a_wait_once_until_cleared_and_is_quiet_once_closed() -> None:
+    # what wakes the engine's monitor out of its wait on the workers' death handles
+    from multiprocessing.connection import wait
+
+    from shoal._pool._engine import _Doorbell
+
+    bell = _Doorbell()
+    try:
+        assert wait([bell], 0) == []  # silent until rung
+        bell.ring()
+        bell.ring()  # rung twice before anyone looked: one wake-up, cleared at once
+        assert wait([bell], 5) == [bell]
+        bell.clear()
+        assert wait([bell], 0) == []
+    finally:
+        bell.close()
+    bell.close()  # twice is fine
+    bell.ring()  # and ringing a closed bell is nothing (a pool shutting down pokes late)
+    with pytest.raises(ValueError, match="closed"):
+        bell.fileno()  # as a closed file's: nothing waits on it any more

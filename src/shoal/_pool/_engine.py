@@ -20,7 +20,7 @@ pidfd or sentinel, ``_worker_ended`` reads its slot (``_protocol``) to find the 
 had taken, pushes a "worker died" record on the result ring and starts a replacement;
 the result thread (``_handle_results``) fails just that task (``_worker_died``) with a
 ``WorkerDiedError`` or, past its deadline, a ``TaskTimeoutError``.  Also here: the
-wake-up pipe of the monitor, submitting (pickling in the caller, the overflow
+monitor's ``_Doorbell``, submitting (pickling in the caller, the overflow
 that waits for room in the ring), the cancel marks' parent side, closing, joining and
 terminating.
 
@@ -164,6 +164,51 @@ def _argument_error(
 _RUN, _CLOSE, _TERMINATE = "running", "closed", "terminated"
 
 
+class _Doorbell:
+    """What wakes the monitor thread out of its wait on the workers' death handles (a
+    close, a terminate, timeouts turned on): a pipe whose read end waits beside them in
+    ``multiprocessing.connection.wait`` (loky's ``_ThreadWakeup``).
+
+    ``ring()`` from any thread, any number of times, and it never blocks (the write
+    end does not: once the pipe is full the monitor has a wake-up to find anyway);
+    ``clear()`` by the monitor once it woke; ``close()`` once the engine is released,
+    after which ringing does nothing.
+    """
+
+    def __init__(self) -> None:
+        self._reader, self._writer = os.pipe()
+        os.set_blocking(self._writer, False)
+
+    def fileno(self) -> int:
+        """The read end, for ``wait()``; ValueError once closed."""
+        if self._reader < 0:
+            raise ValueError("the doorbell is closed")
+        return self._reader
+
+    def ring(self) -> None:
+        """Wake the waiter (a no-op once closed, or with the pipe full)."""
+        try:
+            os.write(self._writer, b"x")
+        except OSError:
+            pass
+
+    def clear(self) -> None:
+        """Take the rings that woke the waiter, so that its next wait waits."""
+        try:
+            os.read(self._reader, 4096)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Close both ends (twice is fine)."""
+        for fd in (self._reader, self._writer):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._reader = self._writer = -1
+
+
 class _Engine:
     """Workers, the two rings and the parent's two threads, shared by Pool and Executor."""
 
@@ -242,7 +287,7 @@ class _Engine:
         self._workers: list[Any] = [None] * processes
         self._sent: list[Any] = [None] * processes  # see _start_worker
         self._pidfds: list[int | None] = [None] * processes  # see _open_pidfd
-        self._wake_r, self._wake_w = os.pipe()
+        self._doorbell = _Doorbell()
         self._token = _core.self_token()
         self._started = 0
         try:
@@ -380,11 +425,11 @@ class _Engine:
             if not live and state != _RUN and not busy:
                 return
             timeout = _CHECK_TIMEOUTS_S if self._timeouts_used else None
-            ready = multiprocessing.connection.wait([*live, self._wake_r], timeout)
-            if self._wake_r in ready:
-                os.read(self._wake_r, 4096)
+            ready = multiprocessing.connection.wait([*live, self._doorbell], timeout)
             for handle in ready:
-                if handle != self._wake_r:
+                if handle is self._doorbell:
+                    self._doorbell.clear()
+                else:
                     self._worker_ended(live[handle])
             if self._timeouts_used:
                 self._enforce_timeouts()
@@ -921,10 +966,7 @@ class _Engine:
         return jobs
 
     def _poke(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self._doorbell.ring()
         try:
             if not self._results.closed:
                 self._results.put((_MARKER, _WAKE))
@@ -944,12 +986,7 @@ class _Engine:
         for slot in range(self.processes):
             self._settle_start(slot)
             self._close_pidfd(slot)
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._wake_r = self._wake_w = -1
+        self._doorbell.close()
         for obj in (self._tasks, self._results, self._slots):
             obj.close()
 
