@@ -838,6 +838,7 @@ from multiprocessing.pool import RemoteTraceback
 import pool_tasks as t
 from shoal import SharedMemoryError, ShoalError
 from shoal._pool import Executor, Pool
+from shoal.testing import worker_pids
 
 context = mp.get_context(METHOD)
 with Pool(2, context=context) as pool:
@@ -856,9 +857,9 @@ with Pool(2, context=context) as pool:
     except Exception as error:
         assert type(error) is ShoalError and "ValueError: xxx" in str(error), repr(error)
         assert len(str(error)) < 1000
-    pids = {w.pid for w in pool._engine._workers}
+    pids = set(worker_pids(pool, started=False))
     assert pool.map(t.square, range(20), timeout=30) == [i * i for i in range(20)]
-    assert {w.pid for w in pool._engine._workers} == pids  # no worker died
+    assert set(worker_pids(pool, started=False)) == pids  # no worker died
 with Executor(1, mp_context=context) as executor:
     future = executor.submit(t.make_bytes, 16 << 20)
     assert isinstance(future.exception(30), SharedMemoryError), future.exception()

@@ -495,6 +495,21 @@ class _Engine:
                 os.kill(process.pid, signal.SIGKILL)
             os.kill(process.pid, signal.SIGCONT)
 
+    def worker_pids(self, started_only: bool = False) -> list[int]:
+        """The pids of the worker processes now, in slot order (internal: what
+        ``shoal.testing``'s fault helpers read).  ``started_only``: only those that
+        have started, their pid in their slot (their arguments unpickled).  A worker
+        killed but not yet found dead by the monitor is still listed; none once the
+        pool is released."""
+        if self._released:
+            return []
+        return [
+            process.pid
+            for slot, process in enumerate(list(self._workers))
+            if process is not None
+            and (not started_only or self._slot_word(slot, _PID) == process.pid)
+        ]
+
     def _kill_workers(self) -> None:
         for process in self._workers:
             if process is not None and process.exitcode is None:
