@@ -46,6 +46,8 @@ from ._serialize import (
 )
 
 __all__ = ["JoinableQueue", "Queue", "QueueStatistics", "SimpleQueue"]
+# what the shoal.queues shim exports: multiprocessing.queues' names
+QUEUES_ALL = ["JoinableQueue", "Queue", "SimpleQueue"]
 
 _T = TypeVar("_T")
 

@@ -37,10 +37,12 @@ __all__ = [
     "Pool",
     "worker_state",
 ]
+# what the shoal.pool shim exports: multiprocessing.pool's names, and worker_state
+POOL_ALL = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool", "worker_state"]
 
 # Their home is shoal._pool, as before the split: how they show in a repr, and where
 # shoal/__init__.py finds them (it makes them "shoal" once it hands them out)
-for _name in __all__:
+for _name in __all__:  # (POOL_ALL is a part of it)
     _value = globals()[_name]
     if _value.__module__.startswith(__name__ + "."):
         _value.__module__ = __name__
