@@ -25,7 +25,7 @@ MUTANTS = (
         "pool-claim-trusted-without-taking",
         "the monitor fails the task a dead worker had claimed without checking that the "
         "record really left the ring (the claim is written first)",
-        "src/shoal/_pool.py",
+        "src/shoal/_pool/_engine.py",
         "if claim & _CLAIMED and self.was_taken(claim & _ORDINAL_MASK):",
         "if claim & _CLAIMED:",
         ("tests/test_pool_protocol.py",),
@@ -34,7 +34,7 @@ MUTANTS = (
         "pool-slot-cleared-before-result",
         "the worker clears its claim before it sends the result: a death in between "
         "loses the task (nobody fails it, nobody finishes it)",
-        "src/shoal/_pool.py",
+        "src/shoal/_pool/_worker.py",
         "        else:\n            send_values(results, ordinal, values)\n"
         "        _core.store64(buf, claim_at, 0)\n",
         "        else:\n            _core.store64(buf, claim_at, 0)\n"

@@ -8,10 +8,12 @@ initializer); worker death is tests/test_pool_survival.py.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing as mp
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from typing import Any
@@ -29,6 +31,30 @@ FORK = mp.get_context("fork")
 
 def fork_executor(max_workers: int = 2, **kwargs: Any) -> Executor:
     return Executor(max_workers, mp_context=FORK, **kwargs)
+
+
+@contextlib.contextmanager
+def busy_executor(n: int) -> Iterator[tuple[Executor, Any, Callable[[], None]]]:
+    """A one-worker Executor whose worker counts the runs of ``count_run(i)`` in
+    ``runs[i]`` (``n`` of them), busy with a call that waits for a gate: what is
+    submitted meanwhile waits in the ring (or behind it, in the parent).  Yields
+    ``(executor, runs, release)``: ``release()`` opens the gate and checks that the
+    busy call finished.  ``runs`` is closed on leaving: read it after
+    ``executor.shutdown()``, inside the block."""
+    runs = shoal.RawArray("q", n)
+    gate = shoal.Event()
+    try:
+        with fork_executor(1, initializer=t.set_state, initargs=("runs", runs)) as executor:
+            blocker = executor.submit(t.wait_for, gate, "done")
+
+            def release() -> None:
+                gate.set()
+                assert blocker.result(TIMEOUT) == "done"
+
+            yield executor, runs, release
+    finally:
+        runs.close()
+        gate.close()
 
 
 def test_it_is_a_concurrent_futures_executor(ctx: Any) -> None:
@@ -236,31 +262,23 @@ def test_any_number_of_queued_cancelled_calls_never_run() -> None:
     # more cancelled calls waiting in the ring at once than the table of marks had
     # slots (1024): marks overwrote each other, and older cancelled calls ran
     n = 2000
-    runs = shoal.RawArray("q", n + 1)
-    gate = shoal.Event()
-    with fork_executor(1, initializer=t.set_state, initargs=("runs", runs)) as executor:
-        blocker = executor.submit(t.wait_for, gate, "done")
+    with busy_executor(n + 1) as (executor, runs, release):
         queued = [executor.submit(t.count_run, i) for i in range(n)]
         assert not executor._engine._overflow  # all of them in shared memory
         assert all(f.cancel() for f in queued)
-        gate.set()
-        assert blocker.result(TIMEOUT) == "done"
+        release()
         assert executor.submit(t.count_run, n).result(TIMEOUT) == n  # behind them all
         assert all(f.cancelled() for f in queued)
-    assert list(runs) == [0] * n + [1]
-    runs.close()
-    gate.close()
+        executor.shutdown()
+        assert list(runs) == [0] * n + [1]
 
 
 def test_every_call_of_a_full_ring_of_small_calls_can_be_cancelled() -> None:
     # the marks are words of a table beside the slots (#11), one for every record the
     # ring can hold: a ring full of the smallest calls, all cancelled, none runs
     n = 40_000
-    runs = shoal.RawArray("q", n + 1)
-    gate = shoal.Event()
-    with fork_executor(1, initializer=t.set_state, initargs=("runs", runs)) as executor:
+    with busy_executor(n + 1) as (executor, runs, release):
         engine = executor._engine
-        blocker = executor.submit(t.wait_for, gate, "done")
         queued = []
         while not engine._overflow and len(queued) < n:
             queued.append(executor.submit(t.count_run, len(queued)))
@@ -268,20 +286,18 @@ def test_every_call_of_a_full_ring_of_small_calls_can_be_cancelled() -> None:
         in_ring = len(queued) - 1
         assert in_ring > 2000
         assert all(f.cancel() for f in queued)
-        gate.set()
-        assert blocker.result(TIMEOUT) == "done"
+        release()
         assert executor.submit(t.count_run, n).result(TIMEOUT) == n  # behind them all
         assert all(f.cancelled() for f in queued)
-    assert sum(runs[:n]) == 0 and runs[n] == 1
-    runs.close()
-    gate.close()
+        executor.shutdown()
+        assert sum(runs[:n]) == 0 and runs[n] == 1
 
 
 def _plant_earlier_mark(engine: Any, ordinal: int) -> tuple[Any, int, int]:
     """Hold the table word of ``ordinal`` with the mark of an earlier record (one that
     a worker took and has not popped yet), counted as a real mark is."""
     from shoal import _core
-    from shoal._pool import _CLAIMED, _MARK_WORDS, _ORDINAL_MASK
+    from shoal._pool._protocol import _CLAIMED, _MARK_WORDS, _ORDINAL_MASK
 
     buf, at = engine._slots._buf, engine._mark_at(ordinal)
     earlier = _CLAIMED | ((ordinal - _MARK_WORDS) & _ORDINAL_MASK)
@@ -298,11 +314,8 @@ def _pop_earlier_mark(engine: Any, buf: Any, at: int, earlier: int) -> None:
 
 
 def test_cancel_waits_for_a_word_an_earlier_mark_still_holds() -> None:
-    runs = shoal.RawArray("q", 2)
-    gate = shoal.Event()
-    with fork_executor(1, initializer=t.set_state, initargs=("runs", runs)) as executor:
+    with busy_executor(2) as (executor, runs, release):
         engine = executor._engine
-        blocker = executor.submit(t.wait_for, gate, "done")
         queued = executor.submit(t.count_run, 0)
         held = _plant_earlier_mark(engine, queued._job._ordinal)
         timer = threading.Timer(0.2, _pop_earlier_mark, (engine, *held))
@@ -311,24 +324,19 @@ def test_cancel_waits_for_a_word_an_earlier_mark_still_holds() -> None:
         assert queued.cancel()  # once the word was free
         assert time.monotonic() - start >= 0.15
         timer.join()
-        gate.set()
-        assert blocker.result(TIMEOUT) == "done"
+        release()
         assert executor.submit(t.count_run, 1).result(TIMEOUT) == 1
         assert queued.cancelled()
-    assert list(runs) == [0, 1]
-    runs.close()
-    gate.close()
+        executor.shutdown()
+        assert list(runs) == [0, 1]
 
 
 def test_a_cancel_that_cannot_have_its_word_leaves_the_call_to_run(monkeypatch: Any) -> None:
     # the word stays held (it never is for long): cancel() gives up, says so, and the
     # call runs, its result delivered as any other's
-    monkeypatch.setattr("shoal._pool._MARK_WAIT_S", 0.2)
-    runs = shoal.RawArray("q", 1)
-    gate = shoal.Event()
-    with fork_executor(1, initializer=t.set_state, initargs=("runs", runs)) as executor:
+    monkeypatch.setattr("shoal._pool._engine._MARK_WAIT_S", 0.2)
+    with busy_executor(1) as (executor, runs, release):
         engine = executor._engine
-        blocker = executor.submit(t.wait_for, gate, "done")
         queued = executor.submit(t.count_run, 0)
         held = _plant_earlier_mark(engine, queued._job._ordinal)
         try:
@@ -336,31 +344,24 @@ def test_a_cancel_that_cannot_have_its_word_leaves_the_call_to_run(monkeypatch: 
             assert not queued.cancelled() and not queued.running()  # still queued
         finally:
             _pop_earlier_mark(engine, *held)
-        gate.set()
-        assert blocker.result(TIMEOUT) == "done"
+        release()
         assert queued.result(TIMEOUT) == 0
-    assert list(runs) == [1]
-    runs.close()
-    gate.close()
+        executor.shutdown()
+        assert list(runs) == [1]
 
 
 def test_cancelled_calls_waiting_in_the_parent_never_run() -> None:
     # calls of 100 KB: the ring takes two, the rest wait in the parent for room, and
     # those were pushed (and ran) once room came, cancelled or not
-    runs = shoal.RawArray("q", 7)
-    gate = shoal.Event()
     ballast = b"x" * 100_000
-    with fork_executor(1, initializer=t.set_state, initargs=("runs", runs)) as executor:
-        blocker = executor.submit(t.wait_for, gate, "done")
+    with busy_executor(7) as (executor, runs, release):
         queued = [executor.submit(t.count_run, i, ballast) for i in range(6)]
         assert executor._engine._overflow  # some are waiting in the parent
         assert all(f.cancel() for f in queued)
-        gate.set()
-        assert blocker.result(TIMEOUT) == "done"
+        release()
         assert executor.submit(t.count_run, 6).result(TIMEOUT) == 6
-    assert list(runs) == [0] * 6 + [1]
-    runs.close()
-    gate.close()
+        executor.shutdown()
+        assert list(runs) == [0] * 6 + [1]
 
 
 def test_cancel_racing_the_workers_is_exact() -> None:

@@ -98,8 +98,9 @@ def test_shim_only_re_exports(name: str) -> None:
         if isinstance(node, ast.ImportFrom):
             assert node.level == 1, f"{name} imports from outside shoal: line {node.lineno}"
             for alias in node.names:
-                # "from ._x import Name as Name": an explicit re-export
-                assert alias.asname in (None, alias.name), f"{name} renames {alias.name}"
+                # "from ._x import Name as Name": an explicit re-export; "from ._x import
+                # X_ALL as __all__": the export list, the mirrored module's own
+                assert alias.asname in (None, alias.name, "__all__"), f"{name} renames {alias.name}"
             continue
         if (
             isinstance(node, ast.Assign)
@@ -109,6 +110,34 @@ def test_shim_only_re_exports(name: str) -> None:
         ):
             continue
         pytest.fail(f"{name} does more than re-export: {ast.dump(node)[:80]} (line {node.lineno})")
+
+
+# the one shim that mirrors no single module: it gathers the power-user API of several
+FACADES = {"shoal.lowlevel"}
+
+
+@pytest.mark.parametrize("name", sorted(set(SHIMS) - FACADES))
+def test_shim_takes_its_list_from_the_module_it_mirrors(name: str) -> None:
+    """A shim's ``__all__`` is its module's (``from ._x import __all__ as __all__``, or a
+    list of it that module declares for the shim), never retyped in the shim."""
+    tree = ast.parse((SRC / (name.split(".")[-1] + ".py")).read_text())
+    sources = [
+        node.module
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom)
+        and any(alias.asname == "__all__" or alias.name == "__all__" for alias in node.names)
+    ]
+    assigned = [
+        node
+        for node in tree.body
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))
+        and "__all__" in ast.dump(node)
+    ]
+    assert len(sources) == 1 and not assigned, f"{name} lists its own __all__"
+    mirrored = importlib.import_module(f"shoal.{sources[0]}")
+    shim = public_module(name)
+    assert any(shim.__all__ is value for value in vars(mirrored).values()), name
+    assert set(shim.__all__) <= set(mirrored.__all__), f"{name} exports what {sources[0]} does not"
 
 
 def test_synchronize_matches_the_package() -> None:

@@ -39,7 +39,7 @@ RANKS: dict[str, int] = {
     "_list": 62,  # SharedList
     "_set": 63,  # SharedSet
     "_process": 70,
-    "_pool": 71,
+    "_pool": 71,  # the package: its modules' own order is POOL_ORDER below
     "_managers": 80,
     "_context": 95,  # get_context(): factories of every layer below, Pool and Manager included
     "_demo": 100,  # what `python -m shoal demo` runs
@@ -51,8 +51,15 @@ RANKS: dict[str, int] = {
 }
 FACADE = 110
 
+# The pool package's modules (shoal._pool.*), in the order they may import each other:
+# each only from those before it (an import under ``if TYPE_CHECKING:``, for
+# annotations, excepted).  A new module of the package must be placed here.
+PACKAGES = {"_pool"}
+POOL_ORDER = ["_protocol", "_startup", "_worker", "_jobs", "_engine", "_api", "__init__"]
+
 
 def rank(module: str) -> int:
+    module = module.split(".")[0]  # a package's module: the package's rank
     if module in RANKS:
         return RANKS[module]
     if not module.startswith("_"):
@@ -64,7 +71,15 @@ def rank(module: str) -> int:
 
 
 def python_modules() -> list[str]:
-    return sorted(p.stem for p in SRC.glob("*.py"))
+    """shoal's modules: ``_x`` at the top, ``_pool._x`` (and ``_pool.__init__``) in a
+    package."""
+    top = [p.stem for p in SRC.glob("*.py")]
+    inner = [f"{package}.{p.stem}" for package in PACKAGES for p in (SRC / package).glob("*.py")]
+    return sorted(top + inner)
+
+
+def module_path(module: str) -> Path:
+    return SRC / f"{module.replace('.', '/')}.py"
 
 
 def c_modules() -> list[Path]:
@@ -72,9 +87,14 @@ def c_modules() -> list[Path]:
 
 
 def shoal_imports(path: Path) -> list[tuple[str, ast.stmt, bool]]:
-    """(imported shoal module, node, whether it is at module level) for each import."""
+    """(imported shoal module, node, whether it is at module level) for each import.
+
+    An import of a package's own module names it ``package.module``; an import of a
+    package from outside it names the package."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    modules = {p.stem for p in SRC.glob("*.py")} | {"_core"}
+    modules = {p.stem for p in SRC.glob("*.py")} | {"_core"} | PACKAGES
+    package = path.parent.name if path.parent != SRC else None
+    siblings = {p.stem for p in path.parent.glob("*.py")} if package else set()
     found: list[tuple[str, ast.stmt, bool]] = []
 
     def visit(node: ast.AST, top: bool) -> None:
@@ -91,7 +111,16 @@ def shoal_imports(path: Path) -> list[tuple[str, ast.stmt, bool]]:
                 if child.level == 0 and child.module and child.module.split(".")[0] == "shoal":
                     parts = child.module.split(".")
                     target = parts[1] if len(parts) > 1 else None
-                elif child.level == 1:
+                elif child.level == 1 and package:  # a module of the same package
+                    if child.module:
+                        target = f"{package}.{child.module.split('.')[0]}"
+                    else:
+                        for alias in child.names:
+                            name = alias.name if alias.name in siblings else "__init__"
+                            found.append((f"{package}.{name}", child, top))
+                        target = None
+                        continue
+                elif child.level == 1 or (child.level == 2 and package):
                     target = child.module.split(".")[0] if child.module else None
                 elif child.level > 1:
                     raise AssertionError(f"{path.name}:{child.lineno}: import beyond shoal")
@@ -113,8 +142,14 @@ def shoal_imports(path: Path) -> list[tuple[str, ast.stmt, bool]]:
 @pytest.mark.parametrize("module", python_modules())
 def test_imports_only_downward(module: str) -> None:
     own = rank(module)
-    for target, node, _ in shoal_imports(SRC / f"{module}.py"):
+    for target, node, _ in shoal_imports(module_path(module)):
         assert target != module, f"{module}.py:{node.lineno} imports itself"
+        if "." in target and target.split(".")[0] == module.split(".")[0]:
+            continue  # within a package: its own order (test_pool_modules_import_in_order)
+        assert "." not in target, (
+            f"{module}.py:{node.lineno} imports shoal.{target}: outside its package, "
+            f"import what shoal.{target.split('.')[0]}/__init__.py re-exports"
+        )
         assert rank(target) < own or (own == FACADE == rank(target) and target != "__init__"), (
             f"{module}.py:{node.lineno} imports shoal.{target}, which is not below it "
             f"(rank {rank(target)} >= {own}); move the shared piece down instead"
@@ -123,7 +158,7 @@ def test_imports_only_downward(module: str) -> None:
 
 @pytest.mark.parametrize("module", python_modules())
 def test_shoal_imports_at_module_top(module: str) -> None:
-    for target, node, top in shoal_imports(SRC / f"{module}.py"):
+    for target, node, top in shoal_imports(module_path(module)):
         assert top, (
             f"{module}.py:{node.lineno} imports shoal.{target} inside a function or class; "
             "import it at module top (a cycle needs fixing, not hiding)"
@@ -160,7 +195,7 @@ def test_the_glue_imports_what_it_names() -> None:
 @pytest.mark.parametrize("module", python_modules())
 def test_only_codec_registers_upcalls(module: str) -> None:
     """The upcalls have one owner: no other module calls _core's setters (_set_*)."""
-    text = (SRC / f"{module}.py").read_text()
+    text = module_path(module).read_text()
     setters = re.findall(r"_core\._set_\w+(?=\()", text)
     if module == "_codec":
         assert setters == ["_core._set_codec"]
@@ -184,9 +219,85 @@ def test_every_module_has_a_rank() -> None:
         rank(module)
 
 
+def test_every_pool_module_has_a_place_in_its_order() -> None:
+    found = sorted(p.stem for p in (SRC / "_pool").glob("*.py"))
+    assert found == sorted(POOL_ORDER), (
+        f"shoal._pool's modules {found} != POOL_ORDER {POOL_ORDER}: place each one in it"
+    )
+
+
+def type_checking_imports(tree: ast.Module) -> set[int]:
+    """The lines of the imports under ``if TYPE_CHECKING:`` (annotations only: never
+    run)."""
+    return {
+        node.lineno
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If)
+        and isinstance(block.test, ast.Name)
+        and block.test.id == "TYPE_CHECKING"
+        for node in ast.walk(block)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+    }
+
+
+@pytest.mark.parametrize("module", POOL_ORDER)
+def test_pool_modules_import_in_order(module: str) -> None:
+    """shoal._pool's modules import each other in one direction only (POOL_ORDER)."""
+    path = SRC / "_pool" / f"{module}.py"
+    annotations_only = type_checking_imports(ast.parse(path.read_text()))
+    own = POOL_ORDER.index(module)
+    for target, node, _ in shoal_imports(path):
+        if not target.startswith("_pool.") or node.lineno in annotations_only:
+            continue
+        inner = target.split(".", 1)[1]
+        assert POOL_ORDER.index(inner) < own, (
+            f"_pool/{module}.py:{node.lineno} imports _pool.{inner}, which is not before "
+            f"it in POOL_ORDER; move the shared piece down instead"
+        )
+
+
 def test_the_checker_sees_imports() -> None:
     """Guard against a checker that passes because it finds nothing."""
     sync = {target for target, _, _ in shoal_imports(SRC / "_sync.py")}
     assert {"_core", "_errors", "_handle"} <= sync
     init = {target for target, _, _ in shoal_imports(SRC / "__init__.py")}
     assert {"_errors", "_sync"} <= init
+    engine = {target for target, _, _ in shoal_imports(SRC / "_pool" / "_engine.py")}
+    assert {"_core", "_queues", "_pool._protocol", "_pool._worker", "_pool._jobs"} <= engine
+    context = {target for target, _, _ in shoal_imports(SRC / "_context.py")}
+    assert "_pool" in context
+    jobs = SRC / "_pool" / "_jobs.py"
+    late = type_checking_imports(ast.parse(jobs.read_text()))
+    assert any(t == "_pool._engine" and n.lineno in late for t, n, _ in shoal_imports(jobs))
+
+
+# The pool's rings (shoal Queues) and slots (a RawArray), by the names the pool gives
+# them: it may use their public methods and the transport _queues and _sharedctypes
+# declare for it ("the pool's transport"), never their private members.
+POOL_RINGS_AND_SLOTS = {"tasks", "results", "slots", "_tasks", "_results", "_slots"}
+
+
+def private_reaches(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(node, ast.Attribute) and node.attr.startswith("_")):
+            continue
+        owner = node.value
+        name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", None)
+        if name in POOL_RINGS_AND_SLOTS and not node.attr.startswith("__"):
+            found.append(f"{path.name}:{node.lineno}: {name}.{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("module", POOL_ORDER)
+def test_the_pool_reaches_no_private_member_of_its_rings_or_slots(module: str) -> None:
+    assert not private_reaches(SRC / "_pool" / f"{module}.py")
+
+
+def test_the_private_reach_check_sees_them(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("tasks._get_claim(b, 0)\nself._slots._buf\nresults.put(1)\n")
+    assert sorted(private_reaches(probe)) == [
+        "probe.py:1: tasks._get_claim",
+        "probe.py:2: _slots._buf",
+    ]

@@ -24,6 +24,7 @@ import multiprocessing.managers
 import os
 import pickle
 import socket
+from typing import Any
 
 import manager_types
 import pytest
@@ -88,6 +89,18 @@ def test_set_proxy_exists_on_every_version():
 # ---- a program's own manager -------------------------------------------------------------------
 
 
+def child_puts(ctx: mp.context.BaseContext, target: Any, args: tuple, q: Any) -> Any:
+    """What a child process running ``target(*args)`` puts on ``q`` (it must exit 0)."""
+    child = ctx.Process(target=target, args=args)
+    child.start()
+    try:
+        value = q.get(timeout=TIMEOUT)
+    finally:
+        join_all(child)
+    assert child.exitcode == 0
+    return value
+
+
 def test_base_manager_subclass_serves_a_registered_type(ctx: mp.context.BaseContext):
     with MathsManager(ctx=ctx) as manager:
         maths = manager.Maths(5)
@@ -97,13 +110,7 @@ def test_base_manager_subclass_serves_a_registered_type(ctx: mp.context.BaseCont
             maths.fail()
         assert isinstance(maths, mp.managers.BaseProxy)
         q = shoal.Queue()
-        child = ctx.Process(target=manager_types.add_with, args=(maths, q))
-        child.start()
-        try:
-            assert q.get(timeout=TIMEOUT) == 35
-        finally:
-            join_all(child)
-        assert child.exitcode == 0
+        assert child_puts(ctx, manager_types.add_with, (maths, q), q) == 35
     manager.join(TIMEOUT)
 
 
@@ -122,13 +129,7 @@ def test_sync_manager_subclass_gets_a_server_for_its_own_types(ctx: mp.context.B
         # a child connects to the server and makes its own Maths there
         q = manager.Queue()
         authkey = bytes(mp.current_process().authkey)
-        child = ctx.Process(target=manager_types.use_maths, args=(manager.address, authkey, q))
-        child.start()
-        try:
-            assert q.get(timeout=TIMEOUT) == 6
-        finally:
-            join_all(child)
-        assert child.exitcode == 0
+        assert child_puts(ctx, manager_types.use_maths, (manager.address, authkey, q), q) == 6
     finally:
         manager.shutdown()
     manager.join(TIMEOUT)

@@ -838,6 +838,7 @@ from multiprocessing.pool import RemoteTraceback
 import pool_tasks as t
 from shoal import SharedMemoryError, ShoalError
 from shoal._pool import Executor, Pool
+from shoal.testing import worker_pids
 
 context = mp.get_context(METHOD)
 with Pool(2, context=context) as pool:
@@ -856,9 +857,9 @@ with Pool(2, context=context) as pool:
     except Exception as error:
         assert type(error) is ShoalError and "ValueError: xxx" in str(error), repr(error)
         assert len(str(error)) < 1000
-    pids = {w.pid for w in pool._engine._workers}
+    pids = set(worker_pids(pool, started=False))
     assert pool.map(t.square, range(20), timeout=30) == [i * i for i in range(20)]
-    assert {w.pid for w in pool._engine._workers} == pids  # no worker died
+    assert set(worker_pids(pool, started=False)) == pids  # no worker died
 with Executor(1, mp_context=context) as executor:
     future = executor.submit(t.make_bytes, 16 << 20)
     assert isinstance(future.exception(30), SharedMemoryError), future.exception()
@@ -887,3 +888,25 @@ def test_system_exit_while_unpickling_a_result_fails_that_task(ctx: Any) -> None
         # unpickle (#11), caused by the SystemExit
         assert isinstance(future.exception(10).__cause__, SystemExit)
         assert executor.submit(t.square, 3).result(10) == 9
+
+
+def test_the_doorbell_wakes_a_wait_once_until_cleared_and_is_quiet_once_closed() -> None:
+    # what wakes the engine's monitor out of its wait on the workers' death handles
+    from multiprocessing.connection import wait
+
+    from shoal._pool._engine import _Doorbell
+
+    bell = _Doorbell()
+    try:
+        assert wait([bell], 0) == []  # silent until rung
+        bell.ring()
+        bell.ring()  # rung twice before anyone looked: one wake-up, cleared at once
+        assert wait([bell], 5) == [bell]
+        bell.clear()
+        assert wait([bell], 0) == []
+    finally:
+        bell.close()
+    bell.close()  # twice is fine
+    bell.ring()  # and ringing a closed bell is nothing (a pool shutting down pokes late)
+    with pytest.raises(ValueError, match="closed"):
+        bell.fileno()  # as a closed file's: nothing waits on it any more

@@ -1,7 +1,7 @@
 """The workers' claim protocol, with a death at each of its points (#10).
 
 A worker stores the ordinal of the task it takes in its slot before the record leaves
-the task ring, and clears the slot after the result is sent (src/shoal/_pool.py,
+the task ring, and clears the slot after the result is sent (src/shoal/_pool/_protocol.py,
 "Knowing which task a dead worker had").  Whatever the moment a worker dies, every
 task has exactly one outcome: its result, or ``WorkerDiedError`` when its worker died
 before the result got out; none is lost, none runs twice, none fails that did not
@@ -18,9 +18,7 @@ whatever moment, from outside.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import random
-import signal
 import threading
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ from conftest import wait_until
 
 import shoal
 from shoal import Executor, Pool, WorkerDiedError
-from shoal._pool import _PID
+from shoal.testing import kill_worker, worker_pids
 
 HOOK = "SHOAL_TEST_POOL_HOOK"
 TIMEOUT = 20.0
@@ -176,23 +174,15 @@ def test_workers_killed_at_random_moments_leave_each_task_exactly_one_outcome(ap
     kills: list[int] = []
     started, gate = shoal.Queue(), shoal.Event()
     with start(api, "fork", runs, processes) as pool:
-        engine = pool._engine
 
         def kill_one() -> None:
-            # a worker in its loop (its pid in its slot), not one still starting
-            pids = [
-                w.pid
-                for slot, w in enumerate(engine._workers)
-                if w is not None
-                and w.pid not in kills  # (a zombie until the monitor reaps it)
-                and engine._slot_word(slot, _PID) == w.pid
-            ]
+            # a worker in its loop (started: its pid in its slot), not one still
+            # starting, and not one killed already (listed until the monitor reaps it)
+            pids = [pid for pid in worker_pids(pool) if pid not in kills]
             # one at least is left running: kills faster than replacements start
             # would leave no worker to finish anything
             if len(pids) >= 2:
-                pid = rng.choice(pids)
-                os.kill(pid, signal.SIGKILL)
-                kills.append(pid)
+                kills.append(kill_worker(pool, rng.choice(pids)))
 
         def died() -> int:
             with delivered:

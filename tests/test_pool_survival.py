@@ -295,6 +295,7 @@ PARENT = textwrap.dedent(
     """
     import os, signal, sys, time
     from shoal._pool import Pool
+    from shoal.testing import worker_pids
 
     # what an interactive program has, even if the test runner was started with SIGINT
     # ignored (a shell's background job)
@@ -308,7 +309,7 @@ PARENT = textwrap.dedent(
         pool = Pool(2, context=__import__("multiprocessing").get_context(sys.argv[1]))
         with pool:
             results = [pool.apply_async(sleep_long, (i,)) for i in range(4)]
-            print(" ".join(str(p.pid) for p in pool._engine._workers), flush=True)
+            print(" ".join(map(str, worker_pids(pool, started=False))), flush=True)
             results[0].get()
     """
 )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import pool_tasks as t
 import pytest
 from isolation import check_isolated
 
@@ -14,7 +17,15 @@ import shoal
 import shoal.testing
 
 # the plugin's fixtures, as a conftest's pytest_plugins = ["shoal.testing"] gives them
-from shoal.testing import START_METHODS, abandon, no_leaks, shoal_no_leaks, shoal_start_method  # noqa: F401
+from shoal.testing import (  # noqa: F401
+    START_METHODS,
+    abandon,
+    kill_worker,
+    no_leaks,
+    shoal_no_leaks,
+    shoal_start_method,
+    worker_pids,
+)
 
 
 def test_start_methods_are_the_platforms() -> None:
@@ -106,6 +117,61 @@ def test_abandon_of_a_lock_held_here_times_out_with_a_clear_error() -> None:
         lock.release()
     finally:
         lock.close()
+
+
+TIMEOUT = 30.0
+
+
+@pytest.mark.parametrize("kind", ["pool", "executor"])
+def test_kill_worker_kills_the_worker_running_a_task_and_only_its_task_fails(
+    kind: str,
+    shoal_start_method: str,  # noqa: F811
+) -> None:
+    context = shoal.get_context(shoal_start_method)
+    started = shoal.Queue()
+    runner = context.Pool(2) if kind == "pool" else context.Executor(2)
+    with runner:
+        if kind == "pool":
+            victim = runner.apply_async(t.announce_then_sleep, (started, 60))
+            outcome = victim.get
+        else:
+            victim = runner.submit(t.announce_then_sleep, started, 60)
+            outcome = victim.result
+        busy = started.get(timeout=TIMEOUT)  # the pid of the worker running it
+        assert busy in worker_pids(runner)
+        assert kill_worker(runner, busy) == busy
+        with pytest.raises(shoal.WorkerDiedError) as info:
+            outcome(TIMEOUT)
+        assert info.value.pid == busy and info.value.exitcode == -9
+        # replaced: two workers again, the killed one not among them
+        deadline = time.monotonic() + TIMEOUT
+        while len(worker_pids(runner)) != 2 or busy in worker_pids(runner):
+            assert time.monotonic() < deadline, worker_pids(runner)
+            time.sleep(0.01)
+        square = runner.apply(t.square, (3,)) if kind == "pool" else runner.submit(t.square, 3)
+        assert (square if kind == "pool" else square.result(TIMEOUT)) == 9
+    started.close()
+
+
+def test_kill_worker_without_a_pid_kills_a_started_worker() -> None:
+    with shoal.get_context(START_METHODS[0]).Pool(1) as pool:
+        first = pool.apply(t.pid)  # started: in its loop
+        assert worker_pids(pool) == [first]
+        assert kill_worker(pool) == first
+        assert pool.apply(t.pid, timeout=TIMEOUT) != first  # its replacement
+
+
+def test_kill_worker_refuses_what_is_not_its_pools_worker() -> None:
+    with shoal.get_context(START_METHODS[0]).Pool(1) as pool:
+        pool.apply(t.pid)
+        with pytest.raises(ValueError, match="not a worker"):
+            kill_worker(pool, os.getpid())  # (this process: never killed)
+        with pytest.raises(TypeError, match="Pool or Executor"):
+            kill_worker(object())
+        with pytest.raises(TypeError, match="Pool or Executor"):
+            worker_pids(shoal.Event())
+    with pytest.raises(ValueError, match="no worker"):
+        kill_worker(pool)  # terminated: none left
 
 
 def test_the_module_documents_every_name() -> None:

@@ -110,7 +110,7 @@ class Ring:
     _bound: bool
     _busy: int
     _capacity: int
-    _taken: int
+    _taken: int  # the pool's transport: shoal._queues.records_taken
     _max_items: int
     _max_payload: int
     _bytes_used: int
@@ -129,6 +129,7 @@ class Ring:
     def _put_bytes(
         self, data: Buffer, block: bool = True, timeout: float | None = None
     ) -> None: ...
+    # the pool's transport (internal: shoal._queues declares it for shoal._pool): put_fast
     def _put_fast(self, obj: object, block: bool = True, timeout: float | None = None) -> bool: ...
     def _put_many(
         self,
@@ -142,9 +143,11 @@ class Ring:
         self, max_items: int, block: bool = True, timeout: float | None = None
     ) -> list[bytes]: ...
     def _get(self, block: bool = True, timeout: float | None = None) -> Any: ...
+    # the pool's transport: batch_getter
     def _get_many(
         self, max_items: int, block: bool = True, timeout: float | None = None
     ) -> list[Any]: ...
+    # the pool's transport: claimer (only the pool claims)
     def _get_claim(
         self, buffer: Buffer, offset: int, block: bool = True, timeout: float | None = None
     ) -> Any: ...

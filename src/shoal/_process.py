@@ -63,6 +63,17 @@ __all__ = [
     "set_start_method",
     "wait",
 ]
+# what the shims export: shoal.process (multiprocessing.process's names, and shoal's
+# process_cpu_count) and shoal.connection (multiprocessing.connection's)
+PROCESS_ALL = [
+    "BaseProcess",
+    "Process",
+    "active_children",
+    "current_process",
+    "parent_process",
+    "process_cpu_count",
+]
+CONNECTION_ALL = ["Client", "Connection", "Listener", "Pipe", "families", "wait"]
 
 # ---- the standard library's own objects ---------------------------------------------------
 # Re-bound, not wrapped: identity is the point (isinstance checks, `p in

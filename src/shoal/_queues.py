@@ -25,6 +25,7 @@ Data flow of one ``put``/``get``::
 from __future__ import annotations
 
 import errno
+import operator
 import queue
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +46,8 @@ from ._serialize import (
 from ._snapshot import snapshot
 
 __all__ = ["JoinableQueue", "Queue", "QueueStatistics", "SimpleQueue"]
+# what the shoal.queues shim exports: multiprocessing.queues' names
+QUEUES_ALL = ["JoinableQueue", "Queue", "SimpleQueue"]
 
 _T = TypeVar("_T")
 
@@ -492,3 +495,50 @@ class JoinableQueue(Queue[_T]):
             except ValueError:
                 break
         return count
+
+
+# ---- the pool's transport (internal: used by shoal._pool) --------------------------------
+# A Queue doubles as a ring between a pool and its workers (the records and the claim
+# words are in shoal._pool._protocol).  Besides a Queue's public methods, these are the
+# only ways the pool touches one: declared here, so that nothing reaches into a
+# queue's private members from another layer.  Each is the queue's (or the C ring's,
+# _core.pyi) own method or attribute, taken once at import: a call through them is a
+# call of that method, with no Python frame in between (they serve the workers' and
+# the result thread's hot paths).
+
+
+def claimer(queue: Queue[Any]) -> Callable[..., Any]:
+    """``queue``'s claiming get, bound: ``claim(buffer, offset, block=True,
+    timeout=None)`` stores ``CLAIMED | ordinal`` (the record's ordinal: the records
+    taken before it, modulo 2**32) as a 64-bit word at ``buffer[offset:]``, then takes
+    the record and returns it decoded (None for a ``None`` put; ``queue.Empty`` when
+    not blocking and empty).  The word is written before the record leaves the ring:
+    a consumer killed in between leaves it behind (``_core.Ring._get_claim``)."""
+    return queue._get_claim
+
+
+def batch_getter(queue: Queue[Any]) -> Callable[..., list[Any]]:
+    """``queue``'s ``get_many`` without its checks, bound: ``get(max_items, block=True,
+    timeout=None)`` takes up to ``max_items`` items at once (``_core.Ring._get_many``)."""
+    return queue._get_many
+
+
+#: ``put_fast(queue, item, block=True, timeout=None) -> bool``: put ``item`` if the C
+#: codec encodes it (a tuple of up to ``FAST_TUPLE_MAX`` scalars, say), without a
+#: pickle; False (nothing put) where it does not (``_core.Ring._put_fast``).
+put_fast = _core.Ring._put_fast
+
+#: ``encode(queue, obj, kept=True) -> bytes``: the ring record of ``obj`` as ``put``
+#: makes it (inline, or in a transit segment), for a record that travels later or
+#: inside another: ``kept=False`` for one that does not travel on this queue.
+encode = Queue._record
+
+#: ``records_taken(queue) -> int``: how many records ever left the ring, modulo 2**32
+#: (the next record's ordinal: see ``claimer``).
+records_taken: Callable[[Queue[Any]], int] = operator.attrgetter("_taken")
+
+
+def pack_for(queue: Queue[Any], data: bytes, buffers: Any) -> bytes:
+    """The record of a pickle with out-of-band ``buffers`` (``_serialize.dumps``), made
+    as ``queue`` makes its own: the buffers in a transit segment."""
+    return pack(data, buffers, queue._handle)

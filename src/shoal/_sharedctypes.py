@@ -1147,3 +1147,11 @@ def copy(obj: Any) -> Any:
         new = (_RawStruct if _struct_like(t) else RawValue)._make(t, None, (), None)
     ctypes.memmove(ctypes.addressof(new._obj), ctypes.addressof(source), ctypes.sizeof(t))
     return new
+
+
+def words(array: RawArray) -> tuple[Any, int]:
+    """Internal (used by shoal._pool, whose slots are a ``RawArray("q")``): the buffer
+    holding ``array`` and the byte offset of its first element, for ``_core``'s 64-bit
+    atomics (``load64``, ``store64``, ``cas64``, ``fetch_add64``) on its words.  The
+    buffer is None once the array is closed."""
+    return array._buf, array._off

@@ -43,6 +43,16 @@ __all__ = [
     "Semaphore",
     "SemaphoreStatistics",
 ]
+# what the shoal.synchronize shim exports: multiprocessing.synchronize's primitives
+SYNCHRONIZE_ALL = [
+    "Barrier",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "Lock",
+    "RLock",
+    "Semaphore",
+]
 
 T = TypeVar("T")
 _SEM_VALUE_MAX = 2**32 - 1

@@ -1,5 +1,5 @@
 """``shoal.testing``: helpers for testing programs that use shoal (start methods, a leak
-check, faults).
+check, faults: a lock owner or a pool worker killed).
 
 What shoal's own test suite uses, for the tests of programs built on shoal::
 
@@ -15,6 +15,13 @@ What shoal's own test suite uses, for the tests of programs built on shoal::
         abandon(lock)                         # held by a process SIGKILLed holding it
         with pytest.warns(shoal.OwnerDiedWarning):
             assert lock.acquire(timeout=5)
+
+    def test_a_dead_worker_fails_only_its_task():
+        with shoal.Pool(2) as pool:
+            task = pool.apply_async(work_that_reports_its_pid, (pids,))
+            kill_worker(pool, pids.get(timeout=10))   # SIGKILLed mid-task
+            with pytest.raises(shoal.WorkerDiedError):
+                task.get(10)
 
 With pytest, ``pytest_plugins = ["shoal.testing"]`` in a ``conftest.py`` also gives the
 fixtures ``shoal_start_method`` (a test runs once per start method) and
@@ -44,9 +51,11 @@ __all__: list[str] = [
     "START_METHODS",
     "SegmentLeakError",
     "abandon",
+    "kill_worker",
     "leaked_segments",
     "no_leaks",
     "segments",
+    "worker_pids",
 ]
 
 #: The start methods this platform has, in the order shoal's tests run them.
@@ -217,6 +226,59 @@ def abandon(lock: Any, timeout: float = 30.0) -> None:
         held.close()
 
 
+def _engine_of(pool: Any) -> Any:
+    engine = getattr(pool, "_engine", None)
+    if not callable(getattr(engine, "worker_pids", None)):
+        raise TypeError(f"want a shoal Pool or Executor, not {type(pool).__name__}")
+    return engine
+
+
+def worker_pids(pool: Any, started: bool = True) -> list[int]:
+    """The pids of the workers of a shoal ``Pool`` or ``Executor``, in the order of their
+    slots: those that have started (waiting for a task or running one), or with
+    ``started=False`` every worker process, a replacement still starting included.  A
+    worker killed a moment ago may still be listed until the pool finds it dead (at
+    once, through its pidfd); none once the pool is terminated or joined.
+
+    Raises:
+        TypeError: ``pool`` is not a shoal Pool or Executor.
+    """
+    return list(_engine_of(pool).worker_pids(started_only=started))
+
+
+def kill_worker(
+    pool: Any, pid: int | None = None, *, sig: int = signal.SIGKILL, timeout: float = 30.0
+) -> int:
+    """Kill a worker of a shoal ``Pool`` or ``Executor`` as a crash would: signal ``sig``
+    (SIGKILL) to the worker ``pid``, or, without one, to its first started worker
+    (waiting up to ``timeout`` seconds for one to start).  Returns the pid killed.
+
+    The pool notices at once: the task that worker was running fails with
+    :class:`~shoal.WorkerDiedError` (every other task carries on) and a new worker
+    takes its place.  A worker that was waiting for a task fails nothing.
+
+    Raises:
+        TypeError: ``pool`` is not a shoal Pool or Executor.
+        ValueError: ``pid`` is not one of its workers, or it has none (terminated).
+        TimeoutError: no worker started within ``timeout``.
+    """
+    engine = _engine_of(pool)
+    everyone = engine.worker_pids()
+    if not everyone:
+        raise ValueError(f"{pool!r} has no worker to kill (terminated, or joined)")
+    if pid is None:
+        deadline = time.monotonic() + timeout
+        while not (ready := engine.worker_pids(started_only=True)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no worker of {pool!r} started within {timeout} s")
+            time.sleep(0.005)
+        pid = ready[0]
+    elif pid not in everyone:
+        raise ValueError(f"{pid} is not a worker of {pool!r} (its workers: {everyone})")
+    os.kill(pid, sig)
+    return pid
+
+
 # ---- pytest: pytest_plugins = ["shoal.testing"] -----------------------------------------
 
 try:
@@ -225,7 +287,7 @@ except ImportError:  # pragma: no cover - the fixtures need pytest, the rest doe
     pytest = None  # type: ignore[assignment]
 
 if pytest is not None:
-    __all__ += ["shoal_no_leaks", "shoal_start_method"]
+    __all__ = sorted([*__all__, "shoal_no_leaks", "shoal_start_method"])
 
     @pytest.fixture(params=START_METHODS)
     def shoal_start_method(request: Any) -> str:

@@ -1,0 +1,443 @@
+"""What the caller holds: the results and futures a pool hands out, and how each is
+settled.
+
+``AsyncResult``/``MapResult`` (a Pool's ``apply_async``/``map_async``),
+``IMapIterator`` (``imap``/``imap_unordered``, feeding its input lazily) and, for an
+Executor, ``_FutureJob`` with its ``_Future`` (a ``concurrent.futures.Future`` whose
+``cancel()`` marks the call in shared memory).  Each is a ``_Job``: the engine's
+result thread calls ``_deliver``/``_fail`` for each of its tasks (chunks), and
+``_describe`` names a task in errors.  Nothing here touches shared memory itself: it
+asks the engine (``_wait_for``, ``_submit``, ``mark_cancelled``...).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import multiprocessing
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .._memory import report_unraisable
+
+if TYPE_CHECKING:  # (annotations only: the engine imports this module)
+    from ._engine import _Engine
+
+__all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult"]
+
+_T = TypeVar("_T")
+
+
+# ---- jobs: what the caller holds ------------------------------------------------------
+
+
+class _Job:
+    """A unit the caller waits on, made of one or more tasks (chunks)."""
+
+    _engine: _Engine
+    _bar: Any = None  # a tqdm bar, for progress=True
+
+    def _describe(self, index: int) -> str:
+        raise NotImplementedError
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _deliver(self, index: int, values: tuple) -> None:
+        raise NotImplementedError
+
+    def _fail(self, index: int, exc: BaseException) -> None:
+        raise NotImplementedError
+
+
+def _describe_call(function: Any, args: tuple = (), kwds: dict | None = None) -> str:
+    name = getattr(function, "__qualname__", None) or repr(function)
+    parts = [_short_repr(a) for a in args]
+    parts += [f"{k}={_short_repr(v)}" for k, v in (kwds or {}).items()]
+    text = f"{name}({', '.join(parts)})"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _describe_items(name: str, first: int, count: int) -> str:
+    if count == 1:
+        return f"{name} on item {first}"
+    return f"{name} on items {first} to {first + count - 1}"
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class AsyncResult(_Job, Generic[_T]):
+    """The result of ``Pool.apply_async`` (and the base of ``map_async``'s).
+
+    Like :class:`multiprocessing.pool.AsyncResult`: ``get``, ``wait``, ``ready``,
+    ``successful``.  A task that fails while nobody collects it (no ``get()``, no
+    ``successful()``, no ``error_callback``) is reported when the pool is joined.
+    """
+
+    def __init__(
+        self,
+        engine: _Engine,
+        callback: Callable[[_T], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+    ) -> None:
+        self._engine = engine
+        self._callback = callback
+        self._error_callback = error_callback
+        self._done = False
+        self._ok = False
+        self._value: Any = None
+        self._collected = error_callback is not None
+        self._what: Any = ""  # a description, or (func, args, kwds) to make one from
+
+    @property
+    def _description(self) -> str:
+        if isinstance(self._what, tuple):  # made on demand: most calls never need it
+            self._what = _describe_call(*self._what)
+        return self._what
+
+    def ready(self) -> bool:
+        """True once the call has finished (returned or raised)."""
+        return self._done
+
+    def successful(self) -> bool:
+        """True if the call returned without raising.
+
+        Raises:
+            ValueError: the result is not ready yet.
+        """
+        if not self._done:
+            raise ValueError(f"{self!r} not ready")
+        self._collected = True
+        return self._ok
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait up to ``timeout`` seconds for the result."""
+        if not self._done:
+            self._engine._wait_for(lambda: self._done, timeout)
+
+    def get(self, timeout: float | None = None) -> _T:
+        """Return the result, waiting up to ``timeout`` seconds; re-raise its exception.
+
+        Raises:
+            multiprocessing.TimeoutError: not ready within ``timeout``.
+            WorkerDiedError: the worker running the task died.
+            TaskTimeoutError: the task ran past the pool's ``task_timeout``.
+            Exception: whatever the task raised (its remote traceback is the
+                ``__cause__``).
+        """
+        self.wait(timeout)
+        if not self._done:
+            raise multiprocessing.TimeoutError
+        self._collected = True
+        if self._ok:
+            return self._value
+        raise self._value
+
+    def _set(self, ok: bool, value: Any) -> None:
+        # no lock: a waiter counts itself in _waiters before it checks _done, and the
+        # result thread notifies waiters after each batch (_Engine._notify)
+        self._ok, self._value, self._done = ok, value, True
+        if ok:
+            if self._callback is not None:
+                _call_back(self._callback, value)
+        elif self._error_callback is not None:
+            _call_back(self._error_callback, value)
+        elif not self._collected:
+            self._engine._uncollected.append(self)
+
+    def _describe(self, index: int) -> str:
+        return self._description
+
+    def _deliver(self, index: int, values: tuple) -> None:
+        self._set(True, values[0])
+
+    def _fail(self, index: int, exc: BaseException) -> None:
+        self._set(False, exc)
+
+    def __repr__(self) -> str:
+        state = "pending" if not self._done else "ok" if self._ok else "failed"
+        return f"<shoal.{type(self).__name__} {self._description or ''} {state}>"
+
+
+ApplyResult = AsyncResult
+
+
+class MapResult(AsyncResult[list[_T]]):
+    """The result of ``Pool.map_async``/``starmap_async``: a list, in input order."""
+
+    def __init__(
+        self,
+        engine: _Engine,
+        length: int,
+        chunksize: int,
+        callback: Callable[[list[_T]], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        bar: Any,
+    ) -> None:
+        super().__init__(engine, callback, error_callback)
+        self._length, self._chunksize = length, chunksize
+        self._name = ""  # the function's, for _describe
+        chunks = -(-length // chunksize)
+        self._parts: list[tuple | None] = [None] * chunks
+        self._left = chunks
+        self._bar = bar
+        if not chunks:
+            self._set(True, [])
+
+    def _deliver(self, index: int, values: tuple) -> None:
+        if self._done:
+            return
+        self._parts[index] = values
+        self._left -= 1
+        if self._bar is not None:
+            self._bar.update(len(values))
+        if self._left == 0:
+            self._close_bar()
+            self._set(True, list(itertools.chain.from_iterable(self._parts)))  # type: ignore[arg-type]
+
+    def _fail(self, index: int, exc: BaseException) -> None:
+        if self._done:
+            return
+        self._close_bar()
+        self._parts = []
+        self._set(False, exc)
+
+    def _describe(self, index: int) -> str:
+        first = index * self._chunksize
+        return _describe_items(self._name, first, min(self._chunksize, self._length - first))
+
+
+class IMapIterator(_Job, Generic[_T]):
+    """What ``Pool.imap``/``imap_unordered`` return: results as they become ready.
+
+    The input is read lazily, a few chunks ahead of the workers, so an endless
+    generator works.  ``next(timeout)`` raises ``multiprocessing.TimeoutError``.
+    """
+
+    def __init__(
+        self,
+        engine: _Engine,
+        function_record: bytes,
+        kind: int,
+        items: Iterator[Any],
+        chunksize: int,
+        timeout: float,
+        ordered: bool,
+        bar: Any,
+        description: str,
+    ) -> None:
+        self._engine = engine
+        self._function_record = function_record
+        self._kind = kind
+        self._items = items
+        self._chunksize = chunksize
+        self._timeout = timeout
+        self._ordered = ordered
+        self._bar = bar
+        self._description = description
+        self._feed_lock = threading.RLock()  # a failing input re-enters via _outcome
+        self._exhausted = False
+        self._submitted = 0  # chunks sent
+        self._sizes: dict[int, int] = {}
+        self._ready: dict[int, tuple[bool, Any]] = {}  # ordered: chunk index -> outcome
+        self._unordered: collections.deque[tuple[bool, Any]] = collections.deque()
+        self._next_chunk = 0
+        self._buffer: collections.deque[Any] = collections.deque()
+        self._got: tuple[bool, Any] | None = None  # the outcome _arrived took
+        # chunks sent and not yet taken by the consumer: a slow consumer (or none)
+        # holds the input back instead of buffering results without end
+        self._window = 4 * engine.processes
+
+    def _feed(self) -> None:
+        """Send chunks until ``_window`` are out (sent, not consumed) or the input ends."""
+        with self._feed_lock:
+            while not self._exhausted and self._submitted - self._next_chunk < self._window:
+                try:
+                    chunk = tuple(itertools.islice(self._items, self._chunksize))
+                except BaseException as exc:  # the input itself raised: report it there
+                    self._exhausted = True
+                    index = self._submitted
+                    self._submitted += 1
+                    self._sizes[index] = 0
+                    self._engine._deliver_local(self, index, exc)
+                    break
+                if not chunk:
+                    self._exhausted = True
+                    break
+                index = self._submitted
+                self._sizes[index] = len(chunk)
+                record = (self._function_record, self._kind, self._timeout, *chunk)
+                self._submitted += 1
+                try:
+                    self._engine._submit(self, [index], [record])
+                except BaseException as exc:
+                    self._engine._deliver_local(self, index, exc)
+            if self._exhausted:
+                self._engine._notify()  # a consumer may wait for the end
+
+    def _deliver(self, index: int, values: tuple) -> None:
+        self._outcome(index, True, values)
+
+    def _fail(self, index: int, exc: BaseException) -> None:
+        self._outcome(index, False, exc)
+
+    def _outcome(self, index: int, ok: bool, value: Any) -> None:
+        if self._ordered:
+            self._ready[index] = (ok, value)
+        else:
+            self._unordered.append((ok, value))
+        if self._bar is not None:
+            self._bar.update(len(value) if ok else self._sizes.get(index, 0))
+        self._feed()
+
+    def _describe(self, index: int) -> str:
+        first = index * self._chunksize
+        return _describe_items(self._description, first, self._sizes.get(index, 0))
+
+    def __iter__(self) -> IMapIterator[_T]:
+        return self
+
+    def _take(self) -> tuple[bool, Any] | None:
+        if self._ordered:
+            return self._ready.pop(self._next_chunk, None)
+        return self._unordered.popleft() if self._unordered else None
+
+    def _all_taken(self) -> bool:
+        return self._exhausted and self._next_chunk >= self._submitted
+
+    def next(self, timeout: float | None = None) -> _T:
+        """The next result, waiting up to ``timeout`` seconds for it."""
+        while not self._buffer:
+            self._engine._wait_for(self._arrived, timeout)
+            got, self._got = self._got, None
+            if got is None:
+                if self._all_taken():
+                    self._close_bar()
+                    raise StopIteration
+                raise multiprocessing.TimeoutError
+            self._next_chunk += 1
+            self._feed()
+            ok, value = got
+            if not ok:
+                self._close_bar()
+                raise value
+            self._buffer.extend(value)
+        return self._buffer.popleft()
+
+    def _arrived(self) -> bool:
+        if self._got is None:
+            self._got = self._take()
+        return self._got is not None or self._all_taken()
+
+    __next__ = next
+
+
+class _FutureJob(_Job):
+    """An Executor task: one call's future, or a chunk of ``map``'s (a list)."""
+
+    def __init__(self, engine: _Engine, description: str, chunk: bool = False) -> None:
+        self._engine = engine
+        self._future = _Future(self)
+        self._description = description
+        self._chunk = chunk
+        self._ordinal: int | None = None  # set when the task goes on the ring
+
+    def _describe(self, index: int) -> str:
+        return self._description
+
+    def _deliver(self, index: int, values: tuple) -> None:
+        if _start(self._future):
+            self._future.set_result(list(values) if self._chunk else values[0])
+
+    def _fail(self, index: int, exc: BaseException) -> None:
+        if _start(self._future):
+            self._future.set_exception(exc)
+
+    def _taken(self) -> bool:
+        """Whether a worker took the task off the ring (it runs, or ran)."""
+        engine = self._engine
+        if self._ordinal is None or engine._released:
+            return False
+        return engine.was_taken(self._ordinal)
+
+
+# set_running_or_notify_cancel() on a running future logs CRITICAL before it raises:
+# these look at the state first, under the future's own lock
+_PENDING, _RUNNING = concurrent.futures._base.PENDING, concurrent.futures._base.RUNNING
+_CANCELLED_STATES = (
+    concurrent.futures._base.CANCELLED,
+    concurrent.futures._base.CANCELLED_AND_NOTIFIED,
+)
+
+
+def _start(future: concurrent.futures.Future) -> bool:
+    """Mark ``future`` running if it is not yet; False if it was cancelled."""
+    with future._condition:  # type: ignore[attr-defined]
+        if future._state == _RUNNING:  # type: ignore[attr-defined]
+            return True  # running() or cancel() found a worker had it
+        return future.set_running_or_notify_cancel()
+
+
+class _Future(concurrent.futures.Future):
+    """A Future that knows when a worker has its task: from then on it is running and
+    ``cancel()`` says no, as for ``ProcessPoolExecutor``."""
+
+    def __init__(self, job: _FutureJob) -> None:
+        super().__init__()
+        self._job = job
+
+    def _mark_running_if_taken(self) -> None:
+        with self._condition:
+            if self._state == _PENDING and self._job._taken():
+                self.set_running_or_notify_cancel()
+
+    def running(self) -> bool:
+        """True while a worker runs the call."""
+        self._mark_running_if_taken()
+        return super().running()
+
+    def cancel(self) -> bool:
+        """Cancel the call unless a worker has taken it; True if cancelled.
+
+        A call still waiting in shared memory is marked there, so the worker that
+        takes it skips it: a cancelled call never runs.  A call a worker took is
+        running and is not cancelled.
+        """
+        job = self._job
+        engine = job._engine
+        with self._condition:
+            if self._state != _PENDING or engine._released:
+                return super().cancel()  # done
+            if job._ordinal is None:
+                with engine._push_lock:  # what _push_overflow decides under
+                    if job._ordinal is None:  # still in the parent: it is never pushed
+                        return super().cancel()
+            # mark first, then look: a worker that takes it from now on pops the mark
+            if not engine.mark_cancelled(job):
+                # no word for the mark (see "Cancelled calls"): the call runs; running
+                # already if a worker took it meanwhile
+                if job._taken():
+                    self.set_running_or_notify_cancel()
+                return False
+            if job._taken() and engine.unmark_cancelled(job._ordinal):
+                # a worker took it before the mark was there: it runs
+                self.set_running_or_notify_cancel()
+                return False
+            return super().cancel()  # the worker that takes it (or took it) skips it
+
+
+def _call_back(callback: Callable[[Any], object], value: Any) -> None:
+    try:
+        callback(value)
+    except BaseException as exc:  # a callback must not take the pool's thread down
+        report_unraisable(exc)
