@@ -85,14 +85,15 @@ def test_a_live_owner_in_another_pid_namespace_keeps_its_lock() -> None:
         + """
 lock = shoal.Lock()
 assert lock.acquire()
-with open("/tmp/shoal-ns-lock.pickle", "wb") as f:
+path = f"/tmp/shoal-ns-lock-{os.getpid()}.pickle"  # (runs of the suite side by side)
+with open(path, "wb") as f:
     f.write(pickle.dumps(lock))
 before = segments()
 seen = in_other_namespace('''
     import os, pickle, shoal
     from shoal import _core, _memory
     assert os.getpid() == 1  # the other namespace's first process
-    with open("/tmp/shoal-ns-lock.pickle", "rb") as f:
+    with open(%r, "rb") as f:
         lock = pickle.load(f)
     owner = lock.statistics().owner_pid
     token = _core.load64(lock._mapping, lock._payload_offset)
@@ -102,12 +103,12 @@ seen = in_other_namespace('''
     assert not lock.acquire(timeout=0.3), "took a lock its live owner holds"
     assert _memory.reap() == [], "reaped a live process's segments"
     print("owner", owner)
-''')
+''' % path)
 assert lock.statistics().owner_pid == os.getpid()
 assert segments() == before, (segments(), before)
 lock.release()
 print(seen.strip())
-os.unlink("/tmp/shoal-ns-lock.pickle")
+os.unlink(path)
 """
     )
     assert "owner" in out
