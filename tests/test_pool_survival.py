@@ -280,6 +280,29 @@ def test_task_timeout_kills_and_replaces_the_worker(ctx: Any) -> None:
         assert pool.apply(square, (4,)) == 16
 
 
+def test_a_timed_out_worker_gone_before_its_sigcont_leaves_the_pool_working(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker's parent may reap it between the SIGKILL and the SIGCONT that follows
+    (the forkserver does, at once): the monitor must carry on, not die of
+    ProcessLookupError with the pool's watch on its workers (seen under forkserver)."""
+    import os as real_os
+    import types
+
+    from shoal._pool import _engine
+
+    def kill(pid: int, sig: int) -> None:
+        real_os.kill(pid, sig)
+        if sig == signal.SIGCONT:
+            raise ProcessLookupError(3, "No such process")  # as if already reaped
+
+    monkeypatch.setattr(_engine, "os", types.SimpleNamespace(**{**vars(real_os), "kill": kill}))
+    with Pool(1, context=mp.get_context("fork"), task_timeout=0.3) as pool:
+        with pytest.raises(TaskTimeoutError):
+            pool.apply_async(sleep_for, (60,)).get(TIMEOUT)
+        assert pool.apply_async(square, (5,)).get(TIMEOUT) == 25  # replaced, watched
+
+
 def test_timeout_is_per_item_of_a_map() -> None:
     with Pool(2, context=mp.get_context("fork")) as pool:
         # ten items of 0.1 s in one chunk: 1 s in all, each well under the limit

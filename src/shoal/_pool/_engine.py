@@ -124,6 +124,19 @@ _CHECK_TIMEOUTS_S = 0.02
 _START_LOCK = threading.Lock()
 
 
+def _signal(pid: int, sig: int) -> bool:
+    """Send ``sig`` to worker ``pid``; False if it is gone.  Any step of stopping a
+    timed-out worker may find it gone: killed by someone else, or ended by the SIGKILL
+    and at once reaped by its parent (the forkserver, not this process), before the
+    SIGCONT that follows it.  That ended the monitor thread with ProcessLookupError,
+    and with it the pool's watch on its workers (#11)."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _open_pidfd(pid: int) -> int | None:
     """A pidfd of ``pid`` (readable once it ended), or None where there is none.
 
@@ -483,17 +496,15 @@ class _Engine:
                 continue
             claim = self._slot_word(slot, _CLAIM)
             # stop it, then look again: it may have finished that task meanwhile
-            try:
-                os.kill(process.pid, signal.SIGSTOP)
-            except ProcessLookupError:
+            if not _signal(process.pid, signal.SIGSTOP):
                 continue
             same = self._slot_word(slot, _CLAIM) == claim
             if same and self._slot_word(slot, _DEADLINE) == deadline:
                 ordinal = claim & _ORDINAL_MASK
                 entry = self._inflight.get(ordinal)
                 self._timed_out[slot] = (ordinal, entry[2] if entry else 0.0)
-                os.kill(process.pid, signal.SIGKILL)
-            os.kill(process.pid, signal.SIGCONT)
+                _signal(process.pid, signal.SIGKILL)
+            _signal(process.pid, signal.SIGCONT)
 
     def worker_pids(self, started_only: bool = False) -> list[int]:
         """The pids of the worker processes now, in slot order (internal: what
