@@ -241,14 +241,19 @@ def _run_batch(token: str, setup: list[Any], items: list[tuple[Any, ...]]) -> An
     return out
 
 
-_remote_batch: Any = None
+# maxtasksperchild (None or a number) -> _run_batch as a Ray remote function (Ray takes
+# max_calls only there, not in .options())
+_remote_batch: dict[int | None, Any] = {}
 
 
-def _batch_function() -> Any:
-    global _remote_batch
-    if _remote_batch is None:
-        _remote_batch = _ray().remote(_run_batch)
-    return _remote_batch
+def _batch_function(max_calls: int | None) -> Any:
+    remote = _remote_batch.get(max_calls)
+    if remote is None:
+        ray = _ray()
+        remote = ray.remote(max_calls=max_calls)(_run_batch) if max_calls else None
+        remote = remote or ray.remote(_run_batch)
+        remote = _remote_batch.setdefault(max_calls, remote)
+    return remote
 
 
 def _remote_error(packed: tuple[bytes, str]) -> BaseException:
@@ -487,10 +492,8 @@ class _Engine:
         initargs = tuple(initargs)
         self._setup = [ray.put((initializer, initargs))] if initializer is not None else []
         options: dict[str, Any] = {"max_retries": retries, "num_cpus": 1}
-        if maxtasksperchild:
-            options["max_calls"] = maxtasksperchild
         options.update(ray_options or {})
-        self._remote = _batch_function().options(**options)
+        self._remote = _batch_function(maxtasksperchild).options(**options)
         self.state = _RUN
         self._broken: BaseException | None = None
         self._cond = threading.Condition(threading.Lock())
