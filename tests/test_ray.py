@@ -111,7 +111,7 @@ def test_use_makes_the_module_factories_the_contexts(ray_cluster: str) -> None:
             assert type(pool).__name__ == "RayPool"
             assert pool.apply(t.square, (7,)) == 49
         with pytest.raises(NotImplementedError, match="not available on the 'ray' context"):
-            shoal.Lock()
+            shoal.Manager()
         assert shoal.SharedDict is not None  # not a factory: the local one still
     finally:
         assert shoal.use(None) is None
@@ -361,3 +361,168 @@ def test_executor_shutdown_cancels_futures_not_started(executor_ctx: Any) -> Non
     assert first.result(TIMEOUT) == "first"
     assert any(f.cancelled() for f in rest)
     assert all(f.done() for f in rest)
+
+
+# ---- the primitives on Ray: one actor each, pickling as handles ---------------------------
+
+
+def produce(q: Any, n: int) -> int:
+    for i in range(n):
+        q.put(i)
+    q.flush()
+    return n
+
+
+def consume(q: Any, n: int) -> int:
+    return sum(q.get(timeout=TIMEOUT) for _ in range(n))
+
+
+def bump(lock: Any, d: Any, v: Any, times: int) -> int:
+    for _ in range(times):
+        with lock:
+            d["count"] = d.get("count", 0) + 1  # a read-modify-write the lock guards
+        v.add(1)
+    return times
+
+
+def hold_and_die(lock: Any) -> None:
+    lock.acquire()
+    os.kill(os.getpid(), 9)
+
+
+def test_ray_queue_between_a_producer_and_a_consumer_task(ray_ctx: Any) -> None:
+    q = ray_ctx.Queue()
+    with ray_ctx.Pool(2) as pool:
+        consumer = pool.apply_async(consume, (q, 2000))
+        producer = pool.apply_async(produce, (q, 2000))
+        assert producer.get(TIMEOUT) == 2000
+        assert consumer.get(TIMEOUT) == sum(range(2000))
+    import queue
+
+    for i in range(5):
+        q.put(i)
+    assert [q.get(timeout=TIMEOUT) for _ in range(5)] == list(range(5))  # FIFO
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.1)
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    assert q.put_many(["a", "b", "c"]) == 3
+    assert q.qsize() == 3 and not q.empty()
+    assert q.get_many(10, timeout=TIMEOUT) == ["a", "b", "c"]
+
+
+def test_ray_joinable_queue_and_a_bounded_one(ray_ctx: Any) -> None:
+    q = ray_ctx.JoinableQueue()
+    q.put(1)
+    q.flush()
+    assert not q.join(timeout=0.1)
+    assert q.get(timeout=TIMEOUT) == 1
+    q.task_done()
+    assert q.join(timeout=TIMEOUT)
+    with pytest.raises(ValueError, match="too many"):
+        q.task_done()
+    small = ray_ctx.Queue(2)
+    assert small.put_many(range(5), timeout=0.2) == 2  # the rest did not fit in time
+    with pytest.raises(ValueError):
+        ray_ctx.Queue(prefetch=0)
+
+
+def test_ray_lock_contended_from_two_tasks_keeps_a_counter_exact(ray_ctx: Any) -> None:
+    lock, d, v = ray_ctx.Lock(), ray_ctx.SharedDict(), ray_ctx.Value("i", 0)
+    with ray_ctx.Pool(2) as pool:
+        done = [pool.apply_async(bump, (lock, d, v, 100)) for _ in range(2)]
+        assert [r.get(TIMEOUT * 2) for r in done] == [100, 100]
+    assert d["count"] == 200 and v.value == 200
+
+
+def test_ray_lock_owner_timeouts_and_errors(ray_ctx: Any) -> None:
+    lock = ray_ctx.Lock()
+    assert lock.acquire(timeout=TIMEOUT)
+    start = time.monotonic()
+    assert not lock.acquire(timeout=0.3)
+    assert 0.25 < time.monotonic() - start < 10
+    assert not lock.acquire(False)
+    lock.release()
+    with pytest.raises(shoal.NotHeldError, match="does not hold"):
+        lock.release()
+    with pytest.raises(ValueError):
+        lock.acquire(timeout=-1)
+    rlock = ray_ctx.RLock()
+    with rlock, rlock:
+        pass
+    with pytest.raises(shoal.NotHeldError):
+        rlock.release()
+
+
+def test_ray_lock_whose_owner_died_goes_to_the_next_with_owner_died(ray_ctx: Any) -> None:
+    lock = ray_ctx.Lock()
+    with ray_ctx.Pool(1) as pool, pytest.raises(shoal.WorkerDiedError):
+        pool.apply(hold_and_die, (lock,))
+    with pytest.warns(shoal.OwnerDiedWarning):
+        assert lock.acquire(timeout=TIMEOUT)
+    assert lock.owner_died
+    lock.release()
+    assert not lock.owner_died
+    assert lock.acquire(timeout=TIMEOUT)  # an ordinary lock again
+    lock.release()
+
+
+def test_ray_semaphores(ray_ctx: Any) -> None:
+    sem = ray_ctx.Semaphore(2)
+    assert sem.acquire() and sem.acquire(timeout=1)
+    assert not sem.acquire(timeout=0.1)
+    assert sem.get_value() == 0
+    sem.release()
+    sem.release()
+    sem.release()  # a plain semaphore may go above its start
+    assert sem.get_value() == 3
+    bounded = ray_ctx.BoundedSemaphore(1)
+    with bounded:
+        pass
+    with pytest.raises(ValueError, match="too many"):
+        bounded.release()
+    with pytest.raises(ValueError):
+        ray_ctx.Semaphore(-1)
+
+
+def test_ray_event(ray_ctx: Any) -> None:
+    event = ray_ctx.Event()
+    assert not event.is_set() and not event.wait(0.1)
+    with ray_ctx.Pool(1) as pool:
+        waiter = pool.apply_async(event.wait, (TIMEOUT,))
+        time.sleep(0.2)
+        event.set()
+        assert waiter.get(TIMEOUT) is True
+    assert event.is_set()
+    event.clear()
+    assert not event.is_set()
+
+
+def test_ray_shared_dict_and_value_atomic_operations(ray_ctx: Any) -> None:
+    d = ray_ctx.SharedDict({"a": 1}, b=2)
+    assert d["a"] == 1 and len(d) == 2 and "b" in d and sorted(d) == ["a", "b"]
+    assert d.incr("n") == 1 and d.incr("n", 5) == 6
+    assert d.get_or_set("z", 3) == 3 and d.get_or_set("z", 4) == 3
+    assert d.compare_exchange("z", 3, 9) and not d.compare_exchange("z", 3, 10)
+    assert d.batch([("incr", ("n", 1, 0)), ("get", ("missing", "dflt"))]) == [7, "dflt"]
+    del d["a"]
+    with pytest.raises(KeyError):
+        d["a"]
+    assert d.pop("b") == 2 and d.pop("b", None) is None
+    d.update({"x": 1}, y=2)
+    assert dict(d.items()) == {"n": 7, "z": 9, "x": 1, "y": 2}
+    with ray_ctx.Pool(1) as pool:  # pickles as a handle: the task sees the same dict
+        pool.apply(d.__setitem__, ("from task", True))
+    assert d["from task"] is True
+    v = ray_ctx.Value("d", 1.5)
+    assert v.value == 1.5 and v.add(1) == 2.5
+    assert v.compare_exchange(2.5, 0.0) and not v.compare_exchange(2.5, 1.0)
+    with v.get_lock():
+        v.value = v.value + 1
+    assert v.value == 1.0
+
+
+def test_ray_what_is_not_there_yet_says_so(ray_ctx: Any) -> None:
+    for make in (ray_ctx.Manager, ray_ctx.Condition, lambda: ray_ctx.Barrier(2)):
+        with pytest.raises(NotImplementedError, match="not available on the 'ray' context"):
+            make()

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.pool import RemoteTraceback
 from typing import Any
 
+from . import _ray_objects
 from ._errors import (
     BrokenPoolError,
     ClosedError,
@@ -148,19 +149,73 @@ class RayContext:
         """A :class:`RayExecutor`: a ``concurrent.futures.Executor`` on Ray tasks."""
         return RayExecutor(max_workers, mp_context=self, **kwargs)
 
+    # ---- the primitives: one Ray actor each (shoal._ray_objects) -----------------------
+
+    def Queue(self, maxsize: int = 0, **kwargs: Any) -> _ray_objects.RayQueue:
+        """A :class:`~shoal._ray_objects.RayQueue` (``prefetch=``, ``batch=`` too)."""
+        self.connect()
+        return _ray_objects.RayQueue(maxsize, **kwargs)
+
+    def JoinableQueue(self, maxsize: int = 0, **kwargs: Any) -> _ray_objects.RayQueue:
+        """A queue with ``task_done``/``join`` (every Ray queue has them)."""
+        return self.Queue(maxsize, **kwargs)
+
+    def SimpleQueue(self, **kwargs: Any) -> _ray_objects.RayQueue:
+        """An unbounded queue."""
+        return self.Queue(0, **kwargs)
+
+    def Lock(self) -> _ray_objects.RayLock:
+        """A lock with an owner, timeouts and ``owner_died``."""
+        self.connect()
+        return _ray_objects.RayLock()
+
+    def RLock(self) -> _ray_objects.RayRLock:
+        """A recursive lock."""
+        self.connect()
+        return _ray_objects.RayRLock()
+
+    def Semaphore(self, value: int = 1) -> _ray_objects.RaySemaphore:
+        """A semaphore."""
+        self.connect()
+        return _ray_objects.RaySemaphore(value)
+
+    def BoundedSemaphore(self, value: int = 1) -> _ray_objects.RayBoundedSemaphore:
+        """A bounded semaphore."""
+        self.connect()
+        return _ray_objects.RayBoundedSemaphore(value)
+
+    def Event(self) -> _ray_objects.RayEvent:
+        """An event."""
+        self.connect()
+        return _ray_objects.RayEvent()
+
+    def Value(self, typecode_or_type: Any, *args: Any, lock: Any = True) -> _ray_objects.RayValue:
+        """A value with atomic ``add``/``compare_exchange`` and a lock (``get_lock()``)."""
+        self.connect()
+        return _ray_objects.RayValue(typecode_or_type, *args, lock=lock)
+
+    def SharedDict(self, items: Any = (), /, **kwargs: Any) -> _ray_objects.RaySharedDict:
+        """A dict with atomic ``incr``, ``get_or_set``, ``compare_exchange``, ``batch``."""
+        self.connect()
+        return _ray_objects.RaySharedDict(items, **kwargs)
+
     # ---- what is not on Ray yet ---------------------------------------------------------
 
     def Manager(self) -> Any:
         """Not on Ray yet (#13): raises NotImplementedError."""
         raise NotImplementedError("Manager() is not available on the 'ray' context yet (#13)")
 
-    def Queue(self, maxsize: int = 0, **kwargs: Any) -> Any:
+    def Condition(self, lock: Any = None) -> Any:
         """Not on Ray yet (#13): raises NotImplementedError."""
-        raise NotImplementedError("Queue() is not available on the 'ray' context yet (#13)")
+        raise NotImplementedError("Condition() is not available on the 'ray' context yet (#13)")
 
-    def Lock(self) -> Any:
+    def Barrier(self, parties: int, action: Any = None, timeout: float | None = None) -> Any:
         """Not on Ray yet (#13): raises NotImplementedError."""
-        raise NotImplementedError("Lock() is not available on the 'ray' context yet (#13)")
+        raise NotImplementedError("Barrier() is not available on the 'ray' context yet (#13)")
+
+    def Array(self, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
+        """Not on Ray yet (#13): raises NotImplementedError."""
+        raise NotImplementedError("Array() is not available on the 'ray' context yet (#13)")
 
 
 # ---- the worker's side: what a Ray task of a pool runs ----------------------------------
