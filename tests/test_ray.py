@@ -526,3 +526,51 @@ def test_ray_what_is_not_there_yet_says_so(ray_ctx: Any) -> None:
     for make in (ray_ctx.Manager, ray_ctx.Condition, lambda: ray_ctx.Barrier(2)):
         with pytest.raises(NotImplementedError, match="not available on the 'ray' context"):
             make()
+
+
+# ---- two nodes -------------------------------------------------------------------------
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def test_ray_two_node_cluster(request: pytest.FixtureRequest) -> None:
+    """A two-node local cluster (ray.cluster_utils, its own process, its own temporary
+    directory): a queue from a producer on node 1 to a consumer on node 2, a lock
+    contended from both (the counter ends exact), an array read on both, and a task
+    pinned to node 2 whose worker is SIGKILLed (only it fails, WorkerDiedError)."""
+    pytest.importorskip("ray", reason="Ray is not installed for this Python (shoal[ray])")
+    script = os.path.join(ROOT, "tests", "ray_two_nodes.py")
+    result = subprocess.run(
+        [sys.executable, script],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "tests")},
+    )
+    # (the raylet's own messages reach the driver's stdout too)
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("ok ", "temp "))]
+    assert result.returncode == 0, (lines, result.stderr[-3000:])
+    assert lines[1:] == [
+        "ok queue across nodes",
+        "ok lock across nodes",
+        "ok array on both nodes",
+        "ok worker killed on node 2",
+    ]
+    temp = lines[0].split()[1]
+    # every process of that cluster ran with its temporary directory in its command line
+    deadline = time.monotonic() + 15
+    while processes_mentioning(temp) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not processes_mentioning(temp), "the two-node cluster left processes running"
