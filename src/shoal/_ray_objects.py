@@ -415,7 +415,8 @@ class RaySemaphore(_Handle):
         return bool(acquired)
 
     def release(self) -> None:
-        """Give the unit (the lock) back."""
+        """Give the unit (the lock) back (one round trip: the actor's error, a
+        :class:`~shoal.NotHeldError` or a ValueError, is raised here)."""
         _get(self._actor.release.remote(_owner()))
 
     @property
