@@ -522,8 +522,78 @@ def test_ray_shared_dict_and_value_atomic_operations(ray_ctx: Any) -> None:
     assert v.value == 1.0
 
 
+def wait_at(barrier: Any) -> int:
+    return barrier.wait(TIMEOUT)
+
+
+def wait_then_die(barrier: Any) -> None:
+    import threading
+
+    threading.Timer(1.0, os.kill, (os.getpid(), 9)).start()
+    barrier.wait(TIMEOUT)
+
+
+def notify_when_set(cond: Any, d: Any) -> bool:
+    with cond:
+        d["ready"] = True
+        cond.notify_all()
+    return True
+
+
+def test_ray_condition(ray_ctx: Any) -> None:
+    cond, d = ray_ctx.Condition(), ray_ctx.SharedDict()
+    with cond:
+        assert not cond.wait(0.1)  # nobody notifies: a timeout
+    with ray_ctx.Pool(1) as pool:
+        with cond:
+            notifier = pool.apply_async(notify_when_set, (cond, d))
+            assert cond.wait_for(lambda: d.get("ready"), timeout=TIMEOUT)
+        assert notifier.get(TIMEOUT)
+    with pytest.raises(shoal.NotHeldError):
+        cond.notify()
+    on_lock = ray_ctx.Condition(ray_ctx.Lock())
+    with on_lock:
+        on_lock.notify()
+    with pytest.raises(TypeError):
+        ray_ctx.Condition(shoal.get_context("fork").Lock())
+
+
+def test_ray_barrier(ray_ctx: Any) -> None:
+    import threading
+
+    barrier = ray_ctx.Barrier(3)
+    assert barrier.parties == 3 and not barrier.broken
+    with ray_ctx.Pool(2) as pool:
+        others = [pool.apply_async(wait_at, (barrier,)) for _ in range(2)]
+        mine = barrier.wait(TIMEOUT)
+        assert sorted([mine] + [r.get(TIMEOUT) for r in others]) == [0, 1, 2]
+    with pytest.raises(threading.BrokenBarrierError):
+        barrier.wait(0.2)  # alone: times out, and breaks it
+    assert barrier.broken
+    barrier.reset()
+    assert not barrier.broken
+    with pytest.raises(NotImplementedError):
+        ray_ctx.Barrier(2, action=print)
+
+
+def test_ray_barrier_breaks_when_a_waiting_party_dies(ray_ctx: Any) -> None:
+    barrier = ray_ctx.Barrier(2)
+    with ray_ctx.Pool(2) as pool:
+        doomed = pool.apply_async(wait_then_die, (barrier,))
+        with pytest.raises(shoal.WorkerDiedError):
+            doomed.get(TIMEOUT)
+        # the dead party's wait notices its own death (within 0.5 s): broken
+        deadline = time.monotonic() + TIMEOUT
+        while not barrier.broken and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(shoal.BarrierPartyDiedError):
+            barrier.wait(TIMEOUT)
+    barrier.reset()
+    assert not barrier.broken
+
+
 def test_ray_what_is_not_there_yet_says_so(ray_ctx: Any) -> None:
-    for make in (ray_ctx.Manager, ray_ctx.Condition, lambda: ray_ctx.Barrier(2)):
+    for make in (ray_ctx.Manager, lambda: ray_ctx.Array("i", 3)):
         with pytest.raises(NotImplementedError, match="not available on the 'ray' context"):
             make()
 

@@ -205,13 +205,17 @@ class RayContext:
         """Not on Ray yet (#13): raises NotImplementedError."""
         raise NotImplementedError("Manager() is not available on the 'ray' context yet (#13)")
 
-    def Condition(self, lock: Any = None) -> Any:
-        """Not on Ray yet (#13): raises NotImplementedError."""
-        raise NotImplementedError("Condition() is not available on the 'ray' context yet (#13)")
+    def Condition(self, lock: Any = None) -> _ray_objects.RayCondition:
+        """A condition variable (on a new RLock, or on a Ray ``lock``)."""
+        self.connect()
+        return _ray_objects.RayCondition(lock)
 
-    def Barrier(self, parties: int, action: Any = None, timeout: float | None = None) -> Any:
-        """Not on Ray yet (#13): raises NotImplementedError."""
-        raise NotImplementedError("Barrier() is not available on the 'ray' context yet (#13)")
+    def Barrier(
+        self, parties: int, action: Any = None, timeout: float | None = None
+    ) -> _ray_objects.RayBarrier:
+        """A barrier that breaks when a waiting party's process dies (no ``action`` yet)."""
+        self.connect()
+        return _ray_objects.RayBarrier(parties, action, timeout)
 
     def Array(self, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
         """Not on Ray yet (#13): raises NotImplementedError."""
@@ -550,7 +554,8 @@ class _Engine:
         options.update(ray_options or {})
         self._remote = _batch_function(maxtasksperchild).options(**options)
         self.state = _RUN
-        self._broken: BaseException | None = None
+        self._broken: BaseException | None = None  # the initializer's error
+        self._lost: BaseException | None = None  # Ray's, when the cluster went away
         self._cond = threading.Condition(threading.Lock())
         self._backlog: collections.deque[_Entry] = collections.deque()
         # ref -> (entries, deadline or None)
@@ -559,6 +564,8 @@ class _Engine:
         self._thread.start()
 
     def check_running(self) -> None:
+        if self._lost is not None:
+            raise BrokenPoolError(f"the pool lost its Ray cluster: {self._lost}") from self._lost
         if self._broken is not None:
             raise BrokenPoolError(
                 "the pool's initializer failed in a worker: the pool cannot run tasks"
@@ -626,11 +633,17 @@ class _Engine:
             if deadlines:
                 wait = max(0.0, min(wait, min(deadlines) - time.monotonic()))
             try:
-                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait)
-            except Exception:
-                if self.state == _TERMINATE:
-                    return
-                raise
+                # the first to finish (or none within `wait`), then every other finished
+                ready, _ = ray.wait(refs, num_returns=1, timeout=wait)
+                if ready and len(refs) > 1:
+                    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            except BaseException as error:  # Ray went away (shutdown): fail, not hang
+                if self.state != _TERMINATE:
+                    self._lost = error
+                    with self._cond:
+                        self.state = _CLOSE
+                    self._fail_outstanding(error)
+                return
             if self.state == _TERMINATE:
                 return
             for ref in ready:

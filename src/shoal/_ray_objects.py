@@ -33,10 +33,12 @@ import warnings
 from collections.abc import Iterable, Iterator, MutableMapping
 from typing import Any
 
-from ._errors import NotHeldError, OwnerDiedWarning
+from ._errors import BarrierPartyDiedError, NotHeldError, OwnerDiedWarning
 
 __all__ = [
+    "RayBarrier",
     "RayBoundedSemaphore",
+    "RayCondition",
     "RayEvent",
     "RayLock",
     "RayQueue",
@@ -64,25 +66,29 @@ class _SyncActor:
         self.value = value
         self.initial = value
         self.holders: dict[tuple[str, int], int] = {}  # owner -> count held
-        self.probes: dict[str, Any] = {}  # Ray worker -> [its probe] (register)
+        self.probes: dict[str, Any] = {}  # Ray worker -> its probe's future (register)
         self.cond = asyncio.Condition()
         self.died = False  # the current holder got it from a dead owner
+        self.waiters: list[asyncio.Event] = []  # a Condition's (cond_wait)
+
+    async def hold(self) -> None:
+        """Never returns: the pending call is its caller's probe (see register)."""
+        await asyncio.Event().wait()
 
     async def register(self, worker: str, probe: list[Any]) -> None:
-        """Keep ``worker``'s probe: once per process and object, before it acquires."""
-        self.probes[worker] = probe
+        """Keep ``worker``'s probe, a pending ``hold()`` call of that process: Ray fails
+        the object when its owner (the calling process) dies, and never before."""
+        self.probes[worker] = asyncio.wrap_future(probe[0].future())
 
-    async def _owner_alive(self, owner: tuple[str, int]) -> bool:
+    async def _owner_alive(self, owner: tuple[str, int], patience: float = 0.0) -> bool:
+        """Whether the owner's process lives: False once its probe failed (waiting up to
+        ``patience`` seconds for Ray to say so)."""
         probe = self.probes.get(owner[0])
         if probe is None:
             return True
-        try:
-            await asyncio.wait_for(probe[0], _PROBE_EVERY)
-        except asyncio.TimeoutError:
-            return True
-        except Exception:  # OwnerDiedError, ObjectLostError: its process is gone
-            return False
-        return True
+        if not probe.done() and patience:
+            await asyncio.wait({probe}, timeout=patience)
+        return not probe.done()
 
     async def _reap(self) -> bool:
         """Free what dead owners hold; return whether any was."""
@@ -146,6 +152,117 @@ class _SyncActor:
 
     async def state(self) -> tuple[int, int, bool]:
         return self.value, sum(self.holders.values()), self.died
+
+    # a Condition on this lock: wait releases it wholly, waits, and takes it back
+    async def cond_wait(self, owner: tuple[str, int], timeout: float | None) -> bool:
+        if owner not in self.holders:
+            raise NotHeldError("cannot wait on un-acquired lock")
+        woken = asyncio.Event()
+        self.waiters.append(woken)
+        async with self.cond:
+            saved = self.holders.pop(owner)
+            self.value += 1
+            self.cond.notify()
+        try:
+            await asyncio.wait_for(woken.wait(), timeout)
+            notified = True
+        except asyncio.TimeoutError:
+            notified = False
+        finally:
+            if woken in self.waiters:
+                self.waiters.remove(woken)
+        await self.acquire(owner, None)
+        self.holders[owner] = saved
+        return notified
+
+    async def cond_notify(self, owner: tuple[str, int], n: int) -> None:
+        if owner not in self.holders:
+            raise NotHeldError("cannot notify on un-acquired lock")
+        for woken in self.waiters[:n]:
+            woken.set()
+        del self.waiters[:n]
+
+
+class _BarrierActor(_SyncActor):
+    """A barrier: parties, generations, broken when a waiting party's process dies."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__("lock")
+        self.parties = parties
+        self.count = 0
+        self.generation = 0
+        self.broken = False
+        self.waiting: list[str] = []  # the Ray workers of the waiting parties
+        self.party_died = False  # broken because a waiting party's process died
+
+    async def arrive(self, worker: str, timeout: float | None) -> int:
+        if self.broken:
+            raise self._broken_error()
+        generation = self.generation
+        index = self.count
+        if index + 1 == self.parties:
+            # the last to come: every waiting party must still be alive
+            for other in list(self.waiting):
+                if not await self._owner_alive((other, 0)):
+                    async with self.cond:
+                        self._break(died=True)
+                    raise BarrierPartyDiedError("a party died waiting at the barrier")
+        self.count += 1
+        if self.count == self.parties:
+            self.count = 0
+            self.generation += 1
+            self.waiting.clear()
+            async with self.cond:
+                self.cond.notify_all()
+            return self.parties - 1 - index
+        self.waiting.append(worker)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        async with self.cond:
+            while self.generation == generation and not self.broken:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    self._break()
+                    raise threading.BrokenBarrierError
+                wait = _PROBE_EVERY if left is None else min(left, _PROBE_EVERY)
+                try:
+                    await asyncio.wait_for(self.cond.wait(), wait)
+                except asyncio.TimeoutError:
+                    for other in list(self.waiting):  # (its own too: its caller may be gone)
+                        if not await self._owner_alive((other, 0)):
+                            self._break(died=True)
+                            raise BarrierPartyDiedError(
+                                "a party died waiting at the barrier"
+                            ) from None
+        if self.generation == generation:  # broken
+            raise self._broken_error()
+        return self.parties - 1 - index
+
+    def _broken_error(self) -> BaseException:
+        if self.party_died:
+            return BarrierPartyDiedError("a party died waiting at the barrier")
+        return threading.BrokenBarrierError()
+
+    def _break(self, died: bool = False) -> None:
+        self.broken = True
+        self.party_died = self.party_died or died
+        self.count = 0
+        self.waiting.clear()
+        self.cond.notify_all()
+
+    async def abort(self) -> None:
+        async with self.cond:
+            self._break()
+
+    async def reset(self) -> None:
+        async with self.cond:
+            if self.count:
+                self._break()  # the waiting ones get BrokenBarrierError
+            self.broken = False
+            self.party_died = False
+            self.count = 0
+
+    async def info(self) -> tuple[int, int, bool]:
+        return self.parties, self.count, self.broken
 
 
 class _EventActor:
@@ -301,13 +418,17 @@ class _Missing:
 _MISSING: Any = _Missing()
 
 _actors: dict[type, Any] = {}
+# calls an actor runs at once: each process that acquires a lock (or waits at a
+# barrier) keeps one pending (its probe), each blocked acquire or get one more
+_CONCURRENCY = 10_000
 
 
 def _actor(cls: type, *args: Any) -> Any:
     """A new actor of ``cls`` (made a Ray actor class once), on no CPU."""
     remote = _actors.get(cls)
     if remote is None:
-        remote = _actors.setdefault(cls, _ray().remote(num_cpus=0, max_concurrency=1000)(cls))
+        remote = _ray().remote(num_cpus=0, max_concurrency=_CONCURRENCY)(cls)
+        remote = _actors.setdefault(cls, remote)
     return remote.remote(*args)
 
 
@@ -325,22 +446,29 @@ def _get(ref: Any, timeout: float | None = None) -> Any:
 
 # ---- who is calling: the owner of what it acquires -------------------------------------
 
-_probe: dict[int, tuple[str, list[Any]]] = {}  # pid -> (Ray worker id, [its probe])
+_workers: dict[int, str] = {}  # pid -> this process's Ray worker id
 
 
-def _worker() -> tuple[str, list[Any]]:
-    """This process's Ray worker id and its probe (a tiny object this process owns)."""
+def _worker() -> str:
     pid = os.getpid()
-    found = _probe.get(pid)
-    if found is None:
-        ray = _ray()
-        found = (ray.get_runtime_context().get_worker_id(), [ray.put(pid)])
-        found = _probe.setdefault(pid, found)
-    return found
+    worker = _workers.get(pid)
+    if worker is None:
+        worker = _workers.setdefault(pid, _ray().get_runtime_context().get_worker_id())
+    return worker
 
 
 def _owner() -> tuple[str, int]:
-    return _worker()[0], threading.get_ident()
+    return _worker(), threading.get_ident()
+
+
+def _register(handle: Any) -> None:
+    """Give the actor this process's probe, once per process and handle."""
+    pid = os.getpid()
+    if handle.__dict__.get("_registered") != pid:
+        probe = handle._actor.hold.remote()
+        _get(handle._actor.register.remote(_worker(), [probe]))
+        handle.__dict__["_probe"] = probe
+        handle.__dict__["_registered"] = pid
 
 
 def _check_timeout(block: bool, timeout: float | None) -> float | None:
@@ -391,19 +519,10 @@ class RaySemaphore(_Handle):
             raise ValueError("semaphore initial value must be >= 0")
         self._actor = _actor(_SyncActor, self._kind, value)
 
-    _registered: int | None = None  # the pid whose probe the actor has
-
-    def __setstate__(self, state: Any) -> None:
-        self._actor = state
-        self._registered = None
-
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Take a unit (a lock); wait up to ``timeout`` seconds (None: for ever)."""
         limit = _check_timeout(block, timeout)
-        if self._registered != os.getpid():
-            worker, probe = _worker()
-            _get(self._actor.register.remote(worker, probe))
-            self._registered = os.getpid()
+        _register(self)
         acquired, died = _get(self._actor.acquire.remote(_owner(), limit))
         if died:
             warnings.warn(
@@ -482,6 +601,95 @@ class RayEvent(_Handle):
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the flag is set or ``timeout`` seconds passed; return the flag."""
         return bool(_get(self._actor.wait.remote(_check_timeout(True, timeout))))
+
+
+class RayCondition(RayRLock):
+    """A condition variable on the cluster, on its own RLock or on a :class:`RayLock`
+    or :class:`RayRLock` given: ``with c: c.wait(timeout)``, ``wait_for``,
+    ``notify(n)``, ``notify_all()``."""
+
+    def __init__(self, lock: RayLock | None = None) -> None:
+        if lock is None:
+            self._actor = _actor(_SyncActor, "rlock", 1)
+        elif isinstance(lock, RayLock):
+            self._actor = lock._actor
+        else:
+            raise TypeError(f"a Ray Condition takes a Ray lock, not {type(lock).__name__}")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Release the lock, wait for a notify (or ``timeout``), take the lock back;
+        return whether it was notified."""
+        return bool(_get(self._actor.cond_wait.remote(_owner(), _check_timeout(True, timeout))))
+
+    def wait_for(self, predicate: Any, timeout: float | None = None) -> Any:
+        """Wait until ``predicate()`` is true (or ``timeout``); return its last value."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        result = predicate()
+        while not result:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            self.wait(left)
+            result = predicate()
+        return result
+
+    def notify(self, n: int = 1) -> None:
+        """Wake up to ``n`` waiters (the caller must hold the lock)."""
+        _get(self._actor.cond_notify.remote(_owner(), n))
+
+    def notify_all(self) -> None:
+        """Wake every waiter."""
+        self.notify(sys.maxsize)
+
+
+class RayBarrier(_Handle):
+    """A barrier on the cluster: ``wait(timeout)`` returns the arrival index; a timeout,
+    ``abort()`` or a waiting party whose process died breaks it
+    (:class:`threading.BrokenBarrierError`; :class:`~shoal.BarrierPartyDiedError` for a
+    death, noticed within 0.5 s).  No ``action`` yet."""
+
+    def __init__(self, parties: int, action: Any = None, timeout: float | None = None) -> None:
+        if not isinstance(parties, int) or parties < 1:
+            raise ValueError("parties must be a positive int")
+        if action is not None:
+            raise NotImplementedError("a Ray Barrier takes no action yet (#13)")
+        self._actor = _actor(_BarrierActor, parties)
+        self._timeout = timeout
+
+    def __getstate__(self) -> Any:
+        return (self._actor, self._timeout)
+
+    def __setstate__(self, state: Any) -> None:
+        self._actor, self._timeout = state
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for every party; return this one's index (0 … parties - 1)."""
+        _register(self)
+        limit = self._timeout if timeout is None else timeout
+        return int(_get(self._actor.arrive.remote(_worker(), _check_timeout(True, limit))))
+
+    def abort(self) -> None:
+        """Break the barrier: waiters and later callers get BrokenBarrierError."""
+        _get(self._actor.abort.remote())
+
+    def reset(self) -> None:
+        """Back to the start; the parties waiting now get BrokenBarrierError."""
+        _get(self._actor.reset.remote())
+
+    @property
+    def parties(self) -> int:
+        """The number of parties."""
+        return int(_get(self._actor.info.remote())[0])
+
+    @property
+    def n_waiting(self) -> int:
+        """The parties waiting now."""
+        return int(_get(self._actor.info.remote())[1])
+
+    @property
+    def broken(self) -> bool:
+        """Whether the barrier is broken."""
+        return bool(_get(self._actor.info.remote())[2])
 
 
 # ---- the queue ---------------------------------------------------------------------------
