@@ -8,7 +8,7 @@ and results included) and its creator's process lives; then Ray removes it.  The
 take no CPU (``num_cpus=0``) and are asynchronous actors, so a blocked ``acquire`` or
 ``get`` waits inside the actor without keeping anyone else's call from running.
 
-Owners.  A lock's holder is a (Ray worker, thread) pair; with the holder the actor
+Owners.  A lock's holder is a (process token, thread) pair; with the holder the actor
 keeps a *probe*: a tiny object the holder's process owns.  When the holder's process
 dies Ray loses the objects it owned, so while someone waits the actor looks at the
 probe every :data:`_PROBE_EVERY` seconds; a lost probe means a dead owner, and the
@@ -25,6 +25,7 @@ import asyncio
 import collections
 import os
 import queue as stdlib_queue
+import secrets
 import sys
 import threading
 import time
@@ -65,8 +66,8 @@ class _SyncActor:
         self.kind = kind
         self.value = value
         self.initial = value
-        self.holders: dict[tuple[str, int], int] = {}  # owner -> count held
-        self.probes: dict[str, Any] = {}  # Ray worker -> its probe's future (register)
+        self.holders: dict[tuple[int, int], int] = {}  # owner -> count held
+        self.probes: dict[int, Any] = {}  # Ray worker -> its probe's future (register)
         self.cond = asyncio.Condition()
         self.died = False  # the current holder got it from a dead owner
         self.waiters: list[asyncio.Event] = []  # a Condition's (cond_wait)
@@ -75,12 +76,12 @@ class _SyncActor:
         """Never returns: the pending call is its caller's probe (see register)."""
         await asyncio.Event().wait()
 
-    async def register(self, worker: str, probe: list[Any]) -> None:
+    async def register(self, worker: int, probe: list[Any]) -> None:
         """Keep ``worker``'s probe, a pending ``hold()`` call of that process: Ray fails
         the object when its owner (the calling process) dies, and never before."""
         self.probes[worker] = asyncio.wrap_future(probe[0].future())
 
-    async def _owner_alive(self, owner: tuple[str, int], patience: float = 0.0) -> bool:
+    async def _owner_alive(self, owner: tuple[int, int], patience: float = 0.0) -> bool:
         """Whether the owner's process lives: False once its probe failed (waiting up to
         ``patience`` seconds for Ray to say so)."""
         probe = self.probes.get(owner[0])
@@ -100,7 +101,7 @@ class _SyncActor:
                 freed = True
         return freed
 
-    async def acquire(self, owner: tuple[str, int], timeout: float | None) -> Any:
+    async def acquire(self, owner: tuple[int, int], timeout: float | None) -> Any:
         """(acquired, owner_died)"""
         if self.kind == "rlock" and owner in self.holders:
             self.holders[owner] += 1
@@ -123,7 +124,7 @@ class _SyncActor:
             self.died = died
             return True, died
 
-    async def release(self, owner: tuple[str, int]) -> None:
+    async def release(self, owner: tuple[int, int]) -> None:
         async with self.cond:
             if self.kind in ("lock", "rlock"):
                 if owner not in self.holders:
@@ -154,7 +155,7 @@ class _SyncActor:
         return self.value, sum(self.holders.values()), self.died
 
     # a Condition on this lock: wait releases it wholly, waits, and takes it back
-    async def cond_wait(self, owner: tuple[str, int], timeout: float | None) -> bool:
+    async def cond_wait(self, owner: tuple[int, int], timeout: float | None) -> bool:
         if owner not in self.holders:
             raise NotHeldError("cannot wait on un-acquired lock")
         woken = asyncio.Event()
@@ -175,7 +176,7 @@ class _SyncActor:
         self.holders[owner] = saved
         return notified
 
-    async def cond_notify(self, owner: tuple[str, int], n: int) -> None:
+    async def cond_notify(self, owner: tuple[int, int], n: int) -> None:
         if owner not in self.holders:
             raise NotHeldError("cannot notify on un-acquired lock")
         for woken in self.waiters[:n]:
@@ -192,10 +193,10 @@ class _BarrierActor(_SyncActor):
         self.count = 0
         self.generation = 0
         self.broken = False
-        self.waiting: list[str] = []  # the Ray workers of the waiting parties
+        self.waiting: list[int] = []  # the Ray workers of the waiting parties
         self.party_died = False  # broken because a waiting party's process died
 
-    async def arrive(self, worker: str, timeout: float | None) -> int:
+    async def arrive(self, worker: int, timeout: float | None) -> int:
         if self.broken:
             raise self._broken_error()
         generation = self.generation
@@ -446,18 +447,18 @@ def _get(ref: Any, timeout: float | None = None) -> Any:
 
 # ---- who is calling: the owner of what it acquires -------------------------------------
 
-_workers: dict[int, str] = {}  # pid -> this process's Ray worker id
+_workers: dict[int, int] = {}  # pid -> this process's token (random: pids repeat on a cluster)
 
 
-def _worker() -> str:
+def _worker() -> int:
     pid = os.getpid()
     worker = _workers.get(pid)
     if worker is None:
-        worker = _workers.setdefault(pid, _ray().get_runtime_context().get_worker_id())
+        worker = _workers.setdefault(pid, secrets.randbits(62))
     return worker
 
 
-def _owner() -> tuple[str, int]:
+def _owner() -> tuple[int, int]:
     return _worker(), threading.get_ident()
 
 
