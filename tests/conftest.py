@@ -184,6 +184,54 @@ def stacks_on_timeout() -> Iterator[None]:
         faulthandler.unregister(signal.SIGALRM)
 
 
+# ---- the Ray backend's cluster (#13) ------------------------------------------------------
+# One local Ray cluster per test session, started by the first test that asks for it:
+# bound to loopback (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read when ray is imported),
+# always a fresh one (address="local": never a cluster this run did not start), in its
+# own short temporary directory (unix socket paths), with a small object store; it is
+# stopped by ray.shutdown(), never `ray stop` (which kills by name).  Where ray cannot
+# be imported (no wheel for this Python) the tests that need it skip, saying why.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """Start the session's local Ray cluster; yield its address (for other drivers)."""
+    import shutil
+    import tempfile
+
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        import ray
+    except ImportError as error:
+        pytest.skip(f"Ray is not installed for this Python (shoal[ray]: {error})")
+    if ray.is_initialized():
+        pytest.fail("a Ray cluster is connected already: the tests start their own")
+    temp = tempfile.mkdtemp(prefix="shoal-ray-", dir="/tmp")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=256 << 20,
+        logging_level="warning",
+        _temp_dir=temp,
+        # the workers import the tests' helper modules (pool_tasks …) by name
+        runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}},
+    )
+    try:
+        # the driver's connections and threads, made once here rather than inside
+        # the first test's leak check
+        def pid() -> int:
+            return os.getpid()
+
+        ray.get([ray.remote(pid).remote() for _ in range(4)], timeout=60)
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest):
     """After each test: no child process left, no new shoal segment that this process
@@ -221,7 +269,8 @@ def no_leaks(request: pytest.FixtureRequest):
 
     wait_until(lambda: not threads_left(), timeout=5.0)
     assert not threads_left(), f"test left threads running: {threads_left()}"
-    if fds_before is not None:
+    # (a Ray test: the Ray driver keeps its own connections to the workers it leased)
+    if fds_before is not None and "ray_cluster" not in request.fixturenames:
         # the standard library's forkserver and resource tracker start once per
         # process, on first use, and stay
         forkserver = getattr(multiprocessing.forkserver._forkserver, "_forkserver_alive_fd", None)

@@ -41,6 +41,8 @@ RANKS: dict[str, int] = {
     "_process": 70,
     "_pool": 71,  # the package: its modules' own order is POOL_ORDER below
     "_managers": 80,
+    "_ray_objects": 89,  # the Ray backend's primitives: one actor each
+    "_ray": 90,  # scale-out: the Ray backend (imports ray itself on first use only)
     "_context": 95,  # get_context(): factories of every layer below, Pool and Manager included
     "_demo": 100,  # what `python -m shoal demo` runs
     "_doctor": 100,

@@ -8,6 +8,7 @@ locks survive a dead owner; segments are reference counted and reaped after cras
     lock = shoal.Lock()          # pass it anywhere: Pool tasks, queues, later processes
 """
 
+import os
 import sys
 
 # Nothing is imported until it is used (#11): ``import shoal`` costs less than ``import
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from ._array import SharedArray as SharedArray
     from ._array import share as share
     from ._context import get_context as get_context
+    from ._context import use as use
     from ._dict import DictStatistics as DictStatistics
     from ._dict import SharedDict as SharedDict
     from ._errors import BarrierPartyDiedError as BarrierPartyDiedError
@@ -155,6 +157,7 @@ __all__ = [
     "set_forkserver_preload",
     "set_start_method",
     "share",
+    "use",
     "worker_state",
 ]
 
@@ -162,7 +165,7 @@ __all__ = [
 # threads when imported, so SharedArray and share() load it on first use only (#4)
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "_array": ("SharedArray", "share"),
-    "_context": ("get_context",),
+    "_context": ("get_context", "use"),
     "_dict": ("DictStatistics", "SharedDict"),
     "_errors": (
         "BarrierPartyDiedError",
@@ -242,6 +245,16 @@ if not TYPE_CHECKING:
         module = _HOME.get(name)
         if module is None:
             raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+        if name in _FACTORIES and _context_chosen():
+            # shoal.use() or SHOAL_CONTEXT chose a context: its factory (not bound
+            # here, so that another use() is seen)
+            __import__("shoal._context")
+            ctx = sys.modules["shoal._context"].in_use()
+            if ctx is not None:
+                factory = getattr(ctx, name, None)
+                if factory is None:
+                    raise AttributeError(f"shoal.{name}: the context in use, {ctx!r}, has none")
+                return factory
         if module not in _NO_MEMORY:
             for objects in _OBJECTS:
                 __import__(f"shoal.{objects}")
@@ -257,6 +270,23 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_HOME))
 
 
+# the names a context chosen by shoal.use() or SHOAL_CONTEXT answers (_context.FACTORIES)
+_FACTORIES = frozenset({
+    "Array", "Barrier", "BoundedSemaphore", "Condition", "Event", "Executor",
+    "JoinableQueue", "Lock", "Manager", "Pool", "Queue", "RLock", "RawArray",
+    "RawValue", "Semaphore", "SimpleQueue", "Value",
+})  # fmt: skip
+
+
+def _context_chosen() -> bool:
+    """Whether a context other than the local default may be in use (cheap: no import)."""
+    ctx = sys.modules.get("shoal._context")
+    used = getattr(ctx, "_used", None) if ctx is not None else None
+    if ctx is not None and used is not getattr(ctx, "_UNSET", None):
+        return used is not None
+    return bool(os.environ.get("SHOAL_CONTEXT"))
+
+
 def _bind_loaded() -> None:
     """Bind the public names of every shoal module imported so far (one imports
     others), so that they are found directly from now on, and have its classes and
@@ -268,7 +298,10 @@ def _bind_loaded() -> None:
             continue
         if getattr(loaded.__spec__, "_initializing", False):
             continue  # still running its own imports: bound once it is done
+        chosen = _context_chosen()
         for name in names:
+            if chosen and name in _FACTORIES:
+                continue  # the chosen context's (__getattr__)
             value = vars(loaded).get(name)
             if value is not None:  # (else made on first use: bound when asked for)
                 _bind(name, value)

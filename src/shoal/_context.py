@@ -33,10 +33,12 @@ primitives.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sys
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, overload, runtime_checkable
 
-from . import _managers, _pool, _queues, _sharedctypes, _sync
+from . import _managers, _pool, _queues, _ray, _sharedctypes, _sync
 from ._process import (
     AuthenticationError,
     BufferTooShort,
@@ -46,7 +48,7 @@ from ._process import (
     process_cpu_count,
 )
 
-__all__ = ["Context", "get_context"]
+__all__ = ["Context", "get_context", "use"]
 
 # One shoal context per start method, as the standard library keeps one context per
 # method: get_context("spawn") is get_context("spawn").
@@ -83,6 +85,79 @@ def register_backend(name: str, factory: Callable[..., BackendContext]) -> None:
     if name in ("fork", "spawn", "forkserver") or name in _backends:
         raise ValueError(f"a context named {name!r} exists already")
     _backends[name] = factory
+
+
+# the backends shoal ships: each imports its engine on first use only
+_backends["ray"] = _ray.RayContext
+
+# ---- the context in use: shoal.use(), SHOAL_CONTEXT ------------------------------------
+# The names of the shoal module that the context in use answers (shoal.Pool() …); the
+# others (the exceptions, Process, SharedArray …) are always the local ones.
+FACTORIES = (
+    "Array",
+    "Barrier",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "Executor",
+    "JoinableQueue",
+    "Lock",
+    "Manager",
+    "Pool",
+    "Queue",
+    "RLock",
+    "RawArray",
+    "RawValue",
+    "Semaphore",
+    "SimpleQueue",
+    "Value",
+)
+_UNSET: Any = object()
+_used: Any = _UNSET  # what use() chose: a context, None (local), or _UNSET (see the environment)
+
+
+def use(name: str | None = None, **options: Any) -> Any:
+    """Make the module-level factories (``shoal.Pool()``, ``shoal.Queue()``,
+    ``shoal.Lock()`` … :data:`FACTORIES`) those of a context, for code that must not
+    change: ``shoal.use("ray", address="auto")``.
+
+    Args:
+        name: a backend (``"ray"``) or a start method, as for :func:`get_context`;
+            None goes back to shoal's own shared-memory objects.
+        options: the context's options (``address=`` …).
+
+    Returns:
+        The context now in use (None for the local default).
+
+    What was imported before the call (``from shoal import Pool``) keeps its value.
+    Without a call, the environment decides, once: ``SHOAL_CONTEXT=ray`` (or a start
+    method), with ``SHOAL_RAY_ADDRESS`` (``SHOAL_<NAME>_ADDRESS``) as ``address``.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    global _used
+    ctx = None if name is None else get_context(name, **options)
+    _used = ctx
+    shoal = sys.modules.get("shoal")
+    if shoal is not None:  # forget what was bound: the next lookup asks again
+        for factory in FACTORIES:
+            vars(shoal).pop(factory, None)
+    return ctx
+
+
+def in_use() -> Any:
+    """The context that ``shoal.use()`` or ``SHOAL_CONTEXT`` chose, or None (local)."""
+    global _used
+    if _used is _UNSET:
+        name = os.environ.get("SHOAL_CONTEXT") or None
+        options: dict[str, Any] = {}
+        if name is not None and name in _backends:
+            address = os.environ.get(f"SHOAL_{name.upper()}_ADDRESS")
+            if address:
+                options["address"] = address
+        _used = None if name is None else get_context(name, **options)
+    return _used
 
 
 @overload

@@ -1,0 +1,963 @@
+"""shoal's primitives on Ray (#13): each object is one Ray actor, and the object a
+thin handle on it that pickles (the Ray actor handle inside), so it works in any
+task, actor or driver of the cluster.
+
+Lifetime: the actors are *owned*, not detached: one lives while a handle on it is
+reachable anywhere in the cluster (Ray counts them, handles inside task arguments
+and results included) and its creator's process lives; then Ray removes it.  They
+take no CPU (``num_cpus=0``) and are asynchronous actors, so a blocked ``acquire`` or
+``get`` waits inside the actor without keeping anyone else's call from running.
+
+Owners.  A lock's holder is a (process token, thread) pair; with the holder the actor
+keeps a *probe*: a tiny object the holder's process owns.  When the holder's process
+dies Ray loses the objects it owned, so while someone waits the actor looks at the
+probe every :data:`_PROBE_EVERY` seconds; a lost probe means a dead owner, and the
+lock is handed to the next acquirer with ``owner_died`` set, as the local lock does.
+
+Queues batch on the client: ``put`` appends to a buffer that a thread of the
+putting process flushes (the standard library's ``multiprocessing.Queue`` has such a
+feeder thread too), and ``get`` takes up to ``prefetch`` waiting items in one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import queue as stdlib_queue
+import secrets
+import sys
+import threading
+import time
+import types
+import warnings
+from collections.abc import Iterable, Iterator, MutableMapping
+from typing import Any
+
+from ._errors import BarrierPartyDiedError, NotHeldError, OwnerDiedWarning
+
+__all__ = [
+    "RayBarrier",
+    "RayBoundedSemaphore",
+    "RayCondition",
+    "RayEvent",
+    "RayLock",
+    "RayQueue",
+    "RayRLock",
+    "RaySemaphore",
+    "RaySharedDict",
+    "RayValue",
+]
+
+_PROBE_EVERY = 0.5  # seconds between two looks at a waited-for holder's probe
+
+
+def _ray() -> types.ModuleType:
+    return sys.modules.get("ray") or __import__("ray")
+
+
+# ---- the actors (plain classes: made Ray actors on first use, see _actor) ---------------
+
+
+class _SyncActor:
+    """A lock, an RLock or a (bounded) semaphore, with owners and timeouts."""
+
+    def __init__(self, kind: str, value: int = 1) -> None:
+        self.kind = kind
+        self.value = value
+        self.initial = value
+        self.holders: dict[tuple[int, int], int] = {}  # owner -> count held
+        self.probes: dict[int, Any] = {}  # Ray worker -> its probe's future (register)
+        self.cond = asyncio.Condition()
+        self.died = False  # the current holder got it from a dead owner
+        self.waiters: list[asyncio.Event] = []  # a Condition's (cond_wait)
+
+    async def hold(self) -> None:
+        """Never returns: the pending call is its caller's probe (see register)."""
+        await asyncio.Event().wait()
+
+    async def register(self, worker: int, probe: list[Any]) -> None:
+        """Keep ``worker``'s probe, a pending ``hold()`` call of that process: Ray fails
+        the object when its owner (the calling process) dies, and never before."""
+        self.probes[worker] = asyncio.wrap_future(probe[0].future())
+
+    async def _owner_alive(self, owner: tuple[int, int], patience: float = 0.0) -> bool:
+        """Whether the owner's process lives: False once its probe failed (waiting up to
+        ``patience`` seconds for Ray to say so)."""
+        probe = self.probes.get(owner[0])
+        if probe is None:
+            return True
+        if not probe.done() and patience:
+            await asyncio.wait({probe}, timeout=patience)
+        return not probe.done()
+
+    async def _reap(self) -> bool:
+        """Free what dead owners hold; return whether any was."""
+        freed = False
+        for owner in list(self.holders):
+            if not await self._owner_alive(owner):
+                count = self.holders.pop(owner)
+                self.value += count if self.kind not in ("rlock",) else 1
+                freed = True
+        return freed
+
+    async def acquire(self, owner: tuple[int, int], timeout: float | None) -> Any:
+        """(acquired, owner_died)"""
+        if self.kind == "rlock" and owner in self.holders:
+            self.holders[owner] += 1
+            return True, False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        died = False
+        async with self.cond:
+            while self.value <= 0:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False, False
+                wait = _PROBE_EVERY if left is None else min(left, _PROBE_EVERY)
+                try:
+                    await asyncio.wait_for(self.cond.wait(), wait)
+                except asyncio.TimeoutError:
+                    if await self._reap():
+                        died = True
+            self.value -= 1
+            self.holders[owner] = self.holders.get(owner, 0) + 1
+            self.died = died
+            return True, died
+
+    async def release(self, owner: tuple[int, int]) -> None:
+        async with self.cond:
+            if self.kind in ("lock", "rlock"):
+                if owner not in self.holders:
+                    what = "lock" if self.kind == "lock" else "RLock"
+                    raise NotHeldError(f"release of a {what} this thread does not hold")
+                self.holders[owner] -= 1
+                if self.holders[owner]:
+                    return
+                del self.holders[owner]
+            else:
+                if self.kind == "bounded" and self.value >= self.initial:
+                    raise ValueError("Semaphore released too many times")
+                count = self.holders.get(owner, 0)
+                if count > 1:
+                    self.holders[owner] = count - 1
+                elif count:
+                    del self.holders[owner]
+                elif self.holders:  # released by another caller: free someone's unit
+                    other = next(iter(self.holders))
+                    self.holders[other] -= 1
+                    if not self.holders[other]:
+                        del self.holders[other]
+            self.value += 1
+            self.died = False
+            self.cond.notify()
+
+    async def state(self) -> tuple[int, int, bool]:
+        return self.value, sum(self.holders.values()), self.died
+
+    # a Condition on this lock: wait releases it wholly, waits, and takes it back
+    async def cond_wait(self, owner: tuple[int, int], timeout: float | None) -> bool:
+        if owner not in self.holders:
+            raise NotHeldError("cannot wait on un-acquired lock")
+        woken = asyncio.Event()
+        self.waiters.append(woken)
+        async with self.cond:
+            saved = self.holders.pop(owner)
+            self.value += 1
+            self.cond.notify()
+        try:
+            await asyncio.wait_for(woken.wait(), timeout)
+            notified = True
+        except asyncio.TimeoutError:
+            notified = False
+        finally:
+            if woken in self.waiters:
+                self.waiters.remove(woken)
+        await self.acquire(owner, None)
+        self.holders[owner] = saved
+        return notified
+
+    async def cond_notify(self, owner: tuple[int, int], n: int) -> None:
+        if owner not in self.holders:
+            raise NotHeldError("cannot notify on un-acquired lock")
+        for woken in self.waiters[:n]:
+            woken.set()
+        del self.waiters[:n]
+
+
+class _BarrierActor(_SyncActor):
+    """A barrier: parties, generations, broken when a waiting party's process dies."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__("lock")
+        self.parties = parties
+        self.count = 0
+        self.generation = 0
+        self.broken = False
+        self.waiting: list[int] = []  # the Ray workers of the waiting parties
+        self.party_died = False  # broken because a waiting party's process died
+
+    async def arrive(self, worker: int, timeout: float | None) -> int:
+        if self.broken:
+            raise self._broken_error()
+        generation = self.generation
+        index = self.count
+        if index + 1 == self.parties:
+            # the last to come: every waiting party must still be alive
+            for other in list(self.waiting):
+                if not await self._owner_alive((other, 0)):
+                    async with self.cond:
+                        self._break(died=True)
+                    raise BarrierPartyDiedError("a party died waiting at the barrier")
+        self.count += 1
+        if self.count == self.parties:
+            self.count = 0
+            self.generation += 1
+            self.waiting.clear()
+            async with self.cond:
+                self.cond.notify_all()
+            return self.parties - 1 - index
+        self.waiting.append(worker)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        async with self.cond:
+            while self.generation == generation and not self.broken:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    self._break()
+                    raise threading.BrokenBarrierError
+                wait = _PROBE_EVERY if left is None else min(left, _PROBE_EVERY)
+                try:
+                    await asyncio.wait_for(self.cond.wait(), wait)
+                except asyncio.TimeoutError:
+                    for other in list(self.waiting):  # (its own too: its caller may be gone)
+                        if not await self._owner_alive((other, 0)):
+                            self._break(died=True)
+                            raise BarrierPartyDiedError(
+                                "a party died waiting at the barrier"
+                            ) from None
+        if self.generation == generation:  # broken
+            raise self._broken_error()
+        return self.parties - 1 - index
+
+    def _broken_error(self) -> BaseException:
+        if self.party_died:
+            return BarrierPartyDiedError("a party died waiting at the barrier")
+        return threading.BrokenBarrierError()
+
+    def _break(self, died: bool = False) -> None:
+        self.broken = True
+        self.party_died = self.party_died or died
+        self.count = 0
+        self.waiting.clear()
+        self.cond.notify_all()
+
+    async def abort(self) -> None:
+        async with self.cond:
+            self._break()
+
+    async def reset(self) -> None:
+        async with self.cond:
+            if self.count:
+                self._break()  # the waiting ones get BrokenBarrierError
+            self.broken = False
+            self.party_died = False
+            self.count = 0
+
+    async def info(self) -> tuple[int, int, bool]:
+        return self.parties, self.count, self.broken
+
+
+class _EventActor:
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    async def set(self) -> None:
+        self.event.set()
+
+    async def clear(self) -> None:
+        self.event.clear()
+
+    async def is_set(self) -> bool:
+        return self.event.is_set()
+
+    async def wait(self, timeout: float | None) -> bool:
+        try:
+            await asyncio.wait_for(self.event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+class _QueueActor:
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.items: collections.deque[Any] = collections.deque()
+        self.cond = asyncio.Condition()
+        self.unfinished = 0
+
+    async def put(self, items: list[Any], timeout: float | None) -> int:
+        """Append what fits before ``timeout``; return how many."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = 0
+        async with self.cond:
+            for item in items:
+                while self.maxsize > 0 and len(self.items) >= self.maxsize:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return done
+                    try:
+                        await asyncio.wait_for(self.cond.wait(), left)
+                    except asyncio.TimeoutError:
+                        return done
+                self.items.append(item)
+                self.unfinished += 1
+                done += 1
+                self.cond.notify_all()
+        return done
+
+    async def get(self, most: int, timeout: float | None) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        async with self.cond:
+            while not self.items:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return []
+                try:
+                    await asyncio.wait_for(self.cond.wait(), left)
+                except asyncio.TimeoutError:
+                    return []
+            out = [self.items.popleft() for _ in range(min(most, len(self.items)))]
+            self.cond.notify_all()
+            return out
+
+    async def qsize(self) -> int:
+        return len(self.items)
+
+    async def task_done(self, count: int) -> None:
+        async with self.cond:
+            if count > self.unfinished:
+                raise ValueError("task_done() called too many times")
+            self.unfinished -= count
+            self.cond.notify_all()
+
+    async def join(self, timeout: float | None) -> bool:
+        async with self.cond:
+            try:
+                await asyncio.wait_for(self.cond.wait_for(lambda: self.unfinished == 0), timeout)
+            except asyncio.TimeoutError:
+                return False
+            return True
+
+
+class _DictActor(_SyncActor):
+    """A dict (a Value is the dict's one key) with atomic operations, and a lock."""
+
+    def __init__(self, items: dict[Any, Any]) -> None:
+        super().__init__("rlock")
+        self.data = dict(items)
+
+    async def call(self, name: str, *args: Any) -> Any:
+        return getattr(self, "op_" + name)(*args)
+
+    async def batch(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        return [getattr(self, "op_" + name)(*args) for name, args in calls]
+
+    def op_get(self, key: Any, default: Any) -> Any:
+        return self.data.get(key, default)
+
+    def op_getitem(self, key: Any) -> Any:
+        return self.data[key]
+
+    def op_setitem(self, key: Any, value: Any) -> None:
+        self.data[key] = value
+
+    def op_delitem(self, key: Any) -> None:
+        del self.data[key]
+
+    def op_contains(self, key: Any) -> bool:
+        return key in self.data
+
+    def op_len(self) -> int:
+        return len(self.data)
+
+    def op_items(self) -> list[tuple[Any, Any]]:
+        return list(self.data.items())
+
+    def op_update(self, items: list[tuple[Any, Any]]) -> None:
+        self.data.update(items)
+
+    def op_clear(self) -> None:
+        self.data.clear()
+
+    def op_pop(self, key: Any, default: Any) -> Any:
+        if default is _MISSING:
+            return self.data.pop(key)
+        return self.data.pop(key, default)
+
+    def op_incr(self, key: Any, delta: Any, default: Any) -> Any:
+        value = self.data.get(key, default) + delta
+        self.data[key] = value
+        return value
+
+    def op_get_or_set(self, key: Any, default: Any) -> Any:
+        return self.data.setdefault(key, default)
+
+    def op_compare_exchange(self, key: Any, expected: Any, desired: Any) -> bool:
+        if self.data.get(key, _MISSING) == expected:
+            self.data[key] = desired
+            return True
+        return False
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+    def __reduce__(self) -> str:
+        return "_MISSING"
+
+
+_MISSING: Any = _Missing()
+
+_actors: dict[type, Any] = {}
+# calls an actor runs at once: each process that acquires a lock (or waits at a
+# barrier) keeps one pending (its probe), each blocked acquire or get one more
+_CONCURRENCY = 10_000
+
+
+def _actor(cls: type, *args: Any) -> Any:
+    """A new actor of ``cls`` (made a Ray actor class once), on no CPU."""
+    remote = _actors.get(cls)
+    if remote is None:
+        remote = _ray().remote(num_cpus=0, max_concurrency=_CONCURRENCY)(cls)
+        remote = _actors.setdefault(cls, remote)
+    return remote.remote(*args)
+
+
+def _get(ref: Any, timeout: float | None = None) -> Any:
+    """``ray.get``, raising what the actor raised (not Ray's wrapper)."""
+    ray = _ray()
+    try:
+        return ray.get(ref, timeout=timeout)
+    except ray.exceptions.RayTaskError as error:
+        cause = error.cause
+        if isinstance(cause, BaseException):
+            raise cause.with_traceback(None) from None
+        raise
+
+
+# ---- who is calling: the owner of what it acquires -------------------------------------
+
+_workers: dict[int, int] = {}  # pid -> this process's token (random: pids repeat on a cluster)
+
+
+def _worker() -> int:
+    pid = os.getpid()
+    worker = _workers.get(pid)
+    if worker is None:
+        worker = _workers.setdefault(pid, secrets.randbits(62))
+    return worker
+
+
+def _owner() -> tuple[int, int]:
+    return _worker(), threading.get_ident()
+
+
+def _register(handle: Any) -> None:
+    """Give the actor this process's probe, once per process and handle."""
+    pid = os.getpid()
+    if handle.__dict__.get("_registered") != pid:
+        probe = handle._actor.hold.remote()
+        _get(handle._actor.register.remote(_worker(), [probe]))
+        handle.__dict__["_probe"] = probe
+        handle.__dict__["_registered"] = pid
+
+
+def _check_timeout(block: bool, timeout: float | None) -> float | None:
+    if not block:
+        return 0.0
+    if timeout is None:
+        return None
+    if timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number")
+    return float(timeout)
+
+
+# ---- the handles ------------------------------------------------------------------------
+
+
+class _Handle:
+    """A Ray object's handle: pickles as the actor handle."""
+
+    _actor: Any
+
+    def __reduce__(self) -> Any:
+        return _rebuild, (type(self), self.__getstate__())
+
+    def __getstate__(self) -> Any:
+        return self._actor
+
+    def __setstate__(self, state: Any) -> None:
+        self._actor = state
+
+
+def _rebuild(cls: type, state: Any) -> Any:
+    obj = cls.__new__(cls)
+    obj.__setstate__(state)
+    return obj
+
+
+class RaySemaphore(_Handle):
+    """A semaphore on the cluster: ``acquire(block, timeout)``, ``release()``, ``with``.
+
+    A unit held by a process that died is given back when someone waits for one
+    (the acquirer is told, as for a lock: :class:`~shoal.OwnerDiedWarning`).
+    """
+
+    _kind = "semaphore"
+
+    def __init__(self, value: int = 1) -> None:
+        if not isinstance(value, int) or value < 0:
+            raise ValueError("semaphore initial value must be >= 0")
+        self._actor = _actor(_SyncActor, self._kind, value)
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Take a unit (a lock); wait up to ``timeout`` seconds (None: for ever)."""
+        limit = _check_timeout(block, timeout)
+        _register(self)
+        acquired, died = _get(self._actor.acquire.remote(_owner(), limit))
+        if died:
+            warnings.warn(
+                f"{type(self).__name__} acquired from a process that died holding it: "
+                "the data it guards may be half-updated",
+                OwnerDiedWarning,
+                stacklevel=2,
+            )
+        return bool(acquired)
+
+    def release(self) -> None:
+        """Give the unit (the lock) back (one round trip: the actor's error, a
+        :class:`~shoal.NotHeldError` or a ValueError, is raised here)."""
+        _get(self._actor.release.remote(_owner()))
+
+    @property
+    def owner_died(self) -> bool:
+        """Whether the current holder got it from an owner that died holding it."""
+        return bool(_get(self._actor.state.remote())[2])
+
+    def get_value(self) -> int:
+        """The units free now."""
+        return int(_get(self._actor.state.remote())[0])
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<shoal {type(self).__name__} on Ray>"
+
+
+class RayBoundedSemaphore(RaySemaphore):
+    """A semaphore whose ``release()`` above the initial value raises ValueError."""
+
+    _kind = "bounded"
+
+
+class RayLock(RaySemaphore):
+    """A lock on the cluster, with an owner (release by another raises
+    :class:`~shoal.NotHeldError`), timeouts, and ``owner_died`` when its holder's process
+    died holding it."""
+
+    _kind = "lock"
+
+    def __init__(self) -> None:
+        self._actor = _actor(_SyncActor, self._kind, 1)
+
+
+class RayRLock(RayLock):
+    """A recursive lock on the cluster: its owner may acquire it again."""
+
+    _kind = "rlock"
+
+
+class RayEvent(_Handle):
+    """An event on the cluster: ``set()``, ``clear()``, ``is_set()``, ``wait(timeout)``."""
+
+    def __init__(self) -> None:
+        self._actor = _actor(_EventActor)
+
+    def set(self) -> None:
+        """Set the flag, waking every waiter."""
+        _get(self._actor.set.remote())
+
+    def clear(self) -> None:
+        """Reset the flag."""
+        _get(self._actor.clear.remote())
+
+    def is_set(self) -> bool:
+        """Whether the flag is set."""
+        return bool(_get(self._actor.is_set.remote()))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the flag is set or ``timeout`` seconds passed; return the flag."""
+        return bool(_get(self._actor.wait.remote(_check_timeout(True, timeout))))
+
+
+class RayCondition(RayRLock):
+    """A condition variable on the cluster, on its own RLock or on a :class:`RayLock`
+    or :class:`RayRLock` given: ``with c: c.wait(timeout)``, ``wait_for``,
+    ``notify(n)``, ``notify_all()``."""
+
+    def __init__(self, lock: RayLock | None = None) -> None:
+        if lock is None:
+            self._actor = _actor(_SyncActor, "rlock", 1)
+        elif isinstance(lock, RayLock):
+            self._actor = lock._actor
+        else:
+            raise TypeError(f"a Ray Condition takes a Ray lock, not {type(lock).__name__}")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Release the lock, wait for a notify (or ``timeout``), take the lock back;
+        return whether it was notified."""
+        return bool(_get(self._actor.cond_wait.remote(_owner(), _check_timeout(True, timeout))))
+
+    def wait_for(self, predicate: Any, timeout: float | None = None) -> Any:
+        """Wait until ``predicate()`` is true (or ``timeout``); return its last value."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        result = predicate()
+        while not result:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            self.wait(left)
+            result = predicate()
+        return result
+
+    def notify(self, n: int = 1) -> None:
+        """Wake up to ``n`` waiters (the caller must hold the lock)."""
+        _get(self._actor.cond_notify.remote(_owner(), n))
+
+    def notify_all(self) -> None:
+        """Wake every waiter."""
+        self.notify(sys.maxsize)
+
+
+class RayBarrier(_Handle):
+    """A barrier on the cluster: ``wait(timeout)`` returns the arrival index; a timeout,
+    ``abort()`` or a waiting party whose process died breaks it
+    (:class:`threading.BrokenBarrierError`; :class:`~shoal.BarrierPartyDiedError` for a
+    death, noticed within 0.5 s).  No ``action`` yet."""
+
+    def __init__(self, parties: int, action: Any = None, timeout: float | None = None) -> None:
+        if not isinstance(parties, int) or parties < 1:
+            raise ValueError("parties must be a positive int")
+        if action is not None:
+            raise NotImplementedError("a Ray Barrier takes no action yet (#13)")
+        self._actor = _actor(_BarrierActor, parties)
+        self._timeout = timeout
+
+    def __getstate__(self) -> Any:
+        return (self._actor, self._timeout)
+
+    def __setstate__(self, state: Any) -> None:
+        self._actor, self._timeout = state
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for every party; return this one's index (0 … parties - 1)."""
+        _register(self)
+        limit = self._timeout if timeout is None else timeout
+        return int(_get(self._actor.arrive.remote(_worker(), _check_timeout(True, limit))))
+
+    def abort(self) -> None:
+        """Break the barrier: waiters and later callers get BrokenBarrierError."""
+        _get(self._actor.abort.remote())
+
+    def reset(self) -> None:
+        """Back to the start; the parties waiting now get BrokenBarrierError."""
+        _get(self._actor.reset.remote())
+
+    @property
+    def parties(self) -> int:
+        """The number of parties."""
+        return int(_get(self._actor.info.remote())[0])
+
+    @property
+    def n_waiting(self) -> int:
+        """The parties waiting now."""
+        return int(_get(self._actor.info.remote())[1])
+
+    @property
+    def broken(self) -> bool:
+        """Whether the barrier is broken."""
+        return bool(_get(self._actor.info.remote())[2])
+
+
+# ---- the queue ---------------------------------------------------------------------------
+
+
+class _Feeder:
+    """The putting process's buffer of one queue, and the thread that flushes it."""
+
+    def __init__(self, actor: Any, batch: int) -> None:
+        self.actor = actor
+        self.batch = batch
+        self.items: list[Any] = []
+        self.cond = threading.Condition()
+        self.inflight = 0
+        self.error: BaseException | None = None
+        self.done = False
+        self.thread = threading.Thread(target=self.run, name="shoal-ray-queue", daemon=True)
+        self.thread.start()
+
+    def put(self, item: Any) -> bool:
+        """Buffer ``item``; False if the thread has ended (make another feeder)."""
+        with self.cond:
+            if self.error is not None:
+                raise self.error
+            if self.done:
+                return False
+            self.items.append(item)
+            if len(self.items) == 1 or len(self.items) >= self.batch:
+                self.cond.notify()
+            return True
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.items:
+                    self.inflight = 0
+                    self.cond.notify_all()
+                    if not self.cond.wait(1.0) and not self.items:
+                        self.done = True  # idle for a second: the next put starts another
+                        return
+                items, self.items = self.items, []
+                self.inflight = len(items)
+            try:
+                _get(self.actor.put.remote(items, None))
+            except BaseException as error:  # the actor is gone: the next put says so
+                with self.cond:
+                    self.error = error
+                    self.inflight = 0
+                    self.done = True
+                    self.cond.notify_all()
+                return
+
+    def flush(self, timeout: float | None = None) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: not self.items and not self.inflight, timeout)
+
+
+class RayQueue(_Handle):
+    """A FIFO queue on the cluster (``put``/``get`` with ``block``/``timeout``,
+    ``put_many``/``get_many``, ``qsize``, ``empty``, and ``task_done``/``join``).
+
+    ``put`` hands the item to the calling process's feeder thread, which sends what
+    accumulates in one call (so a put is fast, and visible shortly after);
+    ``get`` takes up to ``prefetch`` waiting items at once and serves the next gets
+    from them.  Items a process had taken but not returned are lost with it; a
+    ``maxsize`` queue blocks the feeder, not ``put``.  Big items are best put as
+    ``ray.put`` references.
+    """
+
+    def __init__(self, maxsize: int = 0, *, prefetch: int = 64, batch: int = 256) -> None:
+        if not isinstance(maxsize, int):
+            raise TypeError("maxsize must be an int")
+        if not isinstance(prefetch, int) or prefetch < 1:
+            raise ValueError(f"prefetch must be a positive int, not {prefetch!r}")
+        self._actor = _actor(_QueueActor, maxsize)
+        self._prefetch = prefetch
+        self._batch = batch
+        self._init_local()
+
+    def _init_local(self) -> None:
+        self._taken: collections.deque[Any] = collections.deque()
+        self._lock = threading.Lock()
+        self._feeder: _Feeder | None = None
+
+    def __getstate__(self) -> Any:
+        return (self._actor, self._prefetch, self._batch)
+
+    def __setstate__(self, state: Any) -> None:
+        self._actor, self._prefetch, self._batch = state
+        self._init_local()
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Put ``item`` on the queue (through this process's feeder)."""
+        with self._lock:
+            while self._feeder is None or not self._feeder.put(item):
+                self._feeder = _Feeder(self._actor, self._batch)
+
+    def put_nowait(self, item: Any) -> None:
+        """``put(item, False)``."""
+        self.put(item, False)
+
+    def put_many(self, items: Iterable[Any], timeout: float | None = None) -> int:
+        """Put every item in one call, now (no feeder); return how many were put."""
+        self.flush()
+        return int(_get(self._actor.put.remote(list(items), timeout)))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until what this process put has reached the queue."""
+        feeder = self._feeder
+        if feeder is not None:
+            feeder.flush(timeout)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Take the next item; ``queue.Empty`` if none came within ``timeout``."""
+        with self._lock:
+            if self._taken:
+                return self._taken.popleft()
+        limit = _check_timeout(block, timeout)
+        items = _get(self._actor.get.remote(self._prefetch, limit))
+        if not items:
+            raise stdlib_queue.Empty
+        with self._lock:
+            self._taken.extend(items[1:])
+        return items[0]
+
+    def get_nowait(self) -> Any:
+        """``get(False)``."""
+        return self.get(False)
+
+    def get_many(self, most: int, timeout: float | None = None) -> list[Any]:
+        """Up to ``most`` items, waiting up to ``timeout`` for the first."""
+        with self._lock:
+            out = [self._taken.popleft() for _ in range(min(most, len(self._taken)))]
+        if len(out) < most:
+            out += _get(self._actor.get.remote(most - len(out), 0.0 if out else timeout))
+        return out
+
+    def qsize(self) -> int:
+        """Items in the queue (not those a process took ahead, nor those still in a feeder)."""
+        return int(_get(self._actor.qsize.remote()))
+
+    def empty(self) -> bool:
+        """Whether ``qsize()`` is 0 and this process holds none taken ahead."""
+        return not self._taken and self.qsize() == 0
+
+    def task_done(self) -> None:
+        """One item taken is processed (for :meth:`join`)."""
+        _get(self._actor.task_done.remote(1))
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every item put was marked done; return whether it was."""
+        self.flush()
+        return bool(_get(self._actor.join.remote(timeout)))
+
+    def close(self) -> None:
+        """Flush what this process put (the queue lives on while others hold it)."""
+        self.flush()
+
+    def join_thread(self) -> None:
+        """Wait for the feeder (as ``multiprocessing.Queue.join_thread``)."""
+        self.flush()
+
+    def __repr__(self) -> str:
+        return "<shoal RayQueue on Ray>"
+
+
+# ---- shared data -------------------------------------------------------------------------
+
+
+class RaySharedDict(_Handle, MutableMapping[Any, Any]):
+    """A dict on the cluster, one actor: the mapping API (each call one round trip),
+    atomic ``incr``, ``get_or_set``, ``compare_exchange``, and ``batch()``."""
+
+    def __init__(self, items: Any = (), /, **kwargs: Any) -> None:
+        self._actor = _actor(_DictActor, dict(items, **kwargs))
+
+    def _call(self, name: str, *args: Any) -> Any:
+        return _get(self._actor.call.remote(name, *args))
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._call("getitem", key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._call("setitem", key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self._call("delitem", key)
+
+    def __contains__(self, key: object) -> bool:
+        return bool(self._call("contains", key))
+
+    def __len__(self) -> int:
+        return int(self._call("len"))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter([k for k, _ in self._call("items")])
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """The value of ``key``, or ``default``."""
+        return self._call("get", key, default)
+
+    def items(self) -> Any:
+        """A snapshot of the items (a list)."""
+        return self._call("items")
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        """Set many keys in one call."""
+        self._call("update", list(dict(other, **kwargs).items()))
+
+    def clear(self) -> None:
+        """Remove every key."""
+        self._call("clear")
+
+    def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        """Remove ``key`` and return its value (or ``default``; KeyError without one)."""
+        return self._call("pop", key, default)
+
+    def incr(self, key: Any, delta: Any = 1, default: Any = 0, /) -> Any:
+        """``d[key] = d.get(key, default) + delta`` atomically; return the new value."""
+        return self._call("incr", key, delta, default)
+
+    def get_or_set(self, key: Any, default: Any, /) -> Any:
+        """``d.setdefault(key, default)`` atomically."""
+        return self._call("get_or_set", key, default)
+
+    def compare_exchange(self, key: Any, expected: Any, desired: Any, /) -> bool:
+        """Set ``d[key] = desired`` if it is ``expected`` now; return whether it did."""
+        return bool(self._call("compare_exchange", key, expected, desired))
+
+    def batch(self, calls: Iterable[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """Run many operations in one round trip, atomically:
+        ``d.batch([("incr", ("a", 1, 0)), ("get", ("b", None))])``."""
+        return list(_get(self._actor.batch.remote(list(calls))))
+
+    def __repr__(self) -> str:
+        return "<shoal RaySharedDict on Ray>"
+
+
+class RayValue(_Handle):
+    """A value on the cluster (``.value``, atomic ``add`` and ``compare_exchange``, and
+    ``get_lock()`` for ``with v.get_lock(): v.value += 1``)."""
+
+    def __init__(self, typecode_or_type: Any, value: Any = 0, *, lock: Any = True) -> None:
+        self._actor = _actor(_DictActor, {"value": value})
+
+    @property
+    def value(self) -> Any:
+        """The value (one round trip)."""
+        return _get(self._actor.call.remote("getitem", "value"))
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        _get(self._actor.call.remote("setitem", "value", value))
+
+    def add(self, delta: Any = 1) -> Any:
+        """Add ``delta`` atomically; return the new value."""
+        return _get(self._actor.call.remote("incr", "value", delta, 0))
+
+    def compare_exchange(self, expected: Any, desired: Any) -> bool:
+        """Store ``desired`` if the value is ``expected``; return whether it did."""
+        return bool(_get(self._actor.call.remote("compare_exchange", "value", expected, desired)))
+
+    def get_lock(self) -> RayRLock:
+        """The value's lock (an RLock in the same actor)."""
+        lock = RayRLock.__new__(RayRLock)
+        lock._actor = self._actor
+        return lock
+
+    def __repr__(self) -> str:
+        return "<shoal RayValue on Ray>"
