@@ -121,6 +121,34 @@ class Lock(_core.Mutex, SharedObject):
     def _restore_state(self, state: Any) -> None:
         self._report = bool(state)
 
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """Awaitable :meth:`acquire`: wait for the lock without blocking the event loop.
+
+        Returns True once acquired, False if ``timeout`` seconds ran out.  Cancelling
+        the awaiting task leaves the lock as it was (not taken, no waiter counted).
+        An RLock belongs to a thread, so tasks of one event loop share its ownership
+        (as they share a ``threading.RLock``): use a Lock between tasks.
+        """
+        if self.acquire(False):
+            return True
+        from . import _aio
+
+        def attempt() -> Any:
+            return True if self.acquire(False) else _aio.BLOCKED
+
+        try:
+            return await _aio.wait(self, 0, attempt, timeout, slice_s=_aio._LOCK_SLICE_S)
+        except TimeoutError:
+            return False
+
+    async def __aenter__(self) -> bool:
+        """``async with lock``: :meth:`acquire_async`."""
+        return await self.acquire_async()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Release on leaving ``async with``."""
+        self.release()
+
     def statistics(self) -> LockStatistics:
         """Return a :class:`LockStatistics` snapshot (owner pid, waiters, dead owner)."""
         owner = self._owner_token
@@ -203,6 +231,32 @@ class Semaphore(_core.Semaphore, SharedObject):
     def _bind_payload(self) -> None:
         self._bind(self._mapping, self._payload_offset)
 
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """Awaitable :meth:`acquire`: take one unit without blocking the event loop.
+
+        Returns True once taken, False if ``timeout`` seconds ran out.  Cancelling the
+        awaiting task consumes no unit and leaves no waiter counted.
+        """
+        if self.acquire(False):
+            return True
+        from . import _aio
+
+        def attempt() -> Any:
+            return True if self.acquire(False) else _aio.BLOCKED
+
+        try:
+            return await _aio.wait(self, 0, attempt, timeout, fixed=True)
+        except TimeoutError:
+            return False
+
+    async def __aenter__(self) -> bool:
+        """``async with sem``: :meth:`acquire_async`."""
+        return await self.acquire_async()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Release one unit on leaving ``async with``."""
+        self.release()
+
     def statistics(self) -> SemaphoreStatistics:
         """Return a :class:`SemaphoreStatistics` snapshot."""
         return SemaphoreStatistics(self.get_value(), self._max_value, self._waiters)
@@ -250,6 +304,23 @@ class Event(_core.Event, SharedObject):
 
     def _bind_payload(self) -> None:
         self._bind(self._mapping, self._payload_offset)
+
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """Awaitable :meth:`wait`: True once the flag is set, False if ``timeout`` ran out.
+
+        ``set()`` in any process wakes every awaiting task (and blocked thread).
+        """
+        if self.is_set():
+            return True
+        from . import _aio
+
+        def attempt() -> Any:
+            return True if self.is_set() else _aio.BLOCKED
+
+        try:
+            return await _aio.wait(self, 0, attempt, timeout, broadcast=True, fixed=True)
+        except TimeoutError:
+            return False
 
     def statistics(self) -> EventStatistics:
         """Return an :class:`EventStatistics` snapshot."""
