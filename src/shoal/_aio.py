@@ -320,6 +320,28 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _stop_hub(timeout: float = 5.0) -> None:
+    """Stop this process's hub threads (tests: a test must not leave threads behind).
+
+    Only with nothing awaited: entries still registered are unregistered, and their
+    coroutines would never be woken.
+    """
+    global _HUB
+    with _HUB_LOCK:
+        hub, _HUB = _HUB, None
+    if hub is None:
+        return
+    with hub.lock:
+        for e in list(hub.entries.values()):
+            e.unregister()
+        hub.entries.clear()
+        shards = list(hub.shards)
+    for shard in shards:
+        shard.poke()
+    for shard in shards:
+        shard.thread.join(timeout)
+
+
 def hub_threads() -> int:
     """How many hub threads this process runs now."""
     hub = _HUB
