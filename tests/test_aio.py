@@ -365,7 +365,9 @@ def test_cancelled_acquires_consume_nothing() -> None:
     async def main() -> None:
         tasks = [asyncio.create_task(lock.acquire_async()) for _ in range(3)]
         tasks += [asyncio.create_task(sem.acquire_async()) for _ in range(3)]
-        assert await settle(lambda: lock.statistics().waiters == 1 and sem.statistics().waiters == 1)
+        assert await settle(
+            lambda: lock.statistics().waiters == 1 and sem.statistics().waiters == 1
+        )
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -501,8 +503,10 @@ def test_producer_in_another_process_wakes_with_no_polling_delay(ctx: Any) -> No
     latencies = run(main())
     join_all(p)
     median = statistics.median(latencies)
-    print(f"\nwake latency across processes ({ctx.get_start_method()}): median "
-          f"{median:.3f} ms, max {max(latencies):.3f} ms")
+    print(
+        f"\nwake latency across processes ({ctx.get_start_method()}): median "
+        f"{median:.3f} ms, max {max(latencies):.3f} ms"
+    )
     assert median < 20  # a polling hub would show its slice (50-200 ms) here
     assert q.statistics().consumers_waiting == 0
     q.close()

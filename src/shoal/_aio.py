@@ -238,7 +238,9 @@ class _Hub:
         else:
             self.wake(e.waiters[0])
 
-    def join(self, obj: Any, side: int, w: _Waiter, broadcast: bool, fixed: bool, slice_s: float) -> _Entry:
+    def join(
+        self, obj: Any, side: int, w: _Waiter, broadcast: bool, fixed: bool, slice_s: float
+    ) -> _Entry:
         key = (id(obj), side)
         e = self.entries.get(key)
         if e is None or e.obj is not obj:
@@ -278,9 +280,8 @@ class _Hub:
             return
         # hand the baton on: after a success (there may be more), or when the leaver held
         # an unused wake-up, or whenever nobody listens for this word any more
-        if succeeded or w.woken or not e.armed:
-            if not e.waiters[0].woken:
-                self.wake(e.waiters[0])
+        if (succeeded or w.woken or not e.armed) and not e.waiters[0].woken:
+            self.wake(e.waiters[0])
 
 
 _HUB: _Hub | None = None
