@@ -71,15 +71,17 @@ Names: the awaitable twin of a blocking method ``m`` is ``m_async`` (``get_async
 
 from __future__ import annotations
 
-import asyncio
 import mmap
 import os
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _core
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["BLOCKED", "hub_threads", "wait"]
 
@@ -365,6 +367,8 @@ async def wait(
     already been tried once by the caller.  Raises :class:`TimeoutError` when
     ``timeout`` (seconds) runs out; whatever ``attempt`` raises propagates.
     """
+    import asyncio  # here: importing shoal must not load asyncio (shoal.Lock() stays cheap)
+
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + max(timeout, 0.0)
     hub = _hub()

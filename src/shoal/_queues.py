@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from . import _core
+from . import _aio, _core
 from ._errors import LayoutError, ShutDown
 from ._handle import OBJECT_HEADER_SIZE, SharedObject, object_size
 from ._memory import Segment, keeper_id, report_unraisable
@@ -288,7 +288,6 @@ class Queue(_core.Ring, SharedObject, Generic[_T]):
             return self._get(False)
         except queue.Empty:
             pass
-        from . import _aio
 
         def attempt() -> Any:
             try:
@@ -312,7 +311,6 @@ class Queue(_core.Ring, SharedObject, Generic[_T]):
             return self.put(obj, False)
         except queue.Full:
             pass
-        from . import _aio
 
         def attempt() -> Any:
             try:
@@ -335,7 +333,6 @@ class Queue(_core.Ring, SharedObject, Generic[_T]):
             return self._get_many(max_items, False)
         except queue.Empty:
             pass
-        from . import _aio
 
         def attempt() -> Any:
             try:
@@ -359,8 +356,6 @@ class Queue(_core.Ring, SharedObject, Generic[_T]):
                 exception says how many (they are in the queue, in order).
             SerializationError, ShutDown, ClosedError: as for :meth:`put_many`.
         """
-        from . import _aio
-
         pending = list(items)
         done = 0
 
@@ -615,7 +610,6 @@ class JoinableQueue(Queue[_T]):
         """
         if self._unfinished == 0:
             return True
-        from . import _aio
 
         def attempt() -> Any:
             return True if self._unfinished == 0 else _aio.BLOCKED

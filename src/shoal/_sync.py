@@ -25,7 +25,7 @@ from collections.abc import Callable
 from threading import BrokenBarrierError
 from typing import Any, NoReturn, TypeVar
 
-from . import _core
+from . import _aio, _core
 from ._errors import BarrierPartyDiedError, ClosedError, NotHeldError, ShoalError
 from ._handle import SharedObject
 from ._snapshot import snapshot
@@ -131,7 +131,6 @@ class Lock(_core.Mutex, SharedObject):
         """
         if self.acquire(False):
             return True
-        from . import _aio
 
         def attempt() -> Any:
             return True if self.acquire(False) else _aio.BLOCKED
@@ -239,7 +238,6 @@ class Semaphore(_core.Semaphore, SharedObject):
         """
         if self.acquire(False):
             return True
-        from . import _aio
 
         def attempt() -> Any:
             return True if self.acquire(False) else _aio.BLOCKED
@@ -312,7 +310,6 @@ class Event(_core.Event, SharedObject):
         """
         if self.is_set():
             return True
-        from . import _aio
 
         def attempt() -> Any:
             return True if self.is_set() else _aio.BLOCKED
