@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
 import statistics
@@ -402,6 +403,36 @@ def test_a_cancelled_waiter_passes_its_wake_up_on() -> None:
     assert run(main()) == 5
     assert q.statistics().consumers_waiting == 0 and q.qsize() == 0
     q.close()
+
+
+@pytest.mark.parametrize("kind", ["queue", "lock", "event"])
+def test_closing_a_handle_wakes_its_awaiters_with_closed_error(kind: str) -> None:
+    obj: Any = {"queue": shoal.Queue, "lock": shoal.Lock, "event": shoal.Event}[kind]()
+    other = pickle.loads(pickle.dumps(obj))  # a second handle, to read the counts by
+    if kind == "lock":
+        obj.acquire()
+    waiting = {
+        "queue": lambda: other.statistics().consumers_waiting,
+        "lock": lambda: other.statistics().waiters,
+        "event": lambda: other.statistics().waiters,
+    }[kind]
+
+    async def main() -> list[Any]:
+        call = getattr(obj, {"queue": "get_async", "lock": "acquire_async"}.get(kind, "wait_async"))
+        tasks = [asyncio.create_task(call()) for _ in range(3)]
+        assert await settle(lambda: waiting() == 1)
+        if kind == "lock":
+            obj.release()
+            obj.acquire()  # held again: the tasks still wait
+        obj.close()
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), T)
+
+    results = run(main())
+    assert all(isinstance(r, shoal.ClosedError) for r in results), results
+    assert waiting() == 0  # nothing left counted in shared memory
+    if kind == "lock":
+        other.release()
+    other.close()
 
 
 # ---- many awaiters, few threads -------------------------------------------------------------

@@ -129,6 +129,7 @@ class _Entry:
         "fixed",
         "key",
         "obj",
+        "registered",
         "shard",
         "side",
         "slice",
@@ -147,11 +148,15 @@ class _Entry:
         self.armed = True
         self.waiters: deque[_Waiter] = deque()
         self.shard: _Shard | None = None
+        self.registered = True
 
     def unregister(self) -> None:
+        if not self.registered:
+            return
+        self.registered = False
         try:
             self.obj._aio_unregister(self.side, self.slot)
-        except Exception:  # closed meanwhile: its memory is no longer this handle's
+        except Exception:  # closed meanwhile (forget() runs first on close)
             pass
 
 
@@ -196,6 +201,7 @@ class _Shard:
             r = self._wait_words(addrs, expected, timeout)
             if r == 0 and not armed:
                 continue
+            woken = armed[r - 1] if 0 < r <= len(armed) else None
             with hub.lock:
                 for e in armed:
                     if not e.armed or e.shard is not self:
@@ -205,7 +211,7 @@ class _Shard:
                     except Exception:  # closed: the waiters' retry raises ClosedError
                         value = None
                     changed = value is None or (value != 0 if e.fixed else value != e.expected)
-                    if changed or r == -2:
+                    if changed or r == -2 or e is woken:  # (woken: a set-and-clear pulse)
                         if value is not None and not e.fixed:
                             e.expected = value
                         hub.fire(e)
@@ -343,6 +349,28 @@ def _stop_hub(timeout: float = 5.0) -> None:
         shard.poke()
     for shard in shards:
         shard.thread.join(timeout)
+
+
+def forget(obj: Any) -> None:
+    """``obj``'s handle is closing: unregister this process from it while its memory is
+    still mapped, and wake its awaiting coroutines (their retry raises ClosedError)."""
+    hub = _HUB
+    if hub is None:
+        return
+    with hub.lock:
+        for side in (CONSUMERS, PRODUCERS, JOINERS):
+            e = hub.entries.get((id(obj), side))
+            if e is None or e.obj is not obj:
+                continue
+            del hub.entries[e.key]
+            if e.shard is not None:
+                e.shard.entries.remove(e)
+                e.shard.poke()
+                e.shard = None
+            e.unregister()
+            e.armed = False
+            for w in e.waiters:
+                hub.wake(w)
 
 
 def hub_threads() -> int:

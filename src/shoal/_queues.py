@@ -425,6 +425,7 @@ class Queue(_core.Ring, SharedObject, Generic[_T]):
         return _discard_records(self)
 
     def _unbind_payload(self) -> None:
+        _aio.forget(self)  # awaiting coroutines: unregistered while the memory is there
         if self._busy:
             # another thread is inside a call on this very handle: make it leave (with
             # ClosedError) before the memory goes, or it would wake up in whatever is

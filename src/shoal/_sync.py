@@ -148,6 +148,10 @@ class Lock(_core.Mutex, SharedObject):
         """Release on leaving ``async with``."""
         self.release()
 
+    def _unbind_payload(self) -> None:
+        _aio.forget(self)  # awaiting coroutines: unregistered while the memory is there
+        self._unbind()
+
     def statistics(self) -> LockStatistics:
         """Return a :class:`LockStatistics` snapshot (owner pid, waiters, dead owner)."""
         owner = self._owner_token
@@ -255,6 +259,10 @@ class Semaphore(_core.Semaphore, SharedObject):
         """Release one unit on leaving ``async with``."""
         self.release()
 
+    def _unbind_payload(self) -> None:
+        _aio.forget(self)  # awaiting coroutines: unregistered while the memory is there
+        self._unbind()
+
     def statistics(self) -> SemaphoreStatistics:
         """Return a :class:`SemaphoreStatistics` snapshot."""
         return SemaphoreStatistics(self.get_value(), self._max_value, self._waiters)
@@ -318,6 +326,10 @@ class Event(_core.Event, SharedObject):
             return await _aio.wait(self, 0, attempt, timeout, broadcast=True, fixed=True)
         except TimeoutError:
             return False
+
+    def _unbind_payload(self) -> None:
+        _aio.forget(self)  # awaiting coroutines: unregistered while the memory is there
+        self._unbind()
 
     def statistics(self) -> EventStatistics:
         """Return an :class:`EventStatistics` snapshot."""
