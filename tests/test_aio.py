@@ -325,6 +325,74 @@ def test_event_wait_async_wakes_every_waiter() -> None:
     ev.close()
 
 
+@pytest.mark.parametrize("kind", [shoal.Lock, shoal.RLock])
+def test_condition_wait_async_notify_one_and_all(kind: type) -> None:
+    cond = shoal.Condition(kind())
+    box: list[int] = []
+
+    async def waiter() -> bool:
+        async with cond._lock:
+            return await cond.wait_async(timeout=T)
+
+    async def main() -> None:
+        async with cond._lock:
+            assert await cond.wait_async(timeout=0.05) is False  # timed out, lock held
+            assert cond._lock._is_owned()
+        tasks = [asyncio.create_task(waiter()) for _ in range(3)]
+        assert await settle(lambda: cond._waiting == 3)
+
+        def notify(n: int) -> None:
+            with cond:
+                cond.notify(n) if n >= 0 else cond.notify_all()
+
+        threading.Thread(target=notify, args=(1,)).start()
+        done, pending = await asyncio.wait(tasks, timeout=T, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.sleep(0.1)
+        assert len(done) == 1 and all(not t.done() for t in pending)  # exactly one woke
+        threading.Thread(target=notify, args=(-1,)).start()
+        assert await asyncio.wait_for(asyncio.gather(*tasks), T) == [True] * 3
+
+        async def wait_for_box() -> int:
+            async with cond._lock:
+                return await cond.wait_for_async(lambda: len(box), timeout=T)
+
+        task = asyncio.create_task(wait_for_box())
+        assert await settle(lambda: cond._waiting == 1)
+        with cond:
+            box.append(1)
+            cond.notify_all()
+        assert await asyncio.wait_for(task, T) == 1
+
+    run(main())
+    assert cond._waiting == 0 and not cond._lock.statistics().locked
+    cond.close()
+
+
+def test_condition_wait_async_cancelled_holds_the_lock_again() -> None:
+    cond = shoal.Condition(shoal.Lock())
+
+    async def main() -> None:
+        held_after: list[bool] = []
+
+        async def waiter() -> None:
+            async with cond._lock:
+                try:
+                    await cond.wait_async()
+                finally:
+                    held_after.append(cond._lock.statistics().locked)
+
+        task = asyncio.create_task(waiter())
+        assert await settle(lambda: cond._waiting == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert held_after == [True]
+
+    run(main())
+    assert cond._waiting == 0 and not cond._lock.statistics().locked
+    cond.close()
+
+
 # ---- cancellation leaves the object as it was ---------------------------------------------
 
 

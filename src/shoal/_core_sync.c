@@ -610,6 +610,58 @@ static PyObject *cond_waiting(ViewObject *self, void *c) {
     return PyLong_FromUnsignedLong(shoal_cond_waiting_live(COND(self)));
 }
 
+/* For coroutines (shoal._aio): the generation handle travels in Python, not in a
+ * per-thread slot, since many coroutines of one thread wait at once.  The futex word
+ * is seq; nothing is counted per process (each waiter is counted in its generation). */
+static PyObject *cond_aio_enter(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
+    BOUND_OR_NULL(self);
+    uint32_t handle;
+    shoal_status st = shoal_cond_enter_gen(COND(self), &handle);
+    if (st != SHOAL_OK)
+        return core_raise(st, st == SHOAL_OVERFLOW ? "too many waiters on this Condition"
+                                                   : "this Condition's memory is corrupt");
+    return PyLong_FromUnsignedLong(handle);
+}
+
+static PyObject *cond_aio_collect(ViewObject *self, PyObject *arg) {
+    unsigned long handle = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    BOUND_OR_NULL(self);
+    shoal_status st = shoal_cond_wait_gen(COND(self), (uint32_t)handle, 0);
+    if (st == SHOAL_BAD_LAYOUT)
+        return core_raise(st, "this Condition's memory is corrupt");
+    return PyBool_FromLong(st == SHOAL_OK);
+}
+
+static PyObject *cond_aio_leave(ViewObject *self, PyObject *arg) {
+    unsigned long handle = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    BOUND_OR_NULL(self);
+    return PyBool_FromLong(shoal_cond_leave_gen(COND(self), (uint32_t)handle) == SHOAL_OK);
+}
+
+static PyObject *cond_aio_register(ViewObject *self, PyObject *side) {
+    (void)side;
+    BOUND_OR_NULL(self);
+    return aio_registered(&COND(self)->seq, shoal_load32(&COND(self)->seq), -1);
+}
+
+static PyObject *cond_aio_unregister(ViewObject *self, PyObject *args) {
+    (void)self;
+    int side, slot;
+    if (aio_parse_unregister(args, &side, &slot) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *cond_aio_word(ViewObject *self, PyObject *side) {
+    (void)side;
+    BOUND_OR_NULL(self);
+    return PyLong_FromUnsignedLong(shoal_load32(&COND(self)->seq));
+}
+
 static PyMethodDef cond_methods[] = {
     {"_bind", (PyCFunction)cond_bind, METH_VARARGS, "_bind(buffer, offset)"},
     {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, NULL},
@@ -618,6 +670,13 @@ static PyMethodDef cond_methods[] = {
     {"_leave", (PyCFunction)cond_leave, METH_NOARGS,
      "After a timed-out _wait, lock held: True if a notify arrived meanwhile."},
     {"_notify", (PyCFunction)cond_notify, METH_O, "_notify(n) -> int; n < 0 wakes all."},
+    {"_aio_enter", (PyCFunction)cond_aio_enter, METH_NOARGS, "_aio_enter() -> handle (lock held)"},
+    {"_aio_collect", (PyCFunction)cond_aio_collect, METH_O, "_aio_collect(handle) -> notified"},
+    {"_aio_leave", (PyCFunction)cond_aio_leave, METH_O,
+     "_aio_leave(handle) -> notified after all (lock held)"},
+    {"_aio_register", (PyCFunction)cond_aio_register, METH_O, "_aio_register(side) -> (address, value, -1)"},
+    {"_aio_unregister", (PyCFunction)cond_aio_unregister, METH_VARARGS, "nothing to give back"},
+    {"_aio_word", (PyCFunction)cond_aio_word, METH_O, "_aio_word(side) -> seq"},
     {NULL},
 };
 
@@ -1251,6 +1310,8 @@ static PyMethodDef sync_functions[] = {
     X(ARG1, mutex_aio_register) X(ARG1, mutex_aio_unregister) X(ARG1, mutex_aio_word)        \
     X(ARG1, sem_aio_register) X(ARG1, sem_aio_unregister) X(ARG1, sem_aio_word)              \
     X(ARG1, event_aio_register) X(ARG1, event_aio_unregister) X(ARG1, event_aio_word)        \
+    X(ARG1, cond_aio_enter) X(ARG1, cond_aio_collect) X(ARG1, cond_aio_leave)                \
+    X(ARG1, cond_aio_register) X(ARG1, cond_aio_unregister) X(ARG1, cond_aio_word)           \
     X(GET, mutex_get_owner) X(GET, mutex_get_dead_owner)                                     \
     X(GET, mutex_get_waiters) X(GET, mutex_get_depth) X(GET, mutex_get_owner_died)           \
     X(ARG1, sem_bind) X(ARG1, sem_init) X(FASTKW, sem_acquire) X(ARG1, sem_release)          \

@@ -429,6 +429,61 @@ class Condition(_core.Cond, SharedObject):
                 notified = self._leave()
         return notified
 
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """Awaitable :meth:`wait`: release the lock, await a notify, take the lock back.
+
+        Returns True if notified, False if ``timeout`` ran out.  The lock is held again
+        when it returns, also when the awaiting task is cancelled (as
+        ``asyncio.Condition`` does); a notify such a task had already been granted is
+        not lost to the others only if the caller notifies again (as with threads).
+
+        Raises:
+            NotHeldError: the caller does not hold the lock.
+        """
+        import asyncio
+
+        self._check_owned("wait")
+        handle = self._aio_enter()
+        lock = self._lock
+        depth = lock._release_save()
+        notified = False
+
+        def attempt() -> Any:
+            return True if self._aio_collect(handle) else _aio.BLOCKED
+
+        try:
+            notified = await _aio.wait(self, 0, attempt, timeout, broadcast=True)
+        except TimeoutError:
+            pass
+        finally:
+            cancelled = None
+            while True:  # the lock comes back whatever happened (cancellation included)
+                try:
+                    await lock.acquire_async()
+                    break
+                except asyncio.CancelledError as exc:
+                    cancelled = exc
+            if lock._RECURSIVE and depth > 1:
+                lock._acquire_restore(depth)  # held by this thread: sets the depth back
+            if not notified:
+                notified = self._aio_leave(handle)
+            if cancelled is not None:
+                raise cancelled
+        return notified
+
+    async def wait_for_async(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
+        """Awaitable :meth:`wait_for`: await notifies until ``predicate()`` is true."""
+        loop_time = time.monotonic
+        deadline = None if timeout is None else loop_time() + timeout
+        result = predicate()
+        while not result:
+            left = None if deadline is None else deadline - loop_time()
+            if left is not None and left <= 0:
+                break
+            await self.wait_async(left)
+            result = predicate()
+        return result
+
     def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
         """Wait until ``predicate()`` is true (or ``timeout`` runs out); return its value."""
         self._check_open()
