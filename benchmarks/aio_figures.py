@@ -4,8 +4,9 @@ Run: ``python -m benchmarks.aio_figures [--items 100000] [--wakes 300]``.
 
 * throughput: a producer process puts ``--items`` ints; the consumer takes them with
   ``await q.get_async()`` in a coroutine, with the blocking ``q.get()`` (no event loop),
-  and -- the standard library's way for a coroutine -- ``multiprocessing.Queue.get``
-  through ``loop.run_in_executor``.  Items a second, the median of 3 runs.
+  -- the standard library's way for a coroutine -- ``multiprocessing.Queue.get``
+  through ``loop.run_in_executor``, and aioprocessing's ``AioQueue.coro_get`` (a thread
+  per call, if aioprocessing is installed).  Items a second, the median of 3 runs.
 * wake latency: the producer puts its ``time.monotonic_ns()`` every 2 ms, so the
   consumer is asleep each time; the latency is the consumer's clock minus it when the
   item is in hand: ``get_async`` in a coroutine against the blocking ``get`` in a
@@ -37,7 +38,14 @@ def _produce(q: Any, n: int, start: Any) -> None:
 
 
 def _throughput(kind: str, n: int) -> float:
-    q: Any = CTX.Queue() if kind == "mp-executor" else shoal.Queue()
+    if kind == "mp-executor":
+        q: Any = CTX.Queue()
+    elif kind == "aioprocessing":
+        import aioprocessing
+
+        q = aioprocessing.AioQueue()
+    else:
+        q = shoal.Queue()
     start = CTX.Event()
     p = CTX.Process(target=_produce, args=(q, n, start))
     p.start()
@@ -53,6 +61,13 @@ def _throughput(kind: str, n: int) -> float:
     elif kind == "shoal-get":
         for _ in range(n):
             q.get()
+    elif kind == "aioprocessing":
+
+        async def consume_aioprocessing() -> None:
+            for _ in range(n):
+                await q.coro_get()
+
+        asyncio.run(consume_aioprocessing())
     else:
 
         async def consume_executor() -> None:
@@ -131,7 +146,14 @@ def main() -> None:
     args = ap.parse_args()
     print(f"throughput, {args.items} ints from a producer process (items/s, median of 3)")
     rates = {}
-    for kind in ("mp-executor", "shoal-get", "shoal-get_async"):
+    kinds = ["mp-executor", "shoal-get", "shoal-get_async"]
+    try:
+        import aioprocessing  # noqa: F401  (optional peer)
+
+        kinds.insert(1, "aioprocessing")
+    except ImportError:
+        print("  (aioprocessing is not installed: its row is skipped)")
+    for kind in kinds:
         rates[kind] = statistics.median(_throughput(kind, args.items) for _ in range(3))
     base = rates["mp-executor"]
     for kind, rate in rates.items():
