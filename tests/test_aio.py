@@ -503,6 +503,30 @@ def test_closing_a_handle_wakes_its_awaiters_with_closed_error(kind: str) -> Non
     other.close()
 
 
+def test_a_handle_closed_while_the_hub_lock_is_held_does_not_deadlock() -> None:
+    """The garbage collector can close a handle inside any allocation, hub lock held."""
+    q: shoal.Queue[int] = shoal.Queue()
+
+    async def start_hub() -> None:
+        with pytest.raises(queue.Empty):
+            await q.get_async(timeout=0.01)
+
+    run(start_hub())
+    hub = _aio._HUB
+    assert hub is not None
+    other: shoal.Queue[int] = shoal.Queue()
+
+    def close_under_lock() -> None:
+        with hub.lock:
+            other.close()
+
+    t = threading.Thread(target=close_under_lock)
+    t.start()
+    t.join(T)
+    assert not t.is_alive() and other.closed
+    q.close()
+
+
 # ---- many awaiters, few threads -------------------------------------------------------------
 
 N_AWAITERS = 10_000

@@ -221,7 +221,9 @@ class _Hub:
     """This process's waits: entries by (object, side), in shards."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # re-entrant: a handle closed by the garbage collector (any allocation under
+        # the lock can run it) calls forget(), which takes the lock again
+        self.lock = threading.RLock()
         self.entries: dict[tuple[int, int], _Entry] = {}
         self.shards: list[_Shard] = []
         self.capacity = WORDS_PER_SHARD if _futex_waitv_works() else 1
