@@ -393,6 +393,47 @@ def test_condition_wait_async_cancelled_holds_the_lock_again() -> None:
     cond.close()
 
 
+def _barrier_party(b: shoal.Barrier, out: shoal.Queue[int]) -> None:
+    out.put(b.wait(T))
+
+
+def test_barrier_wait_async_with_a_process_and_tasks(ctx: Any) -> None:
+    b = shoal.Barrier(3)
+    out: shoal.Queue[int] = shoal.Queue()
+    p = ctx.Process(target=_barrier_party, args=(b, out))
+    p.start()
+
+    async def main() -> list[int]:
+        return await asyncio.wait_for(asyncio.gather(b.wait_async(), b.wait_async()), T)
+
+    indexes = [*run(main()), out.get(timeout=T)]
+    join_all(p)
+    assert sorted(indexes) == [0, 1, 2]
+    assert b.n_waiting == 0 and not b.broken
+    b.close()
+    out.close()
+
+
+def test_barrier_wait_async_timeout_breaks_it() -> None:
+    b = shoal.Barrier(2)
+
+    async def main() -> None:
+        with pytest.raises(threading.BrokenBarrierError):
+            await b.wait_async(timeout=0.05)
+        assert b.broken
+        with pytest.raises(threading.BrokenBarrierError):
+            await b.wait_async()
+        b.reset()
+        assert await asyncio.wait_for(asyncio.gather(b.wait_async(), b.wait_async()), T) in (
+            [0, 1],
+            [1, 0],
+        )
+
+    run(main())
+    assert not b._cond._lock.statistics().locked
+    b.close()
+
+
 # ---- cancellation leaves the object as it was ---------------------------------------------
 
 

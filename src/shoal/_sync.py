@@ -712,6 +712,67 @@ class Barrier(SharedObject):
                 self._unregister(token)
                 self._exit()
 
+    async def wait_async(self, timeout: float | None = None) -> int:
+        """Awaitable :meth:`wait`: the same index, errors and dead-party detection.
+
+        Raises:
+            threading.BrokenBarrierError: broken, reset, aborted, or timed out.
+            BarrierPartyDiedError: a waiting party died (the barrier is broken).
+        """
+        if timeout is None:
+            timeout = self._timeout
+        token = _core.self_token()
+        lock = self._cond._lock
+        await lock.acquire_async()
+        try:
+            await self._enter_async()
+            index = self._count
+            self._register(token)
+            try:
+                if index + 1 == self._parties:
+                    self._release()
+                else:
+                    await self._wait_async(timeout)
+                return index
+            finally:
+                self._unregister(token)
+                self._exit()
+        finally:
+            lock.release()
+
+    async def _enter_async(self) -> None:
+        while self._state in (_RESETTING, _DRAINING):
+            await self._cond.wait_async(_DEATH_CHECK_S)
+            self._find_dead_party()
+            if self._count == 0 and self._state in (_RESETTING, _DRAINING):
+                self._state = _FILLING
+        if self._state < 0:
+            raise BrokenBarrierError
+        if self._state != _FILLING:
+            raise ShoalError(f"Barrier in unknown state {self._state}")
+
+    async def _wait_async(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
+        while self._state == _FILLING:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                self._break()
+                raise BrokenBarrierError
+            await self._cond.wait_async(
+                _DEATH_CHECK_S if left is None else min(left, _DEATH_CHECK_S)
+            )
+            if self._state == _FILLING:
+                pid = self._find_dead_party()
+                if pid is not None:
+                    self._break()
+                    raise BarrierPartyDiedError(
+                        f"process {pid} died while waiting at the barrier; it is broken "
+                        "(reset() makes it usable again)",
+                        pid=pid,
+                    )
+        if self._state < 0:
+            raise BrokenBarrierError
+
     def _enter(self) -> None:
         while self._state in (_RESETTING, _DRAINING):
             self._cond.wait(_DEATH_CHECK_S)
