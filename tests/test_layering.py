@@ -29,6 +29,7 @@ RANKS: dict[str, int] = {
     "_memory": 20,
     "_handle": 21,
     "_record": 22,  # the record format's tags and limits, from _core
+    "_aio": 23,  # asyncio's hub: waits on _core's futex words (#14)
     "_serialize": 30,
     "_codec": 31,  # the upcalls _core makes (registered with _core._set_codec)
     "_sync": 40,

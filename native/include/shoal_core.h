@@ -112,6 +112,18 @@ shoal_status shoal_wait32(uint32_t *addr, uint32_t expected, int64_t timeout_ns)
 /* Wake up to n sleepers on addr (n < 0: all).  Returns how many were woken, if known. */
 int shoal_wake32(uint32_t *addr, int n);
 
+/* ---- waiting on many words at once (shoal._aio's hub, #14) ---------------------------- */
+/* Sleep until one of n words is woken (FUTEX_WAKE on it) or differs from its expected
+ * value, up to timeout_ns.  Shared futexes, as shoal_wait32's, so a wake from any
+ * process reaches it.  At most SHOAL_WAIT_MANY_MAX words (futex_waitv's limit).
+ * Returns the index of a word that was woken, or -1 with *status: SHOAL_OK (a word
+ * already differed, or an address could not be read: the caller re-checks them all),
+ * SHOAL_TIMEOUT, SHOAL_INTR, or SHOAL_AGAIN where there is no such call (not Linux, or
+ * a kernel before 5.16: the caller falls back to one shoal_wait32 per word). */
+#define SHOAL_WAIT_MANY_MAX 128
+int shoal_wait_many(uint32_t *const *addrs, const uint32_t *expected, int n, int64_t timeout_ns,
+                    shoal_status *status);
+
 /* ---- process identity ------------------------------------------------------------- */
 uint64_t shoal_self_token(void);          /* this process's token (cached, reset by fork) */
 int shoal_token_alive(uint64_t token);    /* 1 alive (or unknown), 0 certainly dead */
@@ -189,6 +201,13 @@ uint32_t shoal_waitlist_prune_due(shoal_waitlist *l, uint32_t *count);
 /* Live waiters among `count`: count minus the dead, unmarked tokens in the list (read
  * only). */
 uint32_t shoal_waitlist_live(const shoal_waitlist *l, uint32_t count);
+
+/* Count the caller in a primitive's waiters as a blocking waiter does (count += 1, then
+ * a slot of the waitlist l, which may be NULL), without sleeping: for waiters that
+ * sleep elsewhere (shoal._aio).  Returns the slot (-1: untracked), which
+ * shoal_waiter_leave gives back with the count. */
+int shoal_waiter_join(uint32_t *count, shoal_waitlist *l);
+void shoal_waiter_leave(uint32_t *count, shoal_waitlist *l, int slot);
 
 /* ---- mutex (Lock, and RLock when depth is used) ---------------------------------- */
 typedef struct {

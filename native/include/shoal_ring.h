@@ -169,6 +169,10 @@ shoal_status shoal_ring_wait_data(const shoal_ring_view *v, uint32_t seq, int64_
 uint32_t shoal_ring_register_producer(const shoal_ring_view *v, int *slot); /* returns space_seq */
 void shoal_ring_unregister_producer(const shoal_ring_view *v, int slot);
 shoal_status shoal_ring_wait_space(const shoal_ring_view *v, uint32_t seq, int64_t timeout_ns);
+/* JoinableQueue's joiners, for waiters that sleep elsewhere (shoal._aio): returns
+ * unfinished_seq, the word shoal_ring_task_done bumps when the count drops to 0. */
+uint32_t shoal_ring_register_joiner(const shoal_ring_view *v, int *slot);
+void shoal_ring_unregister_joiner(const shoal_ring_view *v, int slot);
 /* Busy-wait up to `spins` pauses for a record (space for `need` payload bytes): cheaper
  * than a futex round trip when the other side is running on another core. */
 int shoal_ring_spin_for_data(const shoal_ring_view *v, int spins);

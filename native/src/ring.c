@@ -227,6 +227,16 @@ shoal_status shoal_ring_wait_space(const shoal_ring_view *v, uint32_t seq, int64
     return shoal_wait32(&r->space_seq, seq, timeout_ns);
 }
 
+uint32_t shoal_ring_register_joiner(const shoal_ring_view *v, int *slot) {
+    shoal_ring *r = v->ring;
+    *slot = join_waiters(&r->joiners, &r->joiner_list);
+    return ld32(&r->unfinished_seq);
+}
+
+void shoal_ring_unregister_joiner(const shoal_ring_view *v, int slot) {
+    leave_waiters(&v->ring->joiners, &v->ring->joiner_list, slot);
+}
+
 int shoal_ring_spin_for_data(const shoal_ring_view *v, int spins) {
     shoal_ring *r = v->ring;
     for (int i = 0; i < spins; i++) {

@@ -154,6 +154,16 @@ uint32_t shoal_waitlist_live(const shoal_waitlist *l, uint32_t count) {
     return dead < count ? count - dead : 0;
 }
 
+int shoal_waiter_join(uint32_t *count, shoal_waitlist *l) {
+    add32(count, 1);
+    return shoal_waitlist_join(l, shoal_self_token(), NULL, 0);
+}
+
+void shoal_waiter_leave(uint32_t *count, shoal_waitlist *l, int slot) {
+    shoal_waitlist_leave(l, slot, shoal_self_token());
+    sub32(count, 1);
+}
+
 /* `depth` is only changed by the holder, but others read it (statistics, repr): relaxed
  * atomics keep those reads defined; the owner CAS orders the holder's own accesses. */
 static uint32_t depth_get(const shoal_mutex *m) { return __atomic_load_n(&m->depth, __ATOMIC_RELAXED); }

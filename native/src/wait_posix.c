@@ -31,4 +31,14 @@ int shoal_wake32(uint32_t *addr, int n) {
     (void)n;
     return 0;
 }
+
+int shoal_wait_many(uint32_t *const *addrs, const uint32_t *expected, int n, int64_t timeout_ns,
+                    shoal_status *status) {
+    (void)addrs;
+    (void)expected;
+    (void)n;
+    (void)timeout_ns;
+    *status = SHOAL_AGAIN; /* no such call here: one shoal_wait32 per word */
+    return -1;
+}
 #endif

@@ -255,3 +255,71 @@ TEST(monotonic_clock_moves_forward) {
     int64_t b = shoal_monotonic_ns();
     CHECK(b - a >= 5 * MS);
 }
+
+/* ---- shoal_wait_many (#14: the asyncio hub's wait) ------------------------------------ */
+
+static void bump_third_later(void *arg) {
+    uint32_t *w = arg;
+    usleep(50000);
+    __atomic_fetch_add(&w[2], 1, __ATOMIC_SEQ_CST);
+    shoal_wake32(&w[2], 1);
+}
+
+TEST(wait_many_wakes_on_the_word_another_process_wakes) {
+    uint32_t *w = shared_map(4096);
+    uint32_t *addrs[3] = {&w[0], &w[1], &w[2]};
+    uint32_t expected[3] = {0, 0, 0};
+    shoal_status st = SHOAL_BAD_LAYOUT;
+    pid_t pid = spawn(bump_third_later, w);
+    int64_t t0 = shoal_monotonic_ns();
+    int r = shoal_wait_many(addrs, expected, 3, 5000LL * 1000 * 1000, &st);
+    int64_t waited = shoal_monotonic_ns() - t0;
+    join(pid, 20000);
+    if (st == SHOAL_AGAIN) /* no futex_waitv here: nothing more to check */
+        return;
+    /* woken on word 2, or (if the bump came first) told to re-check */
+    CHECK(r == 2 || (r == -1 && st == SHOAL_OK));
+    CHECK(waited < 4000LL * 1000 * 1000);
+    CHECK_EQ(shoal_load32(&w[2]), 1);
+}
+
+TEST(wait_many_times_out_and_sees_a_changed_word) {
+    uint32_t words[2] = {0, 7};
+    uint32_t *addrs[2] = {&words[0], &words[1]};
+    uint32_t expected[2] = {0, 7};
+    shoal_status st = SHOAL_OK;
+    int r = shoal_wait_many(addrs, expected, 2, 20LL * 1000 * 1000, &st);
+    if (st == SHOAL_AGAIN)
+        return;
+    CHECK_EQ(r, -1);
+    CHECK_EQ(st, SHOAL_TIMEOUT);
+    expected[1] = 8; /* differs: at once, re-check */
+    int64_t t0 = shoal_monotonic_ns();
+    r = shoal_wait_many(addrs, expected, 2, 5000LL * 1000 * 1000, &st);
+    CHECK_EQ(r, -1);
+    CHECK_EQ(st, SHOAL_OK);
+    CHECK(shoal_monotonic_ns() - t0 < 1000LL * 1000 * 1000);
+    /* no words, or too many: nothing to wait on, re-check */
+    r = shoal_wait_many(addrs, expected, 0, 0, &st);
+    CHECK_EQ(r, -1);
+    CHECK_EQ(st, SHOAL_OK);
+}
+
+TEST(waiter_join_and_leave_keep_count_and_list_together) {
+    uint32_t count = 0;
+    shoal_waitlist l;
+    memset(&l, 0, sizeof l);
+    int slot = shoal_waiter_join(&count, &l);
+    CHECK(slot >= 0);
+    CHECK_EQ(count, 1);
+    CHECK_EQ(shoal_load64(&l.token[slot]), shoal_self_token());
+    CHECK_EQ(shoal_waitlist_live(&l, count), 1);
+    shoal_waiter_leave(&count, &l, slot);
+    CHECK_EQ(count, 0);
+    CHECK_EQ(shoal_load64(&l.token[slot]), 0);
+    /* without a list: counted, untracked */
+    CHECK_EQ(shoal_waiter_join(&count, NULL), -1);
+    CHECK_EQ(count, 1);
+    shoal_waiter_leave(&count, NULL, -1);
+    CHECK_EQ(count, 0);
+}

@@ -774,6 +774,62 @@ RING_GETTER(ring_get_consumers_waiting_raw, shoal_load32(&r->ring->consumers_wai
 RING_GETTER(ring_get_producers_waiting_raw, shoal_load32(&r->ring->producers_waiting))
 RING_GETTER(ring_get_joiners_raw, shoal_load32(&r->ring->joiners))
 
+/* ---- waiters that sleep elsewhere (shoal._aio, #14; see _core_sync.c) ----------------- */
+static uint32_t *ring_word(RingObject *self, long side) {
+    shoal_ring *r = RING(self)->ring;
+    return side == 0 ? &r->data_seq : side == 1 ? &r->space_seq : &r->unfinished_seq;
+}
+
+static int ring_side(PyObject *arg, long *side) {
+    *side = PyLong_AsLong(arg);
+    if (*side == -1 && PyErr_Occurred())
+        return -1;
+    if (*side < 0 || *side > 2) {
+        PyErr_SetString(PyExc_ValueError, "side is 0 (consumers), 1 (producers) or 2 (joiners)");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *ring_aio_register(RingObject *self, PyObject *arg) {
+    long side;
+    if (ring_side(arg, &side) < 0)
+        return NULL;
+    READY_OR_NULL(self);
+    int slot;
+    uint32_t seq = side == 0 ? shoal_ring_register_consumer(RING(self), &slot)
+                   : side == 1 ? shoal_ring_register_producer(RING(self), &slot)
+                               : shoal_ring_register_joiner(RING(self), &slot);
+    return Py_BuildValue("(KIi)", (unsigned long long)(uintptr_t)ring_word(self, side),
+                         (unsigned)seq, slot);
+}
+
+static PyObject *ring_aio_unregister(RingObject *self, PyObject *args) {
+    int side, slot;
+    if (!PyArg_ParseTuple(args, "ii", &side, &slot))
+        return NULL;
+    if (side < 0 || side > 2) {
+        PyErr_SetString(PyExc_ValueError, "side is 0 (consumers), 1 (producers) or 2 (joiners)");
+        return NULL;
+    }
+    READY_OR_NULL(self);
+    if (side == 0)
+        shoal_ring_unregister_consumer(RING(self), slot);
+    else if (side == 1)
+        shoal_ring_unregister_producer(RING(self), slot);
+    else
+        shoal_ring_unregister_joiner(RING(self), slot);
+    Py_RETURN_NONE;
+}
+
+static PyObject *ring_aio_word(RingObject *self, PyObject *arg) {
+    long side;
+    if (ring_side(arg, &side) < 0)
+        return NULL;
+    READY_OR_NULL(self);
+    return PyLong_FromUnsignedLong(shoal_load32(ring_word(self, side)));
+}
+
 static PyMethodDef ring_methods[] = {
     {"_bind", (PyCFunction)ring_bind, METH_VARARGS, "_bind(buffer, offset, size)"},
     {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, NULL},
@@ -798,6 +854,10 @@ static PyMethodDef ring_methods[] = {
     {"_get_claim", (PyCFunction)(void (*)(void))ring_get_claim, METH_FASTCALL | METH_KEYWORDS,
      "_get_claim(buffer, offset, block=True, timeout=None): get(), recording the ordinal"},
     {"_qsize", (PyCFunction)ring_qsize, METH_NOARGS, "Number of records in the ring."},
+    {"_aio_register", (PyCFunction)ring_aio_register, METH_O,
+     "_aio_register(side) -> (address, value, slot)"},
+    {"_aio_unregister", (PyCFunction)ring_aio_unregister, METH_VARARGS, "_aio_unregister(side, slot)"},
+    {"_aio_word", (PyCFunction)ring_aio_word, METH_O, "_aio_word(side) -> the futex word's value"},
     {"_shutdown", (PyCFunction)ring_shutdown, METH_NOARGS, NULL},
     {"_add_unfinished", (PyCFunction)ring_add_unfinished, METH_O, NULL},
     {"_task_done", (PyCFunction)ring_task_done, METH_NOARGS, NULL},
@@ -854,7 +914,8 @@ static PyTypeObject RingType = {
     X(GET, ring_get_is_shutdown) X(GET, ring_get_consumers_waiting)                          \
     X(GET, ring_get_producers_waiting) X(GET, ring_get_joiners)                              \
     X(GET, ring_get_consumers_waiting_raw) X(GET, ring_get_producers_waiting_raw)            \
-    X(GET, ring_get_joiners_raw)
+    X(GET, ring_get_joiners_raw) X(ARG1, ring_aio_register) X(ARG1, ring_aio_unregister)    \
+    X(ARG1, ring_aio_word)
 #endif
 SHOAL_LOCKED_TABLE(ring_locked, RING_LOCKED_CALLS)
 

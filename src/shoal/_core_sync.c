@@ -52,6 +52,21 @@ static PyObject *mutex_bind(MutexObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---- waiters that sleep elsewhere (shoal._aio, #14) -----------------------------------
+ * _aio_register(side) counts this process in the primitive's waiters exactly as a
+ * blocking waiter counts itself (the count, then a waitlist slot with this process's
+ * token), and returns (address of the futex word, its value now, slot); the caller then
+ * re-checks its condition and sleeps on that word with shoal_wait_many.
+ * _aio_unregister((side, slot)) gives both back.  _aio_word(side) reads the word.
+ * side is 0 for every primitive but a ring (0 consumers, 1 producers, 2 joiners). */
+static PyObject *aio_registered(uint32_t *word, uint32_t value, int slot) {
+    return Py_BuildValue("(KIi)", (unsigned long long)(uintptr_t)word, (unsigned)value, slot);
+}
+
+static int aio_parse_unregister(PyObject *args, int *side, int *slot) {
+    return PyArg_ParseTuple(args, "ii", side, slot) ? 0 : -1;
+}
+
 static uint64_t thread_ident(void) { return (uint64_t)PyThread_get_thread_ident(); }
 
 typedef struct {
@@ -229,6 +244,29 @@ static PyObject *mutex_get_owner_died(MutexObject *self, void *c) {
     return PyBool_FromLong(shoal_load32(&MUTEX(self)->owner_died) && mutex_held_here(self));
 }
 
+static PyObject *mutex_aio_register(MutexObject *self, PyObject *side) {
+    (void)side;
+    BOUND_OR_NULL(self);
+    shoal_mutex *m = MUTEX(self);
+    int slot = shoal_waiter_join(&m->waiters, self->list);
+    return aio_registered(&m->seq, shoal_load32(&m->seq), slot);
+}
+
+static PyObject *mutex_aio_unregister(MutexObject *self, PyObject *args) {
+    int side, slot;
+    if (aio_parse_unregister(args, &side, &slot) < 0)
+        return NULL;
+    BOUND_OR_NULL(self);
+    shoal_waiter_leave(&MUTEX(self)->waiters, self->list, slot);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mutex_aio_word(MutexObject *self, PyObject *side) {
+    (void)side;
+    BOUND_OR_NULL(self);
+    return PyLong_FromUnsignedLong(shoal_load32(&MUTEX(self)->seq));
+}
+
 static PyMethodDef mutex_methods[] = {
     {"_bind", (PyCFunction)mutex_bind, METH_VARARGS,
      "_bind(buffer, offset, recursive=False, report=True, listed=False): attach to a "
@@ -242,6 +280,9 @@ static PyMethodDef mutex_methods[] = {
     {"_is_owned", (PyCFunction)mutex_is_owned, METH_NOARGS,
      "True if held by this process (and, for an RLock, this thread)."},
     {"_release_save", (PyCFunction)mutex_release_save, METH_NOARGS, NULL},
+    {"_aio_register", (PyCFunction)mutex_aio_register, METH_O, "_aio_register(side) -> (address, value, slot)"},
+    {"_aio_unregister", (PyCFunction)mutex_aio_unregister, METH_VARARGS, "_aio_unregister(side, slot)"},
+    {"_aio_word", (PyCFunction)mutex_aio_word, METH_O, "_aio_word(side) -> the futex word's value"},
     {"_acquire_restore", (PyCFunction)mutex_acquire_restore, METH_O, NULL},
     {NULL},
 };
@@ -361,6 +402,29 @@ static PyObject *sem_waiters(ViewObject *self, void *c) {
         shoal_waitlist_live(&SEM(self)->list, shoal_load32(&SEM(self)->waiters)));
 }
 
+static PyObject *sem_aio_register(ViewObject *self, PyObject *side) {
+    (void)side;
+    BOUND_OR_NULL(self);
+    shoal_semaphore *sm = SEM(self);
+    int slot = shoal_waiter_join(&sm->waiters, &sm->list);
+    return aio_registered(&sm->value, 0, slot); /* sleeps while the value is 0 */
+}
+
+static PyObject *sem_aio_unregister(ViewObject *self, PyObject *args) {
+    int side, slot;
+    if (aio_parse_unregister(args, &side, &slot) < 0)
+        return NULL;
+    BOUND_OR_NULL(self);
+    shoal_waiter_leave(&SEM(self)->waiters, &SEM(self)->list, slot);
+    Py_RETURN_NONE;
+}
+
+static PyObject *sem_aio_word(ViewObject *self, PyObject *side) {
+    (void)side;
+    BOUND_OR_NULL(self);
+    return PyLong_FromUnsignedLong(shoal_load32(&SEM(self)->value) ? 1 : 0);
+}
+
 static PyMethodDef sem_methods[] = {
     {"_bind", (PyCFunction)sem_bind, METH_VARARGS, "_bind(buffer, offset)"},
     {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, NULL},
@@ -371,6 +435,9 @@ static PyMethodDef sem_methods[] = {
     {"__enter__", (PyCFunction)sem_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))sem_exit, METH_FASTCALL, NULL},
     {"get_value", (PyCFunction)sem_get_value, METH_NOARGS, "The current count."},
+    {"_aio_register", (PyCFunction)sem_aio_register, METH_O, "_aio_register(side) -> (address, value, slot)"},
+    {"_aio_unregister", (PyCFunction)sem_aio_unregister, METH_VARARGS, "_aio_unregister(side, slot)"},
+    {"_aio_word", (PyCFunction)sem_aio_word, METH_O, "_aio_word(side) -> 0 while nothing to take"},
     {NULL},
 };
 
@@ -442,6 +509,29 @@ static PyObject *event_waiters(ViewObject *self, void *c) {
         shoal_waitlist_live(&EVENT(self)->list, shoal_load32(&EVENT(self)->waiters)));
 }
 
+static PyObject *event_aio_register(ViewObject *self, PyObject *side) {
+    (void)side;
+    BOUND_OR_NULL(self);
+    shoal_event *e = EVENT(self);
+    int slot = shoal_waiter_join(&e->waiters, &e->list);
+    return aio_registered(&e->flag, 0, slot); /* sleeps while the flag is 0 */
+}
+
+static PyObject *event_aio_unregister(ViewObject *self, PyObject *args) {
+    int side, slot;
+    if (aio_parse_unregister(args, &side, &slot) < 0)
+        return NULL;
+    BOUND_OR_NULL(self);
+    shoal_waiter_leave(&EVENT(self)->waiters, &EVENT(self)->list, slot);
+    Py_RETURN_NONE;
+}
+
+static PyObject *event_aio_word(ViewObject *self, PyObject *side) {
+    (void)side;
+    BOUND_OR_NULL(self);
+    return PyLong_FromUnsignedLong(shoal_load32(&EVENT(self)->flag) ? 1 : 0);
+}
+
 static PyMethodDef event_methods[] = {
     {"_bind", (PyCFunction)event_bind, METH_VARARGS, "_bind(buffer, offset)"},
     {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, NULL},
@@ -450,6 +540,9 @@ static PyMethodDef event_methods[] = {
     {"set", (PyCFunction)event_set, METH_NOARGS, "Set the flag and wake every waiter."},
     {"clear", (PyCFunction)event_clear, METH_NOARGS, "Reset the flag."},
     {"is_set", (PyCFunction)event_is_set, METH_NOARGS, "True if the flag is set."},
+    {"_aio_register", (PyCFunction)event_aio_register, METH_O, "_aio_register(side) -> (address, value, slot)"},
+    {"_aio_unregister", (PyCFunction)event_aio_unregister, METH_VARARGS, "_aio_unregister(side, slot)"},
+    {"_aio_word", (PyCFunction)event_aio_word, METH_O, "_aio_word(side) -> 1 once set"},
     {NULL},
 };
 
@@ -517,6 +610,58 @@ static PyObject *cond_waiting(ViewObject *self, void *c) {
     return PyLong_FromUnsignedLong(shoal_cond_waiting_live(COND(self)));
 }
 
+/* For coroutines (shoal._aio): the generation handle travels in Python, not in a
+ * per-thread slot, since many coroutines of one thread wait at once.  The futex word
+ * is seq; nothing is counted per process (each waiter is counted in its generation). */
+static PyObject *cond_aio_enter(ViewObject *self, PyObject *Py_UNUSED(ignored)) {
+    BOUND_OR_NULL(self);
+    uint32_t handle;
+    shoal_status st = shoal_cond_enter_gen(COND(self), &handle);
+    if (st != SHOAL_OK)
+        return core_raise(st, st == SHOAL_OVERFLOW ? "too many waiters on this Condition"
+                                                   : "this Condition's memory is corrupt");
+    return PyLong_FromUnsignedLong(handle);
+}
+
+static PyObject *cond_aio_collect(ViewObject *self, PyObject *arg) {
+    unsigned long handle = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    BOUND_OR_NULL(self);
+    shoal_status st = shoal_cond_wait_gen(COND(self), (uint32_t)handle, 0);
+    if (st == SHOAL_BAD_LAYOUT)
+        return core_raise(st, "this Condition's memory is corrupt");
+    return PyBool_FromLong(st == SHOAL_OK);
+}
+
+static PyObject *cond_aio_leave(ViewObject *self, PyObject *arg) {
+    unsigned long handle = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    BOUND_OR_NULL(self);
+    return PyBool_FromLong(shoal_cond_leave_gen(COND(self), (uint32_t)handle) == SHOAL_OK);
+}
+
+static PyObject *cond_aio_register(ViewObject *self, PyObject *side) {
+    (void)side;
+    BOUND_OR_NULL(self);
+    return aio_registered(&COND(self)->seq, shoal_load32(&COND(self)->seq), -1);
+}
+
+static PyObject *cond_aio_unregister(ViewObject *self, PyObject *args) {
+    (void)self;
+    int side, slot;
+    if (aio_parse_unregister(args, &side, &slot) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *cond_aio_word(ViewObject *self, PyObject *side) {
+    (void)side;
+    BOUND_OR_NULL(self);
+    return PyLong_FromUnsignedLong(shoal_load32(&COND(self)->seq));
+}
+
 static PyMethodDef cond_methods[] = {
     {"_bind", (PyCFunction)cond_bind, METH_VARARGS, "_bind(buffer, offset)"},
     {"_unbind", (PyCFunction)view_unbind, METH_NOARGS, NULL},
@@ -525,6 +670,13 @@ static PyMethodDef cond_methods[] = {
     {"_leave", (PyCFunction)cond_leave, METH_NOARGS,
      "After a timed-out _wait, lock held: True if a notify arrived meanwhile."},
     {"_notify", (PyCFunction)cond_notify, METH_O, "_notify(n) -> int; n < 0 wakes all."},
+    {"_aio_enter", (PyCFunction)cond_aio_enter, METH_NOARGS, "_aio_enter() -> handle (lock held)"},
+    {"_aio_collect", (PyCFunction)cond_aio_collect, METH_O, "_aio_collect(handle) -> notified"},
+    {"_aio_leave", (PyCFunction)cond_aio_leave, METH_O,
+     "_aio_leave(handle) -> notified after all (lock held)"},
+    {"_aio_register", (PyCFunction)cond_aio_register, METH_O, "_aio_register(side) -> (address, value, -1)"},
+    {"_aio_unregister", (PyCFunction)cond_aio_unregister, METH_VARARGS, "nothing to give back"},
+    {"_aio_word", (PyCFunction)cond_aio_word, METH_O, "_aio_word(side) -> seq"},
     {NULL},
 };
 
@@ -910,6 +1062,98 @@ static PyObject *core_wake32(PyObject *m, PyObject *args) {
     return PyLong_FromLong(woken);
 }
 
+/* wait_many(addresses, expected, timeout) -> index woken, -1 (re-check: a word differed
+ * or a signal came), -2 timeout, -3 unsupported here.  Addresses are futex words that
+ * _aio_register returned (or address_of): the caller keeps their memory mapped. */
+static PyObject *core_wait_many(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *addr_list, *exp_list, *timeout = Py_None;
+    int64_t timeout_ns;
+    if (!PyArg_ParseTuple(args, "OO|O:wait_many", &addr_list, &exp_list, &timeout) ||
+        parse_timeout(timeout, &timeout_ns) < 0)
+        return NULL;
+    PyObject *a = PySequence_Fast(addr_list, "addresses must be a sequence");
+    if (!a)
+        return NULL;
+    PyObject *e = PySequence_Fast(exp_list, "expected values must be a sequence");
+    if (!e) {
+        Py_DECREF(a);
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(a);
+    uint32_t *addrs[SHOAL_WAIT_MANY_MAX];
+    uint32_t expected[SHOAL_WAIT_MANY_MAX];
+    if (n < 1 || n > SHOAL_WAIT_MANY_MAX || PySequence_Fast_GET_SIZE(e) != n) {
+        PyErr_Format(PyExc_ValueError, "wait_many needs 1 to %d words and as many values",
+                     SHOAL_WAIT_MANY_MAX);
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long ad = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(a, i));
+        unsigned long ex = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(e, i));
+        if (PyErr_Occurred())
+            goto fail;
+        if (ad == 0 || (ad & 3u) || ex > UINT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "a futex word is a non-null aligned address and a u32");
+            goto fail;
+        }
+        addrs[i] = (uint32_t *)(uintptr_t)ad;
+        expected[i] = (uint32_t)ex;
+    }
+    Py_DECREF(a);
+    Py_DECREF(e);
+    shoal_status st = SHOAL_OK;
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    r = shoal_wait_many(addrs, expected, (int)n, timeout_ns, &st);
+    Py_END_ALLOW_THREADS
+    if (r >= 0)
+        return PyLong_FromLong(r);
+    return PyLong_FromLong(st == SHOAL_TIMEOUT ? -2 : st == SHOAL_AGAIN ? -3 : -1);
+fail:
+    Py_DECREF(a);
+    Py_DECREF(e);
+    return NULL;
+}
+
+/* wait_address(address, expected, timeout) -> False on timeout: shoal_wait32 on a word
+ * _aio_register returned, GIL released (the hub's fallback: one thread per word). */
+static PyObject *core_wait_address(PyObject *m, PyObject *args) {
+    (void)m;
+    unsigned long long ad;
+    unsigned int expected;
+    PyObject *timeout = Py_None;
+    int64_t timeout_ns;
+    if (!PyArg_ParseTuple(args, "KI|O:wait_address", &ad, &expected, &timeout) ||
+        parse_timeout(timeout, &timeout_ns) < 0)
+        return NULL;
+    if (ad == 0 || (ad & 3u)) {
+        PyErr_SetString(PyExc_ValueError, "a futex word is a non-null aligned address");
+        return NULL;
+    }
+    shoal_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = shoal_wait32((uint32_t *)(uintptr_t)ad, expected, timeout_ns);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(st != SHOAL_TIMEOUT);
+}
+
+/* address_of(buffer, offset) -> the address of the aligned u32 at offset (for words the
+ * caller keeps mapped, such as the hub's own). */
+static PyObject *core_address_of(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *buffer;
+    Py_ssize_t off;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "On:address_of", &buffer, &off))
+        return NULL;
+    uint32_t *p = borrow(buffer, off, 4, &view);
+    if (!p)
+        return NULL;
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)p);
+}
+
 static PyObject *core_self_token(PyObject *m, PyObject *Py_UNUSED(ignored)) {
     (void)m;
     return PyLong_FromUnsignedLongLong(shoal_self_token());
@@ -1036,6 +1280,11 @@ static PyMethodDef sync_functions[] = {
      "word equals expected; False on timeout."},
     {"wake32", core_wake32, METH_VARARGS, "wake32(buffer, offset, n=-1) -> woken"},
     {"self_token", core_self_token, METH_NOARGS, "This process's owner token."},
+    {"wait_many", core_wait_many, METH_VARARGS,
+     "wait_many(addresses, expected, timeout=None) -> index, -1 re-check, -2 timeout, -3 unsupported"},
+    {"wait_address", core_wait_address, METH_VARARGS,
+     "wait_address(address, expected, timeout=None) -> False on timeout"},
+    {"address_of", core_address_of, METH_VARARGS, "address_of(buffer, offset) -> int"},
     {"token_alive", core_token_alive, METH_O, "token_alive(token) -> bool"},
     {"liveness_probe", core_liveness_probe, METH_O,
      "liveness_probe(name) -> LIVENESS_HELD, _FREE, _ABSENT or _UNKNOWN: the state of the "
@@ -1058,6 +1307,11 @@ static PyMethodDef sync_functions[] = {
     SHOAL_VIEW_CALLS(X) X(ARG1, mutex_bind) X(FASTKW, mutex_acquire)                         \
     X(ARG1, mutex_release) X(ARG1, mutex_enter) X(FAST, mutex_exit)                          \
     X(ARG1, mutex_is_owned) X(ARG1, mutex_release_save) X(ARG1, mutex_acquire_restore)       \
+    X(ARG1, mutex_aio_register) X(ARG1, mutex_aio_unregister) X(ARG1, mutex_aio_word)        \
+    X(ARG1, sem_aio_register) X(ARG1, sem_aio_unregister) X(ARG1, sem_aio_word)              \
+    X(ARG1, event_aio_register) X(ARG1, event_aio_unregister) X(ARG1, event_aio_word)        \
+    X(ARG1, cond_aio_enter) X(ARG1, cond_aio_collect) X(ARG1, cond_aio_leave)                \
+    X(ARG1, cond_aio_register) X(ARG1, cond_aio_unregister) X(ARG1, cond_aio_word)           \
     X(GET, mutex_get_owner) X(GET, mutex_get_dead_owner)                                     \
     X(GET, mutex_get_waiters) X(GET, mutex_get_depth) X(GET, mutex_get_owner_died)           \
     X(ARG1, sem_bind) X(ARG1, sem_init) X(FASTKW, sem_acquire) X(ARG1, sem_release)          \

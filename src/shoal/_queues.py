@@ -28,10 +28,10 @@ import errno
 import operator
 import queue
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from . import _core
+from . import _aio, _core
 from ._errors import LayoutError, ShutDown
 from ._handle import OBJECT_HEADER_SIZE, SharedObject, object_size
 from ._memory import Segment, keeper_id, report_unraisable
@@ -275,6 +275,124 @@ class Queue(_core.Ring, SharedObject, Generic[_T]):
             except ShutDown:
                 return
 
+    # ---- awaiting (asyncio: shoal._aio, #14) ----------------------------------------------
+
+    async def get_async(self, timeout: float | None = None) -> _T:
+        """Awaitable :meth:`get`: remove and return the next item, waiting for one.
+
+        The event loop is never blocked and no thread is started per call (see
+        ``docs/asyncio.md``).  Cancelling the awaiting task takes nothing from the queue.
+
+        Raises:
+            queue.Empty: nothing arrived within ``timeout`` seconds.
+            ShutDown, ClosedError: as for :meth:`get`.
+        """
+        try:
+            return self._get(False)
+        except queue.Empty:
+            pass
+
+        def attempt() -> Any:
+            try:
+                return self._get(False)
+            except queue.Empty:
+                return _aio.BLOCKED
+
+        try:
+            return await _aio.wait(self, _aio.CONSUMERS, attempt, timeout)
+        except TimeoutError:
+            raise queue.Empty from None
+
+    async def put_async(self, obj: _T, timeout: float | None = None) -> None:
+        """Awaitable :meth:`put`: put ``obj``, waiting for room without blocking the loop.
+
+        Raises:
+            queue.Full: no room within ``timeout`` seconds (nothing was enqueued).
+            SerializationError, ShutDown, ClosedError: as for :meth:`put`.
+        """
+        try:
+            return self.put(obj, False)
+        except queue.Full:
+            pass
+
+        def attempt() -> Any:
+            try:
+                return self.put(obj, False)
+            except queue.Full:
+                return _aio.BLOCKED
+
+        try:
+            await _aio.wait(self, _aio.PRODUCERS, attempt, timeout)
+        except TimeoutError:
+            raise queue.Full from None
+
+    async def get_many_async(self, max_items: int = 1024, timeout: float | None = None) -> list[_T]:
+        """Awaitable :meth:`get_many`: wait for the first item, take up to ``max_items``.
+
+        Raises:
+            queue.Empty, ShutDown, ClosedError: as for :meth:`get_async`.
+        """
+        try:
+            return self._get_many(max_items, False)
+        except queue.Empty:
+            pass
+
+        def attempt() -> Any:
+            try:
+                return self._get_many(max_items, False)
+            except queue.Empty:
+                return _aio.BLOCKED
+
+        try:
+            return await _aio.wait(self, _aio.CONSUMERS, attempt, timeout)
+        except TimeoutError:
+            raise queue.Empty from None
+
+    async def put_many_async(self, items: Iterable[_T], timeout: float | None = None) -> int:
+        """Awaitable :meth:`put_many`: put every item, in order, waiting for room.
+
+        Returns:
+            the number of items put.
+
+        Raises:
+            queue.Full: ``timeout`` ran out with only some put; ``items_put`` on the
+                exception says how many (they are in the queue, in order).
+            SerializationError, ShutDown, ClosedError: as for :meth:`put_many`.
+        """
+        pending = list(items)
+        done = 0
+
+        def attempt() -> Any:
+            nonlocal done
+            try:
+                done += self.put_many(pending[done:], False)
+            except queue.Full as exc:
+                done += getattr(exc, "items_put", 0)
+                if done < len(pending):
+                    return _aio.BLOCKED
+            return done
+
+        if attempt() is not _aio.BLOCKED:
+            return done
+        try:
+            return await _aio.wait(self, _aio.PRODUCERS, attempt, timeout)
+        except TimeoutError:
+            full = queue.Full(f"only {done} of {len(pending)} items were put")
+            full.items_put = done  # type: ignore[attr-defined]
+            raise full from None
+
+    def __aiter__(self) -> AsyncIterator[_T]:
+        """``async for item in q``: items until the queue is shut down and drained."""
+        return self._aiter()
+
+    async def _aiter(self) -> AsyncIterator[_T]:
+        while True:
+            try:
+                item = await self.get_async()
+            except ShutDown:
+                return
+            yield item
+
     # ---- state ---------------------------------------------------------------------------
 
     def qsize(self) -> int:
@@ -310,6 +428,7 @@ class Queue(_core.Ring, SharedObject, Generic[_T]):
         return _discard_records(self)
 
     def _unbind_payload(self) -> None:
+        _aio.forget(self)  # awaiting coroutines: unregistered while the memory is there
         if self._busy:
             # another thread is inside a call on this very handle: make it leave (with
             # ClosedError) before the memory goes, or it would wake up in whatever is
@@ -486,6 +605,23 @@ class JoinableQueue(Queue[_T]):
             True when no task is unfinished, False if the timeout ran out first.
         """
         return self._join(timeout)
+
+    async def join_async(self, timeout: float | None = None) -> bool:
+        """Awaitable :meth:`join`: wait until every item put has been marked done.
+
+        Returns:
+            True when no task is unfinished, False if ``timeout`` ran out first.
+        """
+        if self._unfinished == 0:
+            return True
+
+        def attempt() -> Any:
+            return True if self._unfinished == 0 else _aio.BLOCKED
+
+        try:
+            return await _aio.wait(self, _aio.JOINERS, attempt, timeout, broadcast=True)
+        except TimeoutError:
+            return False
 
     def _drain(self) -> int:
         count = super()._drain()

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from threading import BrokenBarrierError
 from typing import Any, NoReturn, TypeVar
 
-from . import _core
+from . import _aio, _core
 from ._errors import BarrierPartyDiedError, ClosedError, NotHeldError, ShoalError
 from ._handle import SharedObject
 from ._snapshot import snapshot
@@ -131,6 +131,37 @@ class Lock(_core.Mutex, SharedObject):
     def _restore_state(self, state: Any) -> None:
         self._report = bool(state)
 
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """Awaitable :meth:`acquire`: wait for the lock without blocking the event loop.
+
+        Returns True once acquired, False if ``timeout`` seconds ran out.  Cancelling
+        the awaiting task leaves the lock as it was (not taken, no waiter counted).
+        An RLock belongs to a thread, so tasks of one event loop share its ownership
+        (as they share a ``threading.RLock``): use a Lock between tasks.
+        """
+        if self.acquire(False):
+            return True
+
+        def attempt() -> Any:
+            return True if self.acquire(False) else _aio.BLOCKED
+
+        try:
+            return await _aio.wait(self, 0, attempt, timeout, slice_s=_aio._LOCK_SLICE_S)
+        except TimeoutError:
+            return False
+
+    async def __aenter__(self) -> bool:
+        """``async with lock``: :meth:`acquire_async`."""
+        return await self.acquire_async()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Release on leaving ``async with``."""
+        self.release()
+
+    def _unbind_payload(self) -> None:
+        _aio.forget(self)  # awaiting coroutines: unregistered while the memory is there
+        self._unbind()
+
     def statistics(self) -> LockStatistics:
         """Return a :class:`LockStatistics` snapshot (owner pid, waiters, dead owner)."""
         owner = self._owner_token
@@ -213,6 +244,35 @@ class Semaphore(_core.Semaphore, SharedObject):
     def _bind_payload(self) -> None:
         self._bind(self._mapping, self._payload_offset)
 
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """Awaitable :meth:`acquire`: take one unit without blocking the event loop.
+
+        Returns True once taken, False if ``timeout`` seconds ran out.  Cancelling the
+        awaiting task consumes no unit and leaves no waiter counted.
+        """
+        if self.acquire(False):
+            return True
+
+        def attempt() -> Any:
+            return True if self.acquire(False) else _aio.BLOCKED
+
+        try:
+            return await _aio.wait(self, 0, attempt, timeout, fixed=True)
+        except TimeoutError:
+            return False
+
+    async def __aenter__(self) -> bool:
+        """``async with sem``: :meth:`acquire_async`."""
+        return await self.acquire_async()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Release one unit on leaving ``async with``."""
+        self.release()
+
+    def _unbind_payload(self) -> None:
+        _aio.forget(self)  # awaiting coroutines: unregistered while the memory is there
+        self._unbind()
+
     def statistics(self) -> SemaphoreStatistics:
         """Return a :class:`SemaphoreStatistics` snapshot."""
         return SemaphoreStatistics(self.get_value(), self._max_value, self._waiters)
@@ -260,6 +320,26 @@ class Event(_core.Event, SharedObject):
 
     def _bind_payload(self) -> None:
         self._bind(self._mapping, self._payload_offset)
+
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """Awaitable :meth:`wait`: True once the flag is set, False if ``timeout`` ran out.
+
+        ``set()`` in any process wakes every awaiting task (and blocked thread).
+        """
+        if self.is_set():
+            return True
+
+        def attempt() -> Any:
+            return True if self.is_set() else _aio.BLOCKED
+
+        try:
+            return await _aio.wait(self, 0, attempt, timeout, broadcast=True, fixed=True)
+        except TimeoutError:
+            return False
+
+    def _unbind_payload(self) -> None:
+        _aio.forget(self)  # awaiting coroutines: unregistered while the memory is there
+        self._unbind()
 
     def statistics(self) -> EventStatistics:
         """Return an :class:`EventStatistics` snapshot."""
@@ -358,6 +438,61 @@ class Condition(_core.Cond, SharedObject):
             if not notified:
                 notified = self._leave()
         return notified
+
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """Awaitable :meth:`wait`: release the lock, await a notify, take the lock back.
+
+        Returns True if notified, False if ``timeout`` ran out.  The lock is held again
+        when it returns, also when the awaiting task is cancelled (as
+        ``asyncio.Condition`` does); a notify such a task had already been granted is
+        not lost to the others only if the caller notifies again (as with threads).
+
+        Raises:
+            NotHeldError: the caller does not hold the lock.
+        """
+        import asyncio
+
+        self._check_owned("wait")
+        handle = self._aio_enter()
+        lock = self._lock
+        depth = lock._release_save()
+        notified = False
+
+        def attempt() -> Any:
+            return True if self._aio_collect(handle) else _aio.BLOCKED
+
+        try:
+            notified = await _aio.wait(self, 0, attempt, timeout, broadcast=True)
+        except TimeoutError:
+            pass
+        finally:
+            cancelled = None
+            while True:  # the lock comes back whatever happened (cancellation included)
+                try:
+                    await lock.acquire_async()
+                    break
+                except asyncio.CancelledError as exc:
+                    cancelled = exc
+            if lock._RECURSIVE and depth > 1:
+                lock._acquire_restore(depth)  # held by this thread: sets the depth back
+            if not notified:
+                notified = self._aio_leave(handle)
+            if cancelled is not None:
+                raise cancelled
+        return notified
+
+    async def wait_for_async(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
+        """Awaitable :meth:`wait_for`: await notifies until ``predicate()`` is true."""
+        loop_time = time.monotonic
+        deadline = None if timeout is None else loop_time() + timeout
+        result = predicate()
+        while not result:
+            left = None if deadline is None else deadline - loop_time()
+            if left is not None and left <= 0:
+                break
+            await self.wait_async(left)
+            result = predicate()
+        return result
 
     def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
         """Wait until ``predicate()`` is true (or ``timeout`` runs out); return its value."""
@@ -586,6 +721,67 @@ class Barrier(SharedObject):
             finally:
                 self._unregister(token)
                 self._exit()
+
+    async def wait_async(self, timeout: float | None = None) -> int:
+        """Awaitable :meth:`wait`: the same index, errors and dead-party detection.
+
+        Raises:
+            threading.BrokenBarrierError: broken, reset, aborted, or timed out.
+            BarrierPartyDiedError: a waiting party died (the barrier is broken).
+        """
+        if timeout is None:
+            timeout = self._timeout
+        token = _core.self_token()
+        lock = self._cond._lock
+        await lock.acquire_async()
+        try:
+            await self._enter_async()
+            index = self._count
+            self._register(token)
+            try:
+                if index + 1 == self._parties:
+                    self._release()
+                else:
+                    await self._wait_async(timeout)
+                return index
+            finally:
+                self._unregister(token)
+                self._exit()
+        finally:
+            lock.release()
+
+    async def _enter_async(self) -> None:
+        while self._state in (_RESETTING, _DRAINING):
+            await self._cond.wait_async(_DEATH_CHECK_S)
+            self._find_dead_party()
+            if self._count == 0 and self._state in (_RESETTING, _DRAINING):
+                self._state = _FILLING
+        if self._state < 0:
+            raise BrokenBarrierError
+        if self._state != _FILLING:
+            raise ShoalError(f"Barrier in unknown state {self._state}")
+
+    async def _wait_async(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
+        while self._state == _FILLING:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                self._break()
+                raise BrokenBarrierError
+            await self._cond.wait_async(
+                _DEATH_CHECK_S if left is None else min(left, _DEATH_CHECK_S)
+            )
+            if self._state == _FILLING:
+                pid = self._find_dead_party()
+                if pid is not None:
+                    self._break()
+                    raise BarrierPartyDiedError(
+                        f"process {pid} died while waiting at the barrier; it is broken "
+                        "(reset() makes it usable again)",
+                        pid=pid,
+                    )
+        if self._state < 0:
+            raise BrokenBarrierError
 
     def _enter(self) -> None:
         while self._state in (_RESETTING, _DRAINING):
