@@ -18,11 +18,11 @@ $(BIN)/python:
 # from there for ever)
 $(STAMP): $(BIN)/python $(SOURCES)
 	rm -rf build/lib*/shoal
-	@# with the Ray backend's engine (shoal[ray]), whose tests run in `make test`; where
-	@# no ray wheel exists for this Python (3.14, 3.15, free-threaded builds) it is
-	@# installed without, and those tests skip, saying so (docs/ray.md)
-	SHOAL_WERROR=1 $(BIN)/python -m pip install -q '.[test,lint,ray]' || { \
-	  echo "installing with ray failed: installing without it (the Ray tests will skip)"; \
+	@# with the Ray backend's engine (shoal[ray]) and uvloop (shoal[uvloop]), whose tests
+	@# run in `make test`; where no wheel of them exists for this Python (3.14, 3.15,
+	@# free-threaded builds) it is installed without, and those tests skip, saying so
+	SHOAL_WERROR=1 $(BIN)/python -m pip install -q '.[test,lint,ray,uvloop]' || { \
+	  echo "installing with ray and uvloop failed: installing without (their tests will skip)"; \
 	  SHOAL_WERROR=1 $(BIN)/python -m pip install -q '.[test,lint]'; }
 	touch $(STAMP)
 
@@ -200,8 +200,8 @@ BENCH_STAMP := $(VENV)/.shoal-bench-installed
 
 $(BENCH_STAMP): $(BIN)/python $(SOURCES)
 	rm -rf build/lib*/shoal
-	SHOAL_WERROR=1 $(BIN)/python -m pip install -q '.[test,lint,bench,ray]' || { \
-	  echo "installing with ray failed: installing without it (the Ray tests will skip)"; \
+	SHOAL_WERROR=1 $(BIN)/python -m pip install -q '.[test,lint,bench,ray,uvloop]' || { \
+	  echo "installing with ray and uvloop failed: installing without (their tests will skip)"; \
 	  SHOAL_WERROR=1 $(BIN)/python -m pip install -q '.[test,lint,bench]'; }
 	touch $(STAMP) $@
 
