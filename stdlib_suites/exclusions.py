@@ -115,4 +115,8 @@ PENDING: dict[str, str] = {}
 # the first whose suite has them (the staleness check skips them before that)
 SINCE: dict[str, tuple[int, int]] = {
     "mp/*:WithManagerTestEvent.test_repr": (3, 11),
+    # (max_tasks_per_child is new in 3.11; so is the test of gh-83386's hang)
+    "cf/*:*ProcessPoolExecutorTest.test_max_tasks_per_child": (3, 11),
+    "cf/*:*ProcessPoolExecutorTest.test_max_tasks_per_child_defaults_to_spawn_context": (3, 11),
+    "cf/*:*ProcessPoolShutdownTest.test_hang_gh83386": (3, 11),
 }
