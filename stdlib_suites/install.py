@@ -14,6 +14,7 @@ tests of one minor release do not change their expectations).
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -46,7 +47,13 @@ def main(target: str) -> int:
         return 1
     with tempfile.TemporaryDirectory(prefix="shoal-testsuite-") as tmp:
         Path(tmp).chmod(0o755)  # apt-get downloads as its own user where it can
-        subprocess.run(["apt-get", "download", "-q", package], cwd=tmp, check=True)
+        download = ["apt-get", "download", "-q", package]
+        if subprocess.run(download, cwd=tmp).returncode != 0 and os.geteuid() == 0:
+            # a fresh machine (CI's) may have no package lists yet: fetch them once
+            subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(download, cwd=tmp, check=True)
+        elif not list(Path(tmp).glob(f"{package}_*.deb")):
+            raise SystemExit(f"apt-get could not download {package}")
         (deb,) = Path(tmp).glob(f"{package}_*.deb")
         version = deb.name.split("_")[1]
         print(f"{package} {version} for Python {sys.version.split()[0]}")
