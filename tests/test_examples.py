@@ -51,6 +51,7 @@ def test_demo_runs_to_the_end(method):
     assert "distinct; totals exact" in out
     assert "the parent sees every row the workers wrote: equal" in out
     assert "pairs/s" in out
+    assert "what the SIGKILLed processes left (" in out and "ledgers) was reaped" in out
 
 
 def test_doctor_reports_the_machine():

@@ -19,7 +19,7 @@ from typing import Any
 from . import _core
 from ._dict import SharedDict
 from ._errors import BarrierPartyDiedError, OwnerDiedWarning, WorkerDiedError
-from ._memory import HEADER_SIZE, Segment
+from ._memory import HEADER_SIZE, Segment, reap
 from ._pool import Pool
 from ._queues import Queue
 from ._sync import Barrier, Event, Lock
@@ -383,5 +383,11 @@ def demo(argv: list[str] | None = None) -> int:
     _scene_word_count(ctx)
     _scene_speed(ctx)
     _say()
-    _say("Everything shoal created is gone from /dev/shm when its last holder exits.")
+    # the processes the scenes SIGKILLed left their ledgers (what each held, kept for
+    # the reaper); the first segment of the next shoal program would sweep them: now
+    left = reap()
+    _say(
+        "Everything shoal created is gone from /dev/shm when its last holder exits; "
+        f"what the SIGKILLed processes left ({len(left)} ledgers) was reaped."
+    )
     return 0
