@@ -23,7 +23,7 @@ import pickle
 import time
 from collections.abc import Callable
 from threading import BrokenBarrierError
-from typing import Any, NoReturn, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from . import _aio, _core
 from ._errors import BarrierPartyDiedError, ClosedError, NotHeldError, ShoalError
@@ -89,7 +89,48 @@ class LockStatistics:
     last_dead_owner_pid: int | None
 
 
-class Lock(_core.Mutex, SharedObject):
+class _AwaitableAcquire:
+    """``acquire_async`` and ``async with`` for the lock and semaphore types, whose
+    ``acquire(False)`` takes it or says no; ``_AIO_WAIT`` is how the hub waits for
+    them (shoal._aio.wait's options)."""
+
+    _AIO_WAIT: ClassVar[dict[str, Any]] = {}
+
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """Awaitable :meth:`acquire`: take the lock (or one unit of a semaphore)
+        without blocking the event loop.
+
+        Returns True once taken, False if ``timeout`` seconds ran out.  Cancelling the
+        awaiting task leaves it as it was (not taken, no waiter counted).  An RLock
+        belongs to a thread, so tasks of one event loop share its ownership (as they
+        share a ``threading.RLock``): use a Lock between tasks.
+        """
+        acquire = self.acquire  # type: ignore[attr-defined]
+        if acquire(False):
+            return True
+
+        def attempt() -> Any:
+            return True if acquire(False) else _aio.BLOCKED
+
+        try:
+            return await _aio.wait(self, 0, attempt, timeout, **self._AIO_WAIT)
+        except TimeoutError:
+            return False
+
+    async def __aenter__(self) -> bool:
+        """``async with``: :meth:`acquire_async`."""
+        return await self.acquire_async()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Release (one unit) on leaving ``async with``."""
+        self.release()  # type: ignore[attr-defined]
+
+    def _unbind_payload(self) -> None:
+        _aio.forget(self)  # awaiting coroutines: unregistered while the memory is there
+        self._unbind()  # type: ignore[attr-defined]
+
+
+class Lock(_AwaitableAcquire, _core.Mutex, SharedObject):
     """A non-recursive lock in shared memory, like :class:`multiprocessing.Lock`.
 
     ``acquire(block=True, timeout=None) -> bool`` blocks until the lock is free
@@ -109,6 +150,7 @@ class Lock(_core.Mutex, SharedObject):
 
     _PAYLOAD_SIZE = _core.LOCK_SIZE  # the mutex, then its waiters' tokens
     _RECURSIVE = False
+    _AIO_WAIT: ClassVar[dict[str, Any]] = {"slice_s": _aio._LOCK_SLICE_S}
 
     def __init__(self) -> None:
         self._report = True
@@ -130,37 +172,6 @@ class Lock(_core.Mutex, SharedObject):
 
     def _restore_state(self, state: Any) -> None:
         self._report = bool(state)
-
-    async def acquire_async(self, timeout: float | None = None) -> bool:
-        """Awaitable :meth:`acquire`: wait for the lock without blocking the event loop.
-
-        Returns True once acquired, False if ``timeout`` seconds ran out.  Cancelling
-        the awaiting task leaves the lock as it was (not taken, no waiter counted).
-        An RLock belongs to a thread, so tasks of one event loop share its ownership
-        (as they share a ``threading.RLock``): use a Lock between tasks.
-        """
-        if self.acquire(False):
-            return True
-
-        def attempt() -> Any:
-            return True if self.acquire(False) else _aio.BLOCKED
-
-        try:
-            return await _aio.wait(self, 0, attempt, timeout, slice_s=_aio._LOCK_SLICE_S)
-        except TimeoutError:
-            return False
-
-    async def __aenter__(self) -> bool:
-        """``async with lock``: :meth:`acquire_async`."""
-        return await self.acquire_async()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Release on leaving ``async with``."""
-        self.release()
-
-    def _unbind_payload(self) -> None:
-        _aio.forget(self)  # awaiting coroutines: unregistered while the memory is there
-        self._unbind()
 
     def statistics(self) -> LockStatistics:
         """Return a :class:`LockStatistics` snapshot (owner pid, waiters, dead owner)."""
@@ -217,7 +228,7 @@ class SemaphoreStatistics:
     waiters: int
 
 
-class Semaphore(_core.Semaphore, SharedObject):
+class Semaphore(_AwaitableAcquire, _core.Semaphore, SharedObject):
     """A counting semaphore in shared memory, like :class:`multiprocessing.Semaphore`.
 
     Args:
@@ -230,6 +241,7 @@ class Semaphore(_core.Semaphore, SharedObject):
 
     _PAYLOAD_SIZE = _core.SEMAPHORE_SIZE
     _BOUNDED = False
+    _AIO_WAIT: ClassVar[dict[str, Any]] = {"fixed": True}
 
     def __init__(self, value: int = 1) -> None:
         if not isinstance(value, int) or isinstance(value, bool):
@@ -243,35 +255,6 @@ class Semaphore(_core.Semaphore, SharedObject):
 
     def _bind_payload(self) -> None:
         self._bind(self._mapping, self._payload_offset)
-
-    async def acquire_async(self, timeout: float | None = None) -> bool:
-        """Awaitable :meth:`acquire`: take one unit without blocking the event loop.
-
-        Returns True once taken, False if ``timeout`` seconds ran out.  Cancelling the
-        awaiting task consumes no unit and leaves no waiter counted.
-        """
-        if self.acquire(False):
-            return True
-
-        def attempt() -> Any:
-            return True if self.acquire(False) else _aio.BLOCKED
-
-        try:
-            return await _aio.wait(self, 0, attempt, timeout, fixed=True)
-        except TimeoutError:
-            return False
-
-    async def __aenter__(self) -> bool:
-        """``async with sem``: :meth:`acquire_async`."""
-        return await self.acquire_async()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Release one unit on leaving ``async with``."""
-        self.release()
-
-    def _unbind_payload(self) -> None:
-        _aio.forget(self)  # awaiting coroutines: unregistered while the memory is there
-        self._unbind()
 
     def statistics(self) -> SemaphoreStatistics:
         """Return a :class:`SemaphoreStatistics` snapshot."""
