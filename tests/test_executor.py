@@ -386,15 +386,19 @@ def test_cancel_racing_the_workers_is_exact() -> None:
     runs.close()
 
 
-def test_a_running_future_cannot_be_cancelled() -> None:
+def test_a_running_future_is_cancelled_by_stopping_its_worker() -> None:
+    # ProcessPoolExecutor's cancel() says no once a call runs; shoal's stops it (#14;
+    # tests/test_aio_pool.py has the rest)
     started = shoal.Queue()
     with fork_executor(1) as executor:
-        future = executor.submit(t.announce_then_sleep, started, 0.3, "ran")
+        future = executor.submit(t.announce_then_sleep, started, 30, "ran")
         started.get(timeout=TIMEOUT)
         try:
             assert future.running()
-            assert not future.cancel()
-            assert future.result(TIMEOUT) == "ran"
+            assert future.cancel() and future.cancelled()
+            with pytest.raises(concurrent.futures.CancelledError):
+                future.result(TIMEOUT)
+            assert executor.submit(t.square, 3).result(TIMEOUT) == 9
         finally:
             started.close()
 
@@ -406,8 +410,11 @@ def test_a_running_future_logs_nothing(caplog: pytest.LogCaptureFixture) -> None
             future = executor.submit(t.announce_then_sleep, started, 0.2, "ran")
             started.get(timeout=TIMEOUT)
             assert future.running() and future.running()  # asked twice
-            assert not future.cancel()
             assert future.result(TIMEOUT) == "ran"
+            assert not future.cancel()  # (finished)
+            running = executor.submit(t.announce_then_sleep, started, 30, "ran")
+            started.get(timeout=TIMEOUT)
+            assert running.running() and running.cancel()
     finally:
         started.close()
     assert not [r for r in caplog.records if r.name.startswith("concurrent.futures")]
