@@ -808,7 +808,13 @@ class _Engine:
         for job, index, _ in failed:
             self._finish(job, index, False, error)
         for job, index, _ in cancelled:  # (counted out; the future stays cancelled)
-            self._finish(job, index, False, concurrent.futures.CancelledError())
+            if type(job) is _FutureJob:
+                self._finish(job, index, False, concurrent.futures.CancelledError())
+        settled = sum(type(job) is not _FutureJob for job, _, _ in cancelled)
+        if settled:  # a Pool result's: its cancel() settles it, they are only counted out
+            with self._cond:
+                self._outstanding -= settled
+                self._cond.notify_all()
 
     def _deliver_local(self, job: _Job, index: int, exc: BaseException) -> None:
         """Fail a task that never reached a worker (its input raised, say)."""
