@@ -35,9 +35,7 @@ def count_primes(lo: int, hi: int, progress: shoal.Queue[tuple[int, int, int]]) 
     return n
 
 
-async def prime_count(
-    pool: shoal.Pool, limit: int, send: Callable[[str], Awaitable[None]]
-) -> int:
+async def prime_count(pool: shoal.Pool, limit: int, send: Callable[[str], Awaitable[None]]) -> int:
     """Count the primes below ``limit`` on ``pool``, sending each chunk's count as it
     is ready; the total."""
     progress: shoal.Queue[tuple[int, int, int]] = shoal.Queue()
@@ -87,7 +85,8 @@ async def main() -> None:
     # forkserver (or spawn), not fork: a worker forked while a connection is open (a
     # replacement for one killed by a cancel, say) would inherit its socket, and that
     # client would not see the end of its response until the worker exits
-    with shoal.Pool(2, context=shoal.get_context("forkserver")) as pool:
+    pool = shoal.Pool(2, context=shoal.get_context("forkserver"))
+    try:
         server = await asyncio.start_server(functools.partial(handle, pool), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         async with server:
@@ -97,6 +96,9 @@ async def main() -> None:
             print(f"{len(lines) - 1} partial counts streamed, then: {lines[-1]}")
             lines = await request(port, "30000 60")
             print(f"the pool goes on: {lines[-1]}")
+    finally:
+        pool.close()  # (a server going down lets the work in hand finish)
+        pool.join()
 
 
 if __name__ == "__main__":

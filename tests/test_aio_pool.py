@@ -32,7 +32,7 @@ from typing import Any
 
 import pool_tasks as t
 import pytest
-from conftest import wait_until
+from conftest import in_thread, wait_until
 
 import shoal
 from shoal import _aio
@@ -290,6 +290,34 @@ def test_cancel_a_map_as_a_whole() -> None:
             assert sum(runs) == 2
     finally:
         runs.close()
+
+
+def test_cancel_a_map_bigger_than_the_ring() -> None:
+    # chunks in the ring are marked, those still waiting in the parent for room are
+    # never sent; all are counted out (join() returns) and nothing is reported
+    n = 3000
+    runs = shoal.RawArray("q", n)
+    gate = shoal.Event()
+    try:
+        pool = shoal.Pool(1, initializer=t.set_state, initargs=("runs", runs))
+        try:
+            busy = pool.apply_async(t.wait_for, (gate, "done"))
+            items = [(i, b"x" * 200) for i in range(n)]  # (~1 MB of records: 256 KiB fit)
+            m = pool.starmap_async(t.count_run, items, chunksize=1)
+            assert pool._engine._overflow  # some wait in the parent
+            assert m.cancel()
+            gate.set()
+            assert busy.get(T) == "done"
+            pool.close()
+            joined, _ = in_thread(pool.join)
+            joined.join(T)
+            assert not joined.is_alive()
+            assert sum(runs) == 0
+        finally:
+            pool.terminate()
+    finally:
+        runs.close()
+        gate.close()
 
 
 def test_cancelling_the_awaiting_task_cancels_the_pool_task() -> None:

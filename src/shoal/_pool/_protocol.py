@@ -81,10 +81,13 @@ task:
   it go on (SIGCONT); if the claim moved on, it takes the ask back.
 * the worker sets and clears ``_GUARDED`` by compare-and-swap as the outermost
   ``uninterruptible()`` block starts and ends, and at both points, and after sending
-  each result (before clearing its claim), looks for an ask naming the task it holds:
-  if there is one it kills itself (SIGKILL).  So a kill decided while the block starts
-  happens before its body runs, one deferred by the block happens as it ends, and a
-  worker whose task is being stopped never takes another task to be killed in.
+  each result (before clearing its claim), looks for an ask naming the task it holds.
+  As a block ends, such an ask was deferred by it: the worker kills itself
+  (SIGKILL).  As a block starts or a task ends, the parent is deciding: the worker
+  waits for the verdict (killed, or the ask taken back).  So a kill decided while the
+  block starts happens before its body runs, one deferred by the block happens as it
+  ends, and a worker whose task is being stopped never takes another task to be
+  killed in.
 
 An ask naming another ordinal (a task that finished before the parent looked) is
 stale: the worker ignores it and the parent takes it back.

@@ -68,6 +68,9 @@ from ._protocol import (
 
 # a worker looks for its parent this often, and exits if it is gone
 _PARENT_CHECK_S = 1.0
+# how often a worker looks whether the parent decided to kill it or took its ask back
+# (the parent decides in microseconds: see "Stopping a running task")
+_VERDICT_POLL_S = 0.0002
 # Test-only, read once as a worker starts: "POINT:TOKEN" makes the worker that removes
 # the file TOKEN SIGKILL itself at POINT of the protocol above (see _test_hooks);
 # unset, the worker's loop calls the plain functions.
@@ -122,27 +125,49 @@ class uninterruptible(contextlib.ContextDecorator):
 
 
 def _set_guard(on: bool) -> None:
-    """Set or clear the stop word's _GUARDED bit, dying first if the parent asked to
-    stop this task: a kill it decided just before is not outrun into the block, and
-    one the block deferred happens now."""
+    """Set or clear the stop word's _GUARDED bit.  An ask to stop this task found as
+    the block starts is being decided (the parent saw no block): wait for the verdict,
+    which kills this worker or takes the ask back; one found as it ends was deferred
+    by the block: die now."""
     assert _stop_words is not None
     buf, claim_at, stop_at = _stop_words
     while True:
         word = _core.load64(buf, stop_at)
-        _stop_if_asked(buf, claim_at, word)
+        if _asked(buf, claim_at, word):
+            if not on:
+                _die()
+            time.sleep(_VERDICT_POLL_S)
+            continue
         new = word | _GUARDED if on else word & ~_GUARDED
         if _core.cas64(buf, stop_at, word, new)[0]:
             return
 
 
-def _stop_if_asked(buf: Any, claim_at: int, word: int) -> None:
-    """Kill this worker if the stop word ``word`` asks to stop the task it holds."""
-    if word & _STOP_ASKED:
-        claim = _core.load64(buf, claim_at)
-        if claim & _CLAIMED and (claim ^ word) & _ORDINAL_MASK == 0:
-            os.kill(os.getpid(), signal.SIGKILL)
-            while True:  # (it is on its way)
-                time.sleep(1)
+def _await_verdict(buf: Any, claim_at: int, stop_at: int) -> None:
+    """Before the worker lets go of its task: if the parent is deciding to stop it,
+    wait for the verdict (it kills this worker, or takes the ask back: the task had
+    ended), so that a kill meant for this task never hits the next one."""
+    word = _core.load64(buf, stop_at)
+    while _asked(buf, claim_at, word):
+        if word & _GUARDED:  # deferred by a block another thread of the task still runs
+            _die()
+        time.sleep(_VERDICT_POLL_S)
+        word = _core.load64(buf, stop_at)
+
+
+def _asked(buf: Any, claim_at: int, word: int) -> bool:
+    """Whether the stop word ``word`` asks to stop the task this worker holds."""
+    if not word & _STOP_ASKED:
+        return False
+    claim = _core.load64(buf, claim_at)
+    return bool(claim & _CLAIMED) and (claim ^ word) & _ORDINAL_MASK == 0
+
+
+def _die() -> None:
+    """What the parent would do: SIGKILL (the pool replaces this worker)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    while True:  # (it is on its way)
+        time.sleep(1)
 
 
 def _forget_stop_words() -> None:
@@ -249,9 +274,9 @@ def _worker_main(
         # let go of the call's arguments and result now, not when the next task comes
         # (an open file, shared memory, a big array), as ProcessPoolExecutor's worker
         task = function = None
-        # a task the parent is stopping (cancelled as it ended): die holding its claim,
-        # not in the next task's (see "Stopping a running task")
-        _stop_if_asked(buf, claim_at, _core.load64(buf, stop_at))
+        # a task the parent is stopping (cancelled as it ended): the kill comes while
+        # this claim is held, not in the next task (see "Stopping a running task")
+        _await_verdict(buf, claim_at, stop_at)
         _core.store64(buf, claim_at, 0)
         done += 1
 
