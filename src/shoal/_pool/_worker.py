@@ -239,6 +239,7 @@ def _worker_main(
             if not claim & _CLAIMED:
                 raise
             send_error(results, claim & _ORDINAL_MASK, exc, _BAD_TASK)
+            _await_verdict(buf, claim_at, stop_at)
             _core.store64(buf, claim_at, 0)
             done += 1
             continue
