@@ -1,6 +1,6 @@
 """asyncio figures (#14): throughput, wake latency and threads of the awaitable calls.
 
-Run: ``python -m benchmarks.aio_figures [--items 100000] [--wakes 300]``.
+Run: ``python -m benchmarks.aio_figures [--items 100000] [--wakes 300] [--cancels 30]``.
 
 * throughput: a producer process puts ``--items`` ints; the consumer takes them with
   ``await q.get_async()`` in a coroutine, with the blocking ``q.get()`` (no event loop),
@@ -13,6 +13,12 @@ Run: ``python -m benchmarks.aio_figures [--items 100000] [--wakes 300]``.
   thread.  Median and p99 in microseconds.
 * threads: 10,000 coroutines awaiting one queue; the threads the process runs before
   and while they wait.
+* cancelling a running pool task (``--cancels``): a one-worker ``Pool`` (fork) runs a
+  task that says it started and sleeps; from ``r.cancel()`` to the result of the next
+  task, which its replacement worker runs (the kill, the monitor seeing the death,
+  the start of the replacement, its first task), median and p90 in ms; the same with
+  ``await`` (an asyncio task awaiting the result, cancelled) and for an ``Executor``
+  future.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import statistics
 import threading
 import time
@@ -138,11 +145,65 @@ def _threads_for_awaiters(n: int) -> tuple[int, int]:
     return before, during
 
 
+def _announce_then_sleep(q: Any) -> None:
+    q.put(os.getpid())
+    time.sleep(60)
+
+
+def _cancel_running(kind: str, n: int) -> list[float]:
+    """ms from cancelling a running task to the next task's result, ``n`` times."""
+    started: shoal.Queue[int] = shoal.Queue()
+    pool: Any = (
+        shoal.Executor(1, mp_context=CTX) if kind == "Executor" else shoal.Pool(1, context=CTX)
+    )
+    out: list[float] = []
+    try:
+        for _ in range(n):
+            if kind == "Executor":
+                future = pool.submit(_announce_then_sleep, started)
+                victim = started.get(timeout=30)
+                t0 = time.perf_counter()
+                assert future.cancel()
+                pid = pool.submit(os.getpid).result(30)
+            elif kind == "Pool, await":
+                r = pool.apply_async(_announce_then_sleep, (started,))
+                victim = started.get(timeout=30)
+
+                async def cancel_awaiting(r: Any) -> tuple[float, int]:
+                    task = asyncio.ensure_future(r)
+                    await asyncio.sleep(0)  # (it awaits the result)
+                    start = time.perf_counter()
+                    task.cancel()
+                    try:
+                        await task
+                    except asyncio.CancelledError:
+                        pass
+                    return start, await pool.apply_async(os.getpid)
+
+                t0, pid = asyncio.run(cancel_awaiting(r))
+            else:
+                r = pool.apply_async(_announce_then_sleep, (started,))
+                victim = started.get(timeout=30)
+                t0 = time.perf_counter()
+                assert r.cancel()
+                pid = pool.apply_async(os.getpid).get(30)
+            out.append((time.perf_counter() - t0) * 1e3)  # (after asyncio.run's end: ~0.1 ms)
+            assert pid != victim  # the replacement ran it
+    finally:
+        if kind == "Executor":
+            pool.shutdown()
+        else:
+            pool.terminate()
+        started.close()
+    return out
+
+
 def main() -> None:
     """Print the figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--wakes", type=int, default=300)
+    ap.add_argument("--cancels", type=int, default=30)
     args = ap.parse_args()
     print(f"throughput, {args.items} ints from a producer process (items/s, median of 3)")
     rates = {}
@@ -166,6 +227,11 @@ def main() -> None:
     before, during = _threads_for_awaiters(10_000)
     print(f"threads: {before} before, {during} while 10,000 coroutines await one queue")
     print(f"hub threads now: {_aio.hub_threads()}")
+    print(f"cancel a running task -> its replacement's first result, {args.cancels} times (ms)")
+    for kind in ("Pool", "Pool, await", "Executor"):
+        ms = sorted(_cancel_running(kind, args.cancels))
+        p90 = ms[min(len(ms) - 1, int(len(ms) * 0.9))]
+        print(f"  {kind:18s} median {statistics.median(ms):8.2f}   p90 {p90:8.2f}")
 
 
 if __name__ == "__main__":

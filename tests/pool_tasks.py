@@ -317,3 +317,34 @@ class DoesNotPickle:
 
     def __reduce__(self) -> Any:
         raise pickle.PicklingError("this object does not pickle")
+
+
+# ---- cancelling a running task (#14) ----------------------------------------------------
+
+
+def count_then_sleep(i: int, seconds: float = 60.0) -> int:
+    """Count a run of ``i`` (as count_run), then take ``seconds``: a task to cancel."""
+    runs, _ = worker_state()["runs"]
+    runs.add(i, 1)
+    time.sleep(seconds)
+    return i
+
+
+def guarded_then_sleep(q: Any, flags: Any, in_guard: float, after: float) -> str:
+    """Say "started" (the pid), then take ``in_guard`` seconds inside
+    ``shoal.uninterruptible()`` and set ``flags[0]`` as its last step; set ``flags[1]``
+    after the block, then take ``after`` seconds."""
+    with shoal.uninterruptible():
+        q.put(os.getpid())
+        time.sleep(in_guard)
+        flags[0] = 1
+    flags[1] = 1
+    time.sleep(after)
+    return "done"
+
+
+def hold_lock_then_sleep(lock: Any, q: Any, seconds: float = 60.0) -> None:
+    """Take ``lock``, say so (the pid), and keep it ``seconds``."""
+    lock.acquire()
+    q.put(os.getpid())
+    time.sleep(seconds)

@@ -57,3 +57,10 @@ def test_demo_runs_to_the_end(method):
 def test_doctor_reports_the_machine():
     out = run("-m", "shoal", "doctor", "--reap")
     assert "start methods:" in out and "/dev/shm:" in out and "reaped:" in out
+
+
+def test_asyncio_service_example_streams_cancels_and_goes_on():
+    out = run("examples/asyncio_service.py")
+    assert "5 partial counts streamed, then: total below 100000: 9592" in out
+    assert "then: over its budget of 0.5 s: cancelled" in out
+    assert "the pool goes on: total below 30000: 3245" in out

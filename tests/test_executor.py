@@ -365,36 +365,44 @@ def test_cancelled_calls_waiting_in_the_parent_never_run() -> None:
 
 
 def test_cancel_racing_the_workers_is_exact() -> None:
-    # each cancel() races the worker taking that call: cancelled means it never ran,
-    # not cancelled means it ran once and its result arrived
+    # each cancel() races the worker taking that call: not cancelled means it ran once
+    # and its result arrived; cancelled means it never ran, or (caught running, #14:
+    # its worker stopped) ran once at most -- never twice, never a result lost
     n, behind = 4000, 3
     runs = shoal.RawArray("q", n)
     futures: list[Any] = []
     cancelled: set[int] = set()
-    with fork_executor(2, initializer=t.set_state, initargs=("runs", runs)) as executor:
-        for i in range(n):
-            futures.append(executor.submit(t.count_run, i))
-            if i >= behind and i % 2 and futures[i - behind].cancel():
-                cancelled.add(i - behind)
-        for i, future in enumerate(futures):
-            if i in cancelled:
-                assert future.cancelled()
-            else:
-                assert future.result(TIMEOUT) == i
-    ran = list(runs)
-    assert [i for i in range(n) if ran[i] != (i not in cancelled)] == []
-    runs.close()
+    try:
+        with fork_executor(2, initializer=t.set_state, initargs=("runs", runs)) as executor:
+            for i in range(n):
+                futures.append(executor.submit(t.count_run, i))
+                if i >= behind and i % 2 and futures[i - behind].cancel():
+                    cancelled.add(i - behind)
+            for i, future in enumerate(futures):
+                if i in cancelled:
+                    assert future.cancelled()
+                else:
+                    assert future.result(TIMEOUT) == i
+        ran = list(runs)
+        assert [i for i in range(n) if i not in cancelled and ran[i] != 1] == []
+        assert [i for i in cancelled if ran[i] > 1] == []
+    finally:
+        runs.close()
 
 
-def test_a_running_future_cannot_be_cancelled() -> None:
+def test_a_running_future_is_cancelled_by_stopping_its_worker() -> None:
+    # ProcessPoolExecutor's cancel() says no once a call runs; shoal's stops it (#14;
+    # tests/test_aio_pool.py has the rest)
     started = shoal.Queue()
     with fork_executor(1) as executor:
-        future = executor.submit(t.announce_then_sleep, started, 0.3, "ran")
+        future = executor.submit(t.announce_then_sleep, started, 30, "ran")
         started.get(timeout=TIMEOUT)
         try:
             assert future.running()
-            assert not future.cancel()
-            assert future.result(TIMEOUT) == "ran"
+            assert future.cancel() and future.cancelled()
+            with pytest.raises(concurrent.futures.CancelledError):
+                future.result(TIMEOUT)
+            assert executor.submit(t.square, 3).result(TIMEOUT) == 9
         finally:
             started.close()
 
@@ -406,8 +414,11 @@ def test_a_running_future_logs_nothing(caplog: pytest.LogCaptureFixture) -> None
             future = executor.submit(t.announce_then_sleep, started, 0.2, "ran")
             started.get(timeout=TIMEOUT)
             assert future.running() and future.running()  # asked twice
-            assert not future.cancel()
             assert future.result(TIMEOUT) == "ran"
+            assert not future.cancel()  # (finished)
+            running = executor.submit(t.announce_then_sleep, started, 30, "ran")
+            started.get(timeout=TIMEOUT)
+            assert running.running() and running.cancel()
     finally:
         started.close()
     assert not [r for r in caplog.records if r.name.startswith("concurrent.futures")]

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ._errors import ShoalError as ShoalError
     from ._errors import ShoalWarning as ShoalWarning
     from ._errors import ShutDown as ShutDown
+    from ._errors import TaskCancelledError as TaskCancelledError
     from ._errors import TaskTimeoutError as TaskTimeoutError
     from ._errors import UncollectedTaskErrorWarning as UncollectedTaskErrorWarning
     from ._errors import WorkerDiedError as WorkerDiedError
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from ._managers import Manager as Manager
     from ._pool import Executor as Executor
     from ._pool import Pool as Pool
+    from ._pool import uninterruptible as uninterruptible
     from ._pool import worker_state as worker_state
     from ._process import AuthenticationError as AuthenticationError
     from ._process import BufferTooShort as BufferTooShort
@@ -136,6 +138,7 @@ __all__ = [
     "ShoalWarning",
     "ShutDown",
     "SimpleQueue",
+    "TaskCancelledError",
     "TaskTimeoutError",
     "TimeoutError",
     "UncollectedTaskErrorWarning",
@@ -157,6 +160,7 @@ __all__ = [
     "set_forkserver_preload",
     "set_start_method",
     "share",
+    "uninterruptible",
     "use",
     "worker_state",
 ]
@@ -182,13 +186,14 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "ShoalError",
         "ShoalWarning",
         "ShutDown",
+        "TaskCancelledError",
         "TaskTimeoutError",
         "UncollectedTaskErrorWarning",
         "WorkerDiedError",
     ),
     "_list": ("SharedList",),
     "_managers": ("Manager",),
-    "_pool": ("Executor", "Pool", "worker_state"),
+    "_pool": ("Executor", "Pool", "uninterruptible", "worker_state"),
     "_process": (
         "AuthenticationError",
         "BufferTooShort",

@@ -83,7 +83,7 @@ from . import _core
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["BLOCKED", "hub_threads", "wait"]
+__all__ = ["BLOCKED", "hub_threads", "resolve_soon", "wait"]
 
 # the sides of an object (a ring has three words; the others one)
 CONSUMERS, PRODUCERS, JOINERS = 0, 1, 2
@@ -116,6 +116,15 @@ class _Waiter:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def resolve_soon(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    """Resolve ``future`` (with None) on its ``loop``, from any thread; nothing if it is
+    done by then or the loop is closed (nobody awaits it any more)."""
+    try:
+        loop.call_soon_threadsafe(_resolve, future)
+    except RuntimeError:  # its loop is closed
+        pass
 
 
 class _Entry:
@@ -233,10 +242,7 @@ class _Hub:
         w.woken = True
         fut = w.future
         if fut is not None and not fut.done():
-            try:
-                w.loop.call_soon_threadsafe(_resolve, fut)
-            except RuntimeError:  # its loop is closed: nobody awaits it any more
-                pass
+            resolve_soon(w.loop, fut)
 
     def fire(self, e: _Entry) -> None:
         e.armed = False

@@ -26,8 +26,11 @@ Each class is also the standard-library class that code written for
     │   └── BrokenPoolError(BrokenError, concurrent.futures.process.BrokenProcessPool)
     │                                              a pool's initializer raised: no worker
     │                                              can start, the pool is broken
-    └── TaskTimeoutError(ShoalError, TimeoutError) a pool task ran past its timeout
-                                                   (its worker was killed and replaced)
+    ├── TaskTimeoutError(ShoalError, TimeoutError) a pool task ran past its timeout
+    │                                              (its worker was killed and replaced)
+    └── TaskCancelledError(ShoalError, concurrent.futures.CancelledError)
+                                                   a pool result was cancelled (a running
+                                                   task's worker was killed and replaced)
 
     ShoalWarning(RuntimeWarning)
     ├── OwnerDiedWarning                           a lock was inherited from a dead owner
@@ -64,6 +67,7 @@ __all__ = [
     "ShoalError",
     "ShoalWarning",
     "ShutDown",
+    "TaskCancelledError",
     "TaskTimeoutError",
     "UncollectedTaskErrorWarning",
     "WorkerDiedError",
@@ -268,14 +272,16 @@ class UncollectedTaskErrorWarning(ShoalWarning):
 # whose module imports multiprocessing.connection, its queues, tempfile and subprocess
 # (about 10 ms): they are made when first asked for (by the pool, or by a program's
 # ``except shoal.WorkerDiedError``), so that ``shoal.Lock`` does not pay for them (#11).
+# So is TaskCancelledError, a concurrent.futures.CancelledError (#14).
 # A type checker reads them from the stub below; the classes it describes are these.
-_MADE_ON_FIRST_USE = ("WorkerDiedError", "BrokenPoolError")
+_MADE_ON_FIRST_USE = ("WorkerDiedError", "BrokenPoolError", "TaskCancelledError")
 
 
 _MAKING = threading.Lock()  # (two threads asking at once must get the same classes)
 
 
 def _make_pool_errors() -> None:
+    from concurrent.futures import CancelledError
     from concurrent.futures.process import BrokenProcessPool
 
     class WorkerDiedError(BrokenError, BrokenProcessPool, multiprocessing.ProcessError):
@@ -325,7 +331,24 @@ def _make_pool_errors() -> None:
         remote traceback, is the ``__cause__``.
         """
 
-    for cls in (WorkerDiedError, BrokenPoolError):
+    class TaskCancelledError(ShoalError, CancelledError):
+        """A pool result was cancelled (``AsyncResult.cancel()``, or the asyncio task
+        awaiting it was cancelled): what ``get()`` raises.  A task a worker was running
+        was stopped by killing that worker, which the pool replaced.
+
+        Also :class:`concurrent.futures.CancelledError`, what a cancelled
+        ``Future.result()`` raises; not :class:`asyncio.CancelledError`, which would
+        read as the awaiting task itself being cancelled.
+
+        Attributes:
+            task: a short description of the task, or None.
+        """
+
+        def __init__(self, *args: object, task: str | None = None) -> None:
+            super().__init__(*args)
+            self.task = task
+
+    for cls in (WorkerDiedError, BrokenPoolError, TaskCancelledError):
         cls.__qualname__ = cls.__name__
         globals()[cls.__name__] = cls
 
@@ -340,6 +363,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from concurrent.futures import CancelledError
     from concurrent.futures.process import BrokenProcessPool
 
     class WorkerDiedError(BrokenError, BrokenProcessPool, multiprocessing.ProcessError):
@@ -359,3 +383,8 @@ if TYPE_CHECKING:
         def signal(self) -> signal.Signals | None: ...
 
     class BrokenPoolError(BrokenError, BrokenProcessPool): ...
+
+    class TaskCancelledError(ShoalError, CancelledError):
+        task: str | None
+
+        def __init__(self, *args: object, task: str | None = None) -> None: ...

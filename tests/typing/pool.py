@@ -49,6 +49,23 @@ def main() -> None:
         done, _ = concurrent.futures.wait([future])
         assert_type(done, set[concurrent.futures.Future[str]])
 
+    with shoal.uninterruptible():
+        pass
+
     # shoal.Executor and shoal.Pool go where the standard library's are expected
     stdlib_executor: concurrent.futures.Executor = shoal.Executor(1)
     stdlib_executor.shutdown()
+
+
+async def awaiting() -> None:
+    """Awaited results carry the same types (#14)."""
+    with shoal.Pool(2) as pool:
+        assert_type(await pool.apply_async(square, (3,)), int)
+        assert_type(await pool.apply_async(square, (3,)).get_async(timeout=1), int)
+        assert_type(await pool.map_async(square, [1]), list[int])
+        assert_type(await pool.starmap_async(label, [(1, "a")]), list[str])
+        async for value in pool.imap(square, [1]):
+            assert_type(value, int)
+        assert_type(await pool.imap_unordered(square, [1]).next_async(timeout=1), int)
+        assert_type(pool.apply_async(square, (3,)).cancel(), bool)
+        await pool.apply_async(square, (3,)).wait_async()

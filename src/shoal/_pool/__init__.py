@@ -26,6 +26,7 @@ from ._jobs import ApplyResult as ApplyResult
 from ._jobs import AsyncResult as AsyncResult
 from ._jobs import IMapIterator as IMapIterator
 from ._jobs import MapResult as MapResult
+from ._worker import uninterruptible as uninterruptible
 from ._worker import worker_state as worker_state
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "IMapIterator",
     "MapResult",
     "Pool",
+    "uninterruptible",
     "worker_state",
 ]
 # what the shoal.pool shim exports: multiprocessing.pool's names, and worker_state

@@ -21,8 +21,9 @@ had taken, pushes a "worker died" record on the result ring and starts a replace
 the result thread (``_handle_results``) fails just that task (``_worker_died``) with a
 ``WorkerDiedError`` or, past its deadline, a ``TaskTimeoutError``.  Also here: the
 monitor's ``_Doorbell``, submitting (pickling in the caller, the overflow
-that waits for room in the ring), the cancel marks' parent side, closing, joining and
-terminating.
+that waits for room in the ring), the cancel marks' parent side, cancelling a running
+task (``stop_running``: the monitor's ``_stop_task`` kills its worker, as for a
+timeout, through the stop word of ``_protocol``), closing, joining and terminating.
 
 Starting a worker
 -----------------
@@ -90,6 +91,7 @@ from ._protocol import (
     _DEADLINE,
     _DIED,
     _FUNC_CACHE_SIZE,
+    _GUARDED,
     _MAIN_REIMPORTED,
     _MARK_WORDS,
     _MARKER,
@@ -102,6 +104,8 @@ from ._protocol import (
     _SETUP_RAISED,
     _SKIPPED,
     _SLOT_WORDS,
+    _STOP,
+    _STOP_ASKED,
     _TASK_RING_BYTES,
     _WAKE,
 )
@@ -283,6 +287,7 @@ class _Engine:
         self._function_records: dict[int, tuple[weakref.ref, bytes]] = {}
         self._timed_out: dict[int, tuple[int, float]] = {}  # slot -> (ordinal, timeout)
         self._timeouts_used = self.task_timeout > 0
+        self._stops: list[int] = []  # running tasks cancelled: for the monitor to stop
         self._broken: BaseException | None = None
         self._released = False  # the rings and slots are closed
         self._join_lock = threading.Lock()  # one join at a time (see _join_executors)
@@ -291,11 +296,12 @@ class _Engine:
 
         self._tasks = Queue(capacity=_TASK_RING_BYTES)
         self._results = Queue(capacity=_RESULT_RING_BYTES)
-        # Executor calls cancelled in the ring have a table of marks (a Pool has no cancel)
-        self._mark_words = _MARK_WORDS if cancellable else 0
+        # calls cancelled in the ring have a table of marks (a Pool's too, since #14)
+        self._mark_words = _MARK_WORDS
         self._slots = RawArray("q", processes * _SLOT_WORDS + 1 + self._mark_words)
         self._marked_at = words(self._slots)[1] + processes * _SLOT_WORDS * 8
         # the class of a task's exception's __cause__, as the standard library's
+        # (``cancellable``: an Executor's)
         self._traceback_class = _RemoteTraceback if cancellable else RemoteTraceback
         self._workers: list[Any] = [None] * processes
         self._sent: list[Any] = [None] * processes  # see _start_worker
@@ -324,6 +330,14 @@ class _Engine:
     def _slot_word(self, slot: int, word: int) -> int:
         buf, base = words(self._slots)
         return _core.load64(buf, base + (slot * _SLOT_WORDS + word) * 8)
+
+    def _running_slot(self, ordinal: int) -> int | None:
+        """The slot of the worker that holds task ``ordinal`` now, if one does."""
+        claim = _CLAIMED | ordinal
+        for slot in range(self.processes):
+            if self._slot_word(slot, _CLAIM) == claim:
+                return slot
+        return None
 
     def _start_worker(self, slot: int) -> None:
         base = slot * _SLOT_WORDS
@@ -444,6 +458,8 @@ class _Engine:
                     self._doorbell.clear()
                 else:
                     self._worker_ended(live[handle])
+            if self._stops:
+                self._stop_cancelled()
             if self._timeouts_used:
                 self._enforce_timeouts()
 
@@ -495,16 +511,61 @@ class _Engine:
             if not deadline or deadline > now:
                 continue
             claim = self._slot_word(slot, _CLAIM)
-            # stop it, then look again: it may have finished that task meanwhile
-            if not _signal(process.pid, signal.SIGSTOP):
+            if not claim & _CLAIMED:
                 continue
-            same = self._slot_word(slot, _CLAIM) == claim
-            if same and self._slot_word(slot, _DEADLINE) == deadline:
-                ordinal = claim & _ORDINAL_MASK
-                entry = self._inflight.get(ordinal)
-                self._timed_out[slot] = (ordinal, entry[2] if entry else 0.0)
-                _signal(process.pid, signal.SIGKILL)
+            ordinal = claim & _ORDINAL_MASK
+            entry = self._inflight.get(ordinal)
+            # (recorded first: a worker that kills itself reports a timeout)
+            self._timed_out[slot] = (ordinal, entry[2] if entry else 0.0)
+            if not self._stop_task(slot, ordinal, deadline):
+                del self._timed_out[slot]
+
+    def _stop_cancelled(self) -> None:
+        """Stop the running tasks that ``stop_running`` cancelled."""
+        with self._cond:
+            stops, self._stops = self._stops, []
+        for ordinal in stops:
+            slot = self._running_slot(ordinal)
+            if slot is not None:  # (else it ended meanwhile: its result is dropped)
+                self._stop_task(slot, ordinal)
+
+    def _stop_task(self, slot: int, ordinal: int, deadline: int | None = None) -> bool:
+        """Kill the worker of ``slot`` if it still runs task ``ordinal`` (and, for a
+        timeout, that task's item still has ``deadline``), unless it is inside
+        ``uninterruptible()``: then it kills itself as the block ends.  True if it is
+        killed or will be; False if it had finished that task (or item).  The monitor
+        thread's alone (see "Stopping a running task" in ``_protocol``)."""
+        buf, base = words(self._slots)
+        at = base + (slot * _SLOT_WORDS + _STOP) * 8
+        asked = _STOP_ASKED | ordinal
+        while True:  # ask, keeping the worker's _GUARDED bit
+            word = _core.load64(buf, at)
+            if _core.cas64(buf, at, word, (word & _GUARDED) | asked)[0]:
+                break
+        if word & _GUARDED:
+            return True  # deferred: it kills itself as its uninterruptible() block ends
+        process = self._workers[slot]
+        claim = _CLAIMED | ordinal
+        killed = False
+        # stop it, then look again: it may have finished that task (or item) meanwhile;
+        # once it sees the ask it waits for this verdict instead of taking another task
+        if (
+            process is not None
+            and self._slot_word(slot, _CLAIM) == claim
+            and _signal(process.pid, signal.SIGSTOP)
+        ):
+            if self._slot_word(slot, _CLAIM) == claim and (
+                deadline is None or self._slot_word(slot, _DEADLINE) == deadline
+            ):
+                killed = _signal(process.pid, signal.SIGKILL)
             _signal(process.pid, signal.SIGCONT)
+        if not killed:  # take the ask back, unless something else replaced it
+            word = _core.load64(buf, at)
+            while word & ~_GUARDED == asked:
+                ok, word = _core.cas64(buf, at, word, word & _GUARDED)
+                if ok:
+                    break
+        return killed
 
     def worker_pids(self, started_only: bool = False) -> list[int]:
         """The pids of the worker processes now, in slot order (internal: what
@@ -563,24 +624,78 @@ class _Engine:
     def _mark_at(self, ordinal: int) -> int:
         return self._marked_at + 8 + (ordinal % self._mark_words) * 8
 
-    def mark_cancelled(self, job: _FutureJob) -> bool:
-        """Tell the worker that takes this task to skip it (counted before it is set:
-        a worker that finds the count zero took its task before the mark).  False if
-        a worker took the task while its word of the table was still held by the mark
-        of an earlier record (see "Cancelled calls"): nothing is marked."""
-        assert self._mark_words and job._ordinal is not None
-        ordinal = job._ordinal
+    def mark_cancelled(self, ordinal: int) -> bool:
+        """Tell the worker that takes task ``ordinal`` to skip it (counted before it is
+        set: a worker that finds the count zero took its task before the mark).  False
+        if a worker took the task while its word of the table was still held by the
+        mark of an earlier record, or that word stayed held (see "Cancelled calls"):
+        nothing is marked."""
         buf, at = words(self._slots)[0], self._mark_at(ordinal)
         _core.fetch_add64(buf, self._marked_at, 1)
         deadline = None
         while not _core.cas64(buf, at, 0, _CLAIMED | ordinal)[0]:
             if deadline is None:
                 deadline = time.monotonic() + _MARK_WAIT_S
-            if job._taken() or time.monotonic() > deadline:
+            if self.was_taken(ordinal) or time.monotonic() > deadline:
                 _core.fetch_add64(buf, self._marked_at, -1)
                 return False
             time.sleep(0.0005)
         return True
+
+    def take_back(self, ordinal: int) -> bool | None:
+        """Cancel task ``ordinal`` if no worker took it: True if marked (the worker that
+        takes it skips it: it never runs), False if a worker has it (it runs, or ran),
+        None if it waits in the ring with no word for its mark (it will run)."""
+        if not self.mark_cancelled(ordinal):
+            return False if self.was_taken(ordinal) else None
+        # a worker that took it before the mark was there runs it
+        return not (self.was_taken(ordinal) and self.unmark_cancelled(ordinal))
+
+    def stop_running(self, ordinal: int) -> bool:
+        """Cancel task ``ordinal``, which a worker took: its outcome is dropped, and the
+        monitor kills the worker if it still runs it (``_stop_task``).  False if the
+        task ended already (its outcome is delivered, or on its way)."""
+        if self._running_slot(ordinal) is None or not self.drop(ordinal):
+            return False
+        with self._cond:
+            self._stops.append(ordinal)
+        self._doorbell.ring()
+        return True
+
+    def drop(self, ordinal: int) -> bool:
+        """Forget task ``ordinal`` (cancelled): whatever comes back for it is ignored.
+        False if its outcome is being delivered already."""
+        if self._inflight.pop(ordinal, None) is None:
+            return False
+        with self._cond:
+            self._outstanding -= 1
+            self._cond.notify_all()  # (join() waits for the count)
+        return True
+
+    def cancel_job(self, job: _Job) -> bool:
+        """Cancel what is left of a Pool result's tasks (``AsyncResult.cancel()``):
+        those waiting in the parent are never sent, those in the ring are marked (the
+        worker that takes one skips it), those running are stopped.  True if any was:
+        the job can no longer succeed."""
+        if self._released:
+            return False
+        job._cancelled = True  # _push_overflow drops its tasks still in the parent
+        with self._push_lock:  # (its ordinals are assigned under it)
+            ordinals = list(job._ordinals or ())
+        cancelled = False
+        for ordinal in ordinals:
+            if ordinal is None:  # still in the parent
+                cancelled = True
+                continue
+            entry = self._inflight.get(ordinal)
+            if entry is None or entry[0] is not job:
+                continue  # finished
+            taken_back = self.take_back(ordinal)
+            if taken_back:
+                cancelled = self.drop(ordinal) or cancelled
+            elif taken_back is False:
+                cancelled = self.stop_running(ordinal) or cancelled
+        return cancelled
 
     def unmark_cancelled(self, ordinal: int) -> bool:
         """Take the mark back; False if it is gone (the worker that took the task
@@ -650,8 +765,8 @@ class _Engine:
         first = self._pushed  # ordinals are assigned in ring order
         for k, (job, index, record) in enumerate(entries):
             self._inflight[(first + k) & _ORDINAL_MASK] = (job, index, record[2])
-            if type(job) is _FutureJob:
-                job._ordinal = (first + k) & _ORDINAL_MASK
+            if job._ordinals is not None:  # (what cancel() looks for)
+                job._ordinals[index] = (first + k) & _ORDINAL_MASK
         try:
             put = self._tasks.put_many([entry[2] for entry in entries], block=False)
         except queue.Full as full:
@@ -662,9 +777,9 @@ class _Engine:
         finally:
             for k in range(put, len(entries)):
                 del self._inflight[(first + k) & _ORDINAL_MASK]
-                job = entries[k][0]
-                if type(job) is _FutureJob:  # not on the ring: that ordinal goes to another
-                    job._ordinal = None
+                job, index = entries[k][0], entries[k][1]
+                if job._ordinals is not None:  # not on the ring: that ordinal goes to another
+                    job._ordinals[index] = None
             self._pushed = first + put
         return entries[put:]
 
@@ -679,7 +794,9 @@ class _Engine:
                 # cancelled while it waited here (decided under this lock): never
                 # pushed.  (Its state read bare: cancel() holds the future's lock
                 # when it takes this one, so taking that one here could deadlock.)
-                if type(job) is _FutureJob and job._future._state in _CANCELLED_STATES:
+                if job._cancelled or (
+                    type(job) is _FutureJob and job._future._state in _CANCELLED_STATES
+                ):
                     cancelled.append(entry)
                 else:
                     batch.append(entry)
@@ -691,7 +808,13 @@ class _Engine:
         for job, index, _ in failed:
             self._finish(job, index, False, error)
         for job, index, _ in cancelled:  # (counted out; the future stays cancelled)
-            self._finish(job, index, False, concurrent.futures.CancelledError())
+            if type(job) is _FutureJob:
+                self._finish(job, index, False, concurrent.futures.CancelledError())
+        settled = sum(type(job) is not _FutureJob for job, _, _ in cancelled)
+        if settled:  # a Pool result's: its cancel() settles it, they are only counted out
+            with self._cond:
+                self._outstanding -= settled
+                self._cond.notify_all()
 
     def _deliver_local(self, job: _Job, index: int, exc: BaseException) -> None:
         """Fail a task that never reached a worker (its input raised, say)."""
@@ -736,7 +859,10 @@ class _Engine:
             return False
         entry = self._inflight.pop(ordinal, None)
         if entry is None:
-            return False  # taken back by cancel_queued, or failed by terminate
+            # taken back by cancel_queued, cancelled, or failed by terminate; a mark that
+            # no worker popped (its arguments did not unpickle) goes too
+            self.unmark_cancelled(ordinal)
+            return False
         job, index, _ = entry
         if status == _OK:
             self._finish(job, index, True, record[2:], False)
@@ -816,7 +942,10 @@ class _Engine:
             return
         entry = self._inflight.pop(ordinal, None)
         if entry is None:
-            return  # its result made it out before it died
+            # its result made it out before it died, or it was cancelled (with a mark
+            # it died before popping, maybe)
+            self.unmark_cancelled(ordinal)
+            return
         job, index, _ = entry
         self._forget_mark(job, ordinal)  # it may have died before it looked
         description = job._describe(index)

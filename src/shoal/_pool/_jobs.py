@@ -4,10 +4,20 @@ settled.
 ``AsyncResult``/``MapResult`` (a Pool's ``apply_async``/``map_async``),
 ``IMapIterator`` (``imap``/``imap_unordered``, feeding its input lazily) and, for an
 Executor, ``_FutureJob`` with its ``_Future`` (a ``concurrent.futures.Future`` whose
-``cancel()`` marks the call in shared memory).  Each is a ``_Job``: the engine's
-result thread calls ``_deliver``/``_fail`` for each of its tasks (chunks), and
-``_describe`` names a task in errors.  Nothing here touches shared memory itself: it
-asks the engine (``_wait_for``, ``_submit``, ``mark_cancelled``...).
+``cancel()`` marks the call in shared memory, or stops it running).  Each is a
+``_Job``: the engine's result thread calls ``_deliver``/``_fail`` for each of its tasks
+(chunks), and ``_describe`` names a task in errors.  Nothing here touches shared memory
+itself: it asks the engine (``_wait_for``, ``_submit``, ``take_back``,
+``stop_running``...).
+
+asyncio (#14): results are awaitable (``await result``, ``get_async``,
+``async for`` over an ``IMapIterator``, ``await future``) with no thread per await: an
+awaiting coroutine puts an asyncio future in its job's ``_awaiters`` (under the
+engine's lock, after looking at the job), and the result thread, having delivered to
+the job, takes the list under the same lock and resolves each through its loop's
+``call_soon_threadsafe``: one wake-up of the loop per job delivered (``_until``,
+``_wake_awaiters``).  A coroutine cancelled while it awaits a result cancels the pool
+task (``cancel()``).
 """
 
 from __future__ import annotations
@@ -17,12 +27,16 @@ import concurrent.futures
 import itertools
 import multiprocessing
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .._aio import resolve_soon
+from .._errors import TaskCancelledError
 from .._memory import report_unraisable
 
 if TYPE_CHECKING:  # (annotations only: the engine imports this module)
+    import asyncio
+
     from ._engine import _Engine
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult"]
@@ -38,9 +52,55 @@ class _Job:
 
     _engine: _Engine
     _bar: Any = None  # a tqdm bar, for progress=True
+    _cancelled = False  # its tasks still in the parent are never sent (cancel())
+    # each task's ordinal once on the ring (None before), for cancel(); None: not kept
+    _ordinals: list[int | None] | None = None
+    # coroutines awaiting it: (loop, future), resolved by _wake_awaiters
+    _awaiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | None = None
 
     def _describe(self, index: int) -> str:
         raise NotImplementedError
+
+    def _take_awaiters(self) -> list[Any] | None:
+        """The coroutines to wake (the caller holds the engine's ``_cond``)."""
+        awaiters, self._awaiters = self._awaiters, None
+        return awaiters
+
+    def _wake_awaiters(self) -> None:
+        """Wake the coroutines awaiting this job (it changed: the result thread)."""
+        with self._engine._cond:
+            awaiters = self._take_awaiters()
+        _wake(awaiters)
+
+    async def _until(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        """Await ``predicate()`` (looked at under the engine's lock, as ``_wait_for``
+        does) for up to ``timeout`` seconds; its last value."""
+        import asyncio  # here: a Pool used without asyncio does not load it
+
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        cond = self._engine._cond
+        while True:
+            with cond:
+                if predicate():
+                    return True
+                future: asyncio.Future[None] = loop.create_future()
+                if self._awaiters is None:
+                    self._awaiters = []
+                self._awaiters.append((loop, future))
+            try:
+                if deadline is None:
+                    await future
+                else:
+                    await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                with cond:
+                    return predicate()
+            finally:
+                if not future.done() or future.cancelled():  # not woken: take it out
+                    with cond:
+                        if self._awaiters is not None and (loop, future) in self._awaiters:
+                            self._awaiters.remove((loop, future))
 
     def _close_bar(self) -> None:
         if self._bar is not None:
@@ -76,12 +136,23 @@ def _short_repr(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _wake(awaiters: list[Any] | None) -> None:
+    for loop, future in awaiters or ():
+        resolve_soon(loop, future)
+
+
 class AsyncResult(_Job, Generic[_T]):
     """The result of ``Pool.apply_async`` (and the base of ``map_async``'s).
 
     Like :class:`multiprocessing.pool.AsyncResult`: ``get``, ``wait``, ``ready``,
     ``successful``.  A task that fails while nobody collects it (no ``get()``, no
     ``successful()``, no ``error_callback``) is reported when the pool is joined.
+
+    Also awaitable: ``await result`` is ``get()`` for a coroutine (``get_async`` and
+    ``wait_async`` take a timeout), with no thread per await; and ``cancel()`` stops the
+    task, killing and replacing its worker if it runs.  A coroutine cancelled while it
+    awaits the result (``task.cancel()``, ``asyncio.timeout``, ``asyncio.wait_for``)
+    cancels the task too; ``asyncio.shield(result)`` does not.
     """
 
     def __init__(
@@ -98,6 +169,7 @@ class AsyncResult(_Job, Generic[_T]):
         self._value: Any = None
         self._collected = error_callback is not None
         self._what: Any = ""  # a description, or (func, args, kwds) to make one from
+        self._ordinals = [None]
 
     @property
     def _description(self) -> str:
@@ -143,17 +215,75 @@ class AsyncResult(_Job, Generic[_T]):
             return self._value
         raise self._value
 
-    def _set(self, ok: bool, value: Any) -> None:
-        # no lock: a waiter counts itself in _waiters before it checks _done, and the
-        # result thread notifies waiters after each batch (_Engine._notify)
-        self._ok, self._value, self._done = ok, value, True
+    def __await__(self) -> Generator[Any, None, _T]:
+        """``await result``: the result, or its exception, as ``get()`` gives them."""
+        return self.get_async().__await__()
+
+    async def get_async(self, timeout: float | None = None) -> _T:
+        """The awaitable twin of :meth:`get`: the result, awaiting up to ``timeout``
+        seconds for it (``multiprocessing.TimeoutError`` then; the task goes on).
+
+        Raises what ``get()`` raises, ``TaskCancelledError`` once cancelled.  If the
+        awaiting coroutine is cancelled, the task is cancelled too.
+        """
+        await self.wait_async(timeout)
+        return self.get(0)
+
+    async def wait_async(self, timeout: float | None = None) -> None:
+        """The awaitable twin of :meth:`wait`.  If the awaiting coroutine is cancelled,
+        the task is cancelled too."""
+        if self._done:
+            return
+        import asyncio
+
+        try:
+            await self._until(self._is_done, timeout)
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+
+    def _is_done(self) -> bool:
+        return self._done
+
+    def cancel(self) -> bool:
+        """Cancel the call (every item of a map); True if cancelled, False if it had
+        finished (or its outcome was on its way).
+
+        A task still waiting to be sent, or waiting in shared memory, never runs; a
+        task a worker runs is stopped: the worker is killed (after the task's
+        :func:`~shoal.uninterruptible` block, if it is inside one) and replaced, and
+        the other tasks go on.  ``get()`` then raises
+        :class:`~shoal.TaskCancelledError` (a ``concurrent.futures.CancelledError``);
+        the ``error_callback`` gets it, in the thread that cancelled.
+        """
+        if self._done or not self._engine.cancel_job(self):
+            return False
+        self._close_bar()
+        error = TaskCancelledError(f"{self._description} was cancelled", task=self._description)
+        cancelled = self._set(False, error, report=False)
+        self._engine._notify()
+        return cancelled
+
+    def _set(self, ok: bool, value: Any, report: bool = True) -> bool:
+        """Settle the job, once (False if it was already: a chunk failed, or it was
+        cancelled); ``report``: an error nobody collects is reported at join()."""
+        # under the engine's lock, with the awaiters taken: so a cancel() and the result
+        # thread settle it once, and a coroutine that found it pending is woken.  Threads
+        # waiting in get() are notified by the result thread after each batch
+        with self._engine._cond:
+            if self._done:
+                return False
+            self._ok, self._value, self._done = ok, value, True
+            awaiters = self._take_awaiters()
         if ok:
             if self._callback is not None:
                 _call_back(self._callback, value)
         elif self._error_callback is not None:
             _call_back(self._error_callback, value)
-        elif not self._collected:
+        elif report and not self._collected:
             self._engine._uncollected.append(self)
+        _wake(awaiters)
+        return True
 
     def _describe(self, index: int) -> str:
         return self._description
@@ -166,6 +296,8 @@ class AsyncResult(_Job, Generic[_T]):
 
     def __repr__(self) -> str:
         state = "pending" if not self._done else "ok" if self._ok else "failed"
+        if self._done and isinstance(self._value, TaskCancelledError):
+            state = "cancelled"
         return f"<shoal.{type(self).__name__} {self._description or ''} {state}>"
 
 
@@ -188,6 +320,7 @@ class MapResult(AsyncResult[list[_T]]):
         self._length, self._chunksize = length, chunksize
         self._name = ""  # the function's, for _describe
         chunks = -(-length // chunksize)
+        self._ordinals = [None] * chunks
         self._parts: list[tuple | None] = [None] * chunks
         self._left = chunks
         self._bar = bar
@@ -222,6 +355,9 @@ class IMapIterator(_Job, Generic[_T]):
 
     The input is read lazily, a few chunks ahead of the workers, so an endless
     generator works.  ``next(timeout)`` raises ``multiprocessing.TimeoutError``.
+    ``async for x in pool.imap(...)`` (and ``await it.next_async(timeout)``) is the
+    same for a coroutine, with no thread per await; cancelling it leaves the tasks
+    running, as leaving a ``for`` loop does.
     """
 
     def __init__(
@@ -284,6 +420,7 @@ class IMapIterator(_Job, Generic[_T]):
                     self._engine._deliver_local(self, index, exc)
             if self._exhausted:
                 self._engine._notify()  # a consumer may wait for the end
+                self._wake_awaiters()
 
     def _deliver(self, index: int, values: tuple) -> None:
         self._outcome(index, True, values)
@@ -298,6 +435,7 @@ class IMapIterator(_Job, Generic[_T]):
             self._unordered.append((ok, value))
         if self._bar is not None:
             self._bar.update(len(value) if ok else self._sizes.get(index, 0))
+        self._wake_awaiters()
         self._feed()
 
     def _describe(self, index: int) -> str:
@@ -319,20 +457,41 @@ class IMapIterator(_Job, Generic[_T]):
         """The next result, waiting up to ``timeout`` seconds for it."""
         while not self._buffer:
             self._engine._wait_for(self._arrived, timeout)
-            got, self._got = self._got, None
-            if got is None:
-                if self._all_taken():
-                    self._close_bar()
-                    raise StopIteration
-                raise multiprocessing.TimeoutError
-            self._next_chunk += 1
-            self._feed()
-            ok, value = got
-            if not ok:
-                self._close_bar()
-                raise value
-            self._buffer.extend(value)
+            self._take_arrived()
         return self._buffer.popleft()
+
+    def __aiter__(self) -> IMapIterator[_T]:
+        return self
+
+    async def next_async(self, timeout: float | None = None) -> _T:
+        """The awaitable twin of :meth:`next` (``StopAsyncIteration`` at the end)."""
+        while not self._buffer:
+            await self._until(self._arrived, timeout)
+            try:
+                self._take_arrived()
+            except StopIteration:
+                raise StopAsyncIteration from None
+        return self._buffer.popleft()
+
+    async def __anext__(self) -> _T:
+        return await self.next_async()
+
+    def _take_arrived(self) -> None:
+        """Take the chunk outcome ``_arrived`` found into the buffer: raise its error,
+        StopIteration at the end, ``multiprocessing.TimeoutError`` if none came."""
+        got, self._got = self._got, None
+        if got is None:
+            if self._all_taken():
+                self._close_bar()
+                raise StopIteration
+            raise multiprocessing.TimeoutError
+        self._next_chunk += 1
+        self._feed()
+        ok, value = got
+        if not ok:
+            self._close_bar()
+            raise value
+        self._buffer.extend(value)
 
     def _arrived(self) -> bool:
         if self._got is None:
@@ -350,7 +509,12 @@ class _FutureJob(_Job):
         self._future = _Future(self)
         self._description = description
         self._chunk = chunk
-        self._ordinal: int | None = None  # set when the task goes on the ring
+        self._ordinals = [None]  # set when the task goes on the ring
+
+    @property
+    def _ordinal(self) -> int | None:
+        """The task's ordinal once on the ring; None before."""
+        return self._ordinals[0]  # type: ignore[index]
 
     def _describe(self, index: int) -> str:
         return self._description
@@ -374,10 +538,8 @@ class _FutureJob(_Job):
 # set_running_or_notify_cancel() on a running future logs CRITICAL before it raises:
 # these look at the state first, under the future's own lock
 _PENDING, _RUNNING = concurrent.futures._base.PENDING, concurrent.futures._base.RUNNING
-_CANCELLED_STATES = (
-    concurrent.futures._base.CANCELLED,
-    concurrent.futures._base.CANCELLED_AND_NOTIFIED,
-)
+_CANCELLED = concurrent.futures._base.CANCELLED
+_CANCELLED_STATES = (_CANCELLED, concurrent.futures._base.CANCELLED_AND_NOTIFIED)
 
 
 def _start(future: concurrent.futures.Future) -> bool:
@@ -389,8 +551,8 @@ def _start(future: concurrent.futures.Future) -> bool:
 
 
 class _Future(concurrent.futures.Future):
-    """A Future that knows when a worker has its task: from then on it is running and
-    ``cancel()`` says no, as for ``ProcessPoolExecutor``."""
+    """A Future that knows when a worker has its task (from then on it is running),
+    whose ``cancel()`` stops a running call, and that a coroutine may await."""
 
     def __init__(self, job: _FutureJob) -> None:
         super().__init__()
@@ -407,33 +569,52 @@ class _Future(concurrent.futures.Future):
         return super().running()
 
     def cancel(self) -> bool:
-        """Cancel the call unless a worker has taken it; True if cancelled.
+        """Cancel the call; True if cancelled, False if it had finished (or its result
+        was on its way).
 
         A call still waiting in shared memory is marked there, so the worker that
-        takes it skips it: a cancelled call never runs.  A call a worker took is
-        running and is not cancelled.
+        takes it skips it: it never runs.  A call a worker is running is stopped: the
+        worker is killed (after the call's :func:`~shoal.uninterruptible` block, if it
+        is inside one) and replaced.  (``ProcessPoolExecutor`` says no once a call
+        runs: docs/compatibility.md.)
         """
         job = self._job
         engine = job._engine
         with self._condition:
-            if self._state != _PENDING or engine._released:
+            if self._state not in (_PENDING, _RUNNING) or engine._released:
                 return super().cancel()  # done
-            if job._ordinal is None:
-                with engine._push_lock:  # what _push_overflow decides under
-                    if job._ordinal is None:  # still in the parent: it is never pushed
-                        return super().cancel()
-            # mark first, then look: a worker that takes it from now on pops the mark
-            if not engine.mark_cancelled(job):
-                # no word for the mark (see "Cancelled calls"): the call runs; running
-                # already if a worker took it meanwhile
-                if job._taken():
+            ordinal = job._ordinal
+            if self._state == _PENDING:
+                if ordinal is None:
+                    with engine._push_lock:  # what _push_overflow decides under
+                        if job._ordinal is None:  # still in the parent: it is never pushed
+                            return super().cancel()
+                    ordinal = job._ordinal
+                assert ordinal is not None
+                # mark first, then look: a worker that takes it from now on pops the mark
+                taken_back = engine.take_back(ordinal)
+                if taken_back:
+                    return super().cancel()  # the worker that takes it (or took it) skips it
+                if taken_back is None:
+                    return False  # no word for the mark (see "Cancelled calls"): it runs
+            assert ordinal is not None
+            # a worker has it: stop it (False: it ended, its result is on the way)
+            if not engine.stop_running(ordinal):
+                if self._state == _PENDING:
                     self.set_running_or_notify_cancel()
                 return False
-            if job._taken() and engine.unmark_cancelled(job._ordinal):
-                # a worker took it before the mark was there: it runs
-                self.set_running_or_notify_cancel()
-                return False
-            return super().cancel()  # the worker that takes it (or took it) skips it
+            self._state = _CANCELLED
+            self._condition.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        self.set_running_or_notify_cancel()  # (tells as_completed() and wait())
+        return True
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await future``: its result, through ``asyncio.wrap_future`` (no thread);
+        cancelling the awaiting coroutine cancels the call."""
+        import asyncio
+
+        return asyncio.wrap_future(self).__await__()
 
 
 def _call_back(callback: Callable[[Any], object], value: Any) -> None:

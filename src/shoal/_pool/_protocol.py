@@ -1,4 +1,5 @@
-"""The parent<->worker contract: task and result records, the slot words, the cancel marks.
+"""The parent<->worker contract: task and result records, the slot words, the cancel marks,
+the stop word.
 
 What both sides must agree on, and nothing else: the worker (``_worker``) writes and
 reads these words and records, the engine (``_engine``) reads and writes the other
@@ -23,8 +24,11 @@ Slots (one ``RawArray("q")``, 64-bit words, shared by the parent and every worke
           slot * _SLOT_WORDS + _DEADLINE     monotonic ns the task must end by, 0: none
           slot * _SLOT_WORDS + _PID          the worker's pid once it has its arguments
           slot * _SLOT_WORDS + _SETUP_RAISED 1 if its initializer raised
+          slot * _SLOT_WORDS + _STOP         the stop word: _STOP_ASKED | ordinal while the
+                                             parent stops that task, | _GUARDED while the
+                                             worker is inside uninterruptible()
     then  processes * _SLOT_WORDS            how many cancel marks are set
-    then  _MARK_WORDS words (an Executor's; none for a Pool): the table of marks,
+    then  _MARK_WORDS words: the table of marks,
           word ``ordinal % _MARK_WORDS`` holding ``_CLAIMED | ordinal`` for a
           cancelled call still in the ring
 
@@ -43,7 +47,7 @@ before dying, so a result that made it out is never reported as lost.
 
 Cancelled calls
 ---------------
-An Executor call cancelled while its record is still in the task ring is marked: the
+A call cancelled while its record is still in the task ring is marked: the
 word ``ordinal % _MARK_WORDS`` of a table after the workers' slots holds
 ``_CLAIMED | ordinal`` (set by compare-and-swap from 0, popped by compare-and-swap
 back to 0: each mark exact, whatever else the table holds), and a word before the
@@ -61,6 +65,32 @@ exactly once: the worker skips the call (it never runs, and the future is
 cancelled); ``cancel()`` popping it back means a worker took the record before it
 could see the mark, so the call runs and the future is running.  A call cancelled
 while it waits in the parent for room in the ring is never pushed.
+
+Stopping a running task (#14)
+-----------------------------
+A task cancelled while a worker runs it, or past its timeout, is stopped by killing
+that worker (a thread or an exception cannot interrupt C code); the monitor then
+replaces it as for any death.  The stop word of the worker's slot makes the kill
+wait for the end of an ``uninterruptible()`` block, and makes sure it hits no other
+task:
+
+* the parent (the monitor thread, the only one that asks) sets ``_STOP_ASKED |
+  ordinal`` by compare-and-swap, keeping the ``_GUARDED`` bit.  If that bit was set
+  it does no more: the worker is inside ``uninterruptible()``.  Otherwise it stops the
+  worker (SIGSTOP), kills it (SIGKILL) if its claim still names that ordinal, and lets
+  it go on (SIGCONT); if the claim moved on, it takes the ask back.
+* the worker sets and clears ``_GUARDED`` by compare-and-swap as the outermost
+  ``uninterruptible()`` block starts and ends, and at both points, and after sending
+  each result (before clearing its claim), looks for an ask naming the task it holds.
+  As a block ends, such an ask was deferred by it: the worker kills itself
+  (SIGKILL).  As a block starts or a task ends, the parent is deciding: the worker
+  waits for the verdict (killed, or the ask taken back).  So a kill decided while the
+  block starts happens before its body runs, one deferred by the block happens as it
+  ends, and a worker whose task is being stopped never takes another task to be
+  killed in.
+
+An ask naming another ordinal (a task that finished before the parent looked) is
+stale: the worker ignores it and the parent takes it back.
 """
 
 from __future__ import annotations
@@ -79,11 +109,14 @@ _BOOTSTRAP_EXIT = 87
 
 # a worker's slot, one 64-bit word each: what it claimed (CLAIMED | ordinal), its
 # task's deadline (monotonic ns, 0: none), its pid once it unpickled its arguments,
-# 1 if its initializer raised.  After the last slot, one word: how many cancel marks
-# are set, then (an Executor's) the table of marks (see "Cancelled calls" above).
-_CLAIM, _DEADLINE, _PID, _SETUP_RAISED = range(4)
-_SLOT_WORDS = 4
+# 1 if its initializer raised, its stop word (see "Stopping a running task").  After the
+# last slot, one word: how many cancel marks are set, then the table of marks (see
+# "Cancelled calls" above).
+_CLAIM, _DEADLINE, _PID, _SETUP_RAISED, _STOP = range(5)
+_SLOT_WORDS = 5
 _CLAIMED = 1 << 63
+_STOP_ASKED = 1 << 63  # (the stop word) the parent stops the task of the low 32 bits
+_GUARDED = 1 << 62  # (the stop word) the worker is inside uninterruptible()
 _ORDINAL_MASK = 0xFFFFFFFF
 
 _TASK_RING_BYTES = 256 << 10

@@ -5,7 +5,9 @@ target the engine starts) claims a task from the task ring (``_queues.claimer``,
 which writes the slot's claim word first), runs it, sends its result or error on the
 result ring, clears the claim; it skips calls whose cancel mark it pops, exits after
 ``maxtasksperchild`` tasks or on the pool's "exit" record, and exits with its parent
-(``_exit_with_parent``).  ``worker_state()`` is the dict a worker's initializer fills.
+(``_exit_with_parent``).  ``worker_state()`` is the dict a worker's initializer fills;
+``uninterruptible()`` is the block during which the pool does not kill the worker to
+stop its task (the stop word, ``_protocol``'s "Stopping a running task").
 The test hooks (``SHOAL_TEST_POOL_HOOK``) kill a worker at one point of the protocol.
 
 What the parent does when a worker dies is in ``_engine`` (``_Engine._worker_ended``);
@@ -15,6 +17,7 @@ the words and records both sides share are in ``_protocol``.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import itertools
 import multiprocessing
 import multiprocessing.util
@@ -47,6 +50,7 @@ from ._protocol import (
     _ERROR,
     _FAST_VALUES,
     _FUNC_CACHE_SIZE,
+    _GUARDED,
     _MAP,
     _MARKER,
     _OK,
@@ -58,18 +62,27 @@ from ._protocol import (
     _SKIPPED,
     _SLOT_WORDS,
     _STARMAP,
+    _STOP,
+    _STOP_ASKED,
 )
 
 # a worker looks for its parent this often, and exits if it is gone
 _PARENT_CHECK_S = 1.0
+# how often a worker looks whether the parent decided to kill it or took its ask back
+# (the parent decides in microseconds: see "Stopping a running task")
+_VERDICT_POLL_S = 0.0002
 # Test-only, read once as a worker starts: "POINT:TOKEN" makes the worker that removes
 # the file TOKEN SIGKILL itself at POINT of the protocol above (see _test_hooks);
 # unset, the worker's loop calls the plain functions.
 _TEST_HOOK_ENV = "SHOAL_TEST_POOL_HOOK"
 
-__all__ = ["worker_state"]
+__all__ = ["uninterruptible", "worker_state"]
 
 _worker_state: dict[str, Any] = {}
+# in a pool worker: (slots' buffer, the claim word's offset, the stop word's offset)
+_stop_words: tuple[Any, int, int] | None = None
+_guard_depth = 0  # uninterruptible() blocks entered and not left, in every thread
+_guard_lock = _thread.allocate_lock()
 
 
 def worker_state() -> dict[str, Any]:
@@ -81,6 +94,85 @@ def worker_state() -> dict[str, Any]:
     process's own dict.
     """
     return _worker_state
+
+
+class uninterruptible(contextlib.ContextDecorator):
+    """A block of a pool task that cancelling the task does not cut short.
+
+    ``with shoal.uninterruptible(): ...`` (or as a decorator): while it runs, a
+    ``cancel()`` of the task, or its timeout, waits; the worker is killed as the block
+    ends (its task fails with ``TaskCancelledError`` or ``TaskTimeoutError``, as it
+    would have).  Use it around what must not be left half-done (two writes that go
+    together, a file renamed into place); keep it short, since a task that never
+    leaves it is never stopped.  Blocks nest, and a block in any thread of the task
+    counts.  Outside a pool worker (or on the Ray backend) it does nothing.
+    ``Pool.terminate()`` and a death from elsewhere (the OOM killer) do not wait.
+    """
+
+    def __enter__(self) -> None:
+        global _guard_depth
+        with _guard_lock:
+            _guard_depth += 1
+            if _guard_depth == 1 and _stop_words is not None:
+                _set_guard(True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        global _guard_depth
+        with _guard_lock:
+            _guard_depth -= 1
+            if _guard_depth == 0 and _stop_words is not None:
+                _set_guard(False)
+
+
+def _set_guard(on: bool) -> None:
+    """Set or clear the stop word's _GUARDED bit.  An ask to stop this task found as
+    the block starts is being decided (the parent saw no block): wait for the verdict,
+    which kills this worker or takes the ask back; one found as it ends was deferred
+    by the block: die now."""
+    assert _stop_words is not None
+    buf, claim_at, stop_at = _stop_words
+    while True:
+        word = _core.load64(buf, stop_at)
+        if _asked(buf, claim_at, word):
+            if not on:
+                _die()
+            time.sleep(_VERDICT_POLL_S)
+            continue
+        new = word | _GUARDED if on else word & ~_GUARDED
+        if _core.cas64(buf, stop_at, word, new)[0]:
+            return
+
+
+def _await_verdict(buf: Any, claim_at: int, stop_at: int) -> None:
+    """Before the worker lets go of its task: if the parent is deciding to stop it,
+    wait for the verdict (it kills this worker, or takes the ask back: the task had
+    ended), so that a kill meant for this task never hits the next one."""
+    word = _core.load64(buf, stop_at)
+    while _asked(buf, claim_at, word):
+        if word & _GUARDED:  # deferred by a block another thread of the task still runs
+            _die()
+        time.sleep(_VERDICT_POLL_S)
+        word = _core.load64(buf, stop_at)
+
+
+def _asked(buf: Any, claim_at: int, word: int) -> bool:
+    """Whether the stop word ``word`` asks to stop the task this worker holds."""
+    if not word & _STOP_ASKED:
+        return False
+    claim = _core.load64(buf, claim_at)
+    return bool(claim & _CLAIMED) and (claim ^ word) & _ORDINAL_MASK == 0
+
+
+def _die() -> None:
+    """What the parent would do: SIGKILL (the pool replaces this worker)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    while True:  # (it is on its way)
+        time.sleep(1)
+
+
+def _forget_stop_words() -> None:
+    global _stop_words, _guard_depth, _guard_lock
+    _stop_words, _guard_depth, _guard_lock = None, 0, _thread.allocate_lock()
 
 
 # ---- the worker -------------------------------------------------------------------------
@@ -107,9 +199,14 @@ def _worker_main(
     # ends with the process (as a daemon thread does).
     _thread.start_new_thread(_exit_with_parent, (parent_token,))
     buf, base = words(slots)
-    claim_at, deadline_at, pid_at, raised_at = (
-        base + (slot * _SLOT_WORDS + word) * 8 for word in (_CLAIM, _DEADLINE, _PID, _SETUP_RAISED)
+    claim_at, deadline_at, pid_at, raised_at, stop_at = (
+        base + (slot * _SLOT_WORDS + word) * 8
+        for word in (_CLAIM, _DEADLINE, _PID, _SETUP_RAISED, _STOP)
     )
+    global _stop_words
+    _stop_words = (buf, claim_at, stop_at)
+    # a process a task forks is no worker: its uninterruptible() must not touch the slot
+    os.register_at_fork(after_in_child=_forget_stop_words)
     # the count of cancel marks, then the table of marks (``marks`` words, 0: none)
     marked_at = base + (len(slots) - 1 - marks) * 8
     table_at = marked_at + 8
@@ -142,6 +239,7 @@ def _worker_main(
             if not claim & _CLAIMED:
                 raise
             send_error(results, claim & _ORDINAL_MASK, exc, _BAD_TASK)
+            _await_verdict(buf, claim_at, stop_at)
             _core.store64(buf, claim_at, 0)
             done += 1
             continue
@@ -177,6 +275,9 @@ def _worker_main(
         # let go of the call's arguments and result now, not when the next task comes
         # (an open file, shared memory, a big array), as ProcessPoolExecutor's worker
         task = function = None
+        # a task the parent is stopping (cancelled as it ended): the kill comes while
+        # this claim is held, not in the next task (see "Stopping a running task")
+        _await_verdict(buf, claim_at, stop_at)
         _core.store64(buf, claim_at, 0)
         done += 1
 
