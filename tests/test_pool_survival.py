@@ -28,6 +28,7 @@ from conftest import wait_until
 import shoal
 from shoal import Queue, TaskTimeoutError, WorkerDiedError
 from shoal._pool import Executor, Pool
+from shoal.testing import worker_pids
 
 TIMEOUT = 30
 
@@ -391,6 +392,32 @@ def test_killed_parent_leaves_no_orphans(tmp_path: Any, method: str) -> None:
         for pid in workers:
             if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("api", ["pool", "executor"])
+def test_forked_workers_take_nothing_of_the_pools_own_memory(api: str) -> None:
+    """A pool keeps its rings and slots for the workers it forks (#11): they use the
+    mappings they inherit, and neither record themselves as holders nor take a
+    reference, so there is nothing to give back when they exit (each worker used to
+    enter and leave three holder tables, a tenth of a one-task pool's start).  The
+    pool closes them only once its workers are gone; a pool whose parent was killed
+    leaves them to the next sweep with its ledger (the test above).  Under spawn and
+    forkserver a worker attaches them by name and holds them as any process does."""
+    fork = mp.get_context("fork")
+    made = Pool(2, context=fork) if api == "pool" else Executor(2, mp_context=fork)
+    with made:
+        engine = made._engine
+        assert wait_until(lambda: len(worker_pids(made)) == 2, TIMEOUT)
+        workers = worker_pids(made)
+        for shared in (engine._tasks, engine._results, engine._slots):
+            assert shared._segment.holders() == [os.getpid()], workers
+            count = shoal._core.load64(shared._segment.buffer, shared._header_offset)
+            assert count == 1  # the pool's own reference, none for a worker
+        # and they work: a task each way
+        got = made.apply_async(os.getpid).get(TIMEOUT) if api == "pool" else None
+        if api == "executor":
+            got = made.submit(os.getpid).result(TIMEOUT)
+        assert got in workers
 
 
 # ---- tasks that wait in the parent for room in the ring -----------------------------------

@@ -410,6 +410,8 @@ class SharedObject:
     _header_offset: int
     _serial: int
     _finalizer: weakref.finalize | None = None
+    # its holder keeps it for the children it forks (keep_for_children)
+    _kept_for_children: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -566,6 +568,15 @@ class SharedObject:
     def _open_here(self) -> bool:
         return self._finalizer is not None and self._finalizer.alive and not self._segment.closed
 
+    def _borrow_in_child(self) -> None:
+        """In a forked child, of an object its parent keeps for it: usable through the
+        inherited mapping, with no reference of this process's to give back (closing
+        it or collecting it here releases nothing)."""
+        finalizer = self._finalizer
+        if finalizer is not None and finalizer.detach() is not None:
+            self._finalizer = weakref.finalize(self, _borrowed)
+        _live.discard(self)
+
     def _take_fork_reference(self) -> bool:
         """Before a fork: take the reference the child will hold on this object.
 
@@ -627,6 +638,26 @@ class SharedObject:
             self._unbind_payload()
             _finalize_now(finalizer)
         _live.discard(self)
+
+
+def _borrowed() -> None:
+    """What closing a borrowed handle releases (see ``SharedObject._borrow_in_child``)."""
+
+
+def keep_for_children(obj: SharedObject) -> None:
+    """Keep ``obj`` for the children this process forks: they use it through the
+    mapping they inherit, taking no reference and no holder entry of their own, and
+    leave nothing to give back when they exit (see ``shoal._memory``, "kept for its
+    children").
+
+    Only for an object its creator closes once every child that uses it is gone, and
+    that no child hands on: a pool's rings and slots, which its workers reach only
+    through the fork.
+    """
+    obj._kept_for_children = True
+    segment = obj._segment
+    if segment.kind == KIND_DATA and obj._header_offset == HEADER_SIZE:
+        segment.kept_for_children = True  # its own segment: no other object in it
 
 
 def _is_arena(segment: Segment) -> bool:
@@ -1029,7 +1060,9 @@ def _before_fork() -> None:
     # order as allocate(), which creates segments with this lock held.)  Held until
     # the after-fork hooks, which run even when this one raises: they let it go.
     _allocator.lock.acquire()
-    _forking[:] = [obj for obj in _live_objects() if obj._take_fork_reference()]
+    _forking[:] = [
+        obj for obj in _live_objects() if not obj._kept_for_children and obj._take_fork_reference()
+    ]
 
 
 def _after_fork_in_parent() -> None:
@@ -1046,6 +1079,9 @@ def _after_fork_in_child() -> None:
     held = attached_names()
     _allocator = _Allocator(a for a in _allocator.arenas if a.segment.name in held)
     forked = {id(obj) for obj in _forking}
+    for obj in list(_live):
+        if obj._kept_for_children:
+            obj._borrow_in_child()
     for obj in _forking:
         if not obj._open_here() and not obj._segment.closed:
             # closed by another thread of the parent after its child reference was

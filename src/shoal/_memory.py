@@ -149,6 +149,15 @@ inherited (the window is the child's first at-fork hooks); a fork made outside
 Python's hooks (a C library's ``fork()`` in another thread, with no exec) that copied
 a write end keeps that fork unsettled, and the parent's reservations, while it lives.
 
+A segment its holder *keeps for its children* (``Segment.kept_for_children``, set by
+``shoal._handle.keep_for_children`` for a pool's rings and slots) is not recorded by a
+forked child at all: the child uses the mapping it inherited and has no entry to
+remove.  Only for a segment whose creator outlives every child that uses it, and
+closes it only once they are gone: a pool, whose workers each recorded themselves in
+three tables and left them again, a tenth of a one-task pool's start (#11).  If the
+creator dies first, a sweep unlinks the segment while such a child still has it
+mapped, which it keeps using until it notices and exits.
+
 Every process removes itself at exit, multiprocessing children included
 (``multiprocessing.util.Finalize`` runs in them where ``atexit`` does not).
 multiprocessing empties the Finalize registry in every child it forks, after
@@ -539,6 +548,9 @@ class _ProcessState:
         self.in_progress: list[_Fork] = []
         # segments this process closed while a fork that inherited them was unsettled
         self.reserved: dict[str, _Reservation] = {}
+        # segments its parent keeps for it (see "kept for its children" above): mapped,
+        # usable, not held
+        self.borrowed: dict[str, Segment] = {}
 
 
 _state = _ProcessState()
@@ -594,6 +606,8 @@ class Segment:
         # where this process's entry is in the holder table (-1: not known).  A forked
         # child inherits its parent's: where a reservation for it is looked for
         self._slot = -1
+        # a forked child does not record itself (see "kept for its children" above)
+        self.kept_for_children = False
 
     def __repr__(self) -> str:
         state = "attached" if self._mmap is not None else "closed"
@@ -1261,15 +1275,19 @@ def _after_fork_in_child() -> None:
     # (a fork of this child's own, made by an earlier at-fork hook before this one ran)
     _state.forks = {n: f for n, f in parent.forks.items() if f.mine()}
     _state.reserved = {n: r for n, r in parent.reserved.items() if r.pid == os.getpid()}
-    token = _core.self_token()
     # the fork that made this process (its parent's; not one of a grandparent's whose
     # pipe this process inherited, nor one of its own): its reservations are ours
     ppid = os.getppid()
     forker = next((f for f in reversed(parent.in_progress) if f.pid == ppid), None)
     reserved_by = forker.token if forker is not None else 0
+    token = 0  # (made at the first entry: a child that records none needs no token)
+    _state.borrowed = {n: s for n, s in parent.borrowed.items() if s._mmap is not None}
     try:
         for name, segment in parent.attached.items():
             if segment._mmap is None:
+                continue
+            if segment.kept_for_children:
+                _state.borrowed[name] = segment
                 continue
             if segment.kind == KIND_LEDGER:
                 # the parent's own record of what it holds: the child keeps its own
@@ -1277,6 +1295,7 @@ def _after_fork_in_child() -> None:
                 # reaped, and its references from being given back, once it died
                 segment._release_mapping()
                 continue
+            token = token or _core.self_token()
             try:
                 added = segment._add_holder(token, reserved_by)
             except Exception as exc:  # one stuck table must not cost the child the others
@@ -1873,7 +1892,7 @@ def _transit_problem(fd: int) -> tuple[str | None, int]:
         return f"it is not a message segment (kind {kind})", 0
     parent = head[_HOLDERS_OFFSET:_PARENT_OBJECT_OFFSET].rstrip(b"\0").decode("ascii", "replace")
     with _state.lock:
-        held = parent in _state.attached
+        held = parent in _state.attached or parent in _state.borrowed
     if not held:
         return f"it travels on {parent!r}, which this process does not hold", 0
     return None, st.st_size

@@ -149,14 +149,17 @@ def _made_here(name: str) -> bool:
     return False
 
 
-def _dead_ledger(name: str) -> bool:
-    """Whether ``name`` is the ledger of a process that died: the next sweep gives back
-    what it records and removes it."""
+def _held_by_the_dead(name: str) -> bool:
+    """Whether every holder of ``name`` died, which the next sweep removes: the ledger
+    of a process that died (the sweep gives back what it records), or what such a
+    process held alone, a pool's rings among them (its workers record themselves in
+    none, see ``shoal._handle.keep_for_children``)."""
     header = _header(name)
-    if header is None or header[0] != _memory.MAGIC or header[4] != _memory.KIND_LEDGER:
+    kinds = (_memory.KIND_LEDGER, _memory.KIND_DATA, _memory.KIND_ARENA)
+    if header is None or header[0] != _memory.MAGIC or header[4] not in kinds:
         return False
     holders = _holders(name)
-    return holders is not None and not any(h and _core.token_alive(h) for h in holders)
+    return holders is not None and not any(map(_memory._holder_alive, holders))
 
 
 def leaked_segments(before: set[str]) -> set[str]:
@@ -164,7 +167,7 @@ def leaked_segments(before: set[str]) -> set[str]:
     earlier) that this process does not hold, that this process or a descendant made,
     and that no sweep will reclaim: what a test leaked."""
     new = segments() - before - _memory.attached_names()
-    return {name for name in new if _made_here(name) and not _dead_ledger(name)}
+    return {name for name in new if _made_here(name) and not _held_by_the_dead(name)}
 
 
 @contextlib.contextmanager

@@ -75,7 +75,7 @@ from .._errors import (
     UncollectedTaskErrorWarning,
     WorkerDiedError,
 )
-from .._handle import sent_references
+from .._handle import keep_for_children, sent_references
 from .._memory import reap, report_unraisable
 from .._process import process_cpu_count
 from .._queues import Queue, batch_getter, claimer, encode, pack_for, put_fast, records_taken
@@ -300,6 +300,10 @@ class _Engine:
         self._mark_words = _MARK_WORDS
         self._slots = RawArray("q", processes * _SLOT_WORDS + 1 + self._mark_words)
         self._marked_at = words(self._slots)[1] + processes * _SLOT_WORDS * 8
+        # the workers forked reach these through the fork only, and the pool closes
+        # them once its workers are gone: they record nothing, nor give anything back
+        for shared in (self._tasks, self._results, self._slots):
+            keep_for_children(shared)
         # the class of a task's exception's __cause__, as the standard library's
         # (``cancellable``: an Executor's)
         self._traceback_class = _RemoteTraceback if cancellable else RemoteTraceback
