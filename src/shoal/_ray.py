@@ -214,7 +214,8 @@ class RayContext:
     def Barrier(
         self, parties: int, action: Any = None, timeout: float | None = None
     ) -> _ray_objects.RayBarrier:
-        """A barrier that breaks when a waiting party's process dies (no ``action`` yet)."""
+        """A barrier that breaks when a waiting party's process dies; ``action`` runs in
+        the last party to arrive, once a cycle."""
         self.connect()
         return _ray_objects.RayBarrier(parties, action, timeout)
 
@@ -590,7 +591,7 @@ class _Engine:
                 "the pool's initializer failed in a worker: the pool cannot run tasks"
             ) from self._broken
         if self.state != _RUN:
-            raise ValueError("Pool not running")
+            raise ClosedError(f"Pool not running (it was {self.state.lower()}d)")
 
     def submit(self, entries: list[_Entry]) -> None:
         with self._cond:

@@ -195,8 +195,14 @@ class _BarrierActor(_SyncActor):
         self.broken = False
         self.waiting: list[int] = []  # the Ray workers of the waiting parties
         self.party_died = False  # broken because a waiting party's process died
+        self.releasing = False  # the last party runs the action (Barrier(action=))
 
-    async def arrive(self, worker: int, timeout: float | None) -> int:
+    async def arrive(self, worker: int, timeout: float | None, action: bool = False) -> int:
+        """This party's index; -1: it is the last and runs the action, then calls
+        :meth:`release`, while the others still wait."""
+        while self.releasing and not self.broken:  # the last cycle's action runs still
+            async with self.cond:
+                await self.cond.wait()
         if self.broken:
             raise self._broken_error()
         generation = self.generation
@@ -210,11 +216,13 @@ class _BarrierActor(_SyncActor):
                     raise BarrierPartyDiedError("a party died waiting at the barrier")
         self.count += 1
         if self.count == self.parties:
-            self.count = 0
-            self.generation += 1
-            self.waiting.clear()
+            if action:
+                # the others wait on until release(); this party is watched as they are
+                self.releasing = True
+                self.waiting.append(worker)
+                return -1
             async with self.cond:
-                self.cond.notify_all()
+                self._next_generation()
             return self.parties - 1 - index
         self.waiting.append(worker)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -238,6 +246,24 @@ class _BarrierActor(_SyncActor):
             raise self._broken_error()
         return self.parties - 1 - index
 
+    def _next_generation(self) -> None:
+        self.count = 0
+        self.generation += 1
+        self.waiting.clear()
+        self.releasing = False
+        self.cond.notify_all()
+
+    async def release(self, ok: bool) -> None:
+        """The last party ran the action: release the others (or, when it raised,
+        break the barrier)."""
+        async with self.cond:
+            if not self.releasing:
+                return  # broken (abort, reset, a dead party) while the action ran
+            if ok:
+                self._next_generation()
+            else:
+                self._break()
+
     def _broken_error(self) -> BaseException:
         if self.party_died:
             return BarrierPartyDiedError("a party died waiting at the barrier")
@@ -245,6 +271,7 @@ class _BarrierActor(_SyncActor):
 
     def _break(self, died: bool = False) -> None:
         self.broken = True
+        self.releasing = False
         self.party_died = self.party_died or died
         self.count = 0
         self.waiting.clear()
@@ -280,6 +307,8 @@ class _EventActor:
         return self.event.is_set()
 
     async def wait(self, timeout: float | None) -> bool:
+        if self.event.is_set():  # (wait_for with timeout 0 gives up before looking)
+            return True
         try:
             await asyncio.wait_for(self.event.wait(), timeout)
         except asyncio.TimeoutError:
@@ -477,9 +506,10 @@ def _check_timeout(block: bool, timeout: float | None) -> float | None:
         return 0.0
     if timeout is None:
         return None
-    if timeout < 0:
-        raise ValueError("'timeout' must be a non-negative number")
-    return float(timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    # a negative timeout: do not wait (as the local primitives and multiprocessing's)
+    return max(0.0, float(timeout))
 
 
 # ---- the handles ------------------------------------------------------------------------
@@ -647,27 +677,48 @@ class RayBarrier(_Handle):
     """A barrier on the cluster: ``wait(timeout)`` returns the arrival index; a timeout,
     ``abort()`` or a waiting party whose process died breaks it
     (:class:`threading.BrokenBarrierError`; :class:`~shoal.BarrierPartyDiedError` for a
-    death, noticed within 0.5 s).  No ``action`` yet."""
+    death, noticed within 0.5 s).  ``action`` runs once a cycle, in the process of the
+    last party to arrive, before any party is released (as ``threading.Barrier``'s:
+    if it raises, the barrier breaks and that party's ``wait`` raises it); it travels
+    with the handle (cloudpickle), so every process must be able to unpickle it."""
 
     def __init__(self, parties: int, action: Any = None, timeout: float | None = None) -> None:
         if not isinstance(parties, int) or parties < 1:
             raise ValueError("parties must be a positive int")
-        if action is not None:
-            raise NotImplementedError("a Ray Barrier takes no action yet (#13)")
+        if action is not None and not callable(action):
+            raise TypeError(f"action must be callable, not {type(action).__name__}")
         self._actor = _actor(_BarrierActor, parties)
+        self._action = action
         self._timeout = timeout
 
     def __getstate__(self) -> Any:
-        return (self._actor, self._timeout)
+        return (self._actor, self._action, self._timeout)
 
     def __setstate__(self, state: Any) -> None:
-        self._actor, self._timeout = state
+        self._actor, self._action, self._timeout = state
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for every party; return this one's index (0 … parties - 1)."""
         _register(self)
         limit = self._timeout if timeout is None else timeout
-        return int(_get(self._actor.arrive.remote(_worker(), _check_timeout(True, limit))))
+        action = self._action
+        index = int(
+            _get(
+                self._actor.arrive.remote(
+                    _worker(), _check_timeout(True, limit), action is not None
+                )
+            )
+        )
+        if index >= 0:
+            return index
+        assert action is not None
+        try:
+            action()
+        except BaseException:
+            _get(self._actor.release.remote(False))
+            raise
+        _get(self._actor.release.remote(True))
+        return 0
 
     def abort(self) -> None:
         """Break the barrier: waiters and later callers get BrokenBarrierError."""
@@ -792,10 +843,14 @@ class RayQueue(_Handle):
         """``put(item, False)``."""
         self.put(item, False)
 
-    def put_many(self, items: Iterable[Any], timeout: float | None = None) -> int:
-        """Put every item in one call, now (no feeder); return how many were put."""
+    def put_many(
+        self, items: Iterable[Any], block: bool = True, timeout: float | None = None
+    ) -> int:
+        """Put every item in one call, now (no feeder); return how many were put (a
+        bounded queue: those that fitted within ``timeout``)."""
+        limit = _check_timeout(block, timeout)
         self.flush()
-        return int(_get(self._actor.put.remote(list(items), timeout)))
+        return int(_get(self._actor.put.remote(list(items), limit)))
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until what this process put has reached the queue."""
@@ -820,12 +875,20 @@ class RayQueue(_Handle):
         """``get(False)``."""
         return self.get(False)
 
-    def get_many(self, most: int, timeout: float | None = None) -> list[Any]:
-        """Up to ``most`` items, waiting up to ``timeout`` for the first."""
+    def get_many(
+        self, max_items: int = 1024, block: bool = True, timeout: float | None = None
+    ) -> list[Any]:
+        """Up to ``max_items`` items in one call, waiting up to ``timeout`` for the
+        first; ``queue.Empty`` if none came (as the local queue's)."""
+        if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
+            raise ValueError(f"max_items must be a positive int, not {max_items!r}")
+        limit = _check_timeout(block, timeout)
         with self._lock:
-            out = [self._taken.popleft() for _ in range(min(most, len(self._taken)))]
-        if len(out) < most:
-            out += _get(self._actor.get.remote(most - len(out), 0.0 if out else timeout))
+            out = [self._taken.popleft() for _ in range(min(max_items, len(self._taken)))]
+        if len(out) < max_items:
+            out += _get(self._actor.get.remote(max_items - len(out), 0.0 if out else limit))
+        if not out:
+            raise stdlib_queue.Empty
         return out
 
     def qsize(self) -> int:
