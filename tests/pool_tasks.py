@@ -317,3 +317,16 @@ class DoesNotPickle:
 
     def __reduce__(self) -> Any:
         raise pickle.PicklingError("this object does not pickle")
+
+
+def add_under_lock(arr: Any, index: int, times: int) -> int:
+    """``arr[index] += 1``, ``times`` times, each under the array's lock."""
+    for _ in range(times):
+        with arr.get_lock():
+            arr[index] += 1
+    return os.getpid()
+
+
+def append_to(items: Any, value: Any) -> int:
+    items.append(value)
+    return os.getpid()

@@ -102,8 +102,9 @@ def test_use_makes_the_module_factories_the_contexts(ray_cluster: str) -> None:
         with shoal.Pool(1) as pool:
             assert type(pool).__name__ == "RayPool"
             assert pool.apply(t.square, (7,)) == 49
-        with pytest.raises(NotImplementedError, match="not available on the 'ray' context"):
-            shoal.Manager()
+        with shoal.Manager() as manager:
+            assert type(manager).__name__ == "RayManager"
+            assert manager.dict(a=1)["a"] == 1
         assert shoal.SharedDict is not None  # not a factory: the local one still
     finally:
         assert shoal.use(None) is None
@@ -275,6 +276,39 @@ def test_bad_arguments_are_refused_in_the_caller(context: Any) -> None:
             pool.apply_async(3)
         with pytest.raises(ValueError):
             pool.map(t.square, range(3), chunksize=0)
+
+
+# ---- shared data: the same API on both contexts -------------------------------------
+
+
+def test_array_raw_array_and_shared_list(context: Any) -> None:
+    arr = context.Array("i", 4)
+    assert len(arr) == 4 and list(arr) == [0, 0, 0, 0]
+    arr[1] = 5
+    arr[2:4] = [7, 8]
+    assert arr[:] == [0, 5, 7, 8] and arr[1] == 5 and arr[-1] == 8
+    assert arr.add(1, 2) == 7
+    with pytest.raises(ValueError, match="same size"):
+        arr[0:2] = [1]
+    with pytest.raises(TypeError):
+        arr[0] = "x"
+    with pytest.raises(TypeError):
+        context.Array("z", 3)
+    raw = context.RawArray("d", [0.5, 1.5])
+    assert raw[:] == [0.5, 1.5]
+    items = context.SharedList([1, 2])
+    items.append(3)
+    items.extend([4, 5])
+    assert items == [1, 2, 3, 4, 5] and len(items) == 5 and items[1:3] == [2, 3]
+    assert items.pop() == 5 and items.index(3) == 2 and 4 in items
+    items.sort(reverse=True)
+    assert items.copy() == [4, 3, 2, 1]
+    with context.Pool(2) as pool:
+        # the lock keeps a read-modify-write from two workers exact
+        pool.starmap(t.add_under_lock, [(arr, 0, 25)] * 4)
+        assert arr[0] == 100
+        pool.starmap(t.append_to, [(items, x) for x in range(10, 14)])
+    assert sorted(items.copy()) == [1, 2, 3, 4, 10, 11, 12, 13]
 
 
 # ---- the Ray pool: what only it has ----------------------------------------------------
@@ -596,9 +630,11 @@ def test_ray_barrier_breaks_when_a_waiting_party_dies(ray_ctx: Any) -> None:
 
 
 def test_ray_what_is_not_there_yet_says_so(ray_ctx: Any) -> None:
-    for make in (ray_ctx.Manager, lambda: ray_ctx.Array("i", 3)):
-        with pytest.raises(NotImplementedError, match="not available on the 'ray' context"):
-            make()
+    with (
+        ray_ctx.Manager() as manager,
+        pytest.raises(NotImplementedError, match="not available on the 'ray' context"),
+    ):
+        manager.set()
 
 
 # ---- two nodes -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ those by value, each with a private copy of its globals: see :func:`_shared_main
 
 from __future__ import annotations
 
+import builtins
 import collections
 import concurrent.futures
 import itertools
@@ -44,7 +45,7 @@ from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.pool import RemoteTraceback
 from typing import Any
 
-from . import _ray_objects
+from . import _managers, _ray_objects
 from ._errors import (
     BrokenPoolError,
     ClosedError,
@@ -54,7 +55,7 @@ from ._errors import (
 )
 from ._pool import _CALL, _CALL_KW, _MAP, _STARMAP, _ExecutorBase, _PoolBase
 
-__all__ = ["RayContext", "RayExecutor", "RayPool"]
+__all__ = ["RayContext", "RayExecutor", "RayManager", "RayPool"]
 
 # Ray reads these when it is imported: shoal sets them (unless the user did) before it
 # imports Ray, so that a local cluster shoal starts listens on 127.0.0.1 only and asks
@@ -200,12 +201,6 @@ class RayContext:
         self.connect()
         return _ray_objects.RaySharedDict(items, **kwargs)
 
-    # ---- what is not on Ray yet ---------------------------------------------------------
-
-    def Manager(self) -> Any:
-        """Not on Ray yet (#13): raises NotImplementedError."""
-        raise NotImplementedError("Manager() is not available on the 'ray' context yet (#13)")
-
     def Condition(self, lock: Any = None) -> _ray_objects.RayCondition:
         """A condition variable (on a new RLock, or on a Ray ``lock``)."""
         self.connect()
@@ -219,9 +214,33 @@ class RayContext:
         self.connect()
         return _ray_objects.RayBarrier(parties, action, timeout)
 
-    def Array(self, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
-        """Not on Ray yet (#13): raises NotImplementedError."""
-        raise NotImplementedError("Array() is not available on the 'ray' context yet (#13)")
+    def Array(
+        self, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True
+    ) -> _ray_objects.RayArray:
+        """A fixed-length typed array (one actor; ``get_lock()``, atomic ``add``)."""
+        self.connect()
+        return _ray_objects.RayArray(typecode_or_type, size_or_initializer)
+
+    def RawArray(self, typecode_or_type: Any, size_or_initializer: Any) -> _ray_objects.RayArray:
+        """:meth:`Array`: on Ray every operation is one atomic actor call, lock or not."""
+        return self.Array(typecode_or_type, size_or_initializer, lock=False)
+
+    def RawValue(self, typecode_or_type: Any, *args: Any) -> _ray_objects.RayValue:
+        """:meth:`Value`: on Ray every operation is one atomic actor call, lock or not."""
+        return self.Value(typecode_or_type, *args, lock=False)
+
+    def SharedList(self, iterable: Iterable[Any] = (), /) -> _ray_objects.RaySharedList:
+        """A list (one actor; each call atomic, ``get_lock()`` for compound ones)."""
+        self.connect()
+        return _ray_objects.RaySharedList(iterable)
+
+    def Manager(self) -> RayManager:
+        """A started :class:`RayManager`: ``Manager()``'s calls, returning cluster
+        objects."""
+        self.connect()
+        manager = RayManager(ctx=self)
+        manager.start()
+        return manager
 
 
 # ---- the worker's side: what a Ray task of a pool runs ----------------------------------
@@ -993,3 +1012,121 @@ class RayExecutor(_ExecutorBase):
         if wait:
             engine.join()
         self._finalizer.detach()
+
+
+class RayManager(_managers.SyncManager):
+    """``Manager()`` on the cluster (``get_context("ray").Manager()``): the local
+    manager's life cycle (``start``, ``shutdown``, ``with``; no server process) with
+    factories that return the Ray context's objects: ``Queue()``, ``Lock()``,
+    ``dict()``, ``list()``, ``Value()``, ``Array()``, ``Namespace()`` (attributes in a
+    cluster dict), ``Pool()`` (a :class:`RayPool`, terminated by ``shutdown()``) …
+
+    Registered types and ``connect()`` are the local manager's (a server on this
+    machine); ``set()`` is not on Ray yet.
+    """
+
+    def __init__(self, *args: Any, ctx: RayContext | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, ctx=None, **kwargs)
+        self._ray_ctx = ctx or RayContext()
+
+    def _make(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        self._check_open()
+        return getattr(self._ray_ctx, name)(*args, **kwargs)
+
+    def Queue(self, maxsize: int = 0) -> Any:
+        """A cluster queue with ``task_done``/``join`` (as the local manager's)."""
+        return self._make("JoinableQueue", maxsize)
+
+    def JoinableQueue(self, maxsize: int = 0) -> Any:
+        """A cluster queue with ``task_done``/``join``."""
+        return self._make("JoinableQueue", maxsize)
+
+    def Lock(self) -> Any:
+        """A cluster lock."""
+        return self._make("Lock")
+
+    def RLock(self) -> Any:
+        """A cluster RLock."""
+        return self._make("RLock")
+
+    def Semaphore(self, value: int = 1) -> Any:
+        """A cluster semaphore."""
+        return self._make("Semaphore", value)
+
+    def BoundedSemaphore(self, value: int = 1) -> Any:
+        """A cluster bounded semaphore."""
+        return self._make("BoundedSemaphore", value)
+
+    def Condition(self, lock: Any = None) -> Any:
+        """A cluster condition (on a new RLock, or on a cluster ``lock``)."""
+        return self._make("Condition", lock)
+
+    def Event(self) -> Any:
+        """A cluster event."""
+        return self._make("Event")
+
+    def Barrier(self, parties: int, action: Any = None, timeout: float | None = None) -> Any:
+        """A cluster barrier."""
+        return self._make("Barrier", parties, action, timeout)
+
+    def Value(self, typecode: Any, value: Any, lock: Any = True) -> Any:
+        """A cluster value (``.value``, atomic ``add``, ``get_lock()``)."""
+        return self._make("Value", typecode, value)
+
+    def Array(self, typecode: Any, sequence: Any, lock: Any = True) -> Any:
+        """A cluster array (``sequence``: the items, or a length)."""
+        return self._make("Array", typecode, sequence)
+
+    def dict(self, *args: Any, **kwargs: Any) -> Any:
+        """A cluster dict holding what ``dict(*args, **kwargs)`` holds."""
+        return self._make("SharedDict", builtins.dict(*args, **kwargs))
+
+    def list(self, *args: Any) -> Any:
+        """A cluster list holding what ``list(*args)`` holds."""
+        return self._make("SharedList", builtins.list(*args))
+
+    def set(self, iterable: Iterable[Any] = (), /) -> Any:
+        """Not on Ray yet (#13): raises NotImplementedError."""
+        raise NotImplementedError("Manager().set() is not available on the 'ray' context yet")
+
+    def Namespace(self, **kwds: Any) -> Any:
+        """A namespace whose attributes live in a cluster dict (the local
+        :class:`~shoal.managers.Namespace` over a :class:`RaySharedDict`)."""
+        namespace = _managers._rebuild_namespace(self._make("SharedDict"))
+        for name, value in kwds.items():
+            setattr(namespace, name, value)
+        return namespace
+
+    def Pool(
+        self,
+        processes: int | None = None,
+        initializer: Any = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A :class:`RayPool`, which :meth:`shutdown` terminates."""
+        self._check_open()
+        pool = RayPool(
+            processes,
+            initializer,
+            initargs,
+            maxtasksperchild,
+            context if context is not None else self._ray_ctx,
+            **kwargs,
+        )
+        self._pools.add(pool)  # type: ignore[arg-type]
+        return pool
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_ray_manager, (self._status,))
+
+    def __repr__(self) -> str:
+        return f"<shoal RayManager {self._status}>"
+
+
+def _rebuild_ray_manager(state: str) -> RayManager:
+    manager = RayManager()
+    manager._state.value = _managers._STATE_VALUES[state]
+    return manager

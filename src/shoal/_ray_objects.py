@@ -21,6 +21,7 @@ feeder thread too), and ``get`` takes up to ``prefetch`` waiting items in one ca
 
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
 import os
@@ -31,12 +32,13 @@ import threading
 import time
 import types
 import warnings
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
 from typing import Any
 
 from ._errors import BarrierPartyDiedError, NotHeldError, OwnerDiedWarning
 
 __all__ = [
+    "RayArray",
     "RayBarrier",
     "RayBoundedSemaphore",
     "RayCondition",
@@ -46,6 +48,7 @@ __all__ = [
     "RayRLock",
     "RaySemaphore",
     "RaySharedDict",
+    "RaySharedList",
     "RayValue",
 ]
 
@@ -377,18 +380,68 @@ class _QueueActor:
             return True
 
 
-class _DictActor(_SyncActor):
-    """A dict (a Value is the dict's one key) with atomic operations, and a lock."""
+class _DataActor(_SyncActor):
+    """Data with atomic operations (its ``op_*`` methods, one call or a batch of them),
+    and a lock (an RLock: ``get_lock()``) in the same actor."""
 
-    def __init__(self, items: dict[Any, Any]) -> None:
+    def __init__(self) -> None:
         super().__init__("rlock")
-        self.data = dict(items)
 
     async def call(self, name: str, *args: Any) -> Any:
         return getattr(self, "op_" + name)(*args)
 
     async def batch(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
         return [getattr(self, "op_" + name)(*args) for name, args in calls]
+
+
+class _SeqActor(_DataActor):
+    """A list (SharedList) or an ``array.array`` (Array, RawArray): the sequence's own
+    methods, named in :data:`_SEQ_METHODS`, each run atomically."""
+
+    def __init__(self, data: Any) -> None:
+        super().__init__()
+        self.data = data
+
+    def op_seq(self, name: str, *args: Any) -> Any:
+        if name not in _SEQ_METHODS:
+            raise AttributeError(f"no sequence operation {name!r}")
+        value = getattr(self.data, name)(*args)
+        return value.tolist() if isinstance(value, array.array) else value
+
+    def op_sort(self, key: Any, reverse: bool) -> None:
+        self.data.sort(key=key, reverse=reverse)
+
+    def op_add(self, index: int, delta: Any) -> Any:
+        self.data[index] += delta
+        return self.data[index]
+
+
+_SEQ_METHODS = frozenset(
+    {
+        "__contains__",
+        "__delitem__",
+        "__getitem__",
+        "__len__",
+        "__setitem__",
+        "append",
+        "clear",
+        "count",
+        "extend",
+        "index",
+        "insert",
+        "pop",
+        "remove",
+        "reverse",
+    }
+)
+
+
+class _DictActor(_DataActor):
+    """A dict (a Value is the dict's one key) with atomic operations, and a lock."""
+
+    def __init__(self, items: dict[Any, Any]) -> None:
+        super().__init__()
+        self.data = dict(items)
 
     def op_get(self, key: Any, default: Any) -> Any:
         return self.data.get(key, default)
@@ -988,6 +1041,25 @@ class RaySharedDict(_Handle, MutableMapping[Any, Any]):
         ``d.batch([("incr", ("a", 1, 0)), ("get", ("b", None))])``."""
         return list(_get(self._actor.batch.remote(list(calls))))
 
+    def copy(self) -> dict[Any, Any]:
+        """The items now, as a dict (one round trip)."""
+        return dict(self._call("items"))
+
+    def __or__(self, other: Any) -> dict[Any, Any]:
+        return self.copy() | dict(other)
+
+    def __ror__(self, other: Any) -> dict[Any, Any]:
+        return dict(other) | self.copy()
+
+    def __ior__(self, other: Any) -> RaySharedDict:
+        self.update(other)
+        return self
+
+    @property
+    def closed(self) -> bool:
+        """False: a Ray object is not closed, it goes with its last handle."""
+        return False
+
     def __repr__(self) -> str:
         return "<shoal RaySharedDict on Ray>"
 
@@ -1024,3 +1096,162 @@ class RayValue(_Handle):
 
     def __repr__(self) -> str:
         return "<shoal RayValue on Ray>"
+
+
+# ---- sequences: SharedList, Array, RawArray ----------------------------------------------
+
+
+class _SeqHandle(_Handle):
+    """What a list and an array on the cluster share: reads, each one round trip."""
+
+    def _call(self, name: str, *args: Any) -> Any:
+        return _get(self._actor.call.remote("seq", name, *args))
+
+    def __len__(self) -> int:
+        return int(self._call("__len__"))
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._call("__getitem__", index)
+
+    def copy(self) -> list[Any]:
+        """The items now, as a list (one round trip)."""
+        return list(self._call("__getitem__", slice(None)))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.copy())  # over a snapshot, as a SharedDict's iteration
+
+    def __contains__(self, value: object) -> bool:
+        return bool(self._call("__contains__", value))
+
+    def index(self, value: Any, start: int = 0, stop: int = sys.maxsize) -> int:
+        """The first index of ``value`` (ValueError if absent)."""
+        return int(self._call("index", value, start, stop))
+
+    def count(self, value: Any) -> int:
+        """How many items equal ``value``."""
+        return int(self._call("count", value))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _SeqHandle):
+            other = other.copy()
+        return isinstance(other, list) and self.copy() == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def get_lock(self) -> RayRLock:
+        """The object's lock (an RLock in the same actor), for compound updates."""
+        lock = RayRLock.__new__(RayRLock)
+        lock._actor = self._actor
+        return lock
+
+    def __repr__(self) -> str:
+        return f"<shoal {type(self).__name__} on Ray>"
+
+
+class RaySharedList(_SeqHandle, MutableSequence[Any]):
+    """A list on the cluster, one actor: the list API, each call one round trip and
+    atomic (``append``, ``extend``, ``pop``, ``insert``, ``remove``, ``sort`` …);
+    iteration is over a snapshot; ``get_lock()`` for compound updates."""
+
+    def __init__(self, iterable: Iterable[Any] = (), /) -> None:
+        self._actor = _actor(_SeqActor, list(iterable))
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._call("__setitem__", index, list(value) if isinstance(index, slice) else value)
+
+    def __delitem__(self, index: Any) -> None:
+        self._call("__delitem__", index)
+
+    def insert(self, index: int, value: Any) -> None:
+        """Insert ``value`` before ``index``."""
+        self._call("insert", index, value)
+
+    def append(self, value: Any) -> None:
+        """Add ``value`` at the end."""
+        self._call("append", value)
+
+    def extend(self, values: Iterable[Any]) -> None:
+        """Add every item of ``values`` at the end, in one call."""
+        self._call("extend", list(values))
+
+    def pop(self, index: int = -1) -> Any:
+        """Remove and return the item at ``index`` (the last by default)."""
+        return self._call("pop", index)
+
+    def remove(self, value: Any) -> None:
+        """Remove the first item equal to ``value`` (ValueError if absent)."""
+        self._call("remove", value)
+
+    def clear(self) -> None:
+        """Remove every item."""
+        self._call("clear")
+
+    def reverse(self) -> None:
+        """Reverse the list in place."""
+        self._call("reverse")
+
+    def sort(self, *, key: Any = None, reverse: bool = False) -> None:
+        """Sort in place, in the actor (``key`` travels there: cloudpickle)."""
+        _get(self._actor.call.remote("sort", key, reverse))
+
+    def __iadd__(self, values: Iterable[Any]) -> RaySharedList:  # type: ignore[override, misc]
+        self.extend(values)
+        return self
+
+
+def _typecode(typecode_or_type: Any) -> str:
+    """The ``array`` typecode of a typecode or a ctypes simple type."""
+    code = getattr(typecode_or_type, "_type_", typecode_or_type)
+    if not isinstance(code, str) or code not in array.typecodes:
+        raise TypeError(
+            f"a Ray Array holds the types of the array module ({array.typecodes!r}, or "
+            f"their ctypes types), not {typecode_or_type!r}"
+        )
+    return code
+
+
+class RayArray(_SeqHandle):
+    """A fixed-length typed array on the cluster (``ctx.Array``, ``ctx.RawArray``),
+    one actor: indexing, slicing, ``len``, iteration over a snapshot, atomic
+    ``add(i, delta)`` and ``get_lock()``.  Values are checked against the typecode in
+    the caller (``TypeError``/``OverflowError``, as the local one)."""
+
+    def __init__(self, typecode_or_type: Any, size_or_initializer: Any) -> None:
+        code = _typecode(typecode_or_type)
+        if isinstance(size_or_initializer, int) and not isinstance(size_or_initializer, bool):
+            if size_or_initializer < 0:
+                raise ValueError(f"an array cannot have {size_or_initializer} items")
+            data = array.array(code, [0] * size_or_initializer)
+        else:
+            data = array.array(code, size_or_initializer)
+        self._typecode = code
+        self._actor = _actor(_SeqActor, data)
+
+    def __getstate__(self) -> Any:
+        return (self._actor, self._typecode)
+
+    def __setstate__(self, state: Any) -> None:
+        self._actor, self._typecode = state
+
+    @property
+    def typecode(self) -> str:
+        """The ``array`` typecode of the items."""
+        return self._typecode
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if isinstance(index, slice):
+            checked: Any = array.array(self._typecode, value)
+            if len(checked) != len(range(*index.indices(len(self)))):
+                raise ValueError("Can only assign sequence of same size")
+        else:
+            checked = array.array(self._typecode, [value])[0]
+        self._call("__setitem__", index, checked)
+
+    def add(self, index: int, delta: Any = 1) -> Any:
+        """Add ``delta`` to item ``index`` atomically; return the new value."""
+        array.array(self._typecode, [delta])  # (checked here)
+        return _get(self._actor.call.remote("add", index, delta))
+
+    def get_obj(self) -> RayArray:
+        """The array itself (``SynchronizedArray.get_obj()``)."""
+        return self
