@@ -311,6 +311,38 @@ def test_array_raw_array_and_shared_list(context: Any) -> None:
     assert sorted(items.copy()) == [1, 2, 3, 4, 10, 11, 12, 13]
 
 
+def test_ray_share_reads_zero_copy_and_tasks_writes_reach_the_parent(ray_ctx: Any) -> None:
+    np = pytest.importorskip("numpy")
+    source = np.arange(1000, dtype=np.float64)
+    arr = ray_ctx.share(source)
+    source[0] = -1  # a copy was shared: the caller's array is its own
+    assert arr.shape == (1000,) and arr.dtype == np.float64 and len(arr) == 1000
+    view = arr.view()
+    assert not view.flags.writeable  # the object store's memory, mapped read-only
+    assert arr.view() is view  # no write since: the same version, the same mapping
+    assert view.sum() == sum(range(1000)) and arr[10] == 10.0
+    with ray_ctx.Pool(2) as pool:
+        seen = pool.map(t.read_shared, [arr] * 4, chunksize=1)
+        assert {(s, w) for s, w, _ in seen} == {(sum(range(1000)), False)}
+        # writes by tasks go to the owner; every read that starts after them sees them
+        pool.starmap(t.write_shared, [(arr, i, 100.0 + i) for i in range(4)])
+        assert list(arr[:4]) == [100.0, 101.0, 102.0, 103.0]
+        assert view[0] == 0.0  # a view taken before is that version, unchanged
+        pool.starmap(t.add_shared, [(arr, 999, 25)] * 4)  # atomic in the owner
+    assert arr[999] == 999 + 100
+    writable = arr.copy()
+    writable[0] = 7  # a private copy
+    assert arr[0] == 100.0
+    arr[10:20] = np.ones(10)  # one call for a slice
+    assert np.asarray(arr)[10:20].tolist() == [1.0] * 10
+    with pytest.raises(TypeError, match="object dtype"):
+        ray_ctx.share(np.array([object()]))
+    with pytest.raises(ValueError):
+        arr[0:3] = np.ones(4)  # the owner's numpy error, raised here
+    zeros = ray_ctx.SharedArray((2, 3), dtype=np.int32)
+    assert zeros.shape == (2, 3) and zeros.dtype == np.int32 and not zeros.view().any()
+
+
 # ---- the Ray pool: what only it has ----------------------------------------------------
 
 
@@ -656,8 +688,9 @@ def processes_mentioning(text: str) -> list[int]:
 def test_ray_two_node_cluster(request: pytest.FixtureRequest) -> None:
     """A two-node local cluster (ray.cluster_utils, its own process, its own temporary
     directory): a queue from a producer on node 1 to a consumer on node 2, a lock
-    contended from both (the counter ends exact), an array read on both, and a task
-    pinned to node 2 whose worker is SIGKILLed (only it fails, WorkerDiedError)."""
+    contended from both (the counter ends exact), a shared array read on both (and a
+    write from node 2 read on node 1), and a task pinned to node 2 whose worker is
+    SIGKILLed (only it fails, WorkerDiedError)."""
     pytest.importorskip("ray", reason="Ray is not installed for this Python (shoal[ray])")
     script = os.path.join(ROOT, "tests", "ray_two_nodes.py")
     result = subprocess.run(

@@ -234,6 +234,22 @@ class RayContext:
         self.connect()
         return _ray_objects.RaySharedList(iterable)
 
+    def share(self, array: Any) -> _ray_objects.RaySharedArray:
+        """``array`` (anything ``numpy.asarray`` takes) shared across the cluster: one
+        owner applies the writes, every node maps each version once, zero-copy (the
+        consistency model: :class:`~shoal._ray_objects.RaySharedArray`)."""
+        self.connect()
+        return _ray_objects.RaySharedArray(array)
+
+    def SharedArray(
+        self, shape: Any, dtype: Any = float, order: str = "C"
+    ) -> _ray_objects.RaySharedArray:
+        """A zeroed array of ``shape`` and ``dtype`` shared across the cluster (as
+        :meth:`share` of ``numpy.zeros(shape, dtype, order)``)."""
+        import numpy as np  # (numpy is needed here only: shoal[numpy])
+
+        return self.share(np.zeros(shape, dtype, order))
+
     def Manager(self) -> RayManager:
         """A started :class:`RayManager`: ``Manager()``'s calls, returning cluster
         objects."""

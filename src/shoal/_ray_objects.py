@@ -47,6 +47,7 @@ __all__ = [
     "RayQueue",
     "RayRLock",
     "RaySemaphore",
+    "RaySharedArray",
     "RaySharedDict",
     "RaySharedList",
     "RayValue",
@@ -434,6 +435,39 @@ _SEQ_METHODS = frozenset(
         "reverse",
     }
 )
+
+
+class _ArrayActor(_DataActor):
+    """A shared numpy array's owner: the writable copy every write goes to, and the
+    published version, a ``ray.put`` snapshot every node maps once (RaySharedArray)."""
+
+    def __init__(self, snapshot: list[Any]) -> None:
+        super().__init__()
+        self.snapshot = snapshot[0]  # (in a list: Ray passes the reference, not the array)
+        self.data = _ray().get(self.snapshot).copy()  # the owner's own, writable
+        self.version = 0
+        self.dirty = False
+
+    def op_snapshot(self) -> tuple[int, list[Any]]:
+        """The current version and its snapshot, published now if a write came since."""
+        if self.dirty:
+            self.snapshot = _ray().put(self.data)  # one copy, into this node's store
+            self.version += 1
+            self.dirty = False
+        return self.version, [self.snapshot]
+
+    def op_setitem(self, key: Any, value: Any) -> None:
+        self.data[key] = value
+        self.dirty = True
+
+    def op_getitem(self, key: Any) -> Any:
+        value = self.data[key]
+        return value.copy() if hasattr(value, "copy") else value
+
+    def op_add(self, key: Any, delta: Any) -> Any:
+        self.data[key] += delta
+        self.dirty = True
+        return self.op_getitem(key)
 
 
 class _DictActor(_DataActor):
@@ -1255,3 +1289,102 @@ class RayArray(_SeqHandle):
     def get_obj(self) -> RayArray:
         """The array itself (``SynchronizedArray.get_obj()``)."""
         return self
+
+
+# ---- a numpy array shared across nodes ----------------------------------------------------
+
+
+class RaySharedArray(_Handle):
+    """A numpy array on the cluster (``get_context("ray").share(array)``).
+
+    Consistency model (docs/ray.md, "Shared arrays"): one owner actor holds the array
+    and applies every write, in the order they reach it; reads are of *versions*:
+    :meth:`view` asks the owner for the current version and maps its snapshot, a
+    ``ray.put`` of the owner's array, zero-copy and read-only, one copy per node
+    however many tasks there read it.  A write (``arr[key] = value``, :meth:`add`)
+    is one call to the owner and is seen by every read that starts after it
+    returned, in any process of the cluster (the next :meth:`view` publishes a new
+    version: one copy of the array into the owner's node's object store, then one per
+    node that reads it).  A view already taken does not change.  ``get_lock()``
+    serializes compound updates (read, compute, write).
+
+    ``arr[key]`` reads from the current view; ``np.asarray(arr)`` is the current
+    view; :meth:`copy` a private writable copy.  Batch writes (one slice, not a loop
+    of items): each write costs a round trip, and a read after writes publishes the
+    whole array once.
+    """
+
+    def __init__(self, array: Any) -> None:
+        import numpy as np  # (numpy is needed here only: shoal[numpy])
+
+        source = np.asarray(array)
+        if source.dtype.hasobject:
+            raise TypeError(
+                "a shared array holds numbers, not Python objects (object dtype): "
+                "use a SharedList or SharedDict for those"
+            )
+        self._actor = _actor(_ArrayActor, [_ray().put(source)])
+        self._init_local()
+
+    def _init_local(self) -> None:
+        self._version = -1
+        self._view: Any = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> Any:
+        return self._actor
+
+    def __setstate__(self, state: Any) -> None:
+        self._actor = state
+        self._init_local()
+
+    def view(self) -> Any:
+        """The current version, as a read-only numpy array mapped from this node's
+        object store (zero copies; the same one for every reader of this version)."""
+        version, (ref,) = _get(self._actor.call.remote("snapshot"))
+        with self._lock:
+            if version != self._version:
+                self._view, self._version = _ray().get(ref), version
+            return self._view
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        view = self.view()
+        if copy:
+            return view.astype(dtype) if dtype is not None else view.copy()
+        return view if dtype is None else view.astype(dtype)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.view()[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        _get(self._actor.call.remote("setitem", key, value))
+
+    def add(self, key: Any, delta: Any) -> Any:
+        """``arr[key] += delta`` in the owner, atomically; return the new value(s)."""
+        return _get(self._actor.call.remote("add", key, delta))
+
+    def copy(self) -> Any:
+        """A private, writable copy of the current version."""
+        return self.view().copy()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The array's shape."""
+        return tuple(self.view().shape)
+
+    @property
+    def dtype(self) -> Any:
+        """The array's dtype."""
+        return self.view().dtype
+
+    def __len__(self) -> int:
+        return len(self.view())
+
+    def get_lock(self) -> RayRLock:
+        """The array's lock (an RLock in the owner actor), for compound updates."""
+        lock = RayRLock.__new__(RayRLock)
+        lock._actor = self._actor
+        return lock
+
+    def __repr__(self) -> str:
+        return f"<shoal RaySharedArray version {self._version} on Ray>"
