@@ -441,12 +441,23 @@ class _ArrayActor(_DataActor):
     """A shared numpy array's owner: the writable copy every write goes to, and the
     published version, a ``ray.put`` snapshot every node maps once (RaySharedArray)."""
 
-    def __init__(self, snapshot: list[Any]) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.snapshot = snapshot[0]  # (in a list: Ray passes the reference, not the array)
-        self.data = _ray().get(self.snapshot).copy()  # the owner's own, writable
+        self.snapshot: Any = None  # the published version (set by op_init)
+        self._data: Any = None  # the owner's own writable copy, made at the first write
         self.version = 0
         self.dirty = False
+
+    def op_init(self, snapshot: list[Any]) -> None:
+        # (started ahead, as a spare: see _array_owner; in a list: Ray passes the
+        # reference, not the array)
+        self.snapshot = snapshot[0]
+
+    @property
+    def data(self) -> Any:
+        if self._data is None:  # (an array only read costs no copy here)
+            self._data = _ray().get(self.snapshot).copy()
+        return self._data
 
     def op_snapshot(self) -> tuple[int, list[Any]]:
         """The current version and its snapshot, published now if a write came since."""
@@ -460,14 +471,11 @@ class _ArrayActor(_DataActor):
         self.data[key] = value
         self.dirty = True
 
-    def op_getitem(self, key: Any) -> Any:
-        value = self.data[key]
-        return value.copy() if hasattr(value, "copy") else value
-
     def op_add(self, key: Any, delta: Any) -> Any:
         self.data[key] += delta
         self.dirty = True
-        return self.op_getitem(key)
+        value = self.data[key]
+        return value.copy() if hasattr(value, "copy") else value
 
 
 class _DictActor(_DataActor):
@@ -1294,6 +1302,24 @@ class RayArray(_SeqHandle):
 # ---- a numpy array shared across nodes ----------------------------------------------------
 
 
+# (pid, cluster, job) -> an array owner started ahead, for this process's next share():
+# an actor is a process of its own, ~0.4 s to start on a busy 2-core node, which
+# would be most of what sharing a big array costs
+_spare_owners: dict[tuple[int, str, str], Any] = {}
+
+
+def _array_owner() -> Any:
+    """An owner actor for a new shared array: the spare started ahead, if there is one
+    (and start the next spare now, in the background)."""
+    context = _ray().get_runtime_context()
+    key = (os.getpid(), str(context.gcs_address), str(context.get_job_id()))
+    owner = _spare_owners.pop(key, None)
+    if owner is None:
+        owner = _actor(_ArrayActor)
+    _spare_owners[key] = _actor(_ArrayActor)
+    return owner
+
+
 class RaySharedArray(_Handle):
     """A numpy array on the cluster (``get_context("ray").share(array)``).
 
@@ -1323,7 +1349,8 @@ class RaySharedArray(_Handle):
                 "a shared array holds numbers, not Python objects (object dtype): "
                 "use a SharedList or SharedDict for those"
             )
-        self._actor = _actor(_ArrayActor, [_ray().put(source)])
+        self._actor = _array_owner()
+        _get(self._actor.call.remote("init", [_ray().put(source)]))
         self._init_local()
 
     def _init_local(self) -> None:
