@@ -14,6 +14,7 @@ import concurrent.futures
 import functools
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -341,6 +342,40 @@ def test_ray_share_reads_zero_copy_and_tasks_writes_reach_the_parent(ray_ctx: An
         arr[0:3] = np.ones(4)  # the owner's numpy error, raised here
     zeros = ray_ctx.SharedArray((2, 3), dtype=np.int32)
     assert zeros.shape == (2, 3) and zeros.dtype == np.int32 and not zeros.view().any()
+
+
+def test_ray_objects_in_a_forked_child_raise_instead_of_hanging(ray_ctx: Any) -> None:
+    # Ray's connection does not survive fork(): a local Process (forked) given a
+    # cluster queue waited for ever (tutorial program 3 under SHOAL_CONTEXT=ray)
+    q = ray_ctx.Queue()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what each call did, and leave at once
+        outcome = []
+        for call in (q.empty, lambda: q.put(1), ray_ctx.Lock):
+            try:
+                call()
+                outcome.append("returned")
+            except RuntimeError as error:
+                outcome.append("forked" if "forked" in str(error) else str(error))
+        os.write(write, ",".join(outcome).encode())
+        os._exit(0)
+    os.close(write)
+    ended = False
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            assert time.monotonic() < deadline, "the forked child hung"
+            time.sleep(0.05)
+        ended = True
+        assert os.read(read, 1000).decode() == "forked,forked,forked"
+    finally:
+        os.close(read)
+        if not ended:  # (the child this test forked, by its pid)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    q.put("still fine here")
+    assert q.get(timeout=TIMEOUT) == "still fine here"
 
 
 # ---- the Ray pool: what only it has ----------------------------------------------------

@@ -57,7 +57,33 @@ _PROBE_EVERY = 0.5  # seconds between two looks at a waited-for holder's probe
 
 
 def _ray() -> types.ModuleType:
+    global _watching_forks
+    if not _watching_forks:  # (on first use, not at import: importing has no effects)
+        _watching_forks = True
+        os.register_at_fork(after_in_child=_after_fork)
     return sys.modules.get("ray") or __import__("ray")
+
+
+_watching_forks = False
+# Set in a child forked from a process connected to Ray: Ray's connection does not
+# survive fork(), and a call through it would wait for ever (a Process of the local
+# context, forked, given a cluster queue: tutorial program 3 under SHOAL_CONTEXT=ray)
+_forked_from_ray = False
+
+
+def _after_fork() -> None:
+    global _forked_from_ray
+    ray = sys.modules.get("ray")
+    _forked_from_ray = _forked_from_ray or bool(ray is not None and ray.is_initialized())
+
+
+def _check_process() -> None:
+    if _forked_from_ray:
+        raise RuntimeError(
+            "a Ray object was used in a process forked from a process connected to Ray, "
+            "whose connection does not survive fork(): pass the object to a task of the "
+            "Ray context's Pool (get_context('ray').Pool()) instead of a local Process"
+        )
 
 
 # ---- the actors (plain classes: made Ray actors on first use, see _actor) ---------------
@@ -550,6 +576,7 @@ _CONCURRENCY = 10_000
 
 def _actor(cls: type, *args: Any) -> Any:
     """A new actor of ``cls`` (made a Ray actor class once), on no CPU."""
+    _check_process()
     remote = _actors.get(cls)
     if remote is None:
         remote = _ray().remote(num_cpus=0, max_concurrency=_CONCURRENCY)(cls)
@@ -559,6 +586,7 @@ def _actor(cls: type, *args: Any) -> Any:
 
 def _get(ref: Any, timeout: float | None = None) -> Any:
     """``ray.get``, raising what the actor raised (not Ray's wrapper)."""
+    _check_process()
     ray = _ray()
     try:
         return ray.get(ref, timeout=timeout)
@@ -930,6 +958,7 @@ class RayQueue(_Handle):
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``item`` on the queue (through this process's feeder)."""
+        _check_process()  # (before the feeder, whose thread could only fail)
         with self._lock:
             while self._feeder is None or not self._feeder.put(item):
                 self._feeder = _Feeder(self._actor, self._batch)
@@ -1106,7 +1135,18 @@ class RaySharedDict(_Handle, MutableMapping[Any, Any]):
         return "<shoal RaySharedDict on Ray>"
 
 
-class RayValue(_Handle):
+class _WithLock(_Handle):
+    """A data object whose actor is also its lock (``_DataActor``: an RLock)."""
+
+    def get_lock(self) -> RayRLock:
+        """The object's lock (an RLock in the same actor), for compound updates
+        (``with v.get_lock(): v.value += 1``)."""
+        lock = RayRLock.__new__(RayRLock)
+        lock._actor = self._actor
+        return lock
+
+
+class RayValue(_WithLock):
     """A value on the cluster (``.value``, atomic ``add`` and ``compare_exchange``, and
     ``get_lock()`` for ``with v.get_lock(): v.value += 1``)."""
 
@@ -1130,12 +1170,6 @@ class RayValue(_Handle):
         """Store ``desired`` if the value is ``expected``; return whether it did."""
         return bool(_get(self._actor.call.remote("compare_exchange", "value", expected, desired)))
 
-    def get_lock(self) -> RayRLock:
-        """The value's lock (an RLock in the same actor)."""
-        lock = RayRLock.__new__(RayRLock)
-        lock._actor = self._actor
-        return lock
-
     def __repr__(self) -> str:
         return "<shoal RayValue on Ray>"
 
@@ -1143,7 +1177,7 @@ class RayValue(_Handle):
 # ---- sequences: SharedList, Array, RawArray ----------------------------------------------
 
 
-class _SeqHandle(_Handle):
+class _SeqHandle(_WithLock):
     """What a list and an array on the cluster share: reads, each one round trip."""
 
     def _call(self, name: str, *args: Any) -> Any:
@@ -1179,12 +1213,6 @@ class _SeqHandle(_Handle):
         return isinstance(other, list) and self.copy() == other
 
     __hash__ = None  # type: ignore[assignment]
-
-    def get_lock(self) -> RayRLock:
-        """The object's lock (an RLock in the same actor), for compound updates."""
-        lock = RayRLock.__new__(RayRLock)
-        lock._actor = self._actor
-        return lock
 
     def __repr__(self) -> str:
         return f"<shoal {type(self).__name__} on Ray>"
@@ -1320,7 +1348,7 @@ def _array_owner() -> Any:
     return owner
 
 
-class RaySharedArray(_Handle):
+class RaySharedArray(_WithLock):
     """A numpy array on the cluster (``get_context("ray").share(array)``).
 
     Consistency model (docs/ray.md, "Shared arrays"): one owner actor holds the array
@@ -1406,12 +1434,6 @@ class RaySharedArray(_Handle):
 
     def __len__(self) -> int:
         return len(self.view())
-
-    def get_lock(self) -> RayRLock:
-        """The array's lock (an RLock in the owner actor), for compound updates."""
-        lock = RayRLock.__new__(RayRLock)
-        lock._actor = self._actor
-        return lock
 
     def __repr__(self) -> str:
         return f"<shoal RaySharedArray version {self._version} on Ray>"
