@@ -169,8 +169,7 @@ def test_primitives_take_the_standard_library_arguments(cm: Any):
     assert event.wait(0)
 
 
-def test_dict_and_list_take_what_the_builtins_take(cm: Any):
-    m = cm
+def test_dict_and_list_take_what_the_builtins_take(m: SyncManager):
     assert m.dict() == {}
     assert m.dict({"a": 1}, b=2) == {"a": 1, "b": 2}
     assert m.dict([("a", 1), ("b", 2)]) == {"a": 1, "b": 2}

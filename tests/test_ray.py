@@ -616,7 +616,14 @@ def wait_at(barrier: Any) -> int:
 def wait_then_die(barrier: Any) -> None:
     import threading
 
-    threading.Timer(1.0, os.kill, (os.getpid(), 9)).start()
+    def kill_once_waiting() -> None:
+        # (once this party is waiting: a fixed delay lost the race on a loaded machine,
+        # the worker dying before it arrived, and the barrier then had nobody to break)
+        while barrier.n_waiting < 1:
+            time.sleep(0.05)
+        os.kill(os.getpid(), 9)
+
+    threading.Thread(target=kill_once_waiting, daemon=True).start()
     barrier.wait(TIMEOUT)
 
 
