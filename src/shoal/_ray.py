@@ -376,7 +376,7 @@ class _Entry:
 
 
 class _Job:
-    _bar: Any = None  # a tqdm bar, for progress=True (shoal._pool._make_bar)
+    _bar: Any = None  # a tqdm bar, for progress=True (made by shoal._pool._base)
 
     def __init__(self, tasks: int) -> None:
         self._event = threading.Event()

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 from ._api import Executor as Executor
 from ._api import Pool as Pool
-from ._base import _chunksize as _chunksize
 from ._base import _ExecutorBase as _ExecutorBase
-from ._base import _make_bar as _make_bar
 from ._base import _PoolBase as _PoolBase
 from ._engine import _Engine as _Engine
 from ._jobs import ApplyResult as ApplyResult

@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # (annotations only)
 
     _P = ParamSpec("_P")
 
-__all__ = ["_ExecutorBase", "_PoolBase", "_chunksize", "_make_bar"]
+__all__ = ["_ExecutorBase", "_PoolBase"]
 
 _S = TypeVar("_S")
 _T = TypeVar("_T")
