@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+import shoal
 from shoal import _core, _memory, lowlevel
 from shoal.testing import START_METHODS, leaked_segments
 from shoal.testing import segments as shoal_segments
@@ -192,6 +193,9 @@ def stacks_on_timeout() -> Iterator[None]:
 # stopped by ray.shutdown(), never `ray stop` (which kills by name).  Where ray cannot
 # be imported (no wheel for this Python) the tests that need it skip, saying why.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# the threads the Ray driver started with the session's cluster (its log and error
+# listeners …): they last until the session ends, whichever test started the cluster
+_ray_session_threads: set[threading.Thread] = set()
 
 
 @pytest.fixture(scope="session")
@@ -209,6 +213,7 @@ def ray_cluster() -> Iterator[str]:
     if ray.is_initialized():
         pytest.fail("a Ray cluster is connected already: the tests start their own")
     temp = tempfile.mkdtemp(prefix="shoal-ray-", dir="/tmp")
+    threads_before = set(threading.enumerate())
     ray.init(
         address="local",
         num_cpus=2,
@@ -226,10 +231,42 @@ def ray_cluster() -> Iterator[str]:
             return os.getpid()
 
         ray.get([ray.remote(pid).remote() for _ in range(4)], timeout=60)
+        _ray_session_threads.update(set(threading.enumerate()) - threads_before)
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+# ---- one test, two contexts (#13) ----------------------------------------------------------
+# anyio's backend fixture is the model: a test that takes ``context`` runs once on the
+# local context (fork: the start-method matrix is each file's own ``ctx``) and once on
+# the Ray context (the session's cluster); each case is reported on its own.  A test
+# that does not take it is local only, and its file says why.  Session-scoped so that
+# the cluster starts before the test's leak check takes its "before" (the driver's
+# threads are the cluster's, not the test's), and so that the Ray cases run together.
+CONTEXTS = ["local", "ray"]
+
+
+@pytest.fixture(scope="session", params=CONTEXTS)
+def context(request: pytest.FixtureRequest) -> Any:
+    """The context a test's objects come from: shoal's own (fork), or the cluster's."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+        return shoal.get_context("ray")
+    return shoal.get_context("fork")
+
+
+def on_ray(context: Any) -> bool:
+    """Whether ``context`` (the ``context`` fixture's value) is the Ray one."""
+    return type(context).__name__ == "RayContext"
+
+
+def _uses_ray(request: pytest.FixtureRequest) -> bool:
+    """Whether the test runs on the Ray cluster (asked for it, or a parameter is "ray")."""
+    callspec = getattr(request.node, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    return "ray_cluster" in request.fixturenames or "ray" in params.values()
 
 
 @pytest.fixture(autouse=True)
@@ -265,12 +302,16 @@ def no_leaks(request: pytest.FixtureRequest):
     assert not dead_left(), f"dead processes' liveness files survived a sweep: {dead_left()}"
 
     def threads_left() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+        return [
+            t
+            for t in threading.enumerate()
+            if t not in threads_before and t not in _ray_session_threads and t.is_alive()
+        ]
 
     wait_until(lambda: not threads_left(), timeout=5.0)
     assert not threads_left(), f"test left threads running: {threads_left()}"
     # (a Ray test: the Ray driver keeps its own connections to the workers it leased)
-    if fds_before is not None and "ray_cluster" not in request.fixturenames:
+    if fds_before is not None and not _uses_ray(request):
         # the standard library's forkserver and resource tracker start once per
         # process, on first use, and stay
         forkserver = getattr(multiprocessing.forkserver._forkserver, "_forkserver_alive_fd", None)

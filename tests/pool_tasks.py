@@ -348,3 +348,33 @@ def hold_lock_then_sleep(lock: Any, q: Any, seconds: float = 60.0) -> None:
     lock.acquire()
     q.put(os.getpid())
     time.sleep(seconds)
+
+
+def add_under_lock(arr: Any, index: int, times: int) -> int:
+    """``arr[index] += 1``, ``times`` times, each under the array's lock."""
+    for _ in range(times):
+        with arr.get_lock():
+            arr[index] += 1
+    return os.getpid()
+
+
+def append_to(items: Any, value: Any) -> int:
+    items.append(value)
+    return os.getpid()
+
+
+def read_shared(arr: Any) -> tuple[float, bool, int]:
+    """(sum, writeable, pid) of a shared array's current view, in the worker."""
+    view = arr.view()
+    return float(view.sum()), bool(view.flags.writeable), os.getpid()
+
+
+def write_shared(arr: Any, index: int, value: float) -> int:
+    arr[index] = value
+    return os.getpid()
+
+
+def add_shared(arr: Any, index: int, times: int) -> int:
+    for _ in range(times):
+        arr.add(index, 1)
+    return os.getpid()

@@ -44,9 +44,14 @@ def bump(lock, d, times):
     return ray.get_runtime_context().get_node_id()
 
 
-def array_sum(refs):
-    a = ray.get(refs[0])
-    return float(a.sum()), a.flags.writeable, ray.get_runtime_context().get_node_id()
+def array_sum(arr):
+    view = arr.view()  # the node's one copy, mapped read-only
+    return float(view.sum()), view.flags.writeable, ray.get_runtime_context().get_node_id()
+
+
+def array_write(arr, index, value):
+    arr[index] = value
+    return ray.get_runtime_context().get_node_id()
 
 
 def report_then_sleep(q):
@@ -91,10 +96,15 @@ def main() -> None:
         print("ok lock across nodes", flush=True)
 
         array = np.arange(1 << 20, dtype=np.float64)
-        refs = [ray.put(array)]
-        seen = [pool.apply(array_sum, (refs,)) for pool in (on1, on2)]
+        shared = ctx.share(array)  # one owner; each node maps each version once
+        seen = [pool.apply(array_sum, (shared,)) for pool in (on1, on2)]
         assert all(s == float(array.sum()) and not w for s, w, _ in seen), seen
         assert seen[0][2] != seen[1][2]
+        # a write from node 2 reaches the owner: node 1 and the driver read it next
+        writer = on2.apply(array_write, (shared, 0, 1e6))
+        total, _, reader = on1.apply(array_sum, (shared,))
+        assert total == float(array.sum()) + 1e6 and reader != writer, (total, reader)
+        assert shared[0] == 1e6
         print("ok array on both nodes", flush=True)
 
         pids = ctx.Queue()

@@ -1,6 +1,10 @@
 """SharedDict (issue #4): API, processes, concurrency, churn, crashes, bad input.
 
-The model-based test against a plain dict is in test_dict_model.py.
+The model-based test against a plain dict is in test_dict_model.py.  The tests taking
+``cd`` run on the local context and on the Ray one (#13); the others stay local: they
+look at the tables in shared memory, processes, crashes mid-write or memory use, or
+at keys compared by their bytes (``1``, ``1.0`` and ``True`` three keys, unhashable
+keys allowed), where a cluster dict compares keys as a ``dict`` does (docs/ray.md).
 """
 
 from __future__ import annotations
@@ -27,6 +31,15 @@ def d():
     shared.close()
 
 
+@pytest.fixture
+def cd(context: Any) -> Any:
+    """A dict of the ``context`` fixture's context: a SharedDict, or a cluster dict."""
+    shared = context.SharedDict()
+    yield shared
+    if hasattr(shared, "close"):
+        shared.close()
+
+
 def table_segments(shared: SharedDict) -> list[str]:
     """Names of the table segments a dict's root names that exist in /dev/shm."""
     from shoal._dict import _root_name
@@ -38,7 +51,8 @@ def table_segments(shared: SharedDict) -> list[str]:
 # ---- the mapping API ----------------------------------------------------------------------
 
 
-def test_basic_api(d: SharedDict) -> None:
+def test_basic_api(cd: Any) -> None:
+    d = cd
     d["a"] = 1
     d[b"b"] = 2.5
     d[3] = "three"
@@ -115,7 +129,8 @@ def test_keys_are_compared_by_encoding(d: SharedDict) -> None:
     assert d[big] == big
 
 
-def test_incr_and_get_or_set(d: SharedDict) -> None:
+def test_incr_and_get_or_set(cd: Any) -> None:
+    d = cd
     assert d.incr("n") == 1
     assert d.incr("n", 5) == 6
     assert d.incr("m", 2, 10) == 12
@@ -423,7 +438,8 @@ def test_last_two_handles_closing_at_once_remove_the_table() -> None:
     assert not any(os.path.exists("/dev/shm" + n) for n in tables)
 
 
-def test_merge_operators(d: SharedDict) -> None:
+def test_merge_operators(cd: Any) -> None:
+    d = cd
     d["a"] = 1
     d |= {"b": 2}
     assert d | {"c": 3} == {"a": 1, "b": 2, "c": 3}

@@ -58,7 +58,7 @@ FACADE = 110
 # each only from those before it (an import under ``if TYPE_CHECKING:``, for
 # annotations, excepted).  A new module of the package must be placed here.
 PACKAGES = {"_pool"}
-POOL_ORDER = ["_protocol", "_startup", "_worker", "_jobs", "_engine", "_api", "__init__"]
+POOL_ORDER = ["_protocol", "_base", "_startup", "_worker", "_jobs", "_engine", "_api", "__init__"]
 
 
 def rank(module: str) -> int:

@@ -12,6 +12,11 @@ returning shoal's shared-memory objects, with no server process.
   clearly (servers for registered types: test_managers_custom.py);
 * the tutorial's manager program (a Queue and a Lock passed to ``apply_async``).
 
+The tests taking ``context`` or ``cm`` (conftest.py) run on the local context and on
+the Ray one (#13).  The others stay local: they check which shoal class each factory
+returns, the shared memory, child processes under each start method, or the server
+for registered types, none of which a Ray manager has.
+
 Child functions live at module level so spawn and forkserver children can import them.
 """
 
@@ -44,6 +49,15 @@ PROCESS_CLASS = {"fork": "ForkProcess", "spawn": "SpawnProcess", "forkserver": "
 @pytest.fixture
 def m():
     manager = shoal.Manager()
+    yield manager
+    manager.shutdown()
+
+
+@pytest.fixture
+def cm(context: Any) -> Any:
+    """A started manager of the ``context`` fixture's context: the local one, or the
+    Ray context's (whose objects are cluster objects, #13)."""
+    manager = context.Manager()
     yield manager
     manager.shutdown()
 
@@ -136,7 +150,8 @@ def test_queue_is_joinable_and_bounded_as_asked(m: SyncManager):
     assert m.JoinableQueue(3).statistics().maxsize == 3
 
 
-def test_primitives_take_the_standard_library_arguments(m: SyncManager):
+def test_primitives_take_the_standard_library_arguments(cm: Any):
+    m = cm
     sem = m.Semaphore(2)
     assert sem.get_value() == 2
     bsem = m.BoundedSemaphore(1)
@@ -321,7 +336,8 @@ def test_namespace_attributes(m: SyncManager):
     assert not hasattr(ns, "lock")
 
 
-def test_namespace_underscore_names_stay_local(m: SyncManager):
+def test_namespace_underscore_names_stay_local(cm: Any):
+    m = cm
     # as the standard library's NamespaceProxy: names starting with _ are the proxy's
     ns = m.Namespace()
     ns._local = 1
@@ -509,8 +525,8 @@ def test_tutorial_manager_queue_and_lock_in_a_pool(ctx: mp.context.BaseContext):
 # ---- life cycle --------------------------------------------------------------------------------
 
 
-def test_with_block_starts_and_shuts_down():
-    with shoal.Manager() as manager:
+def test_with_block_starts_and_shuts_down(context: Any):
+    with context.Manager() as manager:
         assert manager.address is None
         d = manager.dict(a=1)
     assert "shut down" in repr(manager)

@@ -5,6 +5,11 @@ further (uncollected errors, per-task timeouts, a broken initializer, lambdas un
 spawn, progress bars, tasks failed by ``terminate``) the test says so.  Worker
 death itself is tests/test_pool_survival.py.
 
+The tests that take the ``context`` fixture (conftest.py) run on the local context
+and on the Ray one (#13): the same program, the same answers.  The others stay local:
+they look at worker processes, start methods, shared memory or the uncollected-error
+report, which a Ray pool does not have (docs/ray.md), or time the pool.
+
 Start-up under spawn costs about 0.3 s a pool, so the start-method matrix (the
 ``ctx`` fixture) is kept to the tests where the method changes something: how
 functions and arguments reach the workers, what a worker starts with, initializers.
@@ -99,10 +104,10 @@ def exercise(pool: Any) -> dict[str, Any]:
     return seen
 
 
-def test_the_same_answers_as_the_standard_library() -> None:
+def test_the_same_answers_as_the_standard_library(context: Any) -> None:
     with FORK.Pool(2) as stdlib_pool:
         expected = exercise(stdlib_pool)
-    with fork_pool() as pool:
+    with context.Pool(2) as pool:  # the local pool, or the same program on Ray (#13)
         got = exercise(pool)
     # the standard library's "Pool not running" is a ValueError; shoal's is ClosedError,
     # a ValueError too
@@ -333,8 +338,8 @@ def test_imap_next_with_a_timeout() -> None:
         pool.join()
 
 
-def test_istarmap_and_progress_bars(capsys: pytest.CaptureFixture[str]) -> None:
-    with fork_pool() as pool:
+def test_istarmap_and_progress_bars(context: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    with context.Pool(2) as pool:
         assert pool.map(t.square, range(10), progress=True) == [x * x for x in range(10)]
         err = capsys.readouterr().err
         assert "100%" in err and "10/10" in err

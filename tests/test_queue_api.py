@@ -14,6 +14,11 @@
   memory is gone as soon as the receiver has them / drops them);
 * handles, ``statistics()`` and ``repr``.
 
+The tests taking ``context`` (conftest.py) run on the local context and on the Ray
+one (#13).  The others stay local: they time waits, send signals, look at the ring,
+the shared memory or ``statistics()``, or rely on a put being in the queue when it
+returns (a Ray queue's put goes through a feeder: docs/ray.md).
+
 Every blocking call has a timeout; threads are daemons joined with a timeout.
 """
 
@@ -101,6 +106,14 @@ def q() -> Any:
     queue_.close()
 
 
+@pytest.fixture
+def cq(context: Any) -> Any:
+    """An unbounded queue of the ``context`` fixture's context (local or Ray)."""
+    queue_ = context.Queue()
+    yield queue_
+    queue_.close()
+
+
 # ---- the standard library's behaviour, side by side ----------------------------------
 
 
@@ -172,6 +185,15 @@ def joinable_scenario(q: Any) -> list[Any]:
 )
 def test_joinable_queue_behaves_like_multiprocessing(make: Any) -> None:
     q = make()
+    try:
+        assert joinable_scenario(q) == ["a", "b", "ValueError"]
+    finally:
+        q.close()
+        q.join_thread()
+
+
+def test_joinable_queue_on_each_context(context: Any) -> None:
+    q = context.JoinableQueue()
     try:
         assert joinable_scenario(q) == ["a", "b", "ValueError"]
     finally:
@@ -491,7 +513,8 @@ def test_joinable_failed_puts_are_not_counted() -> None:
 # ---- put_many / get_many ---------------------------------------------------------------
 
 
-def test_put_many_and_get_many_keep_order(q: Any) -> None:
+def test_put_many_and_get_many_keep_order(cq: Any) -> None:
+    q = cq
     items = [None, True, 7, 2**80, 1.5, "s", b"b", (1, 2), {"a": 1}, [[]]]
     assert q.put_many(items) == len(items)
     assert q.put_many(iter(range(3))) == 3  # any iterable
@@ -854,7 +877,8 @@ class MyBytes(bytes):
 Point = namedtuple("Point", "x y")
 
 
-def test_scalars_and_their_subclasses_keep_their_type(q: Any) -> None:
+def test_scalars_and_their_subclasses_keep_their_type(cq: Any) -> None:
+    q = cq
     values = [
         None, True, False, 0, -1, 2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 2**200, -(10**50),
         0.0, -0.0, 1e308, float("inf"), float("-inf"), float("nan"), 5e-324,
@@ -913,7 +937,8 @@ def test_arbitrary_nested_builtins_round_trip() -> None:
         q.close()
 
 
-def test_functions_and_lambdas_travel_by_value(q: Any) -> None:
+def test_functions_and_lambdas_travel_by_value(cq: Any) -> None:
+    q = cq
     offset = 10
     q.put(lambda x: x + offset)
     q.put_many([lambda: "in a batch", len])

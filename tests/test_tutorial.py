@@ -9,6 +9,10 @@ interpreter, under every start method, and its output checked line by line.
 Each program is also run with its import lines pointed back at ``multiprocessing``:
 the same output, except for program 4, where the standard library moves nothing.
 
+And on the session's Ray cluster with only ``SHOAL_CONTEXT=ray`` added (#13): the
+programs whose objects go to Pool tasks (1 shares nothing; 3 hands a queue to a local,
+forked ``Process``, which a cluster object cannot go through).
+
 Output: the children print to a pipe, block-buffered (PYTHONUNBUFFERED is removed), so
 each process writes its lines whole as it exits and lines of different processes never
 interleave mid-line; the order *between* processes is checked only where the program
@@ -266,3 +270,41 @@ def test_stdlib_copy_rewrites_only_import_lines():
         ("import shoal as multiprocessing", "import multiprocessing"),
         ("from shoal import Pool", "from multiprocessing import Pool"),
     ]
+
+
+# ---- on a Ray cluster (#13): only the environment variable added ---------------------------
+
+# The programs' own lines (the driver's): what Ray's workers print reaches the driver
+# asynchronously, prefixed with the worker, and deduplicated, so it is not checked.
+DRIVER_LINES = {
+    "1_process.py": ["Process will start.", "Process end."],
+    "2_pool.py": ["Waiting for all subprocesses done...", "All subprocesses done."],
+    "4_queue_in_pool.py": END,
+    "5_manager_queue.py": END,
+    "6_manager_lock.py": END,
+}
+
+
+@pytest.mark.parametrize("name", sorted(DRIVER_LINES))
+def test_program_runs_on_a_ray_cluster_with_only_the_environment_changed(name, ray_cluster):
+    """``SHOAL_CONTEXT=ray``: the module-level ``Pool``, ``Queue`` and ``Manager`` are the
+    cluster's (the session's cluster, ``SHOAL_RAY_ADDRESS``), the program unchanged.
+    Not program 3: its ``Process`` is a local one (forked), and a cluster queue cannot
+    go through fork() (it raises, tests/test_ray.py); program 1 shares nothing."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(SHOAL_CONTEXT="ray", SHOAL_RAY_ADDRESS=ray_cluster)
+    path = TUTORIAL / name
+    result = subprocess.run(
+        [sys.executable, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=path.parent,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    mine = [line for line in result.stdout.splitlines() if "pid=" not in line]
+    mine = [line for line in mine if not line.startswith(("Parent process", "Run child"))]
+    assert [line for line in mine if line in DRIVER_LINES[name]] == DRIVER_LINES[name], mine

@@ -38,7 +38,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, overload, runtime_checkable
 
-from . import _managers, _pool, _queues, _ray, _sharedctypes, _sync
+from . import _dict, _list, _managers, _pool, _queues, _ray, _sharedctypes, _sync
 from ._process import (
     AuthenticationError,
     BufferTooShort,
@@ -373,6 +373,16 @@ class Context:
     def RawArray(self, typecode_or_type: Any, size_or_initializer: Any) -> _sharedctypes.RawArray:
         """A ctypes array in shared memory, no lock (:class:`shoal.RawArray`)."""
         return _sharedctypes.RawArray(typecode_or_type, size_or_initializer)
+
+    def SharedDict(self, items: Any = (), /, **kwargs: Any) -> _dict.SharedDict:
+        """A :class:`shoal.SharedDict` (the same call makes a cluster dict on the
+        ``'ray'`` context, #13)."""
+        return _dict.SharedDict(items, **kwargs)
+
+    def SharedList(self, iterable: Any = (), /) -> _list.SharedList:
+        """A :class:`shoal.SharedList` (the same call makes a cluster list on the
+        ``'ray'`` context, #13)."""
+        return _list.SharedList(iterable)
 
     # ---- pools and managers: shoal's, on this start method -------------------------------
 

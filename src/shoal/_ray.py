@@ -27,6 +27,7 @@ those by value, each with a private copy of its globals: see :func:`_shared_main
 
 from __future__ import annotations
 
+import builtins
 import collections
 import concurrent.futures
 import itertools
@@ -44,7 +45,7 @@ from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.pool import RemoteTraceback
 from typing import Any
 
-from . import _ray_objects
+from . import _managers, _ray_objects
 from ._errors import (
     BrokenPoolError,
     ClosedError,
@@ -52,8 +53,9 @@ from ._errors import (
     TaskTimeoutError,
     WorkerDiedError,
 )
+from ._pool import _CALL, _CALL_KW, _MAP, _STARMAP, _ExecutorBase, _PoolBase
 
-__all__ = ["RayContext", "RayExecutor", "RayPool"]
+__all__ = ["RayContext", "RayExecutor", "RayManager", "RayPool"]
 
 # Ray reads these when it is imported: shoal sets them (unless the user did) before it
 # imports Ray, so that a local cluster shoal starts listens on 127.0.0.1 only and asks
@@ -199,12 +201,6 @@ class RayContext:
         self.connect()
         return _ray_objects.RaySharedDict(items, **kwargs)
 
-    # ---- what is not on Ray yet ---------------------------------------------------------
-
-    def Manager(self) -> Any:
-        """Not on Ray yet (#13): raises NotImplementedError."""
-        raise NotImplementedError("Manager() is not available on the 'ray' context yet (#13)")
-
     def Condition(self, lock: Any = None) -> _ray_objects.RayCondition:
         """A condition variable (on a new RLock, or on a Ray ``lock``)."""
         self.connect()
@@ -213,18 +209,58 @@ class RayContext:
     def Barrier(
         self, parties: int, action: Any = None, timeout: float | None = None
     ) -> _ray_objects.RayBarrier:
-        """A barrier that breaks when a waiting party's process dies (no ``action`` yet)."""
+        """A barrier that breaks when a waiting party's process dies; ``action`` runs in
+        the last party to arrive, once a cycle."""
         self.connect()
         return _ray_objects.RayBarrier(parties, action, timeout)
 
-    def Array(self, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
-        """Not on Ray yet (#13): raises NotImplementedError."""
-        raise NotImplementedError("Array() is not available on the 'ray' context yet (#13)")
+    def Array(
+        self, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True
+    ) -> _ray_objects.RayArray:
+        """A fixed-length typed array (one actor; ``get_lock()``, atomic ``add``)."""
+        self.connect()
+        return _ray_objects.RayArray(typecode_or_type, size_or_initializer)
+
+    def RawArray(self, typecode_or_type: Any, size_or_initializer: Any) -> _ray_objects.RayArray:
+        """:meth:`Array`: on Ray every operation is one atomic actor call, lock or not."""
+        return self.Array(typecode_or_type, size_or_initializer, lock=False)
+
+    def RawValue(self, typecode_or_type: Any, *args: Any) -> _ray_objects.RayValue:
+        """:meth:`Value`: on Ray every operation is one atomic actor call, lock or not."""
+        return self.Value(typecode_or_type, *args, lock=False)
+
+    def SharedList(self, iterable: Iterable[Any] = (), /) -> _ray_objects.RaySharedList:
+        """A list (one actor; each call atomic, ``get_lock()`` for compound ones)."""
+        self.connect()
+        return _ray_objects.RaySharedList(iterable)
+
+    def share(self, array: Any) -> _ray_objects.RaySharedArray:
+        """``array`` (anything ``numpy.asarray`` takes) shared across the cluster: one
+        owner applies the writes, every node maps each version once, zero-copy (the
+        consistency model: :class:`~shoal._ray_objects.RaySharedArray`)."""
+        self.connect()
+        return _ray_objects.RaySharedArray(array)
+
+    def SharedArray(
+        self, shape: Any, dtype: Any = float, order: str = "C"
+    ) -> _ray_objects.RaySharedArray:
+        """A zeroed array of ``shape`` and ``dtype`` shared across the cluster (as
+        :meth:`share` of ``numpy.zeros(shape, dtype, order)``)."""
+        import numpy as np  # (numpy is needed here only: shoal[numpy])
+
+        return self.share(np.zeros(shape, dtype, order))
+
+    def Manager(self) -> RayManager:
+        """A started :class:`RayManager`: ``Manager()``'s calls, returning cluster
+        objects."""
+        self.connect()
+        manager = RayManager(ctx=self)
+        manager.start()
+        return manager
 
 
 # ---- the worker's side: what a Ray task of a pool runs ----------------------------------
 
-_CALL, _CALL_KW, _MAP, _STARMAP = range(4)
 
 # per Ray worker process: pool token -> the globals shared by its initializer and the
 # task functions of __main__ (None until the initializer ran; see _shared_main)
@@ -340,6 +376,8 @@ class _Entry:
 
 
 class _Job:
+    _bar: Any = None  # a tqdm bar, for progress=True (made by shoal._pool._base)
+
     def __init__(self, tasks: int) -> None:
         self._event = threading.Event()
         self._left = tasks
@@ -364,6 +402,11 @@ class _Job:
     def _start(self) -> bool:
         return True
 
+    def _close_bar(self) -> None:
+        bar, self._bar = self._bar, None
+        if bar is not None:
+            bar.close()
+
     def _deliver(self, index: int, ok: bool, value: Any) -> None:
         raise NotImplementedError
 
@@ -387,6 +430,7 @@ class AsyncResult(_Job):
         raise self._error
 
     def _finish(self) -> None:
+        self._close_bar()
         try:
             if self._success and self._callback is not None:
                 self._callback(self._value)
@@ -407,8 +451,11 @@ class AsyncResult(_Job):
 class MapResult(AsyncResult):
     """The result of a ``map_async``/``starmap_async``: the list in input order."""
 
-    def __init__(self, length: int, chunks: int, callback: Any, error_callback: Any) -> None:
+    def __init__(
+        self, length: int, chunks: int, callback: Any, error_callback: Any, bar: Any = None
+    ) -> None:
         super().__init__(callback, error_callback, chunks)
+        self._bar = bar
         self._parts: list[Any] = [None] * chunks
         if chunks == 0:
             self._value = []
@@ -423,6 +470,8 @@ class MapResult(AsyncResult):
             return
         self._parts[index] = value
         self._left -= 1
+        if self._bar is not None:
+            self._bar.update(len(value))
         if self._left == 0:
             self._value = list(itertools.chain.from_iterable(self._parts))
             self._parts = []
@@ -433,8 +482,10 @@ class IMapIterator(_Job):
     """The iterator ``imap``/``imap_unordered`` return; ``next(timeout)`` as the
     standard library's."""
 
-    def __init__(self, ordered: bool) -> None:
+    def __init__(self, ordered: bool, bar: Any = None) -> None:
         super().__init__(0)
+        self._bar = bar
+        self._delivered = 0
         self._ordered = ordered
         self._cond = threading.Condition(threading.Lock())
         self._done: dict[int, tuple[bool, Any]] = {}
@@ -456,12 +507,21 @@ class IMapIterator(_Job):
                     self._next += 1
             else:
                 self._ready.append((ok, value))
+            self._delivered += 1
+            if self._bar is not None and ok:
+                self._bar.update(len(value))
+            self._end_bar()
             self._cond.notify_all()
 
     def _set_length(self, chunks: int) -> None:
         with self._cond:
             self._chunks = chunks
+            self._end_bar()
             self._cond.notify_all()
+
+    def _end_bar(self) -> None:
+        if self._chunks is not None and self._delivered >= self._chunks:
+            self._close_bar()
 
     def next(self, timeout: float | None = None) -> Any:
         """The next result; ``multiprocessing.TimeoutError`` after ``timeout`` seconds."""
@@ -509,11 +569,6 @@ _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
 # coalescing: at most this many waiting calls go in one Ray task
 _BATCH = 512
-
-
-def _default_chunksize(length: int, processes: int) -> int:
-    size, extra = divmod(length, processes * 4)
-    return max(1, size + bool(extra))
 
 
 class _Engine:
@@ -571,7 +626,7 @@ class _Engine:
                 "the pool's initializer failed in a worker: the pool cannot run tasks"
             ) from self._broken
         if self.state != _RUN:
-            raise ValueError("Pool not running")
+            raise ClosedError(f"Pool not running (it was {self.state.lower()}d)")
 
     def submit(self, entries: list[_Entry]) -> None:
         with self._cond:
@@ -768,7 +823,7 @@ def _finalize(engine: _Engine) -> None:
         engine.terminate()
 
 
-class RayPool:
+class RayPool(_PoolBase):
     """shoal's Pool API on the tasks of a Ray cluster (``get_context("ray").Pool()``).
 
     Args:
@@ -788,8 +843,13 @@ class RayPool:
     Results come back in input order; a task's exception is raised by ``get()`` with
     the worker's traceback as ``__cause__``; a worker (or node) that dies fails only
     the tasks it was running and the pool carries on.  ``with RayPool() as p:``
-    terminates on exit, as the standard library's pool does.
+    terminates on exit, as the standard library's pool does.  The API is
+    ``shoal._pool._PoolBase``'s, shared with the local pool; this class is the Ray
+    engine's side of it.
     """
+
+    _engine: _Engine
+    _chunks_per_worker = 4  # a Ray task costs ~0.5 ms: fewer, bigger chunks
 
     def __init__(
         self,
@@ -815,73 +875,52 @@ class RayPool:
         )
         self._finalizer = weakref.finalize(self, _finalize, self._engine)
 
-    @property
-    def processes(self) -> int:
-        """How many Ray tasks of the pool run at once."""
-        return self._engine.processes
+    # ---- the Ray engine's side of _PoolBase ------------------------------------------
 
-    def _limit(self, timeout: float | None) -> float | None:
+    def _timeout(self, timeout: float | None) -> float | None:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
         return timeout if timeout is not None else self._engine.task_timeout
 
-    def apply(
-        self,
-        func: Callable[..., Any],
-        args: Iterable[Any] = (),
-        kwds: dict[str, Any] | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> Any:
-        """Call ``func(*args, **kwds)`` in a Ray worker and return its result."""
-        return self.apply_async(func, args, kwds, timeout=timeout).get()
-
-    def apply_async(
-        self,
-        func: Callable[..., Any],
-        args: Iterable[Any] = (),
-        kwds: dict[str, Any] | None = None,
-        callback: Callable[[Any], object] | None = None,
-        error_callback: Callable[[BaseException], object] | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> AsyncResult:
-        """Call ``func(*args, **kwds)`` in a Ray worker; return an :class:`AsyncResult`
-        (callbacks run in the pool's result thread)."""
+    def _function(self, func: Callable[..., Any]) -> Any:
         if not callable(func):
             raise TypeError(f"{func!r} is not callable")
+        return func
+
+    def _apply(
+        self,
+        function: Any,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwds: dict[str, Any] | None,
+        callback: Callable[[Any], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        limit: Any,
+    ) -> AsyncResult:
         result = AsyncResult(callback, error_callback)
-        args = tuple(args)
         entry = (
-            _Entry(result, 0, func, _CALL_KW, (args, dict(kwds)), self._limit(timeout))
+            _Entry(result, 0, func, _CALL_KW, (args, dict(kwds)), limit)
             if kwds
-            else _Entry(result, 0, func, _CALL, args, self._limit(timeout))
+            else _Entry(result, 0, func, _CALL, args, limit)
         )
         self._engine.submit([entry])
         return result
 
-    def _map_async(
+    def _map(
         self,
+        function: Any,
         func: Callable[..., Any],
-        iterable: Iterable[Any],
-        chunksize: int | None,
+        items: list[Any],
+        size: int,
         kind: int,
-        callback: Any,
-        error_callback: Any,
-        timeout: float | None,
+        callback: Callable[[Any], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        limit: Any,
+        bar: Any,
+        name: str,
     ) -> MapResult:
-        if not callable(func):
-            raise TypeError(f"{func!r} is not callable")
-        self._engine.check_running()
-        items = list(iterable)
-        if kind == _STARMAP:
-            items = [tuple(x) for x in items]
-        if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
-            raise ValueError(f"chunksize must be a positive int, not {chunksize!r}")
-        size = chunksize or _default_chunksize(len(items), self.processes)
-        limit = self._limit(timeout)
         starts = range(0, len(items), size)
-        result = MapResult(len(items), len(starts), callback, error_callback)
+        result = MapResult(len(items), len(starts), callback, error_callback, bar)
         entries = [
             _Entry(result, n, func, kind, items[i : i + size], limit) for n, i in enumerate(starts)
         ]
@@ -889,90 +928,29 @@ class RayPool:
             self._engine.submit(entries)
         return result
 
-    def map(
-        self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
-        chunksize: int | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> list[Any]:
-        """``[func(x) for x in iterable]`` on the cluster, in order (in chunks)."""
-        return self._map_async(func, iterable, chunksize, _MAP, None, None, timeout).get()
-
-    def map_async(
-        self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
-        chunksize: int | None = None,
-        callback: Callable[[list[Any]], object] | None = None,
-        error_callback: Callable[[BaseException], object] | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> MapResult:
-        """Like :meth:`map`, returning a :class:`MapResult` at once; ``callback`` gets
-        the list in input order."""
-        return self._map_async(func, iterable, chunksize, _MAP, callback, error_callback, timeout)
-
-    def starmap(
-        self,
-        func: Callable[..., Any],
-        iterable: Iterable[Iterable[Any]],
-        chunksize: int | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> list[Any]:
-        """``[func(*args) for args in iterable]`` on the cluster, in order."""
-        return self._map_async(func, iterable, chunksize, _STARMAP, None, None, timeout).get()
-
-    def starmap_async(
-        self,
-        func: Callable[..., Any],
-        iterable: Iterable[Iterable[Any]],
-        chunksize: int | None = None,
-        callback: Callable[[list[Any]], object] | None = None,
-        error_callback: Callable[[BaseException], object] | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> MapResult:
-        """Like :meth:`starmap`, returning a :class:`MapResult` at once."""
-        return self._map_async(
-            func, iterable, chunksize, _STARMAP, callback, error_callback, timeout
-        )
-
     def _imap(
         self,
+        function: Any,
         func: Callable[..., Any],
-        iterable: Iterable[Any],
-        chunksize: int | None,
+        items: Iterator[Any],
+        total: int | None,
+        size: int,
         kind: int,
         ordered: bool,
-        timeout: float | None,
+        limit: Any,
+        bar: Any,
+        name: str,
     ) -> IMapIterator:
-        if not callable(func):
-            raise TypeError(f"{func!r} is not callable")
-        if chunksize is None:
-            try:
-                chunksize = _default_chunksize(len(iterable), self.processes)  # type: ignore[arg-type]
-            except TypeError:
-                chunksize = 1
-        if not isinstance(chunksize, int) or chunksize < 1:
-            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
-        self._engine.check_running()
-        limit = self._limit(timeout)
-        result = IMapIterator(ordered)
+        result = IMapIterator(ordered, bar)
         engine = self._engine
 
         def feed() -> None:
             n = 0
             try:
-                it = iter(iterable)
                 while True:
-                    chunk = list(itertools.islice(it, chunksize))
+                    chunk = list(itertools.islice(items, size))
                     if not chunk:
                         break
-                    if kind == _STARMAP:
-                        chunk = [tuple(x) for x in chunk]
                     engine.submit([_Entry(result, n, func, kind, chunk, limit)])
                     n += 1
             except BaseException as error:  # the input raised: the next item does
@@ -983,68 +961,11 @@ class RayPool:
         threading.Thread(target=feed, name="shoal-ray-imap", daemon=True).start()
         return result
 
-    def imap(
-        self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
-        chunksize: int | None = 1,
-        *,
-        timeout: float | None = None,
-    ) -> IMapIterator:
-        """Yield ``func(x)`` for each ``x``, in order, as results come (input read lazily)."""
-        return self._imap(func, iterable, chunksize, _MAP, True, timeout)
-
-    def imap_unordered(
-        self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
-        chunksize: int | None = 1,
-        *,
-        timeout: float | None = None,
-    ) -> IMapIterator:
-        """Like :meth:`imap`, yielding results in the order they finish."""
-        return self._imap(func, iterable, chunksize, _MAP, False, timeout)
-
-    def istarmap(
-        self,
-        func: Callable[..., Any],
-        iterable: Iterable[Iterable[Any]],
-        chunksize: int | None = 1,
-        *,
-        timeout: float | None = None,
-    ) -> IMapIterator:
-        """Like :meth:`imap` with ``func(*args)``."""
-        return self._imap(func, iterable, chunksize, _STARMAP, True, timeout)
-
-    def close(self) -> None:
-        """Take no more tasks; the submitted ones run on."""
-        self._engine.close()
-
-    def terminate(self) -> None:
-        """Stop now: running Ray tasks are cancelled (their workers killed), unfinished
-        results fail with :class:`~shoal.ClosedError`."""
-        self._finalizer.detach()
-        self._engine.terminate()
-
-    def join(self) -> None:
-        """Wait for the submitted tasks (after ``close()`` or ``terminate()``)."""
-        self._engine.join()
-
-    def __enter__(self) -> RayPool:
-        self._engine.check_running()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.terminate()
-
-    def __reduce__(self) -> Any:
-        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
-
     def __repr__(self) -> str:
         return f"<shoal RayPool state={self._engine.state} processes={self.processes}>"
 
 
-class RayExecutor(concurrent.futures.Executor):
+class RayExecutor(_ExecutorBase):
     """A :class:`concurrent.futures.Executor` on Ray tasks
     (``get_context("ray").Executor()``).
 
@@ -1079,58 +1000,18 @@ class RayExecutor(concurrent.futures.Executor):
         )
         self._finalizer = weakref.finalize(self, _finalize, self._engine)
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Schedule ``fn(*args, **kwargs)`` on the cluster; return a Future."""
+    def _submit(
+        self, fn: Callable[..., Any], kind: int, payload: tuple, description: str | None
+    ) -> concurrent.futures.Future[Any]:
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        job = _FutureJob(future)
-        limit = self._engine.task_timeout
-        if kwargs:
-            entry = _Entry(job, 0, fn, _CALL_KW, (args, kwargs), limit)
-        else:
-            entry = _Entry(job, 0, fn, _CALL, args, limit)
+        entry = _Entry(_FutureJob(future), 0, fn, kind, payload, self._engine.task_timeout)
         try:
             self._engine.submit([entry])
         except ValueError:
             raise RuntimeError("cannot schedule new futures after shutdown") from None
         return future
-
-    def map(
-        self,
-        fn: Callable[..., Any],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int = 1,
-    ) -> Iterator[Any]:
-        """Like ``ProcessPoolExecutor.map``: ``chunksize`` calls per Ray task."""
-        if chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
-        if not callable(fn):
-            raise TypeError(f"{fn!r} is not callable")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        limit = self._engine.task_timeout
-        futures: list[concurrent.futures.Future[Any]] = []
-        it = zip(*iterables)
-        while chunk := list(itertools.islice(it, chunksize)):
-            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            try:
-                self._engine.submit([_Entry(_FutureJob(future), 0, fn, _STARMAP, chunk, limit)])
-            except ValueError:
-                raise RuntimeError("cannot schedule new futures after shutdown") from None
-            futures.append(future)
-
-        def results() -> Iterator[Any]:
-            try:
-                futures.reverse()
-                while futures:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    yield from futures.pop().result(left)
-            finally:
-                for future in futures:
-                    future.cancel()
-
-        return results()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Take no more calls; with ``cancel_futures`` cancel those not started; with
@@ -1147,3 +1028,121 @@ class RayExecutor(concurrent.futures.Executor):
         if wait:
             engine.join()
         self._finalizer.detach()
+
+
+class RayManager(_managers.SyncManager):
+    """``Manager()`` on the cluster (``get_context("ray").Manager()``): the local
+    manager's life cycle (``start``, ``shutdown``, ``with``; no server process) with
+    factories that return the Ray context's objects: ``Queue()``, ``Lock()``,
+    ``dict()``, ``list()``, ``Value()``, ``Array()``, ``Namespace()`` (attributes in a
+    cluster dict), ``Pool()`` (a :class:`RayPool`, terminated by ``shutdown()``) …
+
+    Registered types and ``connect()`` are the local manager's (a server on this
+    machine); ``set()`` is not on Ray yet.
+    """
+
+    def __init__(self, *args: Any, ctx: RayContext | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, ctx=None, **kwargs)
+        self._ray_ctx = ctx or RayContext()
+
+    def _make(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        self._check_open()
+        return getattr(self._ray_ctx, name)(*args, **kwargs)
+
+    def Queue(self, maxsize: int = 0) -> Any:
+        """A cluster queue with ``task_done``/``join`` (as the local manager's)."""
+        return self._make("JoinableQueue", maxsize)
+
+    def JoinableQueue(self, maxsize: int = 0) -> Any:
+        """A cluster queue with ``task_done``/``join``."""
+        return self._make("JoinableQueue", maxsize)
+
+    def Lock(self) -> Any:
+        """A cluster lock."""
+        return self._make("Lock")
+
+    def RLock(self) -> Any:
+        """A cluster RLock."""
+        return self._make("RLock")
+
+    def Semaphore(self, value: int = 1) -> Any:
+        """A cluster semaphore."""
+        return self._make("Semaphore", value)
+
+    def BoundedSemaphore(self, value: int = 1) -> Any:
+        """A cluster bounded semaphore."""
+        return self._make("BoundedSemaphore", value)
+
+    def Condition(self, lock: Any = None) -> Any:
+        """A cluster condition (on a new RLock, or on a cluster ``lock``)."""
+        return self._make("Condition", lock)
+
+    def Event(self) -> Any:
+        """A cluster event."""
+        return self._make("Event")
+
+    def Barrier(self, parties: int, action: Any = None, timeout: float | None = None) -> Any:
+        """A cluster barrier."""
+        return self._make("Barrier", parties, action, timeout)
+
+    def Value(self, typecode: Any, value: Any, lock: Any = True) -> Any:
+        """A cluster value (``.value``, atomic ``add``, ``get_lock()``)."""
+        return self._make("Value", typecode, value)
+
+    def Array(self, typecode: Any, sequence: Any, lock: Any = True) -> Any:
+        """A cluster array (``sequence``: the items, or a length)."""
+        return self._make("Array", typecode, sequence)
+
+    def dict(self, *args: Any, **kwargs: Any) -> Any:
+        """A cluster dict holding what ``dict(*args, **kwargs)`` holds."""
+        return self._make("SharedDict", builtins.dict(*args, **kwargs))
+
+    def list(self, *args: Any) -> Any:
+        """A cluster list holding what ``list(*args)`` holds."""
+        return self._make("SharedList", builtins.list(*args))
+
+    def set(self, iterable: Iterable[Any] = (), /) -> Any:
+        """Not on Ray yet (#13): raises NotImplementedError."""
+        raise NotImplementedError("Manager().set() is not available on the 'ray' context yet")
+
+    def Namespace(self, **kwds: Any) -> Any:
+        """A namespace whose attributes live in a cluster dict (the local
+        :class:`~shoal.managers.Namespace` over a :class:`RaySharedDict`)."""
+        namespace = _managers._rebuild_namespace(self._make("SharedDict"))
+        for name, value in kwds.items():
+            setattr(namespace, name, value)
+        return namespace
+
+    def Pool(
+        self,
+        processes: int | None = None,
+        initializer: Any = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A :class:`RayPool`, which :meth:`shutdown` terminates."""
+        self._check_open()
+        pool = RayPool(
+            processes,
+            initializer,
+            initargs,
+            maxtasksperchild,
+            context if context is not None else self._ray_ctx,
+            **kwargs,
+        )
+        self._pools.add(pool)  # type: ignore[arg-type]
+        return pool
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_ray_manager, (self._status,))
+
+    def __repr__(self) -> str:
+        return f"<shoal RayManager {self._status}>"
+
+
+def _rebuild_ray_manager(state: str) -> RayManager:
+    manager = RayManager()
+    manager._state.value = _managers._STATE_VALUES[state]
+    return manager

@@ -21,6 +21,7 @@ feeder thread too), and ``get`` takes up to ``prefetch`` waiting items in one ca
 
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
 import os
@@ -31,12 +32,13 @@ import threading
 import time
 import types
 import warnings
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
 from typing import Any
 
 from ._errors import BarrierPartyDiedError, NotHeldError, OwnerDiedWarning
 
 __all__ = [
+    "RayArray",
     "RayBarrier",
     "RayBoundedSemaphore",
     "RayCondition",
@@ -45,7 +47,9 @@ __all__ = [
     "RayQueue",
     "RayRLock",
     "RaySemaphore",
+    "RaySharedArray",
     "RaySharedDict",
+    "RaySharedList",
     "RayValue",
 ]
 
@@ -53,7 +57,33 @@ _PROBE_EVERY = 0.5  # seconds between two looks at a waited-for holder's probe
 
 
 def _ray() -> types.ModuleType:
+    global _watching_forks
+    if not _watching_forks:  # (on first use, not at import: importing has no effects)
+        _watching_forks = True
+        os.register_at_fork(after_in_child=_after_fork)
     return sys.modules.get("ray") or __import__("ray")
+
+
+_watching_forks = False
+# Set in a child forked from a process connected to Ray: Ray's connection does not
+# survive fork(), and a call through it would wait for ever (a Process of the local
+# context, forked, given a cluster queue: tutorial program 3 under SHOAL_CONTEXT=ray)
+_forked_from_ray = False
+
+
+def _after_fork() -> None:
+    global _forked_from_ray
+    ray = sys.modules.get("ray")
+    _forked_from_ray = _forked_from_ray or bool(ray is not None and ray.is_initialized())
+
+
+def _check_process() -> None:
+    if _forked_from_ray:
+        raise RuntimeError(
+            "a Ray object was used in a process forked from a process connected to Ray, "
+            "whose connection does not survive fork(): pass the object to a task of the "
+            "Ray context's Pool (get_context('ray').Pool()) instead of a local Process"
+        )
 
 
 # ---- the actors (plain classes: made Ray actors on first use, see _actor) ---------------
@@ -195,8 +225,14 @@ class _BarrierActor(_SyncActor):
         self.broken = False
         self.waiting: list[int] = []  # the Ray workers of the waiting parties
         self.party_died = False  # broken because a waiting party's process died
+        self.releasing = False  # the last party runs the action (Barrier(action=))
 
-    async def arrive(self, worker: int, timeout: float | None) -> int:
+    async def arrive(self, worker: int, timeout: float | None, action: bool = False) -> int:
+        """This party's index; -1: it is the last and runs the action, then calls
+        :meth:`release`, while the others still wait."""
+        while self.releasing and not self.broken:  # the last cycle's action runs still
+            async with self.cond:
+                await self.cond.wait()
         if self.broken:
             raise self._broken_error()
         generation = self.generation
@@ -210,11 +246,13 @@ class _BarrierActor(_SyncActor):
                     raise BarrierPartyDiedError("a party died waiting at the barrier")
         self.count += 1
         if self.count == self.parties:
-            self.count = 0
-            self.generation += 1
-            self.waiting.clear()
+            if action:
+                # the others wait on until release(); this party is watched as they are
+                self.releasing = True
+                self.waiting.append(worker)
+                return -1
             async with self.cond:
-                self.cond.notify_all()
+                self._next_generation()
             return self.parties - 1 - index
         self.waiting.append(worker)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -238,6 +276,24 @@ class _BarrierActor(_SyncActor):
             raise self._broken_error()
         return self.parties - 1 - index
 
+    def _next_generation(self) -> None:
+        self.count = 0
+        self.generation += 1
+        self.waiting.clear()
+        self.releasing = False
+        self.cond.notify_all()
+
+    async def release(self, ok: bool) -> None:
+        """The last party ran the action: release the others (or, when it raised,
+        break the barrier)."""
+        async with self.cond:
+            if not self.releasing:
+                return  # broken (abort, reset, a dead party) while the action ran
+            if ok:
+                self._next_generation()
+            else:
+                self._break()
+
     def _broken_error(self) -> BaseException:
         if self.party_died:
             return BarrierPartyDiedError("a party died waiting at the barrier")
@@ -245,6 +301,7 @@ class _BarrierActor(_SyncActor):
 
     def _break(self, died: bool = False) -> None:
         self.broken = True
+        self.releasing = False
         self.party_died = self.party_died or died
         self.count = 0
         self.waiting.clear()
@@ -280,6 +337,8 @@ class _EventActor:
         return self.event.is_set()
 
     async def wait(self, timeout: float | None) -> bool:
+        if self.event.is_set():  # (wait_for with timeout 0 gives up before looking)
+            return True
         try:
             await asyncio.wait_for(self.event.wait(), timeout)
         except asyncio.TimeoutError:
@@ -348,18 +407,109 @@ class _QueueActor:
             return True
 
 
-class _DictActor(_SyncActor):
-    """A dict (a Value is the dict's one key) with atomic operations, and a lock."""
+class _DataActor(_SyncActor):
+    """Data with atomic operations (its ``op_*`` methods, one call or a batch of them),
+    and a lock (an RLock: ``get_lock()``) in the same actor."""
 
-    def __init__(self, items: dict[Any, Any]) -> None:
+    def __init__(self) -> None:
         super().__init__("rlock")
-        self.data = dict(items)
 
     async def call(self, name: str, *args: Any) -> Any:
         return getattr(self, "op_" + name)(*args)
 
     async def batch(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
         return [getattr(self, "op_" + name)(*args) for name, args in calls]
+
+
+class _SeqActor(_DataActor):
+    """A list (SharedList) or an ``array.array`` (Array, RawArray): the sequence's own
+    methods, named in :data:`_SEQ_METHODS`, each run atomically."""
+
+    def __init__(self, data: Any) -> None:
+        super().__init__()
+        self.data = data
+
+    def op_seq(self, name: str, *args: Any) -> Any:
+        if name not in _SEQ_METHODS:
+            raise AttributeError(f"no sequence operation {name!r}")
+        value = getattr(self.data, name)(*args)
+        return value.tolist() if isinstance(value, array.array) else value
+
+    def op_sort(self, key: Any, reverse: bool) -> None:
+        self.data.sort(key=key, reverse=reverse)
+
+    def op_add(self, index: int, delta: Any) -> Any:
+        self.data[index] += delta
+        return self.data[index]
+
+
+_SEQ_METHODS = frozenset(
+    {
+        "__contains__",
+        "__delitem__",
+        "__getitem__",
+        "__len__",
+        "__setitem__",
+        "append",
+        "clear",
+        "count",
+        "extend",
+        "index",
+        "insert",
+        "pop",
+        "remove",
+        "reverse",
+    }
+)
+
+
+class _ArrayActor(_DataActor):
+    """A shared numpy array's owner: the writable copy every write goes to, and the
+    published version, a ``ray.put`` snapshot every node maps once (RaySharedArray)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.snapshot: Any = None  # the published version (set by op_init)
+        self._data: Any = None  # the owner's own writable copy, made at the first write
+        self.version = 0
+        self.dirty = False
+
+    def op_init(self, snapshot: list[Any]) -> None:
+        # (started ahead, as a spare: see _array_owner; in a list: Ray passes the
+        # reference, not the array)
+        self.snapshot = snapshot[0]
+
+    @property
+    def data(self) -> Any:
+        if self._data is None:  # (an array only read costs no copy here)
+            self._data = _ray().get(self.snapshot).copy()
+        return self._data
+
+    def op_snapshot(self) -> tuple[int, list[Any]]:
+        """The current version and its snapshot, published now if a write came since."""
+        if self.dirty:
+            self.snapshot = _ray().put(self.data)  # one copy, into this node's store
+            self.version += 1
+            self.dirty = False
+        return self.version, [self.snapshot]
+
+    def op_setitem(self, key: Any, value: Any) -> None:
+        self.data[key] = value
+        self.dirty = True
+
+    def op_add(self, key: Any, delta: Any) -> Any:
+        self.data[key] += delta
+        self.dirty = True
+        value = self.data[key]
+        return value.copy() if hasattr(value, "copy") else value
+
+
+class _DictActor(_DataActor):
+    """A dict (a Value is the dict's one key) with atomic operations, and a lock."""
+
+    def __init__(self, items: dict[Any, Any]) -> None:
+        super().__init__()
+        self.data = dict(items)
 
     def op_get(self, key: Any, default: Any) -> Any:
         return self.data.get(key, default)
@@ -426,6 +576,7 @@ _CONCURRENCY = 10_000
 
 def _actor(cls: type, *args: Any) -> Any:
     """A new actor of ``cls`` (made a Ray actor class once), on no CPU."""
+    _check_process()
     remote = _actors.get(cls)
     if remote is None:
         remote = _ray().remote(num_cpus=0, max_concurrency=_CONCURRENCY)(cls)
@@ -435,6 +586,7 @@ def _actor(cls: type, *args: Any) -> Any:
 
 def _get(ref: Any, timeout: float | None = None) -> Any:
     """``ray.get``, raising what the actor raised (not Ray's wrapper)."""
+    _check_process()
     ray = _ray()
     try:
         return ray.get(ref, timeout=timeout)
@@ -477,9 +629,10 @@ def _check_timeout(block: bool, timeout: float | None) -> float | None:
         return 0.0
     if timeout is None:
         return None
-    if timeout < 0:
-        raise ValueError("'timeout' must be a non-negative number")
-    return float(timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    # a negative timeout: do not wait (as the local primitives and multiprocessing's)
+    return max(0.0, float(timeout))
 
 
 # ---- the handles ------------------------------------------------------------------------
@@ -647,27 +800,48 @@ class RayBarrier(_Handle):
     """A barrier on the cluster: ``wait(timeout)`` returns the arrival index; a timeout,
     ``abort()`` or a waiting party whose process died breaks it
     (:class:`threading.BrokenBarrierError`; :class:`~shoal.BarrierPartyDiedError` for a
-    death, noticed within 0.5 s).  No ``action`` yet."""
+    death, noticed within 0.5 s).  ``action`` runs once a cycle, in the process of the
+    last party to arrive, before any party is released (as ``threading.Barrier``'s:
+    if it raises, the barrier breaks and that party's ``wait`` raises it); it travels
+    with the handle (cloudpickle), so every process must be able to unpickle it."""
 
     def __init__(self, parties: int, action: Any = None, timeout: float | None = None) -> None:
         if not isinstance(parties, int) or parties < 1:
             raise ValueError("parties must be a positive int")
-        if action is not None:
-            raise NotImplementedError("a Ray Barrier takes no action yet (#13)")
+        if action is not None and not callable(action):
+            raise TypeError(f"action must be callable, not {type(action).__name__}")
         self._actor = _actor(_BarrierActor, parties)
+        self._action = action
         self._timeout = timeout
 
     def __getstate__(self) -> Any:
-        return (self._actor, self._timeout)
+        return (self._actor, self._action, self._timeout)
 
     def __setstate__(self, state: Any) -> None:
-        self._actor, self._timeout = state
+        self._actor, self._action, self._timeout = state
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for every party; return this one's index (0 … parties - 1)."""
         _register(self)
         limit = self._timeout if timeout is None else timeout
-        return int(_get(self._actor.arrive.remote(_worker(), _check_timeout(True, limit))))
+        action = self._action
+        index = int(
+            _get(
+                self._actor.arrive.remote(
+                    _worker(), _check_timeout(True, limit), action is not None
+                )
+            )
+        )
+        if index >= 0:
+            return index
+        assert action is not None
+        try:
+            action()
+        except BaseException:
+            _get(self._actor.release.remote(False))
+            raise
+        _get(self._actor.release.remote(True))
+        return 0
 
     def abort(self) -> None:
         """Break the barrier: waiters and later callers get BrokenBarrierError."""
@@ -784,6 +958,7 @@ class RayQueue(_Handle):
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``item`` on the queue (through this process's feeder)."""
+        _check_process()  # (before the feeder, whose thread could only fail)
         with self._lock:
             while self._feeder is None or not self._feeder.put(item):
                 self._feeder = _Feeder(self._actor, self._batch)
@@ -792,10 +967,14 @@ class RayQueue(_Handle):
         """``put(item, False)``."""
         self.put(item, False)
 
-    def put_many(self, items: Iterable[Any], timeout: float | None = None) -> int:
-        """Put every item in one call, now (no feeder); return how many were put."""
+    def put_many(
+        self, items: Iterable[Any], block: bool = True, timeout: float | None = None
+    ) -> int:
+        """Put every item in one call, now (no feeder); return how many were put (a
+        bounded queue: those that fitted within ``timeout``)."""
+        limit = _check_timeout(block, timeout)
         self.flush()
-        return int(_get(self._actor.put.remote(list(items), timeout)))
+        return int(_get(self._actor.put.remote(list(items), limit)))
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until what this process put has reached the queue."""
@@ -820,12 +999,20 @@ class RayQueue(_Handle):
         """``get(False)``."""
         return self.get(False)
 
-    def get_many(self, most: int, timeout: float | None = None) -> list[Any]:
-        """Up to ``most`` items, waiting up to ``timeout`` for the first."""
+    def get_many(
+        self, max_items: int = 1024, block: bool = True, timeout: float | None = None
+    ) -> list[Any]:
+        """Up to ``max_items`` items in one call, waiting up to ``timeout`` for the
+        first; ``queue.Empty`` if none came (as the local queue's)."""
+        if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
+            raise ValueError(f"max_items must be a positive int, not {max_items!r}")
+        limit = _check_timeout(block, timeout)
         with self._lock:
-            out = [self._taken.popleft() for _ in range(min(most, len(self._taken)))]
-        if len(out) < most:
-            out += _get(self._actor.get.remote(most - len(out), 0.0 if out else timeout))
+            out = [self._taken.popleft() for _ in range(min(max_items, len(self._taken)))]
+        if len(out) < max_items:
+            out += _get(self._actor.get.remote(max_items - len(out), 0.0 if out else limit))
+        if not out:
+            raise stdlib_queue.Empty
         return out
 
     def qsize(self) -> int:
@@ -925,11 +1112,41 @@ class RaySharedDict(_Handle, MutableMapping[Any, Any]):
         ``d.batch([("incr", ("a", 1, 0)), ("get", ("b", None))])``."""
         return list(_get(self._actor.batch.remote(list(calls))))
 
+    def copy(self) -> dict[Any, Any]:
+        """The items now, as a dict (one round trip)."""
+        return dict(self._call("items"))
+
+    def __or__(self, other: Any) -> dict[Any, Any]:
+        return self.copy() | dict(other)
+
+    def __ror__(self, other: Any) -> dict[Any, Any]:
+        return dict(other) | self.copy()
+
+    def __ior__(self, other: Any) -> RaySharedDict:
+        self.update(other)
+        return self
+
+    @property
+    def closed(self) -> bool:
+        """False: a Ray object is not closed, it goes with its last handle."""
+        return False
+
     def __repr__(self) -> str:
         return "<shoal RaySharedDict on Ray>"
 
 
-class RayValue(_Handle):
+class _WithLock(_Handle):
+    """A data object whose actor is also its lock (``_DataActor``: an RLock)."""
+
+    def get_lock(self) -> RayRLock:
+        """The object's lock (an RLock in the same actor), for compound updates
+        (``with v.get_lock(): v.value += 1``)."""
+        lock = RayRLock.__new__(RayRLock)
+        lock._actor = self._actor
+        return lock
+
+
+class RayValue(_WithLock):
     """A value on the cluster (``.value``, atomic ``add`` and ``compare_exchange``, and
     ``get_lock()`` for ``with v.get_lock(): v.value += 1``)."""
 
@@ -953,11 +1170,270 @@ class RayValue(_Handle):
         """Store ``desired`` if the value is ``expected``; return whether it did."""
         return bool(_get(self._actor.call.remote("compare_exchange", "value", expected, desired)))
 
-    def get_lock(self) -> RayRLock:
-        """The value's lock (an RLock in the same actor)."""
-        lock = RayRLock.__new__(RayRLock)
-        lock._actor = self._actor
-        return lock
-
     def __repr__(self) -> str:
         return "<shoal RayValue on Ray>"
+
+
+# ---- sequences: SharedList, Array, RawArray ----------------------------------------------
+
+
+class _SeqHandle(_WithLock):
+    """What a list and an array on the cluster share: reads, each one round trip."""
+
+    def _call(self, name: str, *args: Any) -> Any:
+        return _get(self._actor.call.remote("seq", name, *args))
+
+    def __len__(self) -> int:
+        return int(self._call("__len__"))
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._call("__getitem__", index)
+
+    def copy(self) -> list[Any]:
+        """The items now, as a list (one round trip)."""
+        return list(self._call("__getitem__", slice(None)))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.copy())  # over a snapshot, as a SharedDict's iteration
+
+    def __contains__(self, value: object) -> bool:
+        return bool(self._call("__contains__", value))
+
+    def index(self, value: Any, start: int = 0, stop: int = sys.maxsize) -> int:
+        """The first index of ``value`` (ValueError if absent)."""
+        return int(self._call("index", value, start, stop))
+
+    def count(self, value: Any) -> int:
+        """How many items equal ``value``."""
+        return int(self._call("count", value))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _SeqHandle):
+            other = other.copy()
+        return isinstance(other, list) and self.copy() == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<shoal {type(self).__name__} on Ray>"
+
+
+class RaySharedList(_SeqHandle, MutableSequence[Any]):
+    """A list on the cluster, one actor: the list API, each call one round trip and
+    atomic (``append``, ``extend``, ``pop``, ``insert``, ``remove``, ``sort`` …);
+    iteration is over a snapshot; ``get_lock()`` for compound updates."""
+
+    def __init__(self, iterable: Iterable[Any] = (), /) -> None:
+        self._actor = _actor(_SeqActor, list(iterable))
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._call("__setitem__", index, list(value) if isinstance(index, slice) else value)
+
+    def __delitem__(self, index: Any) -> None:
+        self._call("__delitem__", index)
+
+    def insert(self, index: int, value: Any) -> None:
+        """Insert ``value`` before ``index``."""
+        self._call("insert", index, value)
+
+    def append(self, value: Any) -> None:
+        """Add ``value`` at the end."""
+        self._call("append", value)
+
+    def extend(self, values: Iterable[Any]) -> None:
+        """Add every item of ``values`` at the end, in one call."""
+        self._call("extend", list(values))
+
+    def pop(self, index: int = -1) -> Any:
+        """Remove and return the item at ``index`` (the last by default)."""
+        return self._call("pop", index)
+
+    def remove(self, value: Any) -> None:
+        """Remove the first item equal to ``value`` (ValueError if absent)."""
+        self._call("remove", value)
+
+    def clear(self) -> None:
+        """Remove every item."""
+        self._call("clear")
+
+    def reverse(self) -> None:
+        """Reverse the list in place."""
+        self._call("reverse")
+
+    def sort(self, *, key: Any = None, reverse: bool = False) -> None:
+        """Sort in place, in the actor (``key`` travels there: cloudpickle)."""
+        _get(self._actor.call.remote("sort", key, reverse))
+
+    def __iadd__(self, values: Iterable[Any]) -> RaySharedList:  # type: ignore[override, misc]
+        self.extend(values)
+        return self
+
+
+def _typecode(typecode_or_type: Any) -> str:
+    """The ``array`` typecode of a typecode or a ctypes simple type."""
+    code = getattr(typecode_or_type, "_type_", typecode_or_type)
+    if not isinstance(code, str) or code not in array.typecodes:
+        raise TypeError(
+            f"a Ray Array holds the types of the array module ({array.typecodes!r}, or "
+            f"their ctypes types), not {typecode_or_type!r}"
+        )
+    return code
+
+
+class RayArray(_SeqHandle):
+    """A fixed-length typed array on the cluster (``ctx.Array``, ``ctx.RawArray``),
+    one actor: indexing, slicing, ``len``, iteration over a snapshot, atomic
+    ``add(i, delta)`` and ``get_lock()``.  Values are checked against the typecode in
+    the caller (``TypeError``/``OverflowError``, as the local one)."""
+
+    def __init__(self, typecode_or_type: Any, size_or_initializer: Any) -> None:
+        code = _typecode(typecode_or_type)
+        if isinstance(size_or_initializer, int) and not isinstance(size_or_initializer, bool):
+            if size_or_initializer < 0:
+                raise ValueError(f"an array cannot have {size_or_initializer} items")
+            data = array.array(code, [0] * size_or_initializer)
+        else:
+            data = array.array(code, size_or_initializer)
+        self._typecode = code
+        self._actor = _actor(_SeqActor, data)
+
+    def __getstate__(self) -> Any:
+        return (self._actor, self._typecode)
+
+    def __setstate__(self, state: Any) -> None:
+        self._actor, self._typecode = state
+
+    @property
+    def typecode(self) -> str:
+        """The ``array`` typecode of the items."""
+        return self._typecode
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if isinstance(index, slice):
+            checked: Any = array.array(self._typecode, value)
+            if len(checked) != len(range(*index.indices(len(self)))):
+                raise ValueError("Can only assign sequence of same size")
+        else:
+            checked = array.array(self._typecode, [value])[0]
+        self._call("__setitem__", index, checked)
+
+    def add(self, index: int, delta: Any = 1) -> Any:
+        """Add ``delta`` to item ``index`` atomically; return the new value."""
+        array.array(self._typecode, [delta])  # (checked here)
+        return _get(self._actor.call.remote("add", index, delta))
+
+    def get_obj(self) -> RayArray:
+        """The array itself (``SynchronizedArray.get_obj()``)."""
+        return self
+
+
+# ---- a numpy array shared across nodes ----------------------------------------------------
+
+
+# (pid, cluster, job) -> an array owner started ahead, for this process's next share():
+# an actor is a process of its own, ~0.4 s to start on a busy 2-core node, which
+# would be most of what sharing a big array costs
+_spare_owners: dict[tuple[int, str, str], Any] = {}
+
+
+def _array_owner() -> Any:
+    """An owner actor for a new shared array: the spare started ahead, if there is one
+    (and start the next spare now, in the background)."""
+    context = _ray().get_runtime_context()
+    key = (os.getpid(), str(context.gcs_address), str(context.get_job_id()))
+    owner = _spare_owners.pop(key, None)
+    if owner is None:
+        owner = _actor(_ArrayActor)
+    _spare_owners[key] = _actor(_ArrayActor)
+    return owner
+
+
+class RaySharedArray(_WithLock):
+    """A numpy array on the cluster (``get_context("ray").share(array)``).
+
+    Consistency model (docs/ray.md, "Shared arrays"): one owner actor holds the array
+    and applies every write, in the order they reach it; reads are of *versions*:
+    :meth:`view` asks the owner for the current version and maps its snapshot, a
+    ``ray.put`` of the owner's array, zero-copy and read-only, one copy per node
+    however many tasks there read it.  A write (``arr[key] = value``, :meth:`add`)
+    is one call to the owner and is seen by every read that starts after it
+    returned, in any process of the cluster (the next :meth:`view` publishes a new
+    version: one copy of the array into the owner's node's object store, then one per
+    node that reads it).  A view already taken does not change.  ``get_lock()``
+    serializes compound updates (read, compute, write).
+
+    ``arr[key]`` reads from the current view; ``np.asarray(arr)`` is the current
+    view; :meth:`copy` a private writable copy.  Batch writes (one slice, not a loop
+    of items): each write costs a round trip, and a read after writes publishes the
+    whole array once.
+    """
+
+    def __init__(self, array: Any) -> None:
+        import numpy as np  # (numpy is needed here only: shoal[numpy])
+
+        source = np.asarray(array)
+        if source.dtype.hasobject:
+            raise TypeError(
+                "a shared array holds numbers, not Python objects (object dtype): "
+                "use a SharedList or SharedDict for those"
+            )
+        self._actor = _array_owner()
+        _get(self._actor.call.remote("init", [_ray().put(source)]))
+        self._init_local()
+
+    def _init_local(self) -> None:
+        self._version = -1
+        self._view: Any = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> Any:
+        return self._actor
+
+    def __setstate__(self, state: Any) -> None:
+        self._actor = state
+        self._init_local()
+
+    def view(self) -> Any:
+        """The current version, as a read-only numpy array mapped from this node's
+        object store (zero copies; the same one for every reader of this version)."""
+        version, (ref,) = _get(self._actor.call.remote("snapshot"))
+        with self._lock:
+            if version != self._version:
+                self._view, self._version = _ray().get(ref), version
+            return self._view
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        view = self.view()
+        if copy:
+            return view.astype(dtype) if dtype is not None else view.copy()
+        return view if dtype is None else view.astype(dtype)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.view()[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        _get(self._actor.call.remote("setitem", key, value))
+
+    def add(self, key: Any, delta: Any) -> Any:
+        """``arr[key] += delta`` in the owner, atomically; return the new value(s)."""
+        return _get(self._actor.call.remote("add", key, delta))
+
+    def copy(self) -> Any:
+        """A private, writable copy of the current version."""
+        return self.view().copy()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The array's shape."""
+        return tuple(self.view().shape)
+
+    @property
+    def dtype(self) -> Any:
+        """The array's dtype."""
+        return self.view().dtype
+
+    def __len__(self) -> int:
+        return len(self.view())
+
+    def __repr__(self) -> str:
+        return f"<shoal RaySharedArray version {self._version} on Ray>"
