@@ -39,7 +39,7 @@ WRONG = textwrap.dedent(
     def main() -> None:
         with shoal.Pool(1) as pool:
             assert_type(pool.map(square, [1]), list[str])  # E: "list[int]", not "list[str]"
-            pool.map(square, ["a"])  # E: Argument 1 to "map" of "Pool" has incompatible type
+            pool.map(square, ["a"])  # E: Argument 1 to "map" of "_PoolBase" has incompatible type
         q: shoal.Queue[int] = shoal.Queue()
         q.put("x")  # E: has incompatible type "str"; expected "int"
         with shoal.Executor(1) as ex:
