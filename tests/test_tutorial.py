@@ -58,12 +58,13 @@ def to_stdlib(source: str) -> str:
     return re.sub(r"^from shoal import ", "from multiprocessing import ", source, flags=re.M)
 
 
-def run(path: Path, method: str = "default") -> list[str]:
-    """Run the program at ``path``; return its output lines, after checking that it
-    exited 0 and wrote nothing to stderr (no traceback, no warning)."""
+def run_program(path: Path, args: list[str], **environment: str) -> subprocess.CompletedProcess:
+    """Run Python with ``args`` in the directory of the program at ``path``, in this
+    environment (buffered, as a program's output is in a pipe) plus ``environment``."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    result = subprocess.run(
-        [sys.executable, "-c", DRIVER, method, str(path)],
+    env.update(environment)
+    return subprocess.run(
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -71,6 +72,12 @@ def run(path: Path, method: str = "default") -> list[str]:
         env=env,
         check=False,
     )
+
+
+def run(path: Path, method: str = "default") -> list[str]:
+    """Run the program at ``path``; return its output lines, after checking that it
+    exited 0 and wrote nothing to stderr (no traceback, no warning)."""
+    result = run_program(path, ["-c", DRIVER, method, str(path)])
     report = f"{path.name} ({method}):\n{result.stdout}\n{result.stderr}"
     assert result.returncode == 0, report
     assert result.stderr == "", report
@@ -291,18 +298,8 @@ def test_program_runs_on_a_ray_cluster_with_only_the_environment_changed(name, r
     cluster's (the session's cluster, ``SHOAL_RAY_ADDRESS``), the program unchanged.
     Not program 3: its ``Process`` is a local one (forked), and a cluster queue cannot
     go through fork() (it raises, tests/test_ray.py); program 1 shares nothing."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    env.update(SHOAL_CONTEXT="ray", SHOAL_RAY_ADDRESS=ray_cluster)
     path = TUTORIAL / name
-    result = subprocess.run(
-        [sys.executable, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        cwd=path.parent,
-        env=env,
-        check=False,
-    )
+    result = run_program(path, [str(path)], SHOAL_CONTEXT="ray", SHOAL_RAY_ADDRESS=ray_cluster)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     mine = [line for line in result.stdout.splitlines() if "pid=" not in line]
