@@ -1099,11 +1099,25 @@ def test_closed_error_is_value_error() -> None:
 # ---- Ctrl-C ------------------------------------------------------------------------------
 
 
+def _sleeping_in_the_kernel(native_id: int) -> bool:
+    """Whether the thread is asleep in a system call (state S in its /proc stat)."""
+    with open(f"/proc/self/task/{native_id}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0] == "S"
+
+
 def interrupt_main_when(predicate: Callable[[], bool]) -> threading.Thread:
-    """Send SIGINT to the main thread once ``predicate()`` says it is blocked."""
+    """Send SIGINT to the main thread once ``predicate()`` says it is blocked and the
+    thread sleeps in the kernel.  (A waiter is counted a moment before its futex wait
+    begins: a signal that came in between would only be seen when the wait timed
+    out, as with the standard library's locks, and the test would fail for it.)"""
+    main = threading.main_thread().native_id
+    assert main is not None
+
+    def blocked() -> bool:
+        return predicate() and _sleeping_in_the_kernel(main)
 
     def run() -> None:
-        if wait_until(predicate, timeout=JOIN):
+        if wait_until(blocked, timeout=JOIN):
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
 
     t = threading.Thread(target=run, daemon=True)
