@@ -10,6 +10,7 @@ are covered in tests/test_sync_process.py.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import signal
@@ -25,7 +26,9 @@ import shoal
 TIMEOUT = 20.0
 
 
-def sleep_for(seconds: float) -> float:
+def sleep_for(seconds: float, started: str | None = None) -> float:
+    if started is not None:  # (a file the parent looks for: the task runs)
+        open(started, "w").close()
     time.sleep(seconds)
     return seconds
 
@@ -42,7 +45,8 @@ def _queue_call(kind: str, obj: Any) -> Any:
     raise AssertionError(kind)
 
 
-def _pool_call(kind: str) -> Any:
+def _pool_call(kind: str, started: str) -> Any:
+    sleep_for = functools.partial(globals()["sleep_for"], started=started)
     if kind.startswith("executor"):
         with shoal.Executor(1) as executor:
             if kind == "executor.result":
@@ -62,12 +66,12 @@ def _pool_call(kind: str) -> Any:
         raise AssertionError(kind)
 
 
-def block_until_interrupted(kind: str, obj: Any, conn: Connection) -> None:
+def block_until_interrupted(kind: str, obj: Any, conn: Connection, started: str) -> None:
     # what an interactive program has, whatever the test runner's children inherit
     signal.signal(signal.SIGINT, signal.default_int_handler)
     conn.send(("blocking", os.getpid()))
     try:
-        result = _pool_call(kind) if obj is None else _queue_call(kind, obj)
+        result = _pool_call(kind, started) if obj is None else _queue_call(kind, obj)
     except KeyboardInterrupt:
         conn.send(("interrupted", time.monotonic()))
         return
@@ -77,9 +81,9 @@ def block_until_interrupted(kind: str, obj: Any, conn: Connection) -> None:
     conn.send(("returned", repr(result)))
 
 
-def _interrupt(ctx: Any, kind: str, obj: Any, blocked: Any) -> None:
+def _interrupt(ctx: Any, kind: str, obj: Any, blocked: Any, started: str = "") -> None:
     receiver, sender = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=block_until_interrupted, args=(kind, obj, sender))
+    p = ctx.Process(target=block_until_interrupted, args=(kind, obj, sender, started))
     p.start()
     assert receiver.poll(TIMEOUT) and receiver.recv()[0] == "blocking"
     assert wait_until(blocked, timeout=TIMEOUT), "the child never blocked"
@@ -116,10 +120,18 @@ def test_sigint_interrupts_a_blocked_queue_call(ctx: mp.context.BaseContext, kin
 @pytest.mark.parametrize(
     "kind", ["map", "imap", "apply", "join", "executor.result", "executor.map"]
 )
-def test_sigint_interrupts_a_blocked_pool_call(ctx: mp.context.BaseContext, kind: str) -> None:
-    started = time.monotonic()
+def test_sigint_interrupts_a_blocked_pool_call(
+    ctx: mp.context.BaseContext, kind: str, tmp_path: Any
+) -> None:
+    started = str(tmp_path / "started")
 
-    def blocked() -> bool:  # the pool started and its one task is running
-        return time.monotonic() - started > 1.5
+    def blocked() -> bool:
+        # the pool's one task is running, and the caller has had a moment to reach
+        # its wait (it called before the worker took the task: map, apply, result;
+        # join right after close)
+        if not os.path.exists(started):
+            return False
+        time.sleep(0.2)
+        return True
 
-    _interrupt(ctx, kind, None, blocked)
+    _interrupt(ctx, kind, None, blocked, started)
