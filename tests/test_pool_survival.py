@@ -420,6 +420,85 @@ def test_forked_workers_take_nothing_of_the_pools_own_memory(api: str) -> None:
         assert got in workers
 
 
+def _ring_names(made: Any) -> tuple[str, str]:
+    engine = made._engine
+    return engine._tasks._segment.name, engine._results._segment.name
+
+
+def _make_a_pool_in_a_child(names: tuple[str, str], conn: Any) -> None:
+    with Executor(1, mp_context=mp.get_context("fork")) as executor:
+        conn.send((_ring_names(executor) != names, executor.submit(increment, 1).result(TIMEOUT)))
+
+
+def test_a_cleanly_ended_pools_rings_serve_the_next_pool(ctx: mp.context.BaseContext) -> None:
+    """The rings of a pool whose workers all exited by themselves are kept for the next
+    pool of the process (#11: making and closing them was 5% of a one-task
+    Executor's life).  The next pool takes them over where the last left them: its
+    calls get the ring's next ordinals, so maps, results and cancels of queued calls
+    work as on new rings, for a Pool after an Executor and the other way round."""
+    with Executor(2, mp_context=ctx) as executor:
+        assert executor.submit(increment, 1).result(TIMEOUT) == 2
+        names = _ring_names(executor)
+    pool = Pool(2, context=ctx)
+    try:
+        assert _ring_names(pool) == names
+        assert pool.map(increment, range(2000), chunksize=7) == list(range(1, 2001))
+    finally:
+        pool.close()
+        pool.join()
+    with Executor(1, mp_context=ctx) as executor:
+        assert _ring_names(executor) == names
+        running = executor.submit(sleep_for, 0.3)
+        queued = [executor.submit(increment, n) for n in range(3)]
+        assert queued[1].cancel()  # its own mark: the ordinal it was given
+        assert [f.result(TIMEOUT) for f in (queued[0], queued[2])] == [1, 3]
+        assert running.result(TIMEOUT) == 0.3
+    # what a leak check sees: nothing kept (they are closed first)
+    assert not set(names) & shoal.lowlevel.attached_names()
+
+
+def test_a_pool_that_lost_a_worker_or_was_terminated_leaves_its_rings_to_nobody() -> None:
+    """Rings a killed worker may have been using, or those of a terminated pool
+    (workers killed), are closed, never handed to the next pool."""
+    fork = mp.get_context("fork")
+    with Pool(2, context=fork) as pool:  # (the with block terminates)
+        assert pool.apply(increment, (1,)) == 2
+        terminated = _ring_names(pool)
+    executor = Executor(2, mp_context=fork)
+    try:
+        assert not set(_ring_names(executor)) & set(terminated)
+        lost = _ring_names(executor)
+        victim = worker_pids(executor)[0]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda: victim not in worker_pids(executor), TIMEOUT)
+        assert executor.submit(increment, 2).result(TIMEOUT) == 3
+    finally:
+        executor.shutdown()
+    with Executor(1, mp_context=fork) as after:
+        assert not set(_ring_names(after)) & set(lost)
+        assert after.submit(increment, 3).result(TIMEOUT) == 4
+
+
+def test_a_child_forked_while_rings_are_kept_leaves_them_to_its_parent() -> None:
+    """A process forked while this one keeps a pair of rings does not take them for its
+    own pools (they are its parent's, borrowed) nor close them: the parent's next pool
+    still gets them, and works."""
+    fork = mp.get_context("fork")
+    with Executor(1, mp_context=fork) as executor:
+        assert executor.submit(increment, 0).result(TIMEOUT) == 1
+        names = _ring_names(executor)
+    receiver, sender = fork.Pipe(duplex=False)
+    child = fork.Process(target=_make_a_pool_in_a_child, args=(names, sender))
+    child.start()
+    assert receiver.poll(TIMEOUT), "the child's pool did not answer"
+    assert receiver.recv() == (True, 2)
+    child.join(TIMEOUT)
+    assert child.exitcode == 0
+    with Executor(1, mp_context=fork) as executor:
+        assert _ring_names(executor) == names
+        assert executor.submit(increment, 4).result(TIMEOUT) == 5
+
+
 # ---- tasks that wait in the parent for room in the ring -----------------------------------
 
 

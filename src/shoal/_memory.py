@@ -1348,13 +1348,33 @@ if hasattr(os, "register_at_fork"):
     )
 
 
+# Callables that close what a layer above keeps for reuse though nothing uses it (a
+# closed pool's rings, kept for the next pool: shoal._pool._engine).
+_spare_releasers: list[Callable[[], None]] = []
+
+
+def keeps_spares(release: Callable[[], None]) -> None:
+    """Register ``release``: it closes segments this process keeps only for reuse.
+    Leak checks call it first (:func:`release_spares`), so that what they see is what
+    the program holds, not what a cache does."""
+    _spare_releasers.append(release)
+
+
+def release_spares() -> None:
+    """Close every segment this process keeps only for reuse (see :func:`keeps_spares`)."""
+    for release in _spare_releasers:
+        release()
+
+
 def attached_names() -> set[str]:
     """Names of the segments this process holds now (for leak checks), its ledger's
     pages included.
 
-    First releases what it reserved for forked children that have all recorded
-    themselves since (or died), as every close and creation does.
+    First closes what it keeps only for reuse (:func:`release_spares`), and releases
+    what it reserved for forked children that have all recorded themselves since (or
+    died), as every close and creation does.
     """
+    release_spares()
     _settle_forks()
     with _state.lock:
         return set(_state.attached)

@@ -166,6 +166,7 @@ def leaked_segments(before: set[str]) -> set[str]:
     """The segments that exist now and not in ``before`` (a :func:`segments` taken
     earlier) that this process does not hold, that this process or a descendant made,
     and that no sweep will reclaim: what a test leaked."""
+    _memory.release_spares()  # (before the listing: they would be in it, not held)
     new = segments() - before - _memory.attached_names()
     return {name for name in new if _made_here(name) and not _held_by_the_dead(name)}
 

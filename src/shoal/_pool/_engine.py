@@ -76,7 +76,7 @@ from .._errors import (
     WorkerDiedError,
 )
 from .._handle import keep_for_children, sent_references
-from .._memory import reap, report_unraisable
+from .._memory import keeps_spares, reap, report_unraisable
 from .._process import process_cpu_count
 from .._queues import Queue, batch_getter, claimer, encode, pack_for, put_fast, records_taken
 from .._serialize import dumps, loads
@@ -126,6 +126,59 @@ _CHECK_TIMEOUTS_S = 0.02
 # Forks of shoal's own engines, one at a time: a child forked while another is being
 # started inherits that one's sentinel pipe and keeps it open (see _open_pidfd).
 _START_LOCK = threading.Lock()
+
+# The two rings of the last pool of this process that ended cleanly, kept for the next
+# one (#11): making and closing a pair is ~0.6 ms (their pages are allocated up front,
+# so that a full /dev/shm fails the pool's creation, not a worker later), 5% of a
+# whole `with Executor(2) as e: e.submit(f, 1).result()`.  Kept only when every worker
+# of that pool exited by itself (none killed or dead: nobody else maps or holds them),
+# and emptied first; a leak check closes them (shoal._memory.release_spares), a forked
+# child forgets them (its parent's, borrowed), the process's exit hooks close them.
+_spare_lock = threading.Lock()
+_spare_rings: list[tuple[Queue, Queue]] = []
+
+
+def _take_spare_rings() -> tuple[Queue, Queue] | None:
+    with _spare_lock:
+        return _spare_rings.pop() if _spare_rings else None
+
+
+def _close_spare_rings() -> None:
+    with _spare_lock:
+        rings = [ring for pair in _spare_rings for ring in pair]
+        _spare_rings.clear()
+    for ring in rings:
+        ring.close()
+
+
+def _forget_spare_rings() -> None:
+    _spare_rings.clear()  # (a child's: borrowed from its parent, closing releases nothing)
+
+
+def _keep_spare_rings(tasks: Queue, results: Queue) -> bool:
+    """Keep a released pool's rings for the next pool, if they are empty (what a clean
+    end leaves: the exit records no worker took, the result thread's wake-ups) and no
+    pair is kept yet."""
+    for ring in (tasks, results):
+        take = batch_getter(ring)
+        while True:
+            try:
+                left = take(1024, False)
+            except queue.Empty:
+                break
+            except Exception:  # (a record that does not decode: not for reuse)
+                return False
+            if ring is tasks and any(record is not None for record in left):
+                return False
+    with _spare_lock:
+        if _spare_rings:
+            return False
+        _spare_rings.append((tasks, results))
+        return True
+
+
+keeps_spares(_close_spare_rings)
+os.register_at_fork(after_in_child=_forget_spare_rings)
 
 
 def _signal(pid: int, sig: int) -> bool:
@@ -278,7 +331,6 @@ class _Engine:
         self._waiters = 0
         # re-entered when a task failed while pushing feeds an imap's next chunk
         self._push_lock = threading.RLock()
-        self._pushed = 0  # records ever put on the task ring (its ordinals)
         self._inflight: dict[int, tuple[_Job, int, float]] = {}  # ordinal -> job, index, timeout
         self._overflow: collections.deque[tuple[_Job, int, tuple]] = collections.deque()
         self._outstanding = 0  # tasks submitted, not finished
@@ -294,16 +346,22 @@ class _Engine:
         self._pid = os.getpid()  # (a forked child inherits this object, not the pool)
         self._terminated = False  # terminate() was called (not close())
 
-        self._tasks = Queue(capacity=_TASK_RING_BYTES)
-        self._results = Queue(capacity=_RESULT_RING_BYTES)
+        # the workers forked reach these through the fork only, and the pool closes
+        # them (or keeps the rings for the next pool) once its workers are gone: they
+        # record nothing, nor give anything back
+        rings = _take_spare_rings()
+        if rings is None:
+            rings = Queue(capacity=_TASK_RING_BYTES), Queue(capacity=_RESULT_RING_BYTES)
+            for ring in rings:
+                keep_for_children(ring)
+        self._tasks, self._results = rings
+        self._pushed = records_taken(self._tasks)  # (the next ordinal: 0 if new)
+        self._clean_end = True  # no worker killed or dead so far (see _release)
         # calls cancelled in the ring have a table of marks (a Pool's too, since #14)
         self._mark_words = _MARK_WORDS
         self._slots = RawArray("q", processes * _SLOT_WORDS + 1 + self._mark_words)
         self._marked_at = words(self._slots)[1] + processes * _SLOT_WORDS * 8
-        # the workers forked reach these through the fork only, and the pool closes
-        # them once its workers are gone: they record nothing, nor give anything back
-        for shared in (self._tasks, self._results, self._slots):
-            keep_for_children(shared)
+        keep_for_children(self._slots)
         # the class of a task's exception's __cause__, as the standard library's
         # (``cancellable``: an Executor's)
         self._traceback_class = _RemoteTraceback if cancellable else RemoteTraceback
@@ -470,6 +528,8 @@ class _Engine:
     def _worker_ended(self, slot: int) -> None:
         process = self._workers[slot]
         process.join()
+        if process.exitcode != 0:
+            self._clean_end = False  # (its rings are not for reuse: see _release)
         self._close_pidfd(slot)
         claim = self._slot_word(slot, _CLAIM)
         ordinal = -1
@@ -1146,8 +1206,16 @@ class _Engine:
             self._settle_start(slot)
             self._close_pidfd(slot)
         self._doorbell.close()
-        for obj in (self._tasks, self._results, self._slots):
-            obj.close()
+        self._slots.close()
+        clean = (
+            self._clean_end
+            and not self._terminated
+            and self._pid == os.getpid()
+            and all(process is None or process.exitcode == 0 for process in self._workers)
+        )
+        if not (clean and _keep_spare_rings(self._tasks, self._results)):
+            self._tasks.close()
+            self._results.close()
 
     def _report_uncollected(self) -> None:
         failed = [r for r in self._uncollected if not r._collected]
