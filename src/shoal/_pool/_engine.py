@@ -127,38 +127,58 @@ _CHECK_TIMEOUTS_S = 0.02
 # started inherits that one's sentinel pipe and keeps it open (see _open_pidfd).
 _START_LOCK = threading.Lock()
 
-# The two rings of the last pool of this process that ended cleanly, kept for the next
-# one (#11): making and closing a pair is ~0.6 ms (their pages are allocated up front,
-# so that a full /dev/shm fails the pool's creation, not a worker later), 5% of a
-# whole `with Executor(2) as e: e.submit(f, 1).result()`.  Kept only when every worker
-# of that pool exited by itself (none killed or dead: nobody else maps or holds them),
-# and emptied first; a leak check closes them (shoal._memory.release_spares), a forked
-# child forgets them (its parent's, borrowed), the process's exit hooks close them.
+# The shared memory of the last pool of this process that ended cleanly (its two rings
+# and its slots), kept for the next one (#11): making and closing it was ~0.75 ms
+# (the rings' pages are allocated up front, so that a full /dev/shm fails the pool's
+# creation, not a worker later), 6% of a whole `with Executor(2) as e:
+# e.submit(f, 1).result()`.  Kept only when every worker of that pool exited by itself
+# (none killed or dead: nobody else maps or holds it), and emptied first; a leak check
+# closes it (shoal._memory.release_spares), a forked child forgets it (its parent's,
+# borrowed), the process's exit hooks close it.
 _spare_lock = threading.Lock()
-_spare_rings: list[tuple[Queue, Queue]] = []
+_spare: list[tuple[Queue, Queue, RawArray]] = []  # one at most
 
 
-def _take_spare_rings() -> tuple[Queue, Queue] | None:
+def _take_spare(slot_words: int) -> tuple[Queue, Queue, RawArray]:
+    """The kept rings and slots (the slots zeroed), else new ones; slots of another
+    size are replaced."""
     with _spare_lock:
-        return _spare_rings.pop() if _spare_rings else None
+        kept = _spare.pop() if _spare else None
+    if kept is None:
+        tasks, results = Queue(capacity=_TASK_RING_BYTES), Queue(capacity=_RESULT_RING_BYTES)
+        for ring in (tasks, results):
+            keep_for_children(ring)
+        slots = None
+    else:
+        tasks, results, slots = kept
+        if len(slots) == slot_words:
+            buf, base = words(slots)
+            buf[base : base + slot_words * 8] = bytes(slot_words * 8)
+        else:
+            slots.close()
+            slots = None
+    if slots is None:
+        slots = RawArray("q", slot_words)
+        keep_for_children(slots)
+    return tasks, results, slots
 
 
-def _close_spare_rings() -> None:
+def _close_spare() -> None:
     with _spare_lock:
-        rings = [ring for pair in _spare_rings for ring in pair]
-        _spare_rings.clear()
-    for ring in rings:
-        ring.close()
+        kept = [obj for objs in _spare for obj in objs]
+        _spare.clear()
+    for obj in kept:
+        obj.close()
 
 
-def _forget_spare_rings() -> None:
-    _spare_rings.clear()  # (a child's: borrowed from its parent, closing releases nothing)
+def _forget_spare() -> None:
+    _spare.clear()  # (a child's: borrowed from its parent, closing releases nothing)
 
 
-def _keep_spare_rings(tasks: Queue, results: Queue) -> bool:
-    """Keep a released pool's rings for the next pool, if they are empty (what a clean
-    end leaves: the exit records no worker took, the result thread's wake-ups) and no
-    pair is kept yet."""
+def _keep_spare(tasks: Queue, results: Queue, slots: RawArray) -> bool:
+    """Keep a released pool's rings and slots for the next pool, if the rings are empty
+    (what a clean end leaves: the exit records no worker took, the result thread's
+    wake-ups) and nothing is kept yet."""
     for ring in (tasks, results):
         take = batch_getter(ring)
         while True:
@@ -171,14 +191,14 @@ def _keep_spare_rings(tasks: Queue, results: Queue) -> bool:
             if ring is tasks and any(record is not None for record in left):
                 return False
     with _spare_lock:
-        if _spare_rings:
+        if _spare:
             return False
-        _spare_rings.append((tasks, results))
+        _spare.append((tasks, results, slots))
         return True
 
 
-keeps_spares(_close_spare_rings)
-os.register_at_fork(after_in_child=_forget_spare_rings)
+keeps_spares(_close_spare)
+os.register_at_fork(after_in_child=_forget_spare)
 
 
 def _signal(pid: int, sig: int) -> bool:
@@ -347,21 +367,16 @@ class _Engine:
         self._terminated = False  # terminate() was called (not close())
 
         # the workers forked reach these through the fork only, and the pool closes
-        # them (or keeps the rings for the next pool) once its workers are gone: they
-        # record nothing, nor give anything back
-        rings = _take_spare_rings()
-        if rings is None:
-            rings = Queue(capacity=_TASK_RING_BYTES), Queue(capacity=_RESULT_RING_BYTES)
-            for ring in rings:
-                keep_for_children(ring)
-        self._tasks, self._results = rings
+        # them (or keeps them for the next pool) once its workers are gone: they record
+        # nothing, nor give anything back.  Calls cancelled in the ring have a table of
+        # marks after the slots (a Pool's too, since #14)
+        self._mark_words = _MARK_WORDS
+        self._tasks, self._results, self._slots = _take_spare(
+            processes * _SLOT_WORDS + 1 + self._mark_words
+        )
         self._pushed = records_taken(self._tasks)  # (the next ordinal: 0 if new)
         self._clean_end = True  # no worker killed or dead so far (see _release)
-        # calls cancelled in the ring have a table of marks (a Pool's too, since #14)
-        self._mark_words = _MARK_WORDS
-        self._slots = RawArray("q", processes * _SLOT_WORDS + 1 + self._mark_words)
         self._marked_at = words(self._slots)[1] + processes * _SLOT_WORDS * 8
-        keep_for_children(self._slots)
         # the class of a task's exception's __cause__, as the standard library's
         # (``cancellable``: an Executor's)
         self._traceback_class = _RemoteTraceback if cancellable else RemoteTraceback
@@ -1206,16 +1221,15 @@ class _Engine:
             self._settle_start(slot)
             self._close_pidfd(slot)
         self._doorbell.close()
-        self._slots.close()
         clean = (
             self._clean_end
             and not self._terminated
             and self._pid == os.getpid()
             and all(process is None or process.exitcode == 0 for process in self._workers)
         )
-        if not (clean and _keep_spare_rings(self._tasks, self._results)):
-            self._tasks.close()
-            self._results.close()
+        if not (clean and _keep_spare(self._tasks, self._results, self._slots)):
+            for obj in (self._tasks, self._results, self._slots):
+                obj.close()
 
     def _report_uncollected(self) -> None:
         failed = [r for r in self._uncollected if not r._collected]
