@@ -480,8 +480,9 @@ def _left_open() -> list[str]:
     """This process's segments still in /dev/shm, but for the arenas its allocator
     keeps to allocate from (empty ones: they go with the next allocation or at exit),
     and the blocks still in use in those."""
-    from shoal import _handle
+    from shoal import _handle, _memory
 
+    _memory.release_spares()  # (a pool's rings kept for the next pool: not left open)
     arenas = [a for a in _handle._allocator.arenas if not a.segment.closed]
     cached = {a.segment.name.lstrip("/") for a in arenas}
     # and the pages of its ledger (the references it holds: it lives as long as this)

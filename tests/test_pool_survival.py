@@ -24,6 +24,7 @@ from typing import Any
 import pool_tasks as t
 import pytest
 from conftest import wait_until
+from isolation import run_isolated
 
 import shoal
 from shoal import Queue, TaskTimeoutError, WorkerDiedError
@@ -469,6 +470,7 @@ def test_a_pool_that_lost_a_worker_or_was_terminated_leaves_its_rings_to_nobody(
     try:
         assert not set(_ring_names(executor)) & set(terminated)
         lost = _ring_names(executor)
+        assert wait_until(lambda: len(worker_pids(executor)) == 2, TIMEOUT)
         victim = worker_pids(executor)[0]
         os.kill(victim, signal.SIGKILL)
         assert wait_until(lambda: victim not in worker_pids(executor), TIMEOUT)
@@ -478,6 +480,37 @@ def test_a_pool_that_lost_a_worker_or_was_terminated_leaves_its_rings_to_nobody(
     with Executor(1, mp_context=fork) as after:
         assert not set(_ring_names(after)) & set(lost)
         assert after.submit(increment, 3).result(TIMEOUT) == 4
+
+
+def test_a_full_dev_shm_closes_the_kept_rings_before_it_refuses_a_segment() -> None:
+    """The rings kept for the next pool take room in /dev/shm: a segment that does not
+    fit without it closes them and is made, rather than failing for want of room the
+    program does not use."""
+    done = run_isolated(
+        """
+        import os, shoal
+        from shoal import lowlevel
+
+        def inc(x):
+            return x + 1
+
+        with shoal.Executor(2) as executor:
+            assert executor.submit(inc, 1).result(30) == 2
+        st = os.statvfs("/dev/shm")
+        free = st.f_bavail * st.f_frsize
+        fd = os.open("/dev/shm/filler", os.O_CREAT | os.O_RDWR, 0o600)
+        os.posix_fallocate(fd, 0, free - (300 << 10))  # less room than the queue needs
+        q = shoal.Queue(capacity=400 << 10)  # (a 512 KiB ring)
+        q.put("fits")
+        assert q.get(timeout=5) == "fits"
+        q.close()
+        print("made", len(lowlevel.attached_names()))
+        """,
+        shm_size="8m",
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "made", done.stdout
 
 
 def test_a_child_forked_while_rings_are_kept_leaves_them_to_its_parent() -> None:

@@ -1156,8 +1156,17 @@ def blocked_call(name: str) -> tuple[Callable[[], Any], Callable[[], int]]:
     return cond_wait, lambda: cond._waiting
 
 
+@pytest.fixture
+def sigint_raises() -> Any:
+    """SIGINT raises KeyboardInterrupt here, as in an interactive program, even where
+    the test runner was started with it ignored (a shell's background job)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.mark.parametrize("name", BLOCKED_CALLS)
-def test_ctrl_c_interrupts_a_blocked_call(name: str) -> None:
+def test_ctrl_c_interrupts_a_blocked_call(name: str, sigint_raises: None) -> None:
     """SIGINT to a thread blocked in C (GIL released) raises KeyboardInterrupt at once."""
     call, waiters = blocked_call(name)
     interrupter = interrupt_main_when(lambda: waiters() >= 1)

@@ -398,6 +398,9 @@ def test_internal_locks_do_not_warn() -> None:
 
 def block_until_interrupted(kind: str, obj: Any, conn: Connection) -> None:
     """Block on ``obj``; report when (monotonic clock) KeyboardInterrupt arrived."""
+    # what an interactive program has, even where the test runner was started with
+    # SIGINT ignored (a shell's background job), which its children inherit
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def cond_wait() -> bool:
         with obj:

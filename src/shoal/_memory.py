@@ -663,8 +663,15 @@ class Segment:
             0,
         )
         struct.pack_into("<Q", header, _HOLDERS_OFFSET, token)
+        room_made = False  # (what is kept only for reuse closed once, for room)
         while True:
-            fd, unnamed = _create_file(name, header, total)
+            try:
+                fd, unnamed = _create_file(name, header, total)
+            except SharedMemoryError as exc:
+                if room_made or not _make_room(exc):
+                    raise
+                room_made = True
+                continue
             named = not unnamed
             try:
                 _reserve(fd, total)
@@ -685,10 +692,13 @@ class Segment:
                 break
             except _NamedFromNowOn:
                 continue
-            except BaseException:
+            except BaseException as exc:
                 if named:
                     _unlink_quietly(name)
-                raise
+                if room_made or not isinstance(exc, SharedMemoryError) or not _make_room(exc):
+                    raise
+                room_made = True
+                continue  # (the finally closes fd first)
             finally:
                 os.close(fd)
         segment = cls(name, mapping, kind)
@@ -1350,20 +1360,33 @@ if hasattr(os, "register_at_fork"):
 
 # Callables that close what a layer above keeps for reuse though nothing uses it (a
 # closed pool's rings, kept for the next pool: shoal._pool._engine).
-_spare_releasers: list[Callable[[], None]] = []
+_spare_releasers: list[Callable[[], bool]] = []
 
 
-def keeps_spares(release: Callable[[], None]) -> None:
-    """Register ``release``: it closes segments this process keeps only for reuse.
-    Leak checks call it first (:func:`release_spares`), so that what they see is what
-    the program holds, not what a cache does."""
+def keeps_spares(release: Callable[[], bool]) -> None:
+    """Register ``release``: it closes segments this process keeps only for reuse, and
+    says whether there were any.  Leak checks call it first (:func:`release_spares`),
+    so that what they see is what the program holds, not what a cache does; so does a
+    segment's creation that found no room in ``/dev/shm``, before it gives up."""
     _spare_releasers.append(release)
 
 
-def release_spares() -> None:
-    """Close every segment this process keeps only for reuse (see :func:`keeps_spares`)."""
+def release_spares() -> bool:
+    """Close every segment this process keeps only for reuse (see :func:`keeps_spares`);
+    return whether there was any."""
+    released = False
     for release in _spare_releasers:
-        release()
+        released = bool(release()) or released
+    return released
+
+
+def _make_room(exc: SharedMemoryError) -> bool:
+    """For a segment that found no room: close what this process keeps only for reuse,
+    if it keeps any and may close it now (not inside a shared section, whose mutex a
+    close could need); return whether it did, so that the creation tries again."""
+    if exc.errno not in (errno.ENOSPC, errno.ENOMEM) or getattr(_sections, "depth", 0):
+        return False
+    return release_spares()
 
 
 def attached_names() -> set[str]:

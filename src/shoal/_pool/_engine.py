@@ -133,8 +133,9 @@ _START_LOCK = threading.Lock()
 # creation, not a worker later), 6% of a whole `with Executor(2) as e:
 # e.submit(f, 1).result()`.  Kept only when every worker of that pool exited by itself
 # (none killed or dead: nobody else maps or holds it), and emptied first; a leak check
-# closes it (shoal._memory.release_spares), a forked child forgets it (its parent's,
-# borrowed), the process's exit hooks close it.
+# closes it (shoal._memory.release_spares), as does a segment's creation that found
+# /dev/shm full, a forked child forgets it (its parent's, borrowed), the process's exit
+# hooks close it.
 _spare_lock = threading.Lock()
 _spare: list[tuple[Queue, Queue, RawArray]] = []  # one at most
 
@@ -163,12 +164,13 @@ def _take_spare(slot_words: int) -> tuple[Queue, Queue, RawArray]:
     return tasks, results, slots
 
 
-def _close_spare() -> None:
+def _close_spare() -> bool:
     with _spare_lock:
         kept = [obj for objs in _spare for obj in objs]
         _spare.clear()
     for obj in kept:
         obj.close()
+    return bool(kept)
 
 
 def _forget_spare() -> None:
