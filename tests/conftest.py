@@ -275,6 +275,7 @@ def no_leaks(request: pytest.FixtureRequest):
     does not still hold (children that exit must have released theirs), no thread
     the test started still running, no file descriptor it opened still open."""
     before = shoal_segments()
+    attached_before = lowlevel.attached_names()
     threads_before = set(threading.enumerate())
     fds_before = _open_fds() if os.path.isdir("/proc/self/fd") else None
     yield
@@ -283,7 +284,53 @@ def no_leaks(request: pytest.FixtureRequest):
         child.kill()
         child.join(5)
     assert not children, f"test left child processes running: {children}"
-    gc.collect()
+
+    def threads_left() -> list[threading.Thread]:
+        return [
+            t
+            for t in threading.enumerate()
+            if t not in threads_before and t not in _ray_session_threads and t.is_alive()
+        ]
+
+    # (a Ray test: the Ray driver keeps its own connections to the workers it leased)
+    check_fds = fds_before is not None and not _uses_ray(request)
+    if check_fds:
+        # the standard library's forkserver and resource tracker start once per
+        # process, on first use, and stay
+        forkserver = getattr(multiprocessing.forkserver._forkserver, "_forkserver_alive_fd", None)
+        tracker = getattr(multiprocessing.resource_tracker._resource_tracker, "_fd", None)
+        lasting = {fd for fd in (forkserver, tracker) if fd is not None}
+
+    def fds_left() -> dict[int, str]:
+        if not check_fds:
+            return {}
+        # a mapping keeps a descriptor of its own (mmap dups it): those of the
+        # segments this process still holds stay, as does the standard library's
+        # heap (multiprocessing.heap, /dev/shm/pym-*)
+        held = {"/dev/shm" + name for name in lowlevel.attached_names()}
+        # and this process's liveness file, held open (and locked) for its life
+        held.add("/dev/shm/" + _core.liveness_name(_core.self_token()))
+        return {
+            fd: target
+            for fd, target in _open_fds().items()
+            if fd not in lasting
+            and fds_before.get(fd) != target
+            and target not in held
+            and not target.startswith("/dev/shm/pym-")
+        }
+
+    # What an unreachable object still holds (a segment, a thread, a descriptor) goes
+    # when it is collected: a full collection, but only when something is left or this
+    # process holds other segments than before (the next test starts from what this
+    # one found), since it takes ~40 ms here (numpy, hypothesis, Ray loaded): a minute
+    # and a half of a whole run, for nothing, when run after every test
+    if (
+        lowlevel.attached_names() != attached_before
+        or leaked_segments(before)
+        or threads_left()
+        or fds_left()
+    ):
+        gc.collect()
 
     wait_until(lambda: not leaked_segments(before), timeout=5.0)
     leaked = leaked_segments(before)
@@ -301,38 +348,7 @@ def no_leaks(request: pytest.FixtureRequest):
     wait_until(lambda: not dead_left(), timeout=2.0, interval=0.1)
     assert not dead_left(), f"dead processes' liveness files survived a sweep: {dead_left()}"
 
-    def threads_left() -> list[threading.Thread]:
-        return [
-            t
-            for t in threading.enumerate()
-            if t not in threads_before and t not in _ray_session_threads and t.is_alive()
-        ]
-
     wait_until(lambda: not threads_left(), timeout=5.0)
     assert not threads_left(), f"test left threads running: {threads_left()}"
-    # (a Ray test: the Ray driver keeps its own connections to the workers it leased)
-    if fds_before is not None and not _uses_ray(request):
-        # the standard library's forkserver and resource tracker start once per
-        # process, on first use, and stay
-        forkserver = getattr(multiprocessing.forkserver._forkserver, "_forkserver_alive_fd", None)
-        tracker = getattr(multiprocessing.resource_tracker._resource_tracker, "_fd", None)
-        lasting = {fd for fd in (forkserver, tracker) if fd is not None}
-
-        def fds_left() -> dict[int, str]:
-            # a mapping keeps a descriptor of its own (mmap dups it): those of the
-            # segments this process still holds stay, as does the standard library's
-            # heap (multiprocessing.heap, /dev/shm/pym-*)
-            held = {"/dev/shm" + name for name in lowlevel.attached_names()}
-            # and this process's liveness file, held open (and locked) for its life
-            held.add("/dev/shm/" + _core.liveness_name(_core.self_token()))
-            return {
-                fd: target
-                for fd, target in _open_fds().items()
-                if fd not in lasting
-                and fds_before.get(fd) != target
-                and target not in held
-                and not target.startswith("/dev/shm/pym-")
-            }
-
-        wait_until(lambda: not fds_left(), timeout=2.0)
-        assert not fds_left(), f"test left file descriptors open: {fds_left()}"
+    wait_until(lambda: not fds_left(), timeout=2.0)
+    assert not fds_left(), f"test left file descriptors open: {fds_left()}"
