@@ -397,6 +397,38 @@ def _create_file(name: str, header: bytes, total: int) -> tuple[int, bool]:
     return fd, unnamed
 
 
+def _build_file(name: str, header: bytes, total: int) -> mmap.mmap:
+    """Make the complete file of segment ``name`` (``total`` bytes, ``header`` first,
+    the magic last) and return its mapping; nothing is left if it fails."""
+    while True:
+        fd, unnamed = _create_file(name, header, total)
+        named = not unnamed
+        try:
+            _reserve(fd, total)
+            if named:
+                mapping = mmap.mmap(fd, total)
+                _core.store64(mapping, 0, MAGIC)  # last: the segment is now complete
+                return mapping
+            os.pwrite(fd, _MAGIC_BYTES, 0)  # complete: it may have its name now
+            _publish(fd, name)
+            named = True
+            # mapped by its name, as every other process maps it (an unnamed file's
+            # mapping shows in /proc/<pid>/maps as "/dev/shm/#... (deleted)")
+            by_name = _core.shm_open(name, os.O_RDWR, 0o600)
+            try:
+                return mmap.mmap(by_name, total)
+            finally:
+                os.close(by_name)
+        except _NamedFromNowOn:
+            continue
+        except BaseException:
+            if named:
+                _unlink_quietly(name)
+            raise
+        finally:
+            os.close(fd)
+
+
 def _publish(fd: int, name: str) -> None:
     """Give the complete unnamed file open as ``fd`` the name ``name``.
 
@@ -663,44 +695,12 @@ class Segment:
             0,
         )
         struct.pack_into("<Q", header, _HOLDERS_OFFSET, token)
-        room_made = False  # (what is kept only for reuse closed once, for room)
-        while True:
-            try:
-                fd, unnamed = _create_file(name, header, total)
-            except SharedMemoryError as exc:
-                if room_made or not _make_room(exc):
-                    raise
-                room_made = True
-                continue
-            named = not unnamed
-            try:
-                _reserve(fd, total)
-                if named:
-                    mapping = mmap.mmap(fd, total)
-                    _core.store64(mapping, 0, MAGIC)  # last: the segment is now complete
-                    break
-                os.pwrite(fd, _MAGIC_BYTES, 0)  # complete: it may have its name now
-                _publish(fd, name)
-                named = True
-                # mapped by its name, as every other process maps it (an unnamed file's
-                # mapping shows in /proc/<pid>/maps as "/dev/shm/#... (deleted)")
-                by_name = _core.shm_open(name, os.O_RDWR, 0o600)
-                try:
-                    mapping = mmap.mmap(by_name, total)
-                finally:
-                    os.close(by_name)
-                break
-            except _NamedFromNowOn:
-                continue
-            except BaseException as exc:
-                if named:
-                    _unlink_quietly(name)
-                if room_made or not isinstance(exc, SharedMemoryError) or not _make_room(exc):
-                    raise
-                room_made = True
-                continue  # (the finally closes fd first)
-            finally:
-                os.close(fd)
+        try:
+            mapping = _build_file(name, header, total)
+        except SharedMemoryError as exc:
+            if not _make_room(exc):
+                raise
+            mapping = _build_file(name, header, total)  # (once more, with the room made)
         segment = cls(name, mapping, kind)
         segment._slot = 0
         with _state.lock:

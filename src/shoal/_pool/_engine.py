@@ -377,7 +377,9 @@ class _Engine:
             processes * _SLOT_WORDS + 1 + self._mark_words
         )
         self._pushed = records_taken(self._tasks)  # (the next ordinal: 0 if new)
-        self._clean_end = True  # no worker killed or dead so far (see _release)
+        # every worker that ended so far exited by itself, status 0 (_worker_ended,
+        # _kill_workers): only then are the rings and slots kept (see _release)
+        self._clean_end = True
         self._marked_at = words(self._slots)[1] + processes * _SLOT_WORDS * 8
         # the class of a task's exception's __cause__, as the standard library's
         # (``cancellable``: an Executor's)
@@ -670,6 +672,8 @@ class _Engine:
         for process in self._workers:
             if process is not None:
                 process.join()  # killed: it ends (waitpid, not the sentinel; see _death_handle)
+                if process.exitcode != 0:
+                    self._clean_end = False  # (see _release)
 
     # ---- submitting -------------------------------------------------------------------
 
@@ -1223,12 +1227,7 @@ class _Engine:
             self._settle_start(slot)
             self._close_pidfd(slot)
         self._doorbell.close()
-        clean = (
-            self._clean_end
-            and not self._terminated
-            and self._pid == os.getpid()
-            and all(process is None or process.exitcode == 0 for process in self._workers)
-        )
+        clean = self._clean_end and not self._terminated and self._pid == os.getpid()
         if not (clean and _keep_spare(self._tasks, self._results, self._slots)):
             for obj in (self._tasks, self._results, self._slots):
                 obj.close()
