@@ -14,7 +14,9 @@ the ratio to Ray's tool, and the local context's figure for the same case.  Case
 * lock acquire/release pairs from a task vs an async-actor lock [1x]
 * a 256 MiB array reaching two tasks: ``share()`` and the handle vs ``ray.put`` and
   the reference [1x]; with the copies of it in the object store (one per node), and
-  the first ``share()`` of a process (an owner actor to start) timed apart
+  the first ``share()`` of a process (its array host, an actor, to start) timed apart
+
+``--only map,apply,queue,lock,array`` runs some of the cases.
 """
 
 from __future__ import annotations
@@ -126,8 +128,8 @@ def rate_array(pool: Any, make: Callable[[Any], Any], array: Any) -> float:
     """Arrays per second: made shared (``make``) and read by two tasks.
 
     After a pause (for every contender alike): the last array's memory freed, and
-    the owner actor shoal starts ahead for a process's next ``share()`` up (starting
-    an actor, a process, is start-up cost, timed apart: see main)."""
+    the last one's copies dropped by its host (see array_case: a process's first
+    ``share()``, which starts its host, is timed apart)."""
     gc.collect()
     time.sleep(2)
     start = time.perf_counter()
@@ -169,14 +171,15 @@ class ActorLockClient:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    repeat = parser.parse_args(argv).repeat
+    parser.add_argument("--only", default="map,apply,queue,lock,array")
+    args = parser.parse_args(argv)
+    repeat, only = args.repeat, set(args.only.split(","))
 
     import ray
     from ray.util.multiprocessing import Pool as RayToolPool
     from ray.util.queue import Queue as RayToolQueue
 
     import shoal
-    from shoal import _ray_objects as ro
 
     temp = tempfile.mkdtemp(prefix="shoal-bench-ray-", dir="/tmp")
     ray.init(
@@ -197,61 +200,84 @@ def main(argv: list[str] | None = None) -> int:
         for pool in (ours, theirs):  # warm: workers started, functions exported
             pool.map(trivial, range(100))
         cases = [
-            ("Pool.map, 100k trivial calls (items/s)", rate_map, 1.0),
-            ("apply_async per item, 2k (calls/s)", rate_apply, 2.0),
+            ("map", "Pool.map, 100k trivial calls (items/s)", rate_map, 1.0),
+            ("apply", "apply_async per item, 2k (calls/s)", rate_apply, 2.0),
         ]
-        for name, fn, floor in cases:
+        for case, name, fn, floor in cases:
+            if case not in only:
+                continue
             a = median_of(lambda fn=fn: fn(ours), repeat)
             b = median_of(lambda fn=fn: fn(theirs), repeat)
             c = median_of(lambda fn=fn: fn(mine), repeat)
             rows.append((name, a, b, floor, c))
 
-        a = median_of(lambda: rate_queue(ours, ctx.Queue()), repeat)
-        b = median_of(lambda: rate_queue(ours, RayToolQueue()), repeat)
-        c = median_of(lambda: rate_queue(mine, local.Queue()), repeat)
-        rows.append(("queue, producer task -> consumer task (items/s)", a, b, 10.0, c))
-
-        actor_lock = ray.remote(num_cpus=0)(AsyncLock)
-        a = median_of(lambda: ours.apply(lock_pairs, (ctx.Lock(), LOCK_N)), repeat)
-        b = median_of(
-            lambda: ours.apply(lock_pairs, (ActorLockClient(actor_lock.remote()), LOCK_N)),
-            repeat,
-        )
-        c = median_of(lambda: mine.apply(lock_pairs, (local.Lock(), LOCK_N * 100)), repeat)
-        rows.append(("lock acquire+release pairs from a task (pairs/s)", a, b, 1.0, c))
-
-        import numpy as np
-
-        array = np.ones(ARRAY_MIB << 17)  # float64: ARRAY_MIB MiB
-        a = median_of(lambda: rate_array(ours, ctx.share, array), repeat)
-        b = median_of(lambda: rate_array(ours, lambda x: [ray.put(x)], array), repeat)
-        c = median_of(lambda: rate_array(mine, shoal.share, array), repeat)
-        rows.append((f"{ARRAY_MIB} MiB array to two tasks (arrays/s)", a, b, 1.0, c))
-        # start-up, apart: a share() with no owner started ahead (the first of a
-        # process) waits for a new actor process
-        ro._spare_owners.clear()
-        gc.collect()
-        time.sleep(2)
-        start = time.perf_counter()
-        cold = ctx.share(array)
-        ours.map(total_of, [cold, cold], chunksize=1)
-        took = time.perf_counter() - start
-        print(f"first share() of a process (an owner actor to start): {took:.2f} s")
-        del cold
-        kept = ctx.share(array)
-        views = ours.map(total_of, [kept, kept], chunksize=1)
-        _, (ref,) = ro._get(kept._actor.call.remote("snapshot"))
-        where = ray.experimental.get_object_locations([ref])[ref]
-        print(
-            f"the shared version: {len(where['node_ids'])} copy in the object store "
-            f"({where['object_size'] / (1 << 20):.0f} MiB) on a 1-node cluster, "
-            f"read zero-copy by {len(views)} tasks"
-        )
-        del kept, ref
+        if "queue" in only:
+            a = median_of(lambda: rate_queue(ours, ctx.Queue()), repeat)
+            b = median_of(lambda: rate_queue(ours, RayToolQueue()), repeat)
+            c = median_of(lambda: rate_queue(mine, local.Queue()), repeat)
+            rows.append(("queue, producer task -> consumer task (items/s)", a, b, 10.0, c))
+        if "lock" in only:
+            lock_case(ours, mine, ctx, local, repeat, rows)
+        if "array" in only:
+            array_case(ours, mine, ctx, repeat, rows)
         for pool in (ours, theirs, mine):
             pool.terminate()
     finally:
         ray.shutdown()
+    print_rows(rows, repeat)
+    return 0
+
+
+def lock_case(ours: Any, mine: Any, ctx: Any, local: Any, repeat: int, rows: list[Any]) -> None:
+    import ray
+
+    actor_lock = ray.remote(num_cpus=0)(AsyncLock)
+    a = median_of(lambda: ours.apply(lock_pairs, (ctx.Lock(), LOCK_N)), repeat)
+    b = median_of(
+        lambda: ours.apply(lock_pairs, (ActorLockClient(actor_lock.remote()), LOCK_N)),
+        repeat,
+    )
+    c = median_of(lambda: mine.apply(lock_pairs, (local.Lock(), LOCK_N * 100)), repeat)
+    rows.append(("lock acquire+release pairs from a task (pairs/s)", a, b, 1.0, c))
+
+
+def array_case(ours: Any, mine: Any, ctx: Any, repeat: int, rows: list[Any]) -> None:
+    import numpy as np
+    import ray
+
+    import shoal
+    from shoal import _ray_objects as ro
+
+    array = np.ones(ARRAY_MIB << 17)  # float64: ARRAY_MIB MiB
+    # start-up, apart: the first share() of a process starts its array host (an
+    # actor: a process), which the first read waits for
+    gc.collect()
+    time.sleep(2)
+    start = time.perf_counter()
+    cold = ctx.share(array)
+    ours.map(total_of, [cold, cold], chunksize=1)
+    took = time.perf_counter() - start
+    print(f"first share() of a process (its array host to start): {took:.2f} s")
+    del cold
+    a = median_of(lambda: rate_array(ours, ctx.share, array), repeat)
+    b = median_of(lambda: rate_array(ours, lambda x: [ray.put(x)], array), repeat)
+    c = median_of(lambda: rate_array(mine, shoal.share, array), repeat)
+    rows.append((f"{ARRAY_MIB} MiB array to two tasks (arrays/s)", a, b, 1.0, c))
+    kept = ctx.share(array)
+    views = ours.map(total_of, [kept, kept], chunksize=1)
+    kept.view()  # (and the driver: three readers)
+    where = ray.experimental.get_object_locations([kept._ref])[kept._ref]
+    print(
+        f"the shared version: {len(where['node_ids'])} copy in the object store "
+        f"({where['object_size'] / (1 << 20):.0f} MiB) on a 1-node cluster, "
+        f"read zero-copy by {len(views)} tasks and the driver; "
+        f"array hosts: {len(ro._hosts)}"
+    )
+    del kept
+
+
+def print_rows(rows: list[Any], repeat: int) -> None:
+    import ray
 
     print(f"ray {ray.__version__}, {os.cpu_count()} CPUs, median [min-max] of {repeat}")
     for name, a, b, floor, c in rows:
@@ -263,7 +289,6 @@ def main(argv: list[str] | None = None) -> int:
             f"  ratio {ratio:6.1f}x (floor {floor:g}x: {mark})"
             f"  shoal local {fmt(c[0])}"
         )
-    return 0
 
 
 if __name__ == "__main__":

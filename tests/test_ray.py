@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import gc
 import multiprocessing as mp
 import os
 import signal
@@ -342,6 +343,55 @@ def test_ray_share_reads_zero_copy_and_tasks_writes_reach_the_parent(ray_ctx: An
         arr[0:3] = np.ones(4)  # the owner's numpy error, raised here
     zeros = ray_ctx.SharedArray((2, 3), dtype=np.int32)
     assert zeros.shape == (2, 3) and zeros.dtype == np.int32 and not zeros.view().any()
+
+
+def test_ray_share_starts_no_process_and_its_copies_go_with_its_last_handle(
+    ray_ctx: Any,
+) -> None:
+    np = pytest.importorskip("numpy")
+    from shoal import _ray_objects as ro
+
+    def held(arr: Any) -> list[int]:
+        return list(ro._get(arr._actor.held.remote()))
+
+    kept, arr = ray_ctx.share(np.zeros(8)), ray_ctx.share(np.arange(8.0))
+    assert arr._actor == kept._actor  # one host serves the process's arrays
+    assert arr._id not in held(arr)  # never written: the host holds nothing of it
+    with ray_ctx.Pool(1) as pool:
+        pool.starmap(t.write_shared, [(arr, 0, 5.0)])  # the host's copy, from a task
+        assert pool.apply(t.add_under_lock, (arr, 1, 3)) > 0  # and a lock of its own
+    assert arr[:2].tolist() == [5.0, 4.0] and arr._id in held(arr)
+    # on the host's node, reads learn of writes from its counters (four writes:
+    # reads without one since take no call); from another node, each read asks
+    assert arr._counts.read(arr._id) == 4
+    elsewhere = ro._rebuild(
+        type(arr), (arr._actor, arr._id, arr._ref, ro._WriteCounts("other", arr._counts.name))
+    )
+    assert elsewhere._counts.read(arr._id) is None
+    assert elsewhere[:2].tolist() == [5.0, 4.0]
+    elsewhere[2] = 9.0
+    assert arr._counts.read(arr._id) == 5 and arr[2] == 9.0
+    del elsewhere
+    box = ray_ctx.SharedDict()
+    box["arr"] = arr  # a handle held elsewhere (in an actor) keeps the array
+    array_id, key, host = arr._id, arr._ref.hex().encode(), arr._actor
+    del arr
+    gc.collect()
+    ro._forget_gone()
+    assert array_id in ro._get(host.held.remote())
+    assert box["arr"][:2].tolist() == [5.0, 4.0]
+    del box["arr"]
+    gc.collect()
+    deadline = time.monotonic() + 30  # (Ray frees a borrowed reference shortly after)
+    while key in ro._reference_counts():
+        assert time.monotonic() < deadline, "the array's reference was never freed"
+        time.sleep(0.05)
+    ro._forget_gone()
+    while array_id in ro._get(host.held.remote()):  # (forget is sent, not awaited)
+        assert time.monotonic() < deadline, "the host kept the copy of a freed array"
+        time.sleep(0.05)
+    # the other array is still watched, and still there
+    assert (kept._actor, kept._id) in ro._made.values() and kept[:].sum() == 0
 
 
 def test_ray_objects_in_a_forked_child_raise_instead_of_hanging(ray_ctx: Any) -> None:

@@ -35,6 +35,7 @@ import warnings
 from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
 from typing import Any
 
+from . import _core, _memory
 from ._errors import BarrierPartyDiedError, NotHeldError, OwnerDiedWarning
 
 __all__ = [
@@ -463,45 +464,191 @@ _SEQ_METHODS = frozenset(
 )
 
 
-class _ArrayActor(_DataActor):
-    """A shared numpy array's owner: the writable copy every write goes to, and the
-    published version, a ``ray.put`` snapshot every node maps once (RaySharedArray)."""
+_COUNT_SLOTS = 1024  # write counters per array host (arrays share them modulo this)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.snapshot: Any = None  # the published version (set by op_init)
-        self._data: Any = None  # the owner's own writable copy, made at the first write
-        self.version = 0
-        self.dirty = False
 
-    def op_init(self, snapshot: list[Any]) -> None:
-        # (started ahead, as a spare: see _array_owner; in a list: Ray passes the
-        # reference, not the array)
-        self.snapshot = snapshot[0]
+class _WriteCounts:
+    """An array host's write counters, in a shoal segment on its node (the node of
+    the process that shared the arrays: the host is placed there): word 0 says the
+    host counts (it is on that node and attached the segment), word 1 + n counts the
+    writes to the arrays numbered n modulo :data:`_COUNT_SLOTS`.
 
-    @property
-    def data(self) -> Any:
-        if self._data is None:  # (an array only read costs no copy here)
-            self._data = _ray().get(self.snapshot).copy()
-        return self._data
+    A reader on that node that finds an array's count unchanged since its last read
+    knows no write came since and keeps its view, without a call to the host; a
+    count that changed (a write to this array or to one sharing its slot) sends it
+    to the host.  Everywhere else (another node, no segment) every read asks."""
 
-    def op_snapshot(self) -> tuple[int, list[Any]]:
-        """The current version and its snapshot, published now if a write came since."""
-        if self.dirty:
-            self.snapshot = _ray().put(self.data)  # one copy, into this node's store
-            self.version += 1
-            self.dirty = False
-        return self.version, [self.snapshot]
+    def __init__(self, node: str, name: str | None) -> None:
+        self.node, self.name = node, name
+        self._buffer: Any = None  # (not pickled: attached where it is used)
+        self._attached = False
 
-    def op_setitem(self, key: Any, value: Any) -> None:
-        self.data[key] = value
+    def __getstate__(self) -> Any:
+        return self.node, self.name
+
+    def __setstate__(self, state: Any) -> None:
+        self.__init__(*state)  # type: ignore[misc]
+
+    @classmethod
+    def make(cls) -> tuple[_WriteCounts, Any]:
+        """New counters on this node, and the segment holding them (None if this
+        process cannot make one: every read then asks the host)."""
+        node = _node_id()
+        try:
+            segment = _memory.Segment.create((1 + _COUNT_SLOTS) * 8)
+        except OSError:
+            return cls(node, None), None
+        counts = cls(node, segment.name)
+        counts._buffer, counts._attached = segment.buffer, True
+        return counts, segment
+
+    def _words(self) -> Any:
+        if not self._attached:
+            self._attached = True
+            if self.name is not None and self.node == _node_id():
+                try:
+                    self._buffer = _attached_counts(self.name)
+                except OSError:  # (gone, or not this machine's /dev/shm after all)
+                    self._buffer = None
+        return self._buffer
+
+    def serve(self) -> None:
+        """In the host: say that it counts, if it can reach the counters."""
+        words = self._words()
+        if words is not None:
+            _core.store64(words, _memory.HEADER_SIZE, 1)
+
+    def count(self, array_id: int) -> None:
+        """In the host: one more write to array ``array_id``."""
+        words = self._words()
+        if words is not None:
+            _core.fetch_add64(words, _slot(array_id), 1)
+
+    def read(self, array_id: int) -> int | None:
+        """The writes counted for array ``array_id``'s slot, or None where this
+        process cannot know (another node, or a host that does not count)."""
+        words = self._words()
+        if words is None or not _core.load64(words, _memory.HEADER_SIZE):
+            return None
+        return int(_core.load64(words, _slot(array_id)))
+
+
+def _slot(array_id: int) -> int:
+    return _memory.HEADER_SIZE + 8 * (1 + array_id % _COUNT_SLOTS)
+
+
+_counts_attached: dict[str, Any] = {}  # segment name -> its buffer, attached once
+
+
+def _attached_counts(name: str) -> Any:
+    with _arrays_lock:
+        buffer = _counts_attached.get(name)
+        if buffer is None:
+            buffer = _counts_attached[name] = _memory.Segment.attach(name).buffer
+        return buffer
+
+
+_node_ids: dict[int, str] = {}  # pid -> its Ray node's id
+
+
+def _node_id() -> str:
+    pid = os.getpid()
+    node = _node_ids.get(pid)
+    if node is None:
+        node = _node_ids[pid] = _ray().get_runtime_context().get_node_id()
+    return node
+
+
+class _Written:
+    """A written array, in its host: the writable copy and its published version."""
+
+    __slots__ = ("data", "dirty", "snapshot", "version")
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self.snapshot: Any = None
+        self.version = 0  # the handle's own reference is version 0
         self.dirty = True
 
-    def op_add(self, key: Any, delta: Any) -> Any:
-        self.data[key] += delta
-        self.dirty = True
-        value = self.data[key]
+
+class _ArrayHost:
+    """The shared arrays one process made (RaySharedArray): one actor serves them all,
+    so that a ``share()`` costs a ``ray.put``, not a process.
+
+    It keeps nothing for an array never written: readers map the reference their
+    handle carries.  The first write makes the host's writable copy of it, which every
+    write then goes to; a read after writes publishes it as a new version (a
+    ``ray.put``).  The creating process tells the host when an array's last handle is
+    gone (see :func:`_watch_arrays`).
+
+    Readers on the host's node learn whether an array was written since they last
+    asked without asking: the host counts each array's writes in a shoal segment
+    there (:class:`_WriteCounts`), which they read."""
+
+    def __init__(self, counts: _WriteCounts) -> None:
+        self.written: dict[int, _Written] = {}
+        self.loading: dict[int, Any] = {}  # array -> the future of its first copy
+        self.locks: dict[int, Any] = {}  # array -> its lock's actor (get_lock)
+        self.counts = counts
+        counts.serve()
+
+    async def _data(self, array_id: int, box: list[Any]) -> _Written:
+        written = self.written.get(array_id)
+        if written is None:
+            # two first writes at once make one copy (the second awaits the first's)
+            loading = self.loading.get(array_id)
+            if loading is None:
+                loading = self.loading[array_id] = asyncio.ensure_future(box[0])
+            data = await loading
+            written = self.written.get(array_id)
+            if written is None:
+                written = self.written[array_id] = _Written(data.copy())
+                self.loading.pop(array_id, None)
+        return written
+
+    async def snapshot(self, array_id: int) -> tuple[int, list[Any] | None]:
+        """The array's current version and, if it was written, its published copy
+        (published now if a write came since); (0, None) if never written."""
+        written = self.written.get(array_id)
+        if written is None:
+            return 0, None
+        if written.dirty:
+            written.snapshot = _ray().put(written.data)  # one copy, into this node's store
+            written.version += 1
+            written.dirty = False
+        return written.version, [written.snapshot]
+
+    async def setitem(self, array_id: int, box: list[Any], key: Any, value: Any) -> None:
+        written = await self._data(array_id, box)
+        written.data[key] = value
+        written.dirty = True
+        self.counts.count(array_id)
+
+    async def add(self, array_id: int, box: list[Any], key: Any, delta: Any) -> Any:
+        written = await self._data(array_id, box)
+        written.data[key] += delta
+        written.dirty = True
+        self.counts.count(array_id)
+        value = written.data[key]
         return value.copy() if hasattr(value, "copy") else value
+
+    async def lock(self, array_id: int) -> Any:
+        """The array's lock (an RLock actor, made at the first ``get_lock()``)."""
+        lock = self.locks.get(array_id)
+        if lock is None:
+            lock = self.locks[array_id] = _actor(_SyncActor, "rlock", 1)
+        return lock
+
+    async def forget(self, array_ids: list[int]) -> None:
+        """Drop what the host holds for arrays whose every handle is gone."""
+        for array_id in array_ids:
+            self.written.pop(array_id, None)
+            self.loading.pop(array_id, None)
+            self.locks.pop(array_id, None)
+
+    async def held(self) -> list[int]:
+        """The arrays the host holds a copy or a lock of (for tests and doctor)."""
+        return sorted(self.written.keys() | self.locks.keys())
 
 
 class _DictActor(_DataActor):
@@ -574,13 +721,19 @@ _actors: dict[type, Any] = {}
 _CONCURRENCY = 10_000
 
 
-def _actor(cls: type, *args: Any) -> Any:
-    """A new actor of ``cls`` (made a Ray actor class once), on no CPU."""
+def _actor(cls: type, *args: Any, on_this_node: bool = False) -> Any:
+    """A new actor of ``cls`` (made a Ray actor class once), on no CPU; placed on
+    this process's node if it can be, with ``on_this_node``."""
     _check_process()
     remote = _actors.get(cls)
     if remote is None:
         remote = _ray().remote(num_cpus=0, max_concurrency=_CONCURRENCY)(cls)
         remote = _actors.setdefault(cls, remote)
+    if on_this_node:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(_node_id(), soft=True)
+        remote = remote.options(scheduling_strategy=here)
     return remote.remote(*args)
 
 
@@ -1329,38 +1482,103 @@ class RayArray(_SeqHandle):
 
 # ---- a numpy array shared across nodes ----------------------------------------------------
 
+_arrays_lock = threading.Lock()
+# (pid, cluster, job) -> this process's array host, the last array's number, the
+# host's write counters and the segment they are in (held while the process lives)
+_hosts: dict[tuple[int, str, str], list[Any]] = {}
+# the arrays this process made: their reference's id -> (host, array number); the
+# watcher tells the host once Ray has freed the reference (no handle is left)
+_made: dict[bytes, tuple[Any, int]] = {}
+_watcher: threading.Thread | None = None
+_WATCH_EVERY = 1.0  # seconds between two looks at which of this process's arrays are gone
 
-# (pid, cluster, job) -> an array owner started ahead, for this process's next share():
-# an actor is a process of its own, ~0.4 s to start on a busy 2-core node, which
-# would be most of what sharing a big array costs
-_spare_owners: dict[tuple[int, str, str], Any] = {}
 
-
-def _array_owner() -> Any:
-    """An owner actor for a new shared array: the spare started ahead, if there is one
-    (and start the next spare now, in the background)."""
+def _array_host() -> tuple[Any, int, _WriteCounts]:
+    """This process's array host (made at its first ``share()``, on this node,
+    without waiting for it to start), a number for a new array, and the host's write
+    counters."""
     context = _ray().get_runtime_context()
     key = (os.getpid(), str(context.gcs_address), str(context.get_job_id()))
-    owner = _spare_owners.pop(key, None)
-    if owner is None:
-        owner = _actor(_ArrayActor)
-    _spare_owners[key] = _actor(_ArrayActor)
-    return owner
+    with _arrays_lock:
+        entry = _hosts.get(key)
+        if entry is None:
+            counts, segment = _WriteCounts.make()
+            entry = _hosts[key] = [
+                _actor(_ArrayHost, counts, on_this_node=True),
+                0,
+                counts,
+                segment,
+            ]
+        entry[1] += 1
+        return entry[0], entry[1], entry[2]
 
 
-class RaySharedArray(_WithLock):
+def _reference_counts() -> Any:
+    """This process's Ray reference table (ids of the references it owns or holds,
+    each kept while any process of the cluster borrows it), or None if this Ray has
+    no such call: then an array's host copy lives as long as the host."""
+    core_worker = getattr(_ray()._private.worker.global_worker, "core_worker", None)
+    counts = getattr(core_worker, "get_all_reference_counts", None)
+    return None if counts is None else counts()
+
+
+def _watch(ref: Any, host: Any, array_id: int) -> None:
+    """Watch a new array of this process (see :func:`_forget_gone`)."""
+    global _watcher
+    with _arrays_lock:
+        _made[ref.hex().encode()] = (host, array_id)
+        if _watcher is None:
+            _watcher = threading.Thread(target=_watch_arrays, name="shoal-ray-arrays", daemon=True)
+            _watcher.start()
+
+
+def _watch_arrays() -> None:
+    """Until no array this process made is left: every :data:`_WATCH_EVERY` seconds,
+    :func:`_forget_gone`."""
+    while not _forget_gone():
+        time.sleep(_WATCH_EVERY)
+
+
+def _forget_gone() -> bool:
+    """Tell each host which of its arrays' last handle is gone, so that it drops its
+    copy: the arrays whose reference Ray has freed (Ray counts the references in
+    every process of the cluster, those inside task arguments and handles too).
+    Return whether none is left to watch (the watcher stops)."""
+    global _watcher
+    ray = sys.modules.get("ray")
+    # (not connected: the cluster and its arrays are gone, or not ours to tell)
+    counts = _reference_counts() if ray is not None and ray.is_initialized() else None
+    gone: dict[Any, list[int]] = {}
+    with _arrays_lock:
+        if counts is not None:
+            for key in [key for key in _made if key not in counts]:
+                host, array_id = _made.pop(key)
+                gone.setdefault(host, []).append(array_id)
+        done = counts is None or not _made
+        if done:
+            _made.clear()
+            _watcher = None
+    for host, array_ids in gone.items():
+        try:
+            host.forget.remote(array_ids)
+        except Exception:  # (disconnected meanwhile: the host went with the cluster)
+            pass
+    return done
+
+
+class RaySharedArray(_Handle):
     """A numpy array on the cluster (``get_context("ray").share(array)``).
 
-    Consistency model (docs/ray.md, "Shared arrays"): one owner actor holds the array
-    and applies every write, in the order they reach it; reads are of *versions*:
-    :meth:`view` asks the owner for the current version and maps its snapshot, a
-    ``ray.put`` of the owner's array, zero-copy and read-only, one copy per node
-    however many tasks there read it.  A write (``arr[key] = value``, :meth:`add`)
-    is one call to the owner and is seen by every read that starts after it
-    returned, in any process of the cluster (the next :meth:`view` publishes a new
-    version: one copy of the array into the owner's node's object store, then one per
-    node that reads it).  A view already taken does not change.  ``get_lock()``
-    serializes compound updates (read, compute, write).
+    Consistency model (docs/ray.md, "Shared arrays"): reads are of *versions*:
+    :meth:`view` maps the current one, zero-copy and read-only, from the node's object
+    store, one copy per node however many tasks there read it.  The first version is
+    the ``ray.put`` that ``share()`` made, carried in the handle.  Writes
+    (``arr[key] = value``, :meth:`add`) go to one owner, the host actor of the process
+    that shared the array, which applies them one at a time on its own copy; a write
+    is seen by every read that starts after it returned, in any process of the
+    cluster (the next read publishes a new version: one ``ray.put`` of the owner's
+    copy).  A view already taken does not change.  ``get_lock()`` serializes compound
+    updates (read, compute, write).
 
     ``arr[key]`` reads from the current view; ``np.asarray(arr)`` is the current
     view; :meth:`copy` a private writable copy.  Batch writes (one slice, not a loop
@@ -1377,29 +1595,42 @@ class RaySharedArray(_WithLock):
                 "a shared array holds numbers, not Python objects (object dtype): "
                 "use a SharedList or SharedDict for those"
             )
-        self._actor = _array_owner()
-        _get(self._actor.call.remote("init", [_ray().put(source)]))
-        self._init_local()
-
-    def _init_local(self) -> None:
-        self._version = -1
-        self._view: Any = None
-        self._lock = threading.Lock()
+        _check_process()
+        host, array_id, counts = _array_host()
+        ref = _ray().put(source)  # version 0: a copy into this node's store
+        self.__setstate__((host, array_id, ref, counts))
+        _watch(ref, host, array_id)
 
     def __getstate__(self) -> Any:
-        return self._actor
+        return self._actor, self._id, self._ref, self._counts
 
     def __setstate__(self, state: Any) -> None:
-        self._actor = state
-        self._init_local()
+        self._actor, self._id, self._ref, self._counts = state
+        self._version = -1
+        self._seen = -1  # the write count when the view was taken (-1: not known)
+        self._view: Any = None
+        self._lock = threading.Lock()
+        self._array_lock: RayRLock | None = None
 
     def view(self) -> Any:
         """The current version, as a read-only numpy array mapped from this node's
         object store (zero copies; the same one for every reader of this version)."""
-        version, (ref,) = _get(self._actor.call.remote("snapshot"))
+        seen = self._counts.read(self._id)  # (read before asking: see _WriteCounts)
+        if seen is not None:
+            with self._lock:
+                if seen == self._seen:
+                    return self._view  # no write since this view: still current
+            if seen == 0:  # never written: the reference shared
+                return self._take(0, self._ref, seen)
+        version, box = _get(self._actor.snapshot.remote(self._id))
+        return self._take(version, box[0] if box else self._ref, seen)
+
+    def _take(self, version: int, ref: Any, seen: int | None) -> Any:
         with self._lock:
             if version != self._version:
-                self._view, self._version = _ray().get(ref), version
+                self._view = _ray().get(ref)
+                self._version = version
+            self._seen = -1 if seen is None else seen
             return self._view
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
@@ -1412,11 +1643,20 @@ class RaySharedArray(_WithLock):
         return self.view()[key]
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        _get(self._actor.call.remote("setitem", key, value))
+        _get(self._actor.setitem.remote(self._id, [self._ref], key, value))
 
     def add(self, key: Any, delta: Any) -> Any:
         """``arr[key] += delta`` in the owner, atomically; return the new value(s)."""
-        return _get(self._actor.call.remote("add", key, delta))
+        return _get(self._actor.add.remote(self._id, [self._ref], key, delta))
+
+    def get_lock(self) -> RayRLock:
+        """The array's lock (an RLock on the cluster, made at the first call: an actor
+        of its own), for compound updates (``with arr.get_lock(): ...``)."""
+        if self._array_lock is None:
+            lock = RayRLock.__new__(RayRLock)
+            lock._actor = _get(self._actor.lock.remote(self._id))
+            self._array_lock = lock
+        return self._array_lock
 
     def copy(self) -> Any:
         """A private, writable copy of the current version."""
