@@ -4,24 +4,19 @@ tests/test_ray.py: prints one line per check, "ok <name>" or the failure."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 
-# its own temporary directory, the address record included (a stale
-# /tmp/ray/ray_current_cluster makes a later plain ray.init() hang: distributed.md)
-TEMP = tempfile.mkdtemp(prefix="shoal-ray2-", dir="/tmp")
-os.environ["RAY_TMPDIR"] = TEMP
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+from shoal._ray_cluster import cluster_temp_dir, two_node_cluster
+
+TEMP = cluster_temp_dir()  # before Ray is imported
 
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
 
 import shoal  # noqa: E402
+from shoal._ray_demo import bump  # noqa: E402  (the demo's: a counter under a lock)
 
 N = 500
 
@@ -35,13 +30,6 @@ def produce(q, n):
 
 def consume(q, n):
     return sum(q.get(timeout=60) for _ in range(n)), ray.get_runtime_context().get_node_id()
-
-
-def bump(lock, d, times):
-    for _ in range(times):
-        with lock:
-            d["count"] = d.get("count", 0) + 1
-    return ray.get_runtime_context().get_node_id()
 
 
 def array_sum(arr):
@@ -62,19 +50,7 @@ def report_then_sleep(q):
 
 def main() -> None:
     print("temp", TEMP, flush=True)
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "resources": {"node1": 10},
-            "object_store_memory": 128 << 20,
-            "include_dashboard": False,
-        },
-    )
-    try:
-        cluster.add_node(num_cpus=2, resources={"node2": 10}, object_store_memory=128 << 20)
-        ray.init(address=cluster.address)
-        cluster.wait_for_nodes(timeout=60)
+    with two_node_cluster(TEMP):
         ctx = shoal.get_context("ray")
         on1 = ctx.Pool(2, ray_options={"resources": {"node1": 1}})
         on2 = ctx.Pool(2, ray_options={"resources": {"node2": 1}})
@@ -123,10 +99,6 @@ def main() -> None:
         print("ok worker killed on node 2", flush=True)
         on1.close(), on2.close()
         on1.join(), on2.join()
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(TEMP, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -44,9 +44,11 @@ RANKS: dict[str, int] = {
     "_managers": 80,
     "_ray_objects": 89,  # the Ray backend's primitives: one actor each
     "_ray": 90,  # scale-out: the Ray backend (imports ray itself on first use only)
+    "_ray_cluster": 91,  # a local two-node Ray cluster: the cluster demo's and the tests'
     "_context": 95,  # get_context(): factories of every layer below, Pool and Manager included
     "_demo": 100,  # what `python -m shoal demo` runs
     "_doctor": 100,
+    "_ray_demo": 100,  # what `python -m shoal demo --cluster` runs
     "_testing": 105,  # shoal.testing: start methods, the leak check, faults
     # public facades: __init__ and the stdlib-shaped shims (any module without "_")
     "__init__": 110,

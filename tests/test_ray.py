@@ -802,8 +802,12 @@ def test_ray_two_node_cluster(request: pytest.FixtureRequest) -> None:
         "ok array on both nodes",
         "ok worker killed on node 2",
     ]
-    temp = lines[0].split()[1]
-    # every process of that cluster ran with its temporary directory in its command line
+    assert_cluster_stopped(lines[0].split()[1])
+
+
+def assert_cluster_stopped(temp: str) -> None:
+    """Every process of a cluster ran with its temporary directory in its command line:
+    none is left (a few seconds' grace for the raylets' own exit)."""
     deadline = time.monotonic() + 15
     while processes_mentioning(temp) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -812,3 +816,41 @@ def test_ray_two_node_cluster(request: pytest.FixtureRequest) -> None:
     import shutil
 
     shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_cluster_demo_runs_to_the_end() -> None:
+    """``python -m shoal demo --cluster`` starts its two-node cluster, shows the
+    tutorial's tasks on both nodes, the queue across them and the exact counter, and
+    stops every process of it."""
+    pytest.importorskip("ray", reason="Ray is not installed for this Python (shoal[ray])")
+    result = subprocess.run(
+        [sys.executable, "-m", "shoal", "demo", "--cluster"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    out = result.stdout
+    assert "on node 1" in out and "on node 2" in out, out
+    assert "the reader got ['A', 'B', 'C'] on node 2" in out, out
+    assert "the counter is 100" in out, out
+    assert out.rstrip().endswith("the cluster is stopped and its directory removed."), out
+    temp = out.split("(its files in ", 1)[1].split(")", 1)[0]
+    assert_cluster_stopped(temp)
+
+
+def test_ray_cluster_demo_without_ray_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without Ray the cluster demo names the extra to install and exits 2."""
+    import importlib.util
+
+    from shoal import __main__ as cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
+    )
+    assert cli.main(["demo", "--cluster"]) == 2
+    assert "pip install 'shoal[ray]'" in capsys.readouterr().out

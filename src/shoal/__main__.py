@@ -8,6 +8,7 @@ import sys
 
 from ._demo import demo
 from ._doctor import doctor
+from ._ray_demo import cluster_demo
 
 _DESCRIPTION = "shoal's command line: a tour of what it fixes, and a check of this machine."
 _DOCTOR = (
@@ -33,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=["fork", "spawn", "forkserver"],
         help="the start method of its processes (default: the platform default)",
     )
+    demo_parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the tutorial's programs on a local two-node Ray cluster (needs shoal[ray])",
+    )
     doctor_parser = commands.add_parser(
         "doctor",
         help="check this machine; list live and leftover segments",
@@ -42,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         "--reap", action="store_true", help="remove the leftover segments (holders all dead)"
     )
     args = parser.parse_args(argv)
+    if args.command == "demo" and args.cluster:
+        return cluster_demo()
     if args.command == "demo":
         return demo([args.start_method] if args.start_method else None)
     return doctor(reap_orphans=args.reap)
