@@ -548,15 +548,9 @@ def _attached_counts(name: str) -> Any:
         return buffer
 
 
-_node_ids: dict[int, str] = {}  # pid -> its Ray node's id
-
-
 def _node_id() -> str:
-    pid = os.getpid()
-    node = _node_ids.get(pid)
-    if node is None:
-        node = _node_ids[pid] = _ray().get_runtime_context().get_node_id()
-    return node
+    # (not kept: a process may disconnect and join another cluster)
+    return str(_ray().get_runtime_context().get_node_id())
 
 
 class _Written:
