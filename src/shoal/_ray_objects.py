@@ -612,17 +612,21 @@ class _ArrayHost:
             written.dirty = False
         return written.version, [written.snapshot]
 
+    def _wrote(self, array_id: int, written: _Written) -> None:
+        """After a write: publish a new version at the next read, and count it for
+        the readers on this node (before the write returns)."""
+        written.dirty = True
+        self.counts.count(array_id)
+
     async def setitem(self, array_id: int, box: list[Any], key: Any, value: Any) -> None:
         written = await self._data(array_id, box)
         written.data[key] = value
-        written.dirty = True
-        self.counts.count(array_id)
+        self._wrote(array_id, written)
 
     async def add(self, array_id: int, box: list[Any], key: Any, delta: Any) -> Any:
         written = await self._data(array_id, box)
         written.data[key] += delta
-        written.dirty = True
-        self.counts.count(array_id)
+        self._wrote(array_id, written)
         value = written.data[key]
         return value.copy() if hasattr(value, "copy") else value
 
