@@ -580,7 +580,7 @@ def test_ray_lock_owner_timeouts_and_errors(ray_ctx: Any) -> None:
     assert 0.25 < time.monotonic() - start < 10
     assert not lock.acquire(False)
     lock.release()
-    with pytest.raises(shoal.NotHeldError, match="does not hold"):
+    with pytest.raises(shoal.NotHeldError, match="unlocked"):
         lock.release()
     with pytest.raises(TypeError):
         lock.acquire(timeout="1")
@@ -602,6 +602,75 @@ def test_ray_lock_whose_owner_died_goes_to_the_next_with_owner_died(ray_ctx: Any
     assert not lock.owner_died
     assert lock.acquire(timeout=TIMEOUT)  # an ordinary lock again
     lock.release()
+
+
+def kind_of_lock_here(lock: Any) -> str:
+    lock.acquire()
+    lock.release()
+    return type(lock._here()).__name__
+
+
+def try_lock(lock: Any, timeout: float) -> bool:
+    return bool(lock.acquire(timeout=timeout))
+
+
+def notify_then_release(cond: Any) -> bool:
+    with cond:
+        cond.notify()
+    return True
+
+
+def test_ray_lock_is_in_its_nodes_memory_and_other_nodes_go_through_the_host(
+    ray_ctx: Any,
+) -> None:
+    from shoal import _ray_objects as ro
+
+    lock = ray_ctx.Lock()
+    # here and in a task of this node: the shoal Lock in this node's shared memory
+    assert type(lock._here()).__name__ == "Lock"
+    with ray_ctx.Pool(1) as pool:
+        assert pool.apply(kind_of_lock_here, (lock,)) == "Lock"
+        # a handle that believes it is on another node: through the host
+        far = ro._rebuild(type(lock), (*lock.__getstate__()[:3], "other", lock._blob))
+        assert far._here() is False
+        assert far.acquire(timeout=TIMEOUT) and far._is_owned() and not lock._is_owned()
+        assert not lock.acquire(timeout=0.1)  # one lock, wherever it is taken
+        assert not pool.apply(try_lock, (far, 0.3))  # (a remote waiter times out)
+        far.release()
+        assert pool.apply(try_lock, (far, TIMEOUT))  # taken remotely by the task ...
+        assert not lock.acquire(False)
+        lock.release()  # ... and released here (any process may, as the local Lock)
+        with pytest.raises(shoal.NotHeldError, match="unlocked"):
+            far.release()
+        # a holder on another node dies: the next, here, is told
+        with pytest.raises(shoal.WorkerDiedError):
+            pool.apply(hold_and_die, (far,))
+        with pytest.warns(shoal.OwnerDiedWarning):
+            assert lock.acquire(timeout=TIMEOUT)
+        assert lock.owner_died
+        lock.release()
+        assert not lock.owner_died
+        # a Condition on it: the waiters are kept by this process's host
+        cond = ray_ctx.Condition(lock)
+        with cond:
+            notified = pool.apply_async(notify_then_release, (cond,))
+            assert cond.wait(TIMEOUT)
+        assert notified.get(TIMEOUT)
+        with pytest.raises(shoal.NotHeldError):
+            cond.notify()
+    # its last handle gone, the host drops it
+    host, number, key = lock._actor, lock._number, lock._ref.hex().encode()
+    assert number in ro._get(host.held.remote())
+    del lock, far, cond
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while key in ro._reference_counts():
+        assert time.monotonic() < deadline, "the lock's reference was never freed"
+        time.sleep(0.05)
+    ro._forget_gone()
+    while number in ro._get(host.held.remote()):
+        assert time.monotonic() < deadline, "the host kept a lock nobody can use"
+        time.sleep(0.05)
 
 
 def test_ray_semaphores(ray_ctx: Any) -> None:

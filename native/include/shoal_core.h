@@ -230,6 +230,10 @@ shoal_status shoal_mutex_lock(shoal_mutex *m, uint64_t token, int64_t timeout_ns
 shoal_status shoal_mutex_unlock(shoal_mutex *m);
 /* Release without clearing owner_died, handing the repair duty to the next holder. */
 shoal_status shoal_mutex_unlock_keep_died(shoal_mutex *m);
+/* Release on behalf of a holder found dead elsewhere (a process this one held the lock
+ * for, on another machine): record `dead` as the dead owner and leave owner_died set,
+ * so that the next holder is told, as it is when a holder dies here. */
+shoal_status shoal_mutex_unlock_dead(shoal_mutex *m, uint64_t dead);
 
 /* Bit 63 of `owner`: the RLock is being inherited from a dead holder by the token in
  * the low bits, which has not yet written owner_thread and depth.  Nobody holds it

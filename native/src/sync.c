@@ -270,6 +270,15 @@ static shoal_status unlock_impl(shoal_mutex *m, int keep_died) {
 shoal_status shoal_mutex_unlock(shoal_mutex *m) { return unlock_impl(m, 0); }
 shoal_status shoal_mutex_unlock_keep_died(shoal_mutex *m) { return unlock_impl(m, 1); }
 
+shoal_status shoal_mutex_unlock_dead(shoal_mutex *m, uint64_t dead) {
+    uint64_t owner = ld64(&m->owner);
+    if (owner == 0 || (owner & SHOAL_MUTEX_HANDOVER))
+        return SHOAL_NOT_OWNER;
+    st64(&m->dead_owner, dead);
+    st32(&m->owner_died, 1);
+    return unlock_impl(m, 1);
+}
+
 /* Only the holder's own thread can see its own (token, thread) here: every path that
  * makes `owner` equal a token either clears owner_thread first (unlock) or writes it
  * before publishing the token (inheritance). */

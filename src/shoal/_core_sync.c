@@ -217,6 +217,23 @@ static PyObject *mutex_acquire_restore(MutexObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* Ray backend: release a Lock this process holds for a holder that died on another
+ * node, so that the next acquirer gets owner_died (`dead`: a token naming it). */
+static PyObject *mutex_release_dead(MutexObject *self, PyObject *arg) {
+    uint64_t dead = PyLong_AsUnsignedLongLong(arg);
+    if (dead == (uint64_t)-1 && PyErr_Occurred())
+        return NULL;
+    if (check_bound(&self->v) < 0)
+        return NULL;
+    if (self->recursive || !mutex_held_here(self) ||
+        shoal_mutex_unlock_dead(MUTEX(self), dead) != SHOAL_OK) {
+        PyErr_SetString(core.NotHeldError, "release of a Lock this process does not hold");
+        return NULL;
+    }
+    prune_lock_waiters(self);
+    Py_RETURN_NONE;
+}
+
 static PyObject *mutex_get_owner(MutexObject *self, void *c) {
     (void)c;
     BOUND_OR_NULL(self);
@@ -284,6 +301,7 @@ static PyMethodDef mutex_methods[] = {
     {"_aio_unregister", (PyCFunction)mutex_aio_unregister, METH_VARARGS, "_aio_unregister(side, slot)"},
     {"_aio_word", (PyCFunction)mutex_aio_word, METH_O, "_aio_word(side) -> the futex word's value"},
     {"_acquire_restore", (PyCFunction)mutex_acquire_restore, METH_O, NULL},
+    {"_release_dead", (PyCFunction)mutex_release_dead, METH_O, NULL},
     {NULL},
 };
 
@@ -1307,6 +1325,7 @@ static PyMethodDef sync_functions[] = {
     SHOAL_VIEW_CALLS(X) X(ARG1, mutex_bind) X(FASTKW, mutex_acquire)                         \
     X(ARG1, mutex_release) X(ARG1, mutex_enter) X(FAST, mutex_exit)                          \
     X(ARG1, mutex_is_owned) X(ARG1, mutex_release_save) X(ARG1, mutex_acquire_restore)       \
+    X(ARG1, mutex_release_dead)                                                              \
     X(ARG1, mutex_aio_register) X(ARG1, mutex_aio_unregister) X(ARG1, mutex_aio_word)        \
     X(ARG1, sem_aio_register) X(ARG1, sem_aio_unregister) X(ARG1, sem_aio_word)              \
     X(ARG1, event_aio_register) X(ARG1, event_aio_unregister) X(ARG1, event_aio_word)        \

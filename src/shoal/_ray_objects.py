@@ -24,7 +24,9 @@ from __future__ import annotations
 import array
 import asyncio
 import collections
+import concurrent.futures
 import os
+import pickle
 import queue as stdlib_queue
 import secrets
 import sys
@@ -35,8 +37,8 @@ import warnings
 from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
 from typing import Any
 
-from . import _core, _memory
-from ._errors import BarrierPartyDiedError, NotHeldError, OwnerDiedWarning
+from . import _core, _memory, _sync
+from ._errors import BarrierPartyDiedError, NotHeldError, OwnerDiedWarning, ShoalError
 
 __all__ = [
     "RayArray",
@@ -90,18 +92,11 @@ def _check_process() -> None:
 # ---- the actors (plain classes: made Ray actors on first use, see _actor) ---------------
 
 
-class _SyncActor:
-    """A lock, an RLock or a (bounded) semaphore, with owners and timeouts."""
+class _Probes:
+    """An actor that learns when the processes calling it die (see :meth:`register`)."""
 
-    def __init__(self, kind: str, value: int = 1) -> None:
-        self.kind = kind
-        self.value = value
-        self.initial = value
-        self.holders: dict[tuple[int, int], int] = {}  # owner -> count held
+    def __init__(self) -> None:
         self.probes: dict[int, Any] = {}  # Ray worker -> its probe's future (register)
-        self.cond = asyncio.Condition()
-        self.died = False  # the current holder got it from a dead owner
-        self.waiters: list[asyncio.Event] = []  # a Condition's (cond_wait)
 
     async def hold(self) -> None:
         """Never returns: the pending call is its caller's probe (see register)."""
@@ -121,6 +116,20 @@ class _SyncActor:
         if not probe.done() and patience:
             await asyncio.wait({probe}, timeout=patience)
         return not probe.done()
+
+
+class _SyncActor(_Probes):
+    """A lock, an RLock or a (bounded) semaphore, with owners and timeouts."""
+
+    def __init__(self, kind: str, value: int = 1) -> None:
+        super().__init__()
+        self.kind = kind
+        self.value = value
+        self.initial = value
+        self.holders: dict[tuple[int, int], int] = {}  # owner -> count held
+        self.cond = asyncio.Condition()
+        self.died = False  # the current holder got it from a dead owner
+        self.waiters: list[asyncio.Event] = []  # a Condition's (cond_wait)
 
     async def _reap(self) -> bool:
         """Free what dead owners hold; return whether any was."""
@@ -565,26 +574,45 @@ class _Written:
         self.dirty = True
 
 
-class _ArrayHost:
-    """The shared arrays one process made (RaySharedArray): one actor serves them all,
-    so that a ``share()`` costs a ``ray.put``, not a process.
+class _Host(_Probes):
+    """The host of one process's shared arrays and locks, on that process's node: one
+    actor serves them all, so that a ``share()`` or a ``Lock()`` costs no process.
 
-    It keeps nothing for an array never written: readers map the reference their
-    handle carries.  The first write makes the host's writable copy of it, which every
-    write then goes to; a read after writes publishes it as a new version (a
-    ``ray.put``).  The creating process tells the host when an array's last handle is
-    gone (see :func:`_watch_arrays`).
+    Arrays (RaySharedArray).  It keeps nothing for an array never written: readers
+    map the reference their handle carries.  The first write makes the host's
+    writable copy of it, which every write then goes to; a read after writes
+    publishes it as a new version (a ``ray.put``).  Readers on the host's node learn
+    whether an array was written since they last asked without asking: the host
+    counts each array's writes in a shoal segment there (:class:`_WriteCounts`),
+    which they read.
 
-    Readers on the host's node learn whether an array was written since they last
-    asked without asking: the host counts each array's writes in a shoal segment
-    there (:class:`_WriteCounts`), which they read."""
+    Locks (RayLock).  A lock is a shoal lock in this node's shared memory, which
+    every user on the node takes directly; the host takes it for the users on other
+    nodes (:meth:`lock_acquire`), and gives it back with ``owner_died`` when such a
+    holder's process dies.
+
+    The creating process tells the host when an object's last handle is gone (see
+    :func:`_forget_gone`)."""
 
     def __init__(self, counts: _WriteCounts) -> None:
+        super().__init__()
         self.written: dict[int, _Written] = {}
         self.loading: dict[int, Any] = {}  # array -> the future of its first copy
         self.locks: dict[int, Any] = {}  # array -> its lock's actor (get_lock)
         self.counts = counts
         counts.serve()
+        self.node_locks: dict[int, Any] = {}  # lock -> the shoal Lock on this node
+        # lock -> (the holder on another node, the number of its grant)
+        self.lock_holders: dict[int, tuple[tuple[int, int], int]] = {}
+        self.grants = 0
+        # condition -> its waiters' tickets and events, longest waiting first
+        self.conditions: dict[int, dict[int, asyncio.Event]] = {}
+        # (a host is an actor's process of its own: a lock it takes from a dead
+        # owner is reported to the remote caller, not here)
+        warnings.filterwarnings("ignore", category=OwnerDiedWarning)
+        self.threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=_CONCURRENCY, thread_name_prefix="shoal-lock"
+        )
 
     async def _data(self, array_id: int, box: list[Any]) -> _Written:
         written = self.written.get(array_id)
@@ -637,16 +665,120 @@ class _ArrayHost:
             lock = self.locks[array_id] = _actor(_SyncActor, "rlock", 1)
         return lock
 
-    async def forget(self, array_ids: list[int]) -> None:
-        """Drop what the host holds for arrays whose every handle is gone."""
-        for array_id in array_ids:
-            self.written.pop(array_id, None)
-            self.loading.pop(array_id, None)
-            self.locks.pop(array_id, None)
+    # ---- locks: the users on other nodes -----------------------------------------------
+
+    async def keep_lock(self, number: int, lock: bytes) -> None:
+        """Hold the new lock ``number`` (a pickled shoal Lock of this node) for as long
+        as a handle on it lives."""
+        self.node_locks[number] = pickle.loads(lock)
+
+    def _node_lock(self, number: int) -> Any:
+        lock = self.node_locks.get(number)
+        if lock is None:
+            raise RuntimeError(
+                "this Ray Lock's host does not have it: it was not made on the host's "
+                "node, or every handle on it was dropped"
+            )
+        return lock
+
+    async def lock_acquire(
+        self, number: int, owner: tuple[int, int], timeout: float | None, pid: int
+    ) -> tuple[bool, bool]:
+        """Take lock ``number`` for ``owner`` (pid ``pid``) of another node: (acquired,
+        from an owner that died).  A waiter whose process dies stops waiting."""
+        lock = self._node_lock(number)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        while not lock.acquire(False):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False, False
+            if not await self._owner_alive(owner):
+                return False, False
+            wait = _PROBE_EVERY if left is None else min(left, _PROBE_EVERY)
+            taking = loop.run_in_executor(self.threads, lock.acquire, True, wait)
+            try:
+                if await asyncio.shield(taking):
+                    break
+            except asyncio.CancelledError:  # (its caller is gone: give back what it took)
+                taking.add_done_callback(lambda done: done.result() and lock.release())
+                raise
+        self.grants += 1
+        self.lock_holders[number] = (owner, self.grants)
+        probe = self.probes.get(owner[0])
+        if probe is not None:
+            grant = self.grants
+            probe.add_done_callback(lambda _: self._holder_died(number, grant, pid))
+        return True, bool(lock.owner_died)
+
+    def _holder_died(self, number: int, grant: int, pid: int) -> None:
+        """The process of a holder on another node died (its probe failed): give its
+        lock back with ``owner_died`` for the next holder, wherever it is."""
+        holder = self.lock_holders.get(number)
+        lock = self.node_locks.get(number)
+        if holder is None or holder[1] != grant or lock is None:
+            return  # released meanwhile
+        del self.lock_holders[number]
+        # (named by its pid: a token's bits 32-53, see native/include/shoal_core.h)
+        lock._release_dead(pid << 32)
+
+    async def lock_release(self, number: int, owner: tuple[int, int]) -> None:
+        """Release lock ``number`` (any process may, as the local Lock allows:
+        NotHeldError if it is not held)."""
+        lock = self._node_lock(number)
+        self.lock_holders.pop(number, None)
+        lock.release()
+
+    async def lock_state(self, number: int, owner: tuple[int, int]) -> tuple[bool, bool]:
+        """(whether ``owner`` holds lock ``number``, whether it got it from an owner that
+        died)."""
+        lock = self._node_lock(number)
+        holder = self.lock_holders.get(number)
+        held = holder is not None and holder[0] == owner
+        return held, held and bool(lock.owner_died)
+
+    # ---- conditions on a RayLock -----------------------------------------------------
+
+    async def cond_enter(self, number: int) -> int:
+        """A new waiter of condition ``number``: its ticket (taken before it releases
+        the lock, so that no notify between that and its wait is lost)."""
+        self.grants += 1
+        self.conditions.setdefault(number, {})[self.grants] = asyncio.Event()
+        return self.grants
+
+    async def cond_wait(self, number: int, ticket: int, timeout: float | None) -> bool:
+        """Wait for a notify of the waiter ``ticket``; whether it came in time."""
+        waiters = self.conditions.get(number, {})
+        woken = waiters.get(ticket)
+        if woken is None:
+            return True  # notified already: taken off the waiters
+        try:
+            await asyncio.wait_for(woken.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            waiters.pop(ticket, None)
+
+    async def cond_notify(self, number: int, n: int) -> None:
+        """Wake the ``n`` longest waiting waiters of condition ``number``."""
+        waiters = self.conditions.get(number, {})
+        for ticket in list(waiters)[:n]:
+            waiters.pop(ticket).set()
+
+    async def forget(self, numbers: list[int]) -> None:
+        """Drop what the host holds for objects whose every handle is gone."""
+        for number in numbers:
+            self.written.pop(number, None)
+            self.loading.pop(number, None)
+            self.locks.pop(number, None)
+            self.node_locks.pop(number, None)
+            self.lock_holders.pop(number, None)
+            self.conditions.pop(number, None)
 
     async def held(self) -> list[int]:
-        """The arrays the host holds a copy or a lock of (for tests and doctor)."""
-        return sorted(self.written.keys() | self.locks.keys())
+        """The objects the host holds anything for (for tests and doctor)."""
+        return sorted(self.written.keys() | self.locks.keys() | self.node_locks.keys())
 
 
 class _DictActor(_DataActor):
@@ -810,6 +942,15 @@ def _rebuild(cls: type, state: Any) -> Any:
     return obj
 
 
+def _warn_owner_died(lock: object) -> None:
+    warnings.warn(
+        f"{type(lock).__name__} acquired from a process that died holding it: "
+        "the data it guards may be half-updated",
+        OwnerDiedWarning,
+        stacklevel=3,
+    )
+
+
 class RaySemaphore(_Handle):
     """A semaphore on the cluster: ``acquire(block, timeout)``, ``release()``, ``with``.
 
@@ -830,12 +971,7 @@ class RaySemaphore(_Handle):
         _register(self)
         acquired, died = _get(self._actor.acquire.remote(_owner(), limit))
         if died:
-            warnings.warn(
-                f"{type(self).__name__} acquired from a process that died holding it: "
-                "the data it guards may be half-updated",
-                OwnerDiedWarning,
-                stacklevel=2,
-            )
+            _warn_owner_died(self)
         return bool(acquired)
 
     def release(self) -> None:
@@ -868,21 +1004,105 @@ class RayBoundedSemaphore(RaySemaphore):
     _kind = "bounded"
 
 
-class RayLock(RaySemaphore):
-    """A lock on the cluster, with an owner (release by another raises
-    :class:`~shoal.NotHeldError`), timeouts, and ``owner_died`` when its holder's process
-    died holding it."""
+class RayLock(_Handle):
+    """A lock on the cluster, kept in shared memory on the node of the process that
+    made it: every process of that node takes it there, as a local
+    :class:`~shoal.Lock` (no call to anyone: a compare-and-swap), and a process of
+    another node through the maker's host actor there, one call per ``acquire`` and
+    per ``release``.  It has the local Lock's semantics wherever it is used: any
+    process may release it (NotHeldError if it is not held), timeouts, and
+    ``owner_died`` when its holder's process died holding it (on any node).
 
-    _kind = "lock"
+    It lives while its maker's process does or a process of its node holds it; its
+    last handle gone, the host drops it."""
 
     def __init__(self) -> None:
-        self._actor = _actor(_SyncActor, self._kind, 1)
+        _check_process()
+        host, number, _counts = _host()
+        lock = _sync.Lock()
+        blob = pickle.dumps(lock)  # (its one reference in flight: the host adopts it)
+        ref = _ray().put(number)  # counted by Ray in every handle: see _forget_gone
+        self.__setstate__((host, number, ref, _node_id(), blob))
+        self._local = lock
+        host.keep_lock.remote(number, blob)
+        _watch(ref, host, number)
+
+    def __getstate__(self) -> Any:
+        return self._actor, self._number, self._ref, self._node, self._blob
+
+    def __setstate__(self, state: Any) -> None:
+        self._actor, self._number, self._ref, self._node, self._blob = state
+        self._local: Any = None  # the shoal Lock, False on another node (not yet known)
+
+    def _here(self) -> Any:
+        """The shoal Lock if this process is on the lock's node, else False."""
+        local = self._local
+        if local is None:
+            _check_process()
+            local = False
+            if self._node == _node_id():
+                try:
+                    local = pickle.loads(self._blob)
+                except (OSError, ShoalError):  # (not this node's /dev/shm after all)
+                    local = False
+            self._local = local
+        return local
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Take the lock; wait up to ``timeout`` seconds (None: for ever)."""
+        local = self._here()
+        if local:
+            return bool(local.acquire(block, timeout))
+        limit = _check_timeout(block, timeout)
+        _register(self)
+        acquired, died = _get(
+            self._actor.lock_acquire.remote(self._number, _owner(), limit, os.getpid())
+        )
+        if died:
+            _warn_owner_died(self)
+        return bool(acquired)
+
+    def release(self) -> None:
+        """Give the lock back (:class:`~shoal.NotHeldError` if it is not held)."""
+        local = self._here()
+        if local:
+            local.release()
+        else:
+            _get(self._actor.lock_release.remote(self._number, _owner()))
+
+    def _is_owned(self) -> bool:
+        local = self._here()
+        if local:
+            return bool(local._is_owned())
+        return bool(_get(self._actor.lock_state.remote(self._number, _owner()))[0])
+
+    @property
+    def owner_died(self) -> bool:
+        """Whether the caller holds the lock and got it from an owner that died
+        holding it (until release)."""
+        local = self._here()
+        if local:
+            return bool(local.owner_died)
+        return bool(_get(self._actor.lock_state.remote(self._number, _owner()))[1])
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return "<shoal RayLock on Ray>"
 
 
-class RayRLock(RayLock):
-    """A recursive lock on the cluster: its owner may acquire it again."""
+class RayRLock(RaySemaphore):
+    """A recursive lock on the cluster (an actor): its owner, a thread of a process,
+    may acquire it again; release by another raises :class:`~shoal.NotHeldError`."""
 
     _kind = "rlock"
+
+    def __init__(self) -> None:
+        super().__init__(1)
 
 
 class RayEvent(_Handle):
@@ -908,23 +1128,68 @@ class RayEvent(_Handle):
         return bool(_get(self._actor.wait.remote(_check_timeout(True, timeout))))
 
 
-class RayCondition(RayRLock):
+class RayCondition(_Handle):
     """A condition variable on the cluster, on its own RLock or on a :class:`RayLock`
     or :class:`RayRLock` given: ``with c: c.wait(timeout)``, ``wait_for``,
-    ``notify(n)``, ``notify_all()``."""
+    ``notify(n)``, ``notify_all()``.
 
-    def __init__(self, lock: RayLock | None = None) -> None:
+    On an RLock (an actor) the actor keeps the waiters too: a ``wait`` is one call.
+    On a Lock (shared memory on its node), the host of the process that made the
+    condition keeps them: a ``wait`` takes a ticket, releases the lock, waits for a
+    notify and takes the lock back."""
+
+    def __init__(self, lock: RayLock | RayRLock | None = None) -> None:
         if lock is None:
-            self._actor = _actor(_SyncActor, "rlock", 1)
-        elif isinstance(lock, RayLock):
-            self._actor = lock._actor
-        else:
+            lock = RayRLock()
+        elif not isinstance(lock, (RayLock, RayRLock)):
             raise TypeError(f"a Ray Condition takes a Ray lock, not {type(lock).__name__}")
+        waiters: Any = None
+        if isinstance(lock, RayLock):  # (its host keeps the waiters, see _Host.cond_enter)
+            host, number, _counts = _host()
+            ref = _ray().put(number)
+            waiters = (host, number, ref)
+            _watch(ref, host, number)
+        self.__setstate__((lock, waiters))
+
+    def __getstate__(self) -> Any:
+        return self._lock, self._waiters
+
+    def __setstate__(self, state: Any) -> None:
+        self._lock, self._waiters = state
+        self._actor = self._lock._actor
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Take the condition's lock."""
+        return self._lock.acquire(block, timeout)
+
+    def release(self) -> None:
+        """Give the condition's lock back."""
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+    def _check_owned(self, what: str) -> None:
+        if not self._lock._is_owned():
+            raise NotHeldError(f"cannot {what} on un-acquired lock")
 
     def wait(self, timeout: float | None = None) -> bool:
         """Release the lock, wait for a notify (or ``timeout``), take the lock back;
         return whether it was notified."""
-        return bool(_get(self._actor.cond_wait.remote(_owner(), _check_timeout(True, timeout))))
+        limit = _check_timeout(True, timeout)
+        if self._waiters is None:
+            return bool(_get(self._actor.cond_wait.remote(_owner(), limit)))
+        self._check_owned("wait")
+        host, number, _ref = self._waiters
+        ticket = _get(host.cond_enter.remote(number))
+        self._lock.release()
+        try:
+            return bool(_get(host.cond_wait.remote(number, ticket, limit)))
+        finally:
+            self._lock.acquire()
 
     def wait_for(self, predicate: Any, timeout: float | None = None) -> Any:
         """Wait until ``predicate()`` is true (or ``timeout``); return its last value."""
@@ -940,11 +1205,19 @@ class RayCondition(RayRLock):
 
     def notify(self, n: int = 1) -> None:
         """Wake up to ``n`` waiters (the caller must hold the lock)."""
-        _get(self._actor.cond_notify.remote(_owner(), n))
+        if self._waiters is None:
+            _get(self._actor.cond_notify.remote(_owner(), n))
+            return
+        self._check_owned("notify")
+        host, number, _ref = self._waiters
+        _get(host.cond_notify.remote(number, n))
 
     def notify_all(self) -> None:
         """Wake every waiter."""
         self.notify(sys.maxsize)
+
+    def __repr__(self) -> str:
+        return "<shoal RayCondition on Ray>"
 
 
 class RayBarrier(_Handle):
@@ -1478,23 +1751,24 @@ class RayArray(_SeqHandle):
         return self
 
 
-# ---- a numpy array shared across nodes ----------------------------------------------------
+# ---- the process's host (arrays, locks), and a numpy array shared across nodes ------------
 
 _arrays_lock = threading.Lock()
-# (pid, cluster, job) -> this process's array host, the last array's number, the
-# host's write counters and the segment they are in (held while the process lives)
+# (pid, cluster, job) -> this process's host, the last object's number, the host's
+# write counters and the segment they are in (held while the process lives)
 _hosts: dict[tuple[int, str, str], list[Any]] = {}
-# the arrays this process made: their reference's id -> (host, array number); the
-# watcher tells the host once Ray has freed the reference (no handle is left)
+# the objects this process made on its host: the id of the reference their handles
+# carry -> (host, object number); the watcher tells the host once Ray has freed the
+# reference (no handle is left)
 _made: dict[bytes, tuple[Any, int]] = {}
 _watcher: threading.Thread | None = None
-_WATCH_EVERY = 1.0  # seconds between two looks at which of this process's arrays are gone
+_WATCH_EVERY = 1.0  # seconds between two looks at which of this process's objects are gone
 
 
-def _array_host() -> tuple[Any, int, _WriteCounts]:
-    """This process's array host (made at its first ``share()``, on this node,
-    without waiting for it to start), a number for a new array, and the host's write
-    counters."""
+def _host() -> tuple[Any, int, _WriteCounts]:
+    """This process's host (made at its first ``share()`` or ``Lock()``, on this
+    node, without waiting for it to start), a number for a new object, and the host's
+    write counters."""
     context = _ray().get_runtime_context()
     key = (os.getpid(), str(context.gcs_address), str(context.get_job_id()))
     with _arrays_lock:
@@ -1502,7 +1776,7 @@ def _array_host() -> tuple[Any, int, _WriteCounts]:
         if entry is None:
             counts, segment = _WriteCounts.make()
             entry = _hosts[key] = [
-                _actor(_ArrayHost, counts, on_this_node=True),
+                _actor(_Host, counts, on_this_node=True),
                 0,
                 counts,
                 segment,
@@ -1520,45 +1794,46 @@ def _reference_counts() -> Any:
     return None if counts is None else counts()
 
 
-def _watch(ref: Any, host: Any, array_id: int) -> None:
-    """Watch a new array of this process (see :func:`_forget_gone`)."""
+def _watch(ref: Any, host: Any, number: int) -> None:
+    """Watch a new object of this process on its host (see :func:`_forget_gone`)."""
     global _watcher
     with _arrays_lock:
-        _made[ref.hex().encode()] = (host, array_id)
+        _made[ref.hex().encode()] = (host, number)
         if _watcher is None:
-            _watcher = threading.Thread(target=_watch_arrays, name="shoal-ray-arrays", daemon=True)
+            _watcher = threading.Thread(target=_watch_made, name="shoal-ray-hosted", daemon=True)
             _watcher.start()
 
 
-def _watch_arrays() -> None:
-    """Until no array this process made is left: every :data:`_WATCH_EVERY` seconds,
-    :func:`_forget_gone`."""
+def _watch_made() -> None:
+    """Until no object this process made on its host is left: every
+    :data:`_WATCH_EVERY` seconds, :func:`_forget_gone`."""
     while not _forget_gone():
         time.sleep(_WATCH_EVERY)
 
 
 def _forget_gone() -> bool:
-    """Tell each host which of its arrays' last handle is gone, so that it drops its
-    copy: the arrays whose reference Ray has freed (Ray counts the references in
-    every process of the cluster, those inside task arguments and handles too).
-    Return whether none is left to watch (the watcher stops)."""
+    """Tell each host which of its objects' last handle is gone, so that it drops
+    what it holds for them (an array's copy, a lock): those whose reference Ray has
+    freed (Ray counts the references in every process of the cluster, those inside
+    task arguments and handles too).  Return whether none is left to watch (the
+    watcher stops)."""
     global _watcher
     ray = sys.modules.get("ray")
-    # (not connected: the cluster and its arrays are gone, or not ours to tell)
+    # (not connected: the cluster and its objects are gone, or not ours to tell)
     counts = _reference_counts() if ray is not None and ray.is_initialized() else None
     gone: dict[Any, list[int]] = {}
     with _arrays_lock:
         if counts is not None:
             for key in [key for key in _made if key not in counts]:
-                host, array_id = _made.pop(key)
-                gone.setdefault(host, []).append(array_id)
+                host, number = _made.pop(key)
+                gone.setdefault(host, []).append(number)
         done = counts is None or not _made
         if done:
             _made.clear()
             _watcher = None
-    for host, array_ids in gone.items():
+    for host, numbers in gone.items():
         try:
-            host.forget.remote(array_ids)
+            host.forget.remote(numbers)
         except Exception:  # (disconnected meanwhile: the host went with the cluster)
             pass
     return done
@@ -1594,7 +1869,7 @@ class RaySharedArray(_Handle):
                 "use a SharedList or SharedDict for those"
             )
         _check_process()
-        host, array_id, counts = _array_host()
+        host, array_id, counts = _host()
         ref = _ray().put(source)  # version 0: a copy into this node's store
         self.__setstate__((host, array_id, ref, counts))
         _watch(ref, host, array_id)
