@@ -24,7 +24,7 @@ from typing import Any
 import pool_tasks as t
 import pytest
 from conftest import wait_until
-from isolation import run_isolated
+from isolation import check_isolated, run_isolated
 
 import shoal
 from shoal import Queue, TaskTimeoutError, WorkerDiedError
@@ -480,6 +480,79 @@ def test_a_pool_that_lost_a_worker_or_was_terminated_leaves_its_rings_to_nobody(
     with Executor(1, mp_context=fork) as after:
         assert not set(_ring_names(after)) & set(lost)
         assert after.submit(increment, 3).result(TIMEOUT) == 4
+
+
+WORKER_FILES = """
+import multiprocessing as mp, os, signal
+import pool_tasks as t
+import shoal
+from shoal import _core, _memory
+from shoal._pool import Pool
+
+def left():
+    # what `python -m shoal doctor` calls leftovers: segments every holder of which
+    # died, liveness files of dead processes (the tmpfs is this script's alone)
+    segments = [r.name for r in _memory.segment_report() if r.state == "leftover"]
+    dead = [n for n, state in _memory.liveness_files().items() if state == "dead"]
+    return sorted(segments + dead)
+
+def files_of(pids):
+    # the ledgers and liveness files the workers `pids` made
+    ledgers = [r.name for r in _memory.segment_report()
+               if r.kind == "ledger" and r.creator_pid in pids]
+    live = [n for n in _memory.liveness_files() if _core.token_pid(int(n[-16:], 16)) in pids]
+    return ledgers, live
+
+def busy_workers(pool, q, event, n):
+    # n tasks that hold a worker each (and a reference to q: a ledger) until `event`
+    results = [pool.apply_async(t.announce_then_wait, (q, event)) for _ in range(n)]
+    pids = {q.get(timeout=30) for _ in range(n)}
+    ledgers, live = files_of(pids)
+    assert len(ledgers) == len(live) == n, (pids, ledgers, live)  # (else nothing to leak)
+    return results, pids
+
+ctx = mp.get_context(METHOD)
+q, event = shoal.Queue(), shoal.Event()
+assert left() == [], left()
+
+# a worker SIGKILLed mid-task; the pool closed and joined
+pool = Pool(2, context=ctx)
+(victim,), pids = busy_workers(pool, q, event, 1)
+os.kill(pids.pop(), signal.SIGKILL)
+try:
+    victim.get(30)
+except shoal.WorkerDiedError:
+    pass
+pool.close(); pool.join()
+print("killed", left())
+
+# a pool terminated while its workers run their tasks
+pool = Pool(2, context=ctx)
+busy_workers(pool, q, event, 2)
+pool.terminate(); pool.join()
+print("terminated", left())
+
+# a worker SIGKILLed, the pool terminated before or after the pool finds it dead
+pool = Pool(2, context=ctx)
+_, pids = busy_workers(pool, q, event, 2)
+os.kill(min(pids), signal.SIGKILL)
+pool.terminate(); pool.join()
+print("killed-then-terminated", left())
+q.close(); event.close()
+"""
+
+
+def test_killed_or_terminated_workers_leave_no_ledger_nor_liveness_file(ctx: Any) -> None:
+    """A worker SIGKILLed, or killed by ``terminate()``, cannot give back its ledger
+    (the record of the references it held) nor remove its liveness file: the pool,
+    which waited for it, reaps them before its ``join()`` returns.  Before, a
+    terminated pool's workers left both in ``/dev/shm`` until the next sweep
+    (``doctor --reap``, or another program's first segment): 4 + 4 after every
+    benchmark run."""
+    script = WORKER_FILES.replace("METHOD", repr(ctx.get_start_method()))
+    out = check_isolated(script, timeout=90)
+    steps = dict(line.split(" ", 1) for line in out.splitlines())
+    assert steps == dict.fromkeys(["killed", "terminated", "killed-then-terminated"], "[]"), out
 
 
 def test_a_full_dev_shm_closes_the_kept_rings_before_it_refuses_a_segment() -> None:

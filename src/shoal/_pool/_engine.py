@@ -377,9 +377,12 @@ class _Engine:
             processes * _SLOT_WORDS + 1 + self._mark_words
         )
         self._pushed = records_taken(self._tasks)  # (the next ordinal: 0 if new)
-        # every worker that ended so far exited by itself, status 0 (_worker_ended,
-        # _kill_workers): only then are the rings and slots kept (see _release)
+        # every worker that ended so far exited by itself, status 0 (_waited): only
+        # then are the rings and slots kept (see _release)
         self._clean_end = True
+        # a worker ended otherwise since the last sweep: what it left is reaped
+        # (_reap_dead)
+        self._left_files = False
         self._marked_at = words(self._slots)[1] + processes * _SLOT_WORDS * 8
         # the class of a task's exception's __cause__, as the standard library's
         # (``cancellable``: an Executor's)
@@ -544,11 +547,36 @@ class _Engine:
             if self._timeouts_used:
                 self._enforce_timeouts()
 
-    def _worker_ended(self, slot: int) -> None:
-        process = self._workers[slot]
+    def _waited(self, process: Any) -> None:
+        """Wait for the worker ``process``, which ended or was killed, and note how.
+
+        One that did not exit by itself with status 0 ran no exit hooks (SIGKILL, a
+        segfault, ``os._exit``): its ledger, which records the references it held
+        (``shoal._handle``), and its liveness file are left for a sweep, and its rings
+        are not for reuse (see _release).
+        """
         process.join()
         if process.exitcode != 0:
-            self._clean_end = False  # (its rings are not for reuse: see _release)
+            self._clean_end = False
+            self._left_files = True
+
+    def _reap_dead(self) -> None:
+        """Reap what the workers waited for since the last call left (see _waited): the
+        references their ledgers record are given back now, not at some later sweep
+        (the next program's first segment, ``doctor --reap``).  Called once a worker is
+        found dead, and as the pool is released (the workers a terminate killed, those
+        found dead after it).  They were waited for: no longer alive to anyone."""
+        if not self._left_files:
+            return
+        self._left_files = False
+        try:
+            reap()
+        except Exception as exc:
+            report_unraisable(exc)
+
+    def _worker_ended(self, slot: int) -> None:
+        process = self._workers[slot]
+        self._waited(process)
         self._close_pidfd(slot)
         claim = self._slot_word(slot, _CLAIM)
         ordinal = -1
@@ -577,13 +605,7 @@ class _Engine:
                 self._start_worker(slot)
             except Exception as exc:  # out of processes or memory: keep the others going
                 _call_back(_raise, exc)
-        if process.exitcode != 0:
-            # killed, or gone without its exit hooks: the references it held are given
-            # back from its ledger now (shoal._handle), not at some later sweep
-            try:
-                reap()
-            except Exception as exc:
-                report_unraisable(exc)
+        self._reap_dead()
 
     def _enforce_timeouts(self) -> None:
         now = time.monotonic_ns()
@@ -671,9 +693,8 @@ class _Engine:
                 process.kill()
         for process in self._workers:
             if process is not None:
-                process.join()  # killed: it ends (waitpid, not the sentinel; see _death_handle)
-                if process.exitcode != 0:
-                    self._clean_end = False  # (see _release)
+                # killed: it ends (waitpid, not the sentinel; see _open_pidfd)
+                self._waited(process)
 
     # ---- submitting -------------------------------------------------------------------
 
@@ -1231,6 +1252,9 @@ class _Engine:
         if not (clean and _keep_spare(self._tasks, self._results, self._slots)):
             for obj in (self._tasks, self._results, self._slots):
                 obj.close()
+        # what killed workers left (those of a terminate, any the monitor found dead
+        # after one, where it no longer reaps): gone before join() or terminate() returns
+        self._reap_dead()
 
     def _report_uncollected(self) -> None:
         failed = [r for r in self._uncollected if not r._collected]
