@@ -1115,11 +1115,12 @@ class RayManager(_managers.SyncManager):
     """``Manager()`` on the cluster (``get_context("ray").Manager()``): the local
     manager's life cycle (``start``, ``shutdown``, ``with``; no server process) with
     factories that return the Ray context's objects: ``Queue()``, ``Lock()``,
-    ``dict()``, ``list()``, ``Value()``, ``Array()``, ``Namespace()`` (attributes in a
-    cluster dict), ``Pool()`` (a :class:`RayPool`, terminated by ``shutdown()``) …
+    ``dict()``, ``list()``, ``set()``, ``Value()``, ``Array()``, ``Namespace()``
+    (attributes in a cluster dict), ``Pool()`` (a :class:`RayPool`, terminated by
+    ``shutdown()``) …
 
     Registered types and ``connect()`` are the local manager's (a server on this
-    machine); ``set()`` is not on Ray yet.
+    machine).
     """
 
     def __init__(self, *args: Any, ctx: RayContext | None = None, **kwargs: Any) -> None:
@@ -1183,8 +1184,12 @@ class RayManager(_managers.SyncManager):
         return self._make("SharedList", builtins.list(*args))
 
     def set(self, iterable: Iterable[Any] = (), /) -> Any:
-        """Not on Ray yet (#13): raises NotImplementedError."""
-        raise NotImplementedError("Manager().set() is not available on the 'ray' context yet")
+        """A cluster set holding what ``set(iterable)`` holds (a
+        :class:`~shoal._ray_objects.RaySharedSet`: the API of :class:`~shoal.SharedSet`)."""
+        self._check_open()
+        elements = builtins.set(iterable)  # (set()'s own errors, here)
+        self._ray_ctx.connect()
+        return _ray_objects.RaySharedSet(elements)
 
     def Namespace(self, **kwds: Any) -> Any:
         """A namespace whose attributes live in a cluster dict (the local
