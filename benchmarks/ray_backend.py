@@ -232,13 +232,24 @@ def lock_case(ours: Any, mine: Any, ctx: Any, local: Any, repeat: int, rows: lis
     import ray
 
     actor_lock = ray.remote(num_cpus=0)(AsyncLock)
-    a = median_of(lambda: ours.apply(lock_pairs, (ctx.Lock(), LOCK_N)), repeat)
+    from shoal import _ray_objects as ro
+
+    def as_from_another_node(lock: Any) -> Any:
+        # (the handle a process of another node has: it goes through the host)
+        state = lock.__getstate__()
+        return ro._rebuild(type(lock), (*state[:3], "another node", state[4]))
+
+    a = median_of(lambda: ours.apply(lock_pairs, (ctx.Lock(), LOCK_N * 100)), repeat)
     b = median_of(
         lambda: ours.apply(lock_pairs, (ActorLockClient(actor_lock.remote()), LOCK_N)),
         repeat,
     )
     c = median_of(lambda: mine.apply(lock_pairs, (local.Lock(), LOCK_N * 100)), repeat)
     rows.append(("lock acquire+release pairs from a task (pairs/s)", a, b, 1.0, c))
+    far = median_of(
+        lambda: ours.apply(lock_pairs, (as_from_another_node(ctx.Lock()), LOCK_N)), repeat
+    )
+    rows.append(("the same lock, taken as from another node (pairs/s)", far, b, 1.0, c))
 
 
 def array_case(ours: Any, mine: Any, ctx: Any, repeat: int, rows: list[Any]) -> None:

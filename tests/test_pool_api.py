@@ -6,9 +6,9 @@ spawn, progress bars, tasks failed by ``terminate``) the test says so.  Worker
 death itself is tests/test_pool_survival.py.
 
 The tests that take the ``context`` fixture (conftest.py) run on the local context
-and on the Ray one (#13): the same program, the same answers.  The others stay local:
-they look at worker processes, start methods, shared memory or the uncollected-error
-report, which a Ray pool does not have (docs/ray.md), or time the pool.
+and on the Ray one (#13): the same program, the same answers (the uncollected-error
+report too).  The others stay local: they look at worker processes, start methods
+or shared memory, which a Ray pool does not have (docs/ray.md), or time the pool.
 
 Start-up under spawn costs about 0.3 s a pool, so the start-method matrix (the
 ``ctx`` fixture) is kept to the tests where the method changes something: how
@@ -707,30 +707,41 @@ def test_the_pool_task_timeout_and_overriding_it() -> None:
 # ---- uncollected errors ------------------------------------------------------------------------
 
 
-def test_an_uncollected_failure_is_reported_at_join() -> None:
-    pool = fork_pool(1)
+def test_an_uncollected_failure_is_reported_at_join(context: Any) -> None:
+    pool = context.Pool(1)
     failed = pool.apply_async(t.fail, ("nobody looked",))
     failed.wait(TIMEOUT)
     pool.close()
     with pytest.warns(shoal.UncollectedTaskErrorWarning, match="nobody looked") as record:
         pool.join()
     assert len(record) == 1
+    assert record[0].filename == __file__  # the caller's join(), through either engine
     message = str(record[0].message)
     assert "1 pool task(s) failed" in message and "fail('nobody looked')" in message
     assert "raise ValueError(message)" in message  # the remote traceback
 
 
-def test_an_uncollected_failure_is_reported_at_terminate() -> None:
-    pool = fork_pool(1)
+def test_an_uncollected_failure_is_reported_at_terminate(context: Any) -> None:
+    pool = context.Pool(1)
     pool.map_async(t.fail_on, range(5), 1).wait(TIMEOUT)
-    with pytest.warns(shoal.UncollectedTaskErrorWarning, match="bad item 3"):
+    with pytest.warns(shoal.UncollectedTaskErrorWarning, match="bad item 3") as record:
         pool.terminate()
+    assert "fail_on over 5 items" in str(record[0].message)
+
+
+def test_a_pool_nobody_joined_reports_when_collected(context: Any) -> None:
+    pool = context.Pool(1)
+    pool.apply_async(t.fail, ("dropped",)).wait(TIMEOUT)
+    pool.close()
+    with pytest.warns(shoal.UncollectedTaskErrorWarning, match="dropped"):
+        del pool
+        gc.collect()
 
 
 @pytest.mark.parametrize("how", ["get", "successful", "error_callback", "callback_only"])
-def test_a_collected_failure_is_not_reported(how: str) -> None:
+def test_a_collected_failure_is_not_reported(context: Any, how: str) -> None:
     errors: list[BaseException] = []
-    with fork_pool(1) as pool:
+    with context.Pool(1) as pool:
         if how == "error_callback":
             failed = pool.apply_async(t.fail, error_callback=errors.append)
         else:
@@ -750,8 +761,19 @@ def test_a_collected_failure_is_not_reported(how: str) -> None:
     assert len(errors) == (1 if how == "error_callback" else 0)
 
 
-def test_uncollected_errors_raise_or_ignore() -> None:
-    pool = fork_pool(1, uncollected_errors="raise")
+def test_tasks_the_pool_failed_are_not_reported(context: Any) -> None:
+    """Unfinished at terminate(): the pool's doing, not the tasks'."""
+    pool = context.Pool(1)
+    pending = [pool.apply_async(t.sleep_then, (30.0,)) for _ in range(3)]
+    pool.terminate()
+    pool.join()  # filterwarnings=error: a warning (at either call) would fail the test
+    for result in pending:
+        result.wait(TIMEOUT)
+        assert result.ready() and not result.successful()
+
+
+def test_uncollected_errors_raise_or_ignore(context: Any) -> None:
+    pool = context.Pool(1, uncollected_errors="raise")
     results = [pool.apply_async(t.fail, (f"number {i}",)) for i in range(3)]
     fine = pool.apply_async(t.square, (2,))
     for r in results:
@@ -768,10 +790,12 @@ def test_uncollected_errors_raise_or_ignore() -> None:
         assert [str(e) for e in errors] == ["number 0", "number 1", "number 2"]
         assert all(isinstance(e.__cause__, RemoteTraceback) for e in errors)
 
-    pool = fork_pool(1, uncollected_errors="ignore")
+    pool = context.Pool(1, uncollected_errors="ignore")
     pool.apply_async(t.fail).wait(TIMEOUT)
     pool.close()
     pool.join()
+    with pytest.raises(ValueError, match="uncollected_errors must be 'warn'"):
+        context.Pool(1, uncollected_errors="loud")
 
 
 def test_join_that_reports_uncollected_errors_still_releases_the_pool() -> None:

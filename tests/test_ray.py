@@ -822,14 +822,6 @@ def test_ray_barrier_breaks_when_a_waiting_party_dies(ray_ctx: Any) -> None:
     assert not barrier.broken
 
 
-def test_ray_what_is_not_there_yet_says_so(ray_ctx: Any) -> None:
-    with (
-        ray_ctx.Manager() as manager,
-        pytest.raises(NotImplementedError, match="not available on the 'ray' context"),
-    ):
-        manager.set()
-
-
 # ---- two nodes -------------------------------------------------------------------------
 
 

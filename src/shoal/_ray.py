@@ -53,7 +53,17 @@ from ._errors import (
     TaskTimeoutError,
     WorkerDiedError,
 )
-from ._pool import _CALL, _CALL_KW, _MAP, _STARMAP, _ExecutorBase, _PoolBase
+from ._pool import (
+    _CALL,
+    _CALL_KW,
+    _MAP,
+    _STARMAP,
+    _check_uncollected_mode,
+    _describe_call,
+    _ExecutorBase,
+    _PoolBase,
+    _report_uncollected,
+)
 
 __all__ = ["RayContext", "RayExecutor", "RayManager", "RayPool"]
 
@@ -377,6 +387,9 @@ class _Entry:
 
 class _Job:
     _bar: Any = None  # a tqdm bar, for progress=True (made by shoal._pool._base)
+    # a failure is reported at join()/terminate() unless collected (an AsyncResult's
+    # get(), successful() or error_callback); the other jobs never report
+    _collected = True
 
     def __init__(self, tasks: int) -> None:
         self._event = threading.Event()
@@ -397,6 +410,7 @@ class _Job:
         """Whether the call returned; ValueError if it has not finished."""
         if not self.ready():
             raise ValueError(f"{self!r} not ready")
+        self._collected = True
         return self._success
 
     def _start(self) -> bool:
@@ -413,17 +427,35 @@ class _Job:
 
 class AsyncResult(_Job):
     """The result of an ``apply_async``: ``get()``, ``wait()``, ``ready()``,
-    ``successful()``, as :class:`multiprocessing.pool.AsyncResult`."""
+    ``successful()``, as :class:`multiprocessing.pool.AsyncResult`.  A failure nobody
+    collects (no ``get()``, ``successful()`` or ``error_callback``) goes on
+    ``uncollected``, the engine's list reported at ``join()``/``terminate()``."""
 
-    def __init__(self, callback: Any = None, error_callback: Any = None, tasks: int = 1) -> None:
+    def __init__(
+        self,
+        callback: Any = None,
+        error_callback: Any = None,
+        tasks: int = 1,
+        uncollected: list[AsyncResult] | None = None,
+    ) -> None:
         super().__init__(tasks)
         self._callback, self._error_callback = callback, error_callback
+        self._collected = error_callback is not None
+        self._uncollected = uncollected
+        self._what: Any = ""  # a description, or (func, args, kwds) to make one from
+
+    @property
+    def _description(self) -> str:
+        if isinstance(self._what, tuple):  # made when needed: most calls never need it
+            self._what = _describe_call(*self._what)
+        return self._what  # type: ignore[no-any-return]
 
     def get(self, timeout: float | None = None) -> Any:
         """The call's value, or its exception raised here; ``multiprocessing.TimeoutError``
         if it has not finished within ``timeout`` seconds."""
         if not self._event.wait(timeout):
             raise multiprocessing.TimeoutError
+        self._collected = True
         if self._success:
             return self._value
         assert self._error is not None
@@ -431,6 +463,8 @@ class AsyncResult(_Job):
 
     def _finish(self) -> None:
         self._close_bar()
+        if not self._success and not self._collected and self._uncollected is not None:
+            self._uncollected.append(self)
         try:
             if self._success and self._callback is not None:
                 self._callback(self._value)
@@ -452,9 +486,15 @@ class MapResult(AsyncResult):
     """The result of a ``map_async``/``starmap_async``: the list in input order."""
 
     def __init__(
-        self, length: int, chunks: int, callback: Any, error_callback: Any, bar: Any = None
+        self,
+        length: int,
+        chunks: int,
+        callback: Any,
+        error_callback: Any,
+        bar: Any = None,
+        uncollected: list[AsyncResult] | None = None,
     ) -> None:
-        super().__init__(callback, error_callback, chunks)
+        super().__init__(callback, error_callback, chunks, uncollected)
         self._bar = bar
         self._parts: list[Any] = [None] * chunks
         if chunks == 0:
@@ -585,6 +625,7 @@ class _Engine:
         task_timeout: float | None,
         retries: int,
         ray_options: dict[str, Any] | None,
+        uncollected_errors: str = "ignore",
     ) -> None:
         if processes is not None and (not isinstance(processes, int) or processes < 1):
             raise ValueError("Number of processes must be at least 1")
@@ -598,6 +639,10 @@ class _Engine:
             raise ValueError(f"task_timeout must be positive, not {task_timeout!r}")
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a non-negative int, not {retries!r}")
+        self._uncollected_mode = _check_uncollected_mode(uncollected_errors)
+        # the results that failed while nobody collected them (AsyncResult._finish)
+        self.uncollected: list[AsyncResult] = []
+        self._ended = False  # joined, or terminated: nothing left to report
         ray = context.connect()
         self._ray = ray
         self.processes = processes or max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -723,9 +768,7 @@ class _Engine:
                 "the pool's initializer failed in a worker: the pool cannot run tasks"
             )
             failure.__cause__ = self._broken
-            for entry in batch:
-                self._deliver(entry, False, failure)
-            self._fail_outstanding(failure)
+            self._fail_outstanding(failure, batch)
             return
         for entry, (ok, value) in zip(batch, results, strict=True):
             self._deliver(entry, ok, value if ok else _remote_error(value))
@@ -772,15 +815,27 @@ class _Engine:
             with self._cond:
                 self._inflight[ref] = (batch, None)
 
-    def _fail_outstanding(self, error: BaseException) -> None:
+    def _fail_outstanding(self, error: BaseException, entries: list[_Entry] | None = None) -> None:
+        """Fail ``entries`` and every task not finished with ``error``: the pool's
+        doing, not the tasks', so never reported as uncollected."""
+        entries = list(entries or ())
         with self._cond:
-            entries = list(self._backlog)
+            entries += self._backlog
             self._backlog.clear()
             for batch, _ in self._inflight.values():
                 entries += batch
             self._inflight.clear()
         for entry in entries:
+            entry.job._collected = True
             self._deliver(entry, False, error)
+
+    def _report_uncollected(self) -> None:
+        failed = self.uncollected[:]
+        del self.uncollected[: len(failed)]  # (in place: the results append to it)
+        _report_uncollected(
+            [(r._description, r._error) for r in failed if not r._collected],  # type: ignore[misc]
+            self._uncollected_mode,
+        )
 
     # ---- the end --------------------------------------------------------------------------
 
@@ -801,25 +856,40 @@ class _Engine:
             except Exception:
                 pass
         self._thread.join(10)
-        self._fail_outstanding(ClosedError("the pool was terminated before this task finished"))
+        self._ended = True
+        try:
+            self._report_uncollected()
+        finally:
+            self._fail_outstanding(ClosedError("the pool was terminated before this task finished"))
 
     def join(self, timeout: float | None = None) -> None:
         if self.state == _RUN:
             raise ValueError("join() needs close() or terminate() first")
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._ended = True
+            self._report_uncollected()
 
 
 def _describe(entry: _Entry) -> str:
-    name = getattr(entry.func, "__qualname__", None) or repr(entry.func)
     if entry.kind in (_MAP, _STARMAP):
+        name = getattr(entry.func, "__qualname__", None) or repr(entry.func)
         return f"{name} over a chunk of {len(entry.payload)} items"
-    args = entry.payload if entry.kind == _CALL else entry.payload[0]
-    text = ", ".join(repr(a) for a in args)
-    return f"{name}({text[:60] + '…' if len(text) > 60 else text})"
+    if entry.kind == _CALL:
+        return _describe_call(entry.func, entry.payload)
+    return _describe_call(entry.func, *entry.payload)
 
 
 def _finalize(engine: _Engine) -> None:
+    """An Executor dropped while it runs: stop (one shut down goes on by itself)."""
     if engine.state == _RUN:
+        engine.terminate()
+
+
+def _finalize_pool(engine: _Engine) -> None:
+    """A Pool dropped (or left at exit) before it was joined: terminated, reporting the
+    failures nobody collected, as the local pool is."""
+    if not engine._ended:
         engine.terminate()
 
 
@@ -839,6 +909,10 @@ class RayPool(_PoolBase):
             with :class:`~shoal.WorkerDiedError`).
         ray_options: more options of the Ray tasks (``num_cpus``, ``resources``,
             ``scheduling_strategy`` …).
+        uncollected_errors: what ``join()``/``terminate()`` (and the collection of a
+            pool nobody joined) do about failed ``apply_async``/``map_async`` results
+            nobody collected: "warn" (:class:`~shoal.UncollectedTaskErrorWarning`),
+            "raise" (an ``ExceptionGroup``) or "ignore", as the local pool's.
 
     Results come back in input order; a task's exception is raised by ``get()`` with
     the worker's traceback as ``__cause__``; a worker (or node) that dies fails only
@@ -862,6 +936,7 @@ class RayPool(_PoolBase):
         task_timeout: float | None = None,
         retries: int = 0,
         ray_options: dict[str, Any] | None = None,
+        uncollected_errors: str = "warn",
     ) -> None:
         self._engine = _Engine(
             context or RayContext(),
@@ -872,8 +947,9 @@ class RayPool(_PoolBase):
             task_timeout,
             retries,
             ray_options,
+            uncollected_errors,
         )
-        self._finalizer = weakref.finalize(self, _finalize, self._engine)
+        self._finalizer = weakref.finalize(self, _finalize_pool, self._engine)
 
     # ---- the Ray engine's side of _PoolBase ------------------------------------------
 
@@ -897,7 +973,8 @@ class RayPool(_PoolBase):
         error_callback: Callable[[BaseException], object] | None,
         limit: Any,
     ) -> AsyncResult:
-        result = AsyncResult(callback, error_callback)
+        result = AsyncResult(callback, error_callback, uncollected=self._engine.uncollected)
+        result._what = (func, args, kwds)
         entry = (
             _Entry(result, 0, func, _CALL_KW, (args, dict(kwds)), limit)
             if kwds
@@ -920,12 +997,16 @@ class RayPool(_PoolBase):
         name: str,
     ) -> MapResult:
         starts = range(0, len(items), size)
-        result = MapResult(len(items), len(starts), callback, error_callback, bar)
+        engine = self._engine
+        result = MapResult(
+            len(items), len(starts), callback, error_callback, bar, engine.uncollected
+        )
+        result._what = f"{name} over {len(items)} items"
         entries = [
             _Entry(result, n, func, kind, items[i : i + size], limit) for n, i in enumerate(starts)
         ]
         if entries:
-            self._engine.submit(entries)
+            engine.submit(entries)
         return result
 
     def _imap(
@@ -1034,11 +1115,12 @@ class RayManager(_managers.SyncManager):
     """``Manager()`` on the cluster (``get_context("ray").Manager()``): the local
     manager's life cycle (``start``, ``shutdown``, ``with``; no server process) with
     factories that return the Ray context's objects: ``Queue()``, ``Lock()``,
-    ``dict()``, ``list()``, ``Value()``, ``Array()``, ``Namespace()`` (attributes in a
-    cluster dict), ``Pool()`` (a :class:`RayPool`, terminated by ``shutdown()``) …
+    ``dict()``, ``list()``, ``set()``, ``Value()``, ``Array()``, ``Namespace()``
+    (attributes in a cluster dict), ``Pool()`` (a :class:`RayPool`, terminated by
+    ``shutdown()``) …
 
     Registered types and ``connect()`` are the local manager's (a server on this
-    machine); ``set()`` is not on Ray yet.
+    machine).
     """
 
     def __init__(self, *args: Any, ctx: RayContext | None = None, **kwargs: Any) -> None:
@@ -1102,8 +1184,12 @@ class RayManager(_managers.SyncManager):
         return self._make("SharedList", builtins.list(*args))
 
     def set(self, iterable: Iterable[Any] = (), /) -> Any:
-        """Not on Ray yet (#13): raises NotImplementedError."""
-        raise NotImplementedError("Manager().set() is not available on the 'ray' context yet")
+        """A cluster set holding what ``set(iterable)`` holds (a
+        :class:`~shoal._ray_objects.RaySharedSet`: the API of :class:`~shoal.SharedSet`)."""
+        self._check_open()
+        elements = builtins.set(iterable)  # (set()'s own errors, here)
+        self._ray_ctx.connect()
+        return _ray_objects.RaySharedSet(elements)
 
     def Namespace(self, **kwds: Any) -> Any:
         """A namespace whose attributes live in a cluster dict (the local

@@ -35,10 +35,11 @@ import time
 import types
 import warnings
 from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _core, _memory, _sync
 from ._errors import BarrierPartyDiedError, NotHeldError, OwnerDiedWarning, ShoalError
+from ._set import _UPDATES, _hashable, _SetBase
 
 __all__ = [
     "RayArray",
@@ -53,8 +54,11 @@ __all__ = [
     "RaySharedArray",
     "RaySharedDict",
     "RaySharedList",
+    "RaySharedSet",
     "RayValue",
 ]
+
+_T = TypeVar("_T")
 
 _PROBE_EVERY = 0.5  # seconds between two looks at a waited-for holder's probe
 
@@ -1596,6 +1600,103 @@ class RayValue(_WithLock):
 
     def __repr__(self) -> str:
         return "<shoal RayValue on Ray>"
+
+
+# ---- a set: Manager().set() -------------------------------------------------------------
+
+
+class _SetActor(_DataActor):
+    """A set (``Manager().set()`` on Ray): each operation of the handle's primitives
+    (``shoal._set._SetBase``) one atomic call."""
+
+    def __init__(self, elements: list[Any]) -> None:
+        super().__init__()
+        self.data = set(elements)
+
+    def op_has(self, element: Any) -> bool:
+        return element in self.data
+
+    def op_len(self) -> int:
+        return len(self.data)
+
+    def op_elements(self) -> list[Any]:
+        return list(self.data)
+
+    def op_add(self, element: Any) -> None:
+        self.data.add(element)
+
+    def op_discard(self, element: Any) -> None:
+        self.data.discard(element)
+
+    def op_remove(self, element: Any) -> bool:
+        if element not in self.data:
+            return False
+        self.data.remove(element)
+        return True
+
+    def op_pop(self) -> tuple[bool, Any]:
+        return (True, self.data.pop()) if self.data else (False, None)
+
+    def op_clear(self) -> None:
+        self.data.clear()
+
+    def op_apply(self, name: str, others: list[list[Any]]) -> None:
+        if name not in _UPDATES:
+            raise AttributeError(f"no set update {name!r}")
+        getattr(self.data, name)(*others)
+
+
+class RaySharedSet(_Handle, _SetBase[_T]):
+    """A set on the cluster, one actor (what ``Manager().set()`` returns on Ray): the
+    whole ``set`` API of :class:`~shoal.SharedSet`, with its results and errors.  Each
+    single-element operation, ``clear()`` and each update (``update``,
+    ``intersection_update`` …, ``|=``, ``&=``, ``-=``, ``^=``) is one atomic actor call;
+    what makes a new set (``|``, ``union()``, ``copy()`` …) and iteration work on a
+    snapshot (one call).  Elements compare as a ``set``'s (``1``, ``1.0`` and ``True``
+    are one element), as the cluster dict's keys do."""
+
+    def __init__(self, iterable: Iterable[_T] = (), /) -> None:
+        self._actor = _actor(_SetActor, [_hashable(element) for element in iterable])
+
+    def _call(self, name: str, *args: Any) -> Any:
+        return _get(self._actor.call.remote(name, *args))
+
+    def _has(self, element: Any) -> bool:
+        return bool(self._call("has", element))
+
+    def __len__(self) -> int:
+        return int(self._call("len"))
+
+    def _elements(self) -> list[_T]:
+        return list(self._call("elements"))
+
+    def _add(self, element: Any) -> None:
+        self._call("add", element)
+
+    def _discard(self, element: Any) -> None:
+        self._call("discard", element)
+
+    def _remove(self, element: Any) -> bool:
+        return bool(self._call("remove", element))
+
+    def _pop(self) -> tuple[bool, Any]:
+        found, element = self._call("pop")
+        return bool(found), element
+
+    def clear(self) -> None:
+        """Remove every element (one atomic call)."""
+        self._call("clear")
+
+    def _apply(self, name: str, others: list[list[Any]]) -> None:
+        self._call("apply", name, others)
+
+    @property
+    def closed(self) -> bool:
+        """False: a Ray object is not closed, it goes with its last handle."""
+        return False
+
+    def _repr_key(self) -> Any:
+        return ("ray set", getattr(self._actor, "_actor_id", id(self._actor)))
 
 
 # ---- sequences: SharedList, Array, RawArray ----------------------------------------------

@@ -23,13 +23,16 @@ from __future__ import annotations
 
 from ._api import Executor as Executor
 from ._api import Pool as Pool
+from ._base import _check_uncollected_mode as _check_uncollected_mode
 from ._base import _ExecutorBase as _ExecutorBase
 from ._base import _PoolBase as _PoolBase
+from ._base import _report_uncollected as _report_uncollected
 from ._engine import _Engine as _Engine
 from ._jobs import ApplyResult as ApplyResult
 from ._jobs import AsyncResult as AsyncResult
 from ._jobs import IMapIterator as IMapIterator
 from ._jobs import MapResult as MapResult
+from ._jobs import _describe_call as _describe_call
 from ._protocol import _CALL as _CALL
 from ._protocol import _CALL_KW as _CALL_KW
 from ._protocol import _MAP as _MAP

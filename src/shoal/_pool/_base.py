@@ -28,19 +28,28 @@ them (``apply``, ``apply_async``, ``map``, ``starmap``, their ``_async`` twins,
 
 The local pool (``_api.Pool``, on ``_engine._Engine``) and the Ray pool
 (``shoal._ray.RayPool``) are the two engines today; nothing here knows of either.
+Both report the failures nobody collected the same way (``uncollected_errors=``):
+each checks the mode with :func:`_check_uncollected_mode` and hands what it found at
+``join()``/``terminate()`` to :func:`_report_uncollected`.
 The annotations name the local pool's result classes, whose API every engine's
 results have (``get``/``wait``/``ready``/``successful``, ``next(timeout)``).
 """
 
 from __future__ import annotations
 
+import builtins
 import concurrent.futures
 import itertools
+import os
+import sys
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from multiprocessing.pool import RemoteTraceback
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from .._errors import UncollectedTaskErrorWarning
 from ._protocol import _CALL, _CALL_KW, _MAP, _STARMAP
 
 if TYPE_CHECKING:  # (annotations only)
@@ -113,6 +122,53 @@ def _chunksize(chunksize: int | None, n: int, processes: int, per_worker: int = 
 
 def _name_of(func: Any) -> str:
     return getattr(func, "__qualname__", None) or repr(func)
+
+
+# ---- failures nobody collected (uncollected_errors=) ---------------------------------------
+
+_UNCOLLECTED_MODES = ("warn", "raise", "ignore")
+
+
+def _check_uncollected_mode(mode: str) -> str:
+    """``mode`` if it is an ``uncollected_errors`` value; ValueError if not."""
+    if mode not in _UNCOLLECTED_MODES:
+        raise ValueError(f"uncollected_errors must be 'warn', 'raise' or 'ignore', not {mode!r}")
+    return mode
+
+
+def _report_uncollected(failed: list[tuple[str, BaseException]], mode: str) -> None:
+    """Report the failed results nobody collected, each ``(description, error)``: one
+    :class:`~shoal.UncollectedTaskErrorWarning` naming the first ("warn"), an
+    ``ExceptionGroup`` of the errors ("raise"; the first error before Python 3.11), or
+    nothing ("ignore", or none failed)."""
+    if not failed or mode == "ignore":
+        return
+    errors = [error for _, error in failed]
+    cause = errors[0].__cause__
+    detail = str(cause) if isinstance(cause, RemoteTraceback) else ""
+    message = (
+        f"{len(failed)} pool task(s) failed and nobody collected the error (no get(), "
+        f"successful() or error_callback); the first, {failed[0][0]}, raised "
+        f"{type(errors[0]).__name__}: {errors[0]}{detail}"
+    )
+    if mode == "raise":
+        group = getattr(builtins, "ExceptionGroup", None)  # Python 3.11+
+        if group is None:
+            raise errors[0]
+        raise group(message, errors)
+    warnings.warn(UncollectedTaskErrorWarning(message), stacklevel=_caller_stacklevel())
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside shoal (for warnings): the user's call
+    of ``join()``/``terminate()``, through either engine."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(__file__)) + os.sep
 
 
 # ---- Pool -------------------------------------------------------------------------------

@@ -42,7 +42,6 @@ and the pool fails instead of replacing it for ever.
 
 from __future__ import annotations
 
-import builtins
 import collections
 import concurrent.futures
 import functools
@@ -55,7 +54,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
@@ -72,7 +70,6 @@ from .._errors import (
     SerializationError,
     ShoalError,
     TaskTimeoutError,
-    UncollectedTaskErrorWarning,
     WorkerDiedError,
 )
 from .._handle import keep_for_children, sent_references
@@ -81,6 +78,7 @@ from .._process import process_cpu_count
 from .._queues import Queue, batch_getter, claimer, encode, pack_for, put_fast, records_taken
 from .._serialize import dumps, loads
 from .._sharedctypes import RawArray, words
+from ._base import _check_uncollected_mode, _report_uncollected
 from ._jobs import _CANCELLED_STATES, AsyncResult, _call_back, _FutureJob, _Job
 from ._protocol import (
     _BAD_TASK,
@@ -332,11 +330,6 @@ class _Engine:
         ):
             raise ValueError("maxtasksperchild must be a positive int or None")
         self.task_timeout = _check_timeout(task_timeout)
-        if uncollected_errors not in ("warn", "raise", "ignore"):
-            raise ValueError(
-                "uncollected_errors must be 'warn', 'raise' or 'ignore', "
-                f"not {uncollected_errors!r}"
-            )
         self.processes = processes
         self._initializer = initializer
         self._initargs = tuple(initargs)
@@ -345,7 +338,7 @@ class _Engine:
         self._start_failures = 0
         self._maxtasks = maxtasksperchild
         self._context = context if context is not None else multiprocessing.get_context()
-        self._uncollected_mode = uncollected_errors
+        self._uncollected_mode = _check_uncollected_mode(uncollected_errors)
         self._name = name
         self.state = _RUN
 
@@ -1257,25 +1250,9 @@ class _Engine:
         self._reap_dead()
 
     def _report_uncollected(self) -> None:
-        failed = [r for r in self._uncollected if not r._collected]
+        failed = [(r._description, r._value) for r in self._uncollected if not r._collected]
         self._uncollected = []
-        if not failed or self._uncollected_mode == "ignore":
-            return
-        errors = [r._value for r in failed]
-        first = failed[0]
-        cause = errors[0].__cause__
-        detail = str(cause) if isinstance(cause, RemoteTraceback) else ""
-        message = (
-            f"{len(failed)} pool task(s) failed and nobody collected the error (no get(), "
-            f"successful() or error_callback); the first, {first._description}, raised "
-            f"{type(errors[0]).__name__}: {errors[0]}{detail}"
-        )
-        if self._uncollected_mode == "raise":
-            group = getattr(builtins, "ExceptionGroup", None)  # Python 3.11+
-            if group is None:
-                raise errors[0]
-            raise group(message, errors)
-        warnings.warn(UncollectedTaskErrorWarning(message), stacklevel=_caller_stacklevel())
+        _report_uncollected(failed, self._uncollected_mode)
 
 
 def _needs_by_value(function: Any) -> bool:
@@ -1299,17 +1276,6 @@ def _realpath(path: str) -> str:
     or executor asks it of its first function (#11).  (Scripts are not moved while
     they run.)"""
     return os.path.realpath(path)
-
-
-def _caller_stacklevel() -> int:
-    """The stacklevel of the first frame outside this package (for warnings)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.dirname(frame.f_code.co_filename) == _PACKAGE_DIR:
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-_PACKAGE_DIR = os.path.dirname(__file__)
 
 
 def _remote_error(
