@@ -1028,8 +1028,8 @@ class RayLock(_Handle):
         ref = _ray().put(number)  # counted by Ray in every handle: see _forget_gone
         self.__setstate__((host, number, ref, _node_id(), blob))
         self._local = lock
-        host.keep_lock.remote(number, blob)
-        _watch(ref, host, number)
+        # (kept here until the host has it: this handle may be dropped before)
+        _watch(ref, host, number, adopting=(host.keep_lock.remote(number, blob), lock))
 
     def __getstate__(self) -> Any:
         return self._actor, self._number, self._ref, self._node, self._blob
@@ -1862,6 +1862,8 @@ _hosts: dict[tuple[int, str, str], list[Any]] = {}
 # carry -> (host, object number); the watcher tells the host once Ray has freed the
 # reference (no handle is left)
 _made: dict[bytes, tuple[Any, int]] = {}
+# what this process keeps alive until its host has it: (the host's call, the object)
+_adopting: list[tuple[Any, Any]] = []
 _watcher: threading.Thread | None = None
 _WATCH_EVERY = 1.0  # seconds between two looks at which of this process's objects are gone
 
@@ -1895,11 +1897,14 @@ def _reference_counts() -> Any:
     return None if counts is None else counts()
 
 
-def _watch(ref: Any, host: Any, number: int) -> None:
-    """Watch a new object of this process on its host (see :func:`_forget_gone`)."""
+def _watch(ref: Any, host: Any, number: int, adopting: tuple[Any, Any] | None = None) -> None:
+    """Watch a new object of this process on its host (see :func:`_forget_gone`);
+    ``adopting``: (the host's call that takes the object, what to keep until it ran)."""
     global _watcher
     with _arrays_lock:
         _made[ref.hex().encode()] = (host, number)
+        if adopting is not None:
+            _adopting.append(adopting)
         if _watcher is None:
             _watcher = threading.Thread(target=_watch_made, name="shoal-ray-hosted", daemon=True)
             _watcher.start()
@@ -1928,9 +1933,14 @@ def _forget_gone() -> bool:
             for key in [key for key in _made if key not in counts]:
                 host, number = _made.pop(key)
                 gone.setdefault(host, []).append(number)
-        done = counts is None or not _made
+            if _adopting:
+                calls = [call for call, _ in _adopting]
+                ran, _ = ray.wait(calls, num_returns=len(calls), timeout=0)
+                _adopting[:] = [entry for entry in _adopting if entry[0] not in ran]
+        done = counts is None or not (_made or _adopting)
         if done:
             _made.clear()
+            _adopting.clear()
             _watcher = None
     for host, numbers in gone.items():
         try:
