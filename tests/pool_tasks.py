@@ -378,3 +378,7 @@ def add_shared(arr: Any, index: int, times: int) -> int:
     for _ in range(times):
         arr.add(index, 1)
     return os.getpid()
+
+
+class Parcel:
+    """An argument a test can watch (a weak reference) for being let go."""

@@ -26,6 +26,7 @@ import pickle
 import sys
 import threading
 import time
+import weakref
 from multiprocessing.pool import RemoteTraceback
 from typing import Any
 
@@ -736,6 +737,23 @@ def test_a_pool_nobody_joined_reports_when_collected(context: Any) -> None:
     with pytest.warns(shoal.UncollectedTaskErrorWarning, match="dropped"):
         del pool
         gc.collect()
+
+
+def test_a_finished_call_lets_go_of_its_arguments(context: Any) -> None:
+    # (multiprocessing's results keep no argument: a program that keeps its results
+    # must not keep everything it passed, shoal objects' memory among it)
+    parcels = [t.Parcel(), t.Parcel()]
+    watched = [weakref.ref(parcel) for parcel in parcels]
+    with context.Pool(1) as pool:
+        returned = pool.apply_async(t.identity, (parcels[0],))
+        failed = pool.apply_async(t.identity, (parcels[1], "one too many"))
+        assert isinstance(returned.get(TIMEOUT), t.Parcel)
+        with pytest.raises(TypeError):
+            failed.get(TIMEOUT)
+        del parcels
+        gc.collect()
+        assert [ref() for ref in watched] == [None, None]
+        assert returned.successful() and not failed.successful()
 
 
 @pytest.mark.parametrize("how", ["get", "successful", "error_callback", "callback_only"])

@@ -63,6 +63,7 @@ from ._pool import (
     _ExecutorBase,
     _PoolBase,
     _report_uncollected,
+    _settled,
 )
 
 __all__ = ["RayContext", "RayExecutor", "RayManager", "RayPool"]
@@ -463,6 +464,7 @@ class AsyncResult(_Job):
 
     def _finish(self) -> None:
         self._close_bar()
+        self._what = _settled(self._what, self._success)
         if not self._success and not self._collected and self._uncollected is not None:
             self._uncollected.append(self)
         try:
@@ -746,12 +748,19 @@ class _Engine:
                 return
             if self.state == _TERMINATE:
                 return
-            for ref in ready:
-                with self._cond:
-                    batch, _ = self._inflight.pop(ref)
-                self._collect(ref, batch)
+            self._collect_ready(ready)
+            # (nothing of a finished task stays referenced here while the thread waits:
+            # its arguments are the caller's to let go, and Ray keeps a task's
+            # arguments while its result's reference lives)
+            del refs, ready
             if deadlines:
                 self._expire()
+
+    def _collect_ready(self, ready: list[Any]) -> None:
+        for ref in ready:
+            with self._cond:
+                batch, _ = self._inflight.pop(ref)
+            self._collect(ref, batch)
 
     def _collect(self, ref: Any, batch: list[_Entry]) -> None:
         ray = self._ray

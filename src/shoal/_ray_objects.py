@@ -109,7 +109,11 @@ class _Probes:
     async def register(self, worker: int, probe: list[Any]) -> None:
         """Keep ``worker``'s probe, a pending ``hold()`` call of that process: Ray fails
         the object when its owner (the calling process) dies, and never before."""
-        self.probes[worker] = asyncio.wrap_future(probe[0].future())
+        watched = asyncio.wrap_future(probe[0].future())
+        # (its failure is the news, read by _owner_alive: marked as read, so that
+        # asyncio does not log it as an exception nobody retrieved)
+        watched.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self.probes[worker] = watched
 
     async def _owner_alive(self, owner: tuple[int, int], patience: float = 0.0) -> bool:
         """Whether the owner's process lives: False once its probe failed (waiting up to

@@ -33,6 +33,7 @@ from ._jobs import AsyncResult as AsyncResult
 from ._jobs import IMapIterator as IMapIterator
 from ._jobs import MapResult as MapResult
 from ._jobs import _describe_call as _describe_call
+from ._jobs import _settled as _settled
 from ._protocol import _CALL as _CALL
 from ._protocol import _CALL_KW as _CALL_KW
 from ._protocol import _MAP as _MAP

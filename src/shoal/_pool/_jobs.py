@@ -122,6 +122,19 @@ def _describe_call(function: Any, args: tuple = (), kwds: dict | None = None) ->
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def _settled(what: Any, ok: bool) -> Any:
+    """What a finished call keeps of its ``(func, args, kwds)``: never the arguments
+    (a caller may keep its results for long; what it passed, shoal objects among
+    them, must be free to go once the call is done, as with multiprocessing): the
+    description if it failed (an uncollected error is reported later), else only the
+    function's name."""
+    if not isinstance(what, tuple):
+        return what
+    if ok:
+        return f"{getattr(what[0], '__qualname__', None) or type(what[0]).__name__}(...)"
+    return _describe_call(*what)
+
+
 def _describe_items(name: str, first: int, count: int) -> str:
     if count == 1:
         return f"{name} on item {first}"
@@ -274,6 +287,7 @@ class AsyncResult(_Job, Generic[_T]):
             if self._done:
                 return False
             self._ok, self._value, self._done = ok, value, True
+            self._what = _settled(self._what, ok)
             awaiters = self._take_awaiters()
         if ok:
             if self._callback is not None:
