@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from multiprocessing.pool import RemoteTraceback
 from typing import Any
@@ -671,6 +672,29 @@ def test_ray_lock_is_in_its_nodes_memory_and_other_nodes_go_through_the_host(
     while number in ro._get(host.held.remote()):
         assert time.monotonic() < deadline, "the host kept a lock nobody can use"
         time.sleep(0.05)
+
+
+def test_ray_objects_just_made_are_not_taken_for_gone(ray_ctx: Any) -> None:
+    # the watcher looks at Ray's reference table while objects are being made: one
+    # watched after the table was read is no less alive (it was dropped by its host)
+    from shoal import _ray_objects as ro
+
+    stop = threading.Event()
+
+    def watch_without_pause() -> None:
+        while not stop.is_set():
+            ro._forget_gone()
+
+    watcher = threading.Thread(target=watch_without_pause)
+    watcher.start()
+    try:
+        locks = [ray_ctx.Lock() for _ in range(150)]
+    finally:
+        stop.set()
+        watcher.join()
+    host = locks[0]._actor
+    held = set(ro._get(host.held.remote()))
+    assert [lock._number for lock in locks if lock._number not in held] == []
 
 
 def test_ray_semaphores(ray_ctx: Any) -> None:

@@ -1929,10 +1929,12 @@ def _forget_gone() -> bool:
     watcher stops)."""
     global _watcher
     ray = sys.modules.get("ray")
-    # (not connected: the cluster and its objects are gone, or not ours to tell)
-    counts = _reference_counts() if ray is not None and ray.is_initialized() else None
     gone: dict[Any, list[int]] = {}
     with _arrays_lock:
+        # (read under the lock that _watch takes: an object watched meanwhile would
+        # be missing from an older table, and taken for gone the moment it was made.
+        # Not connected: the cluster and its objects are gone, or not ours to tell)
+        counts = _reference_counts() if ray is not None and ray.is_initialized() else None
         if counts is not None:
             for key in [key for key in _made if key not in counts]:
                 host, number = _made.pop(key)
