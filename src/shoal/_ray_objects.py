@@ -678,23 +678,36 @@ class _Host(_Probes):
     async def keep_lock(self, number: int, lock: bytes) -> None:
         """Hold the new lock ``number`` (a pickled shoal Lock of this node) for as long
         as a handle on it lives."""
-        self.node_locks[number] = pickle.loads(lock)
+        if number not in self.node_locks:  # (a caller's copy may have come first)
+            self.node_locks[number] = pickle.loads(lock)
 
-    def _node_lock(self, number: int) -> Any:
-        lock = self.node_locks.get(number)
-        if lock is None:
-            raise RuntimeError(
-                "this Ray Lock's host does not have it: it was not made on the host's "
-                "node, or every handle on it was dropped"
-            )
-        return lock
+    def _node_lock(self, number: int, lock: bytes) -> Any:
+        """Lock ``number``; ``lock``, the caller's copy (pickled), serves if its
+        maker's :meth:`keep_lock` has not run yet: calls to an async actor run in no
+        fixed order, so a handle's first call may overtake it."""
+        held = self.node_locks.get(number)
+        if held is None:
+            try:
+                held = self.node_locks[number] = pickle.loads(lock)
+            except (OSError, ShoalError) as error:
+                raise RuntimeError(
+                    "this Ray Lock's host does not have it: it was not made on the "
+                    "host's node, or every handle on it was dropped"
+                ) from error
+        return held
 
     async def lock_acquire(
-        self, number: int, owner: tuple[int, int], timeout: float | None, pid: int
+        self,
+        number: int,
+        blob: bytes,
+        owner: tuple[int, int],
+        timeout: float | None,
+        pid: int,
     ) -> tuple[bool, bool]:
-        """Take lock ``number`` for ``owner`` (pid ``pid``) of another node: (acquired,
-        from an owner that died).  A waiter whose process dies stops waiting."""
-        lock = self._node_lock(number)
+        """Take lock ``number`` (pickled: ``blob``) for ``owner`` (pid ``pid``) of
+        another node: (acquired, from an owner that died).  A waiter whose process
+        dies stops waiting."""
+        lock = self._node_lock(number, blob)
         deadline = None if timeout is None else time.monotonic() + timeout
         loop = asyncio.get_running_loop()
         while not lock.acquire(False):
@@ -730,17 +743,19 @@ class _Host(_Probes):
         # (named by its pid: a token's bits 32-53, see native/include/shoal_core.h)
         lock._release_dead(pid << 32)
 
-    async def lock_release(self, number: int, owner: tuple[int, int]) -> None:
+    async def lock_release(self, number: int, blob: bytes, owner: tuple[int, int]) -> None:
         """Release lock ``number`` (any process may, as the local Lock allows:
         NotHeldError if it is not held)."""
-        lock = self._node_lock(number)
+        lock = self._node_lock(number, blob)
         self.lock_holders.pop(number, None)
         lock.release()
 
-    async def lock_state(self, number: int, owner: tuple[int, int]) -> tuple[bool, bool]:
+    async def lock_state(
+        self, number: int, blob: bytes, owner: tuple[int, int]
+    ) -> tuple[bool, bool]:
         """(whether ``owner`` holds lock ``number``, whether it got it from an owner that
         died)."""
-        lock = self._node_lock(number)
+        lock = self._node_lock(number, blob)
         holder = self.lock_holders.get(number)
         held = holder is not None and holder[0] == owner
         return held, held and bool(lock.owner_died)
@@ -1064,7 +1079,7 @@ class RayLock(_Handle):
         limit = _check_timeout(block, timeout)
         _register(self)
         acquired, died = _get(
-            self._actor.lock_acquire.remote(self._number, _owner(), limit, os.getpid())
+            self._actor.lock_acquire.remote(self._number, self._blob, _owner(), limit, os.getpid())
         )
         if died:
             _warn_owner_died(self)
@@ -1076,13 +1091,18 @@ class RayLock(_Handle):
         if local:
             local.release()
         else:
-            _get(self._actor.lock_release.remote(self._number, _owner()))
+            _get(self._actor.lock_release.remote(self._number, self._blob, _owner()))
 
     def _is_owned(self) -> bool:
         local = self._here()
         if local:
             return bool(local._is_owned())
-        return bool(_get(self._actor.lock_state.remote(self._number, _owner()))[0])
+        return self._remote_state()[0]
+
+    def _remote_state(self) -> tuple[bool, bool]:
+        """From the host: (whether the caller holds it, and got it from a dead owner)."""
+        held, died = _get(self._actor.lock_state.remote(self._number, self._blob, _owner()))
+        return bool(held), bool(died)
 
     @property
     def owner_died(self) -> bool:
@@ -1091,7 +1111,7 @@ class RayLock(_Handle):
         local = self._here()
         if local:
             return bool(local.owner_died)
-        return bool(_get(self._actor.lock_state.remote(self._number, _owner()))[1])
+        return self._remote_state()[1]
 
     def __enter__(self) -> bool:
         return self.acquire()
