@@ -706,6 +706,80 @@ def test_ray_objects_just_made_are_not_taken_for_gone(ray_ctx: Any) -> None:
     ro._get(host.forget.remote([number]))
 
 
+def take_and_give(sem: Any) -> int:
+    with sem:
+        return os.getpid()
+
+
+def test_a_process_probes_an_actor_once_however_many_handles_it_unpickled(
+    ray_ctx: Any,
+) -> None:
+    # (each probe is a call the actor keeps pending: one per handle would use up its
+    # calls, and it would stop answering)
+    from shoal import _ray_objects as ro
+
+    sem = ray_ctx.Semaphore(1)
+    with ray_ctx.Pool(2) as pool:
+        pids = {pool.apply(take_and_give, (sem,)) for _ in range(40)}
+    handles = [pickle.loads(pickle.dumps(sem)) for _ in range(20)]
+    for handle in handles:
+        with handle:
+            pass
+    assert ro._get(sem._actor.pending_probes.remote()) <= len(pids) + 1
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # (signal 0: only asks whether it exists)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("kind", ["Semaphore", "RLock", "Barrier"])
+def test_a_ray_object_used_then_dropped_ends_its_actor(ray_ctx: Any, kind: str) -> None:
+    # (a process's probe is a pending call on the actor, and Ray keeps an actor with
+    # a pending call alive whether handles are left or not: each process ends its
+    # own with its last handle)
+    obj = ray_ctx.Barrier(1) if kind == "Barrier" else getattr(ray_ctx, kind)()
+    use = (lambda o: o.wait()) if kind == "Barrier" else take_and_give
+    use(obj)
+    copy = pickle.loads(pickle.dumps(obj))  # a second handle in this process
+    use(copy)
+    with ray_ctx.Pool(2) as pool:
+        pool.map(use, [obj] * 4)
+    from shoal import _ray_objects as ro
+
+    pid = ro._get(obj._actor.__ray_call__.remote(lambda actor: os.getpid()))
+    del obj, copy
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while _process_alive(pid):
+        assert time.monotonic() < deadline, f"the {kind}'s actor outlived its handles"
+        time.sleep(0.2)
+
+
+def take_and_keep(sem: Any) -> int:
+    sem.acquire()
+    return os.getpid()
+
+
+def test_a_unit_kept_by_a_process_that_dropped_its_handle_comes_back_when_it_dies(
+    ray_ctx: Any,
+) -> None:
+    # (the task's handle goes with its arguments when it ends: the process stays
+    # watched, as it holds a unit, and its death gives the unit back)
+    sem = ray_ctx.Semaphore(1)
+    with ray_ctx.Pool(1) as pool:
+        pid = pool.apply(take_and_keep, (sem,))
+        time.sleep(2)  # (its handle's finalizer and the actor's unhold have run)
+        assert not sem.acquire(timeout=0.1)
+        os.kill(pid, signal.SIGKILL)  # a worker of the cluster this session started
+        with pytest.warns(shoal.OwnerDiedWarning):
+            assert sem.acquire(timeout=TIMEOUT)
+    sem.release()
+
+
 def test_ray_semaphores(ray_ctx: Any) -> None:
     sem = ray_ctx.Semaphore(2)
     assert sem.acquire() and sem.acquire(timeout=1)

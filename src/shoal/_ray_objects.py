@@ -34,6 +34,7 @@ import threading
 import time
 import types
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
 from typing import Any, TypeVar
 
@@ -100,27 +101,63 @@ class _Probes:
     """An actor that learns when the processes calling it die (see :meth:`register`)."""
 
     def __init__(self) -> None:
-        self.probes: dict[int, Any] = {}  # Ray worker -> its probe's future (register)
+        # Ray worker -> (its probe's ticket, the probe's future) (register)
+        self.probes: dict[int, tuple[int, Any]] = {}
+        self.holds: dict[int, asyncio.Event] = {}  # ticket -> set to end that hold()
 
-    async def hold(self) -> None:
-        """Never returns: the pending call is its caller's probe (see register)."""
-        await asyncio.Event().wait()
+    async def hold(self, ticket: int) -> None:
+        """Returns only at :meth:`unhold`: the pending call is its caller's probe (see
+        register).  (A pending call keeps its actor alive, handles gone or not: each
+        process ends its own once it has no handle on the actor left.)"""
+        # (unhold may have come first: calls to an async actor run in no fixed order)
+        ended = self.holds.setdefault(ticket, asyncio.Event())
+        try:
+            await ended.wait()
+        finally:
+            self.holds.pop(ticket, None)
 
-    async def register(self, worker: int, probe: list[Any]) -> None:
-        """Keep ``worker``'s probe, a pending ``hold()`` call of that process: Ray fails
-        the object when its owner (the calling process) dies, and never before."""
+    async def unhold(self, worker: int, ticket: int) -> None:
+        """``worker``'s process has no handle on this actor left: end its probe
+        ``ticket``, unless it holds something here (then it stays watched)."""
+        if self._holds_anything(worker):
+            return
+        entry = self.probes.get(worker)
+        if entry is not None and entry[0] == ticket:
+            del self.probes[worker]
+        self.holds.setdefault(ticket, asyncio.Event()).set()
+
+    async def pending_probes(self) -> int:
+        """How many probes are pending (for tests: one per process that called)."""
+        return len(self.holds)
+
+    async def register(self, worker: int, ticket: int, probe: list[Any]) -> None:
+        """Keep ``worker``'s probe, its pending ``hold(ticket)`` call: Ray fails the
+        object when its owner (the calling process) dies, and never before."""
         watched = asyncio.wrap_future(probe[0].future())
-        # (its failure is the news, read by _owner_alive: marked as read, so that
-        # asyncio does not log it as an exception nobody retrieved)
-        watched.add_done_callback(lambda done: done.cancelled() or done.exception())
-        self.probes[worker] = watched
+        watched.add_done_callback(lambda done: self._probe_ended(worker, done))
+        self.probes[worker] = (ticket, watched)
+
+    def _probe_ended(self, worker: int, done: Any) -> None:
+        # (a failure is the news; reading it here also keeps asyncio from logging it
+        # as an exception nobody retrieved.  A hold ended by unhold is no news)
+        if not done.cancelled() and done.exception() is not None:
+            self._worker_died(worker)
+
+    def _worker_died(self, worker: int) -> None:
+        """``worker``'s process died (its probe failed): for the actors that must act
+        at once; the others look at :meth:`_owner_alive` when they need to know."""
+
+    def _holds_anything(self, worker: int) -> bool:
+        """Whether ``worker`` holds (or waits for) anything here."""
+        return False
 
     async def _owner_alive(self, owner: tuple[int, int], patience: float = 0.0) -> bool:
         """Whether the owner's process lives: False once its probe failed (waiting up to
         ``patience`` seconds for Ray to say so)."""
-        probe = self.probes.get(owner[0])
-        if probe is None:
+        entry = self.probes.get(owner[0])
+        if entry is None:
             return True
+        probe = entry[1]
         if not probe.done() and patience:
             await asyncio.wait({probe}, timeout=patience)
         return not probe.done()
@@ -138,6 +175,9 @@ class _SyncActor(_Probes):
         self.cond = asyncio.Condition()
         self.died = False  # the current holder got it from a dead owner
         self.waiters: list[asyncio.Event] = []  # a Condition's (cond_wait)
+
+    def _holds_anything(self, worker: int) -> bool:
+        return any(owner[0] == worker for owner in self.holders)
 
     async def _reap(self) -> bool:
         """Free what dead owners hold; return whether any was."""
@@ -293,6 +333,9 @@ class _BarrierActor(_SyncActor):
         if self.generation == generation:  # broken
             raise self._broken_error()
         return self.parties - 1 - index
+
+    def _holds_anything(self, worker: int) -> bool:
+        return worker in self.waiting or super()._holds_anything(worker)
 
     def _next_generation(self) -> None:
         self.count = 0
@@ -610,9 +653,9 @@ class _Host(_Probes):
         self.counts = counts
         counts.serve()
         self.node_locks: dict[int, Any] = {}  # lock -> the shoal Lock on this node
-        # lock -> (the holder on another node, the number of its grant)
+        # lock -> (its holder on another node, the holder's pid)
         self.lock_holders: dict[int, tuple[tuple[int, int], int]] = {}
-        self.grants = 0
+        self.tickets = 0  # the last condition waiter's ticket (cond_enter)
         # condition -> its waiters' tickets and events, longest waiting first
         self.conditions: dict[int, dict[int, asyncio.Event]] = {}
         # (a host is an actor's process of its own: a lock it takes from a dead
@@ -724,24 +767,21 @@ class _Host(_Probes):
             except asyncio.CancelledError:  # (its caller is gone: give back what it took)
                 taking.add_done_callback(lambda done: done.result() and lock.release())
                 raise
-        self.grants += 1
-        self.lock_holders[number] = (owner, self.grants)
-        probe = self.probes.get(owner[0])
-        if probe is not None:
-            grant = self.grants
-            probe.add_done_callback(lambda _: self._holder_died(number, grant, pid))
+        self.lock_holders[number] = (owner, pid)
         return True, bool(lock.owner_died)
 
-    def _holder_died(self, number: int, grant: int, pid: int) -> None:
-        """The process of a holder on another node died (its probe failed): give its
-        lock back with ``owner_died`` for the next holder, wherever it is."""
-        holder = self.lock_holders.get(number)
-        lock = self.node_locks.get(number)
-        if holder is None or holder[1] != grant or lock is None:
-            return  # released meanwhile
-        del self.lock_holders[number]
-        # (named by its pid: a token's bits 32-53, see native/include/shoal_core.h)
-        lock._release_dead(pid << 32)
+    def _holds_anything(self, worker: int) -> bool:
+        return any(owner[0] == worker for owner, _ in self.lock_holders.values())
+
+    def _worker_died(self, worker: int) -> None:
+        """The process of holders on another node died: give their locks back with
+        ``owner_died`` for the next holder, wherever it is."""
+        for number, (owner, pid) in list(self.lock_holders.items()):
+            lock = self.node_locks.get(number)
+            if owner[0] == worker and lock is not None:
+                del self.lock_holders[number]
+                # (named by its pid: a token's bits 32-53, see native/include/shoal_core.h)
+                lock._release_dead(pid << 32)
 
     async def lock_release(self, number: int, blob: bytes, owner: tuple[int, int]) -> None:
         """Release lock ``number`` (any process may, as the local Lock allows:
@@ -765,9 +805,9 @@ class _Host(_Probes):
     async def cond_enter(self, number: int) -> int:
         """A new waiter of condition ``number``: its ticket (taken before it releases
         the lock, so that no notify between that and its wait is lost)."""
-        self.grants += 1
-        self.conditions.setdefault(number, {})[self.grants] = asyncio.Event()
-        return self.grants
+        self.tickets += 1
+        self.conditions.setdefault(number, {})[self.tickets] = asyncio.Event()
+        return self.tickets
 
     async def cond_wait(self, number: int, ticket: int, timeout: float | None) -> bool:
         """Wait for a notify of the waiter ``ticket``; whether it came in time."""
@@ -920,14 +960,72 @@ def _owner() -> tuple[int, int]:
     return _worker(), threading.get_ident()
 
 
+# (pid, actor id) -> [this process's probe ticket on that actor, how many of its
+# handles on the actor use it]: one pending hold() per process and actor, however
+# many handles on it the process unpickled (each would take one of the actor's
+# _CONCURRENCY calls for ever), ended with the last of them (see _Probes.hold)
+_probes: dict[tuple[int, str], list[int]] = {}
+_probes_lock = threading.Lock()
+# (probe key, actor) of handles garbage-collected: a weakref callback may run
+# anywhere, inside Ray or under _probes_lock, so it only puts (SimpleQueue.put is
+# reentrant) and a thread of the process tells the actor
+_dropped: stdlib_queue.SimpleQueue[tuple[tuple[int, str], Any]] = stdlib_queue.SimpleQueue()
+_unholder: list[int] = []  # [the pid whose _unhold_dropped thread runs], if one runs
+
+
 def _register(handle: Any) -> None:
-    """Give the actor this process's probe, once per process and handle."""
+    """Give the actor this process's probe, once per process and actor; count the
+    handle among its users until it is garbage-collected."""
     pid = os.getpid()
-    if handle.__dict__.get("_registered") != pid:
-        probe = handle._actor.hold.remote()
-        _get(handle._actor.register.remote(_worker(), [probe]))
-        handle.__dict__["_probe"] = probe
-        handle.__dict__["_registered"] = pid
+    if handle.__dict__.get("_probed") == pid:
+        return
+    actor = handle._actor
+    key = (pid, actor._actor_id.hex())
+    with _probes_lock:
+        if handle.__dict__.get("_probed") == pid:
+            return
+        entry = _probes.get(key)
+        if entry is None:
+            ticket = secrets.randbits(62)
+            probe = actor.hold.remote(ticket)
+            _get(actor.register.remote(_worker(), ticket, [probe]))
+            entry = _probes[key] = [ticket, 0]
+        entry[1] += 1
+        handle.__dict__["_probed"] = pid
+        if _unholder != [pid]:
+            _unholder[:] = [pid]
+            threading.Thread(target=_unhold_dropped, name="shoal-ray-probes", daemon=True).start()
+    weakref.finalize(handle, _dropped.put, (key, actor)).atexit = False
+
+
+def _unhold_dropped() -> None:
+    """While this process probes an actor: each handle garbage-collected,
+    :func:`_unhold` its actor."""
+    pid = os.getpid()
+    while True:
+        _unhold(*_dropped.get())
+        with _probes_lock:  # (the lock _register starts this thread under)
+            if not any(key[0] == pid for key in _probes):
+                _unholder.clear()
+                return
+
+
+def _unhold(key: tuple[int, str], actor: Any) -> None:
+    """One of this process's handles on ``actor`` is gone: if it was the last, end
+    the process's probe there (a function of its own: the thread's loop must keep no
+    handle while it waits, or the actor would live on)."""
+    with _probes_lock:
+        entry = _probes.get(key)
+        if entry is None or key[0] != os.getpid():
+            return
+        entry[1] -= 1
+        if entry[1]:
+            return
+        del _probes[key]
+    try:
+        actor.unhold.remote(_worker(), entry[0])
+    except Exception:  # (disconnected: the actor went with its cluster)
+        pass
 
 
 def _check_timeout(block: bool, timeout: float | None) -> float | None:
