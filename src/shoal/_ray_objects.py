@@ -8,11 +8,12 @@ and results included) and its creator's process lives; then Ray removes it.  The
 take no CPU (``num_cpus=0``) and are asynchronous actors, so a blocked ``acquire`` or
 ``get`` waits inside the actor without keeping anyone else's call from running.
 
-Owners.  A lock's holder is a (process token, thread) pair; with the holder the actor
-keeps a *probe*: a tiny object the holder's process owns.  When the holder's process
-dies Ray loses the objects it owned, so while someone waits the actor looks at the
-probe every :data:`_PROBE_EVERY` seconds; a lost probe means a dead owner, and the
-lock is handed to the next acquirer with ``owner_died`` set, as the local lock does.
+Owners.  A lock's holder is a (process token, thread) pair; the actor keeps a
+*probe* of each process that acquires: a call of that process it keeps pending,
+whose result Ray fails when the process dies (see :class:`_Probes`).  While someone
+waits the actor looks at the holders' probes every :data:`_PROBE_EVERY` seconds; a
+failed probe means a dead owner, and the lock is handed to the next acquirer with
+``owner_died`` set, as the local lock does.
 
 Queues batch on the client: ``put`` appends to a buffer that a thread of the
 putting process flushes (the standard library's ``multiprocessing.Queue`` has such a
