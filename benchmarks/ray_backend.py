@@ -10,8 +10,10 @@ the ratio to Ray's tool, and the local context's figure for the same case.  Case
 * ``Pool.map`` of 100,000 trivial calls vs ``ray.util.multiprocessing.Pool.map`` [1x]
 * one ``apply_async`` per item (2,000) vs Ray's Pool [2x]
 * items from a producer task to a consumer task through a queue, one per put/get,
-  vs ``ray.util.queue.Queue`` [10x]
-* lock acquire/release pairs from a task vs an async-actor lock [1x]
+  vs ``ray.util.queue.Queue`` [10x]; and the same queue used as from another node
+  (its handles told so: through the maker's host)
+* lock acquire/release pairs from a task vs an async-actor lock [1x]; and the same,
+  as from another node
 * a 256 MiB array reaching two tasks: ``share()`` and the handle vs ``ray.put`` and
   the reference [1x]; with the copies of it in the object store (one per node), and
   the first ``share()`` of a process (its array host, an actor, to start) timed apart
@@ -89,17 +91,17 @@ def consume(q: Any, n: int) -> int:
     return total
 
 
-def rate_queue(pool: Any, q: Any) -> float:
+def rate_queue(pool: Any, q: Any, n: int = QUEUE_N) -> float:
     # (the queue's actor started and reached by both workers first: an actor is a
     # process of its own, ~1 s to start, which is not what this measures)
     pool.apply_async(produce, (q, 2)).get(60)
     assert pool.apply_async(consume, (q, 2)).get(60) == 1
     start = time.perf_counter()
-    c = pool.apply_async(consume, (q, QUEUE_N))
-    p = pool.apply_async(produce, (q, QUEUE_N))
+    c = pool.apply_async(consume, (q, n))
+    p = pool.apply_async(produce, (q, n))
     p.get(300)
-    assert c.get(300) == sum(range(QUEUE_N))
-    return QUEUE_N / (time.perf_counter() - start)
+    assert c.get(300) == sum(range(n))
+    return n / (time.perf_counter() - start)
 
 
 def lock_pairs(lock: Any, n: int) -> float:
@@ -168,6 +170,18 @@ class ActorLockClient:
         ray.get(self.actor.release.remote())
 
 
+def as_from_another_node(obj: Any) -> Any:
+    """The handle on a Ray ``Lock`` or ``Queue`` that a process of another node has:
+    it goes through the host."""
+    from shoal import _ray_objects as ro
+
+    state = obj.__getstate__()
+    if isinstance(obj, ro.RayQueue):
+        on_node, *rest = state
+        return ro._rebuild(type(obj), ((*on_node[:3], "another node", on_node[4]), *rest))
+    return ro._rebuild(type(obj), (*state[:3], "another node", state[4]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -212,10 +226,15 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((name, a, b, floor, c))
 
         if "queue" in only:
-            a = median_of(lambda: rate_queue(ours, ctx.Queue()), repeat)
+            # (as many items as take each a second or so)
+            a = median_of(lambda: rate_queue(ours, ctx.Queue(), QUEUE_N * 100), repeat)
             b = median_of(lambda: rate_queue(ours, RayToolQueue()), repeat)
-            c = median_of(lambda: rate_queue(mine, local.Queue()), repeat)
+            c = median_of(lambda: rate_queue(mine, local.Queue(), QUEUE_N * 100), repeat)
             rows.append(("queue, producer task -> consumer task (items/s)", a, b, 10.0, c))
+            far = median_of(
+                lambda: rate_queue(ours, as_from_another_node(ctx.Queue()), QUEUE_N * 10), repeat
+            )
+            rows.append(("the same queue, used as from another node (items/s)", far, b, 10.0, c))
         if "lock" in only:
             lock_case(ours, mine, ctx, local, repeat, rows)
         if "array" in only:
@@ -232,13 +251,6 @@ def lock_case(ours: Any, mine: Any, ctx: Any, local: Any, repeat: int, rows: lis
     import ray
 
     actor_lock = ray.remote(num_cpus=0)(AsyncLock)
-    from shoal import _ray_objects as ro
-
-    def as_from_another_node(lock: Any) -> Any:
-        # (the handle a process of another node has: it goes through the host)
-        state = lock.__getstate__()
-        return ro._rebuild(type(lock), (*state[:3], "another node", state[4]))
-
     a = median_of(lambda: ours.apply(lock_pairs, (ctx.Lock(), LOCK_N * 100)), repeat)
     b = median_of(
         lambda: ours.apply(lock_pairs, (ActorLockClient(actor_lock.remote()), LOCK_N)),

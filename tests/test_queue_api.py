@@ -17,7 +17,8 @@
 The tests taking ``context`` (conftest.py) run on the local context and on the Ray
 one (#13).  The others stay local: they time waits, send signals, look at the ring,
 the shared memory or ``statistics()``, or rely on a put being in the queue when it
-returns (a Ray queue's put goes through a feeder: docs/ray.md).
+returns (a Ray queue's put from another node goes through a feeder:
+docs/ray.md).
 
 Every blocking call has a timeout; threads are daemons joined with a timeout.
 """

@@ -551,6 +551,8 @@ def test_ray_queue_between_a_producer_and_a_consumer_task(ray_ctx: Any) -> None:
 
 
 def test_ray_joinable_queue_and_a_bounded_one(ray_ctx: Any) -> None:
+    import queue
+
     q = ray_ctx.JoinableQueue()
     q.put(1)
     q.flush()
@@ -561,9 +563,144 @@ def test_ray_joinable_queue_and_a_bounded_one(ray_ctx: Any) -> None:
     with pytest.raises(ValueError, match="too many"):
         q.task_done()
     small = ray_ctx.Queue(2)
-    assert small.put_many(range(5), timeout=0.2) == 2  # the rest did not fit in time
+    with pytest.raises(queue.Full) as full:  # the rest did not fit in time
+        small.put_many(range(5), timeout=0.2)
+    assert full.value.items_put == 2  # type: ignore[attr-defined]
     with pytest.raises(ValueError):
         ray_ctx.Queue(prefetch=0)
+
+
+def as_if_on_another_node(obj: Any) -> Any:
+    """A handle on ``obj`` (a Ray Lock or Queue) that believes it is on another node:
+    it goes through the host."""
+    from shoal import _ray_objects as ro
+
+    state = obj.__getstate__()
+    if isinstance(obj, ro.RayQueue):
+        on_node, *rest = state
+        return ro._rebuild(type(obj), ((*on_node[:3], "other", on_node[4]), *rest))
+    return ro._rebuild(type(obj), (*state[:3], "other", state[4]))
+
+
+def far_produce(q: Any, n: int) -> int:
+    return produce(as_if_on_another_node(q), n)
+
+
+def far_get(q: Any, pids: Any) -> Any:
+    pids.put(os.getpid())
+    return as_if_on_another_node(q).get(timeout=TIMEOUT * 3)
+
+
+def test_ray_queue_is_in_its_nodes_memory_and_other_nodes_go_through_the_host(
+    ray_ctx: Any,
+) -> None:
+    import queue
+
+    q = ray_ctx.JoinableQueue()
+    assert type(q._here()).__name__ == "JoinableQueue"  # here: the shoal queue
+    far = as_if_on_another_node(q)
+    assert far._here() is False
+    far.put("a")  # through this process's feeder, then the host
+    far.flush()
+    assert q.get(timeout=TIMEOUT) == "a" and q.qsize() == 0
+    q.put_many([1, 2, 3])
+    assert far.qsize() == 3 and not far.empty()
+    assert far.get(timeout=TIMEOUT) == 1  # takes 2 and 3 ahead (prefetch)
+    assert far.get_many(5, timeout=TIMEOUT) == [2, 3] and q.qsize() == 0
+    with pytest.raises(queue.Empty):
+        far.get(timeout=0.2)
+    assert not q.join(timeout=0.1)  # four items put, none done
+    for _ in range(4):
+        far.task_done()
+    assert q.join(timeout=TIMEOUT) and far.join(timeout=TIMEOUT)
+    with pytest.raises(ValueError, match="too many"):
+        far.task_done()
+    with ray_ctx.Pool(2) as pool:  # a producer task as if on another node, a local consumer
+        assert pool.apply(far_produce, (q, 500)) == 500
+        assert [q.get(timeout=TIMEOUT) for _ in range(500)] == list(range(500))
+    small = ray_ctx.Queue(2)
+    far_small = as_if_on_another_node(small)
+    with pytest.raises(queue.Full) as full:
+        far_small.put_many(range(5), timeout=0.2)
+    assert full.value.items_put == 2  # type: ignore[attr-defined]
+    assert small.get_many(5, timeout=TIMEOUT) == [0, 1]
+    # close() releases the handle (here or through the host), as a local queue's
+    other = pickle.loads(pickle.dumps(q))
+    for handle in (q, far):
+        handle.close()
+        handle.close()  # (again: nothing more)
+        for call in (functools.partial(handle.put, 1), handle.get_nowait, handle.qsize):
+            with pytest.raises(shoal.ClosedError):
+                call()
+        with pytest.raises(shoal.ClosedError):
+            pickle.dumps(handle)
+    other.put("still open")
+    assert other.get(timeout=TIMEOUT) == "still open"
+
+
+def use_what_came(q: Any) -> float:
+    ref, lock, sem = q.get(timeout=TIMEOUT)
+    with lock, sem:
+        pass
+    import ray
+
+    return float(ray.get(ref).sum())
+
+
+@pytest.mark.parametrize("where", ["here", "far"])
+def test_items_carrying_ray_references_keep_them_alive_in_the_queue(
+    ray_ctx: Any, where: str
+) -> None:
+    # (shoal pickles a queue's items out of Ray's sight: what a reference in one
+    # refers to was freed while it waited, and the task's Lock was gone)
+    import numpy as np
+    import ray
+
+    q = ray_ctx.Queue(prefetch=1)  # (a task's get from far would take "plain" ahead)
+    putter = q if where == "here" else as_if_on_another_node(q)
+    putter.put((ray.put(np.arange(100.0)), ray_ctx.Lock(), ray_ctx.Semaphore(1)))
+    putter.put_many([(ray.put(np.ones(3)), ray_ctx.Lock(), ray_ctx.Semaphore(1)), "plain"])
+    putter.flush()
+    gc.collect()
+    time.sleep(2.5)  # (the watcher has looked at what is left: twice)
+    with ray_ctx.Pool(1) as pool:
+        assert pool.apply(use_what_came, (q,)) == sum(range(100))
+        assert pool.apply(use_what_came, (as_if_on_another_node(q),)) == 3.0
+    assert q.get(timeout=TIMEOUT) == "plain"
+    from shoal import _ray_objects as ro
+
+    assert ro._get(q._actor.__ray_call__.remote(lambda host: len(host.stashed))) == 0
+
+
+def test_a_remote_getter_whose_process_died_takes_no_item(ray_ctx: Any) -> None:
+    from shoal import _ray_objects as ro
+
+    q, pids = ray_ctx.Queue(), ray_ctx.Queue()
+    with ray_ctx.Pool(1) as pool:
+        waiter = pool.apply_async(far_get, (q, pids))
+        host, me = q._actor, ro._worker()
+
+        def others_probes() -> list[bool]:
+            return ro._get(
+                host.__ray_call__.remote(
+                    lambda h: [p[1].done() for w, p in h.probes.items() if w != me]
+                )
+            )
+
+        deadline = time.monotonic() + TIMEOUT
+        while not others_probes():  # the task is waiting in the host
+            assert time.monotonic() < deadline, "the remote get never reached the host"
+            time.sleep(0.05)
+        # (a worker of the cluster this session started)
+        os.kill(pids.get(timeout=TIMEOUT), signal.SIGKILL)
+        with pytest.raises(shoal.WorkerDiedError):
+            waiter.get(TIMEOUT)
+        while not all(others_probes()):  # Ray failed its probe
+            assert time.monotonic() < deadline, "the dead getter's probe never failed"
+            time.sleep(0.05)
+        time.sleep(ro._PROBE_EVERY * 2)  # (the host's wait for it ends within one look)
+        q.put("kept")
+        assert q.get(timeout=TIMEOUT) == "kept"
 
 
 def test_ray_lock_contended_from_two_tasks_keeps_a_counter_exact(ray_ctx: Any) -> None:
@@ -695,7 +832,7 @@ def test_ray_objects_just_made_are_not_taken_for_gone(ray_ctx: Any) -> None:
         watcher.join()
     watched = {key for key, _ in ro._made.items()}
     assert [lock._number for lock in locks if lock._ref.hex().encode() not in watched] == []
-    # a handle's first call to the host may overtake its maker's keep_lock (an async
+    # a handle's first call to the host may overtake its maker's keep (an async
     # actor runs calls in no fixed order; seen as a held() before it): it serves
     host, number, _counts = ro._host()
     blob = pickle.dumps(shoal.Lock())

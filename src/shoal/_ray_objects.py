@@ -26,6 +26,7 @@ import array
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import os
 import pickle
 import queue as stdlib_queue
@@ -39,8 +40,14 @@ import weakref
 from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
 from typing import Any, TypeVar
 
-from . import _core, _memory, _sync
-from ._errors import BarrierPartyDiedError, NotHeldError, OwnerDiedWarning, ShoalError
+from . import _core, _memory, _queues, _sync
+from ._errors import (
+    BarrierPartyDiedError,
+    ClosedError,
+    NotHeldError,
+    OwnerDiedWarning,
+    ShoalError,
+)
 from ._set import _UPDATES, _hashable, _SetBase
 
 __all__ = [
@@ -408,67 +415,6 @@ class _EventActor:
         return True
 
 
-class _QueueActor:
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self.items: collections.deque[Any] = collections.deque()
-        self.cond = asyncio.Condition()
-        self.unfinished = 0
-
-    async def put(self, items: list[Any], timeout: float | None) -> int:
-        """Append what fits before ``timeout``; return how many."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        done = 0
-        async with self.cond:
-            for item in items:
-                while self.maxsize > 0 and len(self.items) >= self.maxsize:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        return done
-                    try:
-                        await asyncio.wait_for(self.cond.wait(), left)
-                    except asyncio.TimeoutError:
-                        return done
-                self.items.append(item)
-                self.unfinished += 1
-                done += 1
-                self.cond.notify_all()
-        return done
-
-    async def get(self, most: int, timeout: float | None) -> list[Any]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        async with self.cond:
-            while not self.items:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return []
-                try:
-                    await asyncio.wait_for(self.cond.wait(), left)
-                except asyncio.TimeoutError:
-                    return []
-            out = [self.items.popleft() for _ in range(min(most, len(self.items)))]
-            self.cond.notify_all()
-            return out
-
-    async def qsize(self) -> int:
-        return len(self.items)
-
-    async def task_done(self, count: int) -> None:
-        async with self.cond:
-            if count > self.unfinished:
-                raise ValueError("task_done() called too many times")
-            self.unfinished -= count
-            self.cond.notify_all()
-
-    async def join(self, timeout: float | None) -> bool:
-        async with self.cond:
-            try:
-                await asyncio.wait_for(self.cond.wait_for(lambda: self.unfinished == 0), timeout)
-            except asyncio.TimeoutError:
-                return False
-            return True
-
-
 class _DataActor(_SyncActor):
     """Data with atomic operations (its ``op_*`` methods, one call or a batch of them),
     and a lock (an RLock: ``get_lock()``) in the same actor."""
@@ -653,10 +599,12 @@ class _Host(_Probes):
         self.locks: dict[int, Any] = {}  # array -> its lock's actor (get_lock)
         self.counts = counts
         counts.serve()
-        self.node_locks: dict[int, Any] = {}  # lock -> the shoal Lock on this node
+        self.node_objects: dict[int, Any] = {}  # number -> the shoal Lock or Queue on this node
         # lock -> (its holder on another node, the holder's pid)
         self.lock_holders: dict[int, tuple[tuple[int, int], int]] = {}
         self.tickets = 0  # the last condition waiter's ticket (cond_enter)
+        # (queue, ticket) -> [an item that carries Ray references] (see _for_ring)
+        self.stashed: dict[tuple[int, int], list[Any]] = {}
         # condition -> its waiters' tickets and events, longest waiting first
         self.conditions: dict[int, dict[int, asyncio.Event]] = {}
         # (a host is an actor's process of its own: a lock it takes from a dead
@@ -717,28 +665,32 @@ class _Host(_Probes):
             lock = self.locks[array_id] = _actor(_SyncActor, "rlock", 1)
         return lock
 
-    # ---- locks: the users on other nodes -----------------------------------------------
+    # ---- shoal objects of this node (a Lock, a Queue): the users on other nodes ----------
 
-    async def keep_lock(self, number: int, lock: bytes) -> None:
-        """Hold the new lock ``number`` (a pickled shoal Lock of this node) for as long
-        as a handle on it lives."""
-        if number not in self.node_locks:  # (a caller's copy may have come first)
-            self.node_locks[number] = pickle.loads(lock)
+    async def keep(self, number: int, blob: bytes) -> None:
+        """Hold the new object ``number`` (a pickled shoal object of this node) for as
+        long as a handle on it lives."""
+        if number not in self.node_objects:  # (a caller's copy may have come first)
+            self.node_objects[number] = pickle.loads(blob)
 
-    def _node_lock(self, number: int, lock: bytes) -> Any:
-        """Lock ``number``; ``lock``, the caller's copy (pickled), serves if its
-        maker's :meth:`keep_lock` has not run yet: calls to an async actor run in no
-        fixed order, so a handle's first call may overtake it."""
-        held = self.node_locks.get(number)
+    def _node_object(self, number: int, blob: bytes) -> Any:
+        """Object ``number``; ``blob``, the caller's copy (pickled), serves if its
+        maker's :meth:`keep` has not run yet: calls to an async actor run in no fixed
+        order, so a handle's first call may overtake it."""
+        held = self.node_objects.get(number)
         if held is None:
             try:
-                held = self.node_locks[number] = pickle.loads(lock)
+                held = self.node_objects[number] = pickle.loads(blob)
             except (OSError, ShoalError) as error:
                 raise RuntimeError(
-                    "this Ray Lock's host does not have it: it was not made on the "
+                    "this Ray object's host does not have it: it was not made on the "
                     "host's node, or every handle on it was dropped"
                 ) from error
         return held
+
+    async def _in_thread(self, call: Any, *args: Any) -> Any:
+        """``call(*args)`` in one of the host's threads (it may block)."""
+        return await asyncio.get_running_loop().run_in_executor(self.threads, call, *args)
 
     async def lock_acquire(
         self,
@@ -751,7 +703,7 @@ class _Host(_Probes):
         """Take lock ``number`` (pickled: ``blob``) for ``owner`` (pid ``pid``) of
         another node: (acquired, from an owner that died).  A waiter whose process
         dies stops waiting."""
-        lock = self._node_lock(number, blob)
+        lock = self._node_object(number, blob)
         deadline = None if timeout is None else time.monotonic() + timeout
         loop = asyncio.get_running_loop()
         while not lock.acquire(False):
@@ -778,7 +730,7 @@ class _Host(_Probes):
         """The process of holders on another node died: give their locks back with
         ``owner_died`` for the next holder, wherever it is."""
         for number, (owner, pid) in list(self.lock_holders.items()):
-            lock = self.node_locks.get(number)
+            lock = self.node_objects.get(number)
             if owner[0] == worker and lock is not None:
                 del self.lock_holders[number]
                 # (named by its pid: a token's bits 32-53, see native/include/shoal_core.h)
@@ -787,7 +739,7 @@ class _Host(_Probes):
     async def lock_release(self, number: int, blob: bytes, owner: tuple[int, int]) -> None:
         """Release lock ``number`` (any process may, as the local Lock allows:
         NotHeldError if it is not held)."""
-        lock = self._node_lock(number, blob)
+        lock = self._node_object(number, blob)
         self.lock_holders.pop(number, None)
         lock.release()
 
@@ -796,10 +748,69 @@ class _Host(_Probes):
     ) -> tuple[bool, bool]:
         """(whether ``owner`` holds lock ``number``, whether it got it from an owner that
         died)."""
-        lock = self._node_lock(number, blob)
+        lock = self._node_object(number, blob)
         holder = self.lock_holders.get(number)
         held = holder is not None and holder[0] == owner
         return held, held and bool(lock.owner_died)
+
+    # ---- queues of this node: the users on other nodes ------------------------------
+
+    async def queue_put(
+        self, number: int, blob: bytes, items: list[Any], timeout: float | None
+    ) -> int:
+        """Put ``items`` on queue ``number`` (pickled: ``blob``), waiting up to
+        ``timeout`` for room; how many were put."""
+        queue = self._node_object(number, blob)
+        items = [_for_ring(item, functools.partial(self._stash_here, number)) for item in items]
+        try:
+            return int(await self._in_thread(queue.put_many, items, True, timeout))
+        except stdlib_queue.Full as full:
+            return int(getattr(full, "items_put", 0))
+
+    async def queue_get(
+        self, number: int, blob: bytes, most: int, timeout: float | None, owner: tuple[int, int]
+    ) -> list[Any]:
+        """Up to ``most`` items of queue ``number`` for ``owner``, waiting up to
+        ``timeout`` for the first ([]: none came).  A waiter whose process died stops
+        waiting (it would take items nobody receives)."""
+        queue = self._node_object(number, blob)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            wait = _PROBE_EVERY if left is None else min(left, _PROBE_EVERY)
+            try:
+                items = await self._in_thread(queue.get_many, most, wait > 0, wait)
+                return [
+                    _from_ring(item, functools.partial(self._unstash, number)) for item in items
+                ]
+            except stdlib_queue.Empty:
+                if left is not None and left <= wait:
+                    return []
+                if not await self._owner_alive(owner):
+                    return []
+
+    def _stash_here(self, number: int, ticket: int, box: list[Any]) -> None:
+        self.stashed[number, ticket] = box
+
+    def _unstash(self, number: int, ticket: int) -> list[Any]:
+        return self.stashed.pop((number, ticket))
+
+    async def stash(self, number: int, ticket: int, box: list[Any]) -> None:
+        """Keep ``box[0]``, an item of queue ``number`` that carries Ray references,
+        until :meth:`unstash` (the queue carries ``ticket`` in its place)."""
+        self._stash_here(number, ticket, box)
+
+    async def unstash(self, number: int, ticket: int) -> list[Any]:
+        """The item stashed under ``ticket``, in a box (a list: Ray would resolve a
+        reference returned bare), no longer kept."""
+        return self._unstash(number, ticket)
+
+    async def queue_call(self, number: int, blob: bytes, name: str, *args: Any) -> Any:
+        """``qsize()``, ``task_done()`` or ``join(timeout)`` of queue ``number``."""
+        if name not in ("qsize", "task_done", "join"):
+            raise ValueError(f"no queue call {name!r}")
+        queue = self._node_object(number, blob)
+        return await self._in_thread(getattr(queue, name), *args)
 
     # ---- conditions on a RayLock -----------------------------------------------------
 
@@ -836,13 +847,16 @@ class _Host(_Probes):
             self.written.pop(number, None)
             self.loading.pop(number, None)
             self.locks.pop(number, None)
-            self.node_locks.pop(number, None)
+            self.node_objects.pop(number, None)
             self.lock_holders.pop(number, None)
             self.conditions.pop(number, None)
+        gone = set(numbers)
+        for key in [key for key in self.stashed if key[0] in gone]:
+            del self.stashed[key]
 
     async def held(self) -> list[int]:
         """The objects the host holds anything for (for tests and doctor)."""
-        return sorted(self.written.keys() | self.locks.keys() | self.node_locks.keys())
+        return sorted(self.written.keys() | self.locks.keys() | self.node_objects.keys())
 
 
 class _DictActor(_DataActor):
@@ -1073,6 +1087,65 @@ def _warn_owner_died(lock: object) -> None:
     )
 
 
+class _OnNode(_Handle):
+    """A handle on a shoal object (a Lock, a Queue) in the shared memory of its
+    maker's node: processes of that node use the object there, directly; processes of
+    other nodes through the maker's host actor there (which keeps the object while a
+    handle on it lives)."""
+
+    _actor: Any  # the host
+    _number: int  # the object's number on its host
+    _ref: Any  # a Ray reference every handle carries: counted by Ray (_forget_gone)
+    _node: str  # the id of the object's node
+    _blob: bytes  # the object, pickled (a handle on the node's shared memory)
+    _closed = False  # this handle let go (_let_go)
+
+    def _place(self, obj: Any) -> None:
+        """Make this the first handle on ``obj``, a new shoal object of this node."""
+        _check_process()
+        host, number, _counts = _host()
+        blob = pickle.dumps(obj)  # (its one reference in flight: the host adopts it)
+        ref = _ray().put(number)
+        _OnNode.__setstate__(self, (host, number, ref, _node_id(), blob))
+        self._local = obj
+        # (kept here until the host has it: this handle may be dropped before)
+        _watch(ref, host, number, adopting=(host.keep.remote(number, blob), obj))
+
+    def __getstate__(self) -> Any:
+        self._check_open()
+        return self._actor, self._number, self._ref, self._node, self._blob
+
+    def __setstate__(self, state: Any) -> None:
+        self._actor, self._number, self._ref, self._node, self._blob = state
+        self._local: Any = None  # the shoal object, False on another node (not yet known)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"this {type(self).__name__} handle was closed")
+
+    def _let_go(self) -> None:
+        """Drop this handle's hold on the object: from then on it raises ClosedError
+        (the object lives on while other handles do)."""
+        self._closed = True
+        self._ref = None
+        self._local = None  # (so that _here looks, and raises)
+
+    def _here(self) -> Any:
+        """The shoal object if this process is on its node, else False."""
+        local = self._local
+        if local is None or _forked_from_ray:  # (a forked child: as any Ray object)
+            self._check_open()
+            _check_process()
+            local = False
+            if self._node == _node_id():
+                try:
+                    local = pickle.loads(self._blob)
+                except (OSError, ShoalError):  # (not this node's /dev/shm after all)
+                    local = False
+            self._local = local
+        return local
+
+
 class RaySemaphore(_Handle):
     """A semaphore on the cluster: ``acquire(block, timeout)``, ``release()``, ``with``.
 
@@ -1126,7 +1199,7 @@ class RayBoundedSemaphore(RaySemaphore):
     _kind = "bounded"
 
 
-class RayLock(_Handle):
+class RayLock(_OnNode):
     """A lock on the cluster, kept in shared memory on the node of the process that
     made it: every process of that node takes it there, as a local
     :class:`~shoal.Lock` (no call to anyone: a compare-and-swap), and a process of
@@ -1139,36 +1212,7 @@ class RayLock(_Handle):
     last handle gone, the host drops it."""
 
     def __init__(self) -> None:
-        _check_process()
-        host, number, _counts = _host()
-        lock = _sync.Lock()
-        blob = pickle.dumps(lock)  # (its one reference in flight: the host adopts it)
-        ref = _ray().put(number)  # counted by Ray in every handle: see _forget_gone
-        self.__setstate__((host, number, ref, _node_id(), blob))
-        self._local = lock
-        # (kept here until the host has it: this handle may be dropped before)
-        _watch(ref, host, number, adopting=(host.keep_lock.remote(number, blob), lock))
-
-    def __getstate__(self) -> Any:
-        return self._actor, self._number, self._ref, self._node, self._blob
-
-    def __setstate__(self, state: Any) -> None:
-        self._actor, self._number, self._ref, self._node, self._blob = state
-        self._local: Any = None  # the shoal Lock, False on another node (not yet known)
-
-    def _here(self) -> Any:
-        """The shoal Lock if this process is on the lock's node, else False."""
-        local = self._local
-        if local is None:
-            _check_process()
-            local = False
-            if self._node == _node_id():
-                try:
-                    local = pickle.loads(self._blob)
-                except (OSError, ShoalError):  # (not this node's /dev/shm after all)
-                    local = False
-            self._local = local
-        return local
+        self._place(_sync.Lock())
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Take the lock; wait up to ``timeout`` seconds (None: for ever)."""
@@ -1421,11 +1465,85 @@ class RayBarrier(_Handle):
 # ---- the queue ---------------------------------------------------------------------------
 
 
-class _Feeder:
-    """The putting process's buffer of one queue, and the thread that flushes it."""
+# Items of a queue in shared memory are pickled by shoal, out of Ray's sight: a Ray
+# reference inside one (an ObjectRef, an actor handle, a shoal Ray object) would not
+# be counted, and what it refers to could be freed while the item waits.  Such an
+# item is kept by the queue's host instead (a Ray call: counted), and the queue
+# carries a ticket in its place, which the getter exchanges for it.
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 
-    def __init__(self, actor: Any, batch: int) -> None:
-        self.actor = actor
+
+class _Stashed:
+    """What a queue in shared memory carries for an item its host keeps."""
+
+    __slots__ = ("ticket",)
+
+    def __init__(self, ticket: int) -> None:
+        self.ticket = ticket
+
+    def __reduce__(self) -> Any:
+        return _Stashed, (self.ticket,)
+
+
+class _RefFinder(pickle.Pickler):
+    """Pickles into nothing, only to learn whether an object holds a Ray reference."""
+
+    def __init__(self) -> None:
+        super().__init__(_Discard(), protocol=5, buffer_callback=_no_copy)
+        self.found = False
+        ray = _ray()
+        self.kinds = (ray.ObjectRef, ray.actor.ActorHandle)
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, self.kinds):
+            self.found = True
+            return int, ()
+        return NotImplemented
+
+
+class _Discard:
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+def _no_copy(buffer: Any) -> bool:
+    return False  # (out of band: numpy's data is not copied to be looked at)
+
+
+def _carries_ray_references(item: Any) -> bool:
+    if type(item) in _PLAIN:
+        return False
+    finder = _RefFinder()
+    try:
+        finder.dump(item)
+    except Exception:  # (what plain pickle cannot take: the queue's own codec says)
+        return False
+    return finder.found
+
+
+def _for_ring(item: Any, stash: Any) -> Any:
+    """``item``, or a ticket for it once ``stash(ticket, [item])`` keeps it, if it
+    carries Ray references."""
+    if not _carries_ray_references(item):
+        return item
+    ticket = secrets.randbits(62)
+    stash(ticket, [item])
+    return _Stashed(ticket)
+
+
+def _from_ring(item: Any, unstash: Any) -> Any:
+    """What the queue carried: the item, or the one ``unstash(ticket)`` hands back."""
+    if type(item) is _Stashed:
+        return unstash(item.ticket)[0]
+    return item
+
+
+class _Feeder:
+    """The putting process's buffer of one queue on another node, and the thread that
+    flushes it (``send``: one call that puts a list of items)."""
+
+    def __init__(self, send: Any, batch: int) -> None:
+        self.send = send
         self.batch = batch
         self.items: list[Any] = []
         self.cond = threading.Condition()
@@ -1459,8 +1577,8 @@ class _Feeder:
                 items, self.items = self.items, []
                 self.inflight = len(items)
             try:
-                _get(self.actor.put.remote(items, None))
-            except BaseException as error:  # the actor is gone: the next put says so
+                self.send(items)
+            except BaseException as error:  # the host is gone: the next put says so
                 with self.cond:
                     self.error = error
                     self.inflight = 0
@@ -1473,16 +1591,28 @@ class _Feeder:
             self.cond.wait_for(lambda: not self.items and not self.inflight, timeout)
 
 
-class RayQueue(_Handle):
+def _put_through(
+    host: Any, number: int, blob: bytes, items: list[Any], timeout: float | None = None
+) -> int:
+    """Put ``items`` on queue ``number`` through its ``host``; how many were put."""
+    return int(_get(host.queue_put.remote(number, blob, items, timeout)))
+
+
+class RayQueue(_OnNode):
     """A FIFO queue on the cluster (``put``/``get`` with ``block``/``timeout``,
     ``put_many``/``get_many``, ``qsize``, ``empty``, and ``task_done``/``join``).
 
-    ``put`` hands the item to the calling process's feeder thread, which sends what
-    accumulates in one call (so a put is fast, and visible shortly after);
-    ``get`` takes up to ``prefetch`` waiting items at once and serves the next gets
-    from them.  Items a process had taken but not returned are lost with it; a
-    ``maxsize`` queue blocks the feeder, not ``put``.  Big items are best put as
-    ``ray.put`` references.
+    It is a shoal queue in shared memory on the node of the process that made it:
+    every process of that node puts and gets there directly, as on a local
+    :class:`~shoal.JoinableQueue` (no call to anyone).  A process of another node goes
+    through the maker's host actor there: its ``put`` hands the item to the process's
+    feeder thread, which sends what accumulates in one call (so a put is fast, and
+    visible shortly after; a ``maxsize`` queue blocks the feeder, not ``put``), and
+    its ``get`` takes up to ``prefetch`` waiting items at once and serves the next
+    gets from them (items it took ahead are lost with its process).
+
+    It lives while its maker's process does or a process of its node holds it; its
+    last handle gone, the host drops it.
     """
 
     def __init__(self, maxsize: int = 0, *, prefetch: int = 64, batch: int = 256) -> None:
@@ -1490,29 +1620,47 @@ class RayQueue(_Handle):
             raise TypeError("maxsize must be an int")
         if not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"prefetch must be a positive int, not {prefetch!r}")
-        self._actor = _actor(_QueueActor, maxsize)
+        if not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a positive int, not {batch!r}")
         self._prefetch = prefetch
         self._batch = batch
-        self._init_local()
+        self._init_remote()
+        self._place(_queues.JoinableQueue(maxsize))
 
-    def _init_local(self) -> None:
+    def _init_remote(self) -> None:
         self._taken: collections.deque[Any] = collections.deque()
         self._lock = threading.Lock()
         self._feeder: _Feeder | None = None
 
     def __getstate__(self) -> Any:
-        return (self._actor, self._prefetch, self._batch)
+        return (super().__getstate__(), self._prefetch, self._batch)
 
     def __setstate__(self, state: Any) -> None:
-        self._actor, self._prefetch, self._batch = state
-        self._init_local()
+        on_node, self._prefetch, self._batch = state
+        super().__setstate__(on_node)
+        self._init_remote()
+
+    def _call(self, name: str, *args: Any) -> Any:
+        return _get(self._actor.queue_call.remote(self._number, self._blob, name, *args))
+
+    def _stash(self, ticket: int, box: list[Any]) -> None:
+        _get(self._actor.stash.remote(self._number, ticket, box))
+
+    def _unstash(self, ticket: int) -> list[Any]:
+        return list(_get(self._actor.unstash.remote(self._number, ticket)))
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        """Put ``item`` on the queue (through this process's feeder)."""
-        _check_process()  # (before the feeder, whose thread could only fail)
+        """Put ``item`` on the queue (on another node: through this process's feeder)."""
+        local = self._here()
+        if local:
+            local.put(_for_ring(item, self._stash), block, timeout)
+            return
         with self._lock:
             while self._feeder is None or not self._feeder.put(item):
-                self._feeder = _Feeder(self._actor, self._batch)
+                # (the feeder keeps no reference to this handle: its thread would
+                # keep it alive, and with it the queue, for a second after the last put)
+                send = functools.partial(_put_through, self._actor, self._number, self._blob)
+                self._feeder = _Feeder(send, self._batch)
 
     def put_nowait(self, item: Any) -> None:
         """``put(item, False)``."""
@@ -1521,11 +1669,21 @@ class RayQueue(_Handle):
     def put_many(
         self, items: Iterable[Any], block: bool = True, timeout: float | None = None
     ) -> int:
-        """Put every item in one call, now (no feeder); return how many were put (a
-        bounded queue: those that fitted within ``timeout``)."""
+        """Put every item in one operation, now (no feeder); return how many were put.
+        ``queue.Full`` if ``timeout`` ran out first, with ``items_put``: how many are
+        in the queue (as the local queue's)."""
         limit = _check_timeout(block, timeout)
+        local = self._here()
+        if local:
+            return int(local.put_many([_for_ring(x, self._stash) for x in items], block, timeout))
         self.flush()
-        return int(_get(self._actor.put.remote(list(items), limit)))
+        items = list(items)
+        done = _put_through(self._actor, self._number, self._blob, items, limit)
+        if done < len(items):
+            full = stdlib_queue.Full()
+            full.items_put = done  # type: ignore[attr-defined]
+            raise full
+        return done
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until what this process put has reached the queue."""
@@ -1535,16 +1693,24 @@ class RayQueue(_Handle):
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Take the next item; ``queue.Empty`` if none came within ``timeout``."""
+        local = self._here()
+        if local:
+            return _from_ring(local.get(block, timeout), self._unstash)
         with self._lock:
             if self._taken:
                 return self._taken.popleft()
-        limit = _check_timeout(block, timeout)
-        items = _get(self._actor.get.remote(self._prefetch, limit))
+        items = self._get_remote(self._prefetch, _check_timeout(block, timeout))
         if not items:
             raise stdlib_queue.Empty
         with self._lock:
             self._taken.extend(items[1:])
         return items[0]
+
+    def _get_remote(self, most: int, timeout: float | None) -> list[Any]:
+        _register(self)  # (a waiter whose process died stops waiting: see queue_get)
+        return list(
+            _get(self._actor.queue_get.remote(self._number, self._blob, most, timeout, _owner()))
+        )
 
     def get_nowait(self) -> Any:
         """``get(False)``."""
@@ -1553,22 +1719,27 @@ class RayQueue(_Handle):
     def get_many(
         self, max_items: int = 1024, block: bool = True, timeout: float | None = None
     ) -> list[Any]:
-        """Up to ``max_items`` items in one call, waiting up to ``timeout`` for the
+        """Up to ``max_items`` items in one operation, waiting up to ``timeout`` for the
         first; ``queue.Empty`` if none came (as the local queue's)."""
         if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
             raise ValueError(f"max_items must be a positive int, not {max_items!r}")
         limit = _check_timeout(block, timeout)
+        local = self._here()
+        if local:
+            return [_from_ring(x, self._unstash) for x in local.get_many(max_items, block, timeout)]
         with self._lock:
             out = [self._taken.popleft() for _ in range(min(max_items, len(self._taken)))]
         if len(out) < max_items:
-            out += _get(self._actor.get.remote(max_items - len(out), 0.0 if out else limit))
+            out += self._get_remote(max_items - len(out), 0.0 if out else limit)
         if not out:
             raise stdlib_queue.Empty
         return out
 
     def qsize(self) -> int:
-        """Items in the queue (not those a process took ahead, nor those still in a feeder)."""
-        return int(_get(self._actor.qsize.remote()))
+        """Items in the queue (not those a process of another node took ahead, nor
+        those still in its feeder)."""
+        local = self._here()
+        return int(local.qsize() if local else self._call("qsize"))
 
     def empty(self) -> bool:
         """Whether ``qsize()`` is 0 and this process holds none taken ahead."""
@@ -1576,16 +1747,27 @@ class RayQueue(_Handle):
 
     def task_done(self) -> None:
         """One item taken is processed (for :meth:`join`)."""
-        _get(self._actor.task_done.remote(1))
+        local = self._here()
+        if local:
+            local.task_done()
+        else:
+            self._call("task_done")
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until every item put was marked done; return whether it was."""
+        local = self._here()
+        if local:
+            return bool(local.join(timeout))
         self.flush()
-        return bool(_get(self._actor.join.remote(timeout)))
+        return bool(self._call("join", timeout))
 
     def close(self) -> None:
-        """Flush what this process put (the queue lives on while others hold it)."""
-        self.flush()
+        """Flush what this process put, then release this handle: afterwards it
+        raises :class:`~shoal.ClosedError`, as a local queue's closed handle does (the
+        queue lives on for the other handles)."""
+        if not self._closed:
+            self.flush()
+            self._let_go()
 
     def join_thread(self) -> None:
         """Wait for the feeder (as ``multiprocessing.Queue.join_thread``)."""
