@@ -170,18 +170,6 @@ class ActorLockClient:
         ray.get(self.actor.release.remote())
 
 
-def as_from_another_node(obj: Any) -> Any:
-    """The handle on a Ray ``Lock`` or ``Queue`` that a process of another node has:
-    it goes through the host."""
-    from shoal import _ray_objects as ro
-
-    state = obj.__getstate__()
-    if isinstance(obj, ro.RayQueue):
-        on_node, *rest = state
-        return ro._rebuild(type(obj), ((*on_node[:3], "another node", on_node[4]), *rest))
-    return ro._rebuild(type(obj), (*state[:3], "another node", state[4]))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -232,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             c = median_of(lambda: rate_queue(mine, local.Queue(), QUEUE_N * 100), repeat)
             rows.append(("queue, producer task -> consumer task (items/s)", a, b, 10.0, c))
             far = median_of(
-                lambda: rate_queue(ours, as_from_another_node(ctx.Queue()), QUEUE_N * 10), repeat
+                lambda: rate_queue(ours, ctx.Queue()._through_host(), QUEUE_N * 10), repeat
             )
             rows.append(("the same queue, used as from another node (items/s)", far, b, 10.0, c))
         if "lock" in only:
@@ -258,9 +246,7 @@ def lock_case(ours: Any, mine: Any, ctx: Any, local: Any, repeat: int, rows: lis
     )
     c = median_of(lambda: mine.apply(lock_pairs, (local.Lock(), LOCK_N * 100)), repeat)
     rows.append(("lock acquire+release pairs from a task (pairs/s)", a, b, 1.0, c))
-    far = median_of(
-        lambda: ours.apply(lock_pairs, (as_from_another_node(ctx.Lock()), LOCK_N)), repeat
-    )
+    far = median_of(lambda: ours.apply(lock_pairs, (ctx.Lock()._through_host(), LOCK_N)), repeat)
     rows.append(("the same lock, taken as from another node (pairs/s)", far, b, 1.0, c))
 
 

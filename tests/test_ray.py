@@ -570,25 +570,13 @@ def test_ray_joinable_queue_and_a_bounded_one(ray_ctx: Any) -> None:
         ray_ctx.Queue(prefetch=0)
 
 
-def as_if_on_another_node(obj: Any) -> Any:
-    """A handle on ``obj`` (a Ray Lock or Queue) that believes it is on another node:
-    it goes through the host."""
-    from shoal import _ray_objects as ro
-
-    state = obj.__getstate__()
-    if isinstance(obj, ro.RayQueue):
-        on_node, *rest = state
-        return ro._rebuild(type(obj), ((*on_node[:3], "other", on_node[4]), *rest))
-    return ro._rebuild(type(obj), (*state[:3], "other", state[4]))
-
-
 def far_produce(q: Any, n: int) -> int:
-    return produce(as_if_on_another_node(q), n)
+    return produce(q._through_host(), n)
 
 
 def far_get(q: Any, pids: Any) -> Any:
     pids.put(os.getpid())
-    return as_if_on_another_node(q).get(timeout=TIMEOUT * 3)
+    return q._through_host().get(timeout=TIMEOUT * 3)
 
 
 def test_ray_queue_is_in_its_nodes_memory_and_other_nodes_go_through_the_host(
@@ -598,7 +586,7 @@ def test_ray_queue_is_in_its_nodes_memory_and_other_nodes_go_through_the_host(
 
     q = ray_ctx.JoinableQueue()
     assert type(q._here()).__name__ == "JoinableQueue"  # here: the shoal queue
-    far = as_if_on_another_node(q)
+    far = q._through_host()
     assert far._here() is False
     far.put("a")  # through this process's feeder, then the host
     far.flush()
@@ -619,7 +607,7 @@ def test_ray_queue_is_in_its_nodes_memory_and_other_nodes_go_through_the_host(
         assert pool.apply(far_produce, (q, 500)) == 500
         assert [q.get(timeout=TIMEOUT) for _ in range(500)] == list(range(500))
     small = ray_ctx.Queue(2)
-    far_small = as_if_on_another_node(small)
+    far_small = small._through_host()
     with pytest.raises(queue.Full) as full:
         far_small.put_many(range(5), timeout=0.2)
     assert full.value.items_put == 2  # type: ignore[attr-defined]
@@ -657,7 +645,7 @@ def test_items_carrying_ray_references_keep_them_alive_in_the_queue(
     import ray
 
     q = ray_ctx.Queue(prefetch=1)  # (a task's get from far would take "plain" ahead)
-    putter = q if where == "here" else as_if_on_another_node(q)
+    putter = q if where == "here" else q._through_host()
     putter.put((ray.put(np.arange(100.0)), ray_ctx.Lock(), ray_ctx.Semaphore(1)))
     putter.put_many([(ray.put(np.ones(3)), ray_ctx.Lock(), ray_ctx.Semaphore(1)), "plain"])
     putter.flush()
@@ -665,7 +653,7 @@ def test_items_carrying_ray_references_keep_them_alive_in_the_queue(
     time.sleep(2.5)  # (the watcher has looked at what is left: twice)
     with ray_ctx.Pool(1) as pool:
         assert pool.apply(use_what_came, (q,)) == sum(range(100))
-        assert pool.apply(use_what_came, (as_if_on_another_node(q),)) == 3.0
+        assert pool.apply(use_what_came, (q._through_host(),)) == 3.0
     assert q.get(timeout=TIMEOUT) == "plain"
     from shoal import _ray_objects as ro
 
@@ -770,7 +758,7 @@ def test_ray_lock_is_in_its_nodes_memory_and_other_nodes_go_through_the_host(
     with ray_ctx.Pool(1) as pool:
         assert pool.apply(kind_of_lock_here, (lock,)) == "Lock"
         # a handle that believes it is on another node: through the host
-        far = ro._rebuild(type(lock), (*lock.__getstate__()[:3], "other", lock._blob))
+        far = lock._through_host()
         assert far._here() is False
         assert far.acquire(timeout=TIMEOUT) and far._is_owned() and not lock._is_owned()
         assert not lock.acquire(timeout=0.1)  # one lock, wherever it is taken

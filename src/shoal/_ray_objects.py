@@ -1119,6 +1119,13 @@ class _OnNode(_Handle):
         self._actor, self._number, self._ref, self._node, self._blob = state
         self._local: Any = None  # the shoal object, False on another node (not yet known)
 
+    def _through_host(self) -> Any:
+        """Another handle on the object, which goes through the host as the handles
+        of other nodes' processes do (for tests and benchmarks on one node)."""
+        far = _rebuild(type(self), self.__getstate__())
+        far._node = "another node"
+        return far
+
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"this {type(self).__name__} handle was closed")
