@@ -1492,25 +1492,33 @@ class _Stashed:
         return _Stashed, (self.ticket,)
 
 
+class _RefFound(Exception):
+    """Raised by :class:`_RefFinder` at the first Ray reference (no need to go on)."""
+
+
 class _RefFinder(pickle.Pickler):
     """Pickles into nothing, only to learn whether an object holds a Ray reference."""
 
+    kinds: tuple[type, ...] = ()  # Ray's reference types (set on first use)
+
     def __init__(self) -> None:
-        super().__init__(_Discard(), protocol=5, buffer_callback=_no_copy)
-        self.found = False
-        ray = _ray()
-        self.kinds = (ray.ObjectRef, ray.actor.ActorHandle)
+        super().__init__(_DISCARD, protocol=5, buffer_callback=_no_copy)
+        if not _RefFinder.kinds:
+            ray = _ray()
+            _RefFinder.kinds = (ray.ObjectRef, ray.actor.ActorHandle)
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, self.kinds):
-            self.found = True
-            return int, ()
+            raise _RefFound
         return NotImplemented
 
 
 class _Discard:
     def write(self, data: Any) -> int:
         return len(data)
+
+
+_DISCARD = _Discard()
 
 
 def _no_copy(buffer: Any) -> bool:
@@ -1520,12 +1528,13 @@ def _no_copy(buffer: Any) -> bool:
 def _carries_ray_references(item: Any) -> bool:
     if type(item) in _PLAIN:
         return False
-    finder = _RefFinder()
     try:
-        finder.dump(item)
+        _RefFinder().dump(item)
+    except _RefFound:
+        return True
     except Exception:  # (what plain pickle cannot take: the queue's own codec says)
         return False
-    return finder.found
+    return False
 
 
 def _for_ring(item: Any, stash: Any) -> Any:
